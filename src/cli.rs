@@ -1,0 +1,121 @@
+//! Command-line types (clap derive). No I/O here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A content-addressed build cache for Rust (run as RUSTC_WRAPPER), with
+/// S3 sync.
+#[derive(Debug, Parser)]
+#[command(name = "kache", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Move entries between the local store and S3.
+    Sync(SyncCmd),
+    /// List stored entries.
+    List(ListCmd),
+    /// Entries, bytes, dedup savings, hits and misses, time saved.
+    Stats(StatsCmd),
+    /// Evict least recently used entries down to the size limit.
+    Gc(GcCmd),
+    /// Remove all entries, or one crate's.
+    Purge(PurgeCmd),
+    /// Show the effective settings and where each came from.
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SyncCmd {
+    /// Download only.
+    #[arg(long, conflicts_with = "push")]
+    pub(crate) pull: bool,
+    /// Upload only.
+    #[arg(long)]
+    pub(crate) push: bool,
+    /// Pull every crate in the bucket, ignoring Cargo.lock.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Print what would be transferred, with sizes; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Use the workspace of this Cargo.toml (for Cargo.lock filtering).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) manifest_path: Option<PathBuf>,
+    /// Exit 0 even if some transfers failed.
+    #[arg(long)]
+    pub(crate) allow_partial: bool,
+    /// Print the plan and the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SortBy {
+    #[default]
+    Name,
+    Size,
+    Age,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListCmd {
+    /// Only this crate's entries.
+    pub(crate) crate_name: Option<String>,
+    /// Sort order.
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) sort: SortBy,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatsCmd {
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcCmd {
+    /// Remove entries not used for this long (`30m`, `24h`, `7d`) instead
+    /// of evicting down to the size limit.
+    #[arg(long, value_name = "DUR")]
+    pub(crate) max_age: Option<String>,
+    /// Re-hash every blob and drop entries whose files are missing or
+    /// corrupt.
+    #[arg(long)]
+    pub(crate) verify: bool,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeCmd {
+    /// Only this crate's entries.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) crate_name: Option<String>,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCmd {
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

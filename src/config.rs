@@ -1,0 +1,713 @@
+/*!
+Settings: environment over the config file over defaults.
+
+Every setting remembers where its value came from so `kache config` can
+say so. Values are validated here, once; an invalid value is an error that
+names the variable or key and the accepted form. Credentials are resolved
+lazily (only `kache sync` needs them) and never printed: their `Debug`
+masks the secret.
+*/
+
+use std::collections::BTreeMap;
+use std::env;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Setting<T> {
+    pub(crate) value: T,
+    pub(crate) source: Source,
+}
+
+/// The validated settings of one kache run.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) cache_dir: Setting<PathBuf>,
+    pub(crate) max_size: Setting<u64>,
+    pub(crate) bucket: Setting<Option<String>>,
+    pub(crate) endpoint: Setting<Option<String>>,
+    pub(crate) region: Setting<String>,
+    pub(crate) prefix: Setting<String>,
+    pub(crate) profile: Setting<Option<String>>,
+    pub(crate) s3_concurrency: Setting<usize>,
+    pub(crate) compression_level: Setting<i32>,
+    pub(crate) cache_executables: Setting<bool>,
+}
+
+/// The raw config file, as TOML. Unknown keys are rejected so a typo is
+/// not silently ignored.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    cache: FileCache,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    local_store: Option<String>,
+    local_max_size: Option<toml::Value>,
+    s3_concurrency: Option<toml::Value>,
+    compression_level: Option<toml::Value>,
+    cache_executables: Option<bool>,
+    #[serde(default)]
+    remote: FileRemote,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRemote {
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    prefix: Option<String>,
+    profile: Option<String>,
+}
+
+/// The config file path: `$KACHE_CONFIG`, else
+/// `$XDG_CONFIG_HOME/kache/config.toml`, else `~/.config/kache/config.toml`.
+pub(crate) fn config_path() -> Option<PathBuf> {
+    if let Some(p) = env_nonempty("KACHE_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(x) = env_nonempty("XDG_CONFIG_HOME") {
+        return Some(Path::new(&x).join("kache/config.toml"));
+    }
+    home().map(|h| h.join(".config/kache/config.toml"))
+}
+
+fn home() -> Option<PathBuf> {
+    env_nonempty("HOME").map(PathBuf::from)
+}
+
+pub(crate) fn env_nonempty(name: &str) -> Option<String> {
+    env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = env_nonempty("XDG_CACHE_HOME") {
+        return Path::new(&x).join("kache");
+    }
+    match home() {
+        Some(h) => h.join(".cache/kache"),
+        None => env::temp_dir().join("kache"),
+    }
+}
+
+/// Only the settings the wrapper needs on its hot path. The config file is
+/// read only when the environment leaves one of them open.
+#[derive(Clone, Debug)]
+pub(crate) struct WrapperConfig {
+    pub(crate) cache_dir: PathBuf,
+    pub(crate) cache_executables: bool,
+    pub(crate) max_size: u64,
+}
+
+impl WrapperConfig {
+    pub(crate) fn load() -> Result<WrapperConfig> {
+        let dir = env_nonempty("KACHE_CACHE_DIR");
+        let exe = env_nonempty("KACHE_CACHE_EXECUTABLES");
+        let max = env_nonempty("KACHE_MAX_SIZE");
+        if let (Some(dir), Some(exe), Some(max)) = (&dir, &exe, &max) {
+            return Ok(WrapperConfig {
+                cache_dir: PathBuf::from(dir),
+                cache_executables: parse_bool(exe)
+                    .ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", exe, BOOL_FORM))?,
+                max_size: parse_size(max)
+                    .ok_or_else(|| invalid("KACHE_MAX_SIZE", max, SIZE_FORM))?,
+            });
+        }
+        let c = Config::load()?;
+        Ok(WrapperConfig {
+            cache_dir: c.cache_dir.value,
+            cache_executables: c.cache_executables.value,
+            max_size: c.max_size.value,
+        })
+    }
+}
+
+const BOOL_FORM: &str = "true or false (also 1/0, yes/no, on/off)";
+const SIZE_FORM: &str = "a size such as 512MiB, 10GB or 50GiB";
+const CONC_FORM: &str = "a whole number from 1 to 1024";
+const LEVEL_FORM: &str = "a zstd level from 1 to 22";
+
+fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
+    anyhow!("invalid value `{value}` for {name}: expected {form}")
+}
+
+impl Config {
+    /// Loads the file (if any) and the environment and validates both.
+    pub(crate) fn load() -> Result<Config> {
+        let path = config_path();
+        let file = match &path {
+            Some(p) => read_file(p)?,
+            None => None,
+        };
+        let fsrc = || Source::File(path.clone().unwrap_or_default());
+        let fc = file.unwrap_or_default();
+        let c = fc.cache;
+        let r = c.remote;
+
+        let cache_dir = pick(
+            "KACHE_CACHE_DIR",
+            c.local_store.map(|s| PathBuf::from(expand_tilde(&s))),
+            default_cache_dir(),
+            &fsrc,
+            |s| Ok(PathBuf::from(s)),
+        )?;
+        let max_size = pick_value(
+            "KACHE_MAX_SIZE",
+            "cache.local_max_size",
+            c.local_max_size,
+            50 << 30,
+            &fsrc,
+            |s| parse_size(s).ok_or_else(|| SIZE_FORM.to_string()),
+        )?;
+        let s3_concurrency = pick_value(
+            "KACHE_S3_CONCURRENCY",
+            "cache.s3_concurrency",
+            c.s3_concurrency,
+            16,
+            &fsrc,
+            |s| match s.trim().parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => Ok(n),
+                _ => Err(CONC_FORM.to_string()),
+            },
+        )?;
+        let compression_level = pick_value(
+            "KACHE_COMPRESSION_LEVEL",
+            "cache.compression_level",
+            c.compression_level,
+            3,
+            &fsrc,
+            |s| match s.trim().parse::<i32>() {
+                Ok(n) if (1..=22).contains(&n) => Ok(n),
+                _ => Err(LEVEL_FORM.to_string()),
+            },
+        )?;
+        let cache_executables = pick(
+            "KACHE_CACHE_EXECUTABLES",
+            c.cache_executables,
+            cfg!(target_os = "linux"),
+            &fsrc,
+            |s| parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", s, BOOL_FORM)),
+        )?;
+        let opt = |name: &'static str, f: Option<String>| -> Result<Setting<Option<String>>> {
+            pick(name, f.map(Some), None, &fsrc, |s| Ok(Some(s.to_string())))
+        };
+        let bucket = opt("KACHE_S3_BUCKET", r.bucket)?;
+        let endpoint = opt("KACHE_S3_ENDPOINT", r.endpoint)?;
+        if let Some(e) = &endpoint.value {
+            validate_endpoint(e).with_context(|| {
+                format!("invalid S3 endpoint `{e}` (from {})", endpoint.source)
+            })?;
+        }
+        let profile = opt("KACHE_S3_PROFILE", r.profile)?;
+        let region = pick(
+            "KACHE_S3_REGION",
+            r.region,
+            "us-east-1".to_string(),
+            &fsrc,
+            |s| Ok(s.to_string()),
+        )?;
+        let prefix = pick(
+            "KACHE_S3_PREFIX",
+            r.prefix,
+            "artifacts".to_string(),
+            &fsrc,
+            |s| Ok(s.to_string()),
+        )?;
+        let prefix = Setting {
+            value: prefix.value.trim_matches('/').to_string(),
+            source: prefix.source,
+        };
+        Ok(Config {
+            file: path.filter(|p| p.exists()),
+            cache_dir,
+            max_size,
+            bucket,
+            endpoint,
+            region,
+            prefix,
+            profile,
+            s3_concurrency,
+            compression_level,
+            cache_executables,
+        })
+    }
+
+    /// Every setting as (name, env var, value, source), secrets masked.
+    pub(crate) fn rows(&self) -> Vec<(&'static str, &'static str, String, String)> {
+        fn o(v: &Option<String>) -> String {
+            v.clone().unwrap_or_else(|| "(none)".into())
+        }
+        let mut rows = vec![
+            (
+                "cache.local_store",
+                "KACHE_CACHE_DIR",
+                self.cache_dir.value.display().to_string(),
+                self.cache_dir.source.to_string(),
+            ),
+            (
+                "cache.local_max_size",
+                "KACHE_MAX_SIZE",
+                format_size(self.max_size.value),
+                self.max_size.source.to_string(),
+            ),
+            (
+                "cache.remote.bucket",
+                "KACHE_S3_BUCKET",
+                o(&self.bucket.value),
+                self.bucket.source.to_string(),
+            ),
+            (
+                "cache.remote.endpoint",
+                "KACHE_S3_ENDPOINT",
+                self.endpoint
+                    .value
+                    .clone()
+                    .unwrap_or_else(|| format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)),
+                self.endpoint.source.to_string(),
+            ),
+            (
+                "cache.remote.region",
+                "KACHE_S3_REGION",
+                self.region.value.clone(),
+                self.region.source.to_string(),
+            ),
+            (
+                "cache.remote.prefix",
+                "KACHE_S3_PREFIX",
+                self.prefix.value.clone(),
+                self.prefix.source.to_string(),
+            ),
+            (
+                "cache.remote.profile",
+                "KACHE_S3_PROFILE",
+                o(&self.profile.value),
+                self.profile.source.to_string(),
+            ),
+            (
+                "cache.s3_concurrency",
+                "KACHE_S3_CONCURRENCY",
+                self.s3_concurrency.value.to_string(),
+                self.s3_concurrency.source.to_string(),
+            ),
+            (
+                "cache.compression_level",
+                "KACHE_COMPRESSION_LEVEL",
+                self.compression_level.value.to_string(),
+                self.compression_level.source.to_string(),
+            ),
+            (
+                "cache.cache_executables",
+                "KACHE_CACHE_EXECUTABLES",
+                self.cache_executables.value.to_string(),
+                self.cache_executables.source.to_string(),
+            ),
+        ];
+        let (cred, src) = match Credentials::resolve(self) {
+            Ok(Some(c)) => (
+                format!("{} / {}", mask(&c.access_key), "****"),
+                c.source.clone(),
+            ),
+            Ok(None) => ("(none)".to_string(), "-".to_string()),
+            Err(e) => (format!("error: {e:#}"), "-".to_string()),
+        };
+        rows.push(("credentials", "KACHE_S3_ACCESS_KEY", cred, src));
+        for (name, var) in [
+            ("disabled", "KACHE_DISABLED"),
+            ("progress", "KACHE_PROGRESS"),
+            ("log", "KACHE_LOG"),
+        ] {
+            let (v, s) = match env_nonempty(var) {
+                Some(v) => (v, format!("env {var}")),
+                None => (
+                    match name {
+                        "disabled" => "off",
+                        "progress" => "auto",
+                        _ => "warn",
+                    }
+                    .to_string(),
+                    "default".to_string(),
+                ),
+            };
+            rows.push((name, var, v, s));
+        }
+        rows
+    }
+}
+
+fn read_file(p: &Path) -> Result<Option<FileConfig>> {
+    let text = match std::fs::read_to_string(p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", p.display())),
+    };
+    match toml::from_str::<FileConfig>(&text) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().to_string();
+            match line {
+                Some(l) => bail!("malformed config file {}, line {l}: {msg}", p.display()),
+                None => bail!("malformed config file {}: {msg}", p.display()),
+            }
+        }
+    }
+}
+
+fn expand_tilde(s: &str) -> String {
+    match (s.strip_prefix("~/"), home()) {
+        (Some(rest), Some(h)) => h.join(rest).display().to_string(),
+        _ => s.to_string(),
+    }
+}
+
+/// A setting given as a string in the environment or typed in the file.
+fn pick<T>(
+    var: &'static str,
+    file: Option<T>,
+    default: T,
+    fsrc: &dyn Fn() -> Source,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Setting<T>> {
+    if let Ok(v) = env::var(var) {
+        if !v.is_empty() {
+            return Ok(Setting {
+                value: parse(&v)?,
+                source: Source::Env(var),
+            });
+        }
+    }
+    Ok(match file {
+        Some(value) => Setting {
+            value,
+            source: fsrc(),
+        },
+        None => Setting {
+            value: default,
+            source: Source::Default,
+        },
+    })
+}
+
+/// A setting whose file value may be a TOML string or integer.
+fn pick_value<T>(
+    var: &'static str,
+    key: &'static str,
+    file: Option<toml::Value>,
+    default: T,
+    fsrc: &dyn Fn() -> Source,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Setting<T>> {
+    if let Ok(v) = env::var(var) {
+        if !v.is_empty() {
+            let value = parse(&v).map_err(|form| invalid(var, &v, &form))?;
+            return Ok(Setting {
+                value,
+                source: Source::Env(var),
+            });
+        }
+    }
+    match file {
+        Some(val) => {
+            let s = match &val {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                other => other.to_string(),
+            };
+            let value = parse(&s).map_err(|form| {
+                let p = match fsrc() {
+                    Source::File(p) => p.display().to_string(),
+                    _ => String::new(),
+                };
+                anyhow!("invalid value `{s}` for {key} in {p}: expected {form}")
+            })?;
+            Ok(Setting {
+                value,
+                source: fsrc(),
+            })
+        }
+        None => Ok(Setting {
+            value: default,
+            source: Source::Default,
+        }),
+    }
+}
+
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `512MiB`, `10GB`, `50GiB`, `1024` (bytes).
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        _ => return None,
+    };
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    Some((n * mult as f64) as u64)
+}
+
+/// Parses `30s`, `30m`, `24h`, `7d`, `2w` into seconds.
+pub(crate) fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `1.2 MB` style, binary units.
+pub(crate) fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn validate_endpoint(e: &str) -> Result<()> {
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .ok_or_else(|| anyhow!("it must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(' ') {
+        bail!("it has no host; expected a URL such as https://s3.example.com");
+    }
+    Ok(())
+}
+
+fn mask(s: &str) -> String {
+    let keep: String = s.chars().take(4).collect();
+    format!("{keep}****")
+}
+
+/// S3 credentials. `Debug` never shows the secret or the token.
+#[derive(Clone)]
+pub(crate) struct Credentials {
+    pub(crate) access_key: String,
+    pub(crate) secret_key: String,
+    pub(crate) session_token: Option<String>,
+    /// Where they came from, for `kache config` and error messages.
+    pub(crate) source: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &mask(&self.access_key))
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// First match wins: KACHE_S3_* pair, AWS_* pair (+ session token),
+    /// then a profile in the shared credentials file. Half a pair is an
+    /// error.
+    pub(crate) fn resolve(cfg: &Config) -> Result<Option<Credentials>> {
+        if let Some(c) = pair("KACHE_S3_ACCESS_KEY", "KACHE_S3_SECRET_KEY", None)? {
+            return Ok(Some(c));
+        }
+        if let Some(c) = pair(
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            Some("AWS_SESSION_TOKEN"),
+        )? {
+            return Ok(Some(c));
+        }
+        let explicit = cfg
+            .profile
+            .value
+            .clone()
+            .or_else(|| env_nonempty("AWS_PROFILE"));
+        let profile = explicit.clone().unwrap_or_else(|| "default".to_string());
+        let file = env_nonempty("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .or_else(|| home().map(|h| h.join(".aws/credentials")));
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if explicit.is_some() {
+                    bail!(
+                        "profile `{profile}` was asked for but {} does not exist",
+                        file.display()
+                    );
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", file.display()));
+            }
+        };
+        let sections = parse_ini(&text);
+        let Some(sec) = sections.get(&profile) else {
+            if explicit.is_some() {
+                bail!("profile `{profile}` not found in {}", file.display());
+            }
+            return Ok(None);
+        };
+        let ak = sec.get("aws_access_key_id");
+        let sk = sec.get("aws_secret_access_key");
+        match (ak, sk) {
+            (Some(a), Some(s)) => Ok(Some(Credentials {
+                access_key: a.clone(),
+                secret_key: s.clone(),
+                session_token: sec.get("aws_session_token").cloned(),
+                source: format!("profile {profile} in {}", file.display()),
+            })),
+            (None, None) => Ok(None),
+            _ => bail!(
+                "profile `{profile}` in {} has only half a key pair: set both aws_access_key_id and aws_secret_access_key",
+                file.display()
+            ),
+        }
+    }
+}
+
+fn pair(ak: &'static str, sk: &'static str, tok: Option<&str>) -> Result<Option<Credentials>> {
+    match (env_nonempty(ak), env_nonempty(sk)) {
+        (Some(a), Some(s)) => Ok(Some(Credentials {
+            access_key: a,
+            secret_key: s,
+            session_token: tok.and_then(env_nonempty),
+            source: format!("env {ak}"),
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("{ak} is set but {sk} is not: set both, or neither"),
+        (None, Some(_)) => bail!("{sk} is set but {ak} is not: set both, or neither"),
+    }
+}
+
+fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            let name = name.strip_prefix("profile ").unwrap_or(name).trim();
+            cur = Some(name.to_string());
+            out.entry(name.to_string()).or_default();
+        } else if let (Some(c), Some((k, v))) = (&cur, line.split_once('=')) {
+            out.entry(c.clone())
+                .or_default()
+                .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("10GB"), Some(10_000_000_000));
+        assert_eq!(parse_size("50GiB"), Some(50 << 30));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("12XB"), None);
+        assert_eq!(parse_size("abc"), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m"), Some(1800));
+        assert_eq!(parse_duration("24h"), Some(86_400));
+        assert_eq!(parse_duration("7d"), Some(604_800));
+        assert_eq!(parse_duration("7x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn ini_profiles() {
+        let m = parse_ini("[default]\naws_access_key_id = A\n[profile ci]\naws_secret_access_key=S\n");
+        assert_eq!(m["default"]["aws_access_key_id"], "A");
+        assert_eq!(m["ci"]["aws_secret_access_key"], "S");
+    }
+
+    #[test]
+    fn credentials_debug_masks_secret() {
+        let c = Credentials {
+            access_key: "AKIAEXAMPLE".into(),
+            secret_key: "supersecret".into(),
+            session_token: Some("tok3n".into()),
+            source: "test".into(),
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains("supersecret") && !d.contains("tok3n") && !d.contains("AKIAEXAMPLE"));
+    }
+}

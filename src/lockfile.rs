@@ -1,0 +1,1 @@
+//! Cargo.lock adapter (stub; being written).

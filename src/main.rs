@@ -1,0 +1,62 @@
+/*!
+kache: a content-addressed build cache for Rust.
+
+The mode is decided from argv before anything else: when cargo runs us as
+`RUSTC_WRAPPER` (argv[1] is rustc or clippy-driver, or a workspace wrapper
+followed by one) we go straight to the wrapper, which reads no more
+settings than it needs. Otherwise the command line is parsed by clap.
+*/
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod config;
+mod lockfile;
+mod remote;
+mod store;
+mod sync;
+mod wrapper;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if wrapper::is_wrapper_call(&args) {
+        let code = wrapper::main(&args);
+        std::process::exit(code);
+    }
+    let cli = cli::Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    use cli::Command;
+    let cfg = config::Config::load()?;
+    match cli.command {
+        None => commands::status(&cfg, cli.json),
+        Some(Command::Sync(c)) => sync::run(&cfg, &c),
+        Some(Command::List(c)) => commands::list(&cfg, &c),
+        Some(Command::Stats(c)) => commands::stats(&cfg, &c),
+        Some(Command::Gc(c)) => commands::gc(&cfg, &c),
+        Some(Command::Purge(c)) => commands::purge(&cfg, &c),
+        Some(Command::Config(c)) => commands::config(&cfg, &c),
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

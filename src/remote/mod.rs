@@ -1,0 +1,1 @@
+//! The remote store (stub; being written).

@@ -1,0 +1,79 @@
+//! The entry manifest: what one cached compile produced.
+
+use serde::{Deserialize, Serialize};
+
+use super::ENTRY_VERSION;
+
+/// One output file of an entry. `name` is a plain file name (no `/`),
+/// relative to the compile's output directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileRecord {
+    pub(crate) name: String,
+    pub(crate) hash: String,
+    pub(crate) size: u64,
+    pub(crate) executable: bool,
+}
+
+/// The dep-info file of a compile, stored as text with machine-local
+/// paths replaced by sentinels, and written fresh on every restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DepInfo {
+    pub(crate) name: String,
+    pub(crate) text: String,
+}
+
+/// What the wrapper needs to find this entry again without running
+/// rustc: the base key (everything but source contents and env values)
+/// and the list of source files and env vars the compile read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Inputs {
+    pub(crate) base: String,
+    pub(crate) files: Vec<String>,
+    pub(crate) env: Vec<String>,
+}
+
+/// An entry manifest. Serialised as JSON in the store and as
+/// `manifest.json` in a remote archive.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) version: u32,
+    pub(crate) crate_name: String,
+    pub(crate) key: String,
+    pub(crate) files: Vec<FileRecord>,
+    #[serde(default)]
+    pub(crate) stdout: String,
+    #[serde(default)]
+    pub(crate) stderr: String,
+    #[serde(default)]
+    pub(crate) dep_info: Option<DepInfo>,
+    #[serde(default)]
+    pub(crate) inputs: Option<Inputs>,
+    /// How long the original compile took, for "time saved".
+    #[serde(default)]
+    pub(crate) compile_ms: u64,
+    /// Seconds since the epoch when the entry was made.
+    #[serde(default)]
+    pub(crate) created: u64,
+}
+
+impl Entry {
+    pub(crate) fn new(crate_name: &str, key: &str, files: Vec<FileRecord>) -> Entry {
+        Entry {
+            version: ENTRY_VERSION,
+            crate_name: crate_name.to_string(),
+            key: key.to_string(),
+            files,
+            stdout: String::new(),
+            stderr: String::new(),
+            dep_info: None,
+            inputs: None,
+            compile_ms: 0,
+            created: super::now_secs(),
+        }
+    }
+
+    /// Sum of the file sizes (before dedup).
+    pub(crate) fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}

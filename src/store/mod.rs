@@ -1,0 +1,481 @@
+/*!
+The local store: content-addressed blobs and the entries that name them.
+
+Layout under the cache dir (documented in the README):
+
+```text
+blobs/ab/<blake3 hex>          one file per distinct content, mode 0444
+entries/<crate>/<key>.json     one manifest per entry; mtime = last access
+index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::key)
+tmp/                           staging; anything older than an hour is junk
+locks/<key>.lock               per-key compile locks (flock)
+gc.lock                        writers hold it shared, gc exclusive
+events.jsonl                   one JSON line per wrapper outcome
+```
+
+Invariants:
+- An entry is visible only once complete: its blobs are in place first,
+  then its manifest is written under `tmp/` and renamed into `entries/`.
+  A reader never sees half an entry, and a crash leaves only `tmp/` junk
+  or unreferenced blobs, both removed by `kache gc`.
+- Blobs are immutable and read-only. A blob is written under `tmp/` and
+  renamed to its hash, so parallel writers of the same content are safe.
+- Entries are immutable; only their manifest's mtime changes (on a hit),
+  which is the access time `kache gc` evicts by.
+- Writers take `gc.lock` shared for the whole blobs-then-manifest
+  sequence; gc takes it exclusive, so it never deletes a blob that an
+  entry being published is about to reference.
+*/
+
+pub(crate) mod archive;
+pub(crate) mod entry;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+pub(crate) use entry::{Entry, FileRecord};
+
+/// Current manifest format. Entries of another version are ignored.
+pub(crate) const ENTRY_VERSION: u32 = 1;
+
+/// Temp files older than this are leftovers of a crashed writer.
+pub(crate) const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// A handle on the local store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    root: PathBuf,
+}
+
+/// A reference to a stored entry, as listed from disk.
+#[derive(Clone, Debug)]
+pub(crate) struct EntryRef {
+    pub(crate) crate_name: String,
+    pub(crate) key: String,
+    pub(crate) path: PathBuf,
+    /// Last access (manifest mtime), seconds since the epoch.
+    pub(crate) accessed: u64,
+}
+
+/// Normalises a package or crate name the way the remote layout does:
+/// lowercase, `-` written as `_`.
+pub(crate) fn normalize_crate(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
+}
+
+/// A crate directory name we accept: the normalised form of a cargo
+/// package name.
+pub(crate) fn valid_crate(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A cache key: 64 lowercase hex digits (a blake3 hash).
+pub(crate) fn valid_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A file name inside an entry: one plain path component.
+pub(crate) fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn mtime_secs(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens the store at `root`, creating its directories.
+    pub(crate) fn open(root: &Path) -> Result<Store> {
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        for d in ["blobs", "entries", "index", "tmp", "locks"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p)
+                .with_context(|| format!("cannot create cache directory {}", p.display()))?;
+        }
+        Ok(store)
+    }
+
+    /// A handle without touching the disk (for read-only commands on a
+    /// store that may not exist).
+    pub(crate) fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn blob_path(&self, hash: &str) -> PathBuf {
+        self.root.join("blobs").join(&hash[..2]).join(hash)
+    }
+
+    pub(crate) fn entry_path(&self, crate_name: &str, key: &str) -> PathBuf {
+        self.root
+            .join("entries")
+            .join(crate_name)
+            .join(format!("{key}.json"))
+    }
+
+    pub(crate) fn index_dir(&self, base: &str) -> PathBuf {
+        self.root.join("index").join(base)
+    }
+
+    pub(crate) fn events_path(&self) -> PathBuf {
+        self.root.join("events.jsonl")
+    }
+
+    pub(crate) fn contains(&self, crate_name: &str, key: &str) -> bool {
+        self.entry_path(crate_name, key).is_file()
+    }
+
+    /// A fresh unique path under `tmp/`.
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        self.root
+            .join("tmp")
+            .join(format!("{what}.{}.{n}.{t}", std::process::id()))
+    }
+
+    /// Reads an entry's manifest. `Ok(None)` if absent or of another
+    /// format version.
+    pub(crate) fn get(&self, crate_name: &str, key: &str) -> Result<Option<Entry>> {
+        let p = self.entry_path(crate_name, key);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        };
+        let entry: Entry = serde_json::from_slice(&bytes)
+            .with_context(|| format!("corrupt entry manifest {}", p.display()))?;
+        if entry.version != ENTRY_VERSION {
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Records an access (for LRU) by setting the manifest's mtime.
+    pub(crate) fn touch(&self, crate_name: &str, key: &str) {
+        let p = self.entry_path(crate_name, key);
+        if let Ok(f) = OpenOptions::new().append(true).open(&p) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Takes the gc lock shared: held while blobs and a manifest are
+    /// written, so gc never removes a blob about to be referenced.
+    pub(crate) fn writer_lock(&self) -> Result<File> {
+        let p = self.root.join("gc.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))?;
+        f.lock_shared()
+            .with_context(|| format!("cannot lock {}", p.display()))?;
+        Ok(f)
+    }
+
+    /// Takes the gc lock exclusive.
+    pub(crate) fn gc_lock(&self) -> Result<File> {
+        let p = self.root.join("gc.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))?;
+        f.lock()
+            .with_context(|| format!("cannot lock {}", p.display()))?;
+        Ok(f)
+    }
+
+    /// Copies `src` into the store as a blob, hashing while copying.
+    /// Returns (hash, size). Dedups: an existing blob is kept.
+    pub(crate) fn put_blob_file(&self, src: &Path) -> Result<(String, u64)> {
+        let f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+        self.put_blob_reader(f, None)
+            .with_context(|| format!("cannot store {}", src.display()))
+    }
+
+    /// Streams `r` into the store as a blob. With `limit`, fails if the
+    /// stream holds more than `limit` bytes (never reads past it + 1).
+    pub(crate) fn put_blob_reader(&self, r: impl Read, limit: Option<u64>) -> Result<(String, u64)> {
+        let tmp = self.tmp_path("blob");
+        let res = (|| {
+            let (hash, size) = write_hashed(r, &tmp, limit)?;
+            self.adopt_blob(&tmp, &hash)?;
+            Ok((hash, size))
+        })();
+        let _ = fs::remove_file(&tmp);
+        res
+    }
+
+    /// Moves an already hashed file at `tmp` into place as blob `hash`.
+    /// The file is made read-only. If the blob exists, `tmp` is left for
+    /// the caller to remove.
+    pub(crate) fn adopt_blob(&self, tmp: &Path, hash: &str) -> Result<()> {
+        let dst = self.blob_path(hash);
+        if dst.exists() {
+            return Ok(());
+        }
+        let dir = dst.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        set_readonly(tmp)?;
+        fs::rename(tmp, &dst).with_context(|| format!("cannot move blob into {}", dst.display()))?;
+        Ok(())
+    }
+
+    /// Publishes an entry whose blobs are already in place. Returns false
+    /// if the entry already existed (it is left untouched).
+    pub(crate) fn publish(&self, entry: &Entry) -> Result<bool> {
+        if !valid_crate(&entry.crate_name) || !valid_key(&entry.key) {
+            bail!(
+                "refusing to publish entry with bad name {}/{}",
+                entry.crate_name,
+                entry.key
+            );
+        }
+        for f in &entry.files {
+            if !self.blob_path(&f.hash).is_file() {
+                bail!("blob {} of {} is missing", f.hash, f.name);
+            }
+        }
+        let dst = self.entry_path(&entry.crate_name, &entry.key);
+        if dst.exists() {
+            return Ok(false);
+        }
+        let dir = dst.parent().expect("entry path has a parent");
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = self.tmp_path("entry");
+        let res = (|| {
+            let json = serde_json::to_vec(entry)?;
+            fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
+            fs::rename(&tmp, &dst)
+                .with_context(|| format!("cannot publish entry {}", dst.display()))?;
+            Ok(true)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Removes an entry's manifest (its blobs go at the next gc).
+    pub(crate) fn remove(&self, crate_name: &str, key: &str) -> Result<bool> {
+        let p = self.entry_path(crate_name, key);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", p.display())),
+        }
+    }
+
+    /// Every complete entry on disk (by directory listing; manifests are
+    /// not parsed).
+    pub(crate) fn list(&self) -> Result<Vec<EntryRef>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("entries");
+        let crates = match fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        for c in crates {
+            let c = c?;
+            let Ok(crate_name) = c.file_name().into_string() else {
+                continue;
+            };
+            if !valid_crate(&crate_name) {
+                continue;
+            }
+            self.list_crate_into(&crate_name, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The entries of one crate (normalised name).
+    pub(crate) fn list_crate(&self, crate_name: &str) -> Result<Vec<EntryRef>> {
+        let mut out = Vec::new();
+        self.list_crate_into(crate_name, &mut out)?;
+        Ok(out)
+    }
+
+    fn list_crate_into(&self, crate_name: &str, out: &mut Vec<EntryRef>) -> Result<()> {
+        let dir = self.root.join("entries").join(crate_name);
+        let rd = match fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let name = e.file_name();
+            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if !valid_key(key) {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            out.push(EntryRef {
+                crate_name: crate_name.to_string(),
+                key: key.to_string(),
+                path: e.path(),
+                accessed: mtime_secs(&meta),
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one line to the event log. A single `write` on an
+    /// `O_APPEND` file, so concurrent writers never interleave.
+    pub(crate) fn log_event(&self, line: &str) {
+        let p = self.events_path();
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(p) {
+            let mut buf = String::with_capacity(line.len() + 1);
+            buf.push_str(line);
+            buf.push('\n');
+            let _ = f.write_all(buf.as_bytes());
+        }
+    }
+}
+
+/// Copies `r` to a new file at `dst` while hashing; returns (hash, size).
+/// With `limit`, errors out once more than `limit` bytes arrive.
+pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Result<(String, u64)> {
+    let mut out = File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let cap = limit.map_or(u64::MAX, |l| l.saturating_add(1));
+    let mut r = r.take(cap);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("read failed"),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", dst.display()))?;
+        size += n as u64;
+        if let Some(l) = limit {
+            if size > l {
+                bail!("more data than the {l} bytes announced");
+            }
+        }
+    }
+    out.flush()?;
+    Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+/// Hashes a file's content with blake3.
+pub(crate) fn hash_file(p: &Path) -> io::Result<String> {
+    let mut f = File::open(p)?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(&mut f)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn set_readonly(p: &Path) -> Result<()> {
+    let mut perm = fs::metadata(p)?.permissions();
+    perm.set_readonly(true);
+    fs::set_permissions(p, perm).with_context(|| format!("cannot chmod {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpstore() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn blobs_dedup_and_entries_publish_once() {
+        let (_d, s) = tmpstore();
+        let (h1, n1) = s.put_blob_reader(&b"hello"[..], None).unwrap();
+        let (h2, _) = s.put_blob_reader(&b"hello"[..], None).unwrap();
+        assert_eq!(h1, h2);
+        assert_eq!(n1, 5);
+        assert_eq!(fs::read(s.blob_path(&h1)).unwrap(), b"hello");
+        let e = Entry::new("foo", &"a".repeat(64), vec![FileRecord {
+            name: "libfoo.rlib".into(),
+            hash: h1,
+            size: 5,
+            executable: false,
+        }]);
+        assert!(s.publish(&e).unwrap());
+        assert!(!s.publish(&e).unwrap());
+        let got = s.get("foo", &e.key).unwrap().unwrap();
+        assert_eq!(got.files, e.files);
+        assert_eq!(s.list().unwrap().len(), 1);
+        // nothing left in tmp
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn blob_limit_is_enforced() {
+        let (_d, s) = tmpstore();
+        assert!(s.put_blob_reader(&b"0123456789"[..], Some(4)).is_err());
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn publish_refuses_missing_blob() {
+        let (_d, s) = tmpstore();
+        let e = Entry::new("foo", &"b".repeat(64), vec![FileRecord {
+            name: "x".into(),
+            hash: "c".repeat(64),
+            size: 1,
+            executable: false,
+        }]);
+        assert!(s.publish(&e).is_err());
+        assert!(!s.contains("foo", &e.key));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(normalize_crate("Serde-JSON"), "serde_json");
+        assert!(valid_file_name("libfoo-123.rlib"));
+        assert!(!valid_file_name("../x"));
+        assert!(!valid_file_name("a/b"));
+        assert!(!valid_file_name(".."));
+        assert!(!valid_key("ABC"));
+    }
+}
