@@ -286,10 +286,53 @@ impl Store {
                 .with_context(|| format!("cannot publish entry {}", dst.display()))?;
             Ok(true)
         })();
+        if res.is_ok() {
+            if let Some(inputs) = &entry.inputs {
+                // Best effort: without it the entry is only found again by
+                // a compile that computes the same key some other way.
+                let _ = self.add_inputs(inputs);
+            }
+        }
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         res
+    }
+
+    /// Records an input list under its base key so the wrapper can find
+    /// entries of that base without running rustc. Idempotent.
+    pub(crate) fn add_inputs(&self, inputs: &entry::Inputs) -> Result<()> {
+        if !valid_key(&inputs.base) {
+            bail!("bad base key {}", inputs.base);
+        }
+        let json = serde_json::to_vec(inputs)?;
+        let list_hash = blake3::hash(&json).to_hex();
+        let dir = self.index_dir(&inputs.base);
+        let dst = dir.join(format!("{list_hash}.json"));
+        if dst.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = self.tmp_path("index");
+        fs::write(&tmp, &json).with_context(|| format!("cannot write {}", tmp.display()))?;
+        if let Err(e) = fs::rename(&tmp, &dst) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", dst.display()));
+        }
+        Ok(())
+    }
+
+    /// The input lists recorded under a base key (empty if none).
+    pub(crate) fn inputs_for(&self, base: &str) -> Vec<entry::Inputs> {
+        let Ok(rd) = fs::read_dir(self.index_dir(base)) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| {
+            let p = e.ok()?.path();
+            let bytes = fs::read(p).ok()?;
+            serde_json::from_slice(&bytes).ok()
+        })
+        .collect()
     }
 
     /// Removes an entry's manifest (its blobs go at the next gc).
