@@ -221,9 +221,8 @@ impl Config {
         let bucket = opt("KACHE_S3_BUCKET", r.bucket)?;
         let endpoint = opt("KACHE_S3_ENDPOINT", r.endpoint)?;
         if let Some(e) = &endpoint.value {
-            validate_endpoint(e).with_context(|| {
-                format!("invalid S3 endpoint `{e}` (from {})", endpoint.source)
-            })?;
+            validate_endpoint(e)
+                .with_context(|| format!("invalid S3 endpoint `{e}` (from {})", endpoint.source))?;
         }
         let profile = opt("KACHE_S3_PROFILE", r.profile)?;
         let region = pick(
@@ -286,10 +285,9 @@ impl Config {
             (
                 "cache.remote.endpoint",
                 "KACHE_S3_ENDPOINT",
-                self.endpoint
-                    .value
-                    .clone()
-                    .unwrap_or_else(|| format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)),
+                self.endpoint.value.clone().unwrap_or_else(|| {
+                    format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)
+                }),
                 self.endpoint.source.to_string(),
             ),
             (
@@ -365,7 +363,9 @@ fn read_file(p: &Path) -> Result<Option<FileConfig>> {
     let text = match std::fs::read_to_string(p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", p.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read config file {}", p.display()));
+        }
     };
     match toml::from_str::<FileConfig>(&text) {
         Ok(c) => Ok(Some(c)),
@@ -492,7 +492,11 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
     if !n.is_finite() || n < 0.0 {
         return None;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     Some((n * mult as f64) as u64)
 }
 
@@ -694,7 +698,8 @@ mod tests {
 
     #[test]
     fn ini_profiles() {
-        let m = parse_ini("[default]\naws_access_key_id = A\n[profile ci]\naws_secret_access_key=S\n");
+        let m =
+            parse_ini("[default]\naws_access_key_id = A\n[profile ci]\naws_secret_access_key=S\n");
         assert_eq!(m["default"]["aws_access_key_id"], "A");
         assert_eq!(m["ci"]["aws_secret_access_key"], "S");
     }

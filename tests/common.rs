@@ -28,7 +28,10 @@ pub fn clean_env(c: &mut Command) {
         }
     }
     c.env("KACHE_CONFIG", "/nonexistent/kache-config.toml");
-    c.env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials");
+    c.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/aws-credentials",
+    );
 }
 
 /// Output as text, for assertion messages.
@@ -39,4 +42,43 @@ pub fn show(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Writes an entry straight into a cache dir in the store layout (blobs
+/// plus manifest), as a build would have. Returns the key.
+pub fn put_entry(
+    cache_dir: &Path,
+    crate_name: &str,
+    seed: &str,
+    files: &[(&str, &[u8])],
+) -> String {
+    use std::fs;
+    let key = blake3::hash(format!("{crate_name}/{seed}").as_bytes())
+        .to_hex()
+        .to_string();
+    let mut recs = Vec::new();
+    for (name, data) in files {
+        let h = blake3::hash(data).to_hex().to_string();
+        let p = cache_dir.join("blobs").join(&h[..2]).join(&h);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        if !p.exists() {
+            fs::write(&p, data).unwrap();
+        }
+        recs.push(serde_json::json!({
+            "name": name, "hash": h, "size": data.len(), "executable": false
+        }));
+    }
+    let m = serde_json::json!({
+        "version": 1, "crate_name": crate_name, "key": key, "files": recs,
+        "stdout": "", "stderr": "", "dep_info": null, "inputs": null,
+        "compile_ms": 1500, "created": 0
+    });
+    let dir = cache_dir.join("entries").join(crate_name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join(format!("{key}.json")),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    key
 }

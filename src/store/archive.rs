@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Entry, ENTRY_VERSION, Store, valid_crate, valid_file_name, valid_key, write_hashed};
+use super::{ENTRY_VERSION, Entry, Store, valid_crate, valid_file_name, valid_key, write_hashed};
 
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -51,7 +51,13 @@ pub(crate) enum Unpacked {
 }
 
 /// Writes the entry `crate_name/key` as a zstd tar to `w`.
-pub(crate) fn pack(store: &Store, crate_name: &str, key: &str, w: impl Write, level: i32) -> Result<Packed> {
+pub(crate) fn pack(
+    store: &Store,
+    crate_name: &str,
+    key: &str,
+    w: impl Write,
+    level: i32,
+) -> Result<Packed> {
     let Some(entry) = store.get(crate_name, key)? else {
         return Ok(Packed::Vanished);
     };
@@ -149,7 +155,10 @@ fn unpack_staged(
         bail!("manifest larger than {MAX_MANIFEST} bytes");
     }
     let mut buf = Vec::new();
-    first.take(MAX_MANIFEST + 1).read_to_end(&mut buf).context("corrupt archive")?;
+    first
+        .take(MAX_MANIFEST + 1)
+        .read_to_end(&mut buf)
+        .context("corrupt archive")?;
     let entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
     check_manifest(&entry, crate_name, key)?;
 
@@ -182,7 +191,10 @@ fn unpack_staged(
         let (hash, size) = write_hashed(m, &dst, Some(rec.size))
             .with_context(|| format!("cannot extract `{name}`"))?;
         if size != rec.size {
-            bail!("member `{name}` is truncated ({size} of {} bytes)", rec.size);
+            bail!(
+                "member `{name}` is truncated ({size} of {} bytes)",
+                rec.size
+            );
         }
         if hash != rec.hash {
             bail!("member `{name}` does not match its blake3 hash");
@@ -267,8 +279,18 @@ mod tests {
             "foo",
             &"1".repeat(64),
             vec![
-                FileRecord { name: "libfoo.rlib".into(), hash: h, size: n, executable: false },
-                FileRecord { name: "foo".into(), hash: h2, size: n2, executable: true },
+                FileRecord {
+                    name: "libfoo.rlib".into(),
+                    hash: h,
+                    size: n,
+                    executable: false,
+                },
+                FileRecord {
+                    name: "foo".into(),
+                    hash: h2,
+                    size: n2,
+                    executable: true,
+                },
             ],
         );
         e.stderr = "warning: x".into();
@@ -295,8 +317,14 @@ mod tests {
         let e2 = s2.get("foo", &e.key).unwrap().unwrap();
         assert_eq!(e2.files, e.files);
         assert_eq!(e2.stderr, "warning: x");
-        assert_eq!(fs::read(s2.blob_path(&e.files[0].hash)).unwrap(), b"rlib bytes");
-        assert_eq!(unpack(&s2, "foo", &e.key, &bytes[..]).unwrap(), Unpacked::AlreadyPresent);
+        assert_eq!(
+            fs::read(s2.blob_path(&e.files[0].hash)).unwrap(),
+            b"rlib bytes"
+        );
+        assert_eq!(
+            unpack(&s2, "foo", &e.key, &bytes[..]).unwrap(),
+            Unpacked::AlreadyPresent
+        );
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
     }
 
@@ -320,6 +348,9 @@ mod tests {
         let (_d, s, e) = store_with_entry();
         s.remove("foo", &e.key).unwrap();
         let mut out = Vec::new();
-        assert!(matches!(pack(&s, "foo", &e.key, &mut out, 3).unwrap(), Packed::Vanished));
+        assert!(matches!(
+            pack(&s, "foo", &e.key, &mut out, 3).unwrap(),
+            Packed::Vanished
+        ));
     }
 }

@@ -231,7 +231,11 @@ impl Store {
 
     /// Streams `r` into the store as a blob. With `limit`, fails if the
     /// stream holds more than `limit` bytes (never reads past it + 1).
-    pub(crate) fn put_blob_reader(&self, r: impl Read, limit: Option<u64>) -> Result<(String, u64)> {
+    pub(crate) fn put_blob_reader(
+        &self,
+        r: impl Read,
+        limit: Option<u64>,
+    ) -> Result<(String, u64)> {
         let tmp = self.tmp_path("blob");
         let res = (|| {
             let (hash, size) = write_hashed(r, &tmp, limit)?;
@@ -253,7 +257,8 @@ impl Store {
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         set_readonly(tmp)?;
-        fs::rename(tmp, &dst).with_context(|| format!("cannot move blob into {}", dst.display()))?;
+        fs::rename(tmp, &dst)
+            .with_context(|| format!("cannot move blob into {}", dst.display()))?;
         Ok(())
     }
 
@@ -477,12 +482,16 @@ mod tests {
         assert_eq!(h1, h2);
         assert_eq!(n1, 5);
         assert_eq!(fs::read(s.blob_path(&h1)).unwrap(), b"hello");
-        let e = Entry::new("foo", &"a".repeat(64), vec![FileRecord {
-            name: "libfoo.rlib".into(),
-            hash: h1,
-            size: 5,
-            executable: false,
-        }]);
+        let e = Entry::new(
+            "foo",
+            &"a".repeat(64),
+            vec![FileRecord {
+                name: "libfoo.rlib".into(),
+                hash: h1,
+                size: 5,
+                executable: false,
+            }],
+        );
         assert!(s.publish(&e).unwrap());
         assert!(!s.publish(&e).unwrap());
         let got = s.get("foo", &e.key).unwrap().unwrap();
@@ -502,12 +511,16 @@ mod tests {
     #[test]
     fn publish_refuses_missing_blob() {
         let (_d, s) = tmpstore();
-        let e = Entry::new("foo", &"b".repeat(64), vec![FileRecord {
-            name: "x".into(),
-            hash: "c".repeat(64),
-            size: 1,
-            executable: false,
-        }]);
+        let e = Entry::new(
+            "foo",
+            &"b".repeat(64),
+            vec![FileRecord {
+                name: "x".into(),
+                hash: "c".repeat(64),
+                size: 1,
+                executable: false,
+            }],
+        );
         assert!(s.publish(&e).is_err());
         assert!(!s.contains("foo", &e.key));
     }

@@ -15,7 +15,9 @@ pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
 
 /// Runs the wrapper; returns the exit code to exit with.
 pub(crate) fn main(args: &[OsString]) -> i32 {
-    let status = std::process::Command::new(&args[1]).args(&args[2..]).status();
+    let status = std::process::Command::new(&args[1])
+        .args(&args[2..])
+        .status();
     match status {
         Ok(s) => s.code().unwrap_or(1),
         Err(e) => {
