@@ -429,8 +429,9 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes temp files and staging dirs older than `STALE_TMP` (left by a
-/// crashed writer; live writers' files are younger).
+/// Removes temp files and staging dirs left by crashed writers: those
+/// whose writer process (named in the file name) is gone, and anything
+/// older than `STALE_TMP` whatever its name.
 fn clean_tmp(store: &Store) -> u64 {
     let mut n = 0;
     let cutoff = SystemTime::now() - STALE_TMP;
@@ -442,7 +443,9 @@ fn clean_tmp(store: &Store) -> u64 {
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < cutoff);
-        if old {
+        let dead = store::tmp_owner(&e.file_name().to_string_lossy())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if old || (dead && cfg!(target_os = "linux")) {
             let p = e.path();
             let ok = if p.is_dir() {
                 fs::remove_dir_all(&p).is_ok()

@@ -254,3 +254,32 @@ fn status_and_usage_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-age"));
 }
+
+#[test]
+fn gc_removes_leftovers_of_dead_writers_only() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    let tmpdir = cache.join("tmp");
+    fs::create_dir_all(&tmpdir).unwrap();
+    // A crashed writer (pid that cannot exist) and a live one (ours).
+    fs::write(tmpdir.join("blob.4194303.0.1"), b"half a blob").unwrap();
+    fs::create_dir_all(tmpdir.join("pull.4194303.1.2")).unwrap();
+    let live = format!("blob.{}.0.3", std::process::id());
+    fs::write(tmpdir.join(&live), b"in progress").unwrap();
+    // An orphan blob no manifest references (a crash between blob and
+    // manifest).
+    let h = blake3::hash(b"orphan").to_hex().to_string();
+    let orphan = cache.join("blobs").join(&h[..2]).join(&h);
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::write(&orphan, b"orphan").unwrap();
+
+    let o = kache(&cache).args(["gc", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tmp_removed"], 2, "{v}");
+    assert_eq!(v["blobs_removed"], 1, "{v}");
+    assert_eq!(v["entries_kept"], 1, "{v}");
+    assert!(tmpdir.join(&live).exists());
+    assert!(!orphan.exists());
+}

@@ -107,6 +107,11 @@ fn mtime_secs(meta: &fs::Metadata) -> u64 {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The pid of the process that made a `tmp/` file (see `Store::tmp_path`).
+pub(crate) fn tmp_owner(name: &str) -> Option<u32> {
+    name.split('.').nth(1)?.parse().ok()
+}
+
 impl Store {
     /// Opens the store at `root`, creating its directories.
     pub(crate) fn open(root: &Path) -> Result<Store> {
