@@ -28,6 +28,8 @@ pub(crate) enum ErrorKind {
     AccessDenied,
     /// The bucket does not exist.
     NoSuchBucket,
+    /// The request was signed for another region than the server's.
+    WrongRegion,
     /// The local clock is too far from the server's.
     ClockSkew,
     /// 5xx, 429, throttling, timeouts, connection failures: retried, and
@@ -46,6 +48,7 @@ impl ErrorKind {
                 | ErrorKind::BadSignature
                 | ErrorKind::AccessDenied
                 | ErrorKind::NoSuchBucket
+                | ErrorKind::WrongRegion
                 | ErrorKind::ClockSkew
         )
     }

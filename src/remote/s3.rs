@@ -198,7 +198,7 @@ impl S3Remote {
             .unwrap_or_default();
         let code = xml_field(&text, "Code").unwrap_or_default();
         let server_msg = xml_field(&text, "Message").unwrap_or_default();
-        let kind = classify(status, &code);
+        let kind = classify(status, &code, &server_msg);
         let code_or_status = if code.is_empty() {
             format!("HTTP {status}")
         } else {
@@ -227,6 +227,10 @@ impl S3Remote {
             ErrorKind::NoSuchBucket => format!(
                 "bucket `{}` does not exist at {} (create it, or fix KACHE_S3_BUCKET)",
                 self.bucket_name, self.endpoint
+            ),
+            ErrorKind::WrongRegion => format!(
+                "{code_or_status}: the server expects another region or endpoint than `{}` at {} (set KACHE_S3_REGION to the server's region)",
+                self.region, self.endpoint
             ),
             ErrorKind::ClockSkew => format!(
                 "{code_or_status}: the local clock differs too much from the server's (check the clock)"
@@ -384,9 +388,25 @@ impl Remote for S3Remote {
     }
 }
 
-/// Maps an HTTP status and S3 error code to what we do about it.
-pub(crate) fn classify(status: u16, code: &str) -> ErrorKind {
+/// Maps an HTTP status, S3 error code and message to what we do about
+/// it. Garage answers `AccessDenied` with "No such key" or "Invalid
+/// signature" where AWS has distinct codes.
+pub(crate) fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
+    if status == 403 && (code == "AccessDenied" || code.is_empty()) {
+        let m = message.to_ascii_lowercase();
+        if m.starts_with("no such key") {
+            return ErrorKind::UnknownKey;
+        }
+        if m.contains("invalid signature") {
+            return ErrorKind::BadSignature;
+        }
+    }
     match code {
+        "AuthorizationHeaderMalformed"
+        | "AuthorizationQueryParametersError"
+        | "PermanentRedirect" => {
+            return ErrorKind::WrongRegion;
+        }
         "NoSuchKey" => return ErrorKind::NotFound,
         "NoSuchBucket" => return ErrorKind::NoSuchBucket,
         "InvalidAccessKeyId" | "NotSignedUp" => return ErrorKind::UnknownKey,
@@ -511,20 +531,32 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify(404, "NoSuchKey"), ErrorKind::NotFound);
-        assert_eq!(classify(404, "NoSuchBucket"), ErrorKind::NoSuchBucket);
-        assert_eq!(classify(403, "InvalidAccessKeyId"), ErrorKind::UnknownKey);
+        let c = |s, code| classify(s, code, "");
+        assert_eq!(c(404, "NoSuchKey"), ErrorKind::NotFound);
+        assert_eq!(c(404, "NoSuchBucket"), ErrorKind::NoSuchBucket);
+        assert_eq!(c(403, "InvalidAccessKeyId"), ErrorKind::UnknownKey);
+        assert_eq!(c(403, "NotSignedUp"), ErrorKind::UnknownKey);
+        assert_eq!(c(403, "SignatureDoesNotMatch"), ErrorKind::BadSignature);
+        assert_eq!(c(403, "AccessDenied"), ErrorKind::AccessDenied);
+        assert_eq!(c(403, "RequestTimeTooSkewed"), ErrorKind::ClockSkew);
         assert_eq!(
-            classify(403, "SignatureDoesNotMatch"),
+            c(400, "AuthorizationHeaderMalformed"),
+            ErrorKind::WrongRegion
+        );
+        assert_eq!(c(503, "SlowDown"), ErrorKind::Transient);
+        assert_eq!(c(400, "RequestTimeout"), ErrorKind::Transient);
+        assert_eq!(c(429, ""), ErrorKind::Transient);
+        assert_eq!(c(502, ""), ErrorKind::Transient);
+        assert_eq!(c(400, "InvalidArgument"), ErrorKind::Other);
+        // Garage's wording.
+        assert_eq!(
+            classify(403, "AccessDenied", "No such key: GK123"),
+            ErrorKind::UnknownKey
+        );
+        assert_eq!(
+            classify(403, "AccessDenied", "Forbidden: Invalid signature"),
             ErrorKind::BadSignature
         );
-        assert_eq!(classify(403, "AccessDenied"), ErrorKind::AccessDenied);
-        assert_eq!(classify(403, "RequestTimeTooSkewed"), ErrorKind::ClockSkew);
-        assert_eq!(classify(503, "SlowDown"), ErrorKind::Transient);
-        assert_eq!(classify(400, "RequestTimeout"), ErrorKind::Transient);
-        assert_eq!(classify(429, ""), ErrorKind::Transient);
-        assert_eq!(classify(502, ""), ErrorKind::Transient);
-        assert_eq!(classify(400, "InvalidArgument"), ErrorKind::Other);
         assert!(ErrorKind::BadSignature.is_fatal() && !ErrorKind::Transient.is_fatal());
     }
 
