@@ -17,15 +17,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A bucket to test against. Each value has its own prefix, so tests
 /// sharing an external bucket never see each other's objects.
-pub struct S3 {
-    pub endpoint: String,
-    pub bucket: String,
-    pub access_key: String,
-    pub secret_key: String,
-    pub region: String,
-    pub prefix: String,
+pub(crate) struct S3 {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) access_key: String,
+    pub(crate) secret_key: String,
+    pub(crate) region: String,
+    pub(crate) prefix: String,
     /// The bucket's directory (s3s-fs only): objects are files under it.
-    pub bucket_dir: Option<PathBuf>,
+    pub(crate) bucket_dir: Option<PathBuf>,
     _server: Option<Server>,
 }
 
@@ -56,13 +56,13 @@ fn unique(tag: &str) -> String {
 }
 
 /// True when the tests run against an external server.
-pub fn external() -> bool {
+pub(crate) fn external() -> bool {
     std::env::var("KACHE_TEST_S3_ENDPOINT").is_ok_and(|v| !v.is_empty())
 }
 
 impl S3 {
     /// An external server if configured, else a fresh s3s-fs.
-    pub fn start() -> S3 {
+    pub(crate) fn start() -> S3 {
         if external() {
             let var = |n: &str| {
                 std::env::var(format!("KACHE_TEST_S3_{n}"))
@@ -84,12 +84,12 @@ impl S3 {
     }
 
     /// Sets the remote settings on a kache command.
-    pub fn configure(&self, c: &mut Command) {
+    pub(crate) fn configure(&self, c: &mut Command) {
         self.configure_at(c, &self.endpoint);
     }
 
     /// Same, but through another endpoint (a proxy).
-    pub fn configure_at(&self, c: &mut Command, endpoint: &str) {
+    pub(crate) fn configure_at(&self, c: &mut Command, endpoint: &str) {
         c.env("KACHE_S3_ENDPOINT", endpoint)
             .env("KACHE_S3_BUCKET", &self.bucket)
             .env("KACHE_S3_REGION", &self.region)
@@ -99,13 +99,13 @@ impl S3 {
     }
 
     /// The file holding object `name` (s3s-fs only).
-    pub fn object_file(&self, name: &str) -> Option<PathBuf> {
+    pub(crate) fn object_file(&self, name: &str) -> Option<PathBuf> {
         self.bucket_dir.as_ref().map(|d| d.join(name))
     }
 
     /// Every object file under this test's prefix (s3s-fs only), as
     /// names relative to the bucket, sorted.
-    pub fn objects(&self) -> Option<Vec<String>> {
+    pub(crate) fn objects(&self) -> Option<Vec<String>> {
         let dir = self.bucket_dir.as_ref()?;
         let mut out = Vec::new();
         walk(&dir.join(&self.prefix), dir, &mut out);
@@ -197,7 +197,7 @@ fn start_s3s_fs() -> S3 {
 
 /// What the proxy does to a request instead of forwarding it.
 #[derive(Clone, Debug)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Answer with this status and S3 error code (and `Retry-After: 1`
     /// for 429 and 503).
     Status(u16, &'static str),
@@ -209,11 +209,11 @@ pub enum Fault {
 
 /// One request seen by the proxy.
 #[derive(Clone, Debug)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) path: String,
     /// The `prefix` query parameter of a listing, decoded.
-    pub list_prefix: Option<String>,
+    pub(crate) list_prefix: Option<String>,
 }
 
 #[derive(Default)]
@@ -234,8 +234,8 @@ struct ProxyState {
 }
 
 /// A fault-injecting HTTP/1.1 proxy in front of a server.
-pub struct Proxy {
-    pub endpoint: String,
+pub(crate) struct Proxy {
+    pub(crate) endpoint: String,
     state: Arc<ProxyState>,
     addr: SocketAddr,
 }
@@ -249,7 +249,7 @@ impl Drop for Proxy {
 
 impl Proxy {
     /// Starts a proxy in front of `upstream` (`http://host:port`).
-    pub fn start(upstream: &str) -> Proxy {
+    pub(crate) fn start(upstream: &str) -> Proxy {
         let hostport = upstream
             .strip_prefix("http://")
             .expect("the proxy speaks plain HTTP")
@@ -290,19 +290,19 @@ impl Proxy {
     }
 
     /// The next requests get these faults, in order.
-    pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
+    pub(crate) fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
         self.fail_next_where("", faults);
     }
 
     /// The next requests whose path contains `needle` get these faults.
-    pub fn fail_next_where(&self, needle: &str, faults: impl IntoIterator<Item = Fault>) {
+    pub(crate) fn fail_next_where(&self, needle: &str, faults: impl IntoIterator<Item = Fault>) {
         let mut f = self.state.faults.lock().unwrap();
         f.next
             .extend(faults.into_iter().map(|x| (needle.to_string(), x)));
     }
 
     /// Every request whose path contains `needle` gets `fault`.
-    pub fn fail_matching(&self, needle: &str, fault: Fault) {
+    pub(crate) fn fail_matching(&self, needle: &str, fault: Fault) {
         self.state
             .faults
             .lock()
@@ -312,27 +312,27 @@ impl Proxy {
     }
 
     /// Holds every request this long before answering.
-    pub fn set_delay(&self, d: Duration) {
+    pub(crate) fn set_delay(&self, d: Duration) {
         *self.state.delay.lock().unwrap() = d;
     }
 
     /// The most requests that were in flight at once.
-    pub fn max_inflight(&self) -> usize {
+    pub(crate) fn max_inflight(&self) -> usize {
         self.state.max_inflight.load(Ordering::SeqCst)
     }
 
-    pub fn reset_stats(&self) {
+    pub(crate) fn reset_stats(&self) {
         self.state.max_inflight.store(0, Ordering::SeqCst);
         self.state.seen.lock().unwrap().clear();
     }
 
     /// Every request seen so far.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
 
     /// Faults not yet used.
-    pub fn pending_faults(&self) -> usize {
+    pub(crate) fn pending_faults(&self) -> usize {
         self.state.faults.lock().unwrap().next.len()
     }
 }
@@ -367,15 +367,15 @@ fn decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
