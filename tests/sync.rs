@@ -665,3 +665,82 @@ fn a_corrupt_object_is_reported_not_imported() {
     assert!(!got.contains(&(c.clone(), k.clone())));
     assert!(fs::read_dir(b.join("tmp")).unwrap().next().is_none());
 }
+
+/// Figures, not a check: push and pull of many incompressible entries and
+/// of one large one, with wall time and peak memory. Run with
+/// `cargo test --test tests bench_ -- --ignored --nocapture`
+/// (`KACHE_BENCH_BIN` picks another kache binary, e.g. a release build).
+#[test]
+#[ignore = "benchmark"]
+fn bench_push_pull() {
+    let w = World::new();
+    let nowhere = w.no_workspace();
+    let bin = std::env::var("KACHE_BENCH_BIN").ok();
+    let n: usize = std::env::var("KACHE_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let a = w.cache("a");
+    let noise = |seed: &str, len: usize| {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed.as_bytes())
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    };
+    let mut bytes = 0;
+    for i in 0..n {
+        let d = noise(&format!("e{i}"), 256 << 10);
+        bytes += d.len();
+        put_entry(
+            &a,
+            &format!("c{}", i % 20),
+            &format!("s{i}"),
+            &[("lib.rlib", &d)],
+        );
+    }
+    let run = |label: &str, cache: &Path, args: &[&str]| {
+        let exe = bin
+            .clone()
+            .map_or_else(crate::common::kache_bin, PathBuf::from);
+        let mut c = std::process::Command::new("/usr/bin/time");
+        c.arg("-f").arg("%e s, %M KiB peak").arg(exe);
+        crate::common::clean_env(&mut c);
+        c.env("KACHE_CACHE_DIR", cache);
+        w.s3.configure(&mut c);
+        c.env("KACHE_PROGRESS", "0")
+            .current_dir(&nowhere)
+            .arg("sync")
+            .args(args);
+        let t = Instant::now();
+        let o = c.output().unwrap();
+        ok(&o);
+        let tail = stderr(&o).lines().last().unwrap_or("").to_string();
+        eprintln!("{label}: {:.2}s ({tail})", t.elapsed().as_secs_f64());
+        t.elapsed()
+    };
+    eprintln!(
+        "{n} entries of 256 KiB (incompressible), {} MiB",
+        bytes >> 20
+    );
+    let up = run("push", &a, &["--push"]);
+    let b = w.cache("b");
+    let down = run("pull", &b, &["--pull"]);
+    #[allow(clippy::cast_precision_loss)]
+    let mib = bytes as f64 / (1 << 20) as f64;
+    eprintln!(
+        "push {:.1} MiB/s, pull {:.1} MiB/s",
+        mib / up.as_secs_f64(),
+        mib / down.as_secs_f64()
+    );
+    assert_eq!(entries(&b).len(), n);
+
+    // One large entry: memory must not grow with it.
+    let big = w.cache("big");
+    let d = noise("big", 256 << 20);
+    put_entry(&big, "huge", "x", &[("libhuge.rlib", &d)]);
+    drop(d);
+    run("push 256 MiB entry", &big, &["--push"]);
+    run("pull 256 MiB entry", &w.cache("big2"), &["--pull"]);
+}
