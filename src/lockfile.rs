@@ -17,11 +17,7 @@ use anyhow::{Result, anyhow, bail};
 use crate::store::normalize_crate;
 
 /// Crate names rustc uses for build scripts, whatever the package.
-const BUILD_SCRIPT_CRATES: &[&str] = &[
-    "build_script_build",
-    "build_script_main",
-    "build_script_build_rs",
-];
+const BUILD_SCRIPT_CRATES: &[&str] = &["build_script_build", "build_script_main"];
 
 /// The Cargo.lock governing `start` (a directory), if any.
 pub(crate) fn find_from(start: &Path) -> Option<PathBuf> {

@@ -317,6 +317,60 @@ fn pull_follows_cargo_lock() {
 }
 
 #[test]
+fn plain_sync_pulls_then_pushes_listing_each_crate_once() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["alpha"], 2);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+
+    let b = w.cache("b");
+    fill(&b, &["gamma", "delta"], 4);
+    let ws = w.workspace("ws", &["alpha", "gamma"]);
+    let o = w.sync_via(Some(&proxy), &b, &ws, &["--json"], &[]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 2, "{}", show(&o));
+    assert_eq!(j["pushed"]["entries"], 4, "{}", show(&o));
+    let mut lists: Vec<String> = proxy
+        .seen()
+        .into_iter()
+        .filter_map(|s| s.list_prefix)
+        .collect();
+    lists.sort();
+    let p = &w.s3.prefix;
+    let mut want: Vec<String> = [
+        "alpha",
+        "build_script_build",
+        "build_script_main",
+        "delta",
+        "gamma",
+    ]
+    .iter()
+    .map(|c| format!("{p}/{c}/"))
+    .collect();
+    want.sort();
+    assert_eq!(
+        lists, want,
+        "each crate prefix listed once, the bucket never"
+    );
+    // Everything is in place now: a second run moves nothing.
+    proxy.reset_stats();
+    let o = w.sync_via(Some(&proxy), &b, &ws, &["--json"], &[]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 0);
+    assert_eq!(j["pushed"]["entries"], 0);
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .all(|s| s.method == "GET" && s.list_prefix.is_some())
+    );
+}
+
+#[test]
 fn dry_run_changes_nothing() {
     let w = World::new();
     let a = w.cache("a");
