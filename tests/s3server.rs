@@ -214,6 +214,10 @@ pub(crate) struct Seen {
     pub(crate) path: String,
     /// The `prefix` query parameter of a listing, decoded.
     pub(crate) list_prefix: Option<String>,
+    /// The request's Content-Length header.
+    pub(crate) content_length: Option<u64>,
+    /// The names of the query parameters (not their values).
+    pub(crate) query_names: Vec<String>,
 }
 
 #[derive(Default)]
@@ -408,6 +412,13 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             method: method.clone(),
             path: decode(path),
             list_prefix,
+            content_length: header(&head, "content-length").and_then(|v| v.parse().ok()),
+            query_names: query
+                .split('&')
+                .filter_map(|kv| kv.split('=').next())
+                .filter(|k| !k.is_empty())
+                .map(ToString::to_string)
+                .collect(),
         });
 
         let now = st.inflight.fetch_add(1, Ordering::SeqCst) + 1;

@@ -798,3 +798,43 @@ fn bench_push_pull() {
     run("push 256 MiB entry", &big, &["--push"]);
     run("pull 256 MiB entry", &w.cache("big2"), &["--pull"]);
 }
+
+#[test]
+fn aws_env_credentials_with_a_session_token() {
+    if external() {
+        eprintln!("skipped: the external server has no session tokens");
+        return;
+    }
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 2);
+    let mut c = kache(&a);
+    c.env("KACHE_S3_ENDPOINT", &proxy.endpoint)
+        .env("KACHE_S3_BUCKET", &w.s3.bucket)
+        .env("KACHE_S3_PREFIX", &w.s3.prefix)
+        .env("KACHE_PROGRESS", "0")
+        .env("AWS_ACCESS_KEY_ID", &w.s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &w.s3.secret_key)
+        .env("AWS_SESSION_TOKEN", "tOkEn-that-must-not-leak")
+        .current_dir(&nowhere)
+        .args(["sync", "--push"]);
+    let o = c.output().unwrap();
+    let seen = proxy.seen();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|s| s.query_names.iter().any(|q| q == "X-Amz-Security-Token")),
+        "{seen:?}"
+    );
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("tOkEn-that-must-not-leak"), "{all}");
+    if o.status.success() {
+        assert!(
+            stdout(&o).contains("pushed        2 entries"),
+            "{}",
+            show(&o)
+        );
+    }
+}
