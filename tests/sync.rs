@@ -838,3 +838,21 @@ fn aws_env_credentials_with_a_session_token() {
         );
     }
 }
+
+#[test]
+fn an_object_deleted_after_listing_is_skipped() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    let made = fill(&a, &["foo"], 3);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+    proxy.fail_matching(&made[0].1, Fault::Status(404, "NoSuchKey"));
+    let b = w.cache("b");
+    let o = w.sync_via(Some(&proxy), &b, &nowhere, &["--pull", "--json"], &[]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 2, "{}", show(&o));
+    assert_eq!(j["skipped"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 0, "{}", show(&o));
+}

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::plan::{Direction, Transfer};
 use super::report::Outcome;
-use crate::remote::{Listed, Remote, RemoteError, layout};
+use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
 use crate::store::Store;
 use crate::store::archive::{self, Packed, Unpacked};
 
@@ -91,10 +91,14 @@ fn pull_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
 
 fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outcome, Outcome> {
     let what = format!("cannot download {}", ctx.remote.describe(name));
-    let n = ctx
-        .remote
-        .get(name, tmp)
-        .map_err(|e| failure(t.clone(), &what, &e))?;
+    let n = match ctx.remote.get(name, tmp) {
+        Ok(n) => n,
+        // Deleted since it was listed (a lifecycle rule, a cleanup).
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            return Ok(Outcome::Skipped(t.clone(), "vanished remotely"));
+        }
+        Err(e) => return Err(failure(t.clone(), &what, &e)),
+    };
     let file = File::open(tmp)
         .map_err(|e| Outcome::Failed(t.clone(), format!("cannot read {}: {e}", tmp.display())))?;
     let reader = std::io::BufReader::with_capacity(256 * 1024, file);
