@@ -394,7 +394,7 @@ impl Remote for S3Remote {
 pub(crate) fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
     if status == 403 && (code == "AccessDenied" || code.is_empty()) {
         let m = message.to_ascii_lowercase();
-        if m.starts_with("no such key") {
+        if m.contains("no such key") {
             return ErrorKind::UnknownKey;
         }
         if m.contains("invalid signature") {
@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(c(400, "InvalidArgument"), ErrorKind::Other);
         // Garage's wording.
         assert_eq!(
-            classify(403, "AccessDenied", "No such key: GK123"),
+            classify(403, "AccessDenied", "Forbidden: No such key: GK123"),
             ErrorKind::UnknownKey
         );
         assert_eq!(
