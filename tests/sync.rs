@@ -856,3 +856,46 @@ fn an_object_deleted_after_listing_is_skipped() {
     assert_eq!(j["skipped"]["entries"], 1, "{}", show(&o));
     assert_eq!(j["failed"]["entries"], 0, "{}", show(&o));
 }
+
+/// Progress on a terminal (under `script`, when installed): one line
+/// rewritten in place; none with KACHE_PROGRESS=0. The summary goes to
+/// stdout either way.
+#[test]
+fn progress_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: no /usr/bin/script");
+        return;
+    }
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(150));
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 8);
+    let under_tty = |cache: &Path, args: &str, progress: Option<&str>| {
+        let mut c = std::process::Command::new("/usr/bin/script");
+        crate::common::clean_env(&mut c);
+        w.s3.configure_at(&mut c, &proxy.endpoint);
+        if let Some(p) = progress {
+            c.env("KACHE_PROGRESS", p);
+        }
+        c.env("KACHE_CACHE_DIR", cache)
+            .env("KACHE_S3_CONCURRENCY", "2")
+            .current_dir(&nowhere)
+            .arg("-qfec")
+            .arg(format!(
+                "{} sync {args}",
+                crate::common::kache_bin().display()
+            ))
+            .arg("/dev/null");
+        let o = c.output().unwrap();
+        ok(&o);
+        stdout(&o)
+    };
+    let out = under_tty(&a, "--push", None);
+    assert!(out.contains("\r\x1b[2K[kache] push: "), "{out:?}");
+    assert!(out.contains("pushed        8 entries"), "{out:?}");
+    let out = under_tty(&w.cache("b"), "--pull", Some("0"));
+    assert!(!out.contains("[kache]"), "{out:?}");
+    assert!(out.contains("pulled        8 entries"), "{out:?}");
+}
