@@ -899,3 +899,30 @@ fn progress_on_a_terminal() {
     assert!(!out.contains("[kache]"), "{out:?}");
     assert!(out.contains("pulled        8 entries"), "{out:?}");
 }
+
+/// Not a terminal (CI): a progress line every few seconds on stderr.
+#[test]
+fn progress_lines_in_logs() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(450));
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 8);
+    let o = w.sync_via(
+        Some(&proxy),
+        &a,
+        &nowhere,
+        &["--push"],
+        &[("KACHE_PROGRESS", ""), ("KACHE_S3_CONCURRENCY", "1")],
+    );
+    ok(&o);
+    let err = stderr(&o);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("[kache] push: "))
+        .collect();
+    assert!(!lines.is_empty() && lines.len() <= 3, "{err}");
+    assert!(!err.contains('\r'), "{err:?}");
+    assert!(!stdout(&o).contains("[kache]"));
+}

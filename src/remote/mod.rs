@@ -101,3 +101,108 @@ pub(crate) trait Remote: Send + Sync {
     /// `s3://bucket/...` style description of an object, for messages.
     fn describe(&self, name: &str) -> String;
 }
+
+/// A remote in a local directory, for unit tests of the planning and
+/// scheduling around `Remote` (S3 behaviour is tested against real
+/// servers). It counts requests in flight and can fail chosen objects.
+#[cfg(test)]
+pub(crate) mod dir {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::{ErrorKind, Listed, Remote, RemoteError};
+
+    pub(crate) struct DirRemote {
+        pub(crate) root: PathBuf,
+        pub(crate) inflight: AtomicUsize,
+        pub(crate) max_inflight: AtomicUsize,
+        pub(crate) requests: AtomicUsize,
+        pub(crate) fail: Mutex<HashMap<String, ErrorKind>>,
+        pub(crate) delay: Duration,
+    }
+
+    impl DirRemote {
+        pub(crate) fn new(root: &Path) -> DirRemote {
+            DirRemote {
+                root: root.to_path_buf(),
+                inflight: AtomicUsize::new(0),
+                max_inflight: AtomicUsize::new(0),
+                requests: AtomicUsize::new(0),
+                fail: Mutex::default(),
+                delay: Duration::from_millis(20),
+            }
+        }
+
+        fn enter(&self, name: &str) -> Result<(), RemoteError> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let n = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_inflight.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            let fail = self.fail.lock().unwrap().get(name).copied();
+            match fail {
+                Some(kind) => {
+                    self.inflight.fetch_sub(1, Ordering::SeqCst);
+                    Err(RemoteError::new(kind, format!("injected {kind:?}")))
+                }
+                None => Ok(()),
+            }
+        }
+
+        fn leave(&self) {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Remote for DirRemote {
+        fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError> {
+            self.enter(prefix)?;
+            let mut out = Vec::new();
+            let mut stack = vec![self.root.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else {
+                        let name = p
+                            .strip_prefix(&self.root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .to_string();
+                        if name.starts_with(prefix) {
+                            let size = e.metadata().map_or(0, |m| m.len());
+                            out.push(Listed { name, size });
+                        }
+                    }
+                }
+            }
+            self.leave();
+            Ok(out)
+        }
+
+        fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
+            self.enter(name)?;
+            let r = std::fs::copy(self.root.join(name), dest)
+                .map_err(|e| RemoteError::new(ErrorKind::NotFound, e.to_string()));
+            self.leave();
+            r
+        }
+
+        fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError> {
+            self.enter(name)?;
+            let dst = self.root.join(name);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            let n = std::fs::copy(src, &dst).unwrap();
+            assert_eq!(n, len, "the announced length is the file's");
+            self.leave();
+            Ok(())
+        }
+
+        fn describe(&self, name: &str) -> String {
+            format!("dir://{name}")
+        }
+    }
+}

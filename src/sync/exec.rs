@@ -142,3 +142,152 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
         .map_err(|e| failure(t.clone(), &what, &e))?;
     Ok(Outcome::Done(t.clone(), len))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::remote::ErrorKind;
+    use crate::remote::dir::DirRemote;
+    use crate::store::{Entry, FileRecord};
+
+    fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store")).unwrap();
+        let mut ts = Vec::new();
+        for i in 0..n {
+            let (h, size) = s
+                .put_blob_reader(format!("blob {i}").as_bytes(), None)
+                .unwrap();
+            let key = blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+            let e = Entry::new(
+                "foo",
+                &key,
+                vec![FileRecord {
+                    name: "libfoo.rlib".into(),
+                    hash: h,
+                    size,
+                    executable: false,
+                }],
+            );
+            s.publish(&e).unwrap();
+            ts.push(Transfer {
+                dir: Direction::Push,
+                crate_name: "foo".into(),
+                key,
+                size,
+            });
+        }
+        (d, s, ts)
+    }
+
+    fn pool(n: usize) -> ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    }
+
+    fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        run(pool, ctx, ts, tx);
+        rx.iter().collect()
+    }
+
+    #[test]
+    fn push_then_pull_within_the_bound() {
+        let (d, s, ts) = store_with(12);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let out = run_all(&ctx, &pool(3), ts.clone());
+        assert_eq!(out.len(), 12);
+        assert!(out.iter().all(|o| matches!(o, Outcome::Done(..))));
+        assert_eq!(remote.max_inflight.load(Ordering::SeqCst), 3);
+
+        let s2 = Store::open(&d.path().join("store2")).unwrap();
+        let ctx2 = Ctx {
+            store: &s2,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let pulls: Vec<Transfer> = ts
+            .iter()
+            .map(|t| Transfer {
+                dir: Direction::Pull,
+                ..t.clone()
+            })
+            .collect();
+        let out = run_all(&ctx2, &pool(3), pulls.clone());
+        assert!(out.iter().all(|o| matches!(o, Outcome::Done(..))));
+        assert_eq!(s2.list().unwrap().len(), 12);
+        // Already there: skipped without a request.
+        let before = remote.requests.load(Ordering::SeqCst);
+        let out = run_all(&ctx2, &pool(3), pulls);
+        assert!(out.iter().all(|o| matches!(o, Outcome::Skipped(..))));
+        assert_eq!(remote.requests.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn a_fatal_error_stops_the_rest() {
+        let (d, s, ts) = store_with(20);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        for t in &ts {
+            remote.fail.lock().unwrap().insert(
+                layout::object_name("p", &t.crate_name, &t.key),
+                ErrorKind::BadSignature,
+            );
+        }
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let out = run_all(&ctx, &pool(2), ts);
+        assert!(out.len() < 20, "{} outcomes", out.len());
+        assert!(out.iter().all(|o| matches!(o, Outcome::Fatal(..))));
+    }
+
+    #[test]
+    fn vanished_entries_are_skipped_and_failures_reported() {
+        let (d, s, ts) = store_with(4);
+        s.remove("foo", &ts[0].key).unwrap();
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        remote.fail.lock().unwrap().insert(
+            layout::object_name("p", "foo", &ts[1].key),
+            ErrorKind::Transient,
+        );
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let out = run_all(&ctx, &pool(2), ts);
+        let skipped = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Skipped(..)))
+            .count();
+        let failed = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Failed(..)))
+            .count();
+        let done = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Done(..)))
+            .count();
+        assert_eq!((skipped, failed, done), (1, 1, 2));
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+}
