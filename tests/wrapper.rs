@@ -313,6 +313,14 @@ fn features_flags_profile_env_and_check_make_separate_entries() {
     );
     assert!(!results(&ev).iter().any(|(n, _)| n == "genlib"));
     assert_eq!(a.run_app("debug"), "hi total=52 label=built");
+    // Set but empty is not unset.
+    variant(
+        "empty env",
+        &["build"],
+        &[("KACHE_FIXTURE_GREETING", "")],
+        &["alpha", "app"],
+    );
+    assert_eq!(a.run_app("debug"), "total=52 label=built");
     // ... and back: served from the first entries.
     a.build_ok(&["build"], &[]);
     assert_eq!(a.run_app("debug"), APP_OUT);
@@ -420,6 +428,21 @@ fn disabled_never_touches_the_store() {
     a.build_ok(&["build"], &[("KACHE_DISABLED", "1")]);
     assert_eq!(a.run_app("debug"), APP_OUT);
     assert!(!sb.cache.exists());
+}
+
+#[test]
+fn disabled_after_restore_recompiles_over_read_only_links() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build", "-p", "alpha"], &[]);
+    assert_all(&sb.take_events(), "miss", 1);
+    a.build_ok(&["clean"], &[]);
+    a.build_ok(&["build", "-p", "alpha"], &[]);
+    assert_all(&sb.take_events(), "local_hit", 1);
+    a.edit("alpha/src/lib.rs", "{ 40 }", "{ 41 }");
+    a.build_ok(&["build"], &[("KACHE_DISABLED", "1")]);
+    assert_eq!(a.run_app("debug"), "hello total=53 label=built");
+    assert!(compiles(&sb.take_events()).is_empty());
 }
 
 #[test]

@@ -102,24 +102,41 @@ fn progress(crate_name: &str, what: &str, start: Instant, size: u64) {
 /// Runs the wrapper; returns the exit code to exit with.
 pub(crate) fn main(argv: &[OsString]) -> i32 {
     let start = Instant::now();
-    if truthy("KACHE_DISABLED") || std::env::var_os("KACHE_ACTIVE").is_some() {
-        return run_plain(&argv[1], &argv[2..]);
-    }
-    if !args::is_rustc_like(&argv[1]) {
-        // RUSTC_WORKSPACE_WRAPPER shape: run the workspace wrapper uncached.
+    if std::env::var_os("KACHE_ACTIVE").is_some() || !args::is_rustc_like(&argv[1]) {
+        // A nested call, or the RUSTC_WORKSPACE_WRAPPER shape
+        // (`kache WRAPPER rustc ARGS`): run argv[1] uncached.
         return run_plain(&argv[1], &argv[2..]);
     }
     let rustc = &argv[1];
     let rest = &argv[2..];
-    let cfg = match WrapperConfig::load() {
-        Ok(c) => c,
-        Err(e) => return fallback(rustc, rest, &e),
-    };
-    let Some(expanded) = args::expand_argfiles(rest) else {
+    let Some(mut expanded) = args::expand_argfiles(rest) else {
         return run_plain(rustc, rest);
     };
+    // clippy-driver as workspace wrapper: `kache clippy-driver rustc ARGS`.
+    let lead: Option<String> = match expanded.first() {
+        Some(a) if args::is_rustc_like(a.as_ref()) => Some(expanded.remove(0)),
+        _ => None,
+    };
     let out_dir_env = std::env::var("OUT_DIR").ok();
-    let compile = match args::classify(&expanded, cfg.cache_executables, out_dir_env.as_deref()) {
+    if truthy("KACHE_DISABLED") {
+        // Pure pass-through; only clear read-only outputs a restore left
+        // (hard links to blobs), which rustc refuses to overwrite.
+        if let Verdict::Cache(c) = args::classify(&expanded, true, out_dir_env.as_deref()) {
+            unlink_outputs(&c);
+        }
+        return run_plain(rustc, rest);
+    }
+    let cfg = match WrapperConfig::load() {
+        Ok(c) => c,
+        Err(e) => {
+            return match args::classify(&expanded, true, out_dir_env.as_deref()) {
+                Verdict::Cache(_) => fallback(rustc, rest, &e),
+                Verdict::Pass(_) => run_plain(rustc, rest),
+            };
+        }
+    };
+    let mut compile = match args::classify(&expanded, cfg.cache_executables, out_dir_env.as_deref())
+    {
         Verdict::Cache(c) => c,
         Verdict::Pass(_) => {
             let code = run_plain(rustc, rest);
@@ -138,6 +155,9 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             return code;
         }
     };
+    if let Some(l) = lead {
+        compile.run_args.insert(0, l);
+    }
     let mut ran = None;
     match cached(&cfg, rustc, &compile, &expanded, start, &mut ran) {
         Ok(code) => code,
@@ -183,6 +203,13 @@ fn warn(e: &anyhow::Error, what: &str) {
 fn fallback(rustc: &OsString, rest: &[OsString], e: &anyhow::Error) -> i32 {
     warn(e, "running rustc uncached");
     run_plain(rustc, rest)
+}
+
+/// Removes read-only outputs of a compile from its out dir.
+fn unlink_outputs(c: &Compile) {
+    let mut names: Vec<String> = c.outputs().into_iter().map(|(n, _)| n).collect();
+    names.push(c.dep_info_name());
+    restore::unlink_readonly(&c.out_dir, &names);
 }
 
 /// Looks up each recorded input list of `base`; the first whose full key
@@ -280,9 +307,7 @@ fn cached(
 
     // Miss: compile for real.
     let outputs = compile.outputs();
-    let mut names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
-    names.push(compile.dep_info_name());
-    restore::unlink_readonly(&out_dir, &names);
+    unlink_outputs(compile);
     let mut cmd = Command::new(rustc);
     cmd.args(&compile.run_args)
         .args(paths.remap_args())
