@@ -379,6 +379,31 @@ fn compile_error_passes_through_and_is_not_stored() {
     // Same result as rustc without kache.
     let plain = a.cargo(&["build"], &[("KACHE_DISABLED", "1")]);
     assert_eq!(plain.status.code(), o.status.code());
+    sb.take_events();
+
+    // Warnings are part of the entry: a hit replays them.
+    a.edit(
+        "beta/src/lib.rs",
+        "alpha::base() + \"two\"\n}",
+        "alpha::base() + 2\n}\n\nfn unused_helper() {}",
+    );
+    let warnings = |o: &Output| -> Vec<String> {
+        stderr(o)
+            .lines()
+            .skip_while(|l| !l.starts_with("warning: function `unused_helper`"))
+            .take_while(|l| !l.contains("generated 1 warning"))
+            .map(String::from)
+            .collect()
+    };
+    let cold = a.build_ok(&["build"], &[]);
+    let cold_w = warnings(&cold);
+    assert!(cold_w.len() > 2, "{}", show(&cold));
+    a.build_ok(&["clean"], &[]);
+    sb.take_events();
+    let warm = a.build_ok(&["build"], &[]);
+    let r = results(&sb.take_events());
+    assert!(r.contains(&("beta".into(), "local_hit".into())), "{r:?}");
+    assert_eq!(warnings(&warm), cold_w);
 }
 
 #[test]
