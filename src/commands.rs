@@ -246,7 +246,7 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             "errors": ev.errors,
             "hit_rate": rate,
             "time_saved_ms": ev.saved_ms,
-            "mean_hit_ms": if ev.hits == 0 { 0 } else { ev.hit_ms / ev.hits },
+            "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -301,8 +301,10 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
         .transpose()?;
     let store = Store::open(&cfg.cache_dir.value)?;
     let _lock = store.gc_lock()?;
-    let mut rep = GcReport::default();
-    rep.tmp_removed = clean_tmp(&store);
+    let mut rep = GcReport {
+        tmp_removed: clean_tmp(&store),
+        ..GcReport::default()
+    };
 
     let mut all = load_all(&store, None)?;
     let blobs = walk_blobs(&store);

@@ -123,28 +123,23 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
-    pub(crate) max_size: u64,
 }
 
 impl WrapperConfig {
     pub(crate) fn load() -> Result<WrapperConfig> {
         let dir = env_nonempty("KACHE_CACHE_DIR");
         let exe = env_nonempty("KACHE_CACHE_EXECUTABLES");
-        let max = env_nonempty("KACHE_MAX_SIZE");
-        if let (Some(dir), Some(exe), Some(max)) = (&dir, &exe, &max) {
+        if let (Some(dir), Some(exe)) = (&dir, &exe) {
             return Ok(WrapperConfig {
                 cache_dir: PathBuf::from(dir),
                 cache_executables: parse_bool(exe)
                     .ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", exe, BOOL_FORM))?,
-                max_size: parse_size(max)
-                    .ok_or_else(|| invalid("KACHE_MAX_SIZE", max, SIZE_FORM))?,
             });
         }
         let c = Config::load()?;
         Ok(WrapperConfig {
             cache_dir: c.cache_dir.value,
             cache_executables: c.cache_executables.value,
-            max_size: c.max_size.value,
         })
     }
 }
@@ -397,13 +392,13 @@ fn pick<T>(
     fsrc: &dyn Fn() -> Source,
     parse: impl Fn(&str) -> Result<T>,
 ) -> Result<Setting<T>> {
-    if let Ok(v) = env::var(var) {
-        if !v.is_empty() {
-            return Ok(Setting {
-                value: parse(&v)?,
-                source: Source::Env(var),
-            });
-        }
+    if let Ok(v) = env::var(var)
+        && !v.is_empty()
+    {
+        return Ok(Setting {
+            value: parse(&v)?,
+            source: Source::Env(var),
+        });
     }
     Ok(match file {
         Some(value) => Setting {
@@ -426,14 +421,14 @@ fn pick_value<T>(
     fsrc: &dyn Fn() -> Source,
     parse: impl Fn(&str) -> std::result::Result<T, String>,
 ) -> Result<Setting<T>> {
-    if let Ok(v) = env::var(var) {
-        if !v.is_empty() {
-            let value = parse(&v).map_err(|form| invalid(var, &v, &form))?;
-            return Ok(Setting {
-                value,
-                source: Source::Env(var),
-            });
-        }
+    if let Ok(v) = env::var(var)
+        && !v.is_empty()
+    {
+        let value = parse(&v).map_err(|form| invalid(var, &v, &form))?;
+        return Ok(Setting {
+            value,
+            source: Source::Env(var),
+        });
     }
     match file {
         Some(val) => {

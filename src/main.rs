@@ -6,7 +6,7 @@ The mode is decided from argv before anything else: when cargo runs us as
 followed by one) we go straight to the wrapper, which reads no more
 settings than it needs. Otherwise the command line is parsed by clap.
 */
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod cli;
 mod commands;

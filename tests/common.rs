@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The kache binary under test.
-pub fn kache_bin() -> PathBuf {
+pub(crate) fn kache_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kache"))
 }
 
 /// A `kache` command with a clean environment: no user config, no
 /// credentials from the host, the given cache dir.
-pub fn kache(cache_dir: &Path) -> Command {
+pub(crate) fn kache(cache_dir: &Path) -> Command {
     let mut c = Command::new(kache_bin());
     clean_env(&mut c);
     c.env("KACHE_CACHE_DIR", cache_dir);
@@ -21,7 +21,7 @@ pub fn kache(cache_dir: &Path) -> Command {
 
 /// Removes every KACHE_* and AWS_* variable and points config lookups
 /// at nothing.
-pub fn clean_env(c: &mut Command) {
+pub(crate) fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("KACHE_") || k.starts_with("AWS_") {
             c.env_remove(k);
@@ -35,7 +35,7 @@ pub fn clean_env(c: &mut Command) {
 }
 
 /// Output as text, for assertion messages.
-pub fn show(o: &Output) -> String {
+pub(crate) fn show(o: &Output) -> String {
     format!(
         "status: {}\n--- stdout\n{}\n--- stderr\n{}",
         o.status,
@@ -46,7 +46,7 @@ pub fn show(o: &Output) -> String {
 
 /// Writes an entry straight into a cache dir in the store layout (blobs
 /// plus manifest), as a build would have. Returns the key.
-pub fn put_entry(
+pub(crate) fn put_entry(
     cache_dir: &Path,
     crate_name: &str,
     seed: &str,

@@ -1,1 +1,502 @@
-//! (being written)
+//! Wrapper mode under real `cargo build`s of the fixture workspace in
+//! `tests/fixtures/ws` (path dependencies only; `--offline`).
+//!
+//! The workspace: `alpha` (lib, a feature, an `option_env!`), `beta`
+//! (lib on alpha), `macros` (proc-macro), `genlib` (build script that sets
+//! a rustc-env and writes into OUT_DIR) and `app` (bin printing a value
+//! computed through all of them).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{clean_env, kache_bin, show};
+
+/// Compiles a cold build of the fixture runs through kache.
+const COMPILES: usize = 6;
+const APP_OUT: &str = "hello total=52 label=built";
+
+fn fixture_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws")
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            if e.file_name() != "target" {
+                copy_dir(&e.path(), &to);
+            }
+        } else {
+            fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// One test's sandbox: a temp dir holding checkouts, target dirs and the
+/// cache dir.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    cache: PathBuf,
+}
+
+/// A checkout of the fixture with its own target dir.
+struct Checkout {
+    ws: PathBuf,
+    target: PathBuf,
+    cache: PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        Sandbox { dir, cache }
+    }
+
+    fn checkout(&self, name: &str) -> Checkout {
+        let ws = self.dir.path().join(name).join("ws");
+        copy_dir(&fixture_src(), &ws);
+        Checkout {
+            target: self.dir.path().join(name).join("target"),
+            ws,
+            cache: self.cache.clone(),
+        }
+    }
+
+    fn events_path(&self) -> PathBuf {
+        self.cache.join("events.jsonl")
+    }
+
+    /// The events logged since the last call (the log is emptied).
+    fn take_events(&self) -> Vec<serde_json::Value> {
+        let p = self.events_path();
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let _ = fs::remove_file(&p);
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("event is JSON"))
+            .collect()
+    }
+}
+
+/// The compile events (non-empty crate) of a list.
+fn compiles(ev: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    ev.iter().filter(|e| e["crate"] != "").collect()
+}
+
+fn results(ev: &[serde_json::Value]) -> Vec<(String, String)> {
+    compiles(ev)
+        .iter()
+        .map(|e| {
+            (
+                e["crate"].as_str().unwrap().to_string(),
+                e["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn keys(ev: &[serde_json::Value]) -> BTreeSet<String> {
+    compiles(ev)
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+fn assert_all(ev: &[serde_json::Value], result: &str, n: usize) {
+    let r = results(ev);
+    assert_eq!(r.len(), n, "{r:?}");
+    assert!(
+        r.iter().all(|(_, x)| x == result),
+        "expected all {result}: {r:?}"
+    );
+}
+
+impl Checkout {
+    fn cargo(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new("cargo");
+        clean_env(&mut c);
+        for (k, _) in std::env::vars() {
+            let keep = k == "CARGO_HOME";
+            if (k.starts_with("CARGO_") && !keep)
+                || k.starts_with("RUSTC_")
+                || k == "RUSTFLAGS"
+                || k == "RUSTDOCFLAGS"
+                || k == "CARGO"
+            {
+                c.env_remove(k);
+            }
+        }
+        c.current_dir(&self.ws)
+            .args(args)
+            .arg("--offline")
+            .env("RUSTC_WRAPPER", kache_bin())
+            .env("CARGO_TARGET_DIR", &self.target)
+            .env("KACHE_CACHE_DIR", &self.cache)
+            .env("CARGO_TERM_COLOR", "never")
+            .env("CARGO_BUILD_JOBS", "2");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    fn build_ok(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let o = self.cargo(args, env);
+        assert!(o.status.success(), "cargo {args:?} failed\n{}", show(&o));
+        o
+    }
+
+    fn run_app(&self, profile: &str) -> String {
+        let o = Command::new(self.target.join(profile).join("app"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let p = self.ws.join(rel);
+        let s = fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from));
+        fs::write(&p, s.replace(from, to)).unwrap();
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cold_clean_warm_fresh_edit_and_second_checkout() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let cold = sb.take_events();
+    assert_all(&cold, "miss", COMPILES);
+    assert!(
+        compiles(&cold)
+            .iter()
+            .all(|e| e["compile_ms"].as_u64().is_some())
+    );
+
+    // cargo clean, then a warm build: every compile is a local hit.
+    a.build_ok(&["clean"], &[]);
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let warm = sb.take_events();
+    assert_all(&warm, "local_hit", COMPILES);
+    assert_eq!(keys(&warm), keys(&cold));
+
+    // A restored rlib is a hard link to its blob; the binary a copy.
+    use std::os::unix::fs::MetadataExt;
+    let mut blobs = BTreeSet::new();
+    for d in fs::read_dir(sb.cache.join("blobs")).unwrap() {
+        for b in fs::read_dir(d.unwrap().path()).unwrap() {
+            blobs.insert(b.unwrap().metadata().unwrap().ino());
+        }
+    }
+    let deps = a.target.join("debug/deps");
+    let ino = |pred: &dyn Fn(&str) -> bool| {
+        let e = fs::read_dir(&deps)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| pred(p.file_name().unwrap().to_str().unwrap()))
+            .unwrap();
+        fs::metadata(e).unwrap().ino()
+    };
+    assert!(blobs.contains(&ino(&|n| n.starts_with("libalpha-") && n.ends_with(".rlib"))));
+    assert!(!blobs.contains(&ino(&|n| n.starts_with("app-") && !n.contains('.'))));
+
+    // After a restore, cargo considers everything fresh.
+    let v = a.build_ok(&["build", "-v"], &[]);
+    let err = stderr(&v);
+    assert!(!err.contains("Running"), "{err}");
+    assert!(err.contains("Fresh alpha"), "{err}");
+    assert!(compiles(&sb.take_events()).is_empty());
+
+    // A second checkout at another path (own target dir) hits everything.
+    let b = sb.checkout("b");
+    b.build_ok(&["build"], &[]);
+    assert_eq!(b.run_app("debug"), APP_OUT);
+    assert_all(&sb.take_events(), "local_hit", COMPILES);
+
+    // Editing beta recompiles beta and app only; the program shows it.
+    a.edit("beta/src/lib.rs", "+ 2", "+ 5");
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), "hello total=55 label=built");
+    let mut r = results(&sb.take_events());
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            ("app".into(), "miss".into()),
+            ("beta".into(), "miss".into())
+        ]
+    );
+    // Reverting serves the old entries again, not the edited ones.
+    a.edit("beta/src/lib.rs", "+ 5", "+ 2");
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let mut r = results(&sb.take_events());
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            ("app".into(), "local_hit".into()),
+            ("beta".into(), "local_hit".into())
+        ]
+    );
+}
+
+#[test]
+fn features_flags_profile_env_and_check_make_separate_entries() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[]);
+    let base = keys(&sb.take_events());
+    assert_eq!(base.len(), COMPILES);
+
+    let variant = |what: &str, args: &[&str], env: &[(&str, &str)], expect_miss: &[&str]| {
+        a.build_ok(args, env);
+        let ev = sb.take_events();
+        let r = results(&ev);
+        for c in expect_miss {
+            assert!(
+                r.iter().any(|(n, x)| n == c && x == "miss"),
+                "{what}: expected {c} to miss: {r:?}"
+            );
+        }
+        ev
+    };
+
+    let ev = variant(
+        "feature",
+        &["build", "--features", "app/extra"],
+        &[],
+        &["alpha", "beta", "app"],
+    );
+    assert!(keys(&ev).iter().any(|k| !base.contains(k)));
+    assert_eq!(a.run_app("debug"), "hello total=1012 label=built");
+
+    variant(
+        "rustflags",
+        &["build"],
+        &[("RUSTFLAGS", "--cfg kache_test")],
+        &["alpha", "beta", "genlib", "app"],
+    );
+    variant(
+        "deny warnings",
+        &["build"],
+        &[("RUSTFLAGS", "-D warnings")],
+        &["alpha", "beta", "genlib", "app"],
+    );
+    variant(
+        "release",
+        &["build", "--release"],
+        &[],
+        &["alpha", "beta", "genlib", "app"],
+    );
+    assert_eq!(a.run_app("release"), APP_OUT);
+
+    // An env var read with option_env!: only alpha and its dependents.
+    let ev = variant(
+        "env",
+        &["build"],
+        &[("KACHE_FIXTURE_GREETING", "hi")],
+        &["alpha", "app"],
+    );
+    assert!(!results(&ev).iter().any(|(n, _)| n == "genlib"));
+    assert_eq!(a.run_app("debug"), "hi total=52 label=built");
+    // Set but empty is not unset.
+    variant(
+        "empty env",
+        &["build"],
+        &[("KACHE_FIXTURE_GREETING", "")],
+        &["alpha", "app"],
+    );
+    assert_eq!(a.run_app("debug"), "total=52 label=built");
+    // ... and back: served from the first entries.
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let r = results(&sb.take_events());
+    assert!(r.iter().all(|(_, x)| x == "local_hit"), "{r:?}");
+
+    // A build-script env var (rerun-if-env-changed -> rustc-env -> env!).
+    variant(
+        "build env",
+        &["build"],
+        &[("KACHE_FIXTURE_BUILD", "other")],
+        &["genlib", "app"],
+    );
+    assert_eq!(a.run_app("debug"), "hello total=52 label=other");
+
+    // cargo check never takes a cargo build entry, nor the other way.
+    a.build_ok(&["clean"], &[]);
+    variant(
+        "check",
+        &["check"],
+        &[],
+        &["alpha", "beta", "genlib", "app"],
+    );
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let r = results(&sb.take_events());
+    assert!(r.iter().all(|(_, x)| x == "local_hit"), "{r:?}");
+    a.build_ok(&["clean"], &[]);
+    a.build_ok(&["check"], &[]);
+    let r = results(&sb.take_events());
+    assert!(r.iter().all(|(_, x)| x == "local_hit"), "{r:?}");
+}
+
+#[test]
+fn compile_error_passes_through_and_is_not_stored() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.edit(
+        "beta/src/lib.rs",
+        "alpha::base() + 2",
+        "alpha::base() + \"two\"",
+    );
+    let o = a.cargo(&["build"], &[]);
+    assert!(!o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("error[E0277]"), "{err}");
+    assert!(err.contains("beta/src/lib.rs"), "{err}");
+    assert!(!err.contains("kache"), "{err}");
+    let r = results(&sb.take_events());
+    assert!(r.contains(&("beta".into(), "miss".into())), "{r:?}");
+    let beta_entries = sb.cache.join("entries/beta");
+    assert!(
+        !beta_entries.exists() || fs::read_dir(&beta_entries).unwrap().count() == 0,
+        "a failed compile was stored"
+    );
+    // Same result as rustc without kache.
+    let plain = a.cargo(&["build"], &[("KACHE_DISABLED", "1")]);
+    assert_eq!(plain.status.code(), o.status.code());
+    sb.take_events();
+
+    // Warnings are part of the entry: a hit replays them.
+    a.edit(
+        "beta/src/lib.rs",
+        "alpha::base() + \"two\"\n}",
+        "alpha::base() + 2\n}\n\nfn unused_helper() {}",
+    );
+    let warnings = |o: &Output| -> Vec<String> {
+        stderr(o)
+            .lines()
+            .skip_while(|l| !l.starts_with("warning: function `unused_helper`"))
+            .take_while(|l| !l.contains("generated 1 warning"))
+            .map(String::from)
+            .collect()
+    };
+    let cold = a.build_ok(&["build"], &[]);
+    let cold_w = warnings(&cold);
+    assert!(cold_w.len() > 2, "{}", show(&cold));
+    a.build_ok(&["clean"], &[]);
+    sb.take_events();
+    let warm = a.build_ok(&["build"], &[]);
+    let r = results(&sb.take_events());
+    assert!(r.contains(&("beta".into(), "local_hit".into())), "{r:?}");
+    assert_eq!(warnings(&warm), cold_w);
+}
+
+#[test]
+fn concurrent_builds_share_one_cache() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    let b = sb.checkout("b");
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| a.cargo(&["build"], &[]));
+        let hb = s.spawn(|| b.cargo(&["build"], &[]));
+        for o in [ha.join().unwrap(), hb.join().unwrap()] {
+            assert!(o.status.success(), "{}", show(&o));
+        }
+    });
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    assert_eq!(b.run_app("debug"), APP_OUT);
+    let r = results(&sb.take_events());
+    assert_eq!(r.len(), 2 * COMPILES, "{r:?}");
+    assert!(
+        r.iter().all(|(_, x)| x == "miss" || x == "local_hit"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn unwritable_cache_dir_fails_open_with_one_warning_per_compile() {
+    let sb = Sandbox::new();
+    let mut a = sb.checkout("a");
+    let file = sb.dir.path().join("a-file");
+    fs::write(&file, "not a dir").unwrap();
+    a.cache = file.join("cache");
+    let o = a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
+    assert_eq!(warnings.len(), COMPILES, "{err}");
+    for w in warnings {
+        assert!(w.starts_with("warning: kache: "), "{w}");
+        assert!(w.ends_with("; running rustc uncached"), "{w}");
+    }
+}
+
+#[test]
+fn disabled_never_touches_the_store() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[("KACHE_DISABLED", "1")]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    assert!(!sb.cache.exists());
+}
+
+#[test]
+fn disabled_after_restore_recompiles_over_read_only_links() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build", "-p", "alpha"], &[]);
+    assert_all(&sb.take_events(), "miss", 1);
+    a.build_ok(&["clean"], &[]);
+    a.build_ok(&["build", "-p", "alpha"], &[]);
+    assert_all(&sb.take_events(), "local_hit", 1);
+    a.edit("alpha/src/lib.rs", "{ 40 }", "{ 41 }");
+    a.build_ok(&["build"], &[("KACHE_DISABLED", "1")]);
+    assert_eq!(a.run_app("debug"), "hello total=53 label=built");
+    assert!(compiles(&sb.take_events()).is_empty());
+}
+
+#[test]
+fn argv_shapes() {
+    let mut c = Command::new(kache_bin());
+    clean_env(&mut c);
+    let dir = tempfile::tempdir().unwrap();
+    c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
+    // rustc -vV passes through.
+    let o = c.args(["rustc", "-vV"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("rustc "));
+    // The workspace-wrapper shape runs the wrapper with the rest.
+    let mut c = Command::new(kache_bin());
+    clean_env(&mut c);
+    c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
+    let o = c.args(["/bin/echo", "rustc", "-vV"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "rustc -vV");
+    // An @argfile is read (and rustc sees it unchanged).
+    let argfile = dir.path().join("args");
+    fs::write(&argfile, "-vV\n").unwrap();
+    let mut c = Command::new(kache_bin());
+    clean_env(&mut c);
+    c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
+    let o = c
+        .arg("rustc")
+        .arg(format!("@{}", argfile.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("rustc "));
+}

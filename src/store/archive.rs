@@ -257,10 +257,10 @@ fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
             bail!("manifest lists `{}` twice", f.name);
         }
     }
-    if let Some(d) = &e.dep_info {
-        if !valid_file_name(&d.name) {
-            bail!("manifest names a bad dep-info file `{}`", d.name);
-        }
+    if let Some(d) = &e.dep_info
+        && !valid_file_name(&d.name)
+    {
+        bail!("manifest names a bad dep-info file `{}`", d.name);
     }
     Ok(())
 }

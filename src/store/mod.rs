@@ -57,7 +57,6 @@ pub(crate) struct Store {
 pub(crate) struct EntryRef {
     pub(crate) crate_name: String,
     pub(crate) key: String,
-    pub(crate) path: PathBuf,
     /// Last access (manifest mtime), seconds since the epoch.
     pub(crate) accessed: u64,
 }
@@ -296,12 +295,12 @@ impl Store {
                 .with_context(|| format!("cannot publish entry {}", dst.display()))?;
             Ok(true)
         })();
-        if res.is_ok() {
-            if let Some(inputs) = &entry.inputs {
-                // Best effort: without it the entry is only found again by
-                // a compile that computes the same key some other way.
-                let _ = self.add_inputs(inputs);
-            }
+        if res.is_ok()
+            && let Some(inputs) = &entry.inputs
+        {
+            // Best effort: without it the entry is only found again by a
+            // compile that computes the same key some other way.
+            let _ = self.add_inputs(inputs);
         }
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -405,7 +404,6 @@ impl Store {
             out.push(EntryRef {
                 crate_name: crate_name.to_string(),
                 key: key.to_string(),
-                path: e.path(),
                 accessed: mtime_secs(&meta),
             });
         }
@@ -445,10 +443,10 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
         out.write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", dst.display()))?;
         size += n as u64;
-        if let Some(l) = limit {
-            if size > l {
-                bail!("more data than the {l} bytes announced");
-            }
+        if let Some(l) = limit
+            && size > l
+        {
+            bail!("more data than the {l} bytes announced");
         }
     }
     out.flush()?;

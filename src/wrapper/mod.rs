@@ -1,28 +1,423 @@
-//! RUSTC_WRAPPER mode (stub; being written).
+/*!
+RUSTC_WRAPPER mode.
+
+Cargo runs `kache RUSTC ARGS...` (or `kache WORKSPACE_WRAPPER RUSTC
+ARGS...`). A cacheable compile is looked up by its key (see `key`); a hit
+restores the stored outputs and replays rustc's output without running
+rustc; a miss runs rustc, streams its output live and stores the result.
+Everything else passes straight through. Any internal error falls back
+to running rustc exactly as without kache, with one warning line.
+*/
+
+pub(crate) mod args;
+pub(crate) mod key;
+pub(crate) mod restore;
+mod stamp;
 
 use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// Whether argv is a wrapper call: argv[1] is rustc or clippy-driver.
+use anyhow::{Context, Result, anyhow};
+
+use self::args::{Compile, Verdict};
+use self::key::Paths;
+use crate::config::WrapperConfig;
+use crate::store::entry::{DepInfo, Inputs};
+use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
+
+/// Whether argv is a wrapper call: argv[1] is rustc or clippy-driver, or
+/// a workspace wrapper followed by one.
 pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
-    args.get(1).is_some_and(|a| {
-        let stem = std::path::Path::new(a)
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("");
-        stem == "rustc" || stem == "clippy-driver"
+    const COMMANDS: [&str; 7] = ["sync", "list", "stats", "gc", "purge", "config", "help"];
+    args.get(1).is_some_and(|a| args::is_rustc_like(a))
+        || (args.len() > 2 && args::is_rustc_like(&args[2]) && {
+            let a1 = args[1].to_string_lossy();
+            !a1.starts_with('-') && !COMMANDS.contains(&a1.as_ref())
+        })
+}
+
+fn truthy(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        !v.is_empty() && v != "0" && v != "false" && v != "no" && v != "off"
     })
 }
 
-/// Runs the wrapper; returns the exit code to exit with.
-pub(crate) fn main(args: &[OsString]) -> i32 {
-    let status = std::process::Command::new(&args[1])
-        .args(&args[2..])
-        .status();
-    match status {
-        Ok(s) => s.code().unwrap_or(1),
+/// Runs a program with inherited stdio; its exit code.
+fn run_plain(program: &OsString, rest: &[OsString]) -> i32 {
+    match Command::new(program).args(rest).status() {
+        Ok(s) => exit_code(s),
         Err(e) => {
-            eprintln!("error: cannot run {}: {e}", args[1].to_string_lossy());
+            eprintln!(
+                "error: kache: cannot run {}: {e}",
+                program.to_string_lossy()
+            );
             1
         }
     }
+}
+
+fn exit_code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code()
+        .unwrap_or_else(|| s.signal().map_or(1, |sig| 128 + sig))
+}
+
+/// One wrapper outcome, for the event log.
+struct Event<'a> {
+    crate_name: &'a str,
+    result: &'a str,
+    start: Instant,
+    size: u64,
+    key: &'a str,
+    compile_ms: u64,
+}
+
+fn log(store: &Store, e: &Event<'_>) {
+    let line = serde_json::json!({
+        "ts": now_secs(),
+        "crate": e.crate_name,
+        "result": e.result,
+        "ms": e.start.elapsed().as_millis() as u64,
+        "size": e.size,
+        "key": e.key,
+        "compile_ms": e.compile_ms,
+    });
+    store.log_event(&line.to_string());
+}
+
+fn progress(crate_name: &str, what: &str, start: Instant, size: u64) {
+    if std::env::var("KACHE_PROGRESS").is_ok_and(|v| v.trim() == "1") {
+        eprintln!(
+            "[kache] {crate_name}: {what} ({}ms, {})",
+            start.elapsed().as_millis(),
+            crate::config::format_size(size)
+        );
+    }
+}
+
+/// Runs the wrapper; returns the exit code to exit with.
+pub(crate) fn main(argv: &[OsString]) -> i32 {
+    let start = Instant::now();
+    if std::env::var_os("KACHE_ACTIVE").is_some() || !args::is_rustc_like(&argv[1]) {
+        // A nested call, or the RUSTC_WORKSPACE_WRAPPER shape
+        // (`kache WRAPPER rustc ARGS`): run argv[1] uncached.
+        return run_plain(&argv[1], &argv[2..]);
+    }
+    let rustc = &argv[1];
+    let rest = &argv[2..];
+    let Some(mut expanded) = args::expand_argfiles(rest) else {
+        return run_plain(rustc, rest);
+    };
+    // clippy-driver as workspace wrapper: `kache clippy-driver rustc ARGS`.
+    let lead: Option<String> = match expanded.first() {
+        Some(a) if args::is_rustc_like(a.as_ref()) => Some(expanded.remove(0)),
+        _ => None,
+    };
+    let out_dir_env = std::env::var("OUT_DIR").ok();
+    if truthy("KACHE_DISABLED") {
+        // Pure pass-through; only clear read-only outputs a restore left
+        // (hard links to blobs), which rustc refuses to overwrite.
+        if let Verdict::Cache(c) = args::classify(&expanded, true, out_dir_env.as_deref()) {
+            unlink_outputs(&c);
+        }
+        return run_plain(rustc, rest);
+    }
+    let cfg = match WrapperConfig::load() {
+        Ok(c) => c,
+        Err(e) => {
+            return match args::classify(&expanded, true, out_dir_env.as_deref()) {
+                Verdict::Cache(_) => fallback(rustc, rest, &e),
+                Verdict::Pass(_) => run_plain(rustc, rest),
+            };
+        }
+    };
+    let mut compile = match args::classify(&expanded, cfg.cache_executables, out_dir_env.as_deref())
+    {
+        Verdict::Cache(c) => c,
+        Verdict::Pass(_) => {
+            let code = run_plain(rustc, rest);
+            let store = Store::at(&cfg.cache_dir);
+            log(
+                &store,
+                &Event {
+                    crate_name: "",
+                    result: "passthrough",
+                    start,
+                    size: 0,
+                    key: "",
+                    compile_ms: 0,
+                },
+            );
+            return code;
+        }
+    };
+    if let Some(l) = lead {
+        compile.run_args.insert(0, l);
+    }
+    let mut ran = None;
+    match cached(&cfg, rustc, &compile, &expanded, start, &mut ran) {
+        Ok(code) => code,
+        Err(e) => match ran {
+            // rustc already ran: never run it twice.
+            Some(code) => {
+                warn(&e, "rustc output not cached");
+                if let Ok(store) = Store::open(&cfg.cache_dir) {
+                    log_error(&store, &compile.crate_name, start);
+                }
+                code
+            }
+            None => {
+                if let Ok(store) = Store::open(&cfg.cache_dir) {
+                    log_error(&store, &compile.crate_name, start);
+                }
+                fallback(rustc, rest, &e)
+            }
+        },
+    }
+}
+
+fn log_error(store: &Store, crate_name: &str, start: Instant) {
+    log(
+        store,
+        &Event {
+            crate_name,
+            result: "error",
+            start,
+            size: 0,
+            key: "",
+            compile_ms: 0,
+        },
+    );
+}
+
+fn warn(e: &anyhow::Error, what: &str) {
+    let cause = format!("{e:#}").replace('\n', " ");
+    eprintln!("warning: kache: {cause}; {what}");
+}
+
+/// Runs rustc exactly as without kache, after one warning line.
+fn fallback(rustc: &OsString, rest: &[OsString], e: &anyhow::Error) -> i32 {
+    warn(e, "running rustc uncached");
+    run_plain(rustc, rest)
+}
+
+/// Removes read-only outputs of a compile from its out dir.
+fn unlink_outputs(c: &Compile) {
+    let mut names: Vec<String> = c.outputs().into_iter().map(|(n, _)| n).collect();
+    names.push(c.dep_info_name());
+    restore::unlink_readonly(&c.out_dir, &names);
+}
+
+/// Looks up each recorded input list of `base`; the first whose full key
+/// has an entry.
+fn lookup(store: &Store, crate_name: &str, base: &str, paths: &Paths) -> Result<Option<Entry>> {
+    for inputs in store.inputs_for(base) {
+        let Some(full) = key::full_key(&inputs, paths) else {
+            continue;
+        };
+        if let Some(e) = store.get(crate_name, &full)? {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+/// A per-base-key lock: identical compiles racing compile once.
+fn lock(store: &Store, base: &str) -> Option<File> {
+    let p = store.root().join("locks").join(format!("{base}.lock"));
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Some(f),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(75));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn hit(
+    store: &Store,
+    entry: &Entry,
+    compile: &Compile,
+    paths: &Paths,
+    start: Instant,
+) -> Result<i32> {
+    let size = restore::restore(store, entry, &compile.out_dir, paths)?;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(paths.expand(&entry.stdout).as_bytes());
+    let _ = out.flush();
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(paths.expand(&entry.stderr).as_bytes());
+    let _ = err.flush();
+    store.touch(&entry.crate_name, &entry.key);
+    progress(&compile.crate_name, "local hit", start, size);
+    log(
+        store,
+        &Event {
+            crate_name: &entry.crate_name,
+            result: "local_hit",
+            start,
+            size,
+            key: &entry.key,
+            compile_ms: entry.compile_ms,
+        },
+    );
+    Ok(0)
+}
+
+fn cached(
+    cfg: &WrapperConfig,
+    rustc: &OsString,
+    compile: &Compile,
+    args: &[String],
+    start: Instant,
+    ran: &mut Option<i32>,
+) -> Result<i32> {
+    let rustc_str = rustc
+        .to_str()
+        .ok_or_else(|| anyhow!("rustc path is not UTF-8"))?;
+    let store = Store::open(&cfg.cache_dir)?;
+    let crate_name = normalize_crate(&compile.crate_name);
+    let paths = Paths::detect(&compile.out_dir)?;
+    let out_dir = if compile.out_dir.is_absolute() {
+        compile.out_dir.clone()
+    } else {
+        paths.cwd.join(&compile.out_dir)
+    };
+    let base = key::base_key(&store, rustc_str, compile, args, &paths)?;
+    if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
+        return hit(&store, &e, compile, &paths, start);
+    }
+    let _guard = lock(&store, &base);
+    if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
+        return hit(&store, &e, compile, &paths, start);
+    }
+
+    // Miss: compile for real.
+    let outputs = compile.outputs();
+    unlink_outputs(compile);
+    let mut cmd = Command::new(rustc);
+    cmd.args(&compile.run_args)
+        .args(paths.remap_args())
+        .env("KACHE_ACTIVE", "1")
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {rustc_str}"))?;
+    let child_out = child.stdout.take().expect("piped stdout");
+    let child_err = child.stderr.take().expect("piped stderr");
+    let p2 = paths.clone();
+    let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
+    let err_raw = pump(child_err, &paths, true);
+    let out_raw = out_thread.join().unwrap_or_default();
+    let status = child.wait().context("waiting for rustc")?;
+    let compile_ms = t0.elapsed().as_millis() as u64;
+    let code = exit_code(status);
+    *ran = Some(code);
+    if code != 0 {
+        progress(&compile.crate_name, "miss (failed)", start, 0);
+        log(
+            &store,
+            &Event {
+                crate_name: &crate_name,
+                result: "miss",
+                start,
+                size: 0,
+                key: "",
+                compile_ms,
+            },
+        );
+        return Ok(code);
+    }
+
+    // Store what rustc produced, keyed by what it actually read.
+    let dep_path = out_dir.join(compile.dep_info_name());
+    let dep_text = fs::read_to_string(&dep_path)
+        .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
+    let deps = key::parse_dep_info(&dep_text);
+    let inputs = Inputs {
+        base: base.clone(),
+        files: deps.files.iter().map(|f| paths.normalize(f)).collect(),
+        env: deps.env,
+    };
+    let full = key::full_key(&inputs, &paths)
+        .ok_or_else(|| anyhow!("a source file listed in {} is gone", dep_path.display()))?;
+    let _w = store.writer_lock()?;
+    let mut files = Vec::with_capacity(outputs.len());
+    for (name, executable) in &outputs {
+        let p = out_dir.join(name);
+        let (hash, size) = store.put_blob_file(&p)?;
+        files.push(FileRecord {
+            name: name.clone(),
+            hash,
+            size,
+            executable: *executable,
+        });
+    }
+    let size = files.iter().map(|f| f.size).sum();
+    let mut entry = Entry::new(&crate_name, &full, files);
+    entry.stdout = paths.normalize(&String::from_utf8_lossy(&out_raw));
+    entry.stderr = paths.normalize(&String::from_utf8_lossy(&err_raw));
+    entry.dep_info = Some(DepInfo {
+        name: compile.dep_info_name(),
+        text: paths.normalize(&dep_text),
+    });
+    entry.inputs = Some(inputs);
+    entry.compile_ms = compile_ms;
+    store.publish(&entry)?;
+    progress(&compile.crate_name, "miss", start, size);
+    log(
+        &store,
+        &Event {
+            crate_name: &crate_name,
+            result: "miss",
+            start,
+            size,
+            key: &full,
+            compile_ms,
+        },
+    );
+    Ok(code)
+}
+
+/// Copies a child's output to ours line by line (sentinels from the
+/// path remapping expanded back to this checkout), returning the raw bytes.
+fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut reader = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        raw.extend_from_slice(&line);
+        let shown = paths.expand(&String::from_utf8_lossy(&line));
+        if stderr {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(shown.as_bytes());
+            let _ = e.flush();
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(shown.as_bytes());
+            let _ = o.flush();
+        }
+    }
+    raw
 }

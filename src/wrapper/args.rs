@@ -1,0 +1,415 @@
+//! Parsing a rustc command line: is it a cacheable primary compile, and
+//! what does it produce? Pure functions, no I/O except `@argfile`
+//! expansion.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// What one rustc command line asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Compile {
+    pub(crate) crate_name: String,
+    pub(crate) input: String,
+    pub(crate) out_dir: PathBuf,
+    /// Emit kinds, in the order given (`link`, `metadata`, `dep-info`).
+    pub(crate) emit: Vec<String>,
+    /// Crate types, in the order given; `--test` counts as `bin`.
+    pub(crate) crate_types: Vec<String>,
+    pub(crate) test: bool,
+    pub(crate) extra_filename: String,
+    /// `--extern name=path` (path-less externs are kept with `None`).
+    pub(crate) externs: Vec<(String, Option<String>)>,
+    /// `-L [kind=]path` as (kind, path).
+    pub(crate) lib_paths: Vec<(String, String)>,
+    /// `-l [kind[:mods]=]name[:rename]` as (kind, name).
+    pub(crate) libs: Vec<(String, String)>,
+    pub(crate) target: Option<String>,
+    pub(crate) linker: Option<String>,
+    /// The argv to actually run (minus `-C incremental`), without the
+    /// rustc path itself.
+    pub(crate) run_args: Vec<String>,
+}
+
+/// The verdict on a command line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Cache it.
+    Cache(Box<Compile>),
+    /// Run rustc untouched; the reason is for logs and tests.
+    Pass(&'static str),
+}
+
+/// Expands `@file` arguments (one argument per line). `None` if a file
+/// cannot be read or is not UTF-8.
+pub(crate) fn expand_argfiles(args: &[OsString]) -> Option<Vec<String>> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        let s = a.to_str()?;
+        if let Some(p) = s.strip_prefix('@') {
+            let text = std::fs::read_to_string(p).ok()?;
+            for line in text.lines() {
+                out.push(line.to_string());
+            }
+        } else {
+            out.push(s.to_string());
+        }
+    }
+    Some(out)
+}
+
+/// Whether a program path names rustc or clippy-driver.
+pub(crate) fn is_rustc_like(p: &std::ffi::OsStr) -> bool {
+    let stem = Path::new(p)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("");
+    stem == "rustc" || stem == "clippy-driver"
+}
+
+const LINKED_TYPES: [&str; 4] = ["bin", "proc-macro", "dylib", "cdylib"];
+
+/// Classifies rustc arguments (argv after the rustc path). `out_dir_env`
+/// is the `OUT_DIR` of the calling process, if any (build-script probes
+/// compile into it).
+pub(crate) fn classify(
+    args: &[String],
+    cache_executables: bool,
+    out_dir_env: Option<&str>,
+) -> Verdict {
+    let mut c = Compile::default();
+    let mut inputs: Vec<String> = Vec::new();
+    let mut emit_seen = false;
+    let mut run_args: Vec<String> = Vec::with_capacity(args.len());
+    let mut i = 0;
+    // Takes the value of a flag given as `--flag value` or `--flag=value`.
+    let value = |i: &mut usize, flag: &str, long_eq: bool| -> Option<String> {
+        let a = &args[*i];
+        if a == flag {
+            *i += 1;
+            return args.get(*i).cloned();
+        }
+        if long_eq {
+            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                return Some(v.to_string());
+            }
+        } else if let Some(v) = a.strip_prefix(flag) {
+            return Some(v.to_string());
+        }
+        None
+    };
+    while i < args.len() {
+        let a = args[i].clone();
+        let start = i;
+        match a.as_str() {
+            "-vV" | "-V" | "--version" | "--help" | "-h" => return Verdict::Pass("not a compile"),
+            "-" => return Verdict::Pass("stdin input"),
+            "-o" => return Verdict::Pass("-o"),
+            "--test" => {
+                c.test = true;
+                run_args.push(a);
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let is = |f: &str| a == f || a.starts_with(&format!("{f}="));
+        if is("--print") || a.starts_with("--print") {
+            return Verdict::Pass("--print");
+        }
+        if is("--explain") || is("--pretty") || is("--unpretty") || a.starts_with("-Zunpretty") {
+            return Verdict::Pass("not a compile");
+        }
+        if is("--sysroot") {
+            return Verdict::Pass("--sysroot");
+        }
+        if is("--crate-name") {
+            c.crate_name = value(&mut i, "--crate-name", true).unwrap_or_default();
+        } else if is("--out-dir") {
+            c.out_dir = PathBuf::from(value(&mut i, "--out-dir", true).unwrap_or_default());
+        } else if is("--emit") {
+            if emit_seen {
+                return Verdict::Pass("--emit twice");
+            }
+            emit_seen = true;
+            let v = value(&mut i, "--emit", true).unwrap_or_default();
+            for k in v.split(',') {
+                if k.contains('=') {
+                    return Verdict::Pass("--emit with a path");
+                }
+                match k {
+                    "link" | "metadata" | "dep-info" => c.emit.push(k.to_string()),
+                    _ => return Verdict::Pass("unsupported emit kind"),
+                }
+            }
+        } else if is("--crate-type") {
+            let v = value(&mut i, "--crate-type", true).unwrap_or_default();
+            for t in v.split(',') {
+                c.crate_types.push(t.to_string());
+            }
+        } else if is("--extern") {
+            let v = value(&mut i, "--extern", true).unwrap_or_default();
+            match v.split_once('=') {
+                Some((n, p)) => c.externs.push((n.to_string(), Some(p.to_string()))),
+                None => c.externs.push((v, None)),
+            }
+        } else if is("--target") {
+            c.target = value(&mut i, "--target", true);
+        } else if a == "-L" || a.starts_with("-L") {
+            let v = value(&mut i, "-L", false).unwrap_or_default();
+            let (k, p) = match v.split_once('=') {
+                Some((k, p)) => (k.to_string(), p.to_string()),
+                None => ("all".to_string(), v),
+            };
+            c.lib_paths.push((k, p));
+        } else if a == "-l" || (a.starts_with("-l") && a.len() > 2) {
+            let v = value(&mut i, "-l", false).unwrap_or_default();
+            let (k, n) = match v.split_once('=') {
+                Some((k, n)) => (k.split(':').next().unwrap_or("").to_string(), n.to_string()),
+                None => (String::new(), v),
+            };
+            let n = n.split(':').next().unwrap_or("").to_string();
+            c.libs.push((k, n));
+        } else if a == "-C" || (a.starts_with("-C") && a.len() > 2) {
+            let v = value(&mut i, "-C", false).unwrap_or_default();
+            let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
+            match k {
+                "incremental" => {
+                    // Dropped from the argv we run.
+                    i += 1;
+                    continue;
+                }
+                "extra-filename" => c.extra_filename = val.to_string(),
+                "linker" => c.linker = Some(val.to_string()),
+                "split-debuginfo" if val != "off" => {
+                    return Verdict::Pass("split debuginfo");
+                }
+                "save-temps" => return Verdict::Pass("-C save-temps"),
+                _ => {}
+            }
+        } else if a.starts_with('-') {
+            // A flag we do not model: flags that take a separate value
+            // must not swallow the input file.
+            if matches!(
+                a.as_str(),
+                "--cfg"
+                    | "--check-cfg"
+                    | "--cap-lints"
+                    | "--error-format"
+                    | "--json"
+                    | "--color"
+                    | "--edition"
+                    | "-A"
+                    | "-W"
+                    | "-D"
+                    | "-F"
+                    | "--force-warn"
+                    | "--remap-path-prefix"
+                    | "--diagnostic-width"
+                    | "-Z"
+                    | "--env-set"
+            ) {
+                i += 1;
+            }
+        } else {
+            inputs.push(a.clone());
+        }
+        run_args.extend(args[start..=i.min(args.len() - 1)].iter().cloned());
+        i += 1;
+    }
+    c.run_args = run_args;
+    if c.crate_name.is_empty() {
+        return Verdict::Pass("no --crate-name");
+    }
+    match inputs.len() {
+        0 => return Verdict::Pass("no input"),
+        1 => c.input = inputs.remove(0),
+        _ => return Verdict::Pass("several inputs"),
+    }
+    if c.out_dir.as_os_str().is_empty() {
+        return Verdict::Pass("no --out-dir");
+    }
+    let has = |k: &str| c.emit.iter().any(|e| e == k);
+    if !has("link") && !has("metadata") {
+        return Verdict::Pass("no link or metadata emit");
+    }
+    if !has("dep-info") {
+        return Verdict::Pass("no dep-info emit");
+    }
+    if c.test {
+        c.crate_types = vec!["bin".to_string()];
+    }
+    if c.crate_types.is_empty() {
+        return Verdict::Pass("no --crate-type");
+    }
+    for t in &c.crate_types {
+        if !matches!(
+            t.as_str(),
+            "lib" | "rlib" | "staticlib" | "bin" | "proc-macro" | "dylib" | "cdylib"
+        ) {
+            return Verdict::Pass("unknown crate type");
+        }
+    }
+    if !cache_executables && c.links() {
+        return Verdict::Pass("executables not cached");
+    }
+    if let Some(od) = out_dir_env
+        && !has("link")
+        && !od.is_empty()
+        && c.out_dir.starts_with(od)
+    {
+        return Verdict::Pass("build-script probe");
+    }
+    const SYSROOT: [&str; 5] = ["proc_macro", "std", "core", "alloc", "test"];
+    if c.externs
+        .iter()
+        .any(|(n, p)| p.is_none() && !SYSROOT.contains(&n.as_str()))
+    {
+        return Verdict::Pass("--extern without a path");
+    }
+    Verdict::Cache(Box::new(c))
+}
+
+impl Compile {
+    /// Whether the compile produces a linked artifact (an executable or a
+    /// shared library), whose key must include the linker.
+    pub(crate) fn links(&self) -> bool {
+        self.test
+            || self
+                .crate_types
+                .iter()
+                .any(|t| LINKED_TYPES.contains(&t.as_str()))
+    }
+
+    fn emits(&self, k: &str) -> bool {
+        self.emit.iter().any(|e| e == k)
+    }
+
+    /// The dep-info file rustc writes in the out dir.
+    pub(crate) fn dep_info_name(&self) -> String {
+        format!("{}{}.d", self.crate_name, self.extra_filename)
+    }
+
+    /// The output files rustc writes in the out dir (dep-info excluded),
+    /// with whether each is an executable.
+    pub(crate) fn outputs(&self) -> Vec<(String, bool)> {
+        let stem = format!("{}{}", self.crate_name, self.extra_filename);
+        let mut out: Vec<(String, bool)> = Vec::new();
+        let mut push = |n: String, x: bool| {
+            if !out.iter().any(|(m, _)| *m == n) {
+                out.push((n, x));
+            }
+        };
+        if self.emits("link") {
+            for t in &self.crate_types {
+                match t.as_str() {
+                    "lib" | "rlib" => push(format!("lib{stem}.rlib"), false),
+                    "staticlib" => push(format!("lib{stem}.a"), false),
+                    "dylib" | "cdylib" | "proc-macro" => push(format!("lib{stem}.so"), true),
+                    "bin" => push(stem.clone(), true),
+                    _ => {}
+                }
+            }
+        }
+        if self.emits("metadata") {
+            push(format!("lib{stem}.rmeta"), false);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    const LIB: &str = "--crate-name foo --edition=2021 src/lib.rs --error-format=json \
+        --json=diagnostic-rendered-ansi,artifacts,future-incompat --crate-type lib \
+        --emit=dep-info,metadata,link -C embed-bitcode=no -C debuginfo=2 \
+        -C metadata=abc -C extra-filename=-0123 --out-dir /t/debug/deps \
+        -C incremental=/t/debug/incremental -L dependency=/t/debug/deps \
+        --extern bar=/t/debug/deps/libbar-1.rmeta --cfg feature=\"x\"";
+
+    #[test]
+    fn lib_is_cached_and_incremental_stripped() {
+        let Verdict::Cache(c) = classify(&v(LIB), true, None) else {
+            panic!()
+        };
+        assert_eq!(c.crate_name, "foo");
+        assert_eq!(c.input, "src/lib.rs");
+        assert_eq!(c.out_dir, PathBuf::from("/t/debug/deps"));
+        assert!(!c.run_args.iter().any(|a| a.contains("incremental")));
+        assert_eq!(c.run_args.len(), v(LIB).len() - 2);
+        assert_eq!(
+            c.outputs(),
+            vec![
+                ("libfoo-0123.rlib".into(), false),
+                ("libfoo-0123.rmeta".into(), false)
+            ]
+        );
+        assert_eq!(c.dep_info_name(), "foo-0123.d");
+        assert!(!c.links());
+    }
+
+    #[test]
+    fn passthroughs() {
+        let p = |s: &str| classify(&v(s), true, None);
+        assert!(matches!(p("-vV"), Verdict::Pass(_)));
+        assert!(matches!(
+            p("- --crate-name ___ --print=file-names"),
+            Verdict::Pass(_)
+        ));
+        assert!(matches!(p(&format!("{LIB} -o x")), Verdict::Pass(_)));
+        assert!(matches!(p(&LIB.replace("dep-info,", "")), Verdict::Pass(_)));
+        assert!(matches!(
+            p(&LIB.replace("link", "llvm-ir")),
+            Verdict::Pass(_)
+        ));
+        assert!(matches!(
+            p(&LIB.replace("link", "link=/x/y")),
+            Verdict::Pass(_)
+        ));
+        assert!(matches!(
+            p(&format!("{LIB} -C split-debuginfo=packed")),
+            Verdict::Pass(_)
+        ));
+        assert!(matches!(
+            p(&format!("{LIB} -C split-debuginfo=off")),
+            Verdict::Cache(_)
+        ));
+        assert!(matches!(p(&format!("{LIB} other.rs")), Verdict::Pass(_)));
+        let bin = LIB.replace("--crate-type lib", "--crate-type bin");
+        assert!(matches!(classify(&v(&bin), false, None), Verdict::Pass(_)));
+        assert!(matches!(classify(&v(&bin), true, None), Verdict::Cache(_)));
+        let probe = "--crate-name probe0 --crate-type lib --emit=dep-info,metadata --out-dir /o/out probe.rs";
+        assert!(matches!(
+            classify(&v(probe), true, Some("/o/out")),
+            Verdict::Pass(_)
+        ));
+    }
+
+    #[test]
+    fn outputs_per_type() {
+        let bin = LIB
+            .replace("--crate-type lib", "--crate-type bin")
+            .replace("metadata,", "");
+        let Verdict::Cache(c) = classify(&v(&bin), true, None) else {
+            panic!()
+        };
+        assert_eq!(c.outputs(), vec![("foo-0123".into(), true)]);
+        let pm = LIB
+            .replace("--crate-type lib", "--crate-type proc-macro")
+            .replace("metadata,", "");
+        let Verdict::Cache(c) = classify(&v(&pm), true, None) else {
+            panic!()
+        };
+        assert_eq!(c.outputs(), vec![("libfoo-0123.so".into(), true)]);
+        let check = LIB.replace(",link", "");
+        let Verdict::Cache(c) = classify(&v(&check), true, None) else {
+            panic!()
+        };
+        assert_eq!(c.outputs(), vec![("libfoo-0123.rmeta".into(), false)]);
+    }
+}
