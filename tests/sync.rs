@@ -926,3 +926,97 @@ fn progress_lines_in_logs() {
     assert!(!err.contains('\r'), "{err:?}");
     assert!(!stdout(&o).contains("[kache]"));
 }
+
+/// The CI recipe end to end: a real cargo build through the wrapper on
+/// machine A, `kache sync --push`; on machine B (another checkout path, an
+/// empty cache) `kache sync --pull`, then the build compiles nothing.
+#[test]
+fn ci_recipe_with_real_cargo_builds() {
+    fn copy_dir(src: &Path, dst: &Path) {
+        fs::create_dir_all(dst).unwrap();
+        for e in fs::read_dir(src).unwrap().flatten() {
+            let to = dst.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                if e.file_name() != "target" {
+                    copy_dir(&e.path(), &to);
+                }
+            } else {
+                fs::copy(e.path(), &to).unwrap();
+            }
+        }
+    }
+    fn cargo_build(ws: &Path, target: &Path, cache: &Path) {
+        let mut c = std::process::Command::new("cargo");
+        crate::common::clean_env(&mut c);
+        for (k, _) in std::env::vars() {
+            if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+                || k.starts_with("RUSTC_")
+                || k == "RUSTFLAGS"
+                || k == "CARGO"
+            {
+                c.env_remove(k);
+            }
+        }
+        let o = c
+            .current_dir(ws)
+            .args(["build", "--offline"])
+            .env("RUSTC_WRAPPER", crate::common::kache_bin())
+            .env("CARGO_TARGET_DIR", target)
+            .env("KACHE_CACHE_DIR", cache)
+            .env("CARGO_BUILD_JOBS", "2")
+            .output()
+            .unwrap();
+        ok(&o);
+    }
+    fn results(cache: &Path) -> Vec<String> {
+        let text = fs::read_to_string(cache.join("events.jsonl")).unwrap_or_default();
+        let _ = fs::remove_file(cache.join("events.jsonl"));
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["crate"] != "")
+            .map(|e| e["result"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    let w = World::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
+    let (ws_a, ws_b) = (w.tmp.path().join("a/ws"), w.tmp.path().join("b/ws"));
+    copy_dir(&fixture, &ws_a);
+    copy_dir(&fixture, &ws_b);
+    let (cache_a, cache_b) = (w.cache("cache-a"), w.cache("cache-b"));
+
+    cargo_build(&ws_a, &w.tmp.path().join("a/target"), &cache_a);
+    let cold = results(&cache_a);
+    assert!(
+        !cold.is_empty() && cold.iter().all(|r| r == "miss"),
+        "{cold:?}"
+    );
+    let o = w.sync(&cache_a, &ws_a, &["--push", "--json"]);
+    ok(&o);
+    assert_eq!(
+        json(&o)["pushed"]["entries"],
+        cold.len() as u64,
+        "{}",
+        show(&o)
+    );
+
+    // The lock file is committed in a real project.
+    fs::copy(ws_a.join("Cargo.lock"), ws_b.join("Cargo.lock")).unwrap();
+    let o = w.sync(&cache_b, &ws_b, &["--pull"]);
+    ok(&o);
+    assert_eq!(entries(&cache_b), entries(&cache_a));
+
+    let target_b = w.tmp.path().join("b/target");
+    cargo_build(&ws_b, &target_b, &cache_b);
+    let warm = results(&cache_b);
+    assert_eq!(warm.len(), cold.len(), "{warm:?}");
+    assert!(warm.iter().all(|r| r == "local_hit"), "{warm:?}");
+    let run = std::process::Command::new(target_b.join("debug/app"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", show(&run));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello total=52 label=built"
+    );
+}
