@@ -1020,3 +1020,62 @@ fn ci_recipe_with_real_cargo_builds() {
         "hello total=52 label=built"
     );
 }
+
+/// Figures: planning over 10,000 objects in 500 crates, by one listing of
+/// the whole prefix (`--all`) and by 500 per-crate listings (Cargo.lock).
+#[test]
+#[ignore = "benchmark"]
+fn bench_plan_10k() {
+    if external() {
+        return;
+    }
+    let w = World::new();
+    let mut crates = Vec::new();
+    for c in 0..500u32 {
+        let name = format!("crate_{c}");
+        let dir =
+            w.s3.bucket_dir
+                .as_ref()
+                .unwrap()
+                .join(&w.s3.prefix)
+                .join(&name);
+        fs::create_dir_all(&dir).unwrap();
+        for k in 0..20u32 {
+            let key = blake3::hash(format!("{c}/{k}").as_bytes())
+                .to_hex()
+                .to_string();
+            fs::write(dir.join(format!("{key}.tar.zst")), b"x").unwrap();
+        }
+        crates.push(name);
+    }
+    let names: Vec<&str> = crates.iter().map(String::as_str).collect();
+    let ws = w.workspace("ws", &names);
+    let bin =
+        std::env::var("KACHE_BENCH_BIN").map_or_else(|_| crate::common::kache_bin(), PathBuf::from);
+    for (label, args) in [
+        (
+            "--all (one paginated listing)",
+            vec!["--pull", "--all", "--dry-run"],
+        ),
+        ("Cargo.lock (500 listings)", vec!["--pull", "--dry-run"]),
+    ] {
+        let mut c = std::process::Command::new("/usr/bin/time");
+        c.arg("-f").arg("%e s, %M KiB peak").arg(&bin);
+        crate::common::clean_env(&mut c);
+        w.s3.configure(&mut c);
+        c.env("KACHE_CACHE_DIR", w.cache("empty"))
+            .env("KACHE_PROGRESS", "0")
+            .current_dir(&ws)
+            .arg("sync")
+            .args(&args);
+        let o = c.output().unwrap();
+        ok(&o);
+        let planned = stdout(&o)
+            .lines()
+            .filter(|l| l.starts_with("pull "))
+            .count();
+        let tail = stderr(&o).lines().last().unwrap_or("").to_string();
+        eprintln!("plan {label}: {planned} entries planned, {tail}");
+        assert_eq!(planned, 10_000);
+    }
+}
