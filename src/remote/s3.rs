@@ -160,7 +160,7 @@ impl S3Remote {
             E::Timeout(t) => (ErrorKind::Transient, format!("timed out ({t})")),
             E::Io(io) => (
                 ErrorKind::Transient,
-                format!("connection error: {}", io.kind()),
+                format!("connection error with {}: {}", self.endpoint, io.kind()),
             ),
             E::ConnectionFailed => (
                 ErrorKind::Transient,
