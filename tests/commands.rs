@@ -283,3 +283,41 @@ fn gc_removes_leftovers_of_dead_writers_only() {
     assert!(tmpdir.join(&live).exists());
     assert!(!orphan.exists());
 }
+
+/// cc-rs runs `$RUSTC_WRAPPER cc ARGS` when the wrapper is named kache
+/// (as for sccache): the C compiler must run as is, exit code included.
+#[test]
+fn c_compiler_calls_from_cc_rs_pass_through() {
+    let d = tmp();
+    let src = d.path().join("t.c");
+    fs::write(&src, "int main(void) { return 3; }\n").unwrap();
+    let exe = d.path().join("t");
+    let o = kache(&d.path().join("cache"))
+        .arg("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let st = std::process::Command::new(&exe).status().unwrap();
+    assert_eq!(st.code(), Some(3));
+    // A failing C compile keeps its exit code and message.
+    fs::write(&src, "int main(void) { return }\n").unwrap();
+    let o = kache(&d.path().join("cache"))
+        .args(["cc", "-c", "-o"])
+        .arg(d.path().join("t.o"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("error"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        !d.path().join("cache").exists(),
+        "a C compile touched the store"
+    );
+}
