@@ -29,14 +29,26 @@ use crate::store::entry::{DepInfo, Inputs};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
 
 /// Whether argv is a wrapper call: argv[1] is rustc or clippy-driver, or
-/// a workspace wrapper followed by one.
+/// another program (a workspace wrapper followed by rustc, or a C compiler
+/// that the `cc` crate runs through `RUSTC_WRAPPER`), which is run as is.
 pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
     const COMMANDS: [&str; 7] = ["sync", "list", "stats", "gc", "purge", "config", "help"];
-    args.get(1).is_some_and(|a| args::is_rustc_like(a))
-        || (args.len() > 2 && args::is_rustc_like(&args[2]) && {
-            let a1 = args[1].to_string_lossy();
-            !a1.starts_with('-') && !COMMANDS.contains(&a1.as_ref())
-        })
+    let Some(a1) = args.get(1) else {
+        return false;
+    };
+    if args::is_rustc_like(a1) {
+        return true;
+    }
+    let s = a1.to_string_lossy();
+    if s.is_empty() || s.starts_with('-') || COMMANDS.contains(&s.as_ref()) {
+        return false;
+    }
+    let p = std::path::Path::new(a1);
+    if p.components().count() > 1 {
+        return p.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
 }
 
 fn truthy(var: &str) -> bool {
@@ -141,10 +153,16 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         Verdict::Pass(_) => {
             let code = run_plain(rustc, rest);
             let store = Store::at(&cfg.cache_dir);
+            let name = expanded
+                .iter()
+                .position(|a| a == "--crate-name")
+                .and_then(|i| expanded.get(i + 1))
+                .map(|n| normalize_crate(n))
+                .unwrap_or_default();
             log(
                 &store,
                 &Event {
-                    crate_name: "",
+                    crate_name: &name,
                     result: "passthrough",
                     start,
                     size: 0,
@@ -166,14 +184,17 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             Some(code) => {
                 warn(&e, "rustc output not cached");
                 if let Ok(store) = Store::open(&cfg.cache_dir) {
-                    log_error(&store, &compile.crate_name, start);
+                    log_error(&store, &normalize_crate(&compile.crate_name), start);
                 }
                 code
             }
             None => {
                 if let Ok(store) = Store::open(&cfg.cache_dir) {
-                    log_error(&store, &compile.crate_name, start);
+                    log_error(&store, &normalize_crate(&compile.crate_name), start);
                 }
+                // A restore may have failed half way: rustc cannot
+                // overwrite read-only links.
+                unlink_outputs(&compile);
                 fallback(rustc, rest, &e)
             }
         },
@@ -219,8 +240,13 @@ fn lookup(store: &Store, crate_name: &str, base: &str, paths: &Paths) -> Result<
         let Some(full) = key::full_key(&inputs, paths) else {
             continue;
         };
-        if let Some(e) = store.get(crate_name, &full)? {
-            return Ok(Some(e));
+        match store.get(crate_name, &full) {
+            Ok(Some(e)) => return Ok(Some(e)),
+            Ok(None) => {}
+            // A corrupt manifest: drop it so this compile can replace it.
+            Err(_) => {
+                let _ = store.remove(crate_name, &full);
+            }
         }
     }
     Ok(None)
