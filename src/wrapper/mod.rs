@@ -157,6 +157,7 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
                 .iter()
                 .position(|a| a == "--crate-name")
                 .and_then(|i| expanded.get(i + 1))
+                .filter(|n| *n != "___")
                 .map(|n| normalize_crate(n))
                 .unwrap_or_default();
             log(
