@@ -221,9 +221,18 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
     assert!(compiles(&sb.take_events()).is_empty());
 
     // A second checkout at another path (own target dir) hits everything.
+    // (with progress lines asked for).
     let b = sb.checkout("b");
-    b.build_ok(&["build"], &[]);
+    let o = b.build_ok(&["build"], &[("KACHE_PROGRESS", "1")]);
     assert_eq!(b.run_app("debug"), APP_OUT);
+    let err = stderr(&o);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("[kache] ")).collect();
+    assert_eq!(progress.len(), COMPILES, "{}", show(&o));
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.starts_with("[kache] alpha: local hit ("))
+    );
     assert_all(&sb.take_events(), "local_hit", COMPILES);
 
     // Editing beta recompiles beta and app only; the program shows it.

@@ -47,6 +47,8 @@ pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Path
                 File::open(&tmp).with_context(|| format!("cannot open {}", tmp.display()))?;
             touch_now(&file).with_context(|| format!("cannot stamp {}", tmp.display()))?;
             fs::rename(&tmp, &dst).with_context(|| format!("cannot restore {}", dst.display()))?;
+            // rename() between two links of one inode leaves both.
+            let _ = fs::remove_file(&tmp);
             Ok(())
         })();
         if res.is_err() {
