@@ -1,27 +1,550 @@
-//! The small commands: status, list, stats, gc, purge, config.
+/*!
+The small commands: status, list, stats, gc, purge, config.
 
+Each prints its result on stdout (text, or JSON with `--json`) and
+nothing else; warnings go to stderr.
+*/
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
+use serde_json::json;
 
-use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, StatsCmd};
-use crate::config::Config;
+use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, SortBy, StatsCmd};
+use crate::config::{Config, format_size, parse_duration};
+use crate::store::{self, Entry, EntryRef, STALE_TMP, Store, now_secs};
 
-pub(crate) fn status(_cfg: &Config, _json: bool) -> Result<ExitCode> {
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// An entry with its manifest loaded.
+struct Loaded {
+    r: EntryRef,
+    entry: Entry,
+}
+
+/// Loads every readable manifest; unreadable ones are reported once.
+fn load_all(store: &Store, only: Option<&str>) -> Result<Vec<Loaded>> {
+    let refs = match only {
+        Some(c) => store.list_crate(c)?,
+        None => store.list()?,
+    };
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        match store.get(&r.crate_name, &r.key) {
+            Ok(Some(entry)) => out.push(Loaded { r, entry }),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: {e:#}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Total bytes and count of the blobs on disk.
+fn blob_usage(store: &Store) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut count = 0;
+    for (_, meta) in walk_blobs(store) {
+        bytes += meta.len();
+        count += 1;
+    }
+    (bytes, count)
+}
+
+fn walk_blobs(store: &Store) -> Vec<(std::path::PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let Ok(shards) = fs::read_dir(store.root().join("blobs")) else {
+        return out;
+    };
+    for shard in shards.flatten() {
+        let Ok(files) = fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if let Ok(m) = f.metadata() {
+                out.push((f.path(), m));
+            }
+        }
+    }
+    out
+}
+
+fn remote_desc(cfg: &Config) -> String {
+    match &cfg.bucket.value {
+        Some(b) => {
+            let ep = cfg
+                .endpoint
+                .value
+                .clone()
+                .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region.value));
+            format!("s3://{b}/{} at {ep}", cfg.prefix.value)
+        }
+        None => "none (set KACHE_S3_BUCKET to enable kache sync)".to_string(),
+    }
+}
+
+/// `kache` with no command: a short status.
+pub(crate) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let store = Store::at(&cfg.cache_dir.value);
+    let entries = store.list()?.len();
+    let (bytes, _) = blob_usage(&store);
+    if json {
+        print_json(&json!({
+            "store": store.root(),
+            "entries": entries,
+            "bytes": bytes,
+            "max_size": cfg.max_size.value,
+            "remote": cfg.bucket.value.as_ref().map(|_| remote_desc(cfg)),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "store:   {}", store.root().display())?;
+        writeln!(out, "entries: {entries}")?;
+        writeln!(
+            out,
+            "size:    {} of {}",
+            format_size(bytes),
+            format_size(cfg.max_size.value)
+        )?;
+        writeln!(out, "remote:  {}", remote_desc(cfg))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
-pub(crate) fn list(_cfg: &Config, _c: &ListCmd) -> Result<ExitCode> {
+
+/// `kache list`.
+pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
+    let store = Store::at(&cfg.cache_dir.value);
+    let only = c.crate_name.as_deref().map(store::normalize_crate);
+    let mut all = load_all(&store, only.as_deref())?;
+    match c.sort {
+        SortBy::Name => {
+            all.sort_by(|a, b| (&a.r.crate_name, &a.r.key).cmp(&(&b.r.crate_name, &b.r.key)))
+        }
+        SortBy::Size => all.sort_by_key(|l| std::cmp::Reverse(l.entry.size())),
+        SortBy::Age => all.sort_by_key(|l| std::cmp::Reverse(l.r.accessed)),
+    }
+    if c.json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|l| {
+                json!({
+                    "crate": l.r.crate_name,
+                    "key": l.r.key,
+                    "size": l.entry.size(),
+                    "files": l.entry.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                    "created": l.entry.created,
+                    "accessed": l.r.accessed,
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(v))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = now_secs();
+    let mut out = std::io::stdout().lock();
+    for l in &all {
+        writeln!(
+            out,
+            "{:<28} {}  {:>10}  {:>8} ago  {}",
+            l.r.crate_name,
+            &l.r.key[..12],
+            format_size(l.entry.size()),
+            format_age(now.saturating_sub(l.r.accessed)),
+            l.entry
+                .files
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
+    }
+    let total: u64 = all.iter().map(|l| l.entry.size()).sum();
+    writeln!(out, "{} entries, {}", all.len(), format_size(total))?;
     Ok(ExitCode::SUCCESS)
 }
-pub(crate) fn stats(_cfg: &Config, _c: &StatsCmd) -> Result<ExitCode> {
+
+fn format_age(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Counts from the event log.
+#[derive(Default)]
+struct EventStats {
+    hits: u64,
+    misses: u64,
+    passthrough: u64,
+    errors: u64,
+    saved_ms: u64,
+    hit_ms: u64,
+}
+
+fn read_events(store: &Store) -> EventStats {
+    let mut s = EventStats::default();
+    let Ok(f) = fs::File::open(store.events_path()) else {
+        return s;
+    };
+    for line in BufReader::new(f).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let ms = v["ms"].as_u64().unwrap_or(0);
+        match v["result"].as_str() {
+            Some("local_hit") => {
+                s.hits += 1;
+                s.hit_ms += ms;
+                s.saved_ms += v["compile_ms"].as_u64().unwrap_or(0).saturating_sub(ms);
+            }
+            Some("miss") => s.misses += 1,
+            Some("passthrough") => s.passthrough += 1,
+            Some("error") => s.errors += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// `kache stats`.
+pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
+    let store = Store::at(&cfg.cache_dir.value);
+    let all = load_all(&store, None)?;
+    let logical: u64 = all.iter().map(|l| l.entry.size()).sum();
+    let (stored, blobs) = blob_usage(&store);
+    let ev = read_events(&store);
+    let lookups = ev.hits + ev.misses;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = if lookups == 0 {
+        0.0
+    } else {
+        ev.hits as f64 * 100.0 / lookups as f64
+    };
+    let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
+    if c.json {
+        print_json(&json!({
+            "entries": all.len(),
+            "crates": crates.len(),
+            "blobs": blobs,
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "dedup_saved_bytes": logical.saturating_sub(stored),
+            "hits": ev.hits,
+            "misses": ev.misses,
+            "passthrough": ev.passthrough,
+            "errors": ev.errors,
+            "hit_rate": rate,
+            "time_saved_ms": ev.saved_ms,
+            "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "entries:      {} ({} crates)", all.len(), crates.len())?;
+    writeln!(
+        out,
+        "size:         {} stored in {blobs} blobs ({} before dedup, {} saved)",
+        format_size(stored),
+        format_size(logical),
+        format_size(logical.saturating_sub(stored))
+    )?;
+    writeln!(
+        out,
+        "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
+        ev.hits, ev.misses, ev.passthrough, ev.errors
+    )?;
+    writeln!(
+        out,
+        "time saved:   {:.1}s",
+        Duration::from_millis(ev.saved_ms).as_secs_f64()
+    )?;
     Ok(ExitCode::SUCCESS)
 }
-pub(crate) fn gc(_cfg: &Config, _c: &GcCmd) -> Result<ExitCode> {
+
+/// What a gc pass did.
+#[derive(Default, serde::Serialize)]
+struct GcReport {
+    entries_removed: u64,
+    blobs_removed: u64,
+    bytes_freed: u64,
+    tmp_removed: u64,
+    corrupt_blobs: u64,
+    entries_kept: u64,
+    bytes_kept: u64,
+}
+
+/// `kache gc`: under the exclusive gc lock, drop stale temp files, evict
+/// entries (by age, or least recently used first down to the size limit),
+/// then delete blobs no entry references.
+pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
+    let max_age = c
+        .max_age
+        .as_deref()
+        .map(|s| {
+            parse_duration(s).ok_or_else(|| {
+                anyhow!(
+                    "invalid value `{s}` for --max-age: expected a duration such as 30m, 24h or 7d"
+                )
+            })
+        })
+        .transpose()?;
+    let store = Store::open(&cfg.cache_dir.value)?;
+    let _lock = store.gc_lock()?;
+    let mut rep = GcReport {
+        tmp_removed: clean_tmp(&store),
+        ..GcReport::default()
+    };
+
+    let mut all = load_all(&store, None)?;
+    let blobs = walk_blobs(&store);
+    let blob_size: HashMap<String, u64> = blobs
+        .iter()
+        .filter_map(|(p, m)| Some((p.file_name()?.to_str()?.to_string(), m.len())))
+        .collect();
+
+    if c.verify {
+        let mut bad = HashSet::new();
+        for (p, _) in &blobs {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            match store::hash_file(p) {
+                Ok(h) if h == name => {}
+                _ => {
+                    eprintln!("warning: blob {} is corrupt; removing it", p.display());
+                    bad.insert(name.to_string());
+                    rep.corrupt_blobs += 1;
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
+        all.retain(|l| {
+            let ok = l
+                .entry
+                .files
+                .iter()
+                .all(|f| !bad.contains(&f.hash) && blob_size.get(&f.hash) == Some(&f.size));
+            if !ok {
+                eprintln!(
+                    "warning: entry {}/{} has missing or corrupt files; removing it",
+                    l.r.crate_name, l.r.key
+                );
+                if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
+                    rep.entries_removed += 1;
+                }
+            }
+            ok
+        });
+    }
+
+    // Oldest access first.
+    all.sort_by_key(|l| l.r.accessed);
+    let now = now_secs();
+    let mut refs: HashMap<&str, u32> = HashMap::new();
+    for l in &all {
+        for f in &l.entry.files {
+            *refs.entry(f.hash.as_str()).or_default() += 1;
+        }
+    }
+    let mut live: u64 = refs
+        .keys()
+        .map(|h| blob_size.get(*h).copied().unwrap_or(0))
+        .sum();
+    let mut evict = Vec::new();
+    for (i, l) in all.iter().enumerate() {
+        let too_old = max_age.is_some_and(|a| now.saturating_sub(l.r.accessed) > a);
+        let too_big = max_age.is_none() && live > cfg.max_size.value;
+        if !(too_old || too_big) {
+            continue;
+        }
+        evict.push(i);
+        for f in &l.entry.files {
+            let n = refs.get_mut(f.hash.as_str()).expect("counted above");
+            *n -= 1;
+            if *n == 0 {
+                live -= blob_size.get(&f.hash).copied().unwrap_or(0);
+            }
+        }
+    }
+    for &i in &evict {
+        let l = &all[i];
+        if store.remove(&l.r.crate_name, &l.r.key)? {
+            rep.entries_removed += 1;
+        }
+    }
+    let keep: HashSet<&str> = refs
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(h, _)| *h)
+        .collect();
+    for (p, m) in &blobs {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !keep.contains(name) && p.exists() && fs::remove_file(p).is_ok() {
+            rep.blobs_removed += 1;
+            rep.bytes_freed += m.len();
+        }
+    }
+    // Input lists whose base no longer has any entry.
+    let bases: HashSet<&str> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !evict.contains(i))
+        .filter_map(|(_, l)| l.entry.inputs.as_ref().map(|i| i.base.as_str()))
+        .collect();
+    if let Ok(rd) = fs::read_dir(store.root().join("index")) {
+        for d in rd.flatten() {
+            let name = d.file_name();
+            if !bases.contains(name.to_str().unwrap_or("")) {
+                let _ = fs::remove_dir_all(d.path());
+            }
+        }
+    }
+    rep.entries_kept = (all.len() - evict.len()) as u64;
+    rep.bytes_kept = live;
+    if c.json {
+        print_json(&serde_json::to_value(&rep)?)?;
+    } else {
+        println!(
+            "removed {} entries and {} blobs ({}), {} temp files; kept {} entries ({}){}",
+            rep.entries_removed,
+            rep.blobs_removed,
+            format_size(rep.bytes_freed),
+            rep.tmp_removed,
+            rep.entries_kept,
+            format_size(rep.bytes_kept),
+            if c.verify {
+                format!("; {} corrupt blobs", rep.corrupt_blobs)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
-pub(crate) fn purge(_cfg: &Config, _c: &PurgeCmd) -> Result<ExitCode> {
+
+/// Removes temp files and staging dirs left by crashed writers: those
+/// whose writer process (named in the file name) is gone, and anything
+/// older than `STALE_TMP` whatever its name.
+fn clean_tmp(store: &Store) -> u64 {
+    let mut n = 0;
+    let cutoff = SystemTime::now() - STALE_TMP;
+    let Ok(rd) = fs::read_dir(store.root().join("tmp")) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        let dead = store::tmp_owner(&e.file_name().to_string_lossy())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if old || (dead && cfg!(target_os = "linux")) {
+            let p = e.path();
+            let ok = if p.is_dir() {
+                fs::remove_dir_all(&p).is_ok()
+            } else {
+                fs::remove_file(&p).is_ok()
+            };
+            n += u64::from(ok);
+        }
+    }
+    n
+}
+
+/// `kache purge`.
+pub(crate) fn purge(cfg: &Config, c: &PurgeCmd) -> Result<ExitCode> {
+    let root = &cfg.cache_dir.value;
+    if !root.exists() {
+        if c.json {
+            print_json(&json!({"entries_removed": 0}))?;
+        } else {
+            println!("removed 0 entries");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = Store::open(root)?;
+    let only = c.crate_name.as_deref().map(store::normalize_crate);
+    let refs = match &only {
+        Some(n) => store.list_crate(n)?,
+        None => store.list()?,
+    };
+    let mut removed = 0u64;
+    for r in &refs {
+        if store.remove(&r.crate_name, &r.key)? {
+            removed += 1;
+        }
+    }
+    // Free the blobs now unreferenced (size-only pass: no eviction).
+    let freed = {
+        let _lock = store.gc_lock()?;
+        let all = load_all(&store, None)?;
+        let keep: HashSet<String> = all
+            .iter()
+            .flat_map(|l| l.entry.files.iter().map(|f| f.hash.clone()))
+            .collect();
+        let mut freed = 0u64;
+        for (p, m) in walk_blobs(&store) {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !keep.contains(name) && fs::remove_file(&p).is_ok() {
+                freed += m.len();
+            }
+        }
+        if only.is_none() {
+            remove_children(&store.root().join("index"));
+        }
+        freed
+    };
+    if c.json {
+        print_json(&json!({"entries_removed": removed, "bytes_freed": freed}))?;
+    } else {
+        println!("removed {removed} entries, freed {}", format_size(freed));
+    }
     Ok(ExitCode::SUCCESS)
 }
-pub(crate) fn config(_cfg: &Config, _c: &ConfigCmd) -> Result<ExitCode> {
+
+fn remove_children(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// `kache config`.
+pub(crate) fn config(cfg: &Config, c: &ConfigCmd) -> Result<ExitCode> {
+    let rows = cfg.rows();
+    if c.json {
+        let mut m = BTreeMap::new();
+        for (name, var, value, source) in &rows {
+            m.insert(*name, json!({"env": var, "value": value, "source": source}));
+        }
+        print_json(&json!({
+            "file": cfg.file.as_ref().map(|p| p.display().to_string()),
+            "settings": m,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    match &cfg.file {
+        Some(p) => writeln!(out, "config file: {}", p.display())?,
+        None => writeln!(
+            out,
+            "config file: none ({} does not exist)",
+            crate::config::config_path()
+                .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+        )?,
+    }
+    for (name, var, value, source) in &rows {
+        writeln!(out, "{name:<24} {value:<40} ({source}; env {var})")?;
+    }
     Ok(ExitCode::SUCCESS)
 }

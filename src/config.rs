@@ -123,28 +123,23 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
-    pub(crate) max_size: u64,
 }
 
 impl WrapperConfig {
     pub(crate) fn load() -> Result<WrapperConfig> {
         let dir = env_nonempty("KACHE_CACHE_DIR");
         let exe = env_nonempty("KACHE_CACHE_EXECUTABLES");
-        let max = env_nonempty("KACHE_MAX_SIZE");
-        if let (Some(dir), Some(exe), Some(max)) = (&dir, &exe, &max) {
+        if let (Some(dir), Some(exe)) = (&dir, &exe) {
             return Ok(WrapperConfig {
                 cache_dir: PathBuf::from(dir),
                 cache_executables: parse_bool(exe)
                     .ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", exe, BOOL_FORM))?,
-                max_size: parse_size(max)
-                    .ok_or_else(|| invalid("KACHE_MAX_SIZE", max, SIZE_FORM))?,
             });
         }
         let c = Config::load()?;
         Ok(WrapperConfig {
             cache_dir: c.cache_dir.value,
             cache_executables: c.cache_executables.value,
-            max_size: c.max_size.value,
         })
     }
 }
@@ -221,9 +216,8 @@ impl Config {
         let bucket = opt("KACHE_S3_BUCKET", r.bucket)?;
         let endpoint = opt("KACHE_S3_ENDPOINT", r.endpoint)?;
         if let Some(e) = &endpoint.value {
-            validate_endpoint(e).with_context(|| {
-                format!("invalid S3 endpoint `{e}` (from {})", endpoint.source)
-            })?;
+            validate_endpoint(e)
+                .with_context(|| format!("invalid S3 endpoint `{e}` (from {})", endpoint.source))?;
         }
         let profile = opt("KACHE_S3_PROFILE", r.profile)?;
         let region = pick(
@@ -286,10 +280,9 @@ impl Config {
             (
                 "cache.remote.endpoint",
                 "KACHE_S3_ENDPOINT",
-                self.endpoint
-                    .value
-                    .clone()
-                    .unwrap_or_else(|| format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)),
+                self.endpoint.value.clone().unwrap_or_else(|| {
+                    format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)
+                }),
                 self.endpoint.source.to_string(),
             ),
             (
@@ -365,7 +358,9 @@ fn read_file(p: &Path) -> Result<Option<FileConfig>> {
     let text = match std::fs::read_to_string(p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", p.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read config file {}", p.display()));
+        }
     };
     match toml::from_str::<FileConfig>(&text) {
         Ok(c) => Ok(Some(c)),
@@ -397,13 +392,13 @@ fn pick<T>(
     fsrc: &dyn Fn() -> Source,
     parse: impl Fn(&str) -> Result<T>,
 ) -> Result<Setting<T>> {
-    if let Ok(v) = env::var(var) {
-        if !v.is_empty() {
-            return Ok(Setting {
-                value: parse(&v)?,
-                source: Source::Env(var),
-            });
-        }
+    if let Ok(v) = env::var(var)
+        && !v.is_empty()
+    {
+        return Ok(Setting {
+            value: parse(&v)?,
+            source: Source::Env(var),
+        });
     }
     Ok(match file {
         Some(value) => Setting {
@@ -426,14 +421,14 @@ fn pick_value<T>(
     fsrc: &dyn Fn() -> Source,
     parse: impl Fn(&str) -> std::result::Result<T, String>,
 ) -> Result<Setting<T>> {
-    if let Ok(v) = env::var(var) {
-        if !v.is_empty() {
-            let value = parse(&v).map_err(|form| invalid(var, &v, &form))?;
-            return Ok(Setting {
-                value,
-                source: Source::Env(var),
-            });
-        }
+    if let Ok(v) = env::var(var)
+        && !v.is_empty()
+    {
+        let value = parse(&v).map_err(|form| invalid(var, &v, &form))?;
+        return Ok(Setting {
+            value,
+            source: Source::Env(var),
+        });
     }
     match file {
         Some(val) => {
@@ -492,7 +487,11 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
     if !n.is_finite() || n < 0.0 {
         return None;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     Some((n * mult as f64) as u64)
 }
 
@@ -694,7 +693,8 @@ mod tests {
 
     #[test]
     fn ini_profiles() {
-        let m = parse_ini("[default]\naws_access_key_id = A\n[profile ci]\naws_secret_access_key=S\n");
+        let m =
+            parse_ini("[default]\naws_access_key_id = A\n[profile ci]\naws_secret_access_key=S\n");
         assert_eq!(m["default"]["aws_access_key_id"], "A");
         assert_eq!(m["ci"]["aws_secret_access_key"], "S");
     }

@@ -1,1 +1,127 @@
-//! Cargo.lock adapter (stub; being written).
+/*!
+The workspace's Cargo.lock: which crates `kache sync --pull` fetches.
+
+Found the way cargo finds it: from the directory of `--manifest-path`
+(or the current directory), walking up to the first ancestor holding a
+`Cargo.lock` (the workspace root). Package names are normalised like the
+remote layout (`serde-json` -> `serde_json`). Build scripts are compiled
+under the crate name `build_script_build` (or `build_script_<file>`), so
+those names are always included.
+*/
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::store::normalize_crate;
+
+/// Crate names rustc uses for build scripts, whatever the package.
+const BUILD_SCRIPT_CRATES: &[&str] = &["build_script_build", "build_script_main"];
+
+/// The Cargo.lock governing `start` (a directory), if any.
+pub(crate) fn find_from(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.is_file())
+}
+
+/// The directory to start from: that of `--manifest-path`, else `cwd`.
+pub(crate) fn start_dir(manifest_path: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
+    let Some(m) = manifest_path else {
+        return Ok(cwd.to_path_buf());
+    };
+    let m = if m.is_absolute() {
+        m.to_path_buf()
+    } else {
+        cwd.join(m)
+    };
+    if m.is_dir() {
+        return Ok(m);
+    }
+    if !m.is_file() {
+        bail!("manifest path {} does not exist", m.display());
+    }
+    if m.file_name().and_then(|n| n.to_str()) != Some("Cargo.toml") {
+        bail!(
+            "the manifest path must be a path to a Cargo.toml file: {}",
+            m.display()
+        );
+    }
+    Ok(m.parent()
+        .map_or_else(|| cwd.to_path_buf(), Path::to_path_buf))
+}
+
+/// Loads a Cargo.lock and returns the normalised crate names it names,
+/// plus the build-script crate names.
+pub(crate) fn crates(path: &Path) -> Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let lock: cargo_lock::Lockfile = text
+        .parse()
+        .map_err(|e| anyhow!("malformed {}: {e}", path.display()))?;
+    Ok(crate_set(lock.packages.iter().map(|p| p.name.as_str())))
+}
+
+/// The normalised names, plus the build-script crates.
+pub(crate) fn crate_set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    let mut set: BTreeSet<String> = names.into_iter().map(normalize_crate).collect();
+    set.extend(BUILD_SCRIPT_CRATES.iter().map(ToString::to_string));
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCK: &str = r#"
+version = 3
+
+[[package]]
+name = "serde-json"
+version = "1.0.0"
+
+[[package]]
+name = "Foo_Bar"
+version = "0.1.0"
+"#;
+
+    #[test]
+    fn finds_upwards_and_normalises() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Cargo.lock"), LOCK).unwrap();
+        let sub = d.path().join("crates/a/src");
+        std::fs::create_dir_all(&sub).unwrap();
+        let found = find_from(&sub).unwrap();
+        assert_eq!(found, d.path().join("Cargo.lock"));
+        let set = crates(&found).unwrap();
+        assert!(set.contains("serde_json"));
+        assert!(set.contains("foo_bar"));
+        assert!(set.contains("build_script_build"));
+    }
+
+    #[test]
+    fn malformed_names_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("Cargo.lock");
+        std::fs::write(&p, "[[package]\nname = ").unwrap();
+        let e = format!("{:#}", crates(&p).unwrap_err());
+        assert!(e.contains("Cargo.lock") && e.contains("malformed"), "{e}");
+        let e = format!(
+            "{:#}",
+            crates(&d.path().join("nope/Cargo.lock")).unwrap_err()
+        );
+        assert!(e.contains("nope/Cargo.lock"), "{e}");
+    }
+
+    #[test]
+    fn manifest_path_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("Cargo.toml");
+        std::fs::write(&m, "").unwrap();
+        assert_eq!(start_dir(Some(&m), Path::new("/")).unwrap(), d.path());
+        assert!(start_dir(Some(&d.path().join("x/Cargo.toml")), Path::new("/")).is_err());
+        assert_eq!(start_dir(None, d.path()).unwrap(), d.path());
+    }
+}

@@ -1,1 +1,285 @@
-//! (being written)
+//! The small commands and settings: config precedence, invalid values,
+//! masking; list, stats, gc, purge on a real store.
+
+use std::fs;
+
+use crate::common::{kache, put_entry, show};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn config_precedence_env_over_file_over_default() {
+    let d = tmp();
+    let cfgfile = d.path().join("config.toml");
+    fs::write(
+        &cfgfile,
+        "[cache]\ns3_concurrency = 8\nlocal_max_size = \"10GB\"\n[cache.remote]\nbucket = \"from-file\"\nregion = \"eu-west-1\"\n",
+    )
+    .unwrap();
+    let o = kache(&d.path().join("c"))
+        .env("KACHE_CONFIG", &cfgfile)
+        .env("KACHE_S3_CONCURRENCY", "4")
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = &v["settings"];
+    assert_eq!(s["cache.s3_concurrency"]["value"], "4");
+    assert_eq!(
+        s["cache.s3_concurrency"]["source"],
+        "env KACHE_S3_CONCURRENCY"
+    );
+    assert_eq!(s["cache.remote.bucket"]["value"], "from-file");
+    assert!(
+        s["cache.remote.bucket"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
+    assert_eq!(s["cache.remote.region"]["value"], "eu-west-1");
+    assert_eq!(s["cache.local_max_size"]["value"], "9.3 GiB");
+    assert_eq!(s["cache.remote.prefix"]["value"], "artifacts");
+    assert_eq!(s["cache.remote.prefix"]["source"], "default");
+    assert_eq!(s["cache.compression_level"]["value"], "3");
+}
+
+#[test]
+fn invalid_values_name_the_setting_and_the_form() {
+    let d = tmp();
+    for (var, val, want) in [
+        ("KACHE_S3_CONCURRENCY", "0", "KACHE_S3_CONCURRENCY"),
+        ("KACHE_S3_CONCURRENCY", "abc", "a whole number"),
+        ("KACHE_MAX_SIZE", "12XB", "KACHE_MAX_SIZE"),
+        ("KACHE_COMPRESSION_LEVEL", "23", "1 to 22"),
+        ("KACHE_CACHE_EXECUTABLES", "maybe", "true or false"),
+        ("KACHE_S3_ENDPOINT", "localhost:9000", "http://"),
+    ] {
+        let o = kache(d.path())
+            .env(var, val)
+            .arg("config")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{var}={val}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(want), "{var}={val}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn malformed_config_file_names_file_line_and_key() {
+    let d = tmp();
+    let f = d.path().join("bad.toml");
+    fs::write(&f, "[cache]\nlocal_store = \"/x\"\ns3_concurrency = = 3\n").unwrap();
+    let o = kache(d.path())
+        .env("KACHE_CONFIG", &f)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+
+    fs::write(&f, "[cache]\ns3_concurency = 3\n").unwrap();
+    let o = kache(d.path())
+        .env("KACHE_CONFIG", &f)
+        .arg("config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("s3_concurency"),
+        "{err}"
+    );
+
+    fs::write(&f, "[cache]\ns3_concurrency = 0\n").unwrap();
+    let o = kache(d.path())
+        .env("KACHE_CONFIG", &f)
+        .arg("config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cache.s3_concurrency") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_are_masked_and_half_pairs_rejected() {
+    let d = tmp();
+    let o = kache(d.path())
+        .env("KACHE_S3_ACCESS_KEY", "AKIAVERYSECRETID")
+        .env("KACHE_S3_SECRET_KEY", "wJalrXUtnFEMIsecretvalue")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!all.contains("wJalrXUtnFEMIsecretvalue"), "{all}");
+    assert!(!all.contains("AKIAVERYSECRETID"), "{all}");
+    assert!(all.contains("AKIA****"), "{all}");
+
+    let o = kache(d.path())
+        .env("AWS_ACCESS_KEY_ID", "AKIAONLYHALF")
+        .arg("config")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("AWS_SECRET_ACCESS_KEY is not"), "{out}");
+}
+
+#[test]
+fn credentials_from_profile_file() {
+    let d = tmp();
+    let f = d.path().join("credentials");
+    fs::write(&f, "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s1\n[ci]\naws_access_key_id = AKIACIPROFILE\naws_secret_access_key = s2\n").unwrap();
+    let o = kache(d.path())
+        .env("AWS_SHARED_CREDENTIALS_FILE", &f)
+        .env("KACHE_S3_PROFILE", "ci")
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &v["settings"]["credentials"];
+    assert!(c["value"].as_str().unwrap().starts_with("AKIA****"), "{c}");
+    assert!(c["source"].as_str().unwrap().contains("profile ci"), "{c}");
+}
+
+#[test]
+fn list_stats_gc_purge() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    let shared = vec![7u8; 4000];
+    put_entry(
+        &cache,
+        "serde",
+        "a",
+        &[("libserde-1.rlib", &shared), ("libserde-1.rmeta", b"m1")],
+    );
+    put_entry(&cache, "serde", "b", &[("libserde-2.rlib", &shared)]);
+    put_entry(
+        &cache,
+        "anyhow",
+        "a",
+        &[("libanyhow-1.rlib", &vec![1u8; 3000])],
+    );
+
+    let o = kache(&cache).args(["list", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let o = kache(&cache)
+        .args(["list", "Serde", "--sort", "size"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("2 entries"), "{out}");
+    assert!(!out.contains("anyhow"), "{out}");
+
+    let o = kache(&cache).args(["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["entries"], 3);
+    assert_eq!(v["logical_bytes"], 4000 + 2 + 4000 + 3000);
+    assert_eq!(v["stored_bytes"], 4000 + 2 + 3000);
+    assert_eq!(v["dedup_saved_bytes"], 4000);
+
+    // Size-limited gc evicts down to the limit.
+    let o = kache(&cache)
+        .env("KACHE_MAX_SIZE", "5000")
+        .args(["gc", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["bytes_kept"].as_u64().unwrap() <= 5000, "{v}");
+    assert!(v["entries_removed"].as_u64().unwrap() >= 1, "{v}");
+
+    // Purge one crate, then all.
+    let o = kache(&cache)
+        .args(["purge", "--crate-name", "anyhow", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = kache(&cache).args(["purge"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = kache(&cache).args(["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["entries"], 0);
+    assert_eq!(v["stored_bytes"], 0);
+}
+
+#[test]
+fn gc_verify_drops_corrupt_entries() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    put_entry(&cache, "bad", "a", &[("libbad.rlib", b"bad bytes")]);
+    let h = blake3::hash(b"bad bytes").to_hex().to_string();
+    let p = cache.join("blobs").join(&h[..2]).join(&h);
+    fs::write(&p, b"flipped!!").unwrap();
+    let o = kache(&cache)
+        .args(["gc", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["corrupt_blobs"], 1, "{v}");
+    assert_eq!(v["entries_kept"], 1, "{v}");
+    let o = kache(&cache).args(["list", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["crate"], "good");
+}
+
+#[test]
+fn status_and_usage_errors() {
+    let d = tmp();
+    let o = kache(d.path()).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("entries: 0"));
+    let o = kache(d.path()).arg("--bogus").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = kache(d.path())
+        .args(["gc", "--max-age", "7x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--max-age"));
+}
+
+#[test]
+fn gc_removes_leftovers_of_dead_writers_only() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    let tmpdir = cache.join("tmp");
+    fs::create_dir_all(&tmpdir).unwrap();
+    // A crashed writer (pid that cannot exist) and a live one (ours).
+    fs::write(tmpdir.join("blob.4194303.0.1"), b"half a blob").unwrap();
+    fs::create_dir_all(tmpdir.join("pull.4194303.1.2")).unwrap();
+    let live = format!("blob.{}.0.3", std::process::id());
+    fs::write(tmpdir.join(&live), b"in progress").unwrap();
+    // An orphan blob no manifest references (a crash between blob and
+    // manifest).
+    let h = blake3::hash(b"orphan").to_hex().to_string();
+    let orphan = cache.join("blobs").join(&h[..2]).join(&h);
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::write(&orphan, b"orphan").unwrap();
+
+    let o = kache(&cache).args(["gc", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tmp_removed"], 2, "{v}");
+    assert_eq!(v["blobs_removed"], 1, "{v}");
+    assert_eq!(v["entries_kept"], 1, "{v}");
+    assert!(tmpdir.join(&live).exists());
+    assert!(!orphan.exists());
+}

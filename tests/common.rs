@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The kache binary under test.
-pub fn kache_bin() -> PathBuf {
+pub(crate) fn kache_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kache"))
 }
 
 /// A `kache` command with a clean environment: no user config, no
 /// credentials from the host, the given cache dir.
-pub fn kache(cache_dir: &Path) -> Command {
+pub(crate) fn kache(cache_dir: &Path) -> Command {
     let mut c = Command::new(kache_bin());
     clean_env(&mut c);
     c.env("KACHE_CACHE_DIR", cache_dir);
@@ -21,22 +21,64 @@ pub fn kache(cache_dir: &Path) -> Command {
 
 /// Removes every KACHE_* and AWS_* variable and points config lookups
 /// at nothing.
-pub fn clean_env(c: &mut Command) {
+pub(crate) fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("KACHE_") || k.starts_with("AWS_") {
             c.env_remove(k);
         }
     }
     c.env("KACHE_CONFIG", "/nonexistent/kache-config.toml");
-    c.env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials");
+    c.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/aws-credentials",
+    );
 }
 
 /// Output as text, for assertion messages.
-pub fn show(o: &Output) -> String {
+pub(crate) fn show(o: &Output) -> String {
     format!(
         "status: {}\n--- stdout\n{}\n--- stderr\n{}",
         o.status,
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Writes an entry straight into a cache dir in the store layout (blobs
+/// plus manifest), as a build would have. Returns the key.
+pub(crate) fn put_entry(
+    cache_dir: &Path,
+    crate_name: &str,
+    seed: &str,
+    files: &[(&str, &[u8])],
+) -> String {
+    use std::fs;
+    let key = blake3::hash(format!("{crate_name}/{seed}").as_bytes())
+        .to_hex()
+        .to_string();
+    let mut recs = Vec::new();
+    for (name, data) in files {
+        let h = blake3::hash(data).to_hex().to_string();
+        let p = cache_dir.join("blobs").join(&h[..2]).join(&h);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        if !p.exists() {
+            fs::write(&p, data).unwrap();
+        }
+        recs.push(serde_json::json!({
+            "name": name, "hash": h, "size": data.len(), "executable": false
+        }));
+    }
+    let m = serde_json::json!({
+        "version": 1, "crate_name": crate_name, "key": key, "files": recs,
+        "stdout": "", "stderr": "", "dep_info": null, "inputs": null,
+        "compile_ms": 1500, "created": 0
+    });
+    let dir = cache_dir.join("entries").join(crate_name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join(format!("{key}.json")),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    key
 }

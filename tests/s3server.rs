@@ -1,1 +1,560 @@
-//! (being written)
+//! A real S3 server for the sync tests: s3s-fs in-process (signatures
+//! checked with `SimpleAuth`), or an external server (Garage, MinIO, AWS)
+//! named by `KACHE_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`,
+//! `_SECRET_KEY`, `_REGION`. Plus a fault-injecting HTTP proxy to put
+//! between kache and the server.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A bucket to test against. Each value has its own prefix, so tests
+/// sharing an external bucket never see each other's objects.
+pub(crate) struct S3 {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) access_key: String,
+    pub(crate) secret_key: String,
+    pub(crate) region: String,
+    pub(crate) prefix: String,
+    /// The bucket's directory (s3s-fs only): objects are files under it.
+    pub(crate) bucket_dir: Option<PathBuf>,
+    _server: Option<Server>,
+}
+
+struct Server {
+    _root: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{tag}-{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// True when the tests run against an external server.
+pub(crate) fn external() -> bool {
+    std::env::var("KACHE_TEST_S3_ENDPOINT").is_ok_and(|v| !v.is_empty())
+}
+
+impl S3 {
+    /// An external server if configured, else a fresh s3s-fs.
+    pub(crate) fn start() -> S3 {
+        if external() {
+            let var = |n: &str| {
+                std::env::var(format!("KACHE_TEST_S3_{n}"))
+                    .unwrap_or_else(|_| panic!("KACHE_TEST_S3_{n} must be set too"))
+            };
+            return S3 {
+                endpoint: var("ENDPOINT"),
+                bucket: var("BUCKET"),
+                access_key: var("ACCESS_KEY"),
+                secret_key: var("SECRET_KEY"),
+                region: std::env::var("KACHE_TEST_S3_REGION")
+                    .unwrap_or_else(|_| "us-east-1".into()),
+                prefix: unique("test"),
+                bucket_dir: None,
+                _server: None,
+            };
+        }
+        start_s3s_fs()
+    }
+
+    /// Sets the remote settings on a kache command.
+    pub(crate) fn configure(&self, c: &mut Command) {
+        self.configure_at(c, &self.endpoint);
+    }
+
+    /// Same, but through another endpoint (a proxy).
+    pub(crate) fn configure_at(&self, c: &mut Command, endpoint: &str) {
+        c.env("KACHE_S3_ENDPOINT", endpoint)
+            .env("KACHE_S3_BUCKET", &self.bucket)
+            .env("KACHE_S3_REGION", &self.region)
+            .env("KACHE_S3_PREFIX", &self.prefix)
+            .env("KACHE_S3_ACCESS_KEY", &self.access_key)
+            .env("KACHE_S3_SECRET_KEY", &self.secret_key);
+    }
+
+    /// The file holding object `name` (s3s-fs only).
+    pub(crate) fn object_file(&self, name: &str) -> Option<PathBuf> {
+        self.bucket_dir.as_ref().map(|d| d.join(name))
+    }
+
+    /// Every object file under this test's prefix (s3s-fs only), as
+    /// names relative to the bucket, sorted.
+    pub(crate) fn objects(&self) -> Option<Vec<String>> {
+        let dir = self.bucket_dir.as_ref()?;
+        let mut out = Vec::new();
+        walk(&dir.join(&self.prefix), dir, &mut out);
+        out.sort();
+        Some(out)
+    }
+}
+
+fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(d) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, base, out);
+        } else {
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
+            let file = p.file_name().unwrap().to_string_lossy().to_string();
+            if !file.starts_with('.') {
+                out.push(rel);
+            }
+        }
+    }
+}
+
+fn start_s3s_fs() -> S3 {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+    use s3s::auth::SimpleAuth;
+    use s3s::service::S3ServiceBuilder;
+
+    let root = tempfile::tempdir().unwrap();
+    let bucket = "kache-test".to_string();
+    let bucket_dir = root.path().join(&bucket);
+    std::fs::create_dir_all(&bucket_dir).unwrap();
+    let (access_key, secret_key) = (
+        "AKTESTKACHE".to_string(),
+        "sEcReT-kache-test-123".to_string(),
+    );
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fs_root = root.path().to_path_buf();
+    let (ak, sk) = (access_key.clone(), secret_key.clone());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let fs = s3s_fs::FileSystem::new(&fs_root).unwrap();
+            let mut b = S3ServiceBuilder::new(fs);
+            b.set_auth(SimpleAuth::from_single(ak, sk));
+            let service = b.build();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let socket = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stop_rx => break,
+                };
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    S3 {
+        endpoint: format!("http://{addr}"),
+        bucket,
+        access_key,
+        secret_key,
+        region: "us-east-1".into(),
+        prefix: unique("test"),
+        bucket_dir: Some(bucket_dir),
+        _server: Some(Server {
+            _root: root,
+            shutdown: Some(stop_tx),
+        }),
+    }
+}
+
+/// What the proxy does to a request instead of forwarding it.
+#[derive(Clone, Debug)]
+pub(crate) enum Fault {
+    /// Answer with this status and S3 error code (and `Retry-After: 1`
+    /// for 429 and 503).
+    Status(u16, &'static str),
+    /// Close the connection without answering.
+    Cut,
+    /// Forward, but send only half the response body, then close.
+    Truncate,
+}
+
+/// One request seen by the proxy.
+#[derive(Clone, Debug)]
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    /// The `prefix` query parameter of a listing, decoded.
+    pub(crate) list_prefix: Option<String>,
+    /// The request's Content-Length header.
+    pub(crate) content_length: Option<u64>,
+    /// The names of the query parameters (not their values).
+    pub(crate) query_names: Vec<String>,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// (only for paths containing this, fault)
+    next: VecDeque<(String, Fault)>,
+    matching: Vec<(String, Fault)>,
+}
+
+struct ProxyState {
+    upstream: SocketAddr,
+    faults: Mutex<Faults>,
+    delay: Mutex<Duration>,
+    inflight: AtomicUsize,
+    max_inflight: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+    stop: AtomicBool,
+}
+
+/// A fault-injecting HTTP/1.1 proxy in front of a server.
+pub(crate) struct Proxy {
+    pub(crate) endpoint: String,
+    state: Arc<ProxyState>,
+    addr: SocketAddr,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `upstream` (`http://host:port`).
+    pub(crate) fn start(upstream: &str) -> Proxy {
+        let hostport = upstream
+            .strip_prefix("http://")
+            .expect("the proxy speaks plain HTTP")
+            .trim_end_matches('/');
+        let upstream: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+            .unwrap()
+            .next()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState {
+            upstream,
+            faults: Mutex::default(),
+            delay: Mutex::new(Duration::ZERO),
+            inflight: AtomicUsize::new(0),
+            max_inflight: AtomicUsize::new(0),
+            seen: Mutex::default(),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(&st, conn);
+                });
+            }
+        });
+        Proxy {
+            endpoint: format!("http://{addr}"),
+            state,
+            addr,
+        }
+    }
+
+    /// The next requests get these faults, in order.
+    pub(crate) fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.fail_next_where("", faults);
+    }
+
+    /// The next requests whose path contains `needle` get these faults.
+    pub(crate) fn fail_next_where(&self, needle: &str, faults: impl IntoIterator<Item = Fault>) {
+        let mut f = self.state.faults.lock().unwrap();
+        f.next
+            .extend(faults.into_iter().map(|x| (needle.to_string(), x)));
+    }
+
+    /// Every request whose path contains `needle` gets `fault`.
+    pub(crate) fn fail_matching(&self, needle: &str, fault: Fault) {
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .matching
+            .push((needle.to_string(), fault));
+    }
+
+    /// Holds every request this long before answering.
+    pub(crate) fn set_delay(&self, d: Duration) {
+        *self.state.delay.lock().unwrap() = d;
+    }
+
+    /// The most requests that were in flight at once.
+    pub(crate) fn max_inflight(&self) -> usize {
+        self.state.max_inflight.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn reset_stats(&self) {
+        self.state.max_inflight.store(0, Ordering::SeqCst);
+        self.state.seen.lock().unwrap().clear();
+    }
+
+    /// Every request seen so far.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Faults not yet used.
+    pub(crate) fn pending_faults(&self) -> usize {
+        self.state.faults.lock().unwrap().next.len()
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Vec<String>>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let l = line.trim_end_matches(['\r', '\n']).to_string();
+        if l.is_empty() {
+            if lines.is_empty() {
+                continue;
+            }
+            return Ok(Some(lines));
+        }
+        lines.push(l);
+    }
+}
+
+fn header<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
+    lines.iter().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    loop {
+        let Some(head) = read_head(&mut reader)? else {
+            return Ok(());
+        };
+        let len: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+
+        let mut parts = head[0].split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let list_prefix = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("prefix="))
+            .map(decode);
+        st.seen.lock().unwrap().push(Seen {
+            method: method.clone(),
+            path: decode(path),
+            list_prefix,
+            content_length: header(&head, "content-length").and_then(|v| v.parse().ok()),
+            query_names: query
+                .split('&')
+                .filter_map(|kv| kv.split('=').next())
+                .filter(|k| !k.is_empty())
+                .map(ToString::to_string)
+                .collect(),
+        });
+
+        let now = st.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        st.max_inflight.fetch_max(now, Ordering::SeqCst);
+        let delay = *st.delay.lock().unwrap();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let fault = {
+            let mut f = st.faults.lock().unwrap();
+            let m = f
+                .matching
+                .iter()
+                .find(|(n, _)| decode(path).contains(n.as_str()))
+                .map(|(_, f)| f.clone());
+            let p = decode(path);
+            m.or_else(|| {
+                if f.next.front().is_some_and(|(n, _)| p.contains(n.as_str())) {
+                    f.next.pop_front().map(|(_, x)| x)
+                } else {
+                    None
+                }
+            })
+        };
+        let response = match &fault {
+            None | Some(Fault::Truncate) => Some(forward(st.upstream, &head, &body)),
+            _ => None,
+        };
+        st.inflight.fetch_sub(1, Ordering::SeqCst);
+        match (fault, response) {
+            (Some(Fault::Cut), _) => {
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            (Some(Fault::Status(code, s3code)), _) => {
+                let xml = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3code}</Code><Message>injected fault</Message><Resource>{target}</Resource></Error>"
+                );
+                let extra = if code == 429 || code == 503 {
+                    "Retry-After: 1\r\n"
+                } else {
+                    ""
+                };
+                write!(
+                    client,
+                    "HTTP/1.1 {code} Fault\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n{extra}\r\n{xml}",
+                    xml.len()
+                )?;
+                client.flush()?;
+            }
+            (Some(Fault::Truncate), Some(resp)) => {
+                let resp = resp?;
+                let (h, b) = resp;
+                client.write_all(&h)?;
+                client.write_all(&b[..b.len() / 2])?;
+                client.flush()?;
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            (None, Some(resp)) => {
+                let (h, b) = resp?;
+                client.write_all(&h)?;
+                client.write_all(&b)?;
+                client.flush()?;
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Sends one request upstream on a fresh connection; returns the
+/// response head (without `Connection` headers) and body bytes.
+fn forward(
+    upstream: SocketAddr,
+    head: &[String],
+    body: &[u8],
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut up = TcpStream::connect(upstream)?;
+    let mut req = String::new();
+    req.push_str(&head[0]);
+    req.push_str("\r\n");
+    for l in &head[1..] {
+        if l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        req.push_str(l);
+        req.push_str("\r\n");
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    up.write_all(req.as_bytes())?;
+    up.write_all(body)?;
+    up.flush()?;
+    let mut r = BufReader::new(up);
+    let rhead = read_head(&mut r)?.ok_or_else(|| std::io::Error::other("no response"))?;
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)?;
+    // Re-frame with a Content-Length so the client may keep the
+    // connection (the upstream may have used chunked encoding).
+    let chunked = header(&rhead, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body = if chunked { dechunk(&rest) } else { rest };
+    let mut h = String::new();
+    h.push_str(&rhead[0]);
+    h.push_str("\r\n");
+    for l in &rhead[1..] {
+        let ll = l.to_ascii_lowercase();
+        if ll.starts_with("connection:")
+            || ll.starts_with("transfer-encoding:")
+            || ll.starts_with("content-length:")
+        {
+            continue;
+        }
+        h.push_str(l);
+        h.push_str("\r\n");
+    }
+    let status_no_body = rhead[0].contains(" 204 ") || rhead[0].contains(" 304 ");
+    if !status_no_body {
+        h.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    h.push_str("\r\n");
+    Ok((h.into_bytes(), body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(pos) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_line = std::str::from_utf8(&b[..pos]).unwrap_or("0");
+        let size =
+            usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        b = &b[pos + 2..];
+        if size == 0 || b.len() < size {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[(size + 2).min(b.len())..];
+    }
+}

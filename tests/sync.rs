@@ -1,1 +1,1081 @@
-//! (being written)
+//! `kache sync` against a real S3 server (s3s-fs in-process, or the
+//! external one named by KACHE_TEST_S3_*), through a fault-injecting
+//! proxy where the test needs one.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::common::{kache, put_entry, show};
+use crate::s3server::{Fault, Proxy, S3, external};
+
+/// A test's world: a bucket, caches, and a workspace dir.
+struct World {
+    s3: S3,
+    tmp: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            s3: S3::start(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cache(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// A workspace dir with a Cargo.lock naming `packages`.
+    fn workspace(&self, name: &str, packages: &[&str]) -> PathBuf {
+        let d = self.tmp.path().join(name);
+        fs::create_dir_all(d.join("src")).unwrap();
+        fs::write(
+            d.join("Cargo.toml"),
+            "[package]\nname = \"ws\"\nversion = \"0.1.0\"\n",
+        )
+        .unwrap();
+        let mut lock = String::from("version = 3\n");
+        for p in packages {
+            lock.push_str(&format!(
+                "\n[[package]]\nname = \"{p}\"\nversion = \"0.1.0\"\n"
+            ));
+        }
+        fs::write(d.join("Cargo.lock"), lock).unwrap();
+        d
+    }
+
+    /// A directory with no Cargo.lock anywhere above (checked).
+    fn no_workspace(&self) -> PathBuf {
+        let d = self.tmp.path().join("nowhere");
+        fs::create_dir_all(&d).unwrap();
+        assert!(
+            d.ancestors().all(|a| !a.join("Cargo.lock").exists()),
+            "a Cargo.lock above the temp dir spoils the test"
+        );
+        d
+    }
+
+    fn sync(&self, cache: &Path, cwd: &Path, args: &[&str]) -> Output {
+        self.sync_via(None, cache, cwd, args, &[])
+    }
+
+    fn sync_via(
+        &self,
+        proxy: Option<&Proxy>,
+        cache: &Path,
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let mut c = kache(cache);
+        match proxy {
+            Some(p) => self.s3.configure_at(&mut c, &p.endpoint),
+            None => self.s3.configure(&mut c),
+        }
+        c.env("KACHE_PROGRESS", "0");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.current_dir(cwd).arg("sync").args(args);
+        c.output().unwrap()
+    }
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", show(o));
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(o)))
+}
+
+/// (crate, key) of every entry in a cache dir.
+fn entries(cache: &Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let Ok(rd) = fs::read_dir(cache.join("entries")) else {
+        return out;
+    };
+    for c in rd.flatten() {
+        for e in fs::read_dir(c.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(k) = name.strip_suffix(".json") {
+                out.insert((c.file_name().to_string_lossy().to_string(), k.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Every blob file (name -> bytes) of a cache dir.
+fn blobs(cache: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(cache.join("blobs")) else {
+        return out;
+    };
+    for d in rd.flatten() {
+        for f in fs::read_dir(d.path()).unwrap().flatten() {
+            out.push((
+                f.file_name().to_string_lossy().to_string(),
+                fs::read(f.path()).unwrap(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn manifest(cache: &Path, c: &str, k: &str) -> serde_json::Value {
+    let p = cache.join("entries").join(c).join(format!("{k}.json"));
+    serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+}
+
+/// Fills a cache with `n` small entries spread over `crates`.
+fn fill(cache: &Path, crates: &[&str], n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let c = crates[i % crates.len()];
+            let body = format!("rlib {c} {i} ").repeat(50 + i);
+            let k = put_entry(
+                cache,
+                c,
+                &format!("seed{i}"),
+                &[
+                    (&format!("lib{c}.rlib"), body.as_bytes()),
+                    (&format!("lib{c}.rmeta"), &body.as_bytes()[..100]),
+                ],
+            );
+            (c.to_string(), k)
+        })
+        .collect()
+}
+
+#[test]
+fn push_then_pull_round_trip() {
+    let w = World::new();
+    let a = w.cache("a");
+    let made: BTreeSet<_> = fill(&a, &["foo_lib", "bar", "build_script_build"], 6)
+        .into_iter()
+        .collect();
+    let nowhere = w.no_workspace();
+
+    let o = w.sync(&a, &nowhere, &["--push"]);
+    ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("pushed        6 entries"), "{}", show(&o));
+    assert!(out.contains("failed        0 entries"), "{}", show(&o));
+    if let Some(objs) = w.s3.objects() {
+        assert_eq!(objs.len(), 6, "{objs:?}");
+        assert!(objs.iter().all(|o| o.ends_with(".tar.zst")));
+    }
+
+    // Objects are immutable: a second push uploads nothing.
+    let o = w.sync(&a, &nowhere, &["--push", "--json"]);
+    ok(&o);
+    assert_eq!(json(&o)["pushed"]["entries"], 0, "{}", show(&o));
+
+    // Pull into an empty cache, filtered by a Cargo.lock naming both.
+    let ws = w.workspace("ws", &["foo-lib", "bar"]);
+    let b = w.cache("b");
+    let o = w.sync(&b, &ws, &["--pull", "--json"]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 6, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 0);
+    assert!(j["seconds"].as_f64().is_some());
+    assert_eq!(entries(&b), made);
+    assert_eq!(blobs(&a), blobs(&b));
+    for (c, k) in &made {
+        assert_eq!(manifest(&a, c, k), manifest(&b, c, k));
+    }
+    assert!(
+        fs::read_dir(b.join("tmp")).unwrap().next().is_none(),
+        "temp files left behind"
+    );
+
+    // Nothing left to do: success, nothing moved.
+    let o = w.sync(&b, &ws, &[]);
+    ok(&o);
+    assert!(
+        stdout(&o).contains("pulled        0 entries"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        stdout(&o).contains("pushed        0 entries"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn pull_follows_cargo_lock() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let a = w.cache("a");
+    let made = fill(&a, &["serde_json", "unrelated", "build_script_build"], 6);
+    let nowhere = w.no_workspace();
+    ok(&w.sync_via(Some(&proxy), &a, &nowhere, &["--push"], &[]));
+    // A push lists only the crate prefixes it pushes.
+    let lists: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter_map(|s| s.list_prefix)
+        .collect();
+    let want: BTreeSet<String> = ["serde_json", "unrelated", "build_script_build"]
+        .iter()
+        .map(|c| format!("{}/{c}/", w.s3.prefix))
+        .collect();
+    assert_eq!(lists.iter().cloned().collect::<BTreeSet<_>>(), want);
+    assert_eq!(lists.len(), 3, "{lists:?}");
+
+    // The workspace uses serde-json only: `unrelated` is neither listed
+    // nor pulled.
+    let ws = w.workspace("ws", &["serde-json", "anyhow"]);
+    let b = w.cache("b");
+    proxy.reset_stats();
+    let o = w.sync_via(Some(&proxy), &b, &ws, &["--pull"], &[]);
+    ok(&o);
+    let got: BTreeSet<String> = entries(&b).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        got,
+        ["serde_json", "build_script_build"]
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    );
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().all(|s| !s.path.contains("unrelated")
+            && s.list_prefix
+                .as_deref()
+                .is_none_or(|p| !p.contains("unrelated") && p != format!("{}/", w.s3.prefix))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.list_prefix.as_deref() == Some(&format!("{}/anyhow/", w.s3.prefix))),
+        "one listing per lockfile crate: {seen:?}"
+    );
+
+    // --manifest-path from elsewhere does the same.
+    let c = w.cache("c");
+    let o = w.sync(
+        &c,
+        &nowhere,
+        &[
+            "--pull",
+            "--manifest-path",
+            ws.join("Cargo.toml").to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    assert_eq!(entries(&c), entries(&b));
+    // ... also from a member crate's subdirectory (found walking up).
+    let member = ws.join("crates/m");
+    fs::create_dir_all(&member).unwrap();
+    fs::write(member.join("Cargo.toml"), "[package]\nname = \"m\"\n").unwrap();
+    let c2 = w.cache("c2");
+    ok(&w.sync(&c2, &member, &["--pull"]));
+    assert_eq!(entries(&c2), entries(&b));
+
+    // --all ignores the Cargo.lock.
+    let d = w.cache("d");
+    ok(&w.sync(&d, &ws, &["--pull", "--all"]));
+    assert_eq!(entries(&d), made.iter().cloned().collect());
+
+    // No Cargo.lock: says so, pulls everything.
+    let e = w.cache("e");
+    let o = w.sync(&e, &nowhere, &["--pull"]);
+    ok(&o);
+    assert!(stderr(&o).contains("no Cargo.lock found"), "{}", show(&o));
+    assert_eq!(entries(&e).len(), 6);
+
+    // A malformed Cargo.lock is a clear error naming it.
+    let bad = w.tmp.path().join("bad");
+    fs::create_dir_all(&bad).unwrap();
+    fs::write(bad.join("Cargo.lock"), "[[package]\nname=").unwrap();
+    let o = w.sync(&w.cache("f"), &bad, &["--pull"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("malformed") && stderr(&o).contains("Cargo.lock"),
+        "{}",
+        show(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"));
+}
+
+#[test]
+fn plain_sync_pulls_then_pushes_listing_each_crate_once() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["alpha"], 2);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+
+    let b = w.cache("b");
+    fill(&b, &["gamma", "delta"], 4);
+    let ws = w.workspace("ws", &["alpha", "gamma"]);
+    let o = w.sync_via(Some(&proxy), &b, &ws, &["--json"], &[]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 2, "{}", show(&o));
+    assert_eq!(j["pushed"]["entries"], 4, "{}", show(&o));
+    let mut lists: Vec<String> = proxy
+        .seen()
+        .into_iter()
+        .filter_map(|s| s.list_prefix)
+        .collect();
+    lists.sort();
+    let p = &w.s3.prefix;
+    let mut want: Vec<String> = [
+        "alpha",
+        "build_script_build",
+        "build_script_main",
+        "delta",
+        "gamma",
+    ]
+    .iter()
+    .map(|c| format!("{p}/{c}/"))
+    .collect();
+    want.sort();
+    assert_eq!(
+        lists, want,
+        "each crate prefix listed once, the bucket never"
+    );
+    // Everything is in place now: a second run moves nothing.
+    proxy.reset_stats();
+    let o = w.sync_via(Some(&proxy), &b, &ws, &["--json"], &[]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 0);
+    assert_eq!(j["pushed"]["entries"], 0);
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .all(|s| s.method == "GET" && s.list_prefix.is_some())
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let w = World::new();
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    fill(&a, &["alpha", "beta"], 4);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+    // Now: b has two entries of its own and lacks a's four.
+    let b = w.cache("b");
+    let own = fill(&b, &["gamma"], 2);
+    let before_local = entries(&b);
+    let before_blobs = blobs(&b);
+    let before_remote = w.s3.objects();
+
+    let o = w.sync(&b, &nowhere, &["--dry-run"]);
+    ok(&o);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("pull ")).count(),
+        4,
+        "{out}"
+    );
+    let pushes: Vec<&&str> = lines.iter().filter(|l| l.starts_with("push ")).collect();
+    assert_eq!(pushes.len(), 2, "{out}");
+    for (c, k) in &own {
+        assert!(
+            pushes
+                .iter()
+                .any(|l| l.contains(c.as_str()) && l.contains(&k[..12]) && !l.contains(&k[..13])),
+            "{out}"
+        );
+    }
+    assert!(out.contains("would pull 4 entries"), "{out}");
+    assert!(out.contains("push 2 entries"), "{out}");
+    assert_eq!(entries(&b), before_local);
+    assert_eq!(blobs(&b), before_blobs);
+    assert_eq!(w.s3.objects(), before_remote);
+
+    // --json: the plan, with exact sizes.
+    let o = w.sync(&b, &nowhere, &["--dry-run", "--json"]);
+    ok(&o);
+    let j = json(&o);
+    let t = j["transfers"].as_array().unwrap();
+    assert_eq!(t.len(), 6);
+    assert_eq!(j["pull"]["entries"], 4);
+    assert_eq!(j["push"]["entries"], 2);
+    // Push sizes are the entries' file sizes.
+    let push_bytes: u64 = own
+        .iter()
+        .map(|(c, k)| {
+            manifest(&b, c, k)["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["size"].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(j["push"]["bytes"], push_bytes);
+    assert!(t.iter().all(|x| x["key"].as_str().unwrap().len() == 64));
+
+    // A dry run against a cache dir that does not exist creates nothing.
+    let ghost = w.cache("ghost");
+    ok(&w.sync(&ghost, &nowhere, &["--dry-run", "--pull"]));
+    assert!(!ghost.exists());
+}
+
+#[test]
+fn listing_pages_past_a_thousand_objects() {
+    if external() {
+        eprintln!("skipped: needs direct access to the s3s-fs bucket dir");
+        return;
+    }
+    let w = World::new();
+    let dir =
+        w.s3.object_file(&format!("{}/many/x", w.s3.prefix))
+            .unwrap();
+    let dir = dir.parent().unwrap();
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..1100u32 {
+        let key = blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+        fs::write(dir.join(format!("{key}.tar.zst")), b"x").unwrap();
+    }
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let o = w.sync_via(
+        Some(&proxy),
+        &w.cache("a"),
+        &nowhere,
+        &["--pull", "--all", "--dry-run", "--json"],
+        &[],
+    );
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["transfers"].as_array().unwrap().len(), 1100);
+    assert_eq!(j["pull"]["bytes"], 1100);
+    let lists = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.list_prefix.is_some())
+        .count();
+    assert_eq!(lists, 2, "two pages of at most 1000");
+}
+
+fn concurrency_case(conc: Option<usize>, expect: usize) {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(120));
+    let a = w.cache("a");
+    let crates = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+    let n = (expect * 2).max(8);
+    fill(&a, &crates, n);
+    let nowhere = w.no_workspace();
+    let conc_s = conc.map(|c| c.to_string());
+    let env: Vec<(&str, &str)> = conc_s
+        .as_deref()
+        .map(|c| vec![("KACHE_S3_CONCURRENCY", c)])
+        .unwrap_or_default();
+    let o = w.sync_via(Some(&proxy), &a, &nowhere, &["--push"], &env);
+    ok(&o);
+    assert_eq!(
+        proxy.max_inflight(),
+        expect,
+        "push at concurrency {expect}: {}",
+        show(&o)
+    );
+    proxy.reset_stats();
+    let o = w.sync_via(Some(&proxy), &w.cache("b"), &nowhere, &["--pull"], &env);
+    ok(&o);
+    assert!(
+        stdout(&o).contains(&format!("pulled {n:>8} entries")),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(proxy.max_inflight(), expect, "pull at concurrency {expect}");
+}
+
+#[test]
+fn concurrency_bound_1() {
+    concurrency_case(Some(1), 1);
+}
+
+#[test]
+fn concurrency_bound_4() {
+    concurrency_case(Some(4), 4);
+}
+
+#[test]
+fn concurrency_bound_default_16() {
+    concurrency_case(None, 16);
+}
+
+#[test]
+fn transient_faults_are_retried() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    let made: BTreeSet<_> = fill(&a, &["foo", "bar"], 4).into_iter().collect();
+    proxy.fail_next([
+        Fault::Status(503, "SlowDown"),
+        Fault::Status(500, "InternalError"),
+        Fault::Status(429, "TooManyRequests"),
+        Fault::Cut,
+        Fault::Status(503, "SlowDown"),
+    ]);
+    let o = w.sync_via(
+        Some(&proxy),
+        &a,
+        &nowhere,
+        &["--push"],
+        &[("KACHE_S3_CONCURRENCY", "2")],
+    );
+    ok(&o);
+    assert_eq!(proxy.pending_faults(), 0);
+    assert!(
+        stdout(&o).contains("pushed        4 entries"),
+        "{}",
+        show(&o)
+    );
+
+    // The listing, then the downloads.
+    proxy.fail_next([Fault::Status(500, "InternalError"), Fault::Truncate]);
+    proxy.fail_next_where(
+        ".tar.zst",
+        [
+            Fault::Truncate,
+            Fault::Status(503, "SlowDown"),
+            Fault::Cut,
+            Fault::Truncate,
+        ],
+    );
+    let b = w.cache("b");
+    let o = w.sync_via(
+        Some(&proxy),
+        &b,
+        &nowhere,
+        &["--pull"],
+        &[("KACHE_S3_CONCURRENCY", "2")],
+    );
+    ok(&o);
+    assert_eq!(proxy.pending_faults(), 0);
+    assert_eq!(entries(&b), made);
+    assert_eq!(blobs(&a), blobs(&b));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        !all.contains("X-Amz") && !all.contains(&w.s3.secret_key),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_failing_object_fails_the_sync_unless_partial_is_allowed() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    let made = fill(&a, &["foo"], 5);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+    let (_, bad_key) = &made[2];
+    proxy.fail_matching(bad_key, Fault::Status(500, "InternalError"));
+
+    let b = w.cache("b");
+    let t = Instant::now();
+    let o = w.sync_via(Some(&proxy), &b, &nowhere, &["--pull"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(entries(&b).len(), 4, "the others still arrive");
+    assert!(stdout(&o).contains("failed        1 entry"), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&bad_key[..12]) && err.contains("500"), "{err}");
+    assert!(
+        !err.contains("X-Amz") && !err.contains("injected-secret"),
+        "{err}"
+    );
+
+    let c = w.cache("c");
+    let o = w.sync_via(
+        Some(&proxy),
+        &c,
+        &nowhere,
+        &["--pull", "--allow-partial", "--json"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let j = json(&o);
+    assert_eq!(j["failed"]["entries"], 1);
+    assert_eq!(j["pulled"]["entries"], 4);
+    assert_eq!(j["failures"][0]["key"], bad_key.as_str());
+}
+
+#[test]
+fn wrong_credentials_stop_at_once_and_say_which() {
+    let w = World::new();
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 3);
+
+    let t = Instant::now();
+    let o = w.sync_via(
+        None,
+        &a,
+        &nowhere,
+        &["--push"],
+        &[("KACHE_S3_SECRET_KEY", "wrong-secret-value-42")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let err = stderr(&o);
+    assert!(err.contains("signature mismatch"), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        !err.contains("wrong-secret-value-42") && !err.contains("X-Amz"),
+        "{err}"
+    );
+    assert_eq!(err.matches("error:").count(), 1, "one error line: {err}");
+
+    let o = w.sync_via(
+        None,
+        &a,
+        &nowhere,
+        &["--pull", "--all"],
+        &[("KACHE_S3_ACCESS_KEY", "AKNOBODY1234")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("unknown"), "{err}");
+    assert!(
+        !err.contains(&w.s3.secret_key) && !err.contains("X-Amz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_bucket_and_missing_config() {
+    let w = World::new();
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    let o = w.sync_via(
+        None,
+        &a,
+        &nowhere,
+        &["--pull", "--all"],
+        &[("KACHE_S3_BUCKET", "no-such-bucket-kache")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("bucket `no-such-bucket-kache` does not exist"),
+        "{}",
+        show(&o)
+    );
+
+    let mut c = kache(&a);
+    c.current_dir(&nowhere).args(["sync", "--pull"]);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("no S3 bucket"), "{}", show(&o));
+}
+
+#[test]
+fn a_corrupt_object_is_reported_not_imported() {
+    if external() {
+        eprintln!("skipped: needs direct access to the s3s-fs bucket dir");
+        return;
+    }
+    let w = World::new();
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    let made = fill(&a, &["foo", "bar"], 4);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+    let (c, k) = &made[1];
+    let name = format!("{}/{c}/{k}.tar.zst", w.s3.prefix);
+    let f = w.s3.object_file(&name).unwrap();
+    let mut bytes = fs::read(&f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    bytes[mid + 1] ^= 0xff;
+    fs::write(&f, &bytes).unwrap();
+
+    let b = w.cache("b");
+    let o = w.sync(&b, &nowhere, &["--pull"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("corrupt"), "{}", show(&o));
+    let got = entries(&b);
+    assert_eq!(got.len(), 3);
+    assert!(!got.contains(&(c.clone(), k.clone())));
+    assert!(fs::read_dir(b.join("tmp")).unwrap().next().is_none());
+}
+
+/// Figures, not a check: push and pull of many incompressible entries and
+/// of one large one, with wall time and peak memory. Run with
+/// `cargo test --test tests bench_ -- --ignored --nocapture`
+/// (`KACHE_BENCH_BIN` picks another kache binary, e.g. a release build).
+#[test]
+#[ignore = "benchmark"]
+fn bench_push_pull() {
+    let w = World::new();
+    let nowhere = w.no_workspace();
+    let bin = std::env::var("KACHE_BENCH_BIN").ok();
+    let n: usize = std::env::var("KACHE_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let a = w.cache("a");
+    let noise = |seed: &str, len: usize| {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed.as_bytes())
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    };
+    let mut bytes = 0;
+    for i in 0..n {
+        let d = noise(&format!("e{i}"), 256 << 10);
+        bytes += d.len();
+        put_entry(
+            &a,
+            &format!("c{}", i % 20),
+            &format!("s{i}"),
+            &[("lib.rlib", &d)],
+        );
+    }
+    let run = |label: &str, cache: &Path, args: &[&str]| {
+        let exe = bin
+            .clone()
+            .map_or_else(crate::common::kache_bin, PathBuf::from);
+        let mut c = std::process::Command::new("/usr/bin/time");
+        c.arg("-f").arg("%e s, %M KiB peak").arg(exe);
+        crate::common::clean_env(&mut c);
+        c.env("KACHE_CACHE_DIR", cache);
+        w.s3.configure(&mut c);
+        c.env("KACHE_PROGRESS", "0")
+            .current_dir(&nowhere)
+            .arg("sync")
+            .args(args);
+        let t = Instant::now();
+        let o = c.output().unwrap();
+        ok(&o);
+        let tail = stderr(&o).lines().last().unwrap_or("").to_string();
+        eprintln!("{label}: {:.2}s ({tail})", t.elapsed().as_secs_f64());
+        t.elapsed()
+    };
+    eprintln!(
+        "{n} entries of 256 KiB (incompressible), {} MiB",
+        bytes >> 20
+    );
+    let up = run("push", &a, &["--push"]);
+    let b = w.cache("b");
+    let down = run("pull", &b, &["--pull"]);
+    #[allow(clippy::cast_precision_loss)]
+    let mib = bytes as f64 / (1 << 20) as f64;
+    eprintln!(
+        "push {:.1} MiB/s, pull {:.1} MiB/s",
+        mib / up.as_secs_f64(),
+        mib / down.as_secs_f64()
+    );
+    assert_eq!(entries(&b).len(), n);
+
+    // One large entry: memory must not grow with it.
+    let big = w.cache("big");
+    let d = noise("big", 256 << 20);
+    put_entry(&big, "huge", "x", &[("libhuge.rlib", &d)]);
+    drop(d);
+    run("push 256 MiB entry", &big, &["--push"]);
+    run("pull 256 MiB entry", &w.cache("big2"), &["--pull"]);
+}
+
+#[test]
+fn aws_env_credentials_with_a_session_token() {
+    if external() {
+        eprintln!("skipped: the external server has no session tokens");
+        return;
+    }
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 2);
+    let mut c = kache(&a);
+    c.env("KACHE_S3_ENDPOINT", &proxy.endpoint)
+        .env("KACHE_S3_BUCKET", &w.s3.bucket)
+        .env("KACHE_S3_PREFIX", &w.s3.prefix)
+        .env("KACHE_PROGRESS", "0")
+        .env("AWS_ACCESS_KEY_ID", &w.s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &w.s3.secret_key)
+        .env("AWS_SESSION_TOKEN", "tOkEn-that-must-not-leak")
+        .current_dir(&nowhere)
+        .args(["sync", "--push"]);
+    let o = c.output().unwrap();
+    let seen = proxy.seen();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|s| s.query_names.iter().any(|q| q == "X-Amz-Security-Token")),
+        "{seen:?}"
+    );
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("tOkEn-that-must-not-leak"), "{all}");
+    if o.status.success() {
+        assert!(
+            stdout(&o).contains("pushed        2 entries"),
+            "{}",
+            show(&o)
+        );
+    }
+}
+
+#[test]
+fn an_object_deleted_after_listing_is_skipped() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    let made = fill(&a, &["foo"], 3);
+    ok(&w.sync(&a, &nowhere, &["--push"]));
+    proxy.fail_matching(&made[0].1, Fault::Status(404, "NoSuchKey"));
+    let b = w.cache("b");
+    let o = w.sync_via(Some(&proxy), &b, &nowhere, &["--pull", "--json"], &[]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 2, "{}", show(&o));
+    assert_eq!(j["skipped"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 0, "{}", show(&o));
+}
+
+/// Progress on a terminal (under `script`, when installed): one line
+/// rewritten in place; none with KACHE_PROGRESS=0. The summary goes to
+/// stdout either way.
+#[test]
+fn progress_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: no /usr/bin/script");
+        return;
+    }
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(150));
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 8);
+    let under_tty = |cache: &Path, args: &str, progress: Option<&str>| {
+        let mut c = std::process::Command::new("/usr/bin/script");
+        crate::common::clean_env(&mut c);
+        w.s3.configure_at(&mut c, &proxy.endpoint);
+        if let Some(p) = progress {
+            c.env("KACHE_PROGRESS", p);
+        }
+        c.env("KACHE_CACHE_DIR", cache)
+            .env("KACHE_S3_CONCURRENCY", "2")
+            .current_dir(&nowhere)
+            .arg("-qfec")
+            .arg(format!(
+                "{} sync {args}",
+                crate::common::kache_bin().display()
+            ))
+            .arg("/dev/null");
+        let o = c.output().unwrap();
+        ok(&o);
+        stdout(&o)
+    };
+    let out = under_tty(&a, "--push", None);
+    assert!(out.contains("\r\x1b[2K[kache] push: "), "{out:?}");
+    assert!(out.contains("pushed        8 entries"), "{out:?}");
+    let out = under_tty(&w.cache("b"), "--pull", Some("0"));
+    assert!(!out.contains("[kache]"), "{out:?}");
+    assert!(out.contains("pulled        8 entries"), "{out:?}");
+}
+
+/// Not a terminal (CI): a progress line every few seconds on stderr.
+#[test]
+fn progress_lines_in_logs() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(450));
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    fill(&a, &["foo"], 8);
+    let o = w.sync_via(
+        Some(&proxy),
+        &a,
+        &nowhere,
+        &["--push"],
+        &[("KACHE_PROGRESS", ""), ("KACHE_S3_CONCURRENCY", "1")],
+    );
+    ok(&o);
+    let err = stderr(&o);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("[kache] push: "))
+        .collect();
+    assert!(!lines.is_empty() && lines.len() <= 3, "{err}");
+    assert!(!err.contains('\r'), "{err:?}");
+    assert!(!stdout(&o).contains("[kache]"));
+}
+
+/// The CI recipe end to end: a real cargo build through the wrapper on
+/// machine A, `kache sync --push`; on machine B (another checkout path, an
+/// empty cache) `kache sync --pull`, then the build compiles nothing.
+#[test]
+fn ci_recipe_with_real_cargo_builds() {
+    fn copy_dir(src: &Path, dst: &Path) {
+        fs::create_dir_all(dst).unwrap();
+        for e in fs::read_dir(src).unwrap().flatten() {
+            let to = dst.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                if e.file_name() != "target" {
+                    copy_dir(&e.path(), &to);
+                }
+            } else {
+                fs::copy(e.path(), &to).unwrap();
+            }
+        }
+    }
+    fn cargo_build(ws: &Path, target: &Path, cache: &Path) {
+        let mut c = std::process::Command::new("cargo");
+        crate::common::clean_env(&mut c);
+        for (k, _) in std::env::vars() {
+            if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+                || k.starts_with("RUSTC_")
+                || k == "RUSTFLAGS"
+                || k == "CARGO"
+            {
+                c.env_remove(k);
+            }
+        }
+        let o = c
+            .current_dir(ws)
+            .args(["build", "--offline"])
+            .env("RUSTC_WRAPPER", crate::common::kache_bin())
+            .env("CARGO_TARGET_DIR", target)
+            .env("KACHE_CACHE_DIR", cache)
+            .env("CARGO_BUILD_JOBS", "2")
+            .output()
+            .unwrap();
+        ok(&o);
+    }
+    fn results(cache: &Path) -> Vec<String> {
+        let text = fs::read_to_string(cache.join("events.jsonl")).unwrap_or_default();
+        let _ = fs::remove_file(cache.join("events.jsonl"));
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["crate"] != "")
+            .map(|e| e["result"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    let w = World::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
+    let (ws_a, ws_b) = (w.tmp.path().join("a/ws"), w.tmp.path().join("b/ws"));
+    copy_dir(&fixture, &ws_a);
+    copy_dir(&fixture, &ws_b);
+    let (cache_a, cache_b) = (w.cache("cache-a"), w.cache("cache-b"));
+
+    cargo_build(&ws_a, &w.tmp.path().join("a/target"), &cache_a);
+    let cold = results(&cache_a);
+    assert!(
+        !cold.is_empty() && cold.iter().all(|r| r == "miss"),
+        "{cold:?}"
+    );
+    let o = w.sync(&cache_a, &ws_a, &["--push", "--json"]);
+    ok(&o);
+    assert_eq!(
+        json(&o)["pushed"]["entries"],
+        cold.len() as u64,
+        "{}",
+        show(&o)
+    );
+
+    // The lock file is committed in a real project.
+    fs::copy(ws_a.join("Cargo.lock"), ws_b.join("Cargo.lock")).unwrap();
+    let o = w.sync(&cache_b, &ws_b, &["--pull"]);
+    ok(&o);
+    assert_eq!(entries(&cache_b), entries(&cache_a));
+
+    let target_b = w.tmp.path().join("b/target");
+    cargo_build(&ws_b, &target_b, &cache_b);
+    let warm = results(&cache_b);
+    assert_eq!(warm.len(), cold.len(), "{warm:?}");
+    assert!(warm.iter().all(|r| r == "local_hit"), "{warm:?}");
+    let run = std::process::Command::new(target_b.join("debug/app"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", show(&run));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello total=52 label=built"
+    );
+}
+
+/// Figures: planning over 10,000 objects in 500 crates, by one listing of
+/// the whole prefix (`--all`) and by 500 per-crate listings (Cargo.lock).
+#[test]
+#[ignore = "benchmark"]
+fn bench_plan_10k() {
+    if external() {
+        return;
+    }
+    let w = World::new();
+    let mut crates = Vec::new();
+    for c in 0..500u32 {
+        let name = format!("crate_{c}");
+        let dir =
+            w.s3.bucket_dir
+                .as_ref()
+                .unwrap()
+                .join(&w.s3.prefix)
+                .join(&name);
+        fs::create_dir_all(&dir).unwrap();
+        for k in 0..20u32 {
+            let key = blake3::hash(format!("{c}/{k}").as_bytes())
+                .to_hex()
+                .to_string();
+            fs::write(dir.join(format!("{key}.tar.zst")), b"x").unwrap();
+        }
+        crates.push(name);
+    }
+    let names: Vec<&str> = crates.iter().map(String::as_str).collect();
+    let ws = w.workspace("ws", &names);
+    let bin =
+        std::env::var("KACHE_BENCH_BIN").map_or_else(|_| crate::common::kache_bin(), PathBuf::from);
+    for (label, args) in [
+        (
+            "--all (one paginated listing)",
+            vec!["--pull", "--all", "--dry-run"],
+        ),
+        ("Cargo.lock (500 listings)", vec!["--pull", "--dry-run"]),
+    ] {
+        let mut c = std::process::Command::new("/usr/bin/time");
+        c.arg("-f").arg("%e s, %M KiB peak").arg(&bin);
+        crate::common::clean_env(&mut c);
+        w.s3.configure(&mut c);
+        c.env("KACHE_CACHE_DIR", w.cache("empty"))
+            .env("KACHE_PROGRESS", "0")
+            .current_dir(&ws)
+            .arg("sync")
+            .args(&args);
+        let o = c.output().unwrap();
+        ok(&o);
+        let planned = stdout(&o)
+            .lines()
+            .filter(|l| l.starts_with("pull "))
+            .count();
+        let tail = stderr(&o).lines().last().unwrap_or("").to_string();
+        eprintln!("plan {label}: {planned} entries planned, {tail}");
+        assert_eq!(planned, 10_000);
+    }
+}

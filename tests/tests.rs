@@ -1,5 +1,7 @@
 //! The integration test binary: real cargo builds, a real S3 server.
 
+#![allow(unreachable_pub)]
+
 mod commands;
 mod common;
 mod s3server;

@@ -1,1 +1,208 @@
-//! The remote store (stub; being written).
+/*!
+The remote store: one trait, implemented by S3.
+
+`Remote` is the only way `kache sync` touches the bucket. Its errors are
+typed where the caller branches on them: a missing object, a credential
+or permission problem (stop the whole sync at once), a missing bucket, a
+skewed clock, or a transient failure (already retried by the time it
+reaches the caller).
+*/
+
+pub(crate) mod layout;
+pub(crate) mod s3;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// What went wrong with one remote request, after retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// 404 / NoSuchKey.
+    NotFound,
+    /// The access key id is unknown to the server.
+    UnknownKey,
+    /// The secret does not match the access key id.
+    BadSignature,
+    /// 403 AccessDenied and other permission failures.
+    AccessDenied,
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// The request was signed for another region than the server's.
+    WrongRegion,
+    /// The local clock is too far from the server's.
+    ClockSkew,
+    /// 5xx, 429, throttling, timeouts, connection failures: retried, and
+    /// still failing.
+    Transient,
+    /// Anything else (a 4xx we do not know, an unreadable listing).
+    Other,
+}
+
+impl ErrorKind {
+    /// Errors that make every further request pointless: stop the sync.
+    pub(crate) fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::UnknownKey
+                | ErrorKind::BadSignature
+                | ErrorKind::AccessDenied
+                | ErrorKind::NoSuchBucket
+                | ErrorKind::WrongRegion
+                | ErrorKind::ClockSkew
+        )
+    }
+}
+
+/// A failed remote request. The message never holds a secret or a
+/// presigned query string.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteError {
+    pub(crate) kind: ErrorKind,
+    pub(crate) message: String,
+    /// The server asked us to wait this long before retrying.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl RemoteError {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+}
+
+/// An object store holding entry archives.
+pub(crate) trait Remote: Send + Sync {
+    /// Every object whose name starts with `prefix` (all pages).
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError>;
+    /// Downloads object `name` into a new file at `dest`; returns its size.
+    /// On error `dest` may hold a partial download; the caller removes it.
+    fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError>;
+    /// Uploads the file at `src` (of `len` bytes) as object `name`.
+    fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError>;
+    /// `s3://bucket/...` style description of an object, for messages.
+    fn describe(&self, name: &str) -> String;
+}
+
+/// A remote in a local directory, for unit tests of the planning and
+/// scheduling around `Remote` (S3 behaviour is tested against real
+/// servers). It counts requests in flight and can fail chosen objects.
+#[cfg(test)]
+pub(crate) mod dir {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::{ErrorKind, Listed, Remote, RemoteError};
+
+    pub(crate) struct DirRemote {
+        pub(crate) root: PathBuf,
+        pub(crate) inflight: AtomicUsize,
+        pub(crate) max_inflight: AtomicUsize,
+        pub(crate) requests: AtomicUsize,
+        pub(crate) fail: Mutex<HashMap<String, ErrorKind>>,
+        pub(crate) delay: Duration,
+    }
+
+    impl DirRemote {
+        pub(crate) fn new(root: &Path) -> DirRemote {
+            DirRemote {
+                root: root.to_path_buf(),
+                inflight: AtomicUsize::new(0),
+                max_inflight: AtomicUsize::new(0),
+                requests: AtomicUsize::new(0),
+                fail: Mutex::default(),
+                delay: Duration::from_millis(20),
+            }
+        }
+
+        fn enter(&self, name: &str) -> Result<(), RemoteError> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let n = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_inflight.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            let fail = self.fail.lock().unwrap().get(name).copied();
+            match fail {
+                Some(kind) => {
+                    self.inflight.fetch_sub(1, Ordering::SeqCst);
+                    Err(RemoteError::new(kind, format!("injected {kind:?}")))
+                }
+                None => Ok(()),
+            }
+        }
+
+        fn leave(&self) {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Remote for DirRemote {
+        fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError> {
+            self.enter(prefix)?;
+            let mut out = Vec::new();
+            let mut stack = vec![self.root.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else {
+                        let name = p
+                            .strip_prefix(&self.root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .to_string();
+                        if name.starts_with(prefix) {
+                            let size = e.metadata().map_or(0, |m| m.len());
+                            out.push(Listed { name, size });
+                        }
+                    }
+                }
+            }
+            self.leave();
+            Ok(out)
+        }
+
+        fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
+            self.enter(name)?;
+            let r = std::fs::copy(self.root.join(name), dest)
+                .map_err(|e| RemoteError::new(ErrorKind::NotFound, e.to_string()));
+            self.leave();
+            r
+        }
+
+        fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError> {
+            self.enter(name)?;
+            let dst = self.root.join(name);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            let n = std::fs::copy(src, &dst).unwrap();
+            assert_eq!(n, len, "the announced length is the file's");
+            self.leave();
+            Ok(())
+        }
+
+        fn describe(&self, name: &str) -> String {
+            format!("dir://{name}")
+        }
+    }
+}

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Entry, ENTRY_VERSION, Store, valid_crate, valid_file_name, valid_key, write_hashed};
+use super::{ENTRY_VERSION, Entry, Store, valid_crate, valid_file_name, valid_key, write_hashed};
 
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -51,7 +51,13 @@ pub(crate) enum Unpacked {
 }
 
 /// Writes the entry `crate_name/key` as a zstd tar to `w`.
-pub(crate) fn pack(store: &Store, crate_name: &str, key: &str, w: impl Write, level: i32) -> Result<Packed> {
+pub(crate) fn pack(
+    store: &Store,
+    crate_name: &str,
+    key: &str,
+    w: impl Write,
+    level: i32,
+) -> Result<Packed> {
     let Some(entry) = store.get(crate_name, key)? else {
         return Ok(Packed::Vanished);
     };
@@ -149,7 +155,10 @@ fn unpack_staged(
         bail!("manifest larger than {MAX_MANIFEST} bytes");
     }
     let mut buf = Vec::new();
-    first.take(MAX_MANIFEST + 1).read_to_end(&mut buf).context("corrupt archive")?;
+    first
+        .take(MAX_MANIFEST + 1)
+        .read_to_end(&mut buf)
+        .context("corrupt archive")?;
     let entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
     check_manifest(&entry, crate_name, key)?;
 
@@ -182,7 +191,10 @@ fn unpack_staged(
         let (hash, size) = write_hashed(m, &dst, Some(rec.size))
             .with_context(|| format!("cannot extract `{name}`"))?;
         if size != rec.size {
-            bail!("member `{name}` is truncated ({size} of {} bytes)", rec.size);
+            bail!(
+                "member `{name}` is truncated ({size} of {} bytes)",
+                rec.size
+            );
         }
         if hash != rec.hash {
             bail!("member `{name}` does not match its blake3 hash");
@@ -245,10 +257,10 @@ fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
             bail!("manifest lists `{}` twice", f.name);
         }
     }
-    if let Some(d) = &e.dep_info {
-        if !valid_file_name(&d.name) {
-            bail!("manifest names a bad dep-info file `{}`", d.name);
-        }
+    if let Some(d) = &e.dep_info
+        && !valid_file_name(&d.name)
+    {
+        bail!("manifest names a bad dep-info file `{}`", d.name);
     }
     Ok(())
 }
@@ -267,8 +279,18 @@ mod tests {
             "foo",
             &"1".repeat(64),
             vec![
-                FileRecord { name: "libfoo.rlib".into(), hash: h, size: n, executable: false },
-                FileRecord { name: "foo".into(), hash: h2, size: n2, executable: true },
+                FileRecord {
+                    name: "libfoo.rlib".into(),
+                    hash: h,
+                    size: n,
+                    executable: false,
+                },
+                FileRecord {
+                    name: "foo".into(),
+                    hash: h2,
+                    size: n2,
+                    executable: true,
+                },
             ],
         );
         e.stderr = "warning: x".into();
@@ -295,8 +317,14 @@ mod tests {
         let e2 = s2.get("foo", &e.key).unwrap().unwrap();
         assert_eq!(e2.files, e.files);
         assert_eq!(e2.stderr, "warning: x");
-        assert_eq!(fs::read(s2.blob_path(&e.files[0].hash)).unwrap(), b"rlib bytes");
-        assert_eq!(unpack(&s2, "foo", &e.key, &bytes[..]).unwrap(), Unpacked::AlreadyPresent);
+        assert_eq!(
+            fs::read(s2.blob_path(&e.files[0].hash)).unwrap(),
+            b"rlib bytes"
+        );
+        assert_eq!(
+            unpack(&s2, "foo", &e.key, &bytes[..]).unwrap(),
+            Unpacked::AlreadyPresent
+        );
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
     }
 
@@ -320,6 +348,225 @@ mod tests {
         let (_d, s, e) = store_with_entry();
         s.remove("foo", &e.key).unwrap();
         let mut out = Vec::new();
-        assert!(matches!(pack(&s, "foo", &e.key, &mut out, 3).unwrap(), Packed::Vanished));
+        assert!(matches!(
+            pack(&s, "foo", &e.key, &mut out, 3).unwrap(),
+            Packed::Vanished
+        ));
+    }
+
+    /// A raw member for hostile archives: any name, any type.
+    struct Member<'a> {
+        name: &'a [u8],
+        kind: tar::EntryType,
+        size: u64,
+        data: &'a [u8],
+        link: Option<&'a str>,
+    }
+
+    fn reg<'a>(name: &'a str, data: &'a [u8]) -> Member<'a> {
+        Member {
+            name: name.as_bytes(),
+            kind: tar::EntryType::Regular,
+            size: data.len() as u64,
+            data,
+            link: None,
+        }
+    }
+
+    fn raw_archive(members: &[Member<'_>]) -> Vec<u8> {
+        let mut tar_bytes = Vec::new();
+        for m in members {
+            let mut h = tar::Header::new_gnu();
+            {
+                let g = h.as_gnu_mut().unwrap();
+                g.name = [0; 100];
+                g.name[..m.name.len()].copy_from_slice(m.name);
+            }
+            h.set_entry_type(m.kind);
+            h.set_size(m.size);
+            h.set_mode(0o644);
+            if let Some(l) = m.link {
+                h.set_link_name(l).unwrap();
+            }
+            h.set_cksum();
+            tar_bytes.extend_from_slice(h.as_bytes());
+            tar_bytes.extend_from_slice(m.data);
+            let pad = (512 - m.data.len() % 512) % 512;
+            tar_bytes.extend(std::iter::repeat_n(0u8, pad));
+        }
+        tar_bytes.extend(std::iter::repeat_n(0u8, 1024));
+        zstd::encode_all(&tar_bytes[..], 3).unwrap()
+    }
+
+    fn manifest(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+        let key = "2".repeat(64);
+        let recs = files
+            .iter()
+            .map(|(n, d)| FileRecord {
+                name: (*n).to_string(),
+                hash: blake3::hash(d).to_hex().to_string(),
+                size: d.len() as u64,
+                executable: false,
+            })
+            .collect();
+        let e = Entry::new("evil", &key, recs);
+        (key, serde_json::to_vec(&e).unwrap())
+    }
+
+    fn assert_rejected(bytes: &[u8], key: &str, why: &str) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s")).unwrap();
+        let err = unpack(&s, "evil", key, bytes).expect_err(why);
+        assert!(s.list().unwrap().is_empty(), "{why}: entry imported");
+        assert_eq!(
+            fs::read_dir(s.root().join("blobs")).unwrap().count(),
+            0,
+            "{why}: blob imported"
+        );
+        assert_eq!(
+            fs::read_dir(s.root().join("tmp")).unwrap().count(),
+            0,
+            "{why}: tmp left"
+        );
+        // Nothing escaped next to the store either.
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("s")], "{why}: {err:#}");
+    }
+
+    #[test]
+    fn hostile_archives_are_rejected_before_anything_is_written() {
+        let data: &[u8] = b"payload";
+        let (key, m) = manifest(&[("libx.rlib", data)]);
+        let ok = raw_archive(&[reg("manifest.json", &m), reg("files/libx.rlib", data)]);
+        {
+            let d = tempfile::tempdir().unwrap();
+            let s = Store::open(d.path()).unwrap();
+            assert!(matches!(
+                unpack(&s, "evil", &key, &ok[..]).unwrap(),
+                Unpacked::Imported(_)
+            ));
+        }
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "dot-dot name",
+                raw_archive(&[reg("manifest.json", &m), reg("files/../../libx.rlib", data)]),
+            ),
+            (
+                "absolute name",
+                raw_archive(&[reg("manifest.json", &m), reg("/tmp/libx.rlib", data)]),
+            ),
+            (
+                "symlink",
+                raw_archive(&[
+                    reg("manifest.json", &m),
+                    Member {
+                        name: b"files/libx.rlib",
+                        kind: tar::EntryType::Symlink,
+                        size: 0,
+                        data: b"",
+                        link: Some("/etc/passwd"),
+                    },
+                ]),
+            ),
+            (
+                "hard link",
+                raw_archive(&[
+                    reg("manifest.json", &m),
+                    Member {
+                        name: b"files/libx.rlib",
+                        kind: tar::EntryType::Link,
+                        size: 0,
+                        data: b"",
+                        link: Some("manifest.json"),
+                    },
+                ]),
+            ),
+            (
+                "device",
+                raw_archive(&[
+                    reg("manifest.json", &m),
+                    Member {
+                        name: b"files/libx.rlib",
+                        kind: tar::EntryType::Char,
+                        size: 0,
+                        data: b"",
+                        link: None,
+                    },
+                ]),
+            ),
+            (
+                "duplicate",
+                raw_archive(&[
+                    reg("manifest.json", &m),
+                    reg("files/libx.rlib", data),
+                    reg("files/libx.rlib", data),
+                ]),
+            ),
+            (
+                "extra member",
+                raw_archive(&[
+                    reg("manifest.json", &m),
+                    reg("files/libx.rlib", data),
+                    reg("files/other", data),
+                ]),
+            ),
+            ("missing member", raw_archive(&[reg("manifest.json", &m)])),
+            (
+                "wrong content",
+                raw_archive(&[reg("manifest.json", &m), reg("files/libx.rlib", b"PAYLOAD")]),
+            ),
+            (
+                "manifest not first",
+                raw_archive(&[reg("files/libx.rlib", data), reg("manifest.json", &m)]),
+            ),
+            ("junk", b"this is not zstd".to_vec()),
+            (
+                "zstd of junk",
+                zstd::encode_all(&b"not a tar archive at all"[..], 3).unwrap(),
+            ),
+        ];
+        for (why, bytes) in &cases {
+            assert_rejected(bytes, &key, why);
+        }
+        // Manifest naming a path, not a file.
+        let (k2, m2) = manifest(&[("../escape", data)]);
+        assert_rejected(
+            &raw_archive(&[reg("manifest.json", &m2), reg("files/../escape", data)]),
+            &k2,
+            "manifest dot-dot",
+        );
+        let (k3, m3) = manifest(&[("a", data), ("a", data)]);
+        assert_rejected(
+            &raw_archive(&[
+                reg("manifest.json", &m3),
+                reg("files/a", data),
+                reg("files/a", data),
+            ]),
+            &k3,
+            "manifest dup",
+        );
+    }
+
+    #[test]
+    fn decompression_bomb_stops_at_the_manifest_size() {
+        // The manifest says 7 bytes; the member claims 256 MiB of zeros,
+        // which zstd squeezes to almost nothing.
+        let data: &[u8] = b"payload";
+        let (key, m) = manifest(&[("libx.rlib", data)]);
+        let zeros = vec![0u8; 256 << 20];
+        let mut members = vec![reg("manifest.json", &m)];
+        members.push(Member {
+            name: b"files/libx.rlib",
+            kind: tar::EntryType::Regular,
+            size: zeros.len() as u64,
+            data: &zeros,
+            link: None,
+        });
+        let bomb = raw_archive(&members);
+        assert!(bomb.len() < 1 << 20);
+        assert_rejected(&bomb, &key, "bomb");
     }
 }

@@ -57,7 +57,6 @@ pub(crate) struct Store {
 pub(crate) struct EntryRef {
     pub(crate) crate_name: String,
     pub(crate) key: String,
-    pub(crate) path: PathBuf,
     /// Last access (manifest mtime), seconds since the epoch.
     pub(crate) accessed: u64,
 }
@@ -106,6 +105,11 @@ fn mtime_secs(meta: &fs::Metadata) -> u64 {
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The pid of the process that made a `tmp/` file (see `Store::tmp_path`).
+pub(crate) fn tmp_owner(name: &str) -> Option<u32> {
+    name.split('.').nth(1)?.parse().ok()
+}
 
 impl Store {
     /// Opens the store at `root`, creating its directories.
@@ -231,7 +235,11 @@ impl Store {
 
     /// Streams `r` into the store as a blob. With `limit`, fails if the
     /// stream holds more than `limit` bytes (never reads past it + 1).
-    pub(crate) fn put_blob_reader(&self, r: impl Read, limit: Option<u64>) -> Result<(String, u64)> {
+    pub(crate) fn put_blob_reader(
+        &self,
+        r: impl Read,
+        limit: Option<u64>,
+    ) -> Result<(String, u64)> {
         let tmp = self.tmp_path("blob");
         let res = (|| {
             let (hash, size) = write_hashed(r, &tmp, limit)?;
@@ -253,7 +261,8 @@ impl Store {
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         set_readonly(tmp)?;
-        fs::rename(tmp, &dst).with_context(|| format!("cannot move blob into {}", dst.display()))?;
+        fs::rename(tmp, &dst)
+            .with_context(|| format!("cannot move blob into {}", dst.display()))?;
         Ok(())
     }
 
@@ -286,12 +295,12 @@ impl Store {
                 .with_context(|| format!("cannot publish entry {}", dst.display()))?;
             Ok(true)
         })();
-        if res.is_ok() {
-            if let Some(inputs) = &entry.inputs {
-                // Best effort: without it the entry is only found again by
-                // a compile that computes the same key some other way.
-                let _ = self.add_inputs(inputs);
-            }
+        if res.is_ok()
+            && let Some(inputs) = &entry.inputs
+        {
+            // Best effort: without it the entry is only found again by a
+            // compile that computes the same key some other way.
+            let _ = self.add_inputs(inputs);
         }
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -395,7 +404,6 @@ impl Store {
             out.push(EntryRef {
                 crate_name: crate_name.to_string(),
                 key: key.to_string(),
-                path: e.path(),
                 accessed: mtime_secs(&meta),
             });
         }
@@ -435,10 +443,10 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
         out.write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", dst.display()))?;
         size += n as u64;
-        if let Some(l) = limit {
-            if size > l {
-                bail!("more data than the {l} bytes announced");
-            }
+        if let Some(l) = limit
+            && size > l
+        {
+            bail!("more data than the {l} bytes announced");
         }
     }
     out.flush()?;
@@ -477,12 +485,16 @@ mod tests {
         assert_eq!(h1, h2);
         assert_eq!(n1, 5);
         assert_eq!(fs::read(s.blob_path(&h1)).unwrap(), b"hello");
-        let e = Entry::new("foo", &"a".repeat(64), vec![FileRecord {
-            name: "libfoo.rlib".into(),
-            hash: h1,
-            size: 5,
-            executable: false,
-        }]);
+        let e = Entry::new(
+            "foo",
+            &"a".repeat(64),
+            vec![FileRecord {
+                name: "libfoo.rlib".into(),
+                hash: h1,
+                size: 5,
+                executable: false,
+            }],
+        );
         assert!(s.publish(&e).unwrap());
         assert!(!s.publish(&e).unwrap());
         let got = s.get("foo", &e.key).unwrap().unwrap();
@@ -502,12 +514,16 @@ mod tests {
     #[test]
     fn publish_refuses_missing_blob() {
         let (_d, s) = tmpstore();
-        let e = Entry::new("foo", &"b".repeat(64), vec![FileRecord {
-            name: "x".into(),
-            hash: "c".repeat(64),
-            size: 1,
-            executable: false,
-        }]);
+        let e = Entry::new(
+            "foo",
+            &"b".repeat(64),
+            vec![FileRecord {
+                name: "x".into(),
+                hash: "c".repeat(64),
+                size: 1,
+                executable: false,
+            }],
+        );
         assert!(s.publish(&e).is_err());
         assert!(!s.contains("foo", &e.key));
     }

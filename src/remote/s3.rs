@@ -1,0 +1,591 @@
+/*!
+The S3 remote: presigned rusty-s3 requests sent with one blocking ureq
+agent.
+
+Every request is signed fresh for each attempt, sent with the shared
+agent (cloned into workers, so its connection pool is shared), and its
+response mapped to a typed outcome. Transient failures are retried here,
+with exponential backoff and full jitter, honouring `Retry-After`; each
+retry re-sends the whole body (an upload is re-opened from its spooled
+file). Nothing printed or returned ever holds a secret or the query
+string of a presigned URL.
+*/
+
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use rusty_s3::actions::ListObjectsV2;
+use rusty_s3::{Bucket, S3Action, UrlStyle};
+use ureq::Body;
+use ureq::http::Response;
+
+use super::{ErrorKind, Listed, Remote, RemoteError};
+use crate::config::{Config, Credentials};
+
+/// How long a presigned URL is valid. Each attempt signs anew.
+const SIGN_EXPIRY: Duration = Duration::from_secs(3600);
+/// Largest error or listing body we read.
+const MAX_ERROR_BODY: u64 = 1 << 20;
+const MAX_LIST_BODY: u64 = 64 << 20;
+
+/// Retry policy: `attempts` tries in all; the n-th retry waits a random
+/// time in `[0, min(cap, base * 2^(n-1))]`, or the server's Retry-After
+/// (capped) if longer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retry {
+    pub(crate) attempts: u32,
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An S3 bucket reached through presigned URLs.
+pub(crate) struct S3Remote {
+    bucket: Bucket,
+    creds: rusty_s3::Credentials,
+    agent: ureq::Agent,
+    bucket_name: String,
+    endpoint: String,
+    region: String,
+    creds_source: String,
+    access_key_masked: String,
+    retry: Retry,
+    /// Strings that must never appear in a message.
+    secrets: Vec<String>,
+}
+
+impl S3Remote {
+    /// Builds the remote from the settings. Fails if no bucket is
+    /// configured or the endpoint is unusable.
+    pub(crate) fn new(cfg: &Config, creds: &Credentials) -> Result<S3Remote> {
+        let bucket_name = cfg.bucket.value.clone().ok_or_else(|| {
+            anyhow!("no S3 bucket configured (set KACHE_S3_BUCKET or cache.remote.bucket)")
+        })?;
+        let region = cfg.region.value.clone();
+        let endpoint = cfg
+            .endpoint
+            .value
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let bucket = Bucket::new(
+            endpoint
+                .parse()
+                .with_context(|| format!("invalid S3 endpoint `{endpoint}`"))?,
+            UrlStyle::Path,
+            bucket_name.clone(),
+            region.clone(),
+        )
+        .map_err(|e| anyhow!("invalid S3 endpoint `{endpoint}` or bucket `{bucket_name}`: {e}"))?;
+        let s3creds = match &creds.session_token {
+            Some(t) => rusty_s3::Credentials::new_with_token(
+                creds.access_key.clone(),
+                creds.secret_key.clone(),
+                t.clone(),
+            ),
+            None => rusty_s3::Credentials::new(creds.access_key.clone(), creds.secret_key.clone()),
+        };
+        let conc = cfg.s3_concurrency.value;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(conc.max(10) + 4)
+            .max_idle_connections_per_host(conc + 4)
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_send_request(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
+            .timeout_per_call(Some(Duration::from_secs(30 * 60)))
+            .user_agent(concat!("kache/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        let mut secrets = vec![creds.secret_key.clone()];
+        secrets.extend(creds.session_token.clone());
+        let access_key_masked: String = creds.access_key.chars().take(4).collect();
+        Ok(S3Remote {
+            bucket,
+            creds: s3creds,
+            agent,
+            bucket_name,
+            endpoint,
+            region,
+            creds_source: creds.source.clone(),
+            access_key_masked: format!("{access_key_masked}****"),
+            retry: Retry::default(),
+            secrets,
+        })
+    }
+
+    fn retrying<T>(
+        &self,
+        mut op: impl FnMut() -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
+        let mut attempt = 1;
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind == ErrorKind::Transient && attempt < self.retry.attempts => {
+                    std::thread::sleep(backoff(self.retry, attempt, e.retry_after));
+                    attempt += 1;
+                }
+                Err(mut e) => {
+                    if e.kind == ErrorKind::Transient && attempt > 1 {
+                        e.message = format!("{} (gave up after {attempt} attempts)", e.message);
+                    }
+                    e.message = scrub(&e.message, &self.secrets);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Maps a transport-level failure. Never includes the URL.
+    fn transport(&self, e: &ureq::Error) -> RemoteError {
+        use ureq::Error as E;
+        let (kind, msg) = match e {
+            E::Timeout(t) => (ErrorKind::Transient, format!("timed out ({t})")),
+            E::Io(io) => (
+                ErrorKind::Transient,
+                format!("connection error with {}: {}", self.endpoint, io.kind()),
+            ),
+            E::ConnectionFailed => (
+                ErrorKind::Transient,
+                format!("cannot connect to {}", self.endpoint),
+            ),
+            E::HostNotFound => (
+                ErrorKind::Transient,
+                format!("cannot resolve the host of {}", self.endpoint),
+            ),
+            E::Protocol(p) => (ErrorKind::Transient, format!("HTTP protocol error: {p}")),
+            E::BadUri(_) => (
+                ErrorKind::Other,
+                format!("invalid request URL (check the endpoint {})", self.endpoint),
+            ),
+            E::Tls(t) => (ErrorKind::Other, format!("TLS error: {t}")),
+            other => (ErrorKind::Other, other.to_string()),
+        };
+        RemoteError::new(kind, scrub(&msg, &self.secrets))
+    }
+
+    /// Passes a 2xx response; turns anything else into a typed error
+    /// (reading the S3 error XML, never echoing its `<Resource>`).
+    fn check_status(&self, mut resp: Response<Body>) -> Result<Response<Body>, RemoteError> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let retry_after = retry_after(&resp);
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ERROR_BODY)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default();
+        let code = xml_field(&text, "Code").unwrap_or_default();
+        let server_msg = xml_field(&text, "Message").unwrap_or_default();
+        let kind = classify(status, &code, &server_msg);
+        let code_or_status = if code.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status} {code}")
+        };
+        let message = match kind {
+            ErrorKind::NotFound => "no such object".to_string(),
+            ErrorKind::UnknownKey => format!(
+                "{code_or_status}: the access key id `{}` is unknown to the server (check the credentials from {})",
+                self.access_key_masked, self.creds_source
+            ),
+            ErrorKind::BadSignature => format!(
+                "{code_or_status}: signature mismatch: the secret key does not match the access key id (check the credentials from {}, and that the region `{}` is the server's)",
+                self.creds_source, self.region
+            ),
+            ErrorKind::AccessDenied => format!(
+                "{code_or_status}: access denied{} (check that the key from {} may read and write bucket `{}`)",
+                if server_msg.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {server_msg}")
+                },
+                self.creds_source,
+                self.bucket_name
+            ),
+            ErrorKind::NoSuchBucket => format!(
+                "bucket `{}` does not exist at {} (create it, or fix KACHE_S3_BUCKET)",
+                self.bucket_name, self.endpoint
+            ),
+            ErrorKind::WrongRegion => format!(
+                "{code_or_status}: the server expects another region or endpoint than `{}` at {} (set KACHE_S3_REGION to the server's region)",
+                self.region, self.endpoint
+            ),
+            ErrorKind::ClockSkew => format!(
+                "{code_or_status}: the local clock differs too much from the server's (check the clock)"
+            ),
+            ErrorKind::Transient | ErrorKind::Other => {
+                if server_msg.is_empty() {
+                    code_or_status
+                } else {
+                    format!("{code_or_status}: {server_msg}")
+                }
+            }
+        };
+        Err(RemoteError {
+            kind,
+            message: scrub(&message, &self.secrets),
+            retry_after,
+        })
+    }
+
+    fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: Option<usize>,
+    ) -> Result<rusty_s3::actions::ListObjectsV2Response, RemoteError> {
+        self.retrying(|| {
+            let mut a = self.bucket.list_objects_v2(Some(&self.creds));
+            a.with_prefix(prefix);
+            if let Some(t) = token {
+                a.with_continuation_token(t);
+            }
+            if let Some(m) = max_keys {
+                a.with_max_keys(m);
+            }
+            let url = a.sign(SIGN_EXPIRY);
+            let resp = self
+                .agent
+                .get(url.as_str())
+                .call()
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_LIST_BODY)
+                .read_to_string()
+                .map_err(|e| self.transport(&e))?;
+            ListObjectsV2::parse_response(&text).map_err(|e| {
+                RemoteError::new(ErrorKind::Transient, format!("unreadable listing: {e}"))
+            })
+        })
+    }
+}
+
+impl Remote for S3Remote {
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_page(prefix, token.as_deref(), None)?;
+            out.extend(page.contents.into_iter().map(|c| Listed {
+                name: c.key,
+                size: c.size.unwrap_or(0),
+            }));
+            match page.next_continuation_token {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                Some(_) => {
+                    return Err(RemoteError::new(
+                        ErrorKind::Other,
+                        "the server repeated a continuation token",
+                    ));
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
+        self.retrying(|| {
+            let url = self
+                .bucket
+                .get_object(Some(&self.creds), name)
+                .sign(SIGN_EXPIRY);
+            let resp = self
+                .agent
+                .get(url.as_str())
+                .header("accept-encoding", "identity")
+                .call()
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            let expected = resp.body().content_length();
+            let mut f = File::create(dest).map_err(|e| {
+                RemoteError::new(
+                    ErrorKind::Other,
+                    format!("cannot create {}: {e}", dest.display()),
+                )
+            })?;
+            let mut r = resp.body_mut().as_reader();
+            let n = io::copy(&mut r, &mut f).map_err(|e| {
+                RemoteError::new(
+                    ErrorKind::Transient,
+                    format!("download interrupted: {}", e.kind()),
+                )
+            })?;
+            if let Some(exp) = expected
+                && n != exp
+            {
+                return Err(RemoteError::new(
+                    ErrorKind::Transient,
+                    format!("download truncated ({n} of {exp} bytes)"),
+                ));
+            }
+            Ok(n)
+        })
+    }
+
+    fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError> {
+        self.retrying(|| {
+            let file = File::open(src).map_err(|e| {
+                RemoteError::new(
+                    ErrorKind::Other,
+                    format!("cannot read {}: {e}", src.display()),
+                )
+            })?;
+            let actual = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if actual != len {
+                return Err(RemoteError::new(
+                    ErrorKind::Other,
+                    format!("{} is {actual} bytes, expected {len}", src.display()),
+                ));
+            }
+            let url = self
+                .bucket
+                .put_object(Some(&self.creds), name)
+                .sign(SIGN_EXPIRY);
+            // A File body is sent with its length as Content-Length.
+            let resp = self
+                .agent
+                .put(url.as_str())
+                .send(file)
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            // Drain the (empty) body so the connection returns to the pool.
+            let _ = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_ERROR_BODY)
+                .read_to_vec();
+            Ok(())
+        })
+    }
+
+    fn describe(&self, name: &str) -> String {
+        format!("s3://{}/{name}", self.bucket_name)
+    }
+}
+
+/// Maps an HTTP status, S3 error code and message to what we do about
+/// it. Garage answers `AccessDenied` with "No such key" or "Invalid
+/// signature" where AWS has distinct codes.
+pub(crate) fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
+    if status == 403 && (code == "AccessDenied" || code.is_empty()) {
+        let m = message.to_ascii_lowercase();
+        if m.contains("no such key") {
+            return ErrorKind::UnknownKey;
+        }
+        if m.contains("invalid signature") {
+            return ErrorKind::BadSignature;
+        }
+    }
+    match code {
+        "AuthorizationHeaderMalformed"
+        | "AuthorizationQueryParametersError"
+        | "PermanentRedirect" => {
+            return ErrorKind::WrongRegion;
+        }
+        "NoSuchKey" => return ErrorKind::NotFound,
+        "NoSuchBucket" => return ErrorKind::NoSuchBucket,
+        "InvalidAccessKeyId" | "NotSignedUp" => return ErrorKind::UnknownKey,
+        "SignatureDoesNotMatch" => return ErrorKind::BadSignature,
+        "RequestTimeTooSkewed" => return ErrorKind::ClockSkew,
+        "AccessDenied"
+        | "ExpiredToken"
+        | "InvalidToken"
+        | "TokenRefreshRequired"
+        | "AllAccessDisabled"
+        | "AccountProblem" => return ErrorKind::AccessDenied,
+        "SlowDown"
+        | "RequestTimeout"
+        | "RequestTimeoutException"
+        | "InternalError"
+        | "ServiceUnavailable"
+        | "Throttling"
+        | "ThrottlingException"
+        | "TooManyRequests"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "BandwidthLimitExceeded"
+        | "PriorRequestNotComplete" => return ErrorKind::Transient,
+        _ => {}
+    }
+    match status {
+        404 => ErrorKind::NotFound,
+        403 => ErrorKind::AccessDenied,
+        408 | 429 | 500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The text of `<tag>...</tag>` in a small XML document (S3 error bodies
+/// are flat). Entities are unescaped for the few S3 uses.
+pub(crate) fn xml_field(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    let v = xml[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    Some(v.trim().to_string())
+}
+
+fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
+    let h = resp.headers();
+    if let Some(ms) = h
+        .get("x-amz-retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(Duration::from_millis(ms));
+    }
+    h.get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// The wait before retry number `attempt` (1-based): full jitter over the
+/// capped exponential, or the server's Retry-After (capped) if longer.
+pub(crate) fn backoff(r: Retry, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = r
+        .base
+        .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20))
+        .min(r.cap);
+    let jitter = random_below(exp);
+    match retry_after {
+        Some(ra) => ra.min(r.cap).max(jitter),
+        None => jitter,
+    }
+}
+
+/// A random duration in `[0, d]`, from std's randomly keyed hasher.
+fn random_below(d: Duration) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos()),
+    );
+    h.write(format!("{:?}", std::thread::current().id()).as_bytes());
+    let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(h.finish() % n.saturating_add(1))
+}
+
+/// Removes presigned query strings and known secrets from a message.
+pub(crate) fn scrub(s: &str, secrets: &[String]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('?') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')'))
+            .unwrap_or(tail.len());
+        let seg = &tail[..end];
+        if seg.contains('=') {
+            out.push_str("?[redacted]");
+        } else {
+            out.push_str(seg);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    for secret in secrets {
+        if secret.len() >= 4 {
+            out = out.replace(secret.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let c = |s, code| classify(s, code, "");
+        assert_eq!(c(404, "NoSuchKey"), ErrorKind::NotFound);
+        assert_eq!(c(404, "NoSuchBucket"), ErrorKind::NoSuchBucket);
+        assert_eq!(c(403, "InvalidAccessKeyId"), ErrorKind::UnknownKey);
+        assert_eq!(c(403, "NotSignedUp"), ErrorKind::UnknownKey);
+        assert_eq!(c(403, "SignatureDoesNotMatch"), ErrorKind::BadSignature);
+        assert_eq!(c(403, "AccessDenied"), ErrorKind::AccessDenied);
+        assert_eq!(c(403, "RequestTimeTooSkewed"), ErrorKind::ClockSkew);
+        assert_eq!(
+            c(400, "AuthorizationHeaderMalformed"),
+            ErrorKind::WrongRegion
+        );
+        assert_eq!(c(503, "SlowDown"), ErrorKind::Transient);
+        assert_eq!(c(400, "RequestTimeout"), ErrorKind::Transient);
+        assert_eq!(c(429, ""), ErrorKind::Transient);
+        assert_eq!(c(502, ""), ErrorKind::Transient);
+        assert_eq!(c(400, "InvalidArgument"), ErrorKind::Other);
+        // Garage's wording.
+        assert_eq!(
+            classify(403, "AccessDenied", "Forbidden: No such key: GK123"),
+            ErrorKind::UnknownKey
+        );
+        assert_eq!(
+            classify(403, "AccessDenied", "Forbidden: Invalid signature"),
+            ErrorKind::BadSignature
+        );
+        assert!(ErrorKind::BadSignature.is_fatal() && !ErrorKind::Transient.is_fatal());
+    }
+
+    #[test]
+    fn xml_fields() {
+        let x = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please &amp; reduce</Message><Resource>/b/k?X-Amz-Signature=abc</Resource></Error>";
+        assert_eq!(xml_field(x, "Code").as_deref(), Some("SlowDown"));
+        assert_eq!(xml_field(x, "Message").as_deref(), Some("Please & reduce"));
+        assert_eq!(xml_field(x, "Nope"), None);
+    }
+
+    #[test]
+    fn scrubbing() {
+        let s = "GET http://h/b/k?X-Amz-Credential=AK%2F&X-Amz-Signature=ff failed: topsecret (x)";
+        let out = scrub(s, &["topsecret".to_string()]);
+        assert_eq!(out, "GET http://h/b/k?[redacted] failed: [redacted] (x)");
+        assert_eq!(scrub("what? nothing", &[]), "what? nothing");
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let r = Retry::default();
+        for attempt in 1..10 {
+            let d = backoff(r, attempt, None);
+            assert!(d <= r.cap);
+            let exp = r.base * 2u32.pow(attempt - 1);
+            assert!(d <= exp, "{d:?} > {exp:?}");
+        }
+        assert_eq!(backoff(r, 1, Some(Duration::from_secs(120))), r.cap);
+        assert!(backoff(r, 1, Some(Duration::from_millis(300))) >= Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,293 @@
+/*!
+Running the plan: listings and transfers on one rayon pool of
+`s3_concurrency` threads, so no more requests than that are ever in
+flight. Workers never print: each sends one `Outcome` per transfer.
+*/
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::Sender;
+use rayon::ThreadPool;
+use rayon::prelude::*;
+
+use super::plan::{Direction, Transfer};
+use super::report::Outcome;
+use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
+use crate::store::Store;
+use crate::store::archive::{self, Packed, Unpacked};
+
+/// What every transfer needs.
+pub(crate) struct Ctx<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) remote: &'a dyn Remote,
+    pub(crate) prefix: &'a str,
+    pub(crate) level: i32,
+    /// Set after a fatal error: the remaining transfers are not started.
+    pub(crate) stop: AtomicBool,
+}
+
+/// Lists every prefix, in parallel on the pool. The first error wins
+/// (returned with the prefix it concerns).
+pub(crate) fn list_all(
+    pool: &ThreadPool,
+    remote: &dyn Remote,
+    prefixes: &[String],
+) -> Result<Vec<Listed>, (String, RemoteError)> {
+    let pages: Result<Vec<Vec<Listed>>, (String, RemoteError)> = pool.install(|| {
+        prefixes
+            .par_iter()
+            .with_max_len(1)
+            .map(|p| remote.list(p).map_err(|e| (p.clone(), e)))
+            .collect()
+    });
+    Ok(pages?.into_iter().flatten().collect())
+}
+
+/// Runs the transfers; one outcome each is sent on `tx` (none for
+/// transfers skipped after a fatal error).
+pub(crate) fn run(pool: &ThreadPool, ctx: &Ctx<'_>, transfers: Vec<Transfer>, tx: Sender<Outcome>) {
+    pool.install(|| {
+        transfers
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each_with(tx, |tx, t| {
+                if ctx.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let o = match t.dir {
+                    Direction::Pull => pull_one(ctx, t),
+                    Direction::Push => push_one(ctx, t),
+                };
+                if matches!(o, Outcome::Fatal(..)) {
+                    ctx.stop.store(true, Ordering::Relaxed);
+                }
+                let _ = tx.send(o);
+            });
+    });
+}
+
+fn failure(t: Transfer, what: &str, e: &RemoteError) -> Outcome {
+    let msg = format!("{what}: {e}");
+    if e.kind.is_fatal() {
+        Outcome::Fatal(t, msg)
+    } else {
+        Outcome::Failed(t, msg)
+    }
+}
+
+fn pull_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
+    if ctx.store.contains(&t.crate_name, &t.key) {
+        return Outcome::Skipped(t, "already present");
+    }
+    let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
+    let tmp = ctx.store.tmp_path("download");
+    let res = pull_via(ctx, &t, &name, &tmp);
+    let _ = fs::remove_file(&tmp);
+    res.unwrap_or_else(|o| o)
+}
+
+fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outcome, Outcome> {
+    let what = format!("cannot download {}", ctx.remote.describe(name));
+    let n = match ctx.remote.get(name, tmp) {
+        Ok(n) => n,
+        // Deleted since it was listed (a lifecycle rule, a cleanup).
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            return Ok(Outcome::Skipped(t.clone(), "vanished remotely"));
+        }
+        Err(e) => return Err(failure(t.clone(), &what, &e)),
+    };
+    let file = File::open(tmp)
+        .map_err(|e| Outcome::Failed(t.clone(), format!("cannot read {}: {e}", tmp.display())))?;
+    let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    match archive::unpack(ctx.store, &t.crate_name, &t.key, reader) {
+        Ok(Unpacked::Imported(_)) => Ok(Outcome::Done(t.clone(), n)),
+        Ok(Unpacked::AlreadyPresent) => Ok(Outcome::Skipped(t.clone(), "appeared locally")),
+        Err(e) => Err(Outcome::Failed(
+            t.clone(),
+            format!(
+                "corrupt object {}, nothing imported: {e:#}",
+                ctx.remote.describe(name)
+            ),
+        )),
+    }
+}
+
+fn push_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
+    let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
+    let tmp = ctx.store.tmp_path("upload");
+    let res = push_via(ctx, &t, &name, &tmp);
+    let _ = fs::remove_file(&tmp);
+    res.unwrap_or_else(|o| o)
+}
+
+fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outcome, Outcome> {
+    let packed = (|| -> anyhow::Result<Packed> {
+        let file = File::create(tmp)?;
+        let mut w = BufWriter::with_capacity(256 * 1024, file);
+        let p = archive::pack(ctx.store, &t.crate_name, &t.key, &mut w, ctx.level)?;
+        w.flush()?;
+        Ok(p)
+    })()
+    .map_err(|e| Outcome::Failed(t.clone(), format!("cannot pack the entry: {e:#}")))?;
+    let len = match packed {
+        Packed::Vanished => return Ok(Outcome::Skipped(t.clone(), "vanished locally")),
+        Packed::Done(n) => n,
+    };
+    let what = format!("cannot upload {}", ctx.remote.describe(name));
+    ctx.remote
+        .put(name, tmp, len)
+        .map_err(|e| failure(t.clone(), &what, &e))?;
+    Ok(Outcome::Done(t.clone(), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::remote::ErrorKind;
+    use crate::remote::dir::DirRemote;
+    use crate::store::{Entry, FileRecord};
+
+    fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("store")).unwrap();
+        let mut ts = Vec::new();
+        for i in 0..n {
+            let (h, size) = s
+                .put_blob_reader(format!("blob {i}").as_bytes(), None)
+                .unwrap();
+            let key = blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+            let e = Entry::new(
+                "foo",
+                &key,
+                vec![FileRecord {
+                    name: "libfoo.rlib".into(),
+                    hash: h,
+                    size,
+                    executable: false,
+                }],
+            );
+            s.publish(&e).unwrap();
+            ts.push(Transfer {
+                dir: Direction::Push,
+                crate_name: "foo".into(),
+                key,
+                size,
+            });
+        }
+        (d, s, ts)
+    }
+
+    fn pool(n: usize) -> ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    }
+
+    fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        run(pool, ctx, ts, tx);
+        rx.iter().collect()
+    }
+
+    #[test]
+    fn push_then_pull_within_the_bound() {
+        let (d, s, ts) = store_with(12);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let out = run_all(&ctx, &pool(3), ts.clone());
+        assert_eq!(out.len(), 12);
+        assert!(out.iter().all(|o| matches!(o, Outcome::Done(..))));
+        assert_eq!(remote.max_inflight.load(Ordering::SeqCst), 3);
+
+        let s2 = Store::open(&d.path().join("store2")).unwrap();
+        let ctx2 = Ctx {
+            store: &s2,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let pulls: Vec<Transfer> = ts
+            .iter()
+            .map(|t| Transfer {
+                dir: Direction::Pull,
+                ..t.clone()
+            })
+            .collect();
+        let out = run_all(&ctx2, &pool(3), pulls.clone());
+        assert!(out.iter().all(|o| matches!(o, Outcome::Done(..))));
+        assert_eq!(s2.list().unwrap().len(), 12);
+        // Already there: skipped without a request.
+        let before = remote.requests.load(Ordering::SeqCst);
+        let out = run_all(&ctx2, &pool(3), pulls);
+        assert!(out.iter().all(|o| matches!(o, Outcome::Skipped(..))));
+        assert_eq!(remote.requests.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn a_fatal_error_stops_the_rest() {
+        let (d, s, ts) = store_with(20);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        for t in &ts {
+            remote.fail.lock().unwrap().insert(
+                layout::object_name("p", &t.crate_name, &t.key),
+                ErrorKind::BadSignature,
+            );
+        }
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let out = run_all(&ctx, &pool(2), ts);
+        assert!(out.len() < 20, "{} outcomes", out.len());
+        assert!(out.iter().all(|o| matches!(o, Outcome::Fatal(..))));
+    }
+
+    #[test]
+    fn vanished_entries_are_skipped_and_failures_reported() {
+        let (d, s, ts) = store_with(4);
+        s.remove("foo", &ts[0].key).unwrap();
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        remote.fail.lock().unwrap().insert(
+            layout::object_name("p", "foo", &ts[1].key),
+            ErrorKind::Transient,
+        );
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        let out = run_all(&ctx, &pool(2), ts);
+        let skipped = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Skipped(..)))
+            .count();
+        let failed = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Failed(..)))
+            .count();
+        let done = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Done(..)))
+            .count();
+        assert_eq!((skipped, failed, done), (1, 1, 2));
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+}
