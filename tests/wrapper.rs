@@ -179,6 +179,9 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
     assert_eq!(a.run_app("debug"), APP_OUT);
     let cold = sb.take_events();
     assert_all(&cold, "miss", COMPILES);
+    // Incremental compilation is switched off under kache.
+    let inc = a.target.join("debug/incremental");
+    assert!(!inc.exists() || fs::read_dir(&inc).unwrap().next().is_none());
     assert!(
         compiles(&cold)
             .iter()

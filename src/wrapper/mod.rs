@@ -342,6 +342,7 @@ fn cached(
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let before = fs_clock(&store);
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
@@ -384,6 +385,28 @@ fn cached(
     };
     let full = key::full_key(&inputs, &paths)
         .ok_or_else(|| anyhow!("a source file listed in {} is gone", dep_path.display()))?;
+    if let Some(before) = before
+        && inputs.files.iter().any(|f| {
+            fs::metadata(paths.resolve(f))
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > before)
+        })
+    {
+        // A source was edited while rustc ran: its outputs may not match
+        // the content the key was computed from. Not an error; not stored.
+        log(
+            &store,
+            &Event {
+                crate_name: &crate_name,
+                result: "miss",
+                start,
+                size: 0,
+                key: "",
+                compile_ms,
+            },
+        );
+        return Ok(code);
+    }
     let _w = store.writer_lock()?;
     let mut files = Vec::with_capacity(outputs.len());
     for (name, executable) in &outputs {
@@ -420,6 +443,15 @@ fn cached(
         },
     );
     Ok(code)
+}
+
+/// "Now" by the filesystem's own clock (the mtime of a file just
+/// written), comparable with source mtimes.
+fn fs_clock(store: &Store) -> Option<std::time::SystemTime> {
+    let p = store.tmp_path("clock");
+    let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
+    let _ = fs::remove_file(&p);
+    t.ok()
 }
 
 /// Copies a child's output to ours line by line (sentinels from the
