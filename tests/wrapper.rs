@@ -534,3 +534,25 @@ fn argv_shapes() {
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("rustc "));
 }
+
+#[test]
+fn executables_pass_through_when_not_cached() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[("KACHE_CACHE_EXECUTABLES", "false")]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let mut r = results(&sb.take_events());
+    r.sort();
+    let want: Vec<(String, String)> = [
+        ("alpha", "miss"),
+        ("app", "passthrough"),
+        ("beta", "miss"),
+        ("build_script_build", "passthrough"),
+        ("genlib", "miss"),
+        ("macros", "passthrough"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(r, want);
+}

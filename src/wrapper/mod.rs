@@ -480,3 +480,29 @@ fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
     }
     raw
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn wrapper_call_shapes() {
+        assert!(is_wrapper_call(&v(&["kache", "rustc", "-vV"])));
+        assert!(is_wrapper_call(&v(&[
+            "kache",
+            "/x/bin/clippy-driver",
+            "rustc"
+        ])));
+        assert!(is_wrapper_call(&v(&["kache", "/bin/sh", "rustc", "-vV"])));
+        assert!(is_wrapper_call(&v(&["kache", "sh", "-c", "true"])));
+        assert!(!is_wrapper_call(&v(&["kache"])));
+        assert!(!is_wrapper_call(&v(&["kache", "list", "rustc"])));
+        assert!(!is_wrapper_call(&v(&["kache", "sync", "--pull"])));
+        assert!(!is_wrapper_call(&v(&["kache", "--json"])));
+        assert!(!is_wrapper_call(&v(&["kache", "no-such-program-kache"])));
+    }
+}
