@@ -179,6 +179,9 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
     assert_eq!(a.run_app("debug"), APP_OUT);
     let cold = sb.take_events();
     assert_all(&cold, "miss", COMPILES);
+    // Incremental compilation is switched off under kache.
+    let inc = a.target.join("debug/incremental");
+    assert!(!inc.exists() || fs::read_dir(&inc).unwrap().next().is_none());
     assert!(
         compiles(&cold)
             .iter()
@@ -221,9 +224,18 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
     assert!(compiles(&sb.take_events()).is_empty());
 
     // A second checkout at another path (own target dir) hits everything.
+    // (with progress lines asked for).
     let b = sb.checkout("b");
-    b.build_ok(&["build"], &[]);
+    let o = b.build_ok(&["build"], &[("KACHE_PROGRESS", "1")]);
     assert_eq!(b.run_app("debug"), APP_OUT);
+    let err = stderr(&o);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("[kache] ")).collect();
+    assert_eq!(progress.len(), COMPILES, "{}", show(&o));
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.starts_with("[kache] alpha: local hit ("))
+    );
     assert_all(&sb.take_events(), "local_hit", COMPILES);
 
     // Editing beta recompiles beta and app only; the program shows it.
@@ -425,7 +437,9 @@ fn concurrent_builds_share_one_cache() {
     assert!(
         r.iter().all(|(_, x)| x == "miss" || x == "local_hit"),
         "{r:?}"
-    );
+    ); // The per-key lock: each compile ran once, the other build restored it.
+    let misses = r.iter().filter(|(_, x)| x == "miss").count();
+    assert_eq!(misses, COMPILES, "{r:?}");
 }
 
 #[test]
@@ -486,6 +500,26 @@ fn argv_shapes() {
     c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
     let o = c.args(["/bin/echo", "rustc", "-vV"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "rustc -vV");
+    // A C compiler run through RUSTC_WRAPPER by the cc crate.
+    let mut c = Command::new(kache_bin());
+    clean_env(&mut c);
+    c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
+    let o = c.args(["echo", "-O0", "x.c"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "-O0 x.c",
+        "{}",
+        show(&o)
+    );
+    // Subcommands are still subcommands.
+    let mut c = Command::new(kache_bin());
+    clean_env(&mut c);
+    let o = c.args(["help"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Usage"),
+        "{}",
+        show(&o)
+    );
     // An @argfile is read (and rustc sees it unchanged).
     let argfile = dir.path().join("args");
     fs::write(&argfile, "-vV\n").unwrap();
@@ -499,4 +533,26 @@ fn argv_shapes() {
         .unwrap();
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("rustc "));
+}
+
+#[test]
+fn executables_pass_through_when_not_cached() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[("KACHE_CACHE_EXECUTABLES", "false")]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let mut r = results(&sb.take_events());
+    r.sort();
+    let want: Vec<(String, String)> = [
+        ("alpha", "miss"),
+        ("app", "passthrough"),
+        ("beta", "miss"),
+        ("build_script_build", "passthrough"),
+        ("genlib", "miss"),
+        ("macros", "passthrough"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(r, want);
 }

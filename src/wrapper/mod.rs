@@ -29,14 +29,26 @@ use crate::store::entry::{DepInfo, Inputs};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
 
 /// Whether argv is a wrapper call: argv[1] is rustc or clippy-driver, or
-/// a workspace wrapper followed by one.
+/// another program (a workspace wrapper followed by rustc, or a C compiler
+/// that the `cc` crate runs through `RUSTC_WRAPPER`), which is run as is.
 pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
     const COMMANDS: [&str; 7] = ["sync", "list", "stats", "gc", "purge", "config", "help"];
-    args.get(1).is_some_and(|a| args::is_rustc_like(a))
-        || (args.len() > 2 && args::is_rustc_like(&args[2]) && {
-            let a1 = args[1].to_string_lossy();
-            !a1.starts_with('-') && !COMMANDS.contains(&a1.as_ref())
-        })
+    let Some(a1) = args.get(1) else {
+        return false;
+    };
+    if args::is_rustc_like(a1) {
+        return true;
+    }
+    let s = a1.to_string_lossy();
+    if s.is_empty() || s.starts_with('-') || COMMANDS.contains(&s.as_ref()) {
+        return false;
+    }
+    let p = std::path::Path::new(a1);
+    if p.components().count() > 1 {
+        return p.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
 }
 
 fn truthy(var: &str) -> bool {
@@ -141,10 +153,17 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         Verdict::Pass(_) => {
             let code = run_plain(rustc, rest);
             let store = Store::at(&cfg.cache_dir);
+            let name = expanded
+                .iter()
+                .position(|a| a == "--crate-name")
+                .and_then(|i| expanded.get(i + 1))
+                .filter(|n| *n != "___")
+                .map(|n| normalize_crate(n))
+                .unwrap_or_default();
             log(
                 &store,
                 &Event {
-                    crate_name: "",
+                    crate_name: &name,
                     result: "passthrough",
                     start,
                     size: 0,
@@ -166,14 +185,17 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             Some(code) => {
                 warn(&e, "rustc output not cached");
                 if let Ok(store) = Store::open(&cfg.cache_dir) {
-                    log_error(&store, &compile.crate_name, start);
+                    log_error(&store, &normalize_crate(&compile.crate_name), start);
                 }
                 code
             }
             None => {
                 if let Ok(store) = Store::open(&cfg.cache_dir) {
-                    log_error(&store, &compile.crate_name, start);
+                    log_error(&store, &normalize_crate(&compile.crate_name), start);
                 }
+                // A restore may have failed half way: rustc cannot
+                // overwrite read-only links.
+                unlink_outputs(&compile);
                 fallback(rustc, rest, &e)
             }
         },
@@ -219,8 +241,13 @@ fn lookup(store: &Store, crate_name: &str, base: &str, paths: &Paths) -> Result<
         let Some(full) = key::full_key(&inputs, paths) else {
             continue;
         };
-        if let Some(e) = store.get(crate_name, &full)? {
-            return Ok(Some(e));
+        match store.get(crate_name, &full) {
+            Ok(Some(e)) => return Ok(Some(e)),
+            Ok(None) => {}
+            // A corrupt manifest: drop it so this compile can replace it.
+            Err(_) => {
+                let _ = store.remove(crate_name, &full);
+            }
         }
     }
     Ok(None)
@@ -315,6 +342,7 @@ fn cached(
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let before = fs_clock(&store);
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
@@ -357,6 +385,28 @@ fn cached(
     };
     let full = key::full_key(&inputs, &paths)
         .ok_or_else(|| anyhow!("a source file listed in {} is gone", dep_path.display()))?;
+    if let Some(before) = before
+        && inputs.files.iter().any(|f| {
+            fs::metadata(paths.resolve(f))
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > before)
+        })
+    {
+        // A source was edited while rustc ran: its outputs may not match
+        // the content the key was computed from. Not an error; not stored.
+        log(
+            &store,
+            &Event {
+                crate_name: &crate_name,
+                result: "miss",
+                start,
+                size: 0,
+                key: "",
+                compile_ms,
+            },
+        );
+        return Ok(code);
+    }
     let _w = store.writer_lock()?;
     let mut files = Vec::with_capacity(outputs.len());
     for (name, executable) in &outputs {
@@ -395,6 +445,15 @@ fn cached(
     Ok(code)
 }
 
+/// "Now" by the filesystem's own clock (the mtime of a file just
+/// written), comparable with source mtimes.
+fn fs_clock(store: &Store) -> Option<std::time::SystemTime> {
+    let p = store.tmp_path("clock");
+    let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
+    let _ = fs::remove_file(&p);
+    t.ok()
+}
+
 /// Copies a child's output to ours line by line (sentinels from the
 /// path remapping expanded back to this checkout), returning the raw bytes.
 fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
@@ -420,4 +479,30 @@ fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
         }
     }
     raw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn wrapper_call_shapes() {
+        assert!(is_wrapper_call(&v(&["kache", "rustc", "-vV"])));
+        assert!(is_wrapper_call(&v(&[
+            "kache",
+            "/x/bin/clippy-driver",
+            "rustc"
+        ])));
+        assert!(is_wrapper_call(&v(&["kache", "/bin/sh", "rustc", "-vV"])));
+        assert!(is_wrapper_call(&v(&["kache", "sh", "-c", "true"])));
+        assert!(!is_wrapper_call(&v(&["kache"])));
+        assert!(!is_wrapper_call(&v(&["kache", "list", "rustc"])));
+        assert!(!is_wrapper_call(&v(&["kache", "sync", "--pull"])));
+        assert!(!is_wrapper_call(&v(&["kache", "--json"])));
+        assert!(!is_wrapper_call(&v(&["kache", "no-such-program-kache"])));
+    }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use super::key::Paths;
 use super::stamp::touch_now;
-use crate::store::{Entry, Store, valid_file_name};
+use crate::store::{Entry, Store, valid_file_name, valid_key};
 
 fn tmp_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.kache-{}.tmp", std::process::id()))
@@ -24,8 +24,8 @@ fn tmp_in(dir: &Path, name: &str) -> PathBuf {
 pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Paths) -> Result<u64> {
     let mut total = 0;
     for f in &entry.files {
-        if !valid_file_name(&f.name) {
-            bail!("bad file name {} in entry", f.name);
+        if !valid_file_name(&f.name) || !valid_key(&f.hash) {
+            bail!("bad file {} in entry", f.name);
         }
         let blob = store.blob_path(&f.hash);
         let dst = out_dir.join(&f.name);
@@ -47,6 +47,8 @@ pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Path
                 File::open(&tmp).with_context(|| format!("cannot open {}", tmp.display()))?;
             touch_now(&file).with_context(|| format!("cannot stamp {}", tmp.display()))?;
             fs::rename(&tmp, &dst).with_context(|| format!("cannot restore {}", dst.display()))?;
+            // rename() between two links of one inode leaves both.
+            let _ = fs::remove_file(&tmp);
             Ok(())
         })();
         if res.is_err() {
