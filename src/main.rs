@@ -27,25 +27,6 @@ fn main() -> ExitCode {
         let code = wrapper::main(&args);
         std::process::exit(code);
     }
-    if let Some(program) = foreign_program(&args) {
-        // cc-rs runs `$RUSTC_WRAPPER cc ARGS` for C code when the wrapper
-        // is named kache (as it does for sccache): run the C compiler
-        // as is, uncached.
-        let status = std::process::Command::new(&program)
-            .args(&args[2..])
-            .status();
-        std::process::exit(match status {
-            Ok(s) => {
-                use std::os::unix::process::ExitStatusExt;
-                s.code()
-                    .unwrap_or_else(|| s.signal().map_or(1, |n| 128 + n))
-            }
-            Err(e) => {
-                eprintln!("error: kache: cannot run {}: {e}", program.display());
-                1
-            }
-        });
-    }
     let cli = cli::Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -57,35 +38,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// argv[1] names a program (not a kache command or flag) that exists:
-/// a path to an executable, or a name found on `PATH`.
-fn foreign_program(args: &[std::ffi::OsString]) -> Option<std::path::PathBuf> {
-    use clap::CommandFactory;
-    let a1 = args.get(1)?.to_str()?;
-    if a1.is_empty() || a1.starts_with('-') {
-        return None;
-    }
-    if cli::Cli::command()
-        .get_subcommands()
-        .any(|c| c.get_name() == a1)
-        || a1 == "help"
-    {
-        return None;
-    }
-    let is_exe = |p: &std::path::Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if a1.contains('/') {
-        let p = std::path::PathBuf::from(a1);
-        return is_exe(&p).then_some(p);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(a1))
-        .find(|p| is_exe(p))
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
