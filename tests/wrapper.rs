@@ -179,6 +179,17 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
     assert_eq!(a.run_app("debug"), APP_OUT);
     let cold = sb.take_events();
     assert_all(&cold, "miss", COMPILES);
+    // Entries sit under their cargo package (build scripts included), so
+    // `kache sync --pull` finds them through Cargo.lock.
+    let dirs: BTreeSet<String> = fs::read_dir(sb.cache.join("entries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let want: BTreeSet<String> = ["alpha", "app", "beta", "genlib", "macros"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(dirs, want);
     // Incremental compilation is switched off under kache.
     let inc = a.target.join("debug/incremental");
     assert!(!inc.exists() || fs::read_dir(&inc).unwrap().next().is_none());

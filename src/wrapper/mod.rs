@@ -185,13 +185,13 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             Some(code) => {
                 warn(&e, "rustc output not cached");
                 if let Ok(store) = Store::open(&cfg.cache_dir) {
-                    log_error(&store, &normalize_crate(&compile.crate_name), start);
+                    log_error(&store, &entry_crate(&compile), start);
                 }
                 code
             }
             None => {
                 if let Ok(store) = Store::open(&cfg.cache_dir) {
-                    log_error(&store, &normalize_crate(&compile.crate_name), start);
+                    log_error(&store, &entry_crate(&compile), start);
                 }
                 // A restore may have failed half way: rustc cannot
                 // overwrite read-only links.
@@ -200,6 +200,18 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             }
         },
     }
+}
+
+/// The store (and remote) folder of a compile's entries: the cargo
+/// package name, normalised, so that build scripts, binaries and tests
+/// sit with their package and `kache sync --pull` finds them through
+/// Cargo.lock; rustc's `--crate-name` outside cargo.
+fn entry_crate(compile: &Compile) -> String {
+    std::env::var("CARGO_PKG_NAME")
+        .ok()
+        .map(|n| normalize_crate(&n))
+        .filter(|n| crate::store::valid_crate(n))
+        .unwrap_or_else(|| normalize_crate(&compile.crate_name))
 }
 
 fn log_error(store: &Store, crate_name: &str, start: Instant) {
@@ -316,7 +328,7 @@ fn cached(
         .to_str()
         .ok_or_else(|| anyhow!("rustc path is not UTF-8"))?;
     let store = Store::open(&cfg.cache_dir)?;
-    let crate_name = normalize_crate(&compile.crate_name);
+    let crate_name = entry_crate(compile);
     let paths = Paths::detect(&compile.out_dir)?;
     let out_dir = if compile.out_dir.is_absolute() {
         compile.out_dir.clone()
