@@ -99,16 +99,18 @@ impl S3Remote {
             None => rusty_s3::Credentials::new(creds.access_key.clone(), creds.secret_key.clone()),
         };
         let conc = cfg.s3_concurrency.value;
+        // `cache.remote.timeout`: the longest silence on one request.
+        let t = cfg.timeout.value;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections(conc.max(10) + 4)
             .max_idle_connections_per_host(conc + 4)
             .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_send_request(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .timeout_per_write(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(t.min(Duration::from_secs(10))))
+            .timeout_send_request(Some(t))
+            .timeout_recv_response(Some(t))
+            .timeout_per_read(Some(t))
+            .timeout_per_write(Some(t))
             .timeout_per_call(Some(Duration::from_secs(30 * 60)))
             .user_agent(concat!("kache/", env!("CARGO_PKG_VERSION")))
             .build()
