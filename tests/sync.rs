@@ -1671,6 +1671,22 @@ fn pull_into_a_full_disk_stops_cleanly() {
     assert!(!got.is_empty() && got.len() < 12, "{got:?}");
     assert!(got.is_subset(&made));
     assert_eq!(tmp_files(&b), 0, "no leftovers");
+    // The summary accounts for every planned entry.
+    let count = |label: &str| -> usize {
+        stdout(&o)
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map_or(0, |rest| {
+                rest.split_whitespace().next().unwrap().parse().unwrap()
+            })
+    };
+    assert_eq!(count("pulled"), got.len(), "{}", show(&o));
+    assert_eq!(
+        count("pulled") + count("failed") + count("not started"),
+        12,
+        "{}",
+        show(&o)
+    );
     verify(&b);
     assert_eq!(listed(&b), got.len());
 }
@@ -1716,4 +1732,157 @@ fn bad_endpoints_and_a_skewed_clock_fail_fast_with_one_line() {
     one_line(&o, "check the clock");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(proxy.seen().len(), 1, "not retried");
+}
+
+#[test]
+fn push_while_a_real_cargo_build_fills_the_cache() {
+    fn copy_tree(src: &Path, dst: &Path) {
+        fs::create_dir_all(dst).unwrap();
+        for e in fs::read_dir(src).unwrap().flatten() {
+            let to = dst.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                if e.file_name() != "target" {
+                    copy_tree(&e.path(), &to);
+                }
+            } else {
+                fs::copy(e.path(), &to).unwrap();
+            }
+        }
+    }
+    let w = World::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
+    let ws = w.tmp.path().join("ws");
+    copy_tree(&fixture, &ws);
+    let cache = w.cache("cache");
+    let nowhere = w.no_workspace();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut pushes = 0;
+    std::thread::scope(|s| {
+        let build = s.spawn(|| {
+            let mut c = std::process::Command::new("cargo");
+            crate::common::clean_env(&mut c);
+            for (k, _) in std::env::vars() {
+                if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+                    || k.starts_with("RUSTC_")
+                    || k == "RUSTFLAGS"
+                    || k == "CARGO"
+                {
+                    c.env_remove(k);
+                }
+            }
+            let o = c
+                .current_dir(&ws)
+                .args(["build", "--offline"])
+                .env("RUSTC_WRAPPER", crate::common::kache_bin())
+                .env("CARGO_TARGET_DIR", w.tmp.path().join("target"))
+                .env("KACHE_CACHE_DIR", &cache)
+                .env("CARGO_BUILD_JOBS", "2")
+                .output()
+                .unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            o
+        });
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let o = w.sync(&cache, &nowhere, &["--push", "--json"]);
+            ok(&o);
+            assert_eq!(json(&o)["failed"]["entries"], 0, "{}", show(&o));
+            pushes += 1;
+        }
+        ok(&build.join().unwrap());
+    });
+    assert!(pushes > 0);
+    // A last push gets what the build finished after the last round.
+    ok(&w.sync(&cache, &nowhere, &["--push"]));
+    verify(&cache);
+    let made = entries(&cache);
+    assert!(made.len() >= 4, "{made:?}");
+    let b = w.cache("b");
+    ok(&w.sync(&b, &nowhere, &["--pull", "--all"]));
+    assert_eq!(entries(&b), made);
+    verify(&b);
+}
+
+/// Soak: many push/pull rounds through the proxy at a high fault rate
+/// (503, 500, 429, cut either way, truncated bodies). A run that exits 1
+/// is run again (up to 3 times); entries lost must stay 0. Run by
+/// `ci/soak.sh`; `KACHE_SOAK_ROUNDS` (5), `KACHE_SOAK_FAULT_RATE` (0.3),
+/// `KACHE_SOAK_ENTRIES` (20 per round), `KACHE_SOAK_SEED`.
+#[test]
+#[ignore = "soak; run by ci/soak.sh"]
+fn soak() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let rounds: usize = env("KACHE_SOAK_ROUNDS", "5").parse().unwrap();
+    let rate: f64 = env("KACHE_SOAK_FAULT_RATE", "0.3").parse().unwrap();
+    let per_round: usize = env("KACHE_SOAK_ENTRIES", "20").parse().unwrap();
+    let seed: u64 = env("KACHE_SOAK_SEED", "12345").parse().unwrap();
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_fault_rate(rate, seed);
+    let nowhere = w.no_workspace();
+    let a = w.cache("a");
+    let (mut transfers, mut reruns, mut retries, mut requests, mut lost) = (0u64, 0, 0, 0, 0);
+    let started = Instant::now();
+    // Runs a sync until it exits 0 (at most 4 runs); returns the moved
+    // entries.
+    let run = |cache: &Path, args: &[&str], reruns: &mut usize| -> u64 {
+        let mut moved = 0;
+        for attempt in 0..4 {
+            let mut all = args.to_vec();
+            all.push("--json");
+            let o = w.sync_via(Some(&proxy), cache, &nowhere, &all, &[]);
+            let j = json(&o);
+            moved +=
+                j["pulled"]["entries"].as_u64().unwrap() + j["pushed"]["entries"].as_u64().unwrap();
+            if o.status.success() {
+                break;
+            }
+            assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+            assert!(j["fatal"].is_null(), "{}", show(&o));
+            *reruns += 1;
+            assert!(attempt < 3, "still failing after 4 runs: {}", show(&o));
+        }
+        moved
+    };
+    for round in 0..rounds {
+        proxy.reset_stats();
+        for i in 0..per_round {
+            let c = ["soak_a", "soak_b", "soak_c"][i % 3];
+            let body = noise(&format!("soak{round}-{i}"), 4096 + 997 * i);
+            put_entry(
+                &a,
+                c,
+                &format!("r{round}i{i}"),
+                &[(&format!("lib{c}.rlib"), &body)],
+            );
+        }
+        transfers += run(&a, &["--push"], &mut reruns);
+        let b = w.cache(&format!("b{round}"));
+        transfers += run(&b, &["--pull"], &mut reruns);
+        let want = entries(&a);
+        let got = entries(&b);
+        lost += want.difference(&got).count();
+        verify(&b);
+        let seen = proxy.seen();
+        let objects: Vec<_> = seen
+            .iter()
+            .filter(|s| s.path.ends_with(".tar.zst"))
+            .collect();
+        let distinct: BTreeSet<_> = objects.iter().map(|s| (&s.method, &s.path)).collect();
+        requests += seen.len();
+        retries += objects.len() - distinct.len();
+        // No retry storm: never more than 5 attempts per object and run.
+        assert!(objects.len() <= distinct.len() * 5 * 4);
+        eprintln!(
+            "round {round}: {} entries, {} requests, {} faults so far",
+            want.len(),
+            seen.len(),
+            proxy.faults_injected()
+        );
+    }
+    println!(
+        "soak: {rounds} rounds at fault rate {rate}: {transfers} transfers, {requests} requests, {} faults injected, {retries} object retries, {reruns} re-runs, {lost} entries lost, {:.1}s",
+        proxy.faults_injected(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "entries lost");
 }
