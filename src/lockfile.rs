@@ -54,10 +54,25 @@ pub(crate) fn start_dir(manifest_path: Option<&Path>, cwd: &Path) -> Result<Path
 pub(crate) fn crates(path: &Path) -> Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    let lock: cargo_lock::Lockfile = text
-        .parse()
-        .map_err(|e| anyhow!("malformed {}: {e}", path.display()))?;
+    let lock: cargo_lock::Lockfile = text.parse().map_err(|e: cargo_lock::Error| {
+        anyhow!("malformed {}: {}", path.display(), one_line(&e.to_string()))
+    })?;
     Ok(crate_set(lock.packages.iter().map(|p| p.name.as_str())))
+}
+
+/// A multi-line parser message (TOML errors quote the source with
+/// carets) as one line: the text lines, without the quoted source.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let quoted = l.starts_with('|')
+                || l.split_once(" |")
+                    .is_some_and(|(n, _)| n.trim().parse::<u32>().is_ok());
+            !l.is_empty() && !quoted
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The normalised names.
@@ -106,6 +121,7 @@ version = "0.1.0"
         std::fs::write(&p, "[[package]\nname = ").unwrap();
         let e = format!("{:#}", crates(&p).unwrap_err());
         assert!(e.contains("Cargo.lock") && e.contains("malformed"), "{e}");
+        assert!(e.contains("line 1") && !e.contains('\n'), "one line: {e}");
         let e = format!(
             "{:#}",
             crates(&d.path().join("nope/Cargo.lock")).unwrap_err()

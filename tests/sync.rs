@@ -314,6 +314,8 @@ fn pull_follows_cargo_lock() {
         "{}",
         show(&o)
     );
+    assert!(stderr(&o).starts_with("error: "), "{}", show(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", show(&o));
     assert!(!stderr(&o).contains("panicked"));
 }
 
@@ -677,6 +679,7 @@ fn missing_bucket_and_missing_config() {
         "{}",
         show(&o)
     );
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", show(&o));
 
     let mut c = kache(&a);
     c.current_dir(&nowhere).args(["sync", "--pull"]);
@@ -1885,4 +1888,27 @@ fn soak() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(lost, 0, "entries lost");
+}
+
+/// Not a check: fills the cache dir `KACHE_FILL_DIR` with
+/// `KACHE_FILL_ENTRIES` (200) entries of `KACHE_FILL_SIZE` (262144)
+/// incompressible bytes over a few crates, for the ci/ scripts.
+#[test]
+#[ignore = "helper for ci/garage-cluster.sh"]
+fn fill_store_for_scripts() {
+    let Ok(dir) = std::env::var("KACHE_FILL_DIR") else {
+        eprintln!("KACHE_FILL_DIR not set; nothing to do");
+        return;
+    };
+    let n: usize = std::env::var("KACHE_FILL_ENTRIES").map_or(200, |v| v.parse().unwrap());
+    let size: usize = std::env::var("KACHE_FILL_SIZE").map_or(262_144, |v| v.parse().unwrap());
+    let dir = PathBuf::from(dir);
+    for c in ["fill_a", "fill_b", "fill_c", "fill_d"] {
+        fill_big(&dir, c, n / 4, size);
+    }
+    println!(
+        "filled {} with {} entries",
+        dir.display(),
+        entries(&dir).len()
+    );
 }
