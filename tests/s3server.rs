@@ -207,6 +207,9 @@ pub(crate) enum Fault {
     Truncate,
     /// Read half the request body, then close (an upload cut mid-body).
     CutUpload,
+    /// Forward, send half the response body, then go silent without
+    /// closing (a server that stalls mid-body).
+    Stall,
     /// Read the request, then never answer (until the proxy stops or a
     /// minute passes): a server that stopped responding.
     Hang,
@@ -482,7 +485,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             std::thread::sleep(delay);
         }
         let response = match &fault {
-            None | Some(Fault::Truncate) => Some(forward(st.upstream, &head, &body)),
+            None | Some(Fault::Truncate | Fault::Stall) => Some(forward(st.upstream, &head, &body)),
             _ => None,
         };
         st.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -513,6 +516,18 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 client.write_all(&h)?;
                 client.write_all(&b[..b.len() / 2])?;
                 client.flush()?;
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            (Some(Fault::Stall), Some(resp)) => {
+                let (h, b) = resp?;
+                client.write_all(&h)?;
+                client.write_all(&b[..b.len() / 2])?;
+                client.flush()?;
+                let until = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < until && !st.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }

@@ -1188,11 +1188,17 @@ fn faults_both_ways_and_timeouts_are_retried_with_visible_backoff() {
         show(&o)
     );
 
-    // Downloads: a hung listing, hung / truncated / cut bodies.
+    // Downloads: a hung listing, hung / truncated / cut / stalled bodies.
     proxy.fail_next([Fault::Hang]);
     proxy.fail_next_where(
         ".tar.zst",
-        [Fault::Hang, Fault::Truncate, Fault::Cut, Fault::Hang],
+        [
+            Fault::Hang,
+            Fault::Truncate,
+            Fault::Cut,
+            Fault::Stall,
+            Fault::Hang,
+        ],
     );
     let b = w.cache("b");
     let t = Instant::now();
@@ -1692,6 +1698,37 @@ fn pull_into_a_full_disk_stops_cleanly() {
     );
     verify(&b);
     assert_eq!(listed(&b), got.len());
+}
+
+#[test]
+fn push_from_a_full_disk_stops_cleanly() {
+    let w = World::new();
+    let nowhere = w.no_workspace();
+    let Some(_fs) = Tmpfs::mount(&w.tmp.path().join("small"), "2m") else {
+        return;
+    };
+    // The blobs take most of the space: no room to spool the archives.
+    let a = w.tmp.path().join("small/cache");
+    let made = fill_big(&a, "foo", 5, 360 << 10);
+    let o = w.sync_via(
+        None,
+        &a,
+        &nowhere,
+        &["--push"],
+        &[("KACHE_S3_CONCURRENCY", "1")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "one fatal line: {err}"
+    );
+    assert!(stdout(&o).contains("not started"), "{}", show(&o));
+    assert_eq!(tmp_files(&a), 0, "no leftovers");
+    verify(&a);
+    assert_eq!(entries(&a).len(), made.len(), "the store is untouched");
 }
 
 #[test]
