@@ -50,12 +50,12 @@ export KACHE_S3_BUCKET=$GARAGE_BUCKET KACHE_S3_REGION=$GARAGE_REGION
 export KACHE_S3_ACCESS_KEY=$GARAGE_KEY_ID KACHE_S3_SECRET_KEY=$GARAGE_SECRET
 export KACHE_S3_PREFIX="cluster-$$" KACHE_S3_TIMEOUT=5s KACHE_PROGRESS=0
 export KACHE_CONFIG=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent
-node() { echo "http://127.0.0.1:39${1}0"; }
+node_url() { echo "http://127.0.0.1:39${1}0"; }
 entries_in() { find "$1/entries" -name '*.json' | wc -l; }
 want=$(entries_in "$STORE")
 
 LOG=$WORK/push.log
-KACHE_CACHE_DIR=$STORE KACHE_S3_ENDPOINT=$(node 0) KACHE_S3_CONCURRENCY=4 \
+KACHE_CACHE_DIR=$STORE KACHE_S3_ENDPOINT=$(node_url 0) KACHE_S3_CONCURRENCY=4 \
   "$KACHE" sync --push >"$LOG" 2>&1 &
 push=$!
 sleep "${KILL_AFTER:-1}"
@@ -74,14 +74,14 @@ cat "$LOG"
 if [ "$rc" -ne 0 ]; then
   grep -q '^failed' "$LOG" || { echo "error: the failed push printed no summary" >&2; exit 1; }
   echo "push exited $rc with node 2 down; re-running" >&2
-  KACHE_CACHE_DIR=$STORE KACHE_S3_ENDPOINT=$(node 0) "$KACHE" sync --push
+  KACHE_CACHE_DIR=$STORE KACHE_S3_ENDPOINT=$(node_url 0) "$KACHE" sync --push
 fi
 # Node 2 stays out of GARAGE_PIDS until it is restarted.
 GARAGE_PIDS="${PIDS[0]} ${PIDS[1]}"
 
 verify_pull() {  # NAME NODE
   local cache=$WORK/$1
-  KACHE_CACHE_DIR=$cache KACHE_S3_ENDPOINT=$(node "$2") "$KACHE" sync --pull --all
+  KACHE_CACHE_DIR=$cache KACHE_S3_ENDPOINT=$(node_url "$2") "$KACHE" sync --pull --all
   local got
   got=$(entries_in "$cache")
   [ "$got" -eq "$want" ] || { echo "error: pulled $got of $want entries through node $2" >&2; exit 1; }
@@ -99,7 +99,7 @@ garage_wait_port 3921
 garage_wait_port 3920
 # Give the node a moment to rejoin before reading through it.
 for _ in $(seq 1 50); do
-  KACHE_CACHE_DIR=$WORK/probe KACHE_S3_ENDPOINT=$(node 2) "$KACHE" sync --pull --all --dry-run >/dev/null 2>&1 && break
+  KACHE_CACHE_DIR=$WORK/probe KACHE_S3_ENDPOINT=$(node_url 2) "$KACHE" sync --pull --all --dry-run >/dev/null 2>&1 && break
   sleep 0.2
 done
 verify_pull pulled-restarted 2
