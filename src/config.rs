@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::env;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -51,6 +52,10 @@ pub(crate) struct Config {
     pub(crate) region: Setting<String>,
     pub(crate) prefix: Setting<String>,
     pub(crate) profile: Setting<Option<String>>,
+    /// How long one S3 request may wait on the network (connect, send,
+    /// each read or write of the body, the response head) before it
+    /// counts as a transient failure.
+    pub(crate) timeout: Setting<Duration>,
     pub(crate) s3_concurrency: Setting<usize>,
     pub(crate) compression_level: Setting<i32>,
     pub(crate) cache_executables: Setting<bool>,
@@ -85,6 +90,7 @@ struct FileRemote {
     region: Option<String>,
     prefix: Option<String>,
     profile: Option<String>,
+    timeout: Option<toml::Value>,
 }
 
 /// The config file path: `$KACHE_CONFIG`, else
@@ -146,7 +152,10 @@ impl WrapperConfig {
 
 const BOOL_FORM: &str = "true or false (also 1/0, yes/no, on/off)";
 const SIZE_FORM: &str = "a size such as 512MiB, 10GB or 50GiB";
+/// The default `cache.remote.timeout`.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONC_FORM: &str = "a whole number from 1 to 1024";
+const TIMEOUT_FORM: &str = "a duration of at least 1s, such as 30s or 2m";
 const LEVEL_FORM: &str = "a zstd level from 1 to 22";
 
 fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
@@ -220,6 +229,17 @@ impl Config {
                 .with_context(|| format!("invalid S3 endpoint `{e}` (from {})", endpoint.source))?;
         }
         let profile = opt("KACHE_S3_PROFILE", r.profile)?;
+        let timeout = pick_value(
+            "KACHE_S3_TIMEOUT",
+            "cache.remote.timeout",
+            r.timeout,
+            DEFAULT_TIMEOUT,
+            &fsrc,
+            |s| match parse_duration(s) {
+                Some(n) if n >= 1 => Ok(Duration::from_secs(n)),
+                _ => Err(TIMEOUT_FORM.to_string()),
+            },
+        )?;
         let region = pick(
             "KACHE_S3_REGION",
             r.region,
@@ -247,6 +267,7 @@ impl Config {
             region,
             prefix,
             profile,
+            timeout,
             s3_concurrency,
             compression_level,
             cache_executables,
@@ -302,6 +323,12 @@ impl Config {
                 "KACHE_S3_PROFILE",
                 o(&self.profile.value),
                 self.profile.source.to_string(),
+            ),
+            (
+                "cache.remote.timeout",
+                "KACHE_S3_TIMEOUT",
+                format!("{}s", self.timeout.value.as_secs()),
+                self.timeout.source.to_string(),
             ),
             (
                 "cache.s3_concurrency",

@@ -4,9 +4,9 @@ The workspace's Cargo.lock: which crates `kache sync --pull` fetches.
 Found the way cargo finds it: from the directory of `--manifest-path`
 (or the current directory), walking up to the first ancestor holding a
 `Cargo.lock` (the workspace root). Package names are normalised like the
-remote layout (`serde-json` -> `serde_json`). Build scripts are compiled
-under the crate name `build_script_build` (or `build_script_<file>`), so
-those names are always included.
+remote layout (`serde-json` -> `serde_json`). The wrapper stores build-script entries
+under their package's name too, so the lockfile names are the whole
+filter.
 */
 
 use std::collections::BTreeSet;
@@ -15,9 +15,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 
 use crate::store::normalize_crate;
-
-/// Crate names rustc uses for build scripts, whatever the package.
-const BUILD_SCRIPT_CRATES: &[&str] = &["build_script_build", "build_script_main"];
 
 /// The Cargo.lock governing `start` (a directory), if any.
 pub(crate) fn find_from(start: &Path) -> Option<PathBuf> {
@@ -53,22 +50,34 @@ pub(crate) fn start_dir(manifest_path: Option<&Path>, cwd: &Path) -> Result<Path
         .map_or_else(|| cwd.to_path_buf(), Path::to_path_buf))
 }
 
-/// Loads a Cargo.lock and returns the normalised crate names it names,
-/// plus the build-script crate names.
+/// Loads a Cargo.lock and returns the normalised crate names it names.
 pub(crate) fn crates(path: &Path) -> Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    let lock: cargo_lock::Lockfile = text
-        .parse()
-        .map_err(|e| anyhow!("malformed {}: {e}", path.display()))?;
+    let lock: cargo_lock::Lockfile = text.parse().map_err(|e: cargo_lock::Error| {
+        anyhow!("malformed {}: {}", path.display(), one_line(&e.to_string()))
+    })?;
     Ok(crate_set(lock.packages.iter().map(|p| p.name.as_str())))
 }
 
-/// The normalised names, plus the build-script crates.
+/// A multi-line parser message (TOML errors quote the source with
+/// carets) as one line: the text lines, without the quoted source.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let quoted = l.starts_with('|')
+                || l.split_once(" |")
+                    .is_some_and(|(n, _)| n.trim().parse::<u32>().is_ok());
+            !l.is_empty() && !quoted
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The normalised names.
 pub(crate) fn crate_set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
-    let mut set: BTreeSet<String> = names.into_iter().map(normalize_crate).collect();
-    set.extend(BUILD_SCRIPT_CRATES.iter().map(ToString::to_string));
-    set
+    names.into_iter().map(normalize_crate).collect()
 }
 
 #[cfg(test)]
@@ -98,7 +107,11 @@ version = "0.1.0"
         let set = crates(&found).unwrap();
         assert!(set.contains("serde_json"));
         assert!(set.contains("foo_bar"));
-        assert!(set.contains("build_script_build"));
+        assert!(
+            !set.contains("build_script_build"),
+            "a plain lockfile filter"
+        );
+        assert_eq!(set.len(), 2);
     }
 
     #[test]
@@ -108,6 +121,7 @@ version = "0.1.0"
         std::fs::write(&p, "[[package]\nname = ").unwrap();
         let e = format!("{:#}", crates(&p).unwrap_err());
         assert!(e.contains("Cargo.lock") && e.contains("malformed"), "{e}");
+        assert!(e.contains("line 1") && !e.contains('\n'), "one line: {e}");
         let e = format!(
             "{:#}",
             crates(&d.path().join("nope/Cargo.lock")).unwrap_err()

@@ -56,6 +56,9 @@ fn invalid_values_name_the_setting_and_the_form() {
         ("KACHE_COMPRESSION_LEVEL", "23", "1 to 22"),
         ("KACHE_CACHE_EXECUTABLES", "maybe", "true or false"),
         ("KACHE_S3_ENDPOINT", "localhost:9000", "http://"),
+        ("KACHE_S3_ENDPOINT", "localhost:9000", "localhost:9000"),
+        ("KACHE_S3_TIMEOUT", "0s", "KACHE_S3_TIMEOUT"),
+        ("KACHE_S3_TIMEOUT", "soon", "a duration of at least 1s"),
     ] {
         let o = kache(d.path())
             .env(var, val)
@@ -68,6 +71,36 @@ fn invalid_values_name_the_setting_and_the_form() {
         assert!(err.contains(want), "{var}={val}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
+}
+
+#[test]
+fn s3_timeout_from_env_file_and_default() {
+    let d = tmp();
+    let get = |c: &mut std::process::Command| {
+        let o = c.args(["config", "--json"]).output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            j["settings"]["cache.remote.timeout"]["value"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            j["settings"]["cache.remote.timeout"]["source"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    assert_eq!(get(&mut kache(d.path())).0, "60s");
+    let f = d.path().join("t.toml");
+    fs::write(&f, "[cache.remote]\ntimeout = \"2m\"\n").unwrap();
+    let (v, src) = get(kache(d.path()).env("KACHE_CONFIG", &f));
+    assert_eq!(v, "120s");
+    assert!(src.contains("t.toml"), "{src}");
+    let (v, src) = get(kache(d.path())
+        .env("KACHE_CONFIG", &f)
+        .env("KACHE_S3_TIMEOUT", "1s"));
+    assert_eq!((v.as_str(), src.as_str()), ("1s", "env KACHE_S3_TIMEOUT"));
 }
 
 #[test]

@@ -82,3 +82,45 @@ pub(crate) fn put_entry(
     .unwrap();
     key
 }
+
+/// Runs a kache command and checks that nothing it printed holds a
+/// secret: the value of any SECRET/TOKEN variable it was given, or the
+/// signature parts of a presigned URL. Every sync test runs kache
+/// through this.
+pub(crate) fn run_checked(c: &mut Command) -> Output {
+    let secrets: Vec<String> = c
+        .get_envs()
+        .filter_map(|(k, v)| {
+            let k = k.to_string_lossy().to_ascii_uppercase();
+            let v = v?.to_string_lossy().into_owned();
+            ((k.contains("SECRET") || k.contains("TOKEN")) && v.len() >= 4).then_some(v)
+        })
+        .collect();
+    let o = c.output().unwrap();
+    assert_no_secrets(&o, &secrets);
+    o
+}
+
+/// Fails if stdout or stderr holds one of `secrets`, or
+/// `X-Amz-Signature` / `X-Amz-Credential` / `X-Amz-Security-Token`.
+pub(crate) fn assert_no_secrets(o: &Output, secrets: &[String]) {
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for s in secrets {
+        assert!(!all.contains(s.as_str()), "a secret was printed: {all}");
+    }
+    for marker in [
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+    ] {
+        assert!(
+            !all.to_ascii_lowercase()
+                .contains(&marker.to_ascii_lowercase()),
+            "{marker} was printed: {all}"
+        );
+    }
+}

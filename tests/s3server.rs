@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A bucket to test against. Each value has its own prefix, so tests
 /// sharing an external bucket never see each other's objects.
@@ -205,6 +205,14 @@ pub(crate) enum Fault {
     Cut,
     /// Forward, but send only half the response body, then close.
     Truncate,
+    /// Read half the request body, then close (an upload cut mid-body).
+    CutUpload,
+    /// Forward, send half the response body, then go silent without
+    /// closing (a server that stalls mid-body).
+    Stall,
+    /// Read the request, then never answer (until the proxy stops or a
+    /// minute passes): a server that stopped responding.
+    Hang,
 }
 
 /// One request seen by the proxy.
@@ -218,6 +226,10 @@ pub(crate) struct Seen {
     pub(crate) content_length: Option<u64>,
     /// The names of the query parameters (not their values).
     pub(crate) query_names: Vec<String>,
+    /// When the request head arrived.
+    pub(crate) at: Instant,
+    /// The fault injected into it, if any.
+    pub(crate) fault: Option<Fault>,
 }
 
 #[derive(Default)]
@@ -235,6 +247,11 @@ struct ProxyState {
     max_inflight: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     stop: AtomicBool,
+    /// Random faults: (probability in [0, 1], xorshift state).
+    random: Mutex<(f64, u64)>,
+    injected: AtomicUsize,
+    /// Send response bodies this many bytes at a time, pausing between.
+    trickle: Mutex<Option<(usize, Duration)>>,
 }
 
 /// A fault-injecting HTTP/1.1 proxy in front of a server.
@@ -272,6 +289,9 @@ impl Proxy {
             max_inflight: AtomicUsize::new(0),
             seen: Mutex::default(),
             stop: AtomicBool::new(false),
+            random: Mutex::new((0.0, 0x9e37_79b9_7f4a_7c15)),
+            injected: AtomicUsize::new(0),
+            trickle: Mutex::new(None),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -333,6 +353,24 @@ impl Proxy {
     /// Every request seen so far.
     pub(crate) fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// From now on each request gets a random fault (503, 500, 429, a
+    /// cut connection either way, a truncated body) with probability
+    /// `rate`; the sequence is fixed by `seed`.
+    pub(crate) fn set_fault_rate(&self, rate: f64, seed: u64) {
+        *self.state.random.lock().unwrap() = (rate, seed | 1);
+    }
+
+    /// Sends response bodies `chunk` bytes at a time with `pause` between
+    /// chunks (a slow link), or at full speed with `None`.
+    pub(crate) fn set_trickle(&self, t: Option<(usize, Duration)>) {
+        *self.state.trickle.lock().unwrap() = t;
+    }
+
+    /// How many faults were injected so far.
+    pub(crate) fn faults_injected(&self) -> usize {
+        self.state.injected.load(Ordering::SeqCst)
     }
 
     /// Faults not yet used.
@@ -397,13 +435,14 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         let len: usize = header(&head, "content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body)?;
-
         let mut parts = head[0].split(' ');
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let fault = pick_fault(st, &method, &decode(path));
+        if fault.is_some() {
+            st.injected.fetch_add(1, Ordering::SeqCst);
+        }
         let list_prefix = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("prefix="))
@@ -419,7 +458,25 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 .filter(|k| !k.is_empty())
                 .map(ToString::to_string)
                 .collect(),
+            at: Instant::now(),
+            fault: fault.clone(),
         });
+        if matches!(fault, Some(Fault::CutUpload)) {
+            let mut half = vec![0u8; len / 2];
+            let _ = reader.read_exact(&mut half);
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        if matches!(fault, Some(Fault::Hang)) {
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until && !st.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
 
         let now = st.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         st.max_inflight.fetch_max(now, Ordering::SeqCst);
@@ -427,24 +484,8 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let fault = {
-            let mut f = st.faults.lock().unwrap();
-            let m = f
-                .matching
-                .iter()
-                .find(|(n, _)| decode(path).contains(n.as_str()))
-                .map(|(_, f)| f.clone());
-            let p = decode(path);
-            m.or_else(|| {
-                if f.next.front().is_some_and(|(n, _)| p.contains(n.as_str())) {
-                    f.next.pop_front().map(|(_, x)| x)
-                } else {
-                    None
-                }
-            })
-        };
         let response = match &fault {
-            None | Some(Fault::Truncate) => Some(forward(st.upstream, &head, &body)),
+            None | Some(Fault::Truncate | Fault::Stall) => Some(forward(st.upstream, &head, &body)),
             _ => None,
         };
         st.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -478,15 +519,85 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
+            (Some(Fault::Stall), Some(resp)) => {
+                let (h, b) = resp?;
+                client.write_all(&h)?;
+                client.write_all(&b[..b.len() / 2])?;
+                client.flush()?;
+                let until = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < until && !st.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
             (None, Some(resp)) => {
                 let (h, b) = resp?;
                 client.write_all(&h)?;
-                client.write_all(&b)?;
+                let trickle = *st.trickle.lock().unwrap();
+                match trickle {
+                    Some((chunk, pause)) => {
+                        for c in b.chunks(chunk.max(1)) {
+                            client.write_all(c)?;
+                            client.flush()?;
+                            std::thread::sleep(pause);
+                        }
+                    }
+                    None => client.write_all(&b)?,
+                }
                 client.flush()?;
             }
             _ => unreachable!(),
         }
     }
+}
+
+/// The fault for one request: a standing one for its path, else the
+/// next queued one if it matches, else a random one at the set rate.
+fn pick_fault(st: &ProxyState, method: &str, p: &str) -> Option<Fault> {
+    let mut f = st.faults.lock().unwrap();
+    if let Some((_, x)) = f.matching.iter().find(|(n, _)| p.contains(n.as_str())) {
+        return Some(x.clone());
+    }
+    if f.next.front().is_some_and(|(n, _)| p.contains(n.as_str())) {
+        return f.next.pop_front().map(|(_, x)| x);
+    }
+    drop(f);
+    let mut r = st.random.lock().unwrap();
+    let rate = r.0;
+    if rate <= 0.0 {
+        return None;
+    }
+    let mut next = || {
+        r.1 ^= r.1 << 13;
+        r.1 ^= r.1 >> 7;
+        r.1 ^= r.1 << 17;
+        r.1
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let roll = (next() % 1_000_000) as f64 / 1_000_000.0;
+    if roll >= rate {
+        return None;
+    }
+    let choices: &[Fault] = if method == "PUT" {
+        &[
+            Fault::Status(503, "SlowDown"),
+            Fault::Status(500, "InternalError"),
+            Fault::Status(429, "TooManyRequests"),
+            Fault::Cut,
+            Fault::CutUpload,
+        ]
+    } else {
+        &[
+            Fault::Status(503, "SlowDown"),
+            Fault::Status(500, "InternalError"),
+            Fault::Status(429, "TooManyRequests"),
+            Fault::Cut,
+            Fault::Truncate,
+        ]
+    };
+    let i = usize::try_from(next() % choices.len() as u64).unwrap();
+    Some(choices[i].clone())
 }
 
 /// Sends one request upstream on a fresh connection; returns the

@@ -35,6 +35,9 @@ pub(crate) enum ErrorKind {
     /// 5xx, 429, throttling, timeouts, connection failures: retried, and
     /// still failing.
     Transient,
+    /// Writing the download to the local disk failed (full, read-only):
+    /// every further transfer would fail the same way.
+    Local,
     /// Anything else (a 4xx we do not know, an unreadable listing).
     Other,
 }
@@ -50,6 +53,7 @@ impl ErrorKind {
                 | ErrorKind::NoSuchBucket
                 | ErrorKind::WrongRegion
                 | ErrorKind::ClockSkew
+                | ErrorKind::Local
         )
     }
 }

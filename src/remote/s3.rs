@@ -5,7 +5,9 @@ agent.
 Every request is signed fresh for each attempt, sent with the shared
 agent (cloned into workers, so its connection pool is shared), and its
 response mapped to a typed outcome. Transient failures are retried here,
-with exponential backoff and full jitter, honouring `Retry-After`; each
+with exponential backoff and equal jitter, honouring `Retry-After`,
+drawing on a retry budget shared by the whole run (so a server failing
+everything sees a few retries, not five times every request); each
 retry re-sends the whole body (an upload is re-opened from its spooled
 file). Nothing printed or returned ever holds a secret or the query
 string of a presigned URL.
@@ -13,7 +15,7 @@ string of a presigned URL.
 
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,8 +35,10 @@ const MAX_ERROR_BODY: u64 = 1 << 20;
 const MAX_LIST_BODY: u64 = 64 << 20;
 
 /// Retry policy: `attempts` tries in all; the n-th retry waits a random
-/// time in `[0, min(cap, base * 2^(n-1))]`, or the server's Retry-After
-/// (capped) if longer.
+/// time in `[e/2, e]` with `e = min(cap, base * 2^(n-1))` ("equal
+/// jitter": spread out, yet never an immediate retry, so a struggling
+/// server sees the pressure fall), or the server's Retry-After (capped)
+/// if longer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Retry {
     pub(crate) attempts: u32,
@@ -52,6 +56,43 @@ impl Default for Retry {
     }
 }
 
+/// A retry quota shared by every request of a run (the AWS SDKs'
+/// "standard" mode): a retry costs `COST` tokens, a success gives one
+/// back (a success after retries gives back `COST`). Once the tokens run
+/// out, failures are no longer retried until successes refill them.
+pub(crate) struct RetryBudget {
+    tokens: std::sync::atomic::AtomicI64,
+}
+
+impl RetryBudget {
+    pub(crate) const MAX: i64 = 500;
+    pub(crate) const COST: i64 = 5;
+
+    pub(crate) fn new() -> RetryBudget {
+        RetryBudget {
+            tokens: std::sync::atomic::AtomicI64::new(Self::MAX),
+        }
+    }
+
+    /// Takes the tokens for one retry, if there are enough.
+    pub(crate) fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.tokens
+            .fetch_update(SeqCst, SeqCst, |t| {
+                (t >= Self::COST).then(|| t - Self::COST)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn success(&self, retried: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let back = if retried { Self::COST } else { 1 };
+        let _ = self
+            .tokens
+            .fetch_update(SeqCst, SeqCst, |t| Some((t + back).min(Self::MAX)));
+    }
+}
+
 /// An S3 bucket reached through presigned URLs.
 pub(crate) struct S3Remote {
     bucket: Bucket,
@@ -63,6 +104,7 @@ pub(crate) struct S3Remote {
     creds_source: String,
     access_key_masked: String,
     retry: Retry,
+    budget: RetryBudget,
     /// Strings that must never appear in a message.
     secrets: Vec<String>,
 }
@@ -99,16 +141,18 @@ impl S3Remote {
             None => rusty_s3::Credentials::new(creds.access_key.clone(), creds.secret_key.clone()),
         };
         let conc = cfg.s3_concurrency.value;
+        // `cache.remote.timeout`: the longest silence on one request.
+        let t = cfg.timeout.value;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections(conc.max(10) + 4)
             .max_idle_connections_per_host(conc + 4)
             .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_send_request(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .timeout_per_write(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(t.min(Duration::from_secs(10))))
+            .timeout_send_request(Some(t))
+            .timeout_recv_response(Some(t))
+            .timeout_per_read(Some(t))
+            .timeout_per_write(Some(t))
             .timeout_per_call(Some(Duration::from_secs(30 * 60)))
             .user_agent(concat!("kache/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -126,6 +170,7 @@ impl S3Remote {
             creds_source: creds.source.clone(),
             access_key_masked: format!("{access_key_masked}****"),
             retry: Retry::default(),
+            budget: RetryBudget::new(),
             secrets,
         })
     }
@@ -137,13 +182,25 @@ impl S3Remote {
         let mut attempt = 1;
         loop {
             match op() {
-                Ok(v) => return Ok(v),
-                Err(e) if e.kind == ErrorKind::Transient && attempt < self.retry.attempts => {
+                Ok(v) => {
+                    self.budget.success(attempt > 1);
+                    return Ok(v);
+                }
+                Err(e)
+                    if e.kind == ErrorKind::Transient
+                        && attempt < self.retry.attempts
+                        && self.budget.take() =>
+                {
                     std::thread::sleep(backoff(self.retry, attempt, e.retry_after));
                     attempt += 1;
                 }
                 Err(mut e) => {
-                    if e.kind == ErrorKind::Transient && attempt > 1 {
+                    if e.kind == ErrorKind::Transient && attempt < self.retry.attempts {
+                        e.message = format!(
+                            "{} (not retried: too many failures in this run, the server looks down)",
+                            e.message
+                        );
+                    } else if e.kind == ErrorKind::Transient && attempt > 1 {
                         e.message = format!("{} (gave up after {attempt} attempts)", e.message);
                     }
                     e.message = scrub(&e.message, &self.secrets);
@@ -235,7 +292,7 @@ impl S3Remote {
             ErrorKind::ClockSkew => format!(
                 "{code_or_status}: the local clock differs too much from the server's (check the clock)"
             ),
-            ErrorKind::Transient | ErrorKind::Other => {
+            ErrorKind::Transient | ErrorKind::Other | ErrorKind::Local => {
                 if server_msg.is_empty() {
                     code_or_status
                 } else {
@@ -322,19 +379,29 @@ impl Remote for S3Remote {
                 .map_err(|e| self.transport(&e))?;
             let mut resp = self.check_status(resp)?;
             let expected = resp.body().content_length();
-            let mut f = File::create(dest).map_err(|e| {
-                RemoteError::new(
-                    ErrorKind::Other,
-                    format!("cannot create {}: {e}", dest.display()),
-                )
-            })?;
+            let mut f = File::create(dest).map_err(|e| local_error(dest, &e))?;
             let mut r = resp.body_mut().as_reader();
-            let n = io::copy(&mut r, &mut f).map_err(|e| {
-                RemoteError::new(
-                    ErrorKind::Transient,
-                    format!("download interrupted: {}", e.kind()),
-                )
-            })?;
+            // Not io::copy: a failed read (the network) is retried, a
+            // failed write (the local disk) is not.
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0u64;
+            loop {
+                let got = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(got) => got,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(RemoteError::new(
+                            ErrorKind::Transient,
+                            format!("download interrupted: {}", e.kind()),
+                        ));
+                    }
+                };
+                f.write_all(&buf[..got])
+                    .map_err(|e| local_error(dest, &e))?;
+                n += got as u64;
+            }
+            f.flush().map_err(|e| local_error(dest, &e))?;
             if let Some(exp) = expected
                 && n != exp
             {
@@ -386,6 +453,14 @@ impl Remote for S3Remote {
     fn describe(&self, name: &str) -> String {
         format!("s3://{}/{name}", self.bucket_name)
     }
+}
+
+/// A failure to write a download to the local disk.
+fn local_error(dest: &Path, e: &io::Error) -> RemoteError {
+    RemoteError::new(
+        ErrorKind::Local,
+        format!("cannot write {}: {e}", dest.display()),
+    )
 }
 
 /// Maps an HTTP status, S3 error code and message to what we do about
@@ -471,14 +546,14 @@ fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// The wait before retry number `attempt` (1-based): full jitter over the
-/// capped exponential, or the server's Retry-After (capped) if longer.
+/// The wait before retry number `attempt` (1-based): equal jitter over
+/// the capped exponential, or the server's Retry-After (capped) if longer.
 pub(crate) fn backoff(r: Retry, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let exp = r
         .base
         .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20))
         .min(r.cap);
-    let jitter = random_below(exp);
+    let jitter = exp / 2 + random_below(exp / 2);
     match retry_after {
         Some(ra) => ra.min(r.cap).max(jitter),
         None => jitter,
@@ -577,13 +652,28 @@ mod tests {
     }
 
     #[test]
+    fn retry_budget_runs_out_and_refills() {
+        let b = RetryBudget::new();
+        let n = (0..1000).take_while(|_| b.take()).count();
+        assert_eq!(n as i64, RetryBudget::MAX / RetryBudget::COST);
+        assert!(!b.take());
+        for _ in 0..RetryBudget::COST {
+            b.success(false);
+        }
+        assert!(b.take() && !b.take());
+        b.success(true);
+        assert!(b.take());
+    }
+
+    #[test]
     fn backoff_is_bounded() {
         let r = Retry::default();
         for attempt in 1..10 {
             let d = backoff(r, attempt, None);
             assert!(d <= r.cap);
-            let exp = r.base * 2u32.pow(attempt - 1);
+            let exp = (r.base * 2u32.pow(attempt - 1)).min(r.cap);
             assert!(d <= exp, "{d:?} > {exp:?}");
+            assert!(d >= exp / 2, "never an immediate retry: {d:?} < {exp:?}/2");
         }
         assert_eq!(backoff(r, 1, Some(Duration::from_secs(120))), r.cap);
         assert!(backoff(r, 1, Some(Duration::from_millis(300))) >= Duration::from_millis(300));

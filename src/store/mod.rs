@@ -291,9 +291,25 @@ impl Store {
         let res = (|| {
             let json = serde_json::to_vec(entry)?;
             fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-            fs::rename(&tmp, &dst)
-                .with_context(|| format!("cannot publish entry {}", dst.display()))?;
-            Ok(true)
+            // Publish without replacing: of two writers of one entry
+            // (two syncs, a sync and a build) exactly one wins, and
+            // knows it. A filesystem without hard links falls back to
+            // rename (still atomic; the loser then also reports true).
+            match fs::hard_link(&tmp, &dst) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&tmp);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&tmp);
+                    Ok(false)
+                }
+                Err(_) => {
+                    fs::rename(&tmp, &dst)
+                        .with_context(|| format!("cannot publish entry {}", dst.display()))?;
+                    Ok(true)
+                }
+            }
         })();
         if res.is_ok()
             && let Some(inputs) = &entry.inputs
@@ -501,6 +517,32 @@ mod tests {
         assert_eq!(got.files, e.files);
         assert_eq!(s.list().unwrap().len(), 1);
         // nothing left in tmp
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn racing_publishers_of_one_entry_have_one_winner() {
+        let (_d, s) = tmpstore();
+        let (h, n) = s.put_blob_reader(&b"race"[..], None).unwrap();
+        for i in 0..20u8 {
+            let e = Entry::new(
+                "foo",
+                &blake3::hash(&[i]).to_hex(),
+                vec![FileRecord {
+                    name: "libfoo.rlib".into(),
+                    hash: h.clone(),
+                    size: n,
+                    executable: false,
+                }],
+            );
+            let wins: usize = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| sc.spawn(|| usize::from(s.publish(&e).unwrap())))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            assert_eq!(wins, 1, "round {i}");
+        }
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     }
 

@@ -105,6 +105,15 @@ fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
     match archive::unpack(ctx.store, &t.crate_name, &t.key, reader) {
         Ok(Unpacked::Imported(_)) => Ok(Outcome::Done(t.clone(), n)),
         Ok(Unpacked::AlreadyPresent) => Ok(Outcome::Skipped(t.clone(), "appeared locally")),
+        Err(e) if local_disk_failure(&e) => Err(Outcome::Fatal(
+            t.clone(),
+            format!(
+                "cannot import {} into {}: {}",
+                ctx.remote.describe(name),
+                ctx.store.root().display(),
+                root_cause(&e)
+            ),
+        )),
         Err(e) => Err(Outcome::Failed(
             t.clone(),
             format!(
@@ -113,6 +122,27 @@ fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
             ),
         )),
     }
+}
+
+/// The local disk is full or read-only: every further transfer would
+/// fail the same way, so the sync stops.
+fn local_disk_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+            )
+        })
+    })
+}
+
+fn root_cause(e: &anyhow::Error) -> String {
+    e.chain()
+        .last()
+        .map_or_else(|| e.to_string(), ToString::to_string)
 }
 
 fn push_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
@@ -131,7 +161,22 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
         w.flush()?;
         Ok(p)
     })()
-    .map_err(|e| Outcome::Failed(t.clone(), format!("cannot pack the entry: {e:#}")))?;
+    .map_err(|e| {
+        if local_disk_failure(&e) {
+            Outcome::Fatal(
+                t.clone(),
+                format!(
+                    "cannot pack {}/{} under {}: {}",
+                    t.crate_name,
+                    t.key,
+                    ctx.store.root().join("tmp").display(),
+                    root_cause(&e)
+                ),
+            )
+        } else {
+            Outcome::Failed(t.clone(), format!("cannot pack the entry: {e:#}"))
+        }
+    })?;
     let len = match packed {
         Packed::Vanished => return Ok(Outcome::Skipped(t.clone(), "vanished locally")),
         Packed::Done(n) => n,

@@ -31,6 +31,18 @@ pub(crate) enum Outcome {
     Fatal(Transfer, String),
 }
 
+impl Outcome {
+    /// The planned size of its transfer.
+    pub(crate) fn size(&self) -> u64 {
+        match self {
+            Outcome::Done(t, _)
+            | Outcome::Skipped(t, _)
+            | Outcome::Failed(t, _)
+            | Outcome::Fatal(t, _) => t.size,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub(crate) struct Count {
     pub(crate) entries: u64,
@@ -60,6 +72,8 @@ pub(crate) struct Summary {
     pub(crate) pushed: Count,
     pub(crate) skipped: Count,
     pub(crate) failed: Count,
+    /// Transfers never started because a fatal error stopped the sync.
+    pub(crate) not_started: Count,
     pub(crate) failures: Vec<Failure>,
     /// The error that stopped the sync, if any.
     pub(crate) fatal: Option<String>,
@@ -116,11 +130,12 @@ impl Reporter {
     pub(crate) fn phase(&mut self, label: &str, total: (u64, u64), rx: &Receiver<Outcome>) {
         let start = Instant::now();
         let mut last = Instant::now();
-        let (mut done, mut bytes) = (0u64, 0u64);
+        let (mut done, mut bytes, mut planned) = (0u64, 0u64, 0u64);
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(o) => {
                     done += 1;
+                    planned += o.size();
                     bytes += self.record(o);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -137,6 +152,10 @@ impl Reporter {
             }
         }
         self.clear();
+        if done < total.0 {
+            self.summary.not_started.entries += total.0 - done;
+            self.summary.not_started.bytes += total.1.saturating_sub(planned);
+        }
         if self.progress == Progress::Periodic && total.0 > 0 && start.elapsed() >= PERIOD {
             self.draw(label, done, total, bytes, start.elapsed());
         }
@@ -308,6 +327,15 @@ pub(crate) fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
             c.entries,
             entries(c.entries),
             format_size(c.bytes)
+        )?;
+    }
+    if s.not_started.entries > 0 {
+        writeln!(
+            out,
+            "not started {:>3} {:<8} {:>10}",
+            s.not_started.entries,
+            entries(s.not_started.entries),
+            format_size(s.not_started.bytes)
         )?;
     }
     writeln!(out, "time     {:.2}s", s.seconds)?;
