@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{clean_env, kache_bin, show};
+use crate::common::{clean_env, kache, kache_bin, show};
 
 /// Compiles a cold build of the fixture runs through kache.
 const COMPILES: usize = 6;
@@ -55,6 +55,22 @@ impl Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
         Sandbox { dir, cache }
+    }
+
+    /// A workspace written from `files` (relative path, content), with its
+    /// own target dir.
+    fn workspace(&self, name: &str, files: &[(&str, &str)]) -> Checkout {
+        let ws = self.dir.path().join(name).join("ws");
+        for (rel, text) in files {
+            let p = ws.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        Checkout {
+            target: self.dir.path().join(name).join("target"),
+            ws,
+            cache: self.cache.clone(),
+        }
     }
 
     fn checkout(&self, name: &str) -> Checkout {
@@ -118,6 +134,10 @@ fn assert_all(ev: &[serde_json::Value], result: &str, n: usize) {
 
 impl Checkout {
     fn cargo(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.cargo_cmd(args, env).output().unwrap()
+    }
+
+    fn cargo_cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut c = Command::new("cargo");
         clean_env(&mut c);
         for (k, _) in std::env::vars() {
@@ -142,7 +162,7 @@ impl Checkout {
         for (k, v) in env {
             c.env(k, v);
         }
-        c.output().unwrap()
+        c
     }
 
     fn build_ok(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -152,7 +172,11 @@ impl Checkout {
     }
 
     fn run_app(&self, profile: &str) -> String {
-        let o = Command::new(self.target.join(profile).join("app"))
+        self.run_bin(profile, "app")
+    }
+
+    fn run_bin(&self, profile: &str, bin: &str) -> String {
+        let o = Command::new(self.target.join(profile).join(bin))
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", show(&o));
@@ -165,6 +189,65 @@ impl Checkout {
         assert!(s.contains(from));
         fs::write(&p, s.replace(from, to)).unwrap();
     }
+}
+
+/// The names of the files in the store's `tmp/`.
+fn tmp_files(cache: &Path) -> Vec<String> {
+    match fs::read_dir(cache.join("tmp")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Every manifest in the store parses and names blobs that exist with
+/// the recorded size and content. Returns the number of entries.
+fn assert_entries_complete(cache: &Path) -> usize {
+    let mut n = 0;
+    let Ok(crates) = fs::read_dir(cache.join("entries")) else {
+        return 0;
+    };
+    for c in crates {
+        for m in fs::read_dir(c.unwrap().path()).unwrap() {
+            let p = m.unwrap().path();
+            let bytes = fs::read(&p).unwrap();
+            let e: serde_json::Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|err| panic!("half-written manifest {}: {err}", p.display()));
+            for f in e["files"].as_array().unwrap() {
+                let h = f["hash"].as_str().unwrap();
+                let blob = cache.join("blobs").join(&h[..2]).join(h);
+                let data = fs::read(&blob)
+                    .unwrap_or_else(|err| panic!("{}: blob {h} missing: {err}", p.display()));
+                assert_eq!(data.len() as u64, f["size"].as_u64().unwrap(), "{h}");
+                assert_eq!(blake3::hash(&data).to_hex().as_str(), h, "blob {h} corrupt");
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The store holds only complete entries: every one `kache list` shows
+/// verifies, `kache gc --verify` finds nothing wrong, and gc leaves
+/// `tmp/` empty. Returns the gc report.
+fn assert_store_sound(cache: &Path) -> serde_json::Value {
+    let n = assert_entries_complete(cache);
+    let o = kache(cache).args(["list", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), n, "{listed}");
+    let o = kache(cache)
+        .args(["gc", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["corrupt_blobs"], 0, "{rep}");
+    assert_eq!(rep["entries_removed"], 0, "{rep}");
+    assert_eq!(rep["entries_kept"], n as u64, "{rep}");
+    assert_eq!(tmp_files(cache), Vec::<String>::new(), "gc left tmp files");
+    rep
 }
 
 fn stderr(o: &Output) -> String {
@@ -451,6 +534,7 @@ fn concurrent_builds_share_one_cache() {
     ); // The per-key lock: each compile ran once, the other build restored it.
     let misses = r.iter().filter(|(_, x)| x == "miss").count();
     assert_eq!(misses, COMPILES, "{r:?}");
+    assert_store_sound(&sb.cache);
 }
 
 #[test]
@@ -566,4 +650,254 @@ fn executables_pass_through_when_not_cached() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(r, want);
+}
+
+/// A one-package workspace whose binary embeds `data.bin` (large, so
+/// storing it takes a while).
+fn big_workspace(sb: &Sandbox) -> Checkout {
+    sb.workspace(
+        "big",
+        &[
+            (
+                "Cargo.toml",
+                "[workspace]\nresolver = \"3\"\nmembers = [\"big\"]\n",
+            ),
+            (
+                "big/Cargo.toml",
+                "[package]\nname = \"big\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+            ),
+            (
+                "big/src/main.rs",
+                "static DATA: &[u8] = include_bytes!(\"../data.bin\");\n\
+                 fn main() {\n\
+                 \x20   let s: u64 = DATA.iter().map(|&b| u64::from(b)).sum();\n\
+                 \x20   println!(\"sum={s} len={}\", DATA.len());\n\
+                 }\n",
+            ),
+        ],
+    )
+}
+
+/// Pseudo-random bytes (incompressible enough), and the line the big
+/// program prints for them.
+fn big_data(seed: u32, len: usize) -> (Vec<u8>, String) {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    (data, format!("sum={sum} len={len}"))
+}
+
+#[test]
+fn killed_while_storing_leaves_no_half_entry() {
+    let sb = Sandbox::new();
+    let c = big_workspace(&sb);
+    let mut leftovers = Vec::new();
+    let mut want = String::new();
+    // Kill the whole build (cargo, kache, rustc) with SIGKILL as soon as
+    // kache has a blob half written under tmp/. A try that misses the
+    // window (the store was too quick) changes the data and tries again.
+    for seed in 1..=6 {
+        let (data, line) = big_data(seed, 24 << 20);
+        fs::write(c.ws.join("big/data.bin"), &data).unwrap();
+        want = line;
+        use std::os::unix::process::CommandExt;
+        let mut child = c
+            .cargo_cmd(&["build"], &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let mut killed = false;
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            if tmp_files(&sb.cache).iter().any(|n| n.starts_with("blob.")) {
+                let st = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                killed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        if !killed {
+            continue;
+        }
+        // Right after the crash: no half entry is visible.
+        assert_entries_complete(&sb.cache);
+        leftovers = tmp_files(&sb.cache);
+        if !leftovers.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !leftovers.is_empty(),
+        "never caught kache while it was storing"
+    );
+
+    // The next build through kache works and the program is right.
+    c.build_ok(&["build"], &[]);
+    assert_eq!(c.run_bin("debug", "big"), want);
+    // ... and so does a build from the cache.
+    c.build_ok(&["clean"], &[]);
+    c.build_ok(&["build"], &[]);
+    assert_eq!(c.run_bin("debug", "big"), want);
+
+    // Only complete entries; gc removes the dead writer's leftovers.
+    let rep = assert_store_sound(&sb.cache);
+    assert!(
+        rep["tmp_removed"].as_u64().unwrap() >= leftovers.len() as u64,
+        "{rep} {leftovers:?}"
+    );
+}
+
+/// Unmounts a test mount, even when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_builds_right_with_one_warning_per_failed_store() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(&sb.cache).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&sb.cache)
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!("note: cannot mount a tmpfs (not root?), skipping: {other:?}");
+            return;
+        }
+    }
+    let _unmount = Unmount(sb.cache.clone());
+    let a = sb.checkout("a");
+    let o = a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
+    for w in &warnings {
+        assert!(w.starts_with("warning: kache: "), "{err}");
+        assert!(w.ends_with("; rustc output not cached"), "{err}");
+    }
+    // Each compile either stored a complete entry or warned once.
+    let stored = assert_entries_complete(&sb.cache);
+    assert!(!warnings.is_empty(), "the disk never filled up\n{err}");
+    assert_eq!(warnings.len() + stored, COMPILES, "{err}");
+    // The failed stores left nothing behind in tmp/.
+    assert_eq!(tmp_files(&sb.cache), Vec::<String>::new());
+    assert_store_sound(&sb.cache);
+
+    // Still right from the (partial) cache.
+    a.build_ok(&["clean"], &[]);
+    a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    // Same exit code as without kache on a failing compile.
+    a.edit(
+        "beta/src/lib.rs",
+        "alpha::base() + 2",
+        "alpha::base() + \"two\"",
+    );
+    let failed = a.cargo(&["build"], &[]);
+    let plain = a.cargo(&["build"], &[("KACHE_DISABLED", "1")]);
+    assert!(!failed.status.success());
+    assert_eq!(failed.status.code(), plain.status.code());
+    assert_store_sound(&sb.cache);
+}
+
+#[test]
+fn source_edited_while_rustc_runs_is_not_stored_under_the_new_content() {
+    let sb = Sandbox::new();
+    let sync = sb.dir.path().join("sync");
+    fs::create_dir_all(&sync).unwrap();
+    // `pause!()` tells the test the compile has started (rustc has read
+    // the source by then) and waits until the test has edited it.
+    let c = sb.workspace(
+        "edit",
+        &[
+            (
+                "Cargo.toml",
+                "[workspace]\nresolver = \"3\"\nmembers = [\"pause\", \"prog\"]\n",
+            ),
+            (
+                "pause/Cargo.toml",
+                "[package]\nname = \"pause\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+                 [lib]\nproc-macro = true\n",
+            ),
+            (
+                "pause/src/lib.rs",
+                "use proc_macro::TokenStream;\n\
+                 #[proc_macro]\n\
+                 pub fn pause(_: TokenStream) -> TokenStream {\n\
+                 \x20   if let Some(d) = std::env::var_os(\"KACHE_TEST_SYNC\") {\n\
+                 \x20       let d = std::path::PathBuf::from(d);\n\
+                 \x20       std::fs::write(d.join(\"started\"), b\"\").unwrap();\n\
+                 \x20       for _ in 0..6000 {\n\
+                 \x20           if d.join(\"go\").exists() { break; }\n\
+                 \x20           std::thread::sleep(std::time::Duration::from_millis(10));\n\
+                 \x20       }\n\
+                 \x20   }\n\
+                 \x20   TokenStream::new()\n\
+                 }\n",
+            ),
+            (
+                "prog/Cargo.toml",
+                "[package]\nname = \"prog\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+                 [dependencies]\npause = { path = \"../pause\" }\n",
+            ),
+            (
+                "prog/src/main.rs",
+                "pause::pause!();\nfn main() {\n    println!(\"v={}\", 1);\n}\n",
+            ),
+        ],
+    );
+    // Build the proc macro first, without pausing.
+    c.build_ok(&["build", "-p", "pause"], &[]);
+    let sync_s = sync.to_str().unwrap();
+    let env = [("KACHE_TEST_SYNC", sync_s)];
+    let child = {
+        let mut cmd = c.cargo_cmd(&["build"], &env);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !sync.join("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compile never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // rustc compiles the old source; the file now holds the new one.
+    c.edit("prog/src/main.rs", "\"v={}\", 1", "\"v={}\", 2");
+    fs::write(sync.join("go"), b"").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(c.run_bin("debug", "prog"), "v=1");
+
+    // cargo sees the edit and recompiles: the result must be the new
+    // program, never the old output stored under the new source's key.
+    c.build_ok(&["build"], &env);
+    assert_eq!(c.run_bin("debug", "prog"), "v=2");
+    c.build_ok(&["clean"], &[]);
+    c.build_ok(&["build"], &env);
+    assert_eq!(c.run_bin("debug", "prog"), "v=2");
+    assert_store_sound(&sb.cache);
 }
