@@ -199,20 +199,15 @@ impl Store {
     /// Takes the gc lock shared: held while blobs and a manifest are
     /// written, so gc never removes a blob about to be referenced.
     pub(crate) fn writer_lock(&self) -> Result<File> {
-        let p = self.root.join("gc.lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("cannot open {}", p.display()))?;
-        f.lock_shared()
-            .with_context(|| format!("cannot lock {}", p.display()))?;
-        Ok(f)
+        self.gc_lock_file(true)
     }
 
     /// Takes the gc lock exclusive.
     pub(crate) fn gc_lock(&self) -> Result<File> {
+        self.gc_lock_file(false)
+    }
+
+    fn gc_lock_file(&self, shared: bool) -> Result<File> {
         let p = self.root.join("gc.lock");
         let f = OpenOptions::new()
             .create(true)
@@ -220,7 +215,7 @@ impl Store {
             .write(true)
             .open(&p)
             .with_context(|| format!("cannot open {}", p.display()))?;
-        f.lock()
+        if shared { f.lock_shared() } else { f.lock() }
             .with_context(|| format!("cannot lock {}", p.display()))?;
         Ok(f)
     }
