@@ -787,19 +787,43 @@ fn full_disk_builds_right_with_one_warning_per_failed_store() {
         }
     }
     let _unmount = Unmount(sb.cache.clone());
+    let one_line_warnings = |o: &Output| -> usize {
+        let err = stderr(o);
+        let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
+        for w in &warnings {
+            assert!(w.starts_with("warning: kache: "), "{err}");
+            assert!(w.ends_with("; rustc output not cached"), "{err}");
+        }
+        warnings.len()
+    };
+
+    // A disk full from the start: every store fails, nothing is left.
+    for d in ["blobs", "entries", "index", "tmp", "locks", "toolchains"] {
+        fs::create_dir_all(sb.cache.join(d)).unwrap();
+    }
+    let filler = sb.cache.join("filler");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let z = sb.checkout("z");
+    let o = z.build_ok(&["build"], &[]);
+    assert_eq!(z.run_app("debug"), APP_OUT);
+    assert_eq!(one_line_warnings(&o), COMPILES, "{}", show(&o));
+    assert_eq!(tmp_files(&sb.cache), Vec::<String>::new());
+    assert_eq!(assert_entries_complete(&sb.cache), 0);
+    fs::remove_file(&filler).unwrap();
+
+    // Room for some outputs, not all.
     let a = sb.checkout("a");
     let o = a.build_ok(&["build"], &[]);
     assert_eq!(a.run_app("debug"), APP_OUT);
-    let err = stderr(&o);
-    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
-    for w in &warnings {
-        assert!(w.starts_with("warning: kache: "), "{err}");
-        assert!(w.ends_with("; rustc output not cached"), "{err}");
-    }
+    let warnings = one_line_warnings(&o);
     // Each compile either stored a complete entry or warned once.
     let stored = assert_entries_complete(&sb.cache);
-    assert!(!warnings.is_empty(), "the disk never filled up\n{err}");
-    assert_eq!(warnings.len() + stored, COMPILES, "{err}");
+    assert!(warnings > 0, "the disk never filled up\n{}", show(&o));
+    assert_eq!(warnings + stored, COMPILES, "{}", show(&o));
     // The failed stores left nothing behind in tmp/.
     assert_eq!(tmp_files(&sb.cache), Vec::<String>::new());
     assert_store_sound(&sb.cache);

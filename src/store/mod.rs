@@ -287,21 +287,27 @@ impl Store {
         }
         let dir = dst.parent().expect("entry path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = self.tmp_path("entry");
-        let res = (|| {
-            let json = serde_json::to_vec(entry)?;
-            fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-            fs::rename(&tmp, &dst)
-                .with_context(|| format!("cannot publish entry {}", dst.display()))?;
-            Ok(true)
-        })();
-        if res.is_ok()
-            && let Some(inputs) = &entry.inputs
-        {
+        let json = serde_json::to_vec(entry)?;
+        self.write_atomic("entry", &dst, &json)
+            .with_context(|| format!("cannot publish entry {}", dst.display()))?;
+        if let Some(inputs) = &entry.inputs {
             // Best effort: without it the entry is only found again by a
             // compile that computes the same key some other way.
             let _ = self.add_inputs(inputs);
         }
+        Ok(true)
+    }
+
+    /// Writes `bytes` to `dst` through a temp file under `tmp/` and a
+    /// rename, so `dst` is absent or complete. On any error (a full disk)
+    /// the temp file is removed: a failed write leaves nothing behind.
+    pub(crate) fn write_atomic(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path(what);
+        let res = fs::write(&tmp, bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| {
+                fs::rename(&tmp, dst).with_context(|| format!("cannot write {}", dst.display()))
+            });
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -322,13 +328,7 @@ impl Store {
             return Ok(());
         }
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = self.tmp_path("index");
-        fs::write(&tmp, &json).with_context(|| format!("cannot write {}", tmp.display()))?;
-        if let Err(e) = fs::rename(&tmp, &dst) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot write {}", dst.display()));
-        }
-        Ok(())
+        self.write_atomic("index", &dst, &json)
     }
 
     /// The input lists recorded under a base key (empty if none).

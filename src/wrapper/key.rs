@@ -186,10 +186,8 @@ fn cached_identity(store: &Store, program: &str, arg: &str) -> Result<String> {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     let _ = fs::create_dir_all(&dir);
-    let tmp = store.tmp_path("identity");
-    if fs::write(&tmp, &text).is_ok() && fs::rename(&tmp, &file).is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // Best effort: without it the program is run again next time.
+    let _ = store.write_atomic("identity", &file, text.as_bytes());
     Ok(text)
 }
 
