@@ -408,6 +408,8 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             }
         }
     }
+    // Remembered file hashes: a cache of a cache, rebuilt on demand.
+    let _ = fs::remove_dir_all(store.root().join("hashes"));
     rep.entries_kept = (all.len() - evict.len()) as u64;
     rep.bytes_kept = live;
     if c.json {

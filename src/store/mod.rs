@@ -7,6 +7,7 @@ Layout under the cache dir (documented in the README):
 blobs/ab/<blake3 hex>          one file per distinct content, mode 0444
 entries/<crate>/<key>.json     one manifest per entry; mtime = last access
 index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::key)
+hashes/<id>                    remembered file hashes (Store::hash_file_cached)
 tmp/                           staging; anything older than an hour is junk
 locks/<key>.lock               per-key compile locks (flock)
 gc.lock                        writers hold it shared, gc exclusive
@@ -453,6 +454,58 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
     Ok((hasher.finalize().to_hex().to_string(), size))
 }
 
+/// A file's age must exceed this (by its change time) before its hash
+/// is remembered; far more than any filesystem's timestamp granularity.
+const SETTLED: Duration = Duration::from_secs(3);
+
+impl Store {
+    /// A file's blake3 hash, remembered in `hashes/` by the file's inode
+    /// identity (device, inode, size, mtime and ctime to the nanosecond),
+    /// so a large `--extern` file is read once, not by every compile.
+    ///
+    /// Never wrong: any write, rename onto, or chmod of the file sets its
+    /// ctime to the current time, which userspace cannot set back. A hash
+    /// is remembered only if the file was unchanged while it was read and
+    /// its ctime is older than `SETTLED`, so a later change, even within
+    /// the filesystem's timestamp granularity, gets a different ctime.
+    pub(crate) fn hash_file_cached(&self, p: &Path) -> io::Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: &fs::Metadata| {
+            format!(
+                "{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+        };
+        let before = fs::metadata(p)?;
+        let fp = id(&before);
+        let rec = self
+            .root
+            .join("hashes")
+            .join(blake3::hash(fp.as_bytes()).to_hex().as_str());
+        if let Ok(h) = fs::read_to_string(&rec)
+            && valid_key(&h)
+        {
+            return Ok(h);
+        }
+        let h = hash_file(p)?;
+        let ctime = UNIX_EPOCH + Duration::new(before.ctime().max(0) as u64, 0);
+        let settled = SystemTime::now()
+            .duration_since(ctime)
+            .is_ok_and(|age| age > SETTLED + Duration::from_secs(1));
+        if settled && fs::metadata(p).is_ok_and(|m| id(&m) == fp) {
+            let _ = fs::create_dir_all(self.root.join("hashes"));
+            let _ = self.write_atomic("hash", &rec, h.as_bytes());
+        }
+        Ok(h)
+    }
+}
+
 /// Hashes a file's content with blake3.
 pub(crate) fn hash_file(p: &Path) -> io::Result<String> {
     let mut f = File::open(p)?;
@@ -526,6 +579,41 @@ mod tests {
         );
         assert!(s.publish(&e).is_err());
         assert!(!s.contains("foo", &e.key));
+    }
+
+    #[test]
+    fn remembered_hashes_follow_every_change() {
+        let (d, s) = tmpstore();
+        let p = d.path().join("libx.rmeta");
+        fs::write(&p, b"one").unwrap();
+        let h1 = hash_file(&p).unwrap();
+        // A fresh file is hashed, never remembered.
+        assert_eq!(s.hash_file_cached(&p).unwrap(), h1);
+        assert!(!s.root().join("hashes").exists());
+        std::thread::sleep(SETTLED + Duration::from_millis(1200));
+        assert_eq!(s.hash_file_cached(&p).unwrap(), h1);
+        let recs: Vec<PathBuf> = fs::read_dir(s.root().join("hashes"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(recs.len(), 1);
+        // The record is what is used next time...
+        let fake = "f".repeat(64);
+        fs::write(&recs[0], &fake).unwrap();
+        assert_eq!(s.hash_file_cached(&p).unwrap(), fake);
+        // ... until the file changes in any way, even to the same size
+        // and mtime at once.
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        fs::write(&p, b"two").unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(s.hash_file_cached(&p).unwrap(), hash_file(&p).unwrap());
+        assert_ne!(hash_file(&p).unwrap(), h1);
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

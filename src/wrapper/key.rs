@@ -328,7 +328,8 @@ pub(crate) fn base_key(
                     String::new()
                 } else {
                     let p = paths.resolve(path);
-                    hash_file(&p)
+                    store
+                        .hash_file_cached(&p)
                         .with_context(|| format!("cannot read --extern {}", p.display()))?
                 };
                 let file = Path::new(path)
