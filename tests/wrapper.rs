@@ -246,7 +246,15 @@ fn assert_store_sound(cache: &Path) -> serde_json::Value {
     assert_eq!(rep["corrupt_blobs"], 0, "{rep}");
     assert_eq!(rep["entries_removed"], 0, "{rep}");
     assert_eq!(rep["entries_kept"], n as u64, "{rep}");
-    assert_eq!(tmp_files(cache), Vec::<String>::new(), "gc left tmp files");
+    let left = tmp_files(cache);
+    let owners: Vec<String> = left
+        .iter()
+        .map(|n| {
+            let pid = n.split('.').nth(1).unwrap_or("");
+            fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "gc left tmp files {owners:?}");
     rep
 }
 
@@ -737,6 +745,19 @@ fn killed_while_storing_leaves_no_half_entry() {
         // Right after the crash: no half entry is visible.
         assert_entries_complete(&sb.cache);
         leftovers = tmp_files(&sb.cache);
+        // SIGKILL is asynchronous: wait until each writer is at least a
+        // zombie (which gc counts as dead; it may stay one until reaped).
+        for n in &leftovers {
+            let stat = format!("/proc/{}/stat", n.split('.').nth(1).unwrap());
+            for _ in 0..500 {
+                match fs::read_to_string(&stat) {
+                    Ok(s) if !s.contains(") Z") => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    _ => break,
+                }
+            }
+        }
         if !leftovers.is_empty() {
             break;
         }
@@ -760,6 +781,28 @@ fn killed_while_storing_leaves_no_half_entry() {
         rep["tmp_removed"].as_u64().unwrap() >= leftovers.len() as u64,
         "{rep} {leftovers:?}"
     );
+
+    // Builds from the cache killed at staggered points (lookup, restore,
+    // replay): the next build is still right and the store still sound.
+    for delay_ms in [0, 20, 60, 150, 400] {
+        c.build_ok(&["clean"], &[]);
+        use std::os::unix::process::CommandExt;
+        let mut child = c
+            .cargo_cmd(&["build"], &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .status();
+        child.wait().unwrap();
+        c.build_ok(&["build"], &[]);
+        assert_eq!(c.run_bin("debug", "big"), want, "killed after {delay_ms}ms");
+        assert_store_sound(&sb.cache);
+    }
 }
 
 /// Unmounts a test mount, even when the test fails.
