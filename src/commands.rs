@@ -408,6 +408,8 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             }
         }
     }
+    // Remembered file hashes: a cache of a cache, rebuilt on demand.
+    let _ = fs::remove_dir_all(store.root().join("hashes"));
     rep.entries_kept = (all.len() - evict.len()) as u64;
     rep.bytes_kept = live;
     if c.json {
@@ -445,8 +447,8 @@ fn clean_tmp(store: &Store) -> u64 {
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < cutoff);
-        let dead = store::tmp_owner(&e.file_name().to_string_lossy())
-            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        let dead =
+            store::tmp_owner(&e.file_name().to_string_lossy()).is_some_and(|pid| !alive(pid));
         if old || (dead && cfg!(target_os = "linux")) {
             let p = e.path();
             let ok = if p.is_dir() {
@@ -458,6 +460,19 @@ fn clean_tmp(store: &Store) -> u64 {
         }
     }
     n
+}
+
+/// Whether process `pid` exists and can still run: a zombie (killed,
+/// not yet reaped by its parent) never writes again.
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X'))
 }
 
 /// `kache purge`.

@@ -246,7 +246,15 @@ fn assert_store_sound(cache: &Path) -> serde_json::Value {
     assert_eq!(rep["corrupt_blobs"], 0, "{rep}");
     assert_eq!(rep["entries_removed"], 0, "{rep}");
     assert_eq!(rep["entries_kept"], n as u64, "{rep}");
-    assert_eq!(tmp_files(cache), Vec::<String>::new(), "gc left tmp files");
+    let left = tmp_files(cache);
+    let owners: Vec<String> = left
+        .iter()
+        .map(|n| {
+            let pid = n.split('.').nth(1).unwrap_or("");
+            fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "gc left tmp files {owners:?}");
     rep
 }
 
@@ -737,6 +745,19 @@ fn killed_while_storing_leaves_no_half_entry() {
         // Right after the crash: no half entry is visible.
         assert_entries_complete(&sb.cache);
         leftovers = tmp_files(&sb.cache);
+        // SIGKILL is asynchronous: wait until each writer is at least a
+        // zombie (which gc counts as dead; it may stay one until reaped).
+        for n in &leftovers {
+            let stat = format!("/proc/{}/stat", n.split('.').nth(1).unwrap());
+            for _ in 0..500 {
+                match fs::read_to_string(&stat) {
+                    Ok(s) if !s.contains(") Z") => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    _ => break,
+                }
+            }
+        }
         if !leftovers.is_empty() {
             break;
         }
@@ -760,6 +781,28 @@ fn killed_while_storing_leaves_no_half_entry() {
         rep["tmp_removed"].as_u64().unwrap() >= leftovers.len() as u64,
         "{rep} {leftovers:?}"
     );
+
+    // Builds from the cache killed at staggered points (lookup, restore,
+    // replay): the next build is still right and the store still sound.
+    for delay_ms in [0, 20, 60, 150, 400] {
+        c.build_ok(&["clean"], &[]);
+        use std::os::unix::process::CommandExt;
+        let mut child = c
+            .cargo_cmd(&["build"], &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .status();
+        child.wait().unwrap();
+        c.build_ok(&["build"], &[]);
+        assert_eq!(c.run_bin("debug", "big"), want, "killed after {delay_ms}ms");
+        assert_store_sound(&sb.cache);
+    }
 }
 
 /// Unmounts a test mount, even when the test fails.
@@ -787,19 +830,43 @@ fn full_disk_builds_right_with_one_warning_per_failed_store() {
         }
     }
     let _unmount = Unmount(sb.cache.clone());
+    let one_line_warnings = |o: &Output| -> usize {
+        let err = stderr(o);
+        let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
+        for w in &warnings {
+            assert!(w.starts_with("warning: kache: "), "{err}");
+            assert!(w.ends_with("; rustc output not cached"), "{err}");
+        }
+        warnings.len()
+    };
+
+    // A disk full from the start: every store fails, nothing is left.
+    for d in ["blobs", "entries", "index", "tmp", "locks", "toolchains"] {
+        fs::create_dir_all(sb.cache.join(d)).unwrap();
+    }
+    let filler = sb.cache.join("filler");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let z = sb.checkout("z");
+    let o = z.build_ok(&["build"], &[]);
+    assert_eq!(z.run_app("debug"), APP_OUT);
+    assert_eq!(one_line_warnings(&o), COMPILES, "{}", show(&o));
+    assert_eq!(tmp_files(&sb.cache), Vec::<String>::new());
+    assert_eq!(assert_entries_complete(&sb.cache), 0);
+    fs::remove_file(&filler).unwrap();
+
+    // Room for some outputs, not all.
     let a = sb.checkout("a");
     let o = a.build_ok(&["build"], &[]);
     assert_eq!(a.run_app("debug"), APP_OUT);
-    let err = stderr(&o);
-    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
-    for w in &warnings {
-        assert!(w.starts_with("warning: kache: "), "{err}");
-        assert!(w.ends_with("; rustc output not cached"), "{err}");
-    }
+    let warnings = one_line_warnings(&o);
     // Each compile either stored a complete entry or warned once.
     let stored = assert_entries_complete(&sb.cache);
-    assert!(!warnings.is_empty(), "the disk never filled up\n{err}");
-    assert_eq!(warnings.len() + stored, COMPILES, "{err}");
+    assert!(warnings > 0, "the disk never filled up\n{}", show(&o));
+    assert_eq!(warnings + stored, COMPILES, "{}", show(&o));
     // The failed stores left nothing behind in tmp/.
     assert_eq!(tmp_files(&sb.cache), Vec::<String>::new());
     assert_store_sound(&sb.cache);

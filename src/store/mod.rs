@@ -7,6 +7,7 @@ Layout under the cache dir (documented in the README):
 blobs/ab/<blake3 hex>          one file per distinct content, mode 0444
 entries/<crate>/<key>.json     one manifest per entry; mtime = last access
 index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::key)
+hashes/<id>                    remembered file hashes (Store::hash_file_cached)
 tmp/                           staging; anything older than an hour is junk
 locks/<key>.lock               per-key compile locks (flock)
 gc.lock                        writers hold it shared, gc exclusive
@@ -282,37 +283,48 @@ impl Store {
         }
         let dir = dst.parent().expect("entry path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = self.tmp_path("entry");
-        let res = (|| {
-            let json = serde_json::to_vec(entry)?;
-            fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-            // Publish without replacing: of two writers of one entry
-            // (two syncs, a sync and a build) exactly one wins, and
-            // knows it. A filesystem without hard links falls back to
-            // rename (still atomic; the loser then also reports true).
-            match fs::hard_link(&tmp, &dst) {
-                Ok(()) => {
-                    let _ = fs::remove_file(&tmp);
-                    Ok(true)
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let _ = fs::remove_file(&tmp);
-                    Ok(false)
-                }
-                Err(_) => {
-                    fs::rename(&tmp, &dst)
-                        .with_context(|| format!("cannot publish entry {}", dst.display()))?;
-                    Ok(true)
-                }
-            }
-        })();
-        if res.is_ok()
-            && let Some(inputs) = &entry.inputs
-        {
+        let json = serde_json::to_vec(entry)?;
+        let won = self
+            .write_new("entry", &dst, &json)
+            .with_context(|| format!("cannot publish entry {}", dst.display()))?;
+        if let Some(inputs) = &entry.inputs {
             // Best effort: without it the entry is only found again by a
             // compile that computes the same key some other way.
             let _ = self.add_inputs(inputs);
         }
+        Ok(won)
+    }
+
+    /// Like `write_atomic`, but never replaces an existing `dst`: of two
+    /// writers of one entry (two syncs, a sync and a build) exactly one
+    /// wins and gets `true`. A filesystem without hard links falls back
+    /// to rename (still atomic; a loser then also gets `true`).
+    pub(crate) fn write_new(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<bool> {
+        let tmp = self.tmp_path(what);
+        let res = fs::write(&tmp, bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| match fs::hard_link(&tmp, dst) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(_) => fs::rename(&tmp, dst)
+                    .map(|()| true)
+                    .with_context(|| format!("cannot write {}", dst.display())),
+            });
+        // Gone after a rename; the spare link (or junk) otherwise.
+        let _ = fs::remove_file(&tmp);
+        res
+    }
+
+    /// Writes `bytes` to `dst` through a temp file under `tmp/` and a
+    /// rename, so `dst` is absent or complete. On any error (a full disk)
+    /// the temp file is removed: a failed write leaves nothing behind.
+    pub(crate) fn write_atomic(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path(what);
+        let res = fs::write(&tmp, bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| {
+                fs::rename(&tmp, dst).with_context(|| format!("cannot write {}", dst.display()))
+            });
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -333,13 +345,7 @@ impl Store {
             return Ok(());
         }
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = self.tmp_path("index");
-        fs::write(&tmp, &json).with_context(|| format!("cannot write {}", tmp.display()))?;
-        if let Err(e) = fs::rename(&tmp, &dst) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot write {}", dst.display()));
-        }
-        Ok(())
+        self.write_atomic("index", &dst, &json)
     }
 
     /// The input lists recorded under a base key (empty if none).
@@ -464,6 +470,58 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
     Ok((hasher.finalize().to_hex().to_string(), size))
 }
 
+/// A file's age must exceed this (by its change time) before its hash
+/// is remembered; far more than any filesystem's timestamp granularity.
+const SETTLED: Duration = Duration::from_secs(3);
+
+impl Store {
+    /// A file's blake3 hash, remembered in `hashes/` by the file's inode
+    /// identity (device, inode, size, mtime and ctime to the nanosecond),
+    /// so a large `--extern` file is read once, not by every compile.
+    ///
+    /// Never wrong: any write, rename onto, or chmod of the file sets its
+    /// ctime to the current time, which userspace cannot set back. A hash
+    /// is remembered only if the file was unchanged while it was read and
+    /// its ctime is older than `SETTLED`, so a later change, even within
+    /// the filesystem's timestamp granularity, gets a different ctime.
+    pub(crate) fn hash_file_cached(&self, p: &Path) -> io::Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: &fs::Metadata| {
+            format!(
+                "{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+        };
+        let before = fs::metadata(p)?;
+        let fp = id(&before);
+        let rec = self
+            .root
+            .join("hashes")
+            .join(blake3::hash(fp.as_bytes()).to_hex().as_str());
+        if let Ok(h) = fs::read_to_string(&rec)
+            && valid_key(&h)
+        {
+            return Ok(h);
+        }
+        let h = hash_file(p)?;
+        let ctime = UNIX_EPOCH + Duration::new(before.ctime().max(0) as u64, 0);
+        let settled = SystemTime::now()
+            .duration_since(ctime)
+            .is_ok_and(|age| age > SETTLED + Duration::from_secs(1));
+        if settled && fs::metadata(p).is_ok_and(|m| id(&m) == fp) {
+            let _ = fs::create_dir_all(self.root.join("hashes"));
+            let _ = self.write_atomic("hash", &rec, h.as_bytes());
+        }
+        Ok(h)
+    }
+}
+
 /// Hashes a file's content with blake3.
 pub(crate) fn hash_file(p: &Path) -> io::Result<String> {
     let mut f = File::open(p)?;
@@ -563,6 +621,41 @@ mod tests {
         );
         assert!(s.publish(&e).is_err());
         assert!(!s.contains("foo", &e.key));
+    }
+
+    #[test]
+    fn remembered_hashes_follow_every_change() {
+        let (d, s) = tmpstore();
+        let p = d.path().join("libx.rmeta");
+        fs::write(&p, b"one").unwrap();
+        let h1 = hash_file(&p).unwrap();
+        // A fresh file is hashed, never remembered.
+        assert_eq!(s.hash_file_cached(&p).unwrap(), h1);
+        assert!(!s.root().join("hashes").exists());
+        std::thread::sleep(SETTLED + Duration::from_millis(1200));
+        assert_eq!(s.hash_file_cached(&p).unwrap(), h1);
+        let recs: Vec<PathBuf> = fs::read_dir(s.root().join("hashes"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(recs.len(), 1);
+        // The record is what is used next time...
+        let fake = "f".repeat(64);
+        fs::write(&recs[0], &fake).unwrap();
+        assert_eq!(s.hash_file_cached(&p).unwrap(), fake);
+        // ... until the file changes in any way, even to the same size
+        // and mtime at once.
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        fs::write(&p, b"two").unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(s.hash_file_cached(&p).unwrap(), hash_file(&p).unwrap());
+        assert_ne!(hash_file(&p).unwrap(), h1);
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -186,10 +186,8 @@ fn cached_identity(store: &Store, program: &str, arg: &str) -> Result<String> {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     let _ = fs::create_dir_all(&dir);
-    let tmp = store.tmp_path("identity");
-    if fs::write(&tmp, &text).is_ok() && fs::rename(&tmp, &file).is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // Best effort: without it the program is run again next time.
+    let _ = store.write_atomic("identity", &file, text.as_bytes());
     Ok(text)
 }
 
@@ -330,7 +328,8 @@ pub(crate) fn base_key(
                     String::new()
                 } else {
                     let p = paths.resolve(path);
-                    hash_file(&p)
+                    store
+                        .hash_file_cached(&p)
                         .with_context(|| format!("cannot read --extern {}", p.display()))?
                 };
                 let file = Path::new(path)
