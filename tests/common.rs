@@ -124,3 +124,19 @@ pub(crate) fn assert_no_secrets(o: &Output, secrets: &[String]) {
         );
     }
 }
+
+/// Copies a directory tree (a fixture workspace), leaving out `target/`.
+pub(crate) fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            if e.file_name() != "target" {
+                copy_tree(&e.path(), &to);
+            }
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}

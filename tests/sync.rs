@@ -9,7 +9,7 @@ use std::process::Output;
 
 use std::time::{Duration, Instant};
 
-use crate::common::{kache, put_entry, run_checked, show};
+use crate::common::{copy_tree, kache, put_entry, run_checked, show};
 use crate::s3server::{Fault, Proxy, S3, external};
 
 /// A test's world: a bucket, caches, and a workspace dir.
@@ -930,19 +930,6 @@ fn progress_lines_in_logs() {
 /// empty cache) `kache sync --pull`, then the build compiles nothing.
 #[test]
 fn ci_recipe_with_real_cargo_builds() {
-    fn copy_dir(src: &Path, dst: &Path) {
-        fs::create_dir_all(dst).unwrap();
-        for e in fs::read_dir(src).unwrap().flatten() {
-            let to = dst.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                if e.file_name() != "target" {
-                    copy_dir(&e.path(), &to);
-                }
-            } else {
-                fs::copy(e.path(), &to).unwrap();
-            }
-        }
-    }
     fn cargo_build(ws: &Path, target: &Path, cache: &Path) {
         let mut c = std::process::Command::new("cargo");
         crate::common::clean_env(&mut c);
@@ -979,8 +966,8 @@ fn ci_recipe_with_real_cargo_builds() {
     let w = World::new();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
     let (ws_a, ws_b) = (w.tmp.path().join("a/ws"), w.tmp.path().join("b/ws"));
-    copy_dir(&fixture, &ws_a);
-    copy_dir(&fixture, &ws_b);
+    copy_tree(&fixture, &ws_a);
+    copy_tree(&fixture, &ws_b);
     let (cache_a, cache_b) = (w.cache("cache-a"), w.cache("cache-b"));
 
     cargo_build(&ws_a, &w.tmp.path().join("a/target"), &cache_a);
@@ -1776,19 +1763,6 @@ fn bad_endpoints_and_a_skewed_clock_fail_fast_with_one_line() {
 
 #[test]
 fn push_while_a_real_cargo_build_fills_the_cache() {
-    fn copy_tree(src: &Path, dst: &Path) {
-        fs::create_dir_all(dst).unwrap();
-        for e in fs::read_dir(src).unwrap().flatten() {
-            let to = dst.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                if e.file_name() != "target" {
-                    copy_tree(&e.path(), &to);
-                }
-            } else {
-                fs::copy(e.path(), &to).unwrap();
-            }
-        }
-    }
     let w = World::new();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
     let ws = w.tmp.path().join("ws");

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{clean_env, kache, kache_bin, show};
+use crate::common::{clean_env, copy_tree, kache, kache_bin, show};
 
 /// Compiles a cold build of the fixture runs through kache.
 const COMPILES: usize = 6;
@@ -19,21 +19,6 @@ const APP_OUT: &str = "hello total=52 label=built";
 
 fn fixture_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws")
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            if e.file_name() != "target" {
-                copy_dir(&e.path(), &to);
-            }
-        } else {
-            fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// One test's sandbox: a temp dir holding checkouts, target dirs and the
@@ -75,7 +60,7 @@ impl Sandbox {
 
     fn checkout(&self, name: &str) -> Checkout {
         let ws = self.dir.path().join(name).join("ws");
-        copy_dir(&fixture_src(), &ws);
+        copy_tree(&fixture_src(), &ws);
         Checkout {
             target: self.dir.path().join(name).join("target"),
             ws,
