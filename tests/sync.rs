@@ -988,16 +988,14 @@ fn ci_recipe_with_real_cargo_builds() {
     // The lock file is committed in a real project.
     fs::copy(ws_a.join("Cargo.lock"), ws_b.join("Cargo.lock")).unwrap();
     // Build-script entries are stored under their package's name, so
-    // the lockfile filter covers them. (While the wrapper still names
-    // them `build_script_build`, outside any lockfile, pull everything.)
-    let old_naming = entries(&cache_a)
-        .iter()
-        .any(|(c, _)| c.starts_with("build_script_"));
-    let pull: &[&str] = if old_naming {
-        &["--pull", "--all"]
-    } else {
-        &["--pull"]
-    };
+    // the lockfile filter covers them: no `--all` needed.
+    assert!(
+        !entries(&cache_a)
+            .iter()
+            .any(|(c, _)| c.starts_with("build_script_")),
+        "build scripts stored outside their package"
+    );
+    let pull: &[&str] = &["--pull"];
     let o = w.sync(&cache_b, &ws_b, pull);
     ok(&o);
     assert_eq!(entries(&cache_b), entries(&cache_a));
