@@ -140,3 +140,35 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// `cargo ARGS --offline` in workspace `ws` through the kache wrapper, with
+/// its own target and cache dirs and nothing inherited from the cargo
+/// running the tests.
+pub(crate) fn cargo_through_kache(
+    ws: &Path,
+    target: &Path,
+    cache: &Path,
+    args: &[&str],
+) -> Command {
+    let mut c = Command::new("cargo");
+    clean_env(&mut c);
+    for (k, _) in std::env::vars() {
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC_")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOCFLAGS"
+            || k == "CARGO"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(ws)
+        .args(args)
+        .arg("--offline")
+        .env("RUSTC_WRAPPER", kache_bin())
+        .env("CARGO_TARGET_DIR", target)
+        .env("KACHE_CACHE_DIR", cache)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_BUILD_JOBS", "2");
+    c
+}

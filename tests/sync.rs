@@ -9,7 +9,7 @@ use std::process::Output;
 
 use std::time::{Duration, Instant};
 
-use crate::common::{copy_tree, kache, put_entry, run_checked, show};
+use crate::common::{cargo_through_kache, copy_tree, kache, put_entry, run_checked, show};
 use crate::s3server::{Fault, Proxy, S3, external};
 
 /// A test's world: a bucket, caches, and a workspace dir.
@@ -931,24 +931,7 @@ fn progress_lines_in_logs() {
 #[test]
 fn ci_recipe_with_real_cargo_builds() {
     fn cargo_build(ws: &Path, target: &Path, cache: &Path) {
-        let mut c = std::process::Command::new("cargo");
-        crate::common::clean_env(&mut c);
-        for (k, _) in std::env::vars() {
-            if (k.starts_with("CARGO_") && k != "CARGO_HOME")
-                || k.starts_with("RUSTC_")
-                || k == "RUSTFLAGS"
-                || k == "CARGO"
-            {
-                c.env_remove(k);
-            }
-        }
-        let o = c
-            .current_dir(ws)
-            .args(["build", "--offline"])
-            .env("RUSTC_WRAPPER", crate::common::kache_bin())
-            .env("CARGO_TARGET_DIR", target)
-            .env("KACHE_CACHE_DIR", cache)
-            .env("CARGO_BUILD_JOBS", "2")
+        let o = cargo_through_kache(ws, target, cache, &["build"])
             .output()
             .unwrap();
         ok(&o);
@@ -1771,24 +1754,7 @@ fn push_while_a_real_cargo_build_fills_the_cache() {
     let mut pushes = 0;
     std::thread::scope(|s| {
         let build = s.spawn(|| {
-            let mut c = std::process::Command::new("cargo");
-            crate::common::clean_env(&mut c);
-            for (k, _) in std::env::vars() {
-                if (k.starts_with("CARGO_") && k != "CARGO_HOME")
-                    || k.starts_with("RUSTC_")
-                    || k == "RUSTFLAGS"
-                    || k == "CARGO"
-                {
-                    c.env_remove(k);
-                }
-            }
-            let o = c
-                .current_dir(&ws)
-                .args(["build", "--offline"])
-                .env("RUSTC_WRAPPER", crate::common::kache_bin())
-                .env("CARGO_TARGET_DIR", w.tmp.path().join("target"))
-                .env("KACHE_CACHE_DIR", &cache)
-                .env("CARGO_BUILD_JOBS", "2")
+            let o = cargo_through_kache(&ws, &w.tmp.path().join("target"), &cache, &["build"])
                 .output()
                 .unwrap();
             done.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{clean_env, copy_tree, kache, kache_bin, show};
+use crate::common::{cargo_through_kache, clean_env, copy_tree, kache, kache_bin, show};
 
 /// Compiles a cold build of the fixture runs through kache.
 const COMPILES: usize = 6;
@@ -123,27 +123,7 @@ impl Checkout {
     }
 
     fn cargo_cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut c = Command::new("cargo");
-        clean_env(&mut c);
-        for (k, _) in std::env::vars() {
-            let keep = k == "CARGO_HOME";
-            if (k.starts_with("CARGO_") && !keep)
-                || k.starts_with("RUSTC_")
-                || k == "RUSTFLAGS"
-                || k == "RUSTDOCFLAGS"
-                || k == "CARGO"
-            {
-                c.env_remove(k);
-            }
-        }
-        c.current_dir(&self.ws)
-            .args(args)
-            .arg("--offline")
-            .env("RUSTC_WRAPPER", kache_bin())
-            .env("CARGO_TARGET_DIR", &self.target)
-            .env("KACHE_CACHE_DIR", &self.cache)
-            .env("CARGO_TERM_COLOR", "never")
-            .env("CARGO_BUILD_JOBS", "2");
+        let mut c = cargo_through_kache(&self.ws, &self.target, &self.cache, args);
         for (k, v) in env {
             c.env(k, v);
         }
