@@ -19,6 +19,8 @@ PROJECT=$(cd "${1:-$ROOT}" && pwd)
 for t in rclone aws bc; do command -v $t >/dev/null || { echo "error: $t missing (apt-get install rclone awscli bc)" >&2; exit 1; }; done
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
 
+# A CA bundle from the environment breaks rclone on plain http endpoints.
+unset AWS_CA_BUNDLE
 WORK=$(mktemp -d /tmp/kache-syncbench.XXXXXX)
 trap 'garage_stop; rm -rf "$WORK"' EXIT
 garage_install
