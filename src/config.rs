@@ -157,6 +157,8 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONC_FORM: &str = "a whole number from 1 to 1024";
 const TIMEOUT_FORM: &str = "a duration of at least 1s, such as 30s or 2m";
 const LEVEL_FORM: &str = "a zstd level from 1 to 22";
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+const LOG_FORM: &str = "one of off, error, warn, info, debug, trace";
 
 fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
     anyhow!("invalid value `{value}` for {name}: expected {form}")
@@ -212,6 +214,11 @@ impl Config {
                 _ => Err(LEVEL_FORM.to_string()),
             },
         )?;
+        if let Some(v) = env_nonempty("KACHE_LOG")
+            && !LOG_LEVELS.contains(&v.trim().to_ascii_lowercase().as_str())
+        {
+            return Err(invalid("KACHE_LOG", &v, LOG_FORM));
+        }
         let cache_executables = pick(
             "KACHE_CACHE_EXECUTABLES",
             c.cache_executables,
