@@ -16,7 +16,8 @@ events.jsonl                   one JSON line per wrapper outcome
 
 Invariants:
 - An entry is visible only once complete: its blobs are in place first,
-  then its manifest is written under `tmp/` and renamed into `entries/`.
+  then its manifest is written under `tmp/` and hard-linked into
+  `entries/`, which never replaces an existing manifest (one writer wins).
   A reader never sees half an entry, and a crash leaves only `tmp/` junk
   or unreferenced blobs, both removed by `kache gc`.
 - Blobs are immutable and read-only. A blob is written under `tmp/` and
