@@ -214,6 +214,22 @@ fn entry_crate(compile: &Compile) -> String {
         .unwrap_or_else(|| normalize_crate(&compile.crate_name))
 }
 
+/// Logs a miss whose outputs were not stored (a failed compile, or
+/// sources edited while rustc ran).
+fn unstored_miss(store: &Store, crate_name: &str, start: Instant, compile_ms: u64) {
+    log(
+        store,
+        &Event {
+            crate_name,
+            result: "miss",
+            start,
+            size: 0,
+            key: "",
+            compile_ms,
+        },
+    );
+}
+
 fn log_error(store: &Store, crate_name: &str, start: Instant) {
     log(
         store,
@@ -371,17 +387,7 @@ fn cached(
     *ran = Some(code);
     if code != 0 {
         progress(&compile.crate_name, "miss (failed)", start, 0);
-        log(
-            &store,
-            &Event {
-                crate_name: &crate_name,
-                result: "miss",
-                start,
-                size: 0,
-                key: "",
-                compile_ms,
-            },
-        );
+        unstored_miss(&store, &crate_name, start, compile_ms);
         return Ok(code);
     }
 
@@ -406,17 +412,7 @@ fn cached(
     {
         // A source was edited while rustc ran: its outputs may not match
         // the content the key was computed from. Not an error; not stored.
-        log(
-            &store,
-            &Event {
-                crate_name: &crate_name,
-                result: "miss",
-                start,
-                size: 0,
-                key: "",
-                compile_ms,
-            },
-        );
+        unstored_miss(&store, &crate_name, start, compile_ms);
         return Ok(code);
     }
     let _w = store.writer_lock()?;
