@@ -30,6 +30,32 @@ pub(crate) enum Command {
     Purge(PurgeCmd),
     /// Show the effective settings and where each came from.
     Config(ConfigCmd),
+    /// Upload in the background and serve remote hits (foreground
+    /// without a subcommand).
+    Daemon(DaemonCmd),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DaemonCmd {
+    #[command(subcommand)]
+    pub(crate) action: Option<DaemonAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DaemonAction {
+    /// Start the daemon in the background; returns once it answers.
+    Start,
+    /// Upload what is pending, then stop; exit 1 if some uploads remain.
+    Stop {
+        /// The longest wait for pending uploads (`30s`, `5m`).
+        #[arg(long, value_name = "DUR", default_value = "5m")]
+        timeout: String,
+    },
+    /// Remote, uptime, queue, uploads and remote hits.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

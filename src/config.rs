@@ -59,6 +59,10 @@ pub(crate) struct Config {
     pub(crate) s3_concurrency: Setting<usize>,
     pub(crate) compression_level: Setting<i32>,
     pub(crate) cache_executables: Setting<bool>,
+    /// The first wrapper call of a build starts `kache daemon`.
+    pub(crate) daemon_autostart: Setting<bool>,
+    /// How long a wrapper waits for the daemon to fetch a remote hit.
+    pub(crate) daemon_wait: Setting<Duration>,
 }
 
 /// The raw config file, as TOML. Unknown keys are rejected so a typo is
@@ -78,6 +82,8 @@ struct FileCache {
     s3_concurrency: Option<toml::Value>,
     compression_level: Option<toml::Value>,
     cache_executables: Option<bool>,
+    daemon_autostart: Option<bool>,
+    daemon_wait: Option<toml::Value>,
     #[serde(default)]
     remote: FileRemote,
 }
@@ -129,6 +135,14 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
+    /// The remote identity (see `remote_identity`), `None` without a
+    /// bucket. When the environment alone settles the fields above, the
+    /// file is not read and this comes from `KACHE_S3_*` alone: a remote
+    /// named only in the file then reads as none (the daemon is not
+    /// used), never as another remote.
+    pub(crate) remote: Option<String>,
+    pub(crate) daemon_autostart: bool,
+    pub(crate) daemon_wait: Duration,
 }
 
 impl WrapperConfig {
@@ -136,20 +150,75 @@ impl WrapperConfig {
         let dir = env_nonempty("KACHE_CACHE_DIR");
         let exe = env_nonempty("KACHE_CACHE_EXECUTABLES");
         if let (Some(dir), Some(exe)) = (&dir, &exe) {
+            let region = env_nonempty("KACHE_S3_REGION").unwrap_or_else(|| "us-east-1".into());
+            let prefix = env_nonempty("KACHE_S3_PREFIX").unwrap_or_else(|| "artifacts".into());
+            let remote = env_nonempty("KACHE_S3_BUCKET").map(|b| {
+                remote_identity(
+                    env_nonempty("KACHE_S3_ENDPOINT").as_deref(),
+                    &region,
+                    &b,
+                    &prefix,
+                )
+            });
+            let autostart = env_nonempty("KACHE_DAEMON_AUTOSTART");
+            let wait = env_nonempty("KACHE_DAEMON_WAIT");
             return Ok(WrapperConfig {
                 cache_dir: PathBuf::from(dir),
                 cache_executables: parse_bool(exe)
                     .ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", exe, BOOL_FORM))?,
+                remote,
+                daemon_autostart: match autostart {
+                    Some(v) => parse_bool(&v)
+                        .ok_or_else(|| invalid("KACHE_DAEMON_AUTOSTART", &v, BOOL_FORM))?,
+                    None => false,
+                },
+                daemon_wait: match wait {
+                    Some(v) => {
+                        parse_wait(&v).ok_or_else(|| invalid("KACHE_DAEMON_WAIT", &v, WAIT_FORM))?
+                    }
+                    None => DEFAULT_DAEMON_WAIT,
+                },
             });
         }
         let c = Config::load()?;
         Ok(WrapperConfig {
+            remote: c.remote_identity(),
             cache_dir: c.cache_dir.value,
             cache_executables: c.cache_executables.value,
+            daemon_autostart: c.daemon_autostart.value,
+            daemon_wait: c.daemon_wait.value,
         })
     }
 }
 
+/// Which remote a daemon serves, as the wrapper and the daemon compare
+/// it: endpoint, region, bucket and prefix (never a credential).
+pub(crate) fn remote_identity(
+    endpoint: Option<&str>,
+    region: &str,
+    bucket: &str,
+    prefix: &str,
+) -> String {
+    let endpoint = endpoint.map_or_else(
+        || format!("https://s3.{region}.amazonaws.com"),
+        |e| e.trim_end_matches('/').to_string(),
+    );
+    format!("{endpoint}|{region}|{bucket}|{}", prefix.trim_matches('/'))
+}
+
+/// Parses a wait: `500ms`, `2s`, `1m`; at most a minute.
+fn parse_wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let d = match s.strip_suffix("ms") {
+        Some(ms) => Duration::from_millis(ms.parse().ok()?),
+        None => Duration::from_secs(parse_duration(s)?),
+    };
+    (d <= Duration::from_secs(60)).then_some(d)
+}
+
+/// The default `cache.daemon_wait`.
+pub(crate) const DEFAULT_DAEMON_WAIT: Duration = Duration::from_secs(2);
+const WAIT_FORM: &str = "a duration up to 1m, such as 500ms or 2s (0s: never wait)";
 const BOOL_FORM: &str = "true or false (also 1/0, yes/no, on/off)";
 const SIZE_FORM: &str = "a size such as 512MiB, 10GB or 50GiB";
 /// The default `cache.remote.timeout`.
@@ -265,6 +334,21 @@ impl Config {
             value: prefix.value.trim_matches('/').to_string(),
             source: prefix.source,
         };
+        let daemon_autostart = pick(
+            "KACHE_DAEMON_AUTOSTART",
+            c.daemon_autostart,
+            false,
+            &fsrc,
+            |s| parse_bool(s).ok_or_else(|| invalid("KACHE_DAEMON_AUTOSTART", s, BOOL_FORM)),
+        )?;
+        let daemon_wait = pick_value(
+            "KACHE_DAEMON_WAIT",
+            "cache.daemon_wait",
+            c.daemon_wait,
+            DEFAULT_DAEMON_WAIT,
+            &fsrc,
+            |s| parse_wait(s).ok_or_else(|| WAIT_FORM.to_string()),
+        )?;
         Ok(Config {
             file: path.filter(|p| p.exists()),
             cache_dir,
@@ -278,7 +362,21 @@ impl Config {
             s3_concurrency,
             compression_level,
             cache_executables,
+            daemon_autostart,
+            daemon_wait,
         })
+    }
+
+    /// The remote identity (see `remote_identity`); `None` without a
+    /// bucket.
+    pub(crate) fn remote_identity(&self) -> Option<String> {
+        let bucket = self.bucket.value.as_deref()?;
+        Some(remote_identity(
+            self.endpoint.value.as_deref(),
+            &self.region.value,
+            bucket,
+            &self.prefix.value,
+        ))
     }
 
     /// Every setting as (name, env var, value, source), secrets masked.
@@ -354,6 +452,18 @@ impl Config {
                 "KACHE_CACHE_EXECUTABLES",
                 self.cache_executables.value.to_string(),
                 self.cache_executables.source.to_string(),
+            ),
+            (
+                "cache.daemon_autostart",
+                "KACHE_DAEMON_AUTOSTART",
+                self.daemon_autostart.value.to_string(),
+                self.daemon_autostart.source.to_string(),
+            ),
+            (
+                "cache.daemon_wait",
+                "KACHE_DAEMON_WAIT",
+                format!("{}ms", self.daemon_wait.value.as_millis()),
+                self.daemon_wait.source.to_string(),
             ),
         ];
         let (cred, src) = match Credentials::resolve(self) {
@@ -723,6 +833,23 @@ mod tests {
         assert_eq!(parse_duration("7d"), Some(604_800));
         assert_eq!(parse_duration("7x"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn waits_and_identity() {
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_wait("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_wait("2m"), None);
+        assert_eq!(parse_wait("fast"), None);
+        assert_eq!(
+            remote_identity(Some("http://h:9/"), "r", "b", "/p/"),
+            "http://h:9|r|b|p"
+        );
+        assert_eq!(
+            remote_identity(None, "eu-west-1", "b", "artifacts"),
+            "https://s3.eu-west-1.amazonaws.com|eu-west-1|b|artifacts"
+        );
     }
 
     #[test]

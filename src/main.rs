@@ -11,6 +11,7 @@ settings than it needs. Otherwise the command line is parsed by clap.
 mod cli;
 mod commands;
 mod config;
+mod daemon;
 mod lockfile;
 mod remote;
 mod store;
@@ -51,6 +52,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Gc(c)) => commands::gc(&cfg, &c),
         Some(Command::Purge(c)) => commands::purge(&cfg, &c),
         Some(Command::Config(c)) => commands::config(&cfg, &c),
+        Some(Command::Daemon(c)) => daemon::run(cfg, &c),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod commands;
 mod common;
+mod daemon;
 mod s3server;
 mod sync;
 mod wrapper;

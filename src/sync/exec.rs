@@ -145,7 +145,7 @@ fn root_cause(e: &anyhow::Error) -> String {
         .map_or_else(|| e.to_string(), ToString::to_string)
 }
 
-fn push_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
+pub(crate) fn push_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
     let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
     let tmp = ctx.store.tmp_path("upload");
     let res = push_via(ctx, &t, &name, &tmp);

@@ -32,7 +32,9 @@ use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
 /// another program (a workspace wrapper followed by rustc, or a C compiler
 /// that the `cc` crate runs through `RUSTC_WRAPPER`), which is run as is.
 pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
-    const COMMANDS: [&str; 7] = ["sync", "list", "stats", "gc", "purge", "config", "help"];
+    const COMMANDS: [&str; 8] = [
+        "sync", "list", "stats", "gc", "purge", "config", "daemon", "help",
+    ];
     let Some(a1) = args.get(1) else {
         return false;
     };
@@ -359,6 +361,11 @@ fn cached(
     if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
         return hit(&store, &e, compile, &paths, start);
     }
+    if crate::daemon::client::remote_fetch(cfg, &store, &crate_name)
+        && let Some(e) = lookup(&store, &crate_name, &base, &paths)?
+    {
+        return hit(&store, &e, compile, &paths, start);
+    }
 
     // Miss: compile for real.
     let outputs = compile.outputs();
@@ -438,6 +445,7 @@ fn cached(
     entry.inputs = Some(inputs);
     entry.compile_ms = compile_ms;
     store.publish(&entry)?;
+    crate::daemon::client::after_store(cfg, &store, &crate_name, &full);
     progress(&compile.crate_name, "miss", start, size);
     log(
         &store,

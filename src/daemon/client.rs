@@ -1,0 +1,319 @@
+/*!
+Talking to the daemon: the wrapper's two hooks and the `kache daemon
+start | stop | status` commands.
+
+The hooks never fail a build and cost nothing measurable without a
+daemon: no remote configured means no system call at all; otherwise one
+`connect` to a Unix socket that fails at once (ENOENT or ECONNREFUSED)
+when no daemon runs. The upload marker is written first, so the upload
+survives whatever happens to the daemon.
+*/
+
+use std::fs::{self, File};
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::protocol::{self, FetchReply, Request, Status, StopReply};
+use super::{paths, pending_dir, pending_markers, private_dir};
+use crate::config::{Config, WrapperConfig, parse_duration};
+use crate::store::Store;
+
+/// Autostart is tried at most this often per store.
+const AUTOSTART_EVERY: Duration = Duration::from_secs(10);
+
+/// After a miss's entry is published: records the upload under
+/// `pending/` and tells the daemon, without waiting for it.
+pub(crate) fn after_store(cfg: &WrapperConfig, store: &Store, crate_name: &str, key: &str) {
+    let Some(remote) = &cfg.remote else {
+        return;
+    };
+    let dir = pending_dir(store.root(), remote).join(crate_name);
+    if fs::create_dir_all(&dir).is_err() || File::create(dir.join(key)).is_err() {
+        return;
+    }
+    let Some(mut s) = connect(cfg, store) else {
+        return;
+    };
+    let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+    let req = Request::Upload {
+        remote: remote.clone(),
+        crate_name: crate_name.to_string(),
+        key: key.to_string(),
+    };
+    let _ = send(&mut s, &req);
+}
+
+/// On a local miss: asks the daemon to bring the crate's entries in from
+/// the remote, waiting at most `cache.daemon_wait`. True if the store may
+/// now hold a matching entry (the caller looks up again).
+pub(crate) fn remote_fetch(cfg: &WrapperConfig, store: &Store, crate_name: &str) -> bool {
+    let Some(remote) = &cfg.remote else {
+        return false;
+    };
+    if cfg.daemon_wait.is_zero() {
+        return false;
+    }
+    let deadline = Instant::now() + cfg.daemon_wait;
+    let Some(mut s) = connect(cfg, store) else {
+        return false;
+    };
+    // Workspace members only: a registry crate's manifest dir may hold a
+    // Cargo.lock of its own, which is not this build's.
+    let workspace = std::env::var_os("CARGO_PRIMARY_PACKAGE")
+        .and(std::env::var("CARGO_MANIFEST_DIR").ok())
+        .filter(|d| d.starts_with('/'));
+    let req = Request::Fetch {
+        remote: remote.clone(),
+        crate_name: crate_name.to_string(),
+        workspace,
+        wait_ms: cfg.daemon_wait.as_millis() as u64,
+    };
+    let _ = s.set_write_timeout(Some(cfg.daemon_wait));
+    if send(&mut s, &req).is_err() {
+        return false;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+        return false;
+    }
+    protocol::read_line(BufReader::new(&s))
+        .ok()
+        .and_then(|l| serde_json::from_str::<FetchReply>(&l).ok())
+        .is_some_and(|r| r.entries > 0)
+}
+
+fn send(s: &mut UnixStream, req: &Request) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
+    line.push('\n');
+    s.write_all(line.as_bytes())
+}
+
+/// Connects to the store's daemon; without one, starts it if
+/// `cache.daemon_autostart` says so (at most every `AUTOSTART_EVERY`),
+/// and returns `None` (this compile does not wait for it).
+fn connect(cfg: &WrapperConfig, store: &Store) -> Option<UnixStream> {
+    let p = paths(store.root());
+    match UnixStream::connect(&p.sock) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            if cfg.daemon_autostart {
+                autostart(store);
+            }
+            None
+        }
+    }
+}
+
+fn autostart(store: &Store) {
+    let p = paths(store.root());
+    if private_dir(&p.dir).is_err() {
+        return;
+    }
+    let recent = fs::metadata(&p.autostart)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| {
+            SystemTime::now()
+                .duration_since(t)
+                .is_ok_and(|d| d < AUTOSTART_EVERY)
+        });
+    if recent || File::create(&p.autostart).is_err() {
+        return;
+    }
+    // The daemon itself refuses to run twice (it holds a lock).
+    let _ = spawn_detached(store.root());
+}
+
+/// Starts `kache daemon` in its own process group, stdio away from the
+/// caller's (cargo reads a wrapper's pipes until EOF), stderr to the log.
+fn spawn_detached(root: &Path) -> Result<std::process::Child> {
+    let p = paths(root);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p.log)
+        .with_context(|| format!("cannot open {}", p.log.display()))?;
+    let exe = std::env::current_exe().context("cannot find the kache binary")?;
+    Command::new(exe)
+        .arg("daemon")
+        .env("KACHE_CACHE_DIR", root)
+        .env_remove("KACHE_ACTIVE")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("cannot open the daemon log")?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start kache daemon")
+}
+
+/// One request, one reply line, within `timeout`.
+fn ask(root: &Path, req: &Request, timeout: Duration) -> Result<String> {
+    let p = paths(root);
+    let mut s = UnixStream::connect(&p.sock)
+        .with_context(|| format!("no daemon answers on {}", p.sock.display()))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    send(&mut s, req)?;
+    protocol::read_line(BufReader::new(&s)).context("the daemon did not answer")
+}
+
+fn ask_status(root: &Path) -> Result<Status> {
+    let line = ask(root, &Request::Status, Duration::from_secs(5))?;
+    serde_json::from_str(&line).map_err(|_| anyhow!("unexpected answer from the daemon"))
+}
+
+/// `kache daemon start`.
+pub(crate) fn start(cfg: &Config) -> Result<ExitCode> {
+    let root = &cfg.cache_dir.value;
+    if cfg.remote_identity().is_none() {
+        bail!(
+            "no remote configured: the daemon needs an S3 bucket (KACHE_S3_BUCKET or cache.remote.bucket)"
+        );
+    }
+    if let Ok(st) = ask_status(root) {
+        println!("kache daemon already running (pid {})", st.pid);
+        return Ok(ExitCode::SUCCESS);
+    }
+    Store::open(root)?;
+    let p = paths(root);
+    private_dir(&p.dir)?;
+    let log_start = fs::metadata(&p.log).map_or(0, |m| m.len());
+    let mut child = spawn_detached(root)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(st) = ask_status(root) {
+            println!(
+                "kache daemon started (pid {}) for {}; log: {}",
+                st.pid,
+                st.remote,
+                p.log.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read(&p.log).unwrap_or_default();
+            let tail = String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default());
+            bail!("kache daemon exited at once ({status}): {}", tail.trim());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "kache daemon did not answer within 15 s (pid {}); see {}",
+        child.id(),
+        p.log.display()
+    )
+}
+
+/// `kache daemon stop`: drains, then waits for the process to go.
+pub(crate) fn stop(cfg: &Config, timeout: &str) -> Result<ExitCode> {
+    let root = &cfg.cache_dir.value;
+    let t = parse_duration(timeout)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            anyhow!("invalid --timeout `{timeout}`: expected a duration such as 30s or 5m")
+        })?;
+    let p = paths(root);
+    let line = match ask(
+        root,
+        &Request::Stop {
+            timeout_ms: t.as_millis() as u64,
+        },
+        t + Duration::from_secs(30),
+    ) {
+        Ok(l) => l,
+        Err(_) if UnixStream::connect(&p.sock).is_err() => {
+            let left = cfg
+                .remote_identity()
+                .map_or(0, |id| pending_markers(&pending_dir(root, &id)).len());
+            println!("no kache daemon running");
+            if left > 0 {
+                eprintln!(
+                    "warning: {left} upload(s) pending: run `kache daemon start` or `kache sync --push`"
+                );
+                return Ok(ExitCode::from(1));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
+    let r: StopReply =
+        serde_json::from_str(&line).map_err(|_| anyhow!("unexpected answer from the daemon"))?;
+    // The daemon holds its lock until it exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    if let Ok(f) = File::options().write(true).open(&p.lock) {
+        while Instant::now() < deadline {
+            if f.try_lock().is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!(
+        "kache daemon stopped: {} uploaded, {} pending",
+        r.uploads_done, r.pending
+    );
+    if r.pending > 0 || !r.drained {
+        eprintln!(
+            "error: {} upload(s) not done (kept in {}; they go at the next start or with `kache sync --push`)",
+            r.pending,
+            root.join("pending").display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kache daemon status [--json]`.
+pub(crate) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let root = &cfg.cache_dir.value;
+    let Ok(st) = ask_status(root) else {
+        if json {
+            println!("{}", serde_json::json!({ "running": false }));
+        } else {
+            println!("kache daemon: not running (store {})", root.display());
+        }
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        let mut v = serde_json::to_value(&st)?;
+        v["running"] = serde_json::Value::Bool(true);
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "kache daemon: running (pid {}, up {}s)",
+        st.pid, st.uptime_secs
+    )?;
+    writeln!(out, "store:     {}", st.store)?;
+    writeln!(out, "remote:    {}", st.remote)?;
+    writeln!(
+        out,
+        "uploads:   {} queued ({} running), {} done, {} skipped, {} failed ({} failed attempts)",
+        st.queue,
+        st.uploading,
+        st.uploads_done,
+        st.uploads_skipped,
+        st.uploads_failed,
+        st.upload_errors
+    )?;
+    writeln!(
+        out,
+        "fetches:   {} remote hits, {} misses, {} entries fetched",
+        st.remote_hits, st.remote_misses, st.entries_fetched
+    )?;
+    if st.paused_secs > 0 {
+        writeln!(
+            out,
+            "remote:    paused for {}s after a failure or a slow answer",
+            st.paused_secs
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

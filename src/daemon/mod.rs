@@ -1,0 +1,148 @@
+/*!
+`kache daemon`: uploads in the background after each compile, remote hits
+during the build.
+
+Shape (the design card forbids an async runtime): one process per local
+store, blocking threads throughout.
+
+- The accept loop hands each connection to a short-lived thread (at most
+  `MAX_CONNS` at once). A connection carries one JSON line each way
+  (`protocol`) and is refused unless the peer's uid (`SO_PEERCRED`) is
+  ours. The socket sits in `<store>/daemon/`, mode 0700, so no other user
+  can even reach it; the uid check is the second lock on the same door.
+- Uploads: the wrapper first records the upload durably as an empty file
+  `<store>/pending/<remote id>/<crate>/<key>`, then sends one line
+  without waiting. A crash, a `kill -9` or no daemon at all loses
+  nothing: the daemon replays `pending/` when it starts, and
+  `kache sync --push` uploads every local entry anyway. A marker goes
+  only once its entry is in the bucket (or gone from the store).
+- Remote hits: on a local miss the wrapper asks for the crate (within
+  `cache.daemon_wait`, 2 s by default); the daemon lists
+  `{prefix}/{crate}/` and pulls what the store lacks exactly as
+  `kache sync --pull` does (`sync::exec`: verified, imported atomically),
+  and the wrapper looks up again. A fresh runner has no input lists, and
+  the crate is what it knows before compiling, so the crate prefix is the
+  unit; the layout is unchanged, old buckets stay readable. The first
+  request from a workspace also prefetches the crates of its Cargo.lock.
+  A crate fetched in the last `FRESH` is not listed again.
+- One S3 layer, one bound: every request goes through the `S3Remote` of
+  `kache sync` (its retry policy included) behind one semaphore of
+  `s3_concurrency` permits shared by uploads and fetches; a fetch (a build
+  waits on it) takes the next free permit before any upload.
+- Circuit breaker: a failed request, or a fetch slower than the wrapper's
+  wait, pauses remote work (30 s, doubling to 5 min while it keeps
+  failing); meanwhile fetches are answered at once with nothing and
+  uploads wait. A slow or dead remote is paid for once, not per compile.
+- The config file is watched; a change rebuilds the remote (and so the
+  identity wrappers are compared with). `s3_concurrency` needs a restart.
+- Nothing printed or logged holds a secret: messages come from the S3
+  layer, which scrubs them, and the remote is named without credentials.
+*/
+
+pub(crate) mod client;
+mod peer;
+pub(crate) mod protocol;
+mod server;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{DaemonAction, DaemonCmd};
+use crate::config::{Config, env_nonempty};
+
+/// Where one store's daemon keeps its files.
+pub(crate) struct Paths {
+    /// `<store>/daemon`, mode 0700.
+    pub(crate) dir: PathBuf,
+    pub(crate) sock: PathBuf,
+    /// Held (flock) by the running daemon: one per store.
+    pub(crate) lock: PathBuf,
+    pub(crate) pid: PathBuf,
+    /// stderr of a detached daemon.
+    pub(crate) log: PathBuf,
+    /// Its mtime throttles autostart attempts.
+    pub(crate) autostart: PathBuf,
+}
+
+/// The daemon's paths for the store at `root`. A socket path must fit
+/// in `sockaddr_un` (108 bytes): a longer one moves to
+/// `$XDG_RUNTIME_DIR` (private to the user by definition), named by a
+/// hash of the store path.
+pub(crate) fn paths(root: &Path) -> Paths {
+    let dir = root.join("daemon");
+    let mut sock = dir.join("sock");
+    if sock.as_os_str().len() > 100
+        && let Some(run) = env_nonempty("XDG_RUNTIME_DIR")
+    {
+        let h = blake3::hash(root.as_os_str().as_bytes()).to_hex();
+        sock = Path::new(&run).join(format!("kache-{}.sock", &h[..16]));
+    }
+    Paths {
+        sock,
+        lock: dir.join("lock"),
+        pid: dir.join("pid"),
+        log: dir.join("log"),
+        autostart: dir.join("autostart"),
+        dir,
+    }
+}
+
+/// `<store>/pending/<remote id hash>`: uploads recorded for that remote.
+pub(crate) fn pending_dir(root: &Path, remote: &str) -> PathBuf {
+    let h = blake3::hash(remote.as_bytes()).to_hex();
+    root.join("pending").join(&h[..16])
+}
+
+/// Creates `d` (mode 0700) or checks that it is ours and tightens it.
+pub(crate) fn private_dir(d: &Path) -> Result<()> {
+    fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    let m = fs::metadata(d).with_context(|| format!("cannot read {}", d.display()))?;
+    if m.uid() != peer::euid() {
+        bail!(
+            "{} belongs to uid {}, not to us (uid {}): refusing to put the daemon socket there",
+            d.display(),
+            m.uid(),
+            peer::euid()
+        );
+    }
+    if m.mode() & 0o077 != 0 {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", d.display()))?;
+    }
+    Ok(())
+}
+
+/// The pending markers under `dir` (crate, key), valid names only.
+pub(crate) fn pending_markers(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for c in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(crate_name) = c.file_name().into_string() else {
+            continue;
+        };
+        if !crate::store::valid_crate(&crate_name) {
+            continue;
+        }
+        for k in fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            if let Ok(key) = k.file_name().into_string()
+                && crate::store::valid_key(&key)
+            {
+                out.push((crate_name.clone(), key));
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn run(cfg: Config, cmd: &DaemonCmd) -> Result<ExitCode> {
+    match &cmd.action {
+        None => server::serve(cfg),
+        Some(DaemonAction::Start) => client::start(&cfg),
+        Some(DaemonAction::Stop { timeout }) => client::stop(&cfg, timeout),
+        Some(DaemonAction::Status { json }) => client::status(&cfg, *json),
+    }
+}

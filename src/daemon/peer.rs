@@ -1,0 +1,45 @@
+//! The two system calls std does not offer the daemon: the uid of the
+//! process at the other end of a Unix socket (`SO_PEERCRED`), and our
+//! own effective uid.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+/// The effective uid of the process that connected `s` (as it was at
+/// `connect` time; the kernel records it, the peer cannot forge it).
+pub(crate) fn peer_uid(s: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid, writable `ucred` that outlives the call,
+    // `len` holds its exact size, and the fd is open for the lifetime of
+    // `s`. The kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("short SO_PEERCRED answer"));
+    }
+    Ok(cred.uid)
+}
+
+/// Our effective uid.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions, touches no memory of ours and
+    // cannot fail (POSIX).
+    unsafe { libc::geteuid() }
+}

@@ -1,0 +1,463 @@
+//! `kache daemon` with real cargo builds of the fixture workspace and a
+//! real S3 server (s3s-fs in-process, or the external one named by
+//! KACHE_TEST_S3_*), through a fault-injecting proxy where needed.
+//!
+//! Every daemon a test starts is stopped by its pid (a drop guard kills
+//! it if the test fails half way); nothing is left running.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::{assert_no_secrets, cargo_through_kache, copy_tree, kache, kache_bin, show};
+use crate::s3server::{Proxy, S3};
+
+/// A test's world: a bucket and a temp dir.
+struct World {
+    s3: S3,
+    tmp: tempfile::TempDir,
+}
+
+/// A started daemon, killed by pid on drop unless stopped.
+struct Daemon {
+    pid: u32,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if alive(self.pid) {
+            kill9(self.pid);
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (killed, not yet reaped by its parent) is not alive.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+fn kill9(pid: u32) {
+    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", show(o));
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            s3: S3::start(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    /// A copy of the fixture workspace at `name/ws`.
+    fn workspace(&self, name: &str) -> PathBuf {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
+        let ws = self.path(name).join("ws");
+        copy_tree(&fixture, &ws);
+        ws
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        vec![self.s3.secret_key.clone()]
+    }
+
+    /// `kache ARGS` for `cache`, remote through `endpoint`.
+    fn kache(&self, cache: &Path, endpoint: &str, args: &[&str]) -> Output {
+        let mut c = kache(cache);
+        self.s3.configure_at(&mut c, endpoint);
+        let o = c.args(args).output().unwrap();
+        assert_no_secrets(&o, &self.secrets());
+        o
+    }
+
+    fn start(&self, cache: &Path, endpoint: &str) -> Daemon {
+        let o = self.kache(cache, endpoint, &["daemon", "start"]);
+        ok(&o);
+        let st = self.status(cache, endpoint);
+        assert_eq!(st["running"], true, "{st}");
+        Daemon {
+            pid: st["pid"].as_u64().unwrap() as u32,
+        }
+    }
+
+    fn status(&self, cache: &Path, endpoint: &str) -> serde_json::Value {
+        let o = self.kache(cache, endpoint, &["daemon", "status", "--json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&o)))
+    }
+
+    /// `kache daemon stop`; the process is gone afterwards.
+    fn stop(&self, d: &Daemon, cache: &Path, endpoint: &str, timeout: &str) -> Output {
+        let o = self.kache(cache, endpoint, &["daemon", "stop", "--timeout", timeout]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(d.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !alive(d.pid),
+            "daemon {} still running: {}",
+            d.pid,
+            show(&o)
+        );
+        o
+    }
+
+    /// `cargo build` of `ws` through kache, remote through `endpoint`.
+    fn build(&self, ws: &Path, cache: &Path, endpoint: &str, extra: &[(&str, &str)]) -> Command {
+        let mut c = cargo_through_kache(ws, &ws.with_file_name("target"), cache, &["build"]);
+        self.s3.configure_at(&mut c, endpoint);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// (crate, key) of every entry object under this test's prefix.
+    fn bucket_entries(&self) -> BTreeSet<(String, String)> {
+        self.s3
+            .objects()
+            .expect("s3s-fs")
+            .iter()
+            .filter_map(|o| {
+                let rest = o.strip_prefix(&format!("{}/", self.s3.prefix))?;
+                let (c, f) = rest.split_once('/')?;
+                Some((c.to_string(), f.strip_suffix(".tar.zst")?.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// (crate, key) of every entry in a cache dir.
+fn entries(cache: &Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for c in fs::read_dir(cache.join("entries"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for e in fs::read_dir(c.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(k) = name.strip_suffix(".json") {
+                out.insert((c.file_name().to_string_lossy().to_string(), k.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Upload markers left under `pending/`.
+fn pending(cache: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![cache.join("pending")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The wrapper outcomes logged since the last call (the log is cleared).
+fn results(cache: &Path) -> Vec<String> {
+    let text = fs::read_to_string(cache.join("events.jsonl")).unwrap_or_default();
+    let _ = fs::remove_file(cache.join("events.jsonl"));
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["crate"] != "")
+        .map(|e| e["result"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn runs_right(ws: &Path) {
+    let run = Command::new(ws.with_file_name("target").join("debug/app"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", show(&run));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello total=52 label=built"
+    );
+}
+
+fn daemon_log(cache: &Path) -> String {
+    fs::read_to_string(cache.join("daemon/log")).unwrap_or_default()
+}
+
+/// Runner A builds with the daemon: after `kache daemon stop` every entry
+/// is in the bucket, with no sync step. Runner B (another checkout path,
+/// an empty store, its own daemon) then builds from remote hits alone,
+/// compiling nothing, and the program runs right.
+#[test]
+fn uploads_without_sync_and_remote_hits_on_an_empty_runner() {
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    let (ws_a, cache_a) = (w.workspace("a"), w.path("cache-a"));
+    let d = w.start(&cache_a, &ep);
+    let o = w.build(&ws_a, &cache_a, &ep, &[]).output().unwrap();
+    ok(&o);
+    let cold = results(&cache_a);
+    assert!(
+        !cold.is_empty() && cold.iter().all(|r| r == "miss"),
+        "{cold:?}"
+    );
+    let stored = entries(&cache_a);
+    assert_eq!(stored.len(), cold.len());
+    let o = w.stop(&d, &cache_a, &ep, "60s");
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("0 pending"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(w.bucket_entries(), stored, "{}", daemon_log(&cache_a));
+    assert_eq!(pending(&cache_a), 0);
+    // A second stop finds nothing running and nothing pending.
+    ok(&w.kache(&cache_a, &ep, &["daemon", "stop"]));
+
+    let (ws_b, cache_b) = (w.workspace("b"), w.path("cache-b"));
+    let d = w.start(&cache_b, &ep);
+    let t0 = Instant::now();
+    let o = w
+        .build(&ws_b, &cache_b, &ep, &[("KACHE_DAEMON_WAIT", "10s")])
+        .output()
+        .unwrap();
+    ok(&o);
+    let took = t0.elapsed();
+    let warm = results(&cache_b);
+    assert_eq!(warm.len(), cold.len(), "{warm:?}");
+    assert!(
+        warm.iter().all(|r| r == "local_hit"),
+        "{warm:?}\n{}",
+        daemon_log(&cache_b)
+    );
+    runs_right(&ws_b);
+    let st = w.status(&cache_b, &ep);
+    assert!(st["remote_hits"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(
+        st["entries_fetched"].as_u64().unwrap(),
+        stored.len() as u64,
+        "{st}"
+    );
+    eprintln!("runner B build from remote hits: {took:?}; status {st}");
+    // Nothing was compiled on B, so nothing is uploaded.
+    ok(&w.stop(&d, &cache_b, &ep, "30s"));
+    for log in [daemon_log(&cache_a), daemon_log(&cache_b)] {
+        assert!(!log.contains(&w.s3.secret_key), "{log}");
+        assert!(
+            !log.to_ascii_lowercase().contains("x-amz-signature"),
+            "{log}"
+        );
+    }
+}
+
+/// The daemon is killed with `kill -9` while a build runs and uploads are
+/// slow: the build succeeds, the uploads stay recorded under `pending/`,
+/// and a restarted daemon uploads them all before `stop` returns 0.
+#[test]
+fn kill_9_mid_build_loses_no_upload() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(1500));
+    let (ws, cache) = (w.workspace("a"), w.path("cache"));
+    let d = w.start(&cache, &proxy.endpoint);
+    let mut child = w
+        .build(&ws, &cache, &proxy.endpoint, &[("KACHE_DAEMON_WAIT", "0s")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once the first entry is stored.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while entries(&cache).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!entries(&cache).is_empty(), "no entry stored in time");
+    kill9(d.pid);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "build failed after the daemon died");
+    runs_right(&ws);
+    let stored = entries(&cache);
+    assert!(pending(&cache) > 0, "every upload done before the kill?");
+    assert!(w.bucket_entries().len() < stored.len());
+
+    // Restart (a stale socket is left behind), at full speed.
+    proxy.set_delay(Duration::ZERO);
+    let d = w.start(&cache, &proxy.endpoint);
+    let o = w.stop(&d, &cache, &proxy.endpoint, "60s");
+    ok(&o);
+    assert_eq!(w.bucket_entries(), stored, "{}", daemon_log(&cache));
+    assert_eq!(pending(&cache), 0);
+}
+
+/// S3 down, then S3 answering slowly: builds succeed, and the daemon
+/// notices once (the circuit breaker) instead of making every compile
+/// wait. A stop that cannot upload says so in its exit status, and keeps
+/// the uploads recorded.
+#[test]
+fn s3_down_or_slow_builds_succeed_within_the_deadlines() {
+    let w = World::new();
+    // Baseline: the same build without kache's remote.
+    let ws0 = w.workspace("base");
+    let t0 = Instant::now();
+    let mut c = cargo_through_kache(
+        &ws0,
+        &ws0.with_file_name("target"),
+        &w.path("cache0"),
+        &["build"],
+    );
+    ok(&c.output().unwrap());
+    let base = t0.elapsed();
+
+    // Down: nothing listens on the endpoint.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (ws, cache) = (w.workspace("down"), w.path("cache-down"));
+    let d = w.start(&cache, &dead);
+    let t0 = Instant::now();
+    let o = w
+        .build(&ws, &cache, &dead, &[("KACHE_DAEMON_WAIT", "2s")])
+        .output()
+        .unwrap();
+    ok(&o);
+    let down = t0.elapsed();
+    runs_right(&ws);
+    let st = w.status(&cache, &dead);
+    assert!(st["paused_secs"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["remote_misses"].as_u64().unwrap() > 0, "{st}");
+    let o = w.stop(&d, &cache, &dead, "2s");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not done"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(pending(&cache), entries(&cache).len());
+
+    // Slow: every request waits 3 s, longer than builds wait (1 s).
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_secs(3));
+    let (ws, cache) = (w.workspace("slow"), w.path("cache-slow"));
+    let d = w.start(&cache, &proxy.endpoint);
+    let t0 = Instant::now();
+    let o = w
+        .build(&ws, &cache, &proxy.endpoint, &[("KACHE_DAEMON_WAIT", "1s")])
+        .output()
+        .unwrap();
+    ok(&o);
+    let slow = t0.elapsed();
+    runs_right(&ws);
+    let st = w.status(&cache, &proxy.endpoint);
+    assert!(st["paused_secs"].as_u64().unwrap() > 0, "{st}");
+    proxy.set_delay(Duration::ZERO);
+    let _ = w.stop(&d, &cache, &proxy.endpoint, "1s");
+    eprintln!("build: {base:?} without a remote, {down:?} with S3 down, {slow:?} with S3 slow");
+    // Each waiting compile pays at most the wait, and only until the
+    // breaker opens: with 2 jobs, a few waits at most.
+    let slack = Duration::from_secs(8);
+    assert!(down < base + slack, "{down:?} vs {base:?}");
+    assert!(slow < base + slack, "{slow:?} vs {base:?}");
+}
+
+/// Another user cannot talk to the daemon: the socket's directory is
+/// private, and even with it opened up the daemon refuses the peer's
+/// uid. Malformed, oversized or path-like requests are refused and the
+/// daemon keeps serving.
+#[test]
+fn another_uid_cannot_use_the_socket_and_bad_requests_are_refused() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    let cache = w.path("cache");
+    let d = w.start(&cache, &ep);
+    let mode = fs::metadata(cache.join("daemon"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(kache_bin())
+            .args(["daemon", "status", "--json"]);
+        crate::common::clean_env(&mut c);
+        c.env("KACHE_CACHE_DIR", &cache);
+        w.s3.configure_at(&mut c, &ep);
+        c.output().unwrap()
+    };
+    // Let nobody reach the store (not the daemon dir).
+    fs::set_permissions(w.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let o = as_nobody();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(r#""running":false"#));
+    // Open the directory and the socket up: SO_PEERCRED still refuses.
+    fs::set_permissions(cache.join("daemon"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(cache.join("daemon/sock"), fs::Permissions::from_mode(0o777)).unwrap();
+    let o = as_nobody();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon_log(&cache).contains("refused a connection from uid 65534") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&cache));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let ask = |line: &[u8]| -> String {
+        let mut s = UnixStream::connect(cache.join("daemon/sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(line);
+        let mut r = String::new();
+        let _ = BufReader::new(&s).read_line(&mut r);
+        r
+    };
+    let key = "ab".repeat(32);
+    for bad in [
+        format!(
+            "{{\"op\":\"upload\",\"remote\":\"x\",\"crate\":\"../../etc\",\"key\":\"{key}\"}}\n"
+        ),
+        "{\"op\":\"fetch\",\"remote\":\"x\",\"crate\":\"a/b\",\"wait_ms\":1}\n".to_string(),
+        "{\"op\":\"delete\",\"path\":\"/\"}\n".to_string(),
+        format!("{}\n", "x".repeat(100_000)),
+    ] {
+        let r = ask(bad.as_bytes());
+        assert!(r.contains(r#""ok":false"#), "{bad:.80}: {r}");
+    }
+    // A fetch for another remote is refused, not served.
+    let r = ask(b"{\"op\":\"fetch\",\"remote\":\"http://elsewhere|r|b|p\",\"crate\":\"foo\",\"wait_ms\":100}\n");
+    assert!(r.contains("another remote"), "{r}");
+    let st = w.status(&cache, &ep);
+    assert_eq!(st["running"], true);
+    assert_eq!(st["queue"], 0);
+    // A second daemon for the same store refuses to start.
+    let o = w.kache(&cache, &ep, &["daemon"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already runs"),
+        "{}",
+        show(&o)
+    );
+    ok(&w.stop(&d, &cache, &ep, "10s"));
+}
