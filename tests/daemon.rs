@@ -461,3 +461,111 @@ fn another_uid_cannot_use_the_socket_and_bad_requests_are_refused() {
     );
     ok(&w.stop(&d, &cache, &ep, "10s"));
 }
+
+/// Two builds at once (two checkouts, one store) through one daemon that
+/// the first wrapper call started (`KACHE_DAEMON_AUTOSTART=1`): both
+/// succeed, every entry reaches the bucket, and the server never sees
+/// more than `s3_concurrency` requests at once.
+#[test]
+fn autostart_two_builds_at_once_within_the_concurrency_bound() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(150));
+    let ep = proxy.endpoint.clone();
+    let cache = w.path("cache");
+    let env = [
+        ("KACHE_DAEMON_AUTOSTART", "1"),
+        ("KACHE_S3_CONCURRENCY", "2"),
+        ("KACHE_DAEMON_WAIT", "1s"),
+    ];
+    let (ws1, ws2) = (w.workspace("one"), w.workspace("two"));
+    let mut b1 = w.build(&ws1, &cache, &ep, &env).spawn().unwrap();
+    let mut b2 = w.build(&ws2, &cache, &ep, &env).spawn().unwrap();
+    assert!(b1.wait().unwrap().success());
+    assert!(b2.wait().unwrap().success());
+    runs_right(&ws1);
+    runs_right(&ws2);
+    let st = w.status(&cache, &ep);
+    assert_eq!(
+        st["running"],
+        true,
+        "not autostarted: {}",
+        daemon_log(&cache)
+    );
+    assert_eq!(st["s3_concurrency"], 2);
+    let d = Daemon {
+        pid: st["pid"].as_u64().unwrap() as u32,
+    };
+    let o = w.stop(&d, &cache, &ep, "60s");
+    ok(&o);
+    assert_eq!(
+        w.bucket_entries(),
+        entries(&cache),
+        "{}",
+        daemon_log(&cache)
+    );
+    assert_eq!(pending(&cache), 0);
+    let max = proxy.max_inflight();
+    assert!((1..=2).contains(&max), "{max} requests in flight");
+}
+
+/// The daemon notices a changed config file: it serves the new remote
+/// (and wrappers compare with the new identity); a broken file is
+/// reported and the old settings kept.
+#[test]
+fn a_changed_config_file_is_noticed() {
+    let w = World::new();
+    let cache = w.path("cache");
+    let file = w.path("config.toml");
+    let write = |prefix: &str| {
+        fs::write(
+            &file,
+            format!(
+                "[cache.remote]\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"{}\"\nprefix = \"{prefix}\"\n",
+                w.s3.bucket, w.s3.endpoint, w.s3.region
+            ),
+        )
+        .unwrap();
+    };
+    let cmd = |args: &[&str]| {
+        let mut c = kache(&cache);
+        c.env("KACHE_CONFIG", &file)
+            .env("KACHE_S3_ACCESS_KEY", &w.s3.access_key)
+            .env("KACHE_S3_SECRET_KEY", &w.s3.secret_key)
+            .args(args);
+        let o = c.output().unwrap();
+        assert_no_secrets(&o, &w.secrets());
+        o
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_slice(&cmd(&["daemon", "status", "--json"]).stdout).unwrap()
+    };
+    write("first");
+    ok(&cmd(&["daemon", "start"]));
+    let st = status();
+    let d = Daemon {
+        pid: st["pid"].as_u64().unwrap() as u32,
+    };
+    assert!(st["remote"].as_str().unwrap().contains("/first/"), "{st}");
+    write("second");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status()["config_reloads"] != 1 {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&cache));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status()["remote"].as_str().unwrap().contains("/second/"));
+    fs::write(&file, "[cache\nbroken").unwrap();
+    while !daemon_log(&cache).contains("cannot be used") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&cache));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // (`kache daemon status` itself refuses a broken file.)
+    write("second");
+    assert!(status()["remote"].as_str().unwrap().contains("/second/"));
+    ok(&cmd(&["daemon", "stop"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(d.pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(d.pid));
+}
