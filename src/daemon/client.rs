@@ -13,8 +13,9 @@ use std::fs::{self, File};
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -26,6 +27,12 @@ use crate::store::Store;
 
 /// Autostart is tried at most this often per store.
 const AUTOSTART_EVERY: Duration = Duration::from_secs(10);
+/// A detached daemon's log is rotated (once) past this size.
+const LOG_MAX: u64 = 4 << 20;
+
+/// Set once a connect failed: a wrapper process pays one failed connect
+/// at most.
+static ABSENT: AtomicBool = AtomicBool::new(false);
 
 /// After a miss's entry is published: records the upload under
 /// `pending/` and tells the daemon, without waiting for it.
@@ -98,10 +105,14 @@ fn send(s: &mut UnixStream, req: &Request) -> std::io::Result<()> {
 /// `cache.daemon_autostart` says so (at most every `AUTOSTART_EVERY`),
 /// and returns `None` (this compile does not wait for it).
 fn connect(cfg: &WrapperConfig, store: &Store) -> Option<UnixStream> {
+    if ABSENT.load(Ordering::Relaxed) {
+        return None;
+    }
     let p = paths(store.root());
     match UnixStream::connect(&p.sock) {
         Ok(s) => Some(s),
         Err(_) => {
+            ABSENT.store(true, Ordering::Relaxed);
             if cfg.daemon_autostart {
                 autostart(store);
             }
@@ -132,16 +143,31 @@ fn autostart(store: &Store) {
 /// Starts `kache daemon` in its own process group, stdio away from the
 /// caller's (cargo reads a wrapper's pipes until EOF), stderr to the log.
 fn spawn_detached(root: &Path) -> Result<std::process::Child> {
-    let p = paths(root);
+    // It runs from `/`, holding no directory busy: paths it is given
+    // must not be relative.
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let p = paths(&root);
+    if fs::metadata(&p.log).is_ok_and(|m| m.len() > LOG_MAX) {
+        let _ = fs::rename(&p.log, p.log.with_extension("old"));
+    }
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&p.log)
         .with_context(|| format!("cannot open {}", p.log.display()))?;
     let exe = std::env::current_exe().context("cannot find the kache binary")?;
-    Command::new(exe)
-        .arg("daemon")
-        .env("KACHE_CACHE_DIR", root)
+    let mut cmd = Command::new(exe);
+    for var in ["KACHE_CONFIG", "AWS_SHARED_CREDENTIALS_FILE"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            cmd.env(
+                var,
+                std::path::absolute(PathBuf::from(&v)).unwrap_or(v.into()),
+            );
+        }
+    }
+    cmd.arg("daemon")
+        .current_dir("/")
+        .env("KACHE_CACHE_DIR", &root)
         .env_remove("KACHE_ACTIVE")
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("cannot open the daemon log")?)

@@ -13,7 +13,8 @@ store, blocking threads throughout.
 - Uploads: the wrapper first records the upload durably as an empty file
   `<store>/pending/<remote id>/<crate>/<key>`, then sends one line
   without waiting. A crash, a `kill -9` or no daemon at all loses
-  nothing: the daemon replays `pending/` when it starts, and
+  nothing: the daemon reads `pending/` when it starts, every 30 s and
+  before it stops (a notice can be missed, the marker cannot), and
   `kache sync --push` uploads every local entry anyway. A marker goes
   only once its entry is in the bucket (or gone from the store).
 - Remote hits: on a local miss the wrapper asks for the crate (within

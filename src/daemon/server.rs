@@ -48,6 +48,8 @@ const PAUSE_MIN: Duration = Duration::from_secs(30);
 const PAUSE_MAX: Duration = Duration::from_secs(300);
 /// How often the config file is checked.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How often `pending/` is read again for uploads nobody announced.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
 fn log(msg: &str) {
     let mut e = std::io::stderr().lock();
@@ -284,6 +286,7 @@ impl Shared {
         }
     }
 
+    /// Queues every upload recorded for `live`'s remote.
     fn replay(&self, live: &Live) {
         let found = pending_markers(&live.pending);
         if !found.is_empty() {
@@ -518,6 +521,9 @@ fn status(shared: &Shared) -> Status {
 /// waiting for their backoff go now.
 fn drain(shared: &Shared, timeout: Duration) -> StopReply {
     let deadline = Instant::now() + timeout;
+    // Markers whose notice never came (written while no daemon
+    // answered, e.g. by the compile that autostarted this one).
+    rescan(shared);
     let mut q = lock(&shared.queue);
     let now = Instant::now();
     for j in &mut q.jobs {
@@ -909,6 +915,13 @@ fn fetch_now(shared: &Shared, live: &Live, crate_name: &str) -> Result<(), Strin
     }
 }
 
+/// Queues recorded uploads that are not queued yet, quietly.
+fn rescan(shared: &Shared) {
+    for (c, k) in pending_markers(&shared.live().pending) {
+        shared.enqueue(c, k);
+    }
+}
+
 /// (mtime, size, inode) of the config file, `None` if absent.
 fn config_stamp(p: Option<&Path>) -> Option<(SystemTime, u64, u64)> {
     let m = fs::metadata(p?).ok()?;
@@ -920,8 +933,13 @@ fn config_stamp(p: Option<&Path>) -> Option<(SystemTime, u64, u64)> {
 fn watch_config(shared: &Shared) {
     let path = config_path();
     let mut last = config_stamp(path.as_deref());
+    let mut scanned = Instant::now();
     while !shared.quit.load(Ordering::SeqCst) {
         std::thread::sleep(WATCH_EVERY);
+        if scanned.elapsed() >= RESCAN_EVERY {
+            rescan(shared);
+            scanned = Instant::now();
+        }
         let now = config_stamp(path.as_deref());
         if now == last {
             continue;
