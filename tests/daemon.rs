@@ -569,3 +569,99 @@ fn a_changed_config_file_is_noticed() {
     }
     assert!(!alive(d.pid));
 }
+
+/// Figures for the README: a real project (this repository by default,
+/// ~90 crates from the local registry; `KACHE_BENCH_PROJECT` names
+/// another) against s3s-fs on loopback, in one run:
+/// `cargo test --release --test tests daemon::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_daemon() {
+    let w = World::new();
+    let project = std::env::var("KACHE_BENCH_PROJECT")
+        .map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let ep = w.s3.endpoint.clone();
+    let ws = |name: &str| {
+        let d = w.path(name).join("ws");
+        copy_tree(&project, &d);
+        d
+    };
+    let timed = |c: &mut Command| {
+        let t0 = Instant::now();
+        let o = c.output().unwrap();
+        ok(&o);
+        t0.elapsed().as_secs_f64()
+    };
+    // Uncached: no wrapper at all.
+    let ws0 = ws("none");
+    let mut c = cargo_through_kache(
+        &ws0,
+        &ws0.with_file_name("target"),
+        &w.path("c0"),
+        &["build"],
+    );
+    c.env_remove("RUSTC_WRAPPER");
+    let none = timed(&mut c);
+    // Runner A: kache and a remote, no daemon; then with the daemon.
+    let ws_a0 = ws("a0");
+    let a0 = timed(&mut w.build(&ws_a0, &w.path("ca0"), &ep, &[]));
+    let (ws_a, cache_a) = (ws("a"), w.path("ca"));
+    let d = w.start(&cache_a, &ep);
+    let a = timed(&mut w.build(&ws_a, &cache_a, &ep, &[]));
+    let t0 = Instant::now();
+    ok(&w.stop(&d, &cache_a, &ep, "10m"));
+    let drain = t0.elapsed().as_secs_f64();
+    assert_eq!(w.bucket_entries(), entries(&cache_a));
+    // Runner B: empty store, daemon running, no sync.
+    let (ws_b, cache_b) = (ws("b"), w.path("cb"));
+    let d = w.start(&cache_b, &ep);
+    let b = timed(&mut w.build(&ws_b, &cache_b, &ep, &[]));
+    let st = w.status(&cache_b, &ep);
+    ok(&w.stop(&d, &cache_b, &ep, "1m"));
+    let b_results = results(&cache_b);
+    // Runner B': sync --pull, then build.
+    let (ws_p, cache_p) = (ws("p"), w.path("cp"));
+    let mut c = kache(&cache_p);
+    w.s3.configure(&mut c);
+    let pull = timed(c.current_dir(&ws_p).args(["sync", "--pull"]));
+    let pulled = timed(&mut w.build(&ws_p, &cache_p, &ep, &[]));
+    // S3 2 s away on every request, empty store, daemon running.
+    let proxy = Proxy::start(&ep);
+    proxy.set_delay(Duration::from_secs(2));
+    let (ws_s, cache_s) = (ws("s"), w.path("cs"));
+    let d = w.start(&cache_s, &proxy.endpoint);
+    let slow = timed(&mut w.build(&ws_s, &cache_s, &proxy.endpoint, &[]));
+    proxy.set_delay(Duration::ZERO);
+    let _ = w.stop(&d, &cache_s, &proxy.endpoint, "5s");
+
+    let n = entries(&cache_a).len();
+    let hits = b_results.iter().filter(|r| *r == "local_hit").count();
+    eprintln!(
+        "{n} entries; s3s-fs on loopback; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    eprintln!("| run | wall s | ratio |");
+    eprintln!("|---|---:|---:|");
+    eprintln!("| uncached (no kache) | {none:.2} | 1.000 of uncached |");
+    eprintln!("| A: kache, no daemon | {a0:.2} | |");
+    eprintln!(
+        "| A: kache + daemon | {a:.2} | {:.3} of A without daemon |",
+        a / a0
+    );
+    eprintln!("| A: `daemon stop` (uploads left) | {drain:.2} | |");
+    eprintln!(
+        "| B: empty store + daemon | {b:.2} | {:.3} of uncached ({hits}/{} hits) |",
+        b / none,
+        b_results.len()
+    );
+    eprintln!(
+        "| B: `sync --pull` + build | {:.2} ({pull:.2} + {pulled:.2}) | {:.3} of uncached |",
+        pull + pulled,
+        (pull + pulled) / none
+    );
+    eprintln!(
+        "| S3 2 s per request + daemon | {slow:.2} | {:.3} of uncached |",
+        slow / none
+    );
+    eprintln!("B daemon status: {st}");
+}

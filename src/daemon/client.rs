@@ -343,3 +343,45 @@ pub(crate) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Figures: what the hooks cost a wrapper when no daemon runs
+    /// (`cargo test --release --bin kache bench_hooks -- --ignored
+    /// --nocapture`).
+    #[test]
+    #[ignore = "benchmark"]
+    fn bench_hooks_without_a_daemon() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let mut cfg = WrapperConfig {
+            cache_dir: d.path().to_path_buf(),
+            cache_executables: true,
+            remote: None,
+            daemon_autostart: false,
+            daemon_wait: Duration::from_secs(2),
+        };
+        let n = 2000u32;
+        let key = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+        let time = |f: &mut dyn FnMut(u32)| {
+            let t0 = Instant::now();
+            for i in 0..n {
+                ABSENT.store(false, Ordering::Relaxed);
+                f(i);
+            }
+            t0.elapsed() / n
+        };
+        let none_fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo")));
+        let none_store = time(&mut |i| after_store(&cfg, &store, "foo", &key(i)));
+        cfg.remote = Some("http://127.0.0.1:1|r|b|p".into());
+        let fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo")));
+        let store_ = time(&mut |i| after_store(&cfg, &store, "foo", &key(i)));
+        eprintln!(
+            "per call without a daemon: no remote: fetch {none_fetch:?}, store {none_store:?}; \
+             remote configured: fetch {fetch:?} (one failed connect), store {store_:?} \
+             (marker file + one failed connect)"
+        );
+    }
+}
