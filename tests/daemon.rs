@@ -665,3 +665,50 @@ fn bench_daemon() {
     );
     eprintln!("B daemon status: {st}");
 }
+
+/// A daemon that accepts but never answers (stopped with SIGSTOP): the
+/// build succeeds, the first compile that asks pays the wait once and
+/// later compiles do not ask; once resumed, every upload still happens.
+#[test]
+fn a_hung_daemon_costs_one_wait() {
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    let ws0 = w.workspace("base");
+    let t0 = Instant::now();
+    ok(&w.build(&ws0, &w.path("cache0"), &ep, &[]).output().unwrap());
+    let base = t0.elapsed();
+
+    let (ws, cache) = (w.workspace("a"), w.path("cache"));
+    let d = w.start(&cache, &ep);
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &d.pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let t0 = Instant::now();
+    let o = w
+        .build(&ws, &cache, &ep, &[("KACHE_DAEMON_WAIT", "2s")])
+        .output()
+        .unwrap();
+    let hung = t0.elapsed();
+    signal("-CONT");
+    ok(&o);
+    runs_right(&ws);
+    assert!(cache.join("daemon/unresponsive").exists());
+    eprintln!("build: {base:?} without a daemon, {hung:?} with a hung one");
+    // Two jobs: at most two compiles were waiting when the first gave up.
+    assert!(hung < base + Duration::from_secs(6), "{hung:?} vs {base:?}");
+    ok(&w.stop(&d, &cache, &ep, "60s"));
+    assert_eq!(
+        w.bucket_entries(),
+        entries(&cache),
+        "{}",
+        daemon_log(&cache)
+    );
+    assert_eq!(pending(&cache), 0);
+}

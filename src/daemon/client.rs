@@ -27,6 +27,10 @@ use crate::store::Store;
 
 /// Autostart is tried at most this often per store.
 const AUTOSTART_EVERY: Duration = Duration::from_secs(10);
+/// After a fetch found the daemon unresponsive, compiles skip asking for
+/// this long (the daemon's own breaker covers a slow remote; this covers
+/// a daemon that accepts but does not answer: stopped, overloaded).
+const UNRESPONSIVE_FOR: Duration = Duration::from_secs(30);
 /// A detached daemon's log is rotated (once) past this size.
 const LOG_MAX: u64 = 4 << 20;
 
@@ -67,6 +71,10 @@ pub(crate) fn remote_fetch(cfg: &WrapperConfig, store: &Store, crate_name: &str)
         return false;
     }
     let deadline = Instant::now() + cfg.daemon_wait;
+    let p = paths(store.root());
+    if fresh(&p.unresponsive, UNRESPONSIVE_FOR) {
+        return false;
+    }
     let Some(mut s) = connect(cfg, store) else {
         return false;
     };
@@ -89,10 +97,32 @@ pub(crate) fn remote_fetch(cfg: &WrapperConfig, store: &Store, crate_name: &str)
     if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
         return false;
     }
-    protocol::read_line(BufReader::new(&s))
-        .ok()
-        .and_then(|l| serde_json::from_str::<FetchReply>(&l).ok())
-        .is_some_and(|r| r.entries > 0)
+    match protocol::read_line(BufReader::new(&s)) {
+        Ok(l) => serde_json::from_str::<FetchReply>(&l).is_ok_and(|r| r.entries > 0),
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                stamp(&p.unresponsive);
+            }
+            false
+        }
+    }
+}
+
+/// Whether the file at `p` was stamped less than `d` ago.
+fn fresh(p: &Path, d: Duration) -> bool {
+    fs::metadata(p)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age < d))
+}
+
+/// Creates `p` if needed and sets its mtime to now.
+fn stamp(p: &Path) -> bool {
+    File::create(p)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .is_ok()
 }
 
 fn send(s: &mut UnixStream, req: &Request) -> std::io::Result<()> {
@@ -126,14 +156,7 @@ fn autostart(store: &Store) {
     if private_dir(&p.dir).is_err() {
         return;
     }
-    let recent = fs::metadata(&p.autostart)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| {
-            SystemTime::now()
-                .duration_since(t)
-                .is_ok_and(|d| d < AUTOSTART_EVERY)
-        });
-    if recent || File::create(&p.autostart).is_err() {
+    if fresh(&p.autostart, AUTOSTART_EVERY) || !stamp(&p.autostart) {
         return;
     }
     // The daemon itself refuses to run twice (it holds a lock).
@@ -222,6 +245,11 @@ pub(crate) fn start(cfg: &Config) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {
+            // Another `start` may have won the race: its daemon answers.
+            if let Ok(st) = ask_status(root) {
+                println!("kache daemon already running (pid {})", st.pid);
+                return Ok(ExitCode::SUCCESS);
+            }
             let log = fs::read(&p.log).unwrap_or_default();
             let tail = String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default());
             bail!("kache daemon exited at once ({status}): {}", tail.trim());

@@ -68,6 +68,8 @@ pub(crate) struct Paths {
     pub(crate) log: PathBuf,
     /// Its mtime throttles autostart attempts.
     pub(crate) autostart: PathBuf,
+    /// Its mtime: when a wrapper last waited in vain for an answer.
+    pub(crate) unresponsive: PathBuf,
 }
 
 /// The daemon's paths for the store at `root`. A socket path must fit
@@ -89,6 +91,7 @@ pub(crate) fn paths(root: &Path) -> Paths {
         pid: dir.join("pid"),
         log: dir.join("log"),
         autostart: dir.join("autostart"),
+        unresponsive: dir.join("unresponsive"),
         dir,
     }
 }
