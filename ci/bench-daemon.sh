@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Daemon benchmark (run by hand, not in CI):
+#
+#   bash ci/bench-daemon.sh [PROJECT_DIR]
+#
+# Builds a real project (default: this repository, ~90 crates from the
+# local registry; `cargo fetch` it once) through the release kache against
+# an in-process s3s-fs on loopback, in one run: uncached; runner A with
+# kache and a remote but no daemon, then with the daemon (and the time
+# `kache daemon stop` takes to finish the uploads; every entry is then in
+# the bucket); runner B with an empty store and the daemon, no sync;
+# runner B with `kache sync --pull` then the build; and the daemon with
+# S3 two seconds away on every request. Prints a table of times and
+# ratios.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ $# -gt 0 ]; then
+  export KACHE_BENCH_PROJECT=$(cd "$1" && pwd)
+fi
+cd "$ROOT"
+exec cargo test --release --locked --test tests daemon::bench -- --ignored --nocapture
