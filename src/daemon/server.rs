@@ -267,10 +267,19 @@ impl Shared {
         ));
     }
 
+    /// A request succeeded. Requests that were in flight when the
+    /// breaker opened do not close it; it closes when its time is up.
     fn remote_ok(&self) {
         let mut b = lock(&self.breaker);
+        if b.until.is_some_and(|u| u > Instant::now()) {
+            return;
+        }
         b.failures = 0;
         b.until = None;
+    }
+
+    fn reset_breaker(&self) {
+        *lock(&self.breaker) = Breaker::default();
     }
 
     fn enqueue(&self, crate_name: String, key: String) {
@@ -785,7 +794,8 @@ fn prefetch(shared: &Arc<Shared>, live: &Arc<Live>, dir: &Path) {
 
 /// Brings the crate's remote entries into the store, unless it was done
 /// within `FRESH` or the remote is paused. Concurrent callers for one
-/// crate share one fetch.
+/// crate share one fetch. `wait` is how long the asking build waits
+/// (`Duration::MAX`: a prefetch, which nobody waits on).
 fn fetch_crate(
     shared: &Shared,
     live: &Live,
@@ -820,6 +830,11 @@ fn fetch_crate(
                 slot.running = true;
                 slot.deadline = mine;
                 break;
+            }
+            // A prefetch (on a fetch-pool thread) never waits for another
+            // fetch: that one may need the pool's threads to finish.
+            if mine.is_none() {
+                return Ok(());
             }
             if mine.is_some_and(|d| d < now) || asked.elapsed() > Duration::from_secs(600) {
                 return Err("timed out waiting for the fetch under way".into());
@@ -964,12 +979,56 @@ fn watch_config(shared: &Shared) {
                 }
                 add(&shared.counters.config_reloads, 1);
                 lock(&shared.slots).clear();
-                shared.remote_ok();
+                shared.reset_breaker();
                 shared.replay(&l);
             }
             Err(e) => log(&format!(
                 "config file changed but cannot be used, keeping the old settings: {e:#}"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_bound_and_put_fetches_first() {
+        let p = Arc::new(Permits::new(2));
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Hold both permits, queue low then high takers, release.
+        let a = p.acquire(false);
+        let b = p.acquire(true);
+        let mut hs = Vec::new();
+        for (i, high) in [(0, false), (1, false), (2, true), (3, true)] {
+            let (p, inflight, max, order) = (
+                Arc::clone(&p),
+                Arc::clone(&inflight),
+                Arc::clone(&max),
+                Arc::clone(&order),
+            );
+            hs.push(std::thread::spawn(move || {
+                let _g = p.acquire(high);
+                let n = inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(n, Ordering::SeqCst);
+                lock(&order).push(i);
+                std::thread::sleep(Duration::from_millis(30));
+                inflight.fetch_sub(1, Ordering::SeqCst);
+            }));
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        drop((a, b));
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert!(max.load(Ordering::SeqCst) <= 2);
+        let order = lock(&order).clone();
+        assert_eq!(order.len(), 4);
+        let mut first: Vec<i32> = order[..2].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, vec![2, 3], "high-priority takers first: {order:?}");
     }
 }
