@@ -479,10 +479,13 @@ fn autostart_two_builds_at_once_within_the_concurrency_bound() {
     proxy.set_delay(Duration::from_millis(150));
     let ep = proxy.endpoint.clone();
     let cache = w.path("cache");
+    // With both of these set the wrapper reads no config file (its fast
+    // path): the remote identity comes from KACHE_S3_* alone.
     let env = [
         ("KACHE_DAEMON_AUTOSTART", "1"),
         ("KACHE_S3_CONCURRENCY", "2"),
         ("KACHE_DAEMON_WAIT", "1s"),
+        ("KACHE_CACHE_EXECUTABLES", "true"),
     ];
     let (ws1, ws2) = (w.workspace("one"), w.workspace("two"));
     let mut b1 = w.build(&ws1, &cache, &ep, &env).spawn().unwrap();
