@@ -129,6 +129,15 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
+    pub(crate) never_cache: Vec<String>,
+    pub(crate) inputs: BTreeMap<String, CrateInputs>,
+}
+
+/// Inputs a user declares for one crate (read by a proc macro, say).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CrateInputs {
+    pub(crate) env: Vec<String>,
+    pub(crate) files: Vec<String>,
 }
 
 impl WrapperConfig {
@@ -140,12 +149,16 @@ impl WrapperConfig {
                 cache_dir: PathBuf::from(dir),
                 cache_executables: parse_bool(exe)
                     .ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", exe, BOOL_FORM))?,
+                never_cache: Vec::new(),
+                inputs: BTreeMap::new(),
             });
         }
         let c = Config::load()?;
         Ok(WrapperConfig {
             cache_dir: c.cache_dir.value,
             cache_executables: c.cache_executables.value,
+            never_cache: Vec::new(),
+            inputs: BTreeMap::new(),
         })
     }
 }

@@ -263,7 +263,8 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
     assert_all(&warm, "local_hit", COMPILES);
     assert_eq!(keys(&warm), keys(&cold));
 
-    // A restored rlib is a hard link to its blob; the binary a copy.
+    // Restored files are private, writable copies: no inode is shared
+    // with a blob, so nothing written into target/ reaches the store.
     use std::os::unix::fs::MetadataExt;
     let mut blobs = BTreeSet::new();
     for d in fs::read_dir(sb.cache.join("blobs")).unwrap() {
@@ -271,17 +272,11 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
             blobs.insert(b.unwrap().metadata().unwrap().ino());
         }
     }
-    let deps = a.target.join("debug/deps");
-    let ino = |pred: &dyn Fn(&str) -> bool| {
-        let e = fs::read_dir(&deps)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| pred(p.file_name().unwrap().to_str().unwrap()))
-            .unwrap();
-        fs::metadata(e).unwrap().ino()
-    };
-    assert!(blobs.contains(&ino(&|n| n.starts_with("libalpha-") && n.ends_with(".rlib"))));
-    assert!(!blobs.contains(&ino(&|n| n.starts_with("app-") && !n.contains('.'))));
+    for e in fs::read_dir(a.target.join("debug/deps")).unwrap() {
+        let m = e.unwrap().metadata().unwrap();
+        assert!(!blobs.contains(&m.ino()));
+        assert!(!m.permissions().readonly());
+    }
 
     // After a restore, cargo considers everything fresh.
     let v = a.build_ok(&["build", "-v"], &[]);

@@ -23,13 +23,21 @@ pub(crate) struct DepInfo {
 }
 
 /// What the wrapper needs to find this entry again without running
-/// rustc: the base key (everything but source contents and env values)
-/// and the list of source files and env vars the compile read.
+/// rustc: the base key (everything known before the compile) and what
+/// the compile read beyond it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Inputs {
     pub(crate) base: String,
     pub(crate) files: Vec<String>,
     pub(crate) env: Vec<String>,
+    /// Every file the link read (rlibs of the whole crate graph, native
+    /// libraries, objects, linker scripts), for linked outputs.
+    #[serde(default)]
+    pub(crate) link: Vec<String>,
+    /// Sentinels of the machine-local roots whose real path the outputs
+    /// contain: the entry is keyed by their real value.
+    #[serde(default)]
+    pub(crate) roots: Vec<String>,
 }
 
 /// An entry manifest. Serialised as JSON in the store and as

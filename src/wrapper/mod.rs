@@ -11,6 +11,8 @@ to running rustc exactly as without kache, with one warning line.
 
 pub(crate) mod args;
 pub(crate) mod key;
+mod link;
+mod probe;
 pub(crate) mod restore;
 mod stamp;
 
@@ -23,7 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 
 use self::args::{Compile, Verdict};
-use self::key::Paths;
+use self::key::{Declared, Paths};
+use self::probe::RealProbe;
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
@@ -177,6 +180,26 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
     if let Some(l) = lead {
         compile.run_args.insert(0, l);
     }
+    let crate_name = entry_crate(&compile);
+    if cfg.never_cache.contains(&crate_name)
+        || cfg
+            .never_cache
+            .contains(&normalize_crate(&compile.crate_name))
+    {
+        let code = run_plain(rustc, rest);
+        log(
+            &Store::at(&cfg.cache_dir),
+            &Event {
+                crate_name: &crate_name,
+                result: "passthrough",
+                start,
+                size: 0,
+                key: "",
+                compile_ms: 0,
+            },
+        );
+        return code;
+    }
     let mut ran = None;
     match cached(&cfg, rustc, &compile, &expanded, start, &mut ran) {
         Ok(code) => code,
@@ -264,18 +287,27 @@ fn unlink_outputs(c: &Compile) {
 
 /// Looks up each recorded input list of `base`; the first whose full key
 /// has an entry.
-fn lookup(store: &Store, crate_name: &str, base: &str, paths: &Paths) -> Result<Option<Entry>> {
+fn lookup(
+    store: &Store,
+    crate_name: &str,
+    base: &str,
+    paths: &Paths,
+    probe: &RealProbe<'_>,
+) -> Result<Option<Entry>> {
     for inputs in store.inputs_for(base) {
-        let Some(full) = key::full_key(&inputs, paths) else {
+        let Some(full) = key::full_key(&inputs, paths, probe) else {
             continue;
         };
         match store.get(crate_name, &full) {
             Ok(Some(e)) => return Ok(Some(e)),
             Ok(None) => {}
-            // A corrupt manifest: drop it so this compile can replace it.
-            Err(_) => {
+            // Only a manifest proven corrupt is dropped (so this compile
+            // can replace it); a transient read error (EMFILE, EIO) is a
+            // miss that leaves the entry alone.
+            Err(e) if e.chain().any(|c| c.is::<serde_json::Error>()) => {
                 let _ = store.remove(crate_name, &full);
             }
+            Err(_) => {}
         }
     }
     Ok(None)
@@ -332,6 +364,22 @@ fn hit(
     Ok(0)
 }
 
+/// The inputs the user declared for a crate.
+fn declared(cfg: &WrapperConfig, crate_name: &str, compile: &Compile) -> Declared {
+    let mut d = Declared::default();
+    for n in [crate_name.to_string(), normalize_crate(&compile.crate_name)] {
+        if let Some(i) = cfg.inputs.get(&n) {
+            d.env.extend(i.env.iter().cloned());
+            d.files.extend(i.files.iter().cloned());
+        }
+    }
+    d.env.sort();
+    d.env.dedup();
+    d.files.sort();
+    d.files.dedup();
+    d
+}
+
 fn cached(
     cfg: &WrapperConfig,
     rustc: &OsString,
@@ -346,30 +394,53 @@ fn cached(
     let store = Store::open(&cfg.cache_dir)?;
     let crate_name = entry_crate(compile);
     let paths = Paths::detect(&compile.out_dir)?;
+    let probe = RealProbe::new(&store);
     let out_dir = if compile.out_dir.is_absolute() {
         compile.out_dir.clone()
     } else {
         paths.cwd.join(&compile.out_dir)
     };
-    let base = key::base_key(&store, rustc_str, compile, args, &paths)?;
-    if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
-        return hit(&store, &e, compile, &paths, start);
-    }
-    let _guard = lock(&store, &base);
-    if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
-        return hit(&store, &e, compile, &paths, start);
+    let decl = declared(cfg, &crate_name, compile);
+    let base = key::base_key(rustc_str, compile, args, &paths, &decl, &probe)?;
+    let verify = truthy("KACHE_VERIFY");
+    let mut found = lookup(&store, &crate_name, &base, &paths, &probe)?;
+    let _guard = if found.is_none() {
+        let g = lock(&store, &base);
+        found = lookup(&store, &crate_name, &base, &paths, &probe)?;
+        g
+    } else {
+        None
+    };
+    if let Some(e) = &found
+        && !verify
+    {
+        return hit(&store, e, compile, &paths, start);
     }
 
-    // Miss: compile for real.
+    // Miss (or a hit to verify): compile for real.
     let outputs = compile.outputs();
     unlink_outputs(compile);
+    // The link line goes beside the outputs, never into the store: a
+    // full or broken store must not fail the compile.
+    let link_args = (compile.links() && compile.emit.iter().any(|e| e == "link")).then(|| {
+        out_dir.join(format!(
+            ".{}.kache-link-args.{}",
+            compile.dep_info_name(),
+            std::process::id()
+        ))
+    });
     let mut cmd = Command::new(rustc);
-    cmd.args(&compile.run_args)
-        .args(paths.remap_args())
+    // kache's remappings first: a user's own `--remap-path-prefix` comes
+    // later and so wins (rustc applies the last matching rule).
+    cmd.args(paths.remap_args())
+        .args(&compile.run_args)
         .env("KACHE_ACTIVE", "1")
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(p) = &link_args {
+        cmd.arg(format!("--print=link-args={}", p.display()));
+    }
     let before = fs_clock(&store);
     let t0 = Instant::now();
     let mut child = cmd
@@ -385,10 +456,18 @@ fn cached(
     let compile_ms = t0.elapsed().as_millis() as u64;
     let code = exit_code(status);
     *ran = Some(code);
+    let link_text = link_args.as_ref().map(|p| {
+        let t = fs::read_to_string(p);
+        let _ = fs::remove_file(p);
+        t
+    });
     if code != 0 {
         progress(&compile.crate_name, "miss (failed)", start, 0);
         unstored_miss(&store, &crate_name, start, compile_ms);
         return Ok(code);
+    }
+    if let Some(e) = &found {
+        return verify_hit(&store, e, &out_dir, start, compile_ms);
     }
 
     // Store what rustc produced, keyed by what it actually read.
@@ -396,21 +475,32 @@ fn cached(
     let dep_text = fs::read_to_string(&dep_path)
         .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
     let deps = key::parse_dep_info(&dep_text);
+    let link = match link_text {
+        None => Vec::new(),
+        Some(t) => {
+            let t = t.context("rustc wrote no link line")?;
+            let outs: Vec<std::path::PathBuf> =
+                outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
+            link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file())
+                .into_iter()
+                .filter(|p| !outs.contains(p))
+                .map(|p| paths.normalize(&p.to_string_lossy()))
+                .collect()
+        }
+    };
+    let output_paths: Vec<std::path::PathBuf> =
+        outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
     let inputs = Inputs {
         base: base.clone(),
         files: deps.files.iter().map(|f| paths.normalize(f)).collect(),
         env: deps.env,
+        link,
+        roots: roots_in(&output_paths, &paths)?,
     };
-    let full = key::full_key(&inputs, &paths)
-        .ok_or_else(|| anyhow!("a source file listed in {} is gone", dep_path.display()))?;
-    if let Some(before) = before
-        && inputs.files.iter().any(|f| {
-            fs::metadata(paths.resolve(f))
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m > before)
-        })
-    {
-        // A source was edited while rustc ran: its outputs may not match
+    let full = key::full_key(&inputs, &paths, &probe)
+        .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
+    if before.is_none_or(|b| probe::changed_since(&probe.files_read(), b)) {
+        // An input changed while rustc ran: its outputs may not match
         // the content the key was computed from. Not an error; not stored.
         unstored_miss(&store, &crate_name, start, compile_ms);
         return Ok(code);
@@ -433,7 +523,7 @@ fn cached(
     entry.stderr = paths.normalize(&String::from_utf8_lossy(&err_raw));
     entry.dep_info = Some(DepInfo {
         name: compile.dep_info_name(),
-        text: paths.normalize(&dep_text),
+        text: paths.normalize_dep_info(&dep_text),
     });
     entry.inputs = Some(inputs);
     entry.compile_ms = compile_ms;
@@ -451,6 +541,65 @@ fn cached(
         },
     );
     Ok(code)
+}
+
+/// The sentinels of the machine-local roots whose real path appears in
+/// any of the outputs: such an output depends on where it was built.
+fn roots_in(outputs: &[std::path::PathBuf], paths: &Paths) -> Result<Vec<String>> {
+    let mut found: Vec<String> = Vec::new();
+    for p in outputs {
+        let bytes = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        for (real, sent) in paths.rules() {
+            if !found.contains(sent) && memchr::memmem::find(&bytes, real.as_bytes()).is_some() {
+                found.push(sent.clone());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// `KACHE_VERIFY=1`: a hit was compiled for real; compares what rustc
+/// wrote with what the entry would have restored. The compiled output
+/// stays in place either way.
+fn verify_hit(
+    store: &Store,
+    e: &Entry,
+    out_dir: &std::path::Path,
+    start: Instant,
+    compile_ms: u64,
+) -> Result<i32> {
+    let mut bad = Vec::new();
+    for f in &e.files {
+        let p = out_dir.join(&f.name);
+        let h = crate::store::hash_file(&p).unwrap_or_default();
+        if h != f.hash {
+            bad.push(f.name.clone());
+        }
+    }
+    let result = if bad.is_empty() {
+        "verified"
+    } else {
+        eprintln!(
+            "warning: kache: verify mismatch: crate {} key {}: {} differ from the stored entry; keeping the compiled output",
+            e.crate_name,
+            e.key,
+            bad.join(", ")
+        );
+        "verify_mismatch"
+    };
+    let line = serde_json::json!({
+        "ts": now_secs(),
+        "crate": e.crate_name,
+        "result": result,
+        "ms": start.elapsed().as_millis() as u64,
+        "size": e.size(),
+        "key": e.key,
+        "compile_ms": compile_ms,
+        "files": bad,
+    });
+    store.log_event(&line.to_string());
+    Ok(0)
 }
 
 /// "Now" by the filesystem's own clock (the mtime of a file just
