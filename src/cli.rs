@@ -30,6 +30,18 @@ pub(crate) enum Command {
     Purge(PurgeCmd),
     /// Show the effective settings and where each came from.
     Config(ConfigCmd),
+    /// Explain the last miss of a crate: which key inputs differ from the
+    /// nearest stored entry.
+    WhyMiss(WhyMissCmd),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WhyMissCmd {
+    /// The crate (package) name.
+    #[arg(value_name = "CRATE")]
+    pub(crate) crate_name: String,
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

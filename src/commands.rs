@@ -190,6 +190,8 @@ struct EventStats {
     errors: u64,
     saved_ms: u64,
     hit_ms: u64,
+    verified: u64,
+    mismatches: u64,
 }
 
 fn read_events(store: &Store) -> EventStats {
@@ -211,6 +213,8 @@ fn read_events(store: &Store) -> EventStats {
             Some("miss") => s.misses += 1,
             Some("passthrough") => s.passthrough += 1,
             Some("error") => s.errors += 1,
+            Some("verified") => s.verified += 1,
+            Some("verify_mismatch") => s.mismatches += 1,
             _ => {}
         }
     }
@@ -247,6 +251,8 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             "hit_rate": rate,
             "time_saved_ms": ev.saved_ms,
             "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
+            "verified": ev.verified,
+            "verify_mismatches": ev.mismatches,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -269,6 +275,13 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "time saved:   {:.1}s",
         Duration::from_millis(ev.saved_ms).as_secs_f64()
     )?;
+    if ev.verified + ev.mismatches > 0 {
+        writeln!(
+            out,
+            "verified:     {} hits matched a real compile, {} mismatches (KACHE_VERIFY)",
+            ev.verified, ev.mismatches
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,6 +15,7 @@ mod lockfile;
 mod remote;
 mod store;
 mod sync;
+mod why;
 mod wrapper;
 
 use std::process::ExitCode;
@@ -51,6 +52,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Gc(c)) => commands::gc(&cfg, &c),
         Some(Command::Purge(c)) => commands::purge(&cfg, &c),
         Some(Command::Config(c)) => commands::config(&cfg, &c),
+        Some(Command::WhyMiss(c)) => why::why_miss(&cfg, &c),
     }
 }
 

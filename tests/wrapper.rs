@@ -928,3 +928,112 @@ fn source_edited_while_rustc_runs_is_not_stored_under_the_new_content() {
     assert_eq!(c.run_bin("debug", "prog"), "v=2");
     assert_store_sound(&sb.cache);
 }
+
+/// `KACHE_VERIFY=1`: a hit also compiles for real; a stored entry that no
+/// longer matches (here a blob damaged behind kache's back) is reported
+/// with crate, key and file, counted by `kache stats`, and the compiled
+/// output is what the build uses.
+#[test]
+fn verify_mode_reports_a_mismatch_and_keeps_the_compiled_output() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[]);
+    sb.take_events();
+    // Damage alpha's stored rlib (same size, other bytes).
+    let mut damaged = 0;
+    for d in fs::read_dir(sb.cache.join("entries/alpha")).unwrap() {
+        let e: serde_json::Value =
+            serde_json::from_slice(&fs::read(d.unwrap().path()).unwrap()).unwrap();
+        for f in e["files"].as_array().unwrap() {
+            if f["name"].as_str().unwrap().ends_with(".rlib") {
+                let h = f["hash"].as_str().unwrap();
+                let p = sb.cache.join("blobs").join(&h[..2]).join(h);
+                let mut bytes = fs::read(&p).unwrap();
+                let n = bytes.len();
+                bytes[n / 2] ^= 0xff;
+                let mut perm = fs::metadata(&p).unwrap().permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                perm.set_readonly(false);
+                fs::set_permissions(&p, perm).unwrap();
+                fs::write(&p, bytes).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert_eq!(damaged, 1);
+    a.build_ok(&["clean"], &[]);
+    let o = a.build_ok(&["build"], &[("KACHE_VERIFY", "1")]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let err = stderr(&o);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("verify mismatch"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("crate alpha key "), "{err}");
+    assert!(lines[0].contains(".rlib"), "{err}");
+    let s = kache(&sb.cache).args(["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(v["verify_mismatches"], 1, "{}", show(&s));
+    let ev = sb.take_events();
+    let r = results(&ev);
+    assert_eq!(
+        r.iter().filter(|(_, x)| x == "verify_mismatch").count(),
+        1,
+        "{r:?}"
+    );
+    assert_eq!(
+        r.iter().filter(|(_, x)| x == "verified").count(),
+        COMPILES - 1,
+        "{r:?}"
+    );
+}
+
+/// `kache why-miss CRATE` names the input that made the last miss.
+#[test]
+fn why_miss_names_the_changed_input() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[]);
+    let none = kache(&sb.cache)
+        .args(["why-miss", "alpha"])
+        .output()
+        .unwrap();
+    assert!(none.status.success(), "{}", show(&none));
+    assert!(
+        String::from_utf8_lossy(&none.stdout).contains("no other entry of alpha"),
+        "{}",
+        show(&none)
+    );
+    a.edit("alpha/src/lib.rs", "{ 40 }", "{ 41 }");
+    a.build_ok(&["build"], &[]);
+    let o = kache(&sb.cache)
+        .args(["why-miss", "alpha", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = v["nearest"]["differences"].as_array().unwrap();
+    assert_eq!(d.len(), 1, "{v:#}");
+    assert_eq!(d[0]["input"], "file alpha/src/lib.rs", "{v:#}");
+    assert_eq!(d[0]["kind"], "a source or link input");
+    // An env var: shown by class, never by value.
+    a.build_ok(&["build"], &[("RUSTFLAGS", "-C opt-level=1")]);
+    let o = kache(&sb.cache)
+        .args(["why-miss", "alpha"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("arg -C opt-level"), "{text}");
+    let unknown = kache(&sb.cache)
+        .args(["why-miss", "nosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .starts_with("error: no recorded miss of crate nosuch"),
+        "{}",
+        show(&unknown)
+    );
+}

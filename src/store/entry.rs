@@ -62,6 +62,10 @@ pub(crate) struct Entry {
     /// Seconds since the epoch when the entry was made.
     #[serde(default)]
     pub(crate) created: u64,
+    /// What went into the key, by name (see `wrapper::key::Explain`), for
+    /// `kache why-miss`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub(crate) explain: std::collections::BTreeMap<String, String>,
 }
 
 impl Entry {
@@ -77,6 +81,7 @@ impl Entry {
             inputs: None,
             compile_ms: 0,
             created: super::now_secs(),
+            explain: std::collections::BTreeMap::new(),
         }
     }
 

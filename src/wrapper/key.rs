@@ -179,26 +179,117 @@ impl Paths {
     }
 }
 
-/// A hasher that frames every field, so ("ab","c") != ("a","bc").
-pub(crate) struct KeyHasher(blake3::Hasher);
+/// A hasher that frames every field, so ("ab","c") != ("a","bc"). It also
+/// remembers the fields, so a miss can be explained (`kache why-miss`).
+pub(crate) struct KeyHasher {
+    h: blake3::Hasher,
+    fields: Vec<(String, String)>,
+}
 
 impl KeyHasher {
     pub(crate) fn new(domain: &str) -> KeyHasher {
-        let mut h = KeyHasher(blake3::Hasher::new());
+        let mut h = KeyHasher {
+            h: blake3::Hasher::new(),
+            fields: Vec::new(),
+        };
         h.field("domain", domain);
         h
     }
 
     pub(crate) fn field(&mut self, label: &str, value: &str) {
         for part in [label, value] {
-            self.0.update(&(part.len() as u64).to_le_bytes());
-            self.0.update(part.as_bytes());
+            self.h.update(&(part.len() as u64).to_le_bytes());
+            self.h.update(part.as_bytes());
         }
+        self.fields.push((label.to_string(), value.to_string()));
     }
 
     pub(crate) fn finish(self) -> String {
-        self.0.finalize().to_hex().to_string()
+        self.h.finalize().to_hex().to_string()
     }
+
+    /// The hash and a readable account of what went into it.
+    fn finish_explained(self) -> (String, Explain) {
+        let e = explain(&self.fields);
+        (self.finish(), e)
+    }
+}
+
+/// A key's inputs by name (`arg -C opt-level`, `file src/lib.rs`,
+/// `env FOO`, ...), each with a value or a digest; env values are shown
+/// only by class (unset, empty, or set with a short digest), never as is.
+pub(crate) type Explain = BTreeMap<String, String>;
+
+fn short(v: &str) -> String {
+    blake3::hash(v.as_bytes()).to_hex()[..12].to_string()
+}
+
+fn class(v: &str) -> String {
+    match v {
+        UNSET => "unset".to_string(),
+        "" => "empty".to_string(),
+        v => format!("set ({})", short(v)),
+    }
+}
+
+/// Turns recorded key fields into an [`Explain`].
+fn explain(fields: &[(String, String)]) -> Explain {
+    let mut out = Explain::new();
+    let mut put = |k: String, v: String| {
+        let slot = out.entry(k).or_default();
+        if !slot.is_empty() {
+            slot.push_str("; ");
+        }
+        slot.push_str(&v);
+    };
+    let mut i = 0;
+    while i < fields.len() {
+        let (label, value) = (&fields[i].0, &fields[i].1);
+        let next = fields.get(i + 1).map(|f| f.1.as_str()).unwrap_or_default();
+        i += 1;
+        match label.as_str() {
+            "domain" | "base" => {}
+            "file" | "link" => {
+                put(
+                    format!("{label} {value}"),
+                    next.get(..12).unwrap_or(next).to_string(),
+                );
+                i += 1;
+            }
+            "env" | "rerun-if-env-changed" | "declared-env" => {
+                put(format!("{label} {value}"), class(next));
+                i += 1;
+            }
+            "root" => {
+                put(format!("root {value}"), next.to_string());
+                i += 1;
+            }
+            "-C" | "-Z" => {
+                let (k, v) = value.split_once('=').unwrap_or((value.as_str(), ""));
+                put(format!("arg {label} {k}"), v.to_string());
+            }
+            "--extern" | "static-lib" | "native" => {
+                let (k, v) = value.split_once(['=', ':']).unwrap_or((value.as_str(), ""));
+                put(format!("{label} {k}"), v.to_string());
+            }
+            l if l.starts_with("env:") => put(l.to_string(), value.clone()),
+            l if l.starts_with('-') || l.is_empty() => {
+                let name = if l.is_empty() { "input" } else { l };
+                put(format!("arg {name}"), value.clone());
+            }
+            l => {
+                let shown = if value.len() > 100 || value.contains('\n') {
+                    let first = value.lines().next().unwrap_or_default();
+                    let first: String = first.chars().take(80).collect();
+                    format!("{first} ({})", short(value))
+                } else {
+                    value.clone()
+                };
+                put(l.to_string(), shown);
+            }
+        }
+    }
+    out
 }
 
 /// The wrapper's window on the machine: every file hash, program output
@@ -390,7 +481,7 @@ pub(crate) fn base_key(
     paths: &Paths,
     declared: &Declared,
     probe: &dyn Probe,
-) -> Result<String> {
+) -> Result<(String, Explain)> {
     let mut h = KeyHasher::new(KEY_VERSION);
     let rustc_name = Path::new(rustc)
         .file_name()
@@ -555,7 +646,7 @@ pub(crate) fn base_key(
     for f in &declared.files {
         hash_declared(&mut h, "declared-file", &root, f, paths, probe)?;
     }
-    Ok(h.finish())
+    Ok(h.finish_explained())
 }
 
 /// A declared path as a pattern relative to `root` when it lies under it
@@ -570,6 +661,19 @@ fn rel_or_abs(root: &Path, p: &str) -> String {
 
 /// The full key of an input list, or `None` if a listed file is missing.
 pub(crate) fn full_key(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<String> {
+    full_hasher(inputs, paths, probe).map(KeyHasher::finish)
+}
+
+/// The full key and an account of its inputs beyond the base key.
+pub(crate) fn full_key_explained(
+    inputs: &Inputs,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Option<(String, Explain)> {
+    full_hasher(inputs, paths, probe).map(KeyHasher::finish_explained)
+}
+
+fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyHasher> {
     let mut h = KeyHasher::new("full");
     h.field("base", &inputs.base);
     for f in &inputs.files {
@@ -594,7 +698,7 @@ pub(crate) fn full_key(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Opt
         h.field("root", s);
         h.field("real", &paths.expand(s));
     }
-    Some(h.finish())
+    Some(h)
 }
 
 /// What a dep-info file says the compile read.
@@ -815,7 +919,11 @@ mod tests {
             panic!("not cached")
         };
         let paths = Paths::from_rules(&[("/w", "/kache-ws"), ("/w/target", "/kache-target")], "/w");
-        let base = base_key("rustc", &c, &args, &paths, &Declared::default(), &Fixed).unwrap();
+        let (base, why) =
+            base_key("rustc", &c, &args, &paths, &Declared::default(), &Fixed).unwrap();
+        assert_eq!(why["arg --diagnostic-width"], "80");
+        assert_eq!(why["arg -C metadata"], "abc");
+        assert_eq!(why["toolchain"], "rustc -vV");
         assert_eq!(
             base,
             "8fe01bb48be3f835f121a1911530ecf5d136682558ab5a9317793f4a4a214e3e"
@@ -828,6 +936,10 @@ mod tests {
             roots: vec!["/kache-ws".into()],
         };
         let full = full_key(&inputs, &paths, &Fixed).unwrap();
+        let (f2, why) = full_key_explained(&inputs, &paths, &Fixed).unwrap();
+        assert_eq!(f2, full);
+        assert_eq!(why["env NOPE"], "unset");
+        assert!(why["env CARGO_PKG_NAME"].starts_with("set ("), "{why:?}");
         assert_eq!(
             full,
             "5f257566b05ed7599f3b8772409179b9e91e54e6f3880f7023958d3249d413bb"
@@ -842,7 +954,9 @@ mod tests {
                 .filter(|a| !a.starts_with("--extern") && !a.contains("libbar"))
                 .map(|a| a.replace(from, to))
                 .collect();
-            base_key("rustc", &c, &a, p, &Declared::default(), &Fixed).unwrap()
+            base_key("rustc", &c, &a, p, &Declared::default(), &Fixed)
+                .unwrap()
+                .0
         };
         assert_eq!(key_of("/w/", "/w/", &paths), key_of("/w/", "/v/", &moved));
         assert_ne!(key_of("=80", "=80", &paths), key_of("=80", "=100", &paths));

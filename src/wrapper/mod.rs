@@ -401,7 +401,7 @@ fn cached(
         paths.cwd.join(&compile.out_dir)
     };
     let decl = declared(cfg, &crate_name, compile);
-    let base = key::base_key(rustc_str, compile, args, &paths, &decl, &probe)?;
+    let (base, base_why) = key::base_key(rustc_str, compile, args, &paths, &decl, &probe)?;
     let verify = truthy("KACHE_VERIFY");
     let mut found = lookup(&store, &crate_name, &base, &paths, &probe)?;
     let _guard = if found.is_none() {
@@ -497,8 +497,10 @@ fn cached(
         link,
         roots: roots_in(&output_paths, &paths)?,
     };
-    let full = key::full_key(&inputs, &paths, &probe)
+    let (full, full_why) = key::full_key_explained(&inputs, &paths, &probe)
         .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
+    let mut why = base_why;
+    why.extend(full_why);
     if before.is_none_or(|b| probe::changed_since(&probe.files_read(), b)) {
         // An input changed while rustc ran: its outputs may not match
         // the content the key was computed from. Not an error; not stored.
@@ -527,19 +529,20 @@ fn cached(
     });
     entry.inputs = Some(inputs);
     entry.compile_ms = compile_ms;
+    entry.explain = why;
     store.publish(&entry)?;
     progress(&compile.crate_name, "miss", start, size);
-    log(
-        &store,
-        &Event {
-            crate_name: &crate_name,
-            result: "miss",
-            start,
-            size,
-            key: &full,
-            compile_ms,
-        },
-    );
+    let line = serde_json::json!({
+        "ts": now_secs(),
+        "crate": crate_name,
+        "result": "miss",
+        "ms": start.elapsed().as_millis() as u64,
+        "size": size,
+        "key": full,
+        "compile_ms": compile_ms,
+        "inputs": entry.explain,
+    });
+    store.log_event(&line.to_string());
     Ok(code)
 }
 
@@ -571,9 +574,10 @@ fn verify_hit(
 ) -> Result<i32> {
     let mut bad = Vec::new();
     for f in &e.files {
-        let p = out_dir.join(&f.name);
-        let h = crate::store::hash_file(&p).unwrap_or_default();
-        if h != f.hash {
+        // What a restore would have put there: the blob's actual bytes.
+        let restored = crate::store::hash_file(&store.blob_path(&f.hash)).ok();
+        let compiled = crate::store::hash_file(&out_dir.join(&f.name)).ok();
+        if compiled.is_none() || compiled != restored || restored.as_deref() != Some(&f.hash) {
             bad.push(f.name.clone());
         }
     }
