@@ -355,3 +355,34 @@ fn c_compiler_calls_from_cc_rs_pass_through() {
         "a C compile touched the store"
     );
 }
+
+/// Issue 7: `kache stat` (a typo of `stats`) ran coreutils `stat`, since
+/// any word naming a program on PATH was taken for a wrapper call. Only
+/// the argv shapes cargo and cc-rs produce are.
+#[test]
+fn a_typo_is_a_usage_error_not_a_program_run() {
+    let d = tmp();
+    for argv in [&["stat"][..], &["stat", "/"], &["sh", "-c", "exit 7"]] {
+        let o = kache(&d.path().join("cache")).args(argv).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{argv:?}: {}", show(&o));
+        assert!(o.stdout.is_empty(), "{argv:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("unrecognized subcommand"), "{err}");
+    }
+    let o = kache(&d.path().join("cache")).arg("stat").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stats"),
+        "no suggestion: {}",
+        show(&o)
+    );
+    // The workspace-wrapper shape still runs its wrapper.
+    let script = d.path().join("ws-wrapper");
+    fs::write(&script, "#!/bin/sh\nexit 7\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = kache(&d.path().join("cache"))
+        .arg(&script)
+        .args(["rustc", "-vV"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", show(&o));
+}

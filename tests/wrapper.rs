@@ -568,11 +568,12 @@ fn argv_shapes() {
     c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
     let o = c.args(["/bin/echo", "rustc", "-vV"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "rustc -vV");
-    // A C compiler run through RUSTC_WRAPPER by the cc crate.
+    // A C compiler run through RUSTC_WRAPPER by the cc crate (`$CC`
+    // given as a path is run as is).
     let mut c = Command::new(kache_bin());
     clean_env(&mut c);
     c.env("KACHE_CACHE_DIR", dir.path().join("cache"));
-    let o = c.args(["echo", "-O0", "x.c"]).output().unwrap();
+    let o = c.args(["/bin/echo", "-O0", "x.c"]).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         "-O0 x.c",
