@@ -386,3 +386,156 @@ fn a_typo_is_a_usage_error_not_a_program_run() {
         .unwrap();
     assert_eq!(o.status.code(), Some(7), "{}", show(&o));
 }
+
+/// Issue 7: per-crate declared inputs and a never-cache list, from the
+/// file and the environment, shown by `kache config` with their source.
+#[test]
+fn never_cache_and_declared_inputs_from_file_and_env() {
+    let d = tmp();
+    let cfgfile = d.path().join("config.toml");
+    fs::write(
+        &cfgfile,
+        "[cache]\nnever_cache = [\"Napi-Gen\", \"other\"]\n\
+         [cache.inputs.my-crate]\nenv = [\"DATABASE_URL\"]\nfiles = [\"migrations\", \"templates/**/*.html\"]\n",
+    )
+    .unwrap();
+    let get = |env: &[(&str, &str)]| {
+        let mut c = kache(&d.path().join("c"));
+        c.env("KACHE_CONFIG", &cfgfile).args(["config", "--json"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["settings"].clone()
+    };
+    let s = get(&[]);
+    assert_eq!(s["cache.never_cache"]["value"], "napi_gen,other");
+    assert!(
+        s["cache.never_cache"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
+    assert_eq!(
+        s["cache.inputs"]["value"],
+        "my_crate:env=DATABASE_URL;my_crate:files=migrations;my_crate:files=templates/**/*.html"
+    );
+    assert_eq!(s["cache.inputs"]["env"], "KACHE_INPUTS");
+    // The environment replaces the file's list and table.
+    let s = get(&[
+        ("KACHE_NEVER_CACHE", "a-b, c"),
+        (
+            "KACHE_INPUTS",
+            "x:env=FOO; x:files=sql/**;Y-z:files=schema.graphql;",
+        ),
+    ]);
+    assert_eq!(s["cache.never_cache"]["value"], "a_b,c");
+    assert_eq!(s["cache.never_cache"]["source"], "env KACHE_NEVER_CACHE");
+    assert_eq!(
+        s["cache.inputs"]["value"],
+        "x:env=FOO;x:files=sql/**;y_z:files=schema.graphql"
+    );
+    assert_eq!(s["cache.inputs"]["source"], "env KACHE_INPUTS");
+    // Defaults.
+    let o = kache(d.path()).args(["config", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["settings"]["cache.never_cache"]["value"], "(none)");
+    assert_eq!(v["settings"]["cache.inputs"]["source"], "default");
+}
+
+#[test]
+fn invalid_never_cache_and_inputs_are_one_line_errors() {
+    let d = tmp();
+    for (var, val, want) in [
+        ("KACHE_NEVER_CACHE", "ok,bad name", "bad name"),
+        ("KACHE_NEVER_CACHE", "a,,b", "invalid crate name ``"),
+        ("KACHE_INPUTS", "x:env", "crate:env=VAR"),
+        ("KACHE_INPUTS", "x:dirs=a", "crate:files=GLOB"),
+        ("KACHE_INPUTS", "x:env=", "invalid env var name"),
+        (
+            "KACHE_INPUTS",
+            "x:files=/etc/passwd",
+            "relative to the crate",
+        ),
+        ("KACHE_INPUTS", "b@d:env=X", "invalid crate name `b@d`"),
+    ] {
+        let o = kache(d.path())
+            .env(var, val)
+            .arg("config")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{var}={val}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(want), "{var}={val}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    for (text, want) in [
+        ("[cache]\nnever_cache = \"x\"\n", "never_cache"),
+        (
+            "[cache.inputs.x]\nenv = [\"A\"]\nglobs = [\"b\"]\n",
+            "globs",
+        ),
+        ("[cache.inputs.x]\n", "declares nothing"),
+    ] {
+        let f = d.path().join("bad.toml");
+        fs::write(&f, text).unwrap();
+        let o = kache(d.path())
+            .env("KACHE_CONFIG", &f)
+            .arg("config")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{text}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{text}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+/// Issue 7: a relative KACHE_CACHE_DIR made a store in each crate's
+/// directory. Every command rejects it with one line.
+#[test]
+fn a_relative_cache_dir_is_rejected_by_every_command() {
+    let d = tmp();
+    for argv in [
+        &[][..],
+        &["list"],
+        &["stats"],
+        &["gc"],
+        &["purge"],
+        &["config"],
+        &["sync", "--push"],
+    ] {
+        let o = kache(d.path())
+            .env("KACHE_CACHE_DIR", "rel/cache")
+            .current_dir(d.path())
+            .args(argv)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{argv:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("error: KACHE_CACHE_DIR `rel/cache` must be an absolute path"),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    let f = d.path().join("config.toml");
+    fs::write(&f, "[cache]\nlocal_store = \"cache\"\n").unwrap();
+    let o = kache(d.path())
+        .env_remove("KACHE_CACHE_DIR")
+        .env("KACHE_CONFIG", &f)
+        .current_dir(d.path())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cache.local_store in ") && err.contains("must be an absolute path"),
+        "{err}"
+    );
+    assert!(!d.path().join("rel").exists() && !d.path().join("cache").exists());
+}

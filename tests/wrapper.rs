@@ -934,3 +934,77 @@ fn source_edited_while_rustc_runs_is_not_stored_under_the_new_content() {
     assert_eq!(c.run_bin("debug", "prog"), "v=2");
     assert_store_sound(&sb.cache);
 }
+
+/// Issue 7: wrapper mode reads only the settings it needs; invalid values
+/// of others (file or environment) change nothing. A file that is not
+/// TOML falls back to rustc with one warning, even over read-only
+/// outputs a hit restored.
+#[test]
+fn wrapper_needs_only_its_own_settings() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    let cfg = sb.dir.path().join("config.toml");
+    let cfg_s = cfg.to_str().unwrap();
+    fs::write(
+        &cfg,
+        "[cache]\ns3_concurrency = 0\nlocal_max_size = \"12XB\"\nbogus = 1\n\
+         never_cache = [\"someone_else\"]\n\
+         [cache.remote]\nendpoint = \"localhost:9000\"\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
+    let env = [("KACHE_CONFIG", cfg_s)];
+    let o = a.build_ok(&["build", "-p", "alpha"], &env);
+    assert!(!stderr(&o).contains("kache"), "{}", show(&o));
+    assert_all(&sb.take_events(), "miss", 1);
+    a.build_ok(&["clean"], &[]);
+    let o = a.build_ok(
+        &["build", "-p", "alpha"],
+        &[
+            ("KACHE_CONFIG", cfg_s),
+            ("KACHE_S3_CONCURRENCY", "0"),
+            ("KACHE_MAX_SIZE", "12XB"),
+            ("KACHE_S3_ENDPOINT", "nope"),
+            ("KACHE_LOG", "loud"),
+        ],
+    );
+    assert!(!stderr(&o).contains("kache"), "{}", show(&o));
+    assert_all(&sb.take_events(), "local_hit", 1);
+
+    // Not TOML: alpha's restored outputs are read-only links; rustc must
+    // still be able to replace them.
+    fs::write(&cfg, "[cache\n").unwrap();
+    a.edit("alpha/src/lib.rs", "{ 40 }", "{ 41 }");
+    let o = a.build_ok(&["build"], &env);
+    assert_eq!(a.run_app("debug"), "hello total=53 label=built");
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
+    assert!(!warnings.is_empty(), "{err}");
+    for w in &warnings {
+        assert!(
+            w.starts_with("warning: kache: malformed config file ")
+                && w.ends_with("; running rustc uncached"),
+            "{w}"
+        );
+    }
+}
+
+/// Issue 7: a relative KACHE_CACHE_DIR made a store in each crate's
+/// directory; the wrapper now warns once per compile and runs rustc.
+#[test]
+fn a_relative_cache_dir_is_a_warning_and_plain_rustc() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    let o = a.build_ok(
+        &["build", "-p", "alpha"],
+        &[("KACHE_CACHE_DIR", "rel-cache")],
+    );
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("kache")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("KACHE_CACHE_DIR `rel-cache` must be an absolute path"),
+        "{err}"
+    );
+    assert!(!a.ws.join("alpha/rel-cache").exists());
+    assert!(!a.ws.join("rel-cache").exists());
+}

@@ -122,7 +122,11 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         Ok(c) => c,
         Err(e) => {
             return match args::classify(&expanded, true, out_dir_env.as_deref()) {
-                Verdict::Cache(_) => fallback(rustc, rest, &e),
+                Verdict::Cache(c) => {
+                    // Outputs an earlier hit restored are read-only.
+                    unlink_outputs(&c);
+                    fallback(rustc, rest, &e)
+                }
                 Verdict::Pass(_) => run_plain(rustc, rest),
             };
         }
