@@ -539,3 +539,112 @@ fn a_relative_cache_dir_is_rejected_by_every_command() {
     );
     assert!(!d.path().join("rel").exists() && !d.path().join("cache").exists());
 }
+
+/// Issue 7: `locks/` and `events.jsonl` grew forever; `kache gc` keeps
+/// them bounded (stale unheld locks removed, the log cut to its newest
+/// lines).
+#[test]
+fn gc_bounds_locks_and_the_event_log() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    let locks = cache.join("locks");
+    fs::create_dir_all(&locks).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..50 {
+        let p = locks.join(format!("{i:064x}.lock"));
+        fs::write(&p, b"").unwrap();
+        fs::File::options()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let fresh = locks.join("fresh.lock");
+    fs::write(&fresh, b"").unwrap();
+    // A lock a running compile holds, however old.
+    let held_p = locks.join("held.lock");
+    fs::write(&held_p, b"").unwrap();
+    let held = fs::File::options().write(true).open(&held_p).unwrap();
+    held.set_modified(old).unwrap();
+    held.lock().unwrap();
+    // About 20 MiB of events.
+    let line = format!(
+        "{{\"ts\":1,\"crate\":\"x\",\"result\":\"miss\",\"pad\":\"{}\"}}\n",
+        "p".repeat(200)
+    );
+    let n = (20 << 20) / line.len();
+    let mut log = line.repeat(n);
+    log.push_str("{\"ts\":2,\"crate\":\"last\",\"result\":\"local_hit\"}\n");
+    fs::write(cache.join("events.jsonl"), &log).unwrap();
+
+    let o = kache(&cache).args(["gc", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["locks_removed"], 50, "{v}");
+    assert!(fresh.exists() && held_p.exists());
+    let left = fs::read_to_string(cache.join("events.jsonl")).unwrap();
+    assert!(left.len() <= 16 << 20, "{}", left.len());
+    assert!(left.len() >= 4 << 20, "{}", left.len());
+    assert!(left.ends_with("\"last\",\"result\":\"local_hit\"}\n"));
+    assert!(left.starts_with("{\"ts\":1,"), "a partial first line");
+    assert_eq!(
+        v["events_bytes_trimmed"].as_u64().unwrap() as usize + left.len(),
+        log.len()
+    );
+    // stats still reads it.
+    let o = kache(&cache).args(["stats", "--json"]).output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["hits"], 1, "{s}");
+    drop(held);
+    // A small log is left alone.
+    let o = kache(&cache).args(["gc", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["events_bytes_trimmed"], 0, "{v}");
+}
+
+/// Issue 7: a hand-edited manifest with a 1-char hash panicked
+/// (`&hash[..2]`). `list` and `gc --verify` report it and carry on; gc
+/// removes it, and keeps the good entry.
+#[test]
+fn a_manifest_with_a_short_hash_is_reported_as_corrupt() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    let bad = put_entry(&cache, "bad", "b", &[("libbad.rlib", b"bad bytes")]);
+    let mp = cache.join("entries/bad").join(format!("{bad}.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    m["files"][0]["hash"] = "a".into();
+    fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    for argv in [
+        &["list"][..],
+        &["list", "--json"],
+        &["stats"],
+        &["list", "bad"],
+    ] {
+        let o = kache(&cache).args(argv).output().unwrap();
+        assert!(o.status.success(), "{argv:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("corrupt entry manifest") && err.contains("bad blob hash `a`"),
+            "{argv:?}: {err}"
+        );
+    }
+    let o = kache(&cache)
+        .args(["gc", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("corrupt entry manifest"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["corrupt_manifests"], 1, "{v}");
+    assert_eq!(v["entries_kept"], 1, "{v}");
+    assert!(!mp.exists());
+    let o = kache(&cache).args(["list", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["crate"], "good");
+}

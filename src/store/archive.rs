@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{ENTRY_VERSION, Entry, Store, valid_crate, valid_file_name, valid_key, write_hashed};
+use super::{ENTRY_VERSION, Entry, Store, write_hashed};
 
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -235,34 +235,8 @@ fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
     if e.version != ENTRY_VERSION {
         bail!("manifest format {} is not {ENTRY_VERSION}", e.version);
     }
-    if e.crate_name != crate_name || e.key != key {
-        bail!(
-            "manifest names {}/{} but the object is {crate_name}/{key}",
-            e.crate_name,
-            e.key
-        );
-    }
-    if !valid_crate(&e.crate_name) || !valid_key(&e.key) {
-        bail!("manifest has an invalid crate or key");
-    }
-    let mut seen = std::collections::HashSet::new();
-    for f in &e.files {
-        if !valid_file_name(&f.name) {
-            bail!("manifest names a bad file `{}`", f.name);
-        }
-        if !valid_key(&f.hash) {
-            bail!("manifest has a bad hash for `{}`", f.name);
-        }
-        if !seen.insert(f.name.as_str()) {
-            bail!("manifest lists `{}` twice", f.name);
-        }
-    }
-    if let Some(d) = &e.dep_info
-        && !valid_file_name(&d.name)
-    {
-        bail!("manifest names a bad dep-info file `{}`", d.name);
-    }
-    Ok(())
+    e.validate(crate_name, key)
+        .map_err(|why| anyhow!("bad manifest: {why}"))
 }
 
 #[cfg(test)]

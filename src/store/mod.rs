@@ -31,6 +31,7 @@ Invariants:
 
 pub(crate) mod archive;
 pub(crate) mod entry;
+pub(crate) mod gc;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -61,6 +62,34 @@ pub(crate) struct EntryRef {
     pub(crate) key: String,
     /// Last access (manifest mtime), seconds since the epoch.
     pub(crate) accessed: u64,
+}
+
+/// A manifest that can never be served: not JSON of the entry format, or
+/// naming invalid keys, hashes or file names. Distinct from an I/O error
+/// (EMFILE, EIO), after which the manifest may be fine: only a manifest
+/// proven corrupt may be removed.
+#[derive(Debug)]
+pub(crate) struct CorruptManifest {
+    pub(crate) path: PathBuf,
+    pub(crate) why: String,
+}
+
+impl std::fmt::Display for CorruptManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "corrupt entry manifest {}: {}",
+            self.path.display(),
+            self.why
+        )
+    }
+}
+
+impl std::error::Error for CorruptManifest {}
+
+/// Whether `e` says a manifest is corrupt (as opposed to unreadable).
+pub(crate) fn is_corrupt(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<CorruptManifest>())
 }
 
 /// Normalises a package or crate name the way the remote layout does:
@@ -139,8 +168,16 @@ impl Store {
         &self.root
     }
 
+    /// Where blob `hash` lives. Never panics: a hash that is not 64 hex
+    /// digits (only a corrupt manifest has one, and those are refused
+    /// where manifests are read) maps to a path that never exists, never
+    /// to one outside `blobs/`.
     pub(crate) fn blob_path(&self, hash: &str) -> PathBuf {
-        self.root.join("blobs").join(&hash[..2]).join(hash)
+        let blobs = self.root.join("blobs");
+        if !valid_key(hash) {
+            return blobs.join("invalid-hash");
+        }
+        blobs.join(&hash[..2]).join(hash)
     }
 
     pub(crate) fn entry_path(&self, crate_name: &str, key: &str) -> PathBuf {
@@ -182,11 +219,19 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
         };
-        let entry: Entry = serde_json::from_slice(&bytes)
-            .with_context(|| format!("corrupt entry manifest {}", p.display()))?;
+        let corrupt = |why: String| {
+            anyhow::Error::new(CorruptManifest {
+                path: p.clone(),
+                why,
+            })
+        };
+        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if entry.version != ENTRY_VERSION {
             return Ok(None);
         }
+        entry
+            .validate(crate_name, key)
+            .map_err(|e| corrupt(e.to_string()))?;
         Ok(Some(entry))
     }
 
@@ -251,6 +296,9 @@ impl Store {
     /// The file is made read-only. If the blob exists, `tmp` is left for
     /// the caller to remove.
     pub(crate) fn adopt_blob(&self, tmp: &Path, hash: &str) -> Result<()> {
+        if !valid_key(hash) {
+            bail!("refusing to store a blob under the bad hash `{hash}`");
+        }
         let dst = self.blob_path(hash);
         if dst.exists() {
             return Ok(());
@@ -273,6 +321,9 @@ impl Store {
                 entry.key
             );
         }
+        entry
+            .validate(&entry.crate_name, &entry.key)
+            .context("refusing to publish entry")?;
         for f in &entry.files {
             if !self.blob_path(&f.hash).is_file() {
                 bail!("blob {} of {} is missing", f.hash, f.name);

@@ -256,10 +256,12 @@ fn lookup(store: &Store, crate_name: &str, base: &str, paths: &Paths) -> Result<
         match store.get(crate_name, &full) {
             Ok(Some(e)) => return Ok(Some(e)),
             Ok(None) => {}
-            // A corrupt manifest: drop it so this compile can replace it.
-            Err(_) => {
+            // A manifest proven corrupt: drop it so this compile can
+            // replace it. An I/O error (EMFILE, EIO) leaves it alone.
+            Err(e) if crate::store::is_corrupt(&e) => {
                 let _ = store.remove(crate_name, &full);
             }
+            Err(_) => {}
         }
     }
     Ok(None)
