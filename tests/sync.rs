@@ -1887,3 +1887,77 @@ fn fill_store_for_scripts() {
         entries(&dir).len()
     );
 }
+
+/// Makes a blob file writable and replaces its content.
+fn damage_blob(cache: &Path, data: &[u8], with: &[u8]) {
+    let h = blake3::hash(data).to_hex().to_string();
+    let p = cache.join("blobs").join(&h[..2]).join(&h);
+    let mut perm = fs::metadata(&p).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&p, perm).unwrap();
+    fs::write(&p, with).unwrap();
+}
+
+/// Issue 7: `pack` never checked a blob before uploading, so one
+/// truncated local blob became a permanently broken remote entry; and a
+/// manifest with a 1-char hash panicked and killed `sync --push`. Now each
+/// fails alone, is reported, uploads nothing, and the rest is pushed.
+#[test]
+fn corrupt_local_entries_are_never_pushed() {
+    let w = World::new();
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    let good = put_entry(&a, "good", "g", &[("libgood.rlib", b"good bytes")]);
+    let trunc = put_entry(&a, "trunc", "t", &[("libtrunc.rlib", b"truncated blob")]);
+    damage_blob(&a, b"truncated blob", b"trunc");
+    let flip = put_entry(&a, "flip", "f", &[("libflip.rlib", b"flipped bytes")]);
+    damage_blob(&a, b"flipped bytes", b"FLIPPED BYTES");
+    let short = put_entry(&a, "short", "s", &[("libshort.rlib", b"short hash")]);
+    let mp = a.join("entries/short").join(format!("{short}.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    m["files"][0]["hash"] = "a".into();
+    fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let o = w.sync(&a, &nowhere, &["--push", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let j = json(&o);
+    assert_eq!(j["pushed"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 3, "{}", show(&o));
+    let err = stderr(&o);
+    for k in [&trunc, &flip, &short] {
+        assert!(err.contains(&k[..12]), "{k} not reported: {err}");
+    }
+    assert!(
+        err.contains("is corrupt") && err.contains("nothing uploaded"),
+        "{err}"
+    );
+    assert!(err.contains("kache gc --verify"), "{err}");
+    if let Some(objs) = w.s3.objects() {
+        assert_eq!(objs.len(), 1, "{objs:?}");
+        assert!(objs[0].contains(&good), "{objs:?}");
+    }
+    // What is in the bucket is sound: a pull of everything imports only
+    // the good entry, with nothing failing.
+    let b = w.cache("b");
+    let o = w.sync(&b, &nowhere, &["--pull", "--all", "--json"]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 0, "{}", show(&o));
+    assert_eq!(
+        entries(&b),
+        BTreeSet::from([("good".to_string(), good.clone())])
+    );
+    // The corrupt local entries (not the unreadable manifest) are gone,
+    // so a rebuild can store them again.
+    let left: BTreeSet<String> = entries(&a).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        left,
+        BTreeSet::from(["good".to_string(), "short".to_string()])
+    );
+    // A second push: the bad manifest is still reported, nothing else.
+    let o = w.sync(&a, &nowhere, &["--push", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(json(&o)["failed"]["entries"], 1, "{}", show(&o));
+}

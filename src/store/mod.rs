@@ -413,6 +413,18 @@ impl Store {
         .collect()
     }
 
+    /// Drops a local entry found corrupt (a blob of the wrong size or
+    /// content, see `archive::CorruptBlob`): its manifest, and the blob,
+    /// which no entry can use and which would otherwise be trusted by
+    /// the next writer of the same content (blobs are deduplicated by
+    /// name). Best effort.
+    pub(crate) fn drop_corrupt_entry(&self, crate_name: &str, key: &str, hash: &str) {
+        let _ = self.remove(crate_name, key);
+        if valid_key(hash) {
+            let _ = fs::remove_file(self.blob_path(hash));
+        }
+    }
+
     /// Removes an entry's manifest (its blobs go at the next gc).
     pub(crate) fn remove(&self, crate_name: &str, key: &str) -> Result<bool> {
         let p = self.entry_path(crate_name, key);
