@@ -363,8 +363,12 @@ mod tests {
         let (d, s, e) = store_with_entry();
         let bytes = packed(&s, &e);
         let s2 = Store::open(&d.path().join("b")).unwrap();
+        let syncs = || crate::store::SYNCS.with(std::cell::Cell::get);
+        let n0 = syncs();
         let got = unpack(&s2, "foo", &e.key, &bytes[..]).unwrap();
         assert_eq!(got, Unpacked::Imported(e.size()));
+        // An import syncs each file and the manifest, once each.
+        assert_eq!(syncs() - n0, e.files.len() as u64 + 1);
         let e2 = s2.get("foo", &e.key).unwrap().unwrap();
         assert_eq!(e2.files, e.files);
         assert_eq!(e2.stderr, "warning: x");

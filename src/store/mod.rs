@@ -22,6 +22,9 @@ Invariants:
   or unreferenced blobs, both removed by `kache gc`.
 - Blobs are immutable and read-only. A blob is written under `tmp/` and
   renamed to its hash, so parallel writers of the same content are safe.
+- Every blob and manifest is synced to disk (once) before it is renamed
+  or linked into place, whether a build or a pull wrote it: after a power
+  loss a visible file is complete.
 - Entries are immutable; only their manifest's mtime changes (on a hit),
   which is the access time `kache gc` evicts by.
 - Writers take `gc.lock` shared for the whole blobs-then-manifest
@@ -353,7 +356,7 @@ impl Store {
     /// to rename (still atomic; a loser then also gets `true`).
     pub(crate) fn write_new(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<bool> {
         let tmp = self.tmp_path(what);
-        let res = fs::write(&tmp, bytes)
+        let res = write_synced(&tmp, bytes)
             .with_context(|| format!("cannot write {}", tmp.display()))
             .and_then(|()| match fs::hard_link(&tmp, dst) {
                 Ok(()) => Ok(true),
@@ -372,7 +375,7 @@ impl Store {
     /// the temp file is removed: a failed write leaves nothing behind.
     pub(crate) fn write_atomic(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.tmp_path(what);
-        let res = fs::write(&tmp, bytes)
+        let res = write_synced(&tmp, bytes)
             .with_context(|| format!("cannot write {}", tmp.display()))
             .and_then(|()| {
                 fs::rename(&tmp, dst).with_context(|| format!("cannot write {}", dst.display()))
@@ -531,7 +534,32 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
         }
     }
     out.flush()?;
+    sync(&out).with_context(|| format!("cannot write {}", dst.display()))?;
     Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+/// Writes `bytes` to a new file at `p` and syncs it to disk.
+fn write_synced(p: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(bytes)?;
+    sync(&f)
+}
+
+/// The one sync per file the store does: its data reaches the disk
+/// before the file is renamed or linked into place, so a crash (power
+/// loss) cannot leave a complete-looking blob or manifest with missing
+/// content. (Directories are not synced: a crash may lose a rename,
+/// which leaves only junk in `tmp/` or an entry to rebuild.)
+fn sync(f: &File) -> io::Result<()> {
+    #[cfg(test)]
+    SYNCS.with(|n| n.set(n.get() + 1));
+    f.sync_data()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Syncs done by this thread (tests count them).
+    static SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A file's age must exceed this (by its change time) before its hash
@@ -661,6 +689,32 @@ mod tests {
             assert_eq!(wins, 1, "round {i}");
         }
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn blobs_and_manifests_are_synced_once_before_they_appear() {
+        let (_d, s) = tmpstore();
+        let syncs = || SYNCS.with(std::cell::Cell::get);
+        let n0 = syncs();
+        let (h, n) = s.put_blob_reader(&b"durable"[..], None).unwrap();
+        assert_eq!(syncs() - n0, 1, "one sync per blob");
+        let e = Entry::new(
+            "foo",
+            &"d".repeat(64),
+            vec![FileRecord {
+                name: "libfoo.rlib".into(),
+                hash: h,
+                size: n,
+                executable: false,
+            }],
+        );
+        let n1 = syncs();
+        assert!(s.publish(&e).unwrap());
+        // The manifest (the input list is not recorded: no inputs).
+        assert_eq!(syncs() - n1, 1, "one sync per manifest");
+        let n2 = syncs();
+        s.write_atomic("x", &s.root().join("x"), b"x").unwrap();
+        assert_eq!(syncs() - n2, 1);
     }
 
     #[test]
