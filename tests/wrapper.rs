@@ -788,12 +788,11 @@ fn full_disk_builds_right_with_one_warning_per_failed_store() {
         .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
         .arg(&sb.cache)
         .output();
+    // Needs root, as this project's machines and CI run: fail loudly
+    // rather than pass without testing anything.
     match mounted {
         Ok(o) if o.status.success() => {}
-        other => {
-            eprintln!("note: cannot mount a tmpfs (not root?), skipping: {other:?}");
-            return;
-        }
+        other => panic!("this test needs root to mount a tmpfs: {other:?}"),
     }
     let _unmount = Unmount(sb.cache.clone());
     let one_line_warnings = |o: &Output| -> usize {
