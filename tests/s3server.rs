@@ -83,6 +83,12 @@ impl S3 {
         start_s3s_fs()
     }
 
+    /// Always a fresh in-process s3s-fs, whose bucket files a test can
+    /// read and damage.
+    pub(crate) fn start_local() -> S3 {
+        start_s3s_fs()
+    }
+
     /// Sets the remote settings on a kache command.
     pub(crate) fn configure(&self, c: &mut Command) {
         self.configure_at(c, &self.endpoint);

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::common::{cargo_through_kache, copy_tree, kache, put_entry, run_checked, show};
-use crate::s3server::{Fault, Proxy, S3, external};
+use crate::s3server::{Fault, Proxy, S3};
 
 /// A test's world: a bucket, caches, and a workspace dir.
 struct World {
@@ -22,6 +22,16 @@ impl World {
     fn new() -> World {
         World {
             s3: S3::start(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A world on the in-process s3s-fs server whatever
+    /// `KACHE_TEST_S3_*` says: for tests that read or damage the
+    /// bucket's files directly, or need session tokens.
+    fn local() -> World {
+        World {
+            s3: S3::start_local(),
             tmp: tempfile::tempdir().unwrap(),
         }
     }
@@ -437,11 +447,9 @@ fn dry_run_changes_nothing() {
 
 #[test]
 fn listing_pages_past_a_thousand_objects() {
-    if external() {
-        eprintln!("skipped: needs direct access to the s3s-fs bucket dir");
-        return;
-    }
-    let w = World::new();
+    // Needs the bucket's files (or session tokens): always the
+    // in-process server, even when an external one is configured.
+    let w = World::local();
     let dir =
         w.s3.object_file(&format!("{}/many/x", w.s3.prefix))
             .unwrap();
@@ -690,11 +698,9 @@ fn missing_bucket_and_missing_config() {
 
 #[test]
 fn a_corrupt_object_is_reported_not_imported() {
-    if external() {
-        eprintln!("skipped: needs direct access to the s3s-fs bucket dir");
-        return;
-    }
-    let w = World::new();
+    // Needs the bucket's files (or session tokens): always the
+    // in-process server, even when an external one is configured.
+    let w = World::local();
     let a = w.cache("a");
     let nowhere = w.no_workspace();
     let made = fill(&a, &["foo", "bar"], 4);
@@ -799,11 +805,9 @@ fn bench_push_pull() {
 
 #[test]
 fn aws_env_credentials_with_a_session_token() {
-    if external() {
-        eprintln!("skipped: the external server has no session tokens");
-        return;
-    }
-    let w = World::new();
+    // Needs the bucket's files (or session tokens): always the
+    // in-process server, even when an external one is configured.
+    let w = World::local();
     let proxy = Proxy::start(&w.s3.endpoint);
     let nowhere = w.no_workspace();
     let a = w.cache("a");
@@ -860,10 +864,10 @@ fn an_object_deleted_after_listing_is_skipped() {
 /// stdout either way.
 #[test]
 fn progress_on_a_terminal() {
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("skipped: no /usr/bin/script");
-        return;
-    }
+    assert!(
+        Path::new("/usr/bin/script").exists(),
+        "this test needs /usr/bin/script (util-linux) to give kache a terminal"
+    );
     let w = World::new();
     let proxy = Proxy::start(&w.s3.endpoint);
     proxy.set_delay(Duration::from_millis(150));
@@ -1003,10 +1007,9 @@ fn ci_recipe_with_real_cargo_builds() {
 #[test]
 #[ignore = "benchmark"]
 fn bench_plan_10k() {
-    if external() {
-        return;
-    }
-    let w = World::new();
+    // Needs the bucket's files (or session tokens): always the
+    // in-process server, even when an external one is configured.
+    let w = World::local();
     let mut crates = Vec::new();
     for c in 0..500u32 {
         let name = format!("crate_{c}");
@@ -1311,11 +1314,9 @@ fn raw_member(
 
 #[test]
 fn bad_objects_in_the_bucket_are_not_imported() {
-    if external() {
-        eprintln!("skipped: needs direct access to the s3s-fs bucket dir");
-        return;
-    }
-    let w = World::new();
+    // Needs the bucket's files (or session tokens): always the
+    // in-process server, even when an external one is configured.
+    let w = World::local();
     let a = w.cache("a");
     let nowhere = w.no_workspace();
     let made = fill(&a, &["foo"], 6);
@@ -1394,11 +1395,9 @@ fn bad_objects_in_the_bucket_are_not_imported() {
 
 #[test]
 fn hostile_archives_in_the_bucket_are_rejected() {
-    if external() {
-        eprintln!("skipped: needs direct access to the s3s-fs bucket dir");
-        return;
-    }
-    let w = World::new();
+    // Needs the bucket's files (or session tokens): always the
+    // in-process server, even when an external one is configured.
+    let w = World::local();
     let a = w.cache("a");
     let nowhere = w.no_workspace();
     let made = fill(&a, &["foo"], 4);
@@ -1588,22 +1587,21 @@ fn two_pulls_at_once_on_one_cache() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    /// Fails the test loudly if it cannot: these tests need root (as
+    /// this project's machines and CI run).
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(dir).unwrap();
         let o = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .output()
-            .ok()?;
-        if o.status.success() {
-            Some(Tmpfs(dir.to_path_buf()))
-        } else {
-            eprintln!(
-                "note: cannot mount a tmpfs ({}); skipping",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
+            .expect("this test needs mount(8)");
+        assert!(
+            o.status.success(),
+            "this test needs root to mount a tmpfs: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        Tmpfs(dir.to_path_buf())
     }
 }
 
@@ -1623,9 +1621,7 @@ fn pull_into_a_full_disk_stops_cleanly() {
     let nowhere = w.no_workspace();
     let made: BTreeSet<_> = fill_big(&a, "foo", 12, 300 << 10).into_iter().collect();
     ok(&w.sync(&a, &nowhere, &["--push"]));
-    let Some(_fs) = Tmpfs::mount(&w.tmp.path().join("small"), "2m") else {
-        return;
-    };
+    let _fs = Tmpfs::mount(&w.tmp.path().join("small"), "2m");
     let b = w.tmp.path().join("small/cache");
     let o = w.sync_via(
         None,
@@ -1672,9 +1668,7 @@ fn pull_into_a_full_disk_stops_cleanly() {
 fn push_from_a_full_disk_stops_cleanly() {
     let w = World::new();
     let nowhere = w.no_workspace();
-    let Some(_fs) = Tmpfs::mount(&w.tmp.path().join("small"), "2m") else {
-        return;
-    };
+    let _fs = Tmpfs::mount(&w.tmp.path().join("small"), "2m");
     // The blobs take most of the space: no room to spool the archives.
     let a = w.tmp.path().join("small/cache");
     let made = fill_big(&a, "foo", 5, 360 << 10);
@@ -1871,10 +1865,8 @@ fn soak() {
 #[test]
 #[ignore = "helper for ci/garage-cluster.sh"]
 fn fill_store_for_scripts() {
-    let Ok(dir) = std::env::var("KACHE_FILL_DIR") else {
-        eprintln!("KACHE_FILL_DIR not set; nothing to do");
-        return;
-    };
+    let dir = std::env::var("KACHE_FILL_DIR")
+        .expect("set KACHE_FILL_DIR to the cache dir to fill (see ci/garage-cluster.sh)");
     let n: usize = std::env::var("KACHE_FILL_ENTRIES").map_or(200, |v| v.parse().unwrap());
     let size: usize = std::env::var("KACHE_FILL_SIZE").map_or(262_144, |v| v.parse().unwrap());
     let dir = PathBuf::from(dir);
@@ -1886,4 +1878,78 @@ fn fill_store_for_scripts() {
         dir.display(),
         entries(&dir).len()
     );
+}
+
+/// Makes a blob file writable and replaces its content.
+fn damage_blob(cache: &Path, data: &[u8], with: &[u8]) {
+    let h = blake3::hash(data).to_hex().to_string();
+    let p = cache.join("blobs").join(&h[..2]).join(&h);
+    let mut perm = fs::metadata(&p).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&p, perm).unwrap();
+    fs::write(&p, with).unwrap();
+}
+
+/// Issue 7: `pack` never checked a blob before uploading, so one
+/// truncated local blob became a permanently broken remote entry; and a
+/// manifest with a 1-char hash panicked and killed `sync --push`. Now each
+/// fails alone, is reported, uploads nothing, and the rest is pushed.
+#[test]
+fn corrupt_local_entries_are_never_pushed() {
+    let w = World::new();
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    let good = put_entry(&a, "good", "g", &[("libgood.rlib", b"good bytes")]);
+    let trunc = put_entry(&a, "trunc", "t", &[("libtrunc.rlib", b"truncated blob")]);
+    damage_blob(&a, b"truncated blob", b"trunc");
+    let flip = put_entry(&a, "flip", "f", &[("libflip.rlib", b"flipped bytes")]);
+    damage_blob(&a, b"flipped bytes", b"FLIPPED BYTES");
+    let short = put_entry(&a, "short", "s", &[("libshort.rlib", b"short hash")]);
+    let mp = a.join("entries/short").join(format!("{short}.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    m["files"][0]["hash"] = "a".into();
+    fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let o = w.sync(&a, &nowhere, &["--push", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let j = json(&o);
+    assert_eq!(j["pushed"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 3, "{}", show(&o));
+    let err = stderr(&o);
+    for k in [&trunc, &flip, &short] {
+        assert!(err.contains(&k[..12]), "{k} not reported: {err}");
+    }
+    assert!(
+        err.contains("is corrupt") && err.contains("nothing uploaded"),
+        "{err}"
+    );
+    assert!(err.contains("kache gc --verify"), "{err}");
+    if let Some(objs) = w.s3.objects() {
+        assert_eq!(objs.len(), 1, "{objs:?}");
+        assert!(objs[0].contains(&good), "{objs:?}");
+    }
+    // What is in the bucket is sound: a pull of everything imports only
+    // the good entry, with nothing failing.
+    let b = w.cache("b");
+    let o = w.sync(&b, &nowhere, &["--pull", "--all", "--json"]);
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 0, "{}", show(&o));
+    assert_eq!(
+        entries(&b),
+        BTreeSet::from([("good".to_string(), good.clone())])
+    );
+    // The corrupt local entries (not the unreadable manifest) are gone,
+    // so a rebuild can store them again.
+    let left: BTreeSet<String> = entries(&a).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        left,
+        BTreeSet::from(["good".to_string(), "short".to_string()])
+    );
+    // A second push: the bad manifest is still reported, nothing else.
+    let o = w.sync(&a, &nowhere, &["--push", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(json(&o)["failed"]["entries"], 1, "{}", show(&o));
 }

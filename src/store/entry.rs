@@ -1,8 +1,9 @@
 //! The entry manifest: what one cached compile produced.
 
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::ENTRY_VERSION;
+use super::{ENTRY_VERSION, valid_crate, valid_file_name, valid_key};
 
 /// One output file of an entry. `name` is a plain file name (no `/`),
 /// relative to the compile's output directory.
@@ -83,6 +84,46 @@ impl Entry {
             created: super::now_secs(),
             explain: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Checks what a hand-edited or corrupt manifest could get wrong: it
+    /// names `crate_name/key` (the place it was found under), its files
+    /// are plain names listed once with 64-hex-digit hashes, its dep-info
+    /// name is a plain name. Every manifest read from disk or from an
+    /// archive passes here before anything uses its names or hashes.
+    pub(crate) fn validate(&self, crate_name: &str, key: &str) -> Result<()> {
+        if self.crate_name != crate_name || self.key != key {
+            bail!(
+                "it names {}/{} but is stored as {crate_name}/{key}",
+                self.crate_name,
+                self.key
+            );
+        }
+        if !valid_crate(&self.crate_name) || !valid_key(&self.key) {
+            bail!("it has an invalid crate name or key");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.files {
+            if !valid_file_name(&f.name) {
+                bail!("it names a bad file `{}`", f.name.escape_debug());
+            }
+            if !valid_key(&f.hash) {
+                bail!(
+                    "it has a bad blob hash `{}` for `{}`",
+                    f.hash.escape_debug(),
+                    f.name
+                );
+            }
+            if !seen.insert(f.name.as_str()) {
+                bail!("it lists `{}` twice", f.name);
+            }
+        }
+        if let Some(d) = &self.dep_info
+            && !valid_file_name(&d.name)
+        {
+            bail!("it names a bad dep-info file `{}`", d.name.escape_debug());
+        }
+        Ok(())
     }
 
     /// Sum of the file sizes (before dedup).

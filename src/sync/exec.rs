@@ -162,6 +162,21 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
         Ok(p)
     })()
     .map_err(|e| {
+        if let Some(cb) = e.downcast_ref::<archive::CorruptBlob>() {
+            ctx.store.drop_corrupt_entry(&t.crate_name, &t.key, &cb.hash);
+            return Outcome::Failed(
+                t.clone(),
+                format!(
+                    "local entry is corrupt, nothing uploaded: {cb}; the entry was removed (run `kache gc --verify` to check the rest of the store)"
+                ),
+            );
+        }
+        if crate::store::is_corrupt(&e) {
+            return Outcome::Failed(
+                t.clone(),
+                format!("nothing uploaded: {e:#}; run `kache gc --verify` to remove it"),
+            );
+        }
         if local_disk_failure(&e) {
             Outcome::Fatal(
                 t.clone(),

@@ -118,9 +118,12 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         let candidates: Vec<(EntryId, u64)> = local
             .iter()
             .filter(|(c, k)| !idx.get(c).is_some_and(|keys| keys.contains_key(k)))
-            .filter_map(|(c, k)| {
-                let e = store.get(c, k).ok()??;
-                Some(((c.clone(), k.clone()), e.size()))
+            .filter_map(|(c, k)| match store.get(c, k) {
+                Ok(e) => Some(((c.clone(), k.clone()), e?.size())),
+                // Corrupt or unreadable: planned anyway, so the push
+                // reports it (packing fails it) rather than skipping it
+                // silently.
+                Err(_) => Some(((c.clone(), k.clone()), 0)),
             })
             .collect();
         let push = plan::plan_push(&candidates, &idx);

@@ -380,7 +380,7 @@ fn hash_declared(
             .collect();
         let base = root.join(lit.join("/"));
         walk(&base, &lit.join("/"), probe, &mut files)?;
-        files.retain(|(rel, _)| glob_match(pat, rel));
+        files.retain(|(rel, _)| crate::config::glob_match(pat, rel));
     } else {
         let p = root.join(pat);
         if probe.hash(&p).is_some() {
@@ -425,31 +425,6 @@ fn walk(dir: &Path, rel: &str, probe: &dyn Probe, out: &mut Vec<(String, PathBuf
         }
     }
     Ok(())
-}
-
-/// Matches a `/`-separated path against a glob: `*` and `?` within one
-/// component, `**` any number of components.
-pub(crate) fn glob_match(pat: &str, path: &str) -> bool {
-    fn comps(p: &[&str], s: &[&str]) -> bool {
-        match p.split_first() {
-            None => s.is_empty(),
-            Some((&"**", rest)) => (0..=s.len()).any(|i| comps(rest, &s[i..])),
-            Some((c, rest)) => s
-                .split_first()
-                .is_some_and(|(x, srest)| one(c.as_bytes(), x.as_bytes()) && comps(rest, srest)),
-        }
-    }
-    fn one(p: &[u8], s: &[u8]) -> bool {
-        match p.split_first() {
-            None => s.is_empty(),
-            Some((b'*', rest)) => (0..=s.len()).any(|i| one(rest, &s[i..])),
-            Some((b'?', rest)) => !s.is_empty() && one(rest, &s[1..]),
-            Some((c, rest)) => s.first() == Some(c) && one(rest, &s[1..]),
-        }
-    }
-    let p: Vec<&str> = pat.split('/').filter(|c| !c.is_empty()).collect();
-    let s: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    comps(&p, &s)
 }
 
 /// What a build script printed that makes cargo rerun it: paths
@@ -830,16 +805,6 @@ mod tests {
         assert_eq!(p[1], (String::new(), "src/lib.rs".into()));
         assert_eq!(p[3], ("-C".into(), "debuginfo=2".into()));
         assert!(dropped_flag(&p[5].0, &p[5].1));
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("migrations/*.sql", "migrations/1_init.sql"));
-        assert!(!glob_match("migrations/*.sql", "migrations/a/1.sql"));
-        assert!(glob_match("data/**", "data/a/b/c.txt"));
-        assert!(glob_match("**/*.html", "t/x/index.html"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("a?c", "ac"));
     }
 
     #[test]

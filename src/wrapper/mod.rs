@@ -10,11 +10,14 @@ to running rustc exactly as without kache, with one warning line.
 */
 
 pub(crate) mod args;
+mod call;
 pub(crate) mod key;
 mod link;
 mod probe;
 pub(crate) mod restore;
 mod stamp;
+
+pub(crate) use self::call::is_wrapper_call;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -30,29 +33,6 @@ use self::probe::RealProbe;
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
-
-/// Whether argv is a wrapper call: argv[1] is rustc or clippy-driver, or
-/// another program (a workspace wrapper followed by rustc, or a C compiler
-/// that the `cc` crate runs through `RUSTC_WRAPPER`), which is run as is.
-pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
-    const COMMANDS: [&str; 7] = ["sync", "list", "stats", "gc", "purge", "config", "help"];
-    let Some(a1) = args.get(1) else {
-        return false;
-    };
-    if args::is_rustc_like(a1) {
-        return true;
-    }
-    let s = a1.to_string_lossy();
-    if s.is_empty() || s.starts_with('-') || COMMANDS.contains(&s.as_ref()) {
-        return false;
-    }
-    let p = std::path::Path::new(a1);
-    if p.components().count() > 1 {
-        return p.is_file();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-}
 
 fn truthy(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| {
@@ -145,7 +125,11 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         Ok(c) => c,
         Err(e) => {
             return match args::classify(&expanded, true, out_dir_env.as_deref()) {
-                Verdict::Cache(_) => fallback(rustc, rest, &e),
+                Verdict::Cache(c) => {
+                    // Outputs an earlier hit restored are read-only.
+                    unlink_outputs(&c);
+                    fallback(rustc, rest, &e)
+                }
                 Verdict::Pass(_) => run_plain(rustc, rest),
             };
         }
@@ -301,10 +285,9 @@ fn lookup(
         match store.get(crate_name, &full) {
             Ok(Some(e)) => return Ok(Some(e)),
             Ok(None) => {}
-            // Only a manifest proven corrupt is dropped (so this compile
-            // can replace it); a transient read error (EMFILE, EIO) is a
-            // miss that leaves the entry alone.
-            Err(e) if e.chain().any(|c| c.is::<serde_json::Error>()) => {
+            // A manifest proven corrupt: drop it so this compile can
+            // replace it. An I/O error (EMFILE, EIO) leaves it alone.
+            Err(e) if crate::store::is_corrupt(&e) => {
                 let _ = store.remove(crate_name, &full);
             }
             Err(_) => {}
@@ -640,30 +623,4 @@ fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
         }
     }
     raw
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(a: &[&str]) -> Vec<OsString> {
-        a.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn wrapper_call_shapes() {
-        assert!(is_wrapper_call(&v(&["kache", "rustc", "-vV"])));
-        assert!(is_wrapper_call(&v(&[
-            "kache",
-            "/x/bin/clippy-driver",
-            "rustc"
-        ])));
-        assert!(is_wrapper_call(&v(&["kache", "/bin/sh", "rustc", "-vV"])));
-        assert!(is_wrapper_call(&v(&["kache", "sh", "-c", "true"])));
-        assert!(!is_wrapper_call(&v(&["kache"])));
-        assert!(!is_wrapper_call(&v(&["kache", "list", "rustc"])));
-        assert!(!is_wrapper_call(&v(&["kache", "sync", "--pull"])));
-        assert!(!is_wrapper_call(&v(&["kache", "--json"])));
-        assert!(!is_wrapper_call(&v(&["kache", "no-such-program-kache"])));
-    }
 }
