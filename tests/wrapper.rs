@@ -1111,3 +1111,30 @@ fn a_relative_cache_dir_is_a_warning_and_plain_rustc() {
     assert!(!a.ws.join("alpha/rel-cache").exists());
     assert!(!a.ws.join("rel-cache").exists());
 }
+
+/// A crate under `never_cache` always compiles and is never stored.
+#[test]
+fn never_cache_compiles_the_listed_crate_every_time() {
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    let env = [("KACHE_NEVER_CACHE", "Alpha,other")];
+    a.build_ok(&["build"], &env);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let r = results(&sb.take_events());
+    assert!(
+        r.contains(&("alpha".to_string(), "passthrough".to_string())),
+        "{r:?}"
+    );
+    assert!(!sb.cache.join("entries/alpha").exists());
+    a.build_ok(&["clean"], &[]);
+    a.build_ok(&["build"], &env);
+    let r = results(&sb.take_events());
+    assert!(
+        r.contains(&("alpha".to_string(), "passthrough".to_string())),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&("beta".to_string(), "local_hit".to_string())),
+        "{r:?}"
+    );
+}

@@ -531,14 +531,33 @@ fn cached(
 
 /// The sentinels of the machine-local roots whose real path appears in
 /// any of the outputs: such an output depends on where it was built.
+/// Streams each file in chunks (memory stays bounded whatever its size).
 fn roots_in(outputs: &[std::path::PathBuf], paths: &Paths) -> Result<Vec<String>> {
+    let rules = paths.rules();
+    let keep = rules.iter().map(|(r, _)| r.len()).max().unwrap_or(1) - 1;
     let mut found: Vec<String> = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity((1 << 20) + keep);
     for p in outputs {
-        let bytes = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        for (real, sent) in paths.rules() {
-            if !found.contains(sent) && memchr::memmem::find(&bytes, real.as_bytes()).is_some() {
-                found.push(sent.clone());
+        let mut f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+        buf.clear();
+        loop {
+            let old = buf.len();
+            buf.resize(old + (1 << 20), 0);
+            let n = f
+                .read(&mut buf[old..])
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            buf.truncate(old + n);
+            for (real, sent) in rules {
+                if !found.contains(sent) && memchr::memmem::find(&buf, real.as_bytes()).is_some() {
+                    found.push(sent.clone());
+                }
             }
+            if n == 0 || found.len() == rules.len() {
+                break;
+            }
+            // Keep the tail: a path may straddle two chunks.
+            let cut = buf.len().saturating_sub(keep);
+            buf.drain(..cut);
         }
     }
     found.sort();
@@ -623,4 +642,26 @@ fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
         }
     }
     raw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_found_across_chunk_boundaries() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::from_rules(
+            &[("/home/u/ws", "/kache-ws"), ("/home/u/t", "/kache-target")],
+            "/home/u/ws",
+        );
+        let p = d.path().join("bin");
+        let mut bytes = vec![0u8; 3 << 20];
+        let at = (1 << 20) - 4; // straddles the first chunk's end
+        bytes[at..at + 10].copy_from_slice(b"/home/u/ws");
+        fs::write(&p, &bytes).unwrap();
+        assert_eq!(roots_in(&[p.clone()], &paths).unwrap(), vec!["/kache-ws"]);
+        fs::write(&p, vec![7u8; 2 << 20]).unwrap();
+        assert!(roots_in(&[p], &paths).unwrap().is_empty());
+    }
 }
