@@ -660,7 +660,7 @@ mod tests {
         let at = (1 << 20) - 4; // straddles the first chunk's end
         bytes[at..at + 10].copy_from_slice(b"/home/u/ws");
         fs::write(&p, &bytes).unwrap();
-        assert_eq!(roots_in(&[p.clone()], &paths).unwrap(), vec!["/kache-ws"]);
+        assert_eq!(roots_in(std::slice::from_ref(&p), &paths).unwrap(), vec!["/kache-ws"]);
         fs::write(&p, vec![7u8; 2 << 20]).unwrap();
         assert!(roots_in(&[p], &paths).unwrap().is_empty());
     }
