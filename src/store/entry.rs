@@ -67,6 +67,40 @@ pub(crate) struct Entry {
     /// `kache why-miss`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) explain: std::collections::BTreeMap<String, String>,
+    /// Who can use the entry (crate version, target, toolchain), so a
+    /// pull can skip what this build cannot use before downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) origin: Option<Origin>,
+}
+
+/// What an entry was built for. Each field is one safe path component
+/// (it becomes part of the remote object name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Origin {
+    /// The package version (`CARGO_PKG_VERSION`), `_` outside cargo.
+    pub(crate) version: String,
+    /// The target triple (`--target`, else the host).
+    pub(crate) target: String,
+    /// A short digest of the compiler's `-vV` output.
+    pub(crate) toolchain: String,
+}
+
+/// A value usable as one path component of an object name.
+pub(crate) fn valid_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+}
+
+impl Origin {
+    pub(crate) fn is_valid(&self) -> bool {
+        valid_component(&self.version)
+            && valid_component(&self.target)
+            && valid_component(&self.toolchain)
+    }
 }
 
 impl Entry {
@@ -83,6 +117,7 @@ impl Entry {
             compile_ms: 0,
             created: super::now_secs(),
             explain: std::collections::BTreeMap::new(),
+            origin: None,
         }
     }
 
@@ -101,6 +136,9 @@ impl Entry {
         }
         if !valid_crate(&self.crate_name) || !valid_key(&self.key) {
             bail!("it has an invalid crate name or key");
+        }
+        if self.origin.as_ref().is_some_and(|o| !o.is_valid()) {
+            bail!("it has an invalid origin (version, target or toolchain)");
         }
         let mut seen = std::collections::HashSet::new();
         for f in &self.files {

@@ -111,6 +111,13 @@ pub(crate) fn valid_crate(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The short id of a toolchain: 16 hex digits of the blake3 of its
+/// `rustc -vV` output. Entries and remote objects carry it so a pull can
+/// skip another compiler's entries.
+pub(crate) fn toolchain_id(version_verbose: &str) -> String {
+    blake3::hash(version_verbose.as_bytes()).to_hex()[..16].to_string()
+}
+
 /// A cache key: 64 lowercase hex digits (a blake3 hash).
 pub(crate) fn valid_key(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -31,7 +31,7 @@ use self::args::{Compile, Verdict};
 use self::key::{Declared, Paths};
 use self::probe::RealProbe;
 use crate::config::WrapperConfig;
-use crate::store::entry::{DepInfo, Inputs};
+use crate::store::entry::{DepInfo, Inputs, Origin};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
 
 fn truthy(var: &str) -> bool {
@@ -513,6 +513,7 @@ fn cached(
     entry.inputs = Some(inputs);
     entry.compile_ms = compile_ms;
     entry.explain = why;
+    entry.origin = origin(rustc_str, compile, &probe);
     store.publish(&entry)?;
     progress(&compile.crate_name, "miss", start, size);
     let line = serde_json::json!({
@@ -527,6 +528,29 @@ fn cached(
     });
     store.log_event(&line.to_string());
     Ok(code)
+}
+
+/// What the entry is for: the package version, the target triple and a
+/// short digest of the toolchain (`None` if any is not a safe name).
+fn origin(rustc: &str, compile: &Compile, probe: &RealProbe<'_>) -> Option<Origin> {
+    use self::key::Probe;
+    let vv = probe.identity(rustc, &["-vV"]).ok()?;
+    let host = vv.lines().find_map(|l| l.strip_prefix("host: "))?.trim();
+    let target = match &compile.target {
+        Some(t) => std::path::Path::new(t)
+            .file_stem()
+            .map_or_else(|| t.clone(), |s| s.to_string_lossy().into_owned()),
+        None => host.to_string(),
+    };
+    let o = Origin {
+        version: probe
+            .var("CARGO_PKG_VERSION")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "_".to_string()),
+        target,
+        toolchain: crate::store::toolchain_id(&vv),
+    };
+    o.is_valid().then_some(o)
 }
 
 /// The sentinels of the machine-local roots whose real path appears in
@@ -660,7 +684,10 @@ mod tests {
         let at = (1 << 20) - 4; // straddles the first chunk's end
         bytes[at..at + 10].copy_from_slice(b"/home/u/ws");
         fs::write(&p, &bytes).unwrap();
-        assert_eq!(roots_in(std::slice::from_ref(&p), &paths).unwrap(), vec!["/kache-ws"]);
+        assert_eq!(
+            roots_in(std::slice::from_ref(&p), &paths).unwrap(),
+            vec!["/kache-ws"]
+        );
         fs::write(&p, vec![7u8; 2 << 20]).unwrap();
         assert!(roots_in(&[p], &paths).unwrap().is_empty());
     }
