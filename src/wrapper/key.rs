@@ -97,24 +97,29 @@ impl Paths {
 
     /// Real paths -> sentinels.
     pub(crate) fn normalize(&self, s: &str) -> String {
-        let mut s = s.to_string();
-        for (real, sent) in &self.rules {
-            if s.contains(real.as_str()) {
-                s = s.replace(real.as_str(), sent);
-            }
-        }
-        s
+        let pairs: Vec<(&str, &str)> = self
+            .rules
+            .iter()
+            .map(|(r, t)| (r.as_str(), t.as_str()))
+            .collect();
+        replace_paths(s, &pairs)
     }
 
     /// Sentinels -> real paths of this checkout.
     pub(crate) fn expand(&self, s: &str) -> String {
-        let mut s = s.to_string();
-        for (real, sent) in &self.rules {
-            if s.contains(sent.as_str()) {
-                s = s.replace(sent.as_str(), real);
-            }
-        }
-        s
+        let pairs: Vec<(&str, &str)> = self
+            .rules
+            .iter()
+            .map(|(r, t)| (t.as_str(), r.as_str()))
+            .collect();
+        replace_paths(s, &pairs)
+    }
+
+    /// A path as rustc got it (an argument), made absolute for this
+    /// checkout; unlike [`Paths::resolve`], nothing is expanded.
+    pub(crate) fn absolute(&self, real: &str) -> PathBuf {
+        let p = PathBuf::from(real);
+        if p.is_absolute() { p } else { self.cwd.join(p) }
     }
 
     /// Real paths -> sentinels in a dep-info file, whose rules write a
@@ -129,6 +134,19 @@ impl Paths {
     }
 
     fn map_dep_info(&self, text: &str, normalize: bool) -> String {
+        let esc: Vec<(String, String)> = self
+            .rules
+            .iter()
+            .map(|(r, t)| {
+                let e = r.replace(' ', "\\ ");
+                if normalize {
+                    (e, t.clone())
+                } else {
+                    (t.clone(), e)
+                }
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = esc.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let mut out = String::with_capacity(text.len());
         for line in text.split_inclusive('\n') {
             if line.starts_with("# env-dep:") {
@@ -137,21 +155,9 @@ impl Paths {
                 } else {
                     self.expand(line)
                 });
-                continue;
+            } else {
+                out.push_str(&replace_paths(line, &pairs));
             }
-            let mut l = line.to_string();
-            for (real, sent) in &self.rules {
-                let esc = real.replace(' ', "\\ ");
-                let (from, to) = if normalize {
-                    (&esc, sent)
-                } else {
-                    (sent, &esc)
-                };
-                if l.contains(from.as_str()) {
-                    l = l.replace(from.as_str(), to);
-                }
-            }
-            out.push_str(&l);
         }
         out
     }
@@ -177,6 +183,43 @@ impl Paths {
         let p = PathBuf::from(self.expand(normalized));
         if p.is_absolute() { p } else { self.cwd.join(p) }
     }
+}
+
+/// Characters that continue a path component: a match must not start
+/// right after one, nor end right before one, so `/w` never matches
+/// inside `/work` and a sentinel never matches inside `/x/kache-ws`.
+fn path_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'+' | b'~')
+}
+
+/// Replaces each `from` by its `to` in one left-to-right pass (replaced
+/// text is never scanned again), only where `from` stands as whole path
+/// components; the first pair that matches at a position wins, so pass
+/// the most specific first.
+fn replace_paths(s: &str, pairs: &[(&str, &str)]) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        if b[i] == b'/' && (i == 0 || !path_char(b[i - 1])) {
+            let hit = pairs.iter().find(|(from, _)| {
+                !from.is_empty()
+                    && b[i..].starts_with(from.as_bytes())
+                    && b.get(i + from.len()).is_none_or(|&c| !path_char(c))
+            });
+            if let Some((from, to)) = hit {
+                out.push_str(&s[copied..i]);
+                out.push_str(to);
+                i += from.len();
+                copied = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&s[copied..]);
+    out
 }
 
 /// A hasher that frames every field, so ("ab","c") != ("a","bc"). It also
@@ -480,7 +523,7 @@ pub(crate) fn base_key(
                 let digest = if path.is_empty() {
                     String::new()
                 } else {
-                    let p = paths.resolve(path);
+                    let p = paths.absolute(path);
                     probe
                         .hash(&p)
                         .with_context(|| format!("cannot read --extern {}", p.display()))?
@@ -495,7 +538,7 @@ pub(crate) fn base_key(
                     .push(format!("{file}:{digest}"));
             }
             "--target" => {
-                let p = paths.resolve(&value);
+                let p = paths.absolute(&value);
                 match probe.hash(&p).filter(|_| value.ends_with(".json")) {
                     Some(d) => h.field("target-json", &d),
                     None => h.field("target", &value),
@@ -534,7 +577,7 @@ pub(crate) fn base_key(
         .lib_paths
         .iter()
         .filter(|(k, _)| k != "dependency" && k != "crate")
-        .map(|(_, p)| paths.resolve(p))
+        .map(|(_, p)| paths.absolute(p))
         .collect();
     for (kind, name) in &c.libs {
         let found = search
@@ -805,6 +848,25 @@ mod tests {
         assert_eq!(p[1], (String::new(), "src/lib.rs".into()));
         assert_eq!(p[3], ("-C".into(), "debuginfo=2".into()));
         assert!(dropped_flag(&p[5].0, &p[5].1));
+    }
+
+    #[test]
+    fn paths_are_replaced_as_whole_components_once() {
+        let p = Paths::from_rules(
+            &[("/t/kache-target", "/kache-target"), ("/w", "/kache-ws")],
+            "/w",
+        );
+        assert_eq!(
+            p.normalize("/work /w/x =/w \"/w\""),
+            "/work /kache-ws/x =/kache-ws \"/kache-ws\""
+        );
+        assert_eq!(p.normalize("/t/kache-target/debug"), "/kache-target/debug");
+        assert_eq!(p.expand("/kache-target/debug"), "/t/kache-target/debug");
+        assert_eq!(p.expand("/opt/kache-target/x"), "/opt/kache-target/x");
+        assert_eq!(
+            p.absolute("/t/kache-target/a"),
+            PathBuf::from("/t/kache-target/a")
+        );
     }
 
     #[test]
