@@ -54,8 +54,8 @@ impl Diff {
         Diff {
             cwd: ws.clone(),
             ws,
-            kt: base.join("kache-target"),
-            pt: base.join("plain-target"),
+            kt: base.join("kt"),
+            pt: base.join("pt"),
             cache: root.join("cache"),
             base,
         }
@@ -887,5 +887,34 @@ fn guard_config_rustflags() {
         &[],
         |d| d.edit(".cargo/config.toml", "\"diff_cfg\"", "\"diff_flag\""),
         &[],
+    );
+}
+
+// ---------------------------------------------------------------------
+// Found while writing this suite
+// ---------------------------------------------------------------------
+
+/// A target dir named `kache-target` (the spelling of one of kache's own
+/// path sentinels): after an edit, kache mangles paths
+/// (`/x/a/x/a/kache-target/...`) and falls back to plain rustc with
+/// warnings. Output must match plain cargo and kache must not fall back.
+#[test]
+fn target_dir_spelled_like_a_key_sentinel() {
+    let r = root();
+    let mut d = Diff::new(r.path(), "a", "space");
+    d.kt = d.base.join("kache-target");
+    let run = ["run", "-q", "-p", "spapp"];
+    d.same("cold build", &run, &[]);
+    d.take_events();
+    d.same_restored("unchanged", &run, &[]);
+    d.assert_hit("restore of the unchanged workspace");
+    d.edit("splib/src/lib.rs", "11", "12");
+    let (k, _) = d.both("after editing splib", &run, &[]);
+    let ev = d.take_events();
+    assert!(
+        !String::from_utf8_lossy(&k.stderr).contains("warning: kache")
+            && !ev.iter().any(|(_, r)| r == "error"),
+        "kache fell back to plain rustc with a target dir named kache-target: {ev:?}\n{}",
+        show(&k)
     );
 }
