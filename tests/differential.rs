@@ -343,6 +343,20 @@ fn baked_paths_rpath_to_out_dir() {
     a.edit("rpath/rp.c", "return 7", "return 8");
     a.same("checkout a after editing its rp.c", &run, &[]);
     b.same("checkout b after a's librp.so changed", &run, &[]);
+    // `cargo run` puts OUT_DIR on LD_LIBRARY_PATH; run the binaries as a
+    // user would, by their path, so only their run path finds librp.so.
+    let direct = |t: &Path| {
+        let o = std::process::Command::new(t.join("debug/rpath"))
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        format!("{} {}", o.status, String::from_utf8_lossy(&o.stdout).trim())
+    };
+    assert_eq!(
+        direct(&b.kt),
+        direct(&b.pt),
+        "checkout b's binary run by its path: kache's (left) differs from plain cargo's (right)"
+    );
     // The binary's RUNPATH names B's own target dir.
     let exe = b.kt.join("debug/rpath");
     let re = std::process::Command::new("readelf")
