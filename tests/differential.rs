@@ -758,9 +758,20 @@ fn is_root() -> bool {
 /// nothing is rebuilt that plain cargo would not rebuild.
 #[test]
 fn space_in_workspace_path() {
+    two_checkouts_then_delete_one("chk a", "chk b");
+}
+
+/// The same without a space: a regression guard, and the control that
+/// shows the space is what `space_in_workspace_path` trips on.
+#[test]
+fn guard_second_checkout_after_deleting_the_first() {
+    two_checkouts_then_delete_one("chk_a", "chk_b");
+}
+
+fn two_checkouts_then_delete_one(a_name: &str, b_name: &str) {
     let r = root();
-    let a = Diff::new(r.path(), "chk a", "space");
-    let b = Diff::new(r.path(), "chk b", "space");
+    let a = Diff::new(r.path(), a_name, "space");
+    let b = Diff::new(r.path(), b_name, "space");
     let run = ["run", "-q", "-p", "spapp"];
     a.same("checkout a", &run, &[]);
     a.take_events();
@@ -784,7 +795,7 @@ fn space_in_workspace_path() {
         if p.extension().is_some_and(|x| x == "d") {
             let text = fs::read_to_string(&p).unwrap();
             assert!(
-                !text.contains("chk a") && !text.contains("chk\\ a"),
+                !text.contains(a_name) && !text.contains(&a_name.replace(' ', "\\ ")),
                 "{} names the other checkout:\n{text}",
                 p.display()
             );
@@ -922,7 +933,7 @@ fn target_dir_spelled_like_a_key_sentinel() {
     d.take_events();
     d.same_restored("unchanged", &run, &[]);
     d.assert_hit("restore of the unchanged workspace");
-    d.edit("splib/src/lib.rs", "11", "12");
+    d.edit("splib/src/lib.rs", "11 +", "12 +");
     let (k, _) = d.both("after editing splib", &run, &[]);
     let ev = d.take_events();
     assert!(
