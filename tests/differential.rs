@@ -113,6 +113,16 @@ impl Diff {
             p.status,
             tail(&k.stderr, 40),
         );
+        let fell_back: Vec<&str> = std::str::from_utf8(&k.stderr)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.starts_with("warning: kache:"))
+            .collect();
+        assert!(
+            fell_back.is_empty(),
+            "{what}: kache fell back to plain rustc, so the cache was not \
+             exercised: {fell_back:?}"
+        );
         (k, p)
     }
 
@@ -298,16 +308,17 @@ fn baked_paths_manifest_dir() {
     let run = ["run", "-q", "-p", "whereami"];
     a.same("checkout a", &run, &[]);
     a.take_events();
-    let out = b.same("checkout b", &run, &[]);
+    b.kache_ok(&["build", "-p", "whereami"], &[]);
     let ev = b.take_events();
-    assert!(
-        out.contains(&*b.ws.to_string_lossy()),
-        "plain cargo printed {out} (a test bug)"
-    );
     assert!(
         ev.contains(&("plainlib".into(), "local_hit".into())),
         "a crate whose output does not depend on its path is not shared \
          between checkouts: {ev:?}"
+    );
+    let out = b.same("checkout b", &run, &[]);
+    assert!(
+        out.contains(&*b.ws.to_string_lossy()),
+        "plain cargo printed {out} (a test bug)"
     );
     fs::remove_dir_all(&a.base).unwrap();
     b.same_restored("checkout b, checkout a deleted", &run, &[]);
