@@ -954,3 +954,21 @@ fn target_dir_spelled_like_a_key_sentinel() {
         show(&k)
     );
 }
+
+/// Two toolchains (`cargo +stable`, `cargo +nightly`) on one target dir
+/// and cache: a library with the same source, arguments and env must not
+/// be served across toolchains (the binary would fail with E0514 or run
+/// the other compiler's code).
+#[test]
+fn guard_two_toolchains() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "toolchains");
+    let mut seen = Vec::new();
+    for tc in ["+stable", "+nightly", "+stable"] {
+        let run = [tc, "run", "-q", "-p", "tcapp"];
+        let out = d.same(&format!("cargo {tc}"), &run, &[]);
+        d.same_restored(&format!("cargo {tc}"), &run, &[]);
+        seen.push(out);
+    }
+    assert_ne!(seen[0], seen[1], "the toolchains are the same (a test bug)");
+}
