@@ -88,7 +88,11 @@ impl Diff {
 
     fn kache_ok(&self, args: &[&str], env: Env<'_>) -> Output {
         let o = self.kache(args, env);
-        assert!(o.status.success(), "cargo {args:?} under kache failed\n{}", show(&o));
+        assert!(
+            o.status.success(),
+            "cargo {args:?} under kache failed\n{}",
+            show(&o)
+        );
         o
     }
 
@@ -136,7 +140,11 @@ impl Diff {
     /// then `same`. The plain target dir is kept.
     fn same_restored(&self, what: &str, args: &[&str], env: Env<'_>) -> String {
         self.wipe_kache_target();
-        self.same(&format!("{what} (after rm -rf target under kache)"), args, env)
+        self.same(
+            &format!("{what} (after rm -rf target under kache)"),
+            args,
+            env,
+        )
     }
 
     fn wipe_kache_target(&self) {
@@ -407,7 +415,10 @@ fn declared_inputs_rerun_if_changed_dir() {
     d.edit("miguser/migrations/001_init.sql", "x int", "x bigint");
     d.same("after editing migrations/001_init.sql", &run, &[]);
     d.same_restored("after editing migrations/001_init.sql", &run, &[]);
-    d.write("miguser/migrations/002_more.sql", "create table b (y int);\n");
+    d.write(
+        "miguser/migrations/002_more.sql",
+        "create table b (y int);\n",
+    );
     d.same("after adding migrations/002_more.sql", &run, &[]);
     d.same_restored("after adding migrations/002_more.sql", &run, &[]);
 }
@@ -460,7 +471,10 @@ fn declared_inputs_user_setting_files() {
 fn declared_inputs_user_setting_env() {
     let r = root();
     let d = Diff::new(r.path(), "a", "inputs");
-    let decl = ("KACHE_INPUTS", "datauser:env=DIFF_DATA_VAR;pm:env=DIFF_UNUSED");
+    let decl = (
+        "KACHE_INPUTS",
+        "datauser:env=DIFF_DATA_VAR;pm:env=DIFF_UNUSED",
+    );
     let run = ["run", "-q", "-p", "datauser"];
     let one = [decl, ("DIFF_DATA_VAR", "one")];
     let two = [decl, ("DIFF_DATA_VAR", "two")];
@@ -488,7 +502,8 @@ fn declared_inputs_never_cache() {
         "other crates are still cached: {ev:?}"
     );
     assert!(
-        !ev.iter().any(|(c, r)| c == "datauser" && (r == "local_hit" || r == "miss")),
+        !ev.iter()
+            .any(|(c, r)| c == "datauser" && (r == "local_hit" || r == "miss")),
         "a never-cached crate went through the cache: {ev:?}"
     );
     assert!(
@@ -570,7 +585,11 @@ fn mtime_source_replaced_during_compile() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", show(&o));
     // Plain cargo builds the new source from scratch; kache from its store.
-    let out = d.same_restored("source replaced during the compile", &["run", "-q", "-p", "prog"], &[]);
+    let out = d.same_restored(
+        "source replaced during the compile",
+        &["run", "-q", "-p", "prog"],
+        &[],
+    );
     assert_eq!(out, "v=2");
 }
 
@@ -632,7 +651,10 @@ fn fix_after_restore(fix_args: &[&str], env: Env<'_>) {
         "`cargo {}` fixed differently after a kache restore",
         fix_args.join(" ")
     );
-    assert_ne!(k.read("src/lib.rs"), fs::read_to_string(fixture("fixme/src/lib.rs")).unwrap());
+    assert_ne!(
+        k.read("src/lib.rs"),
+        fs::read_to_string(fixture("fixme/src/lib.rs")).unwrap()
+    );
     k.same("after the fix", &["run", "-q"], &[]);
 }
 
@@ -673,7 +695,11 @@ fn restored_then_wrapper_removed() {
         d.wipe_kache_target();
         d.kache_ok(&[cmd], &[]);
         d.assert_hit(&format!("cargo {cmd} after rm -rf target"));
-        d.edit("src/lib.rs", &format!("return {};", 2 + i), &format!("return {};", 3 + i));
+        d.edit(
+            "src/lib.rs",
+            &format!("return {};", 2 + i),
+            &format!("return {};", 3 + i),
+        );
         let o = d.plain_on_kache_target(&[cmd], &[]);
         assert!(
             o.status.success(),
@@ -683,7 +709,12 @@ fn restored_then_wrapper_removed() {
     }
     let o = d.plain_on_kache_target(&["run", "-q"], &[]);
     let p = d.plain(&["run", "-q"], &[]);
-    assert!(o.status.success() && p.status.success(), "{}\n{}", show(&o), show(&p));
+    assert!(
+        o.status.success() && p.status.success(),
+        "{}\n{}",
+        show(&o),
+        show(&p)
+    );
     assert_eq!(norm(&o.stdout), norm(&p.stdout));
 }
 
@@ -792,7 +823,12 @@ fn two_checkouts_then_delete_one(a_name: &str, b_name: &str) {
     // Nothing changed in b: plain cargo compiles nothing; nor may kache.
     let k = b.kache(&["build", "-p", "spapp"], &[]);
     let p = b.plain(&["build", "-p", "spapp"], &[]);
-    assert!(k.status.success() && p.status.success(), "{}\n{}", show(&k), show(&p));
+    assert!(
+        k.status.success() && p.status.success(),
+        "{}\n{}",
+        show(&k),
+        show(&p)
+    );
     assert_eq!(
         compiling(&k),
         compiling(&p),
@@ -843,7 +879,11 @@ fn user_remap_path_prefix_wins() {
     d.wipe_kache_target();
     let (k, p) = d.both("restored", &run, &env);
     d.assert_hit("restore");
-    assert_eq!(panics(&k), panics(&p), "panic location differs after a restore");
+    assert_eq!(
+        panics(&k),
+        panics(&p),
+        "panic location differs after a restore"
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -878,12 +918,20 @@ fn guard_include_bytes() {
 
 #[test]
 fn guard_path_module() {
-    guard_case(&[], |d| d.edit("shared/pathmod.rs", "path-one", "path-two"), &[]);
+    guard_case(
+        &[],
+        |d| d.edit("shared/pathmod.rs", "path-one", "path-two"),
+        &[],
+    );
 }
 
 #[test]
 fn guard_symlinked_source() {
-    guard_case(&[], |d| d.edit("real/linked.rs", "linked-one", "linked-two"), &[]);
+    guard_case(
+        &[],
+        |d| d.edit("real/linked.rs", "linked-one", "linked-two"),
+        &[],
+    );
 }
 
 #[test]
@@ -909,7 +957,11 @@ fn guard_out_dir_generated_code() {
 
 #[test]
 fn guard_config_env() {
-    guard_case(&[], |d| d.edit(".cargo/config.toml", "\"one\"", "\"two\""), &[]);
+    guard_case(
+        &[],
+        |d| d.edit(".cargo/config.toml", "\"one\"", "\"two\""),
+        &[],
+    );
 }
 
 #[test]
