@@ -174,9 +174,12 @@ pub(crate) fn cargo_plain(ws: &Path, target: &Path, args: &[&str]) -> Command {
             c.env_remove(k);
         }
     }
+    // `--offline` goes before a `--` (what follows is for the program).
+    let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
     c.current_dir(ws)
-        .args(args)
+        .args(&args[..split])
         .arg("--offline")
+        .args(&args[split..])
         .env("CARGO_TARGET_DIR", target)
         .env("CARGO_TERM_COLOR", "never")
         .env("CARGO_BUILD_JOBS", "2");

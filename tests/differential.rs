@@ -272,6 +272,22 @@ fn link_inputs_static_lib_of_a_dependency_c_edit() {
     );
 }
 
+/// 1a for a test harness: app's unit test prints the C value.
+#[test]
+fn link_inputs_static_lib_in_a_test_harness() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "link");
+    let test = ["test", "-q", "-p", "app", "--bin", "app", "--", "--nocapture"];
+    let before = d.same("cold build", &test, &[]);
+    d.take_events();
+    d.same_restored("unchanged", &test, &[]);
+    d.assert_hit("restore of the unchanged workspace");
+    d.edit("csys/foo.c", "100 + VALUE", "200 + VALUE");
+    let after = d.same("after editing foo.c", &test, &[]);
+    assert_ne!(before, after, "plain cargo saw no change (a test bug)");
+    d.same_restored("after editing foo.c", &test, &[]);
+}
+
 /// 1b: only CFLAGS changes (read by the build script,
 /// `rerun-if-env-changed=CFLAGS`).
 #[test]
