@@ -277,7 +277,16 @@ fn link_inputs_static_lib_of_a_dependency_c_edit() {
 fn link_inputs_static_lib_in_a_test_harness() {
     let r = root();
     let d = Diff::new(r.path(), "a", "link");
-    let test = ["test", "-q", "-p", "app", "--bin", "app", "--", "--nocapture"];
+    let test = [
+        "test",
+        "-q",
+        "-p",
+        "app",
+        "--bin",
+        "app",
+        "--",
+        "--nocapture",
+    ];
     let before = d.same("cold build", &test, &[]);
     d.take_events();
     d.same_restored("unchanged", &test, &[]);
@@ -530,6 +539,39 @@ fn declared_inputs_never_cache() {
     d.clean_p("datauser");
     d.same("after editing data/a.txt", &run, &env);
     d.same_restored("after editing data/a.txt", &run, &env);
+}
+
+/// A proc macro that writes a file while expanding produces nothing on a
+/// hit; `KACHE_NEVER_CACHE` is the remedy: with it, a build after
+/// `rm -rf target` writes the file as plain cargo does.
+#[test]
+fn declared_inputs_never_cache_side_effects() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "inputs");
+    let env = [("KACHE_NEVER_CACHE", "emituser")];
+    let build = ["build", "-p", "emituser"];
+    let generated = d.path("emituser/generated.txt");
+    d.kache_ok(&build, &env);
+    assert!(
+        generated.exists(),
+        "the cold build wrote nothing (a test bug)"
+    );
+    fs::remove_file(&generated).unwrap();
+    d.wipe_kache_target();
+    d.kache_ok(&build, &env);
+    assert!(
+        generated.exists(),
+        "with KACHE_NEVER_CACHE=emituser, a build after rm -rf target did not \
+         run the proc macro's side effect (emituser/generated.txt missing): {:?}",
+        d.take_events()
+    );
+    fs::remove_file(&generated).unwrap();
+    let p = d.plain(&build, &[]);
+    assert!(
+        p.status.success() && generated.exists(),
+        "plain: {}",
+        show(&p)
+    );
 }
 
 // ---------------------------------------------------------------------
