@@ -667,6 +667,7 @@ fn target_cpu_native() {
     if cfg!(target_arch = "x86_64") {
         flags.push("-C target-cpu=x86-64");
         flags.push("-C target-cpu=native -C target-feature=-avx2");
+        flags.push("-C target-cpu=native -C target-feature=-sse4.2");
     }
     for f in &flags {
         let env = [("RUSTFLAGS", *f)];
@@ -1073,6 +1074,14 @@ fn target_dir_spelled_like_a_key_sentinel() {
 /// the other compiler's code).
 #[test]
 fn guard_two_toolchains() {
+    let tcs = std::process::Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .expect("this test needs rustup");
+    assert!(
+        String::from_utf8_lossy(&tcs.stdout).contains("nightly"),
+        "this test needs a second toolchain: rustup toolchain install nightly"
+    );
     let r = root();
     let d = Diff::new(r.path(), "a", "toolchains");
     let mut seen = Vec::new();
