@@ -947,6 +947,39 @@ fn user_remap_path_prefix_wins() {
     );
 }
 
+/// A relative `KACHE_CACHE_DIR`: cargo runs rustc in different dirs
+/// (here the workspace root for `app`, the package root for `outside`,
+/// a path dependency outside the workspace). kache must use one store
+/// (or refuse clearly), never one store per crate directory.
+#[test]
+fn relative_cache_dir() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "remap").in_dir("app");
+    let env = [("KACHE_CACHE_DIR", "rel-cache")];
+    // (No comparison of output with plain cargo here: kache's own remap
+    // of this fixture's paths is documented, see the README.)
+    let k = d.kache_ok(&["build"], &env);
+    let mut stores = Vec::new();
+    let mut stack = vec![d.ws.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                if e.file_name() == "rel-cache" {
+                    stores.push(e.path());
+                } else {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    assert!(
+        stores.len() <= 1,
+        "a relative KACHE_CACHE_DIR made a store per crate directory: {stores:?}\n{}",
+        show(&k)
+    );
+}
+
 // ---------------------------------------------------------------------
 // Regression guards: classes that already pass
 // ---------------------------------------------------------------------
