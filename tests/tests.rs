@@ -4,6 +4,7 @@
 
 mod commands;
 mod common;
+mod differential;
 mod s3server;
 mod sync;
 mod wrapper;
