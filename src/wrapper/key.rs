@@ -133,6 +133,9 @@ impl Paths {
         self.map_dep_info(text, false)
     }
 
+    /// rustc writes the targets of a rule with prerequisites (its outputs)
+    /// as they are, and escapes spaces in prerequisites and in the phony
+    /// rules it adds for them; env-dep lines carry values as they are.
     fn map_dep_info(&self, text: &str, normalize: bool) -> String {
         let esc: Vec<(String, String)> = self
             .rules
@@ -147,16 +150,28 @@ impl Paths {
             })
             .collect();
         let pairs: Vec<(&str, &str)> = esc.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let plain = |l: &str| {
+            if normalize {
+                self.normalize(l)
+            } else {
+                self.expand(l)
+            }
+        };
         let mut out = String::with_capacity(text.len());
         for line in text.split_inclusive('\n') {
-            if line.starts_with("# env-dep:") {
-                out.push_str(&if normalize {
-                    self.normalize(line)
-                } else {
-                    self.expand(line)
-                });
+            if line.starts_with('#') {
+                out.push_str(&plain(line));
+            } else if normalize {
+                out.push_str(&plain(&replace_paths(line, &pairs)));
             } else {
-                out.push_str(&replace_paths(line, &pairs));
+                match rule_split(line) {
+                    Some((targets, deps)) if !deps.trim().is_empty() => {
+                        out.push_str(&plain(targets));
+                        out.push(':');
+                        out.push_str(&replace_paths(deps, &pairs));
+                    }
+                    _ => out.push_str(&replace_paths(line, &pairs)),
+                }
             }
         }
         out
@@ -755,7 +770,10 @@ fn split_paths(s: &str) -> Vec<String> {
 fn rule_split(line: &str) -> Option<(&str, &str)> {
     let b = line.as_bytes();
     for i in 0..b.len() {
-        if b[i] == b':' && (i + 1 == b.len() || b[i + 1] == b' ') && (i == 0 || b[i - 1] != b'\\') {
+        let ends = b
+            .get(i + 1)
+            .is_none_or(|c| matches!(c, b' ' | b'\n' | b'\r'));
+        if b[i] == b':' && ends && (i == 0 || b[i - 1] != b'\\') {
             return Some((&line[..i], &line[i + 1..]));
         }
     }
@@ -881,11 +899,11 @@ mod tests {
     #[test]
     fn dep_info_with_spaces_is_rewritten() {
         let p = Paths::from_rules(&[("/a b/ws", "/kache-ws")], "/a b/ws");
-        let text = "/a\\ b/ws/t/foo.d: /a\\ b/ws/src/lib.rs\n\n# env-dep:X=/a b/ws/y\n";
+        let text = "/a b/ws/t/foo.d: /a\\ b/ws/src/lib.rs\n/a\\ b/ws/src/lib.rs:\n\n# env-dep:X=/a b/ws/y\n";
         let n = p.normalize_dep_info(text);
         assert_eq!(
             n,
-            "/kache-ws/t/foo.d: /kache-ws/src/lib.rs\n\n# env-dep:X=/kache-ws/y\n"
+            "/kache-ws/t/foo.d: /kache-ws/src/lib.rs\n/kache-ws/src/lib.rs:\n\n# env-dep:X=/kache-ws/y\n"
         );
         assert_eq!(p.expand_dep_info(&n), text);
     }
