@@ -29,21 +29,20 @@ pub(crate) struct Ctx<'a> {
     pub(crate) stop: AtomicBool,
 }
 
-/// Lists every prefix, in parallel on the pool. The first error wins
-/// (returned with the prefix it concerns).
+/// Lists every prefix, in parallel on the pool. Each prefix gets its own
+/// result: one failed listing fails only what lies under that prefix.
 pub(crate) fn list_all(
     pool: &ThreadPool,
     remote: &dyn Remote,
     prefixes: &[String],
-) -> Result<Vec<Listed>, (String, RemoteError)> {
-    let pages: Result<Vec<Vec<Listed>>, (String, RemoteError)> = pool.install(|| {
+) -> Vec<(String, Result<Vec<Listed>, RemoteError>)> {
+    pool.install(|| {
         prefixes
             .par_iter()
             .with_max_len(1)
-            .map(|p| remote.list(p).map_err(|e| (p.clone(), e)))
+            .map(|p| (p.clone(), remote.list(p)))
             .collect()
-    });
-    Ok(pages?.into_iter().flatten().collect())
+    })
 }
 
 /// Runs the transfers; one outcome each is sent on `tx` (none for
