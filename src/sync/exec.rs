@@ -281,6 +281,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_listing_fails_only_its_prefix() {
+        let (d, s, ts) = store_with(3);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        run_all(&ctx, &pool(2), ts);
+        remote
+            .fail
+            .lock()
+            .unwrap()
+            .insert("p/bar/".into(), ErrorKind::Transient);
+        let prefixes = ["p/foo/".to_string(), "p/bar/".into(), "p/baz/".into()];
+        let got = list_all(&pool(2), &remote, &prefixes);
+        let names: Vec<_> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            names,
+            ["p/foo/", "p/bar/", "p/baz/"],
+            "one result each, in order"
+        );
+        assert_eq!(got[0].1.as_ref().unwrap().len(), 3);
+        assert_eq!(got[1].1.as_ref().unwrap_err().kind, ErrorKind::Transient);
+        assert!(got[2].1.as_ref().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_fatal_error_stops_the_rest() {
         let (d, s, ts) = store_with(20);
         let remote = DirRemote::new(&d.path().join("bucket"));

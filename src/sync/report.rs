@@ -399,6 +399,10 @@ pub(crate) fn print_plan(
 /// The `not listed` line: how many crates could not be listed, and
 /// which (a crate whose listing failed both ways counts once).
 fn not_listed(out: &mut impl Write, failed: &[ListingFailure]) -> std::io::Result<()> {
+    if failed.iter().any(|f| f.crate_name.is_none()) {
+        // The whole prefix (a pull without Cargo.lock, or --all).
+        return writeln!(out, "not listed    every crate");
+    }
     let mut names: Vec<&str> = failed.iter().map(ListingFailure::what).collect();
     names.sort_unstable();
     names.dedup();
@@ -452,4 +456,54 @@ pub(crate) fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
     not_listed(&mut out, &s.failed_listings)?;
     writeln!(out, "time     {:.2}s", s.seconds)?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(dir: Direction, c: Option<&str>) -> ListingFailure {
+        ListingFailure {
+            direction: dir,
+            crate_name: c.map(ToString::to_string),
+            prefix: format!("p/{}/", c.unwrap_or_default()),
+            entries: None,
+            error: "cannot list".into(),
+            fatal: false,
+        }
+    }
+
+    fn line(f: &[ListingFailure]) -> String {
+        let mut out = Vec::new();
+        not_listed(&mut out, f).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn not_listed_names_each_crate_once() {
+        assert_eq!(line(&[]), "");
+        let both = [
+            failed(Direction::Pull, Some("serde")),
+            failed(Direction::Push, Some("serde")),
+            failed(Direction::Pull, Some("anyhow")),
+        ];
+        assert_eq!(line(&both), "not listed    2 crates   anyhow, serde\n");
+        assert_eq!(
+            line(&both[..1]),
+            "not listed    1 crate    serde\n",
+            "aligned with `failed        1 entry`"
+        );
+        let many: Vec<_> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|c| failed(Direction::Pull, Some(c)))
+            .collect();
+        assert_eq!(
+            line(&many),
+            "not listed    7 crates   a, b, c, d, e, ... (2 more)\n"
+        );
+        assert_eq!(
+            line(&[failed(Direction::Pull, None)]),
+            "not listed    every crate\n"
+        );
+    }
 }
