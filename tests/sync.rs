@@ -2100,6 +2100,11 @@ fn an_unreachable_cache_is_one_line_and_allow_partial_exits_0() {
     assert_eq!(j["failed_listings"].as_array().unwrap().len(), 5);
     assert_eq!(j["failed_listings"][3]["direction"], "push");
     assert_eq!(j["failed_listings"][3]["entries"], 2);
+    let fatal = j["fatal"].as_str().unwrap();
+    assert!(
+        fatal.starts_with("cannot use the cache: all 5 listings failed"),
+        "{fatal}"
+    );
     assert_eq!(entries(&a), before, "the store is untouched");
 }
 

@@ -61,6 +61,8 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
             format!("cannot use the cache: {all}{}", first.error)
         })
     });
+    // `fatal` in --json: whatever stopped the sync, this included.
+    summary.fatal.clone_from(&stopped);
     if cmd.dry_run {
         if let Some(plan) = &plan {
             report::print_plan(plan, &summary.failed_listings, cmd.json)?;

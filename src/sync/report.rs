@@ -107,7 +107,7 @@ pub(crate) struct Summary {
     pub(crate) listings: u64,
     /// Listings that failed after retries (each fails only its crate).
     pub(crate) failed_listings: Vec<ListingFailure>,
-    /// The error that stopped the sync, if any.
+    /// The error that stopped the sync, if any (also: every listing failed).
     pub(crate) fatal: Option<String>,
     pub(crate) seconds: f64,
 }
