@@ -1740,6 +1740,12 @@ fn bad_endpoints_and_a_skewed_clock_fail_fast_with_one_line() {
     one_line(&o, "check the clock");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(proxy.seen().len(), 1, "not retried");
+    // Not an S3 endpoint (a web server answering 404 to everything).
+    proxy.clear_faults();
+    proxy.fail_matching("", Fault::Status(404, ""));
+    let o = w.sync_via(Some(&proxy), &a, &nowhere, &["--push"], &[]);
+    one_line(&o, "check that http://127.0.0.1:");
+    assert!(stderr(&o).contains("is the S3 endpoint"), "{}", show(&o));
 }
 
 #[test]
@@ -2091,6 +2097,18 @@ fn an_unreachable_cache_is_one_line_and_allow_partial_exits_0() {
         assert!(took < Duration::from_secs(8), "{args:?}: {took:?}");
         eprintln!("unreachable, {args:?}: exit 0 after {took:?}");
     }
+    // A host that does not resolve (`.invalid` never does): the same.
+    let t = Instant::now();
+    let nxdomain = [("KACHE_S3_ENDPOINT", "http://kache-test.invalid:9000")];
+    let o = w.sync_via(None, &a, &ws, &["--pull", "--allow-partial"], &nxdomain);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    one_line(
+        &o,
+        "warning: cannot use the cache",
+        "cannot resolve the host",
+    );
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+
     let o = w.sync_via(None, &a, &ws, &["--allow-partial", "--json"], &down);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let j = json(&o);

@@ -279,8 +279,18 @@ impl S3Remote {
     /// Maps a transport-level failure. Never includes the URL.
     fn transport(&self, e: &ureq::Error) -> RemoteError {
         use ureq::Error as E;
+        // ureq hands on std's name lookup failure as a plain io::Error
+        // (of an unstable kind), known only by its text.
+        let lookup_failed = |io: &io::Error| {
+            io.to_string()
+                .starts_with("failed to lookup address information")
+        };
         let (kind, msg) = match e {
             E::Timeout(t) => (ErrorKind::Transient, format!("timed out ({t})")),
+            E::Io(io) if lookup_failed(io) => (
+                ErrorKind::Transient,
+                format!("cannot resolve the host of {}", self.endpoint),
+            ),
             E::Io(io) => (
                 ErrorKind::Transient,
                 format!("connection error with {}: {}", self.endpoint, io.kind()),
@@ -304,13 +314,16 @@ impl S3Remote {
         let unreachable = match e {
             E::ConnectionFailed | E::HostNotFound => true,
             E::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
-            E::Io(io) => matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::HostUnreachable
-                    | io::ErrorKind::NetworkUnreachable
-                    | io::ErrorKind::AddrNotAvailable
-            ),
+            E::Io(io) => {
+                lookup_failed(io)
+                    || matches!(
+                        io.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkUnreachable
+                            | io::ErrorKind::AddrNotAvailable
+                    )
+            }
             _ => false,
         };
         let mut err = RemoteError::new(kind, scrub(&msg, &self.secrets));
@@ -410,7 +423,18 @@ impl S3Remote {
                 .get(url.as_str())
                 .call()
                 .map_err(|e| self.transport(&e))?;
-            let mut resp = self.check_status(resp)?;
+            // A listing has no object to miss: a plain 404 means the
+            // endpoint is not the S3 service it should be.
+            let mut resp = self.check_status(resp).map_err(|mut e| {
+                if e.kind == ErrorKind::NotFound {
+                    e.kind = ErrorKind::Other;
+                    e.message = format!(
+                        "HTTP 404 for the listing of bucket `{}` (check that {} is the S3 endpoint)",
+                        self.bucket_name, self.endpoint
+                    );
+                }
+                e
+            })?;
             let text = resp
                 .body_mut()
                 .with_config()
