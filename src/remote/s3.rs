@@ -55,7 +55,7 @@ const MAX_LIST_BODY: u64 = 64 << 20;
 /// server's `Retry-After` if longer, up to `retry_after_max`. No retry
 /// starts later than `window` after the first attempt, which bounds the
 /// time one request can take: the nine waits add up to 5.5 to 11.1 s; a
-/// Retry-After of 30 s allows five attempts.
+/// server asking for 30 s between attempts gets four.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Retry {
     pub(crate) attempts: u32,
@@ -234,36 +234,34 @@ impl S3Remote {
                 return Err(e);
             }
             let absent = e.unreachable && !self.answered.load(Ordering::SeqCst);
-            let window = if absent {
-                self.retry.first_contact
-            } else {
-                self.retry.window
-            };
-            let wait = backoff(self.retry, attempt, e.retry_after);
-            let in_time = started.elapsed() + wait <= window;
-            if attempt < self.retry.attempts && in_time && self.budget.take() {
-                std::thread::sleep(wait);
-                attempt += 1;
-                continue;
-            }
+            let next = next_retry(
+                self.retry,
+                attempt,
+                started.elapsed(),
+                e.retry_after,
+                absent,
+            );
             let tries = if attempt == 1 {
                 "1 attempt".to_string()
             } else {
                 format!("{attempt} attempts")
             };
-            e.message = if attempt < self.retry.attempts && in_time {
-                format!(
+            e.message = match next {
+                Ok(wait) if self.budget.take() => {
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                    continue;
+                }
+                Ok(_) => format!(
                     "{} (not retried: too many failures in this run, the server looks down)",
                     e.message
-                )
-            } else if attempt < self.retry.attempts {
-                format!(
+                ),
+                Err(GiveUp::Window) => format!(
                     "{} (gave up after {tries} in {:.1}s)",
                     e.message,
                     started.elapsed().as_secs_f64()
-                )
-            } else {
-                format!("{} (gave up after {tries})", e.message)
+                ),
+                Err(GiveUp::Attempts) => format!("{} (gave up after {tries})", e.message),
             };
             e.message = scrub(&e.message, &self.secrets);
             if absent {
@@ -652,6 +650,38 @@ fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Why a request is not retried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GiveUp {
+    /// `Retry::attempts` made.
+    Attempts,
+    /// The retry would start past the request's time window.
+    Window,
+}
+
+/// After transient failure number `attempt` (1-based), `elapsed` after
+/// the first attempt began: how long to wait before the next attempt, or
+/// why not to make one. `absent`: no connection could be made and the
+/// server has not answered in this run (the short `first_contact`
+/// window applies). The shared retry budget is the caller's.
+pub(crate) fn next_retry(
+    r: Retry,
+    attempt: u32,
+    elapsed: Duration,
+    retry_after: Option<Duration>,
+    absent: bool,
+) -> Result<Duration, GiveUp> {
+    if attempt >= r.attempts {
+        return Err(GiveUp::Attempts);
+    }
+    let window = if absent { r.first_contact } else { r.window };
+    let wait = backoff(r, attempt, retry_after);
+    if elapsed + wait > window {
+        return Err(GiveUp::Window);
+    }
+    Ok(wait)
+}
+
 /// The wait before retry number `attempt` (1-based): equal jitter over
 /// the capped exponential, or the server's Retry-After if longer (up to
 /// `retry_after_max`).
@@ -793,6 +823,57 @@ mod tests {
             r.retry_after_max
         );
         assert_eq!(r.retry_after_max, Duration::from_secs(30));
+    }
+
+    /// The attempts one request makes when every attempt fails at once
+    /// (taking `each`), with `retry_after` from the server.
+    fn attempts(absent: bool, each: Duration, retry_after: Option<Duration>) -> (u32, GiveUp) {
+        let r = Retry::default();
+        let mut elapsed = each;
+        let mut attempt = 1;
+        loop {
+            match next_retry(r, attempt, elapsed, retry_after, absent) {
+                Ok(wait) => {
+                    elapsed += wait + each;
+                    attempt += 1;
+                }
+                Err(why) => return (attempt, why),
+            }
+        }
+    }
+
+    #[test]
+    fn retries_stop_at_ten_attempts_or_the_window() {
+        let ms = Duration::from_millis;
+        // Fast failures: all ten attempts.
+        assert_eq!(attempts(false, ms(5), None), (10, GiveUp::Attempts));
+        // Retry-After: 30 s (MinIO's 120 s, capped): four attempts in
+        // the two minutes (five only if each took no time at all).
+        let (n, why) = attempts(false, ms(5), Some(Duration::from_secs(120)));
+        assert_eq!(
+            (n, why),
+            (4, GiveUp::Window),
+            "0, 30, 60, 90 s; 120 s is past"
+        );
+        assert_eq!(
+            attempts(false, Duration::ZERO, Some(Duration::from_secs(30))).0,
+            5,
+            "0, 30, 60, 90, 120 s"
+        );
+        // Attempts that each time out after 60 s: two.
+        assert_eq!(
+            attempts(false, Duration::from_secs(60), None),
+            (2, GiveUp::Window)
+        );
+        // Nobody listening, never answered: about 3 s of retries.
+        let (n, why) = attempts(true, ms(1), None);
+        assert_eq!(why, GiveUp::Window);
+        assert!((5..=7).contains(&n), "{n}");
+        // A connect timeout of 10 s on a host that drops packets: one.
+        assert_eq!(
+            attempts(true, Duration::from_secs(10), None),
+            (1, GiveUp::Window)
+        );
     }
 
     #[test]
