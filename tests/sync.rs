@@ -2199,3 +2199,28 @@ fn a_longer_retry_after_is_honoured() {
     assert!(g[0] < Duration::from_secs(9), "{g:?}");
     assert_eq!(entries(&b).len(), 2);
 }
+
+#[test]
+fn a_failing_server_sees_no_retry_storm() {
+    let w = World::new();
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let a = w.cache("a");
+    let nowhere = w.no_workspace();
+    fill(&a, &["foo"], 40);
+    // Every upload fails (500, no Retry-After); the listing works.
+    proxy.fail_matching(".tar.zst", Fault::Status(500, "InternalError"));
+    let t = Instant::now();
+    let o = w.sync_via(Some(&proxy), &a, &nowhere, &["--push", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(json(&o)["failed"]["entries"], 40, "{}", show(&o));
+    let puts = proxy.seen().iter().filter(|s| s.method == "PUT").count();
+    // Ten attempts each would be 400 requests; the run's budget allows
+    // 100 retries in all.
+    assert_eq!(puts, 40 + 100, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("not retried: too many failures in this run"),
+        "{}",
+        show(&o)
+    );
+}
