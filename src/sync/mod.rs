@@ -6,6 +6,14 @@ Cargo.lock filter, list the remote (per crate prefix, in parallel),
 plan, then run the transfers on the pool while `report` draws progress.
 With neither `--pull` nor `--push`, pull runs first, then push (which
 reuses what the pull listed and lists only the crates it still lacks).
+
+Nothing is all-or-nothing: a listing that fails after retries fails only
+its crate (not pulled, or not pushed, since what the bucket holds there
+is unknown) and is counted; a failed transfer fails only its entry. Only
+what dooms every request (credentials, permissions, a missing bucket, a
+full disk) stops the run, and a run in which no listing succeeded is
+reported as one line. `--allow-partial` turns every one of these into
+exit 0: the cache never fails the build job.
 */
 
 pub(crate) mod exec;
