@@ -1899,10 +1899,10 @@ fn fill_store_for_scripts() {
 
 /// A push then a pull of 12 entries over three crates through the proxy
 /// at a 28% fault rate (503, 500, 429, cut either way, truncated
-/// bodies), one request at a time so that the fault sequence of `seed`
-/// is replayed exactly. Both exit 0 and every entry arrives, byte for
-/// byte.
-fn faults_at_28_percent_lose_nothing(seed: u64) {
+/// bodies), one request at a time (`concurrency` "1") so that the fault
+/// sequence of `seed` is replayed exactly. Both exit 0 and every entry
+/// arrives, byte for byte.
+fn faults_at_28_percent_lose_nothing(seed: u64, concurrency: &str) {
     let w = World::new();
     let proxy = Proxy::start(&w.s3.endpoint);
     let a = w.cache("a");
@@ -1910,7 +1910,7 @@ fn faults_at_28_percent_lose_nothing(seed: u64) {
     let crates = ["alpha", "beta", "gamma"];
     let made: BTreeSet<_> = fill(&a, &crates, 12).into_iter().collect();
     let ws = w.workspace("ws", &crates);
-    let one = [("KACHE_S3_CONCURRENCY", "1")];
+    let one = [("KACHE_S3_CONCURRENCY", concurrency)];
     proxy.set_fault_rate(0.28, seed);
     let t = Instant::now();
     let o = w.sync_via(Some(&proxy), &a, &nowhere, &["--push", "--json"], &one);
@@ -1935,17 +1935,22 @@ fn faults_at_28_percent_lose_nothing(seed: u64) {
 // download 5 times each.
 #[test]
 fn regression_issue_9_faults_at_28_percent_seed_3411() {
-    faults_at_28_percent_lose_nothing(3411);
+    faults_at_28_percent_lose_nothing(3411, "1");
 }
 
 #[test]
 fn regression_issue_9_faults_at_28_percent_seed_39() {
-    faults_at_28_percent_lose_nothing(39);
+    faults_at_28_percent_lose_nothing(39, "1");
 }
 
 #[test]
 fn regression_issue_9_faults_at_28_percent_seed_11257() {
-    faults_at_28_percent_lose_nothing(11257);
+    faults_at_28_percent_lose_nothing(11257, "1");
+}
+
+#[test]
+fn faults_at_28_percent_with_16_requests_in_flight() {
+    faults_at_28_percent_lose_nothing(4242, "16");
 }
 
 #[test]
