@@ -183,8 +183,8 @@ impl Reporter {
         }
     }
 
-    /// True if listings were made and every one of them failed (none
-    /// fatal): the cache could not be used at all.
+    /// True if listings were made and every one of them failed: the
+    /// cache could not be used at all.
     pub(crate) fn nothing_listed(&self) -> bool {
         !self.listed_any && !self.summary.failed_listings.is_empty()
     }
