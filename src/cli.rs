@@ -61,7 +61,8 @@ pub(crate) struct SyncCmd {
     /// Use the workspace of this Cargo.toml (for Cargo.lock filtering).
     #[arg(long, value_name = "PATH")]
     pub(crate) manifest_path: Option<PathBuf>,
-    /// Exit 0 even if some transfers failed.
+    /// Exit 0 even if transfers or listings failed or the cache cannot be
+    /// used (each reported; a cache that cannot be used is one warning).
     #[arg(long)]
     pub(crate) allow_partial: bool,
     /// Print the plan and the summary as JSON.

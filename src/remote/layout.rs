@@ -32,6 +32,15 @@ pub(crate) fn root_prefix(prefix: &str) -> String {
     }
 }
 
+/// The crate a listing prefix stands for (`None` for the root prefix,
+/// which holds every crate).
+pub(crate) fn prefix_crate(prefix: &str, listing: &str) -> Option<String> {
+    let c = listing
+        .strip_prefix(&root_prefix(prefix))?
+        .trim_end_matches('/');
+    (!c.is_empty()).then(|| c.to_string())
+}
+
 /// Parses a listed object name back into (crate, key). Anything that is
 /// not an entry object of this layout (foreign files, other prefixes,
 /// nested paths, bad keys) is `None`.
@@ -57,6 +66,10 @@ mod tests {
     fn names_round_trip() {
         let k = key();
         let n = object_name("artifacts", "serde-JSON", &k);
+        let p = crate_prefix("artifacts", "serde-JSON");
+        assert_eq!(prefix_crate("artifacts", &p).as_deref(), Some("serde_json"));
+        assert_eq!(prefix_crate("artifacts", &root_prefix("artifacts")), None);
+        assert_eq!(prefix_crate("", "foo/").as_deref(), Some("foo"));
         assert_eq!(n, format!("artifacts/serde_json/{k}.tar.zst"));
         assert_eq!(
             parse_object("artifacts", &n),

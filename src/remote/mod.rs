@@ -66,6 +66,10 @@ pub(crate) struct RemoteError {
     pub(crate) message: String,
     /// The server asked us to wait this long before retrying.
     pub(crate) retry_after: Option<Duration>,
+    /// No connection could be made at all (refused, no such host,
+    /// connect timeout): the server may be down or the endpoint wrong,
+    /// as opposed to a server that answered and failed.
+    pub(crate) unreachable: bool,
 }
 
 impl RemoteError {
@@ -74,6 +78,7 @@ impl RemoteError {
             kind,
             message: message.into(),
             retry_after: None,
+            unreachable: false,
         }
     }
 }

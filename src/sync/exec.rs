@@ -29,21 +29,20 @@ pub(crate) struct Ctx<'a> {
     pub(crate) stop: AtomicBool,
 }
 
-/// Lists every prefix, in parallel on the pool. The first error wins
-/// (returned with the prefix it concerns).
+/// Lists every prefix, in parallel on the pool. Each prefix gets its own
+/// result: one failed listing fails only what lies under that prefix.
 pub(crate) fn list_all(
     pool: &ThreadPool,
     remote: &dyn Remote,
     prefixes: &[String],
-) -> Result<Vec<Listed>, (String, RemoteError)> {
-    let pages: Result<Vec<Vec<Listed>>, (String, RemoteError)> = pool.install(|| {
+) -> Vec<(String, Result<Vec<Listed>, RemoteError>)> {
+    pool.install(|| {
         prefixes
             .par_iter()
             .with_max_len(1)
-            .map(|p| remote.list(p).map_err(|e| (p.clone(), e)))
+            .map(|p| (p.clone(), remote.list(p)))
             .collect()
-    });
-    Ok(pages?.into_iter().flatten().collect())
+    })
 }
 
 /// Runs the transfers; one outcome each is sent on `tx` (none for
@@ -294,6 +293,36 @@ mod tests {
         let out = run_all(&ctx2, &pool(3), pulls);
         assert!(out.iter().all(|o| matches!(o, Outcome::Skipped(..))));
         assert_eq!(remote.requests.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn a_failed_listing_fails_only_its_prefix() {
+        let (d, s, ts) = store_with(3);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            prefix: "p",
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        run_all(&ctx, &pool(2), ts);
+        remote
+            .fail
+            .lock()
+            .unwrap()
+            .insert("p/bar/".into(), ErrorKind::Transient);
+        let prefixes = ["p/foo/".to_string(), "p/bar/".into(), "p/baz/".into()];
+        let got = list_all(&pool(2), &remote, &prefixes);
+        let names: Vec<_> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            names,
+            ["p/foo/", "p/bar/", "p/baz/"],
+            "one result each, in order"
+        );
+        assert_eq!(got[0].1.as_ref().unwrap().len(), 3);
+        assert_eq!(got[1].1.as_ref().unwrap_err().kind, ErrorKind::Transient);
+        assert!(got[2].1.as_ref().unwrap().is_empty());
     }
 
     #[test]

@@ -6,6 +6,14 @@ Cargo.lock filter, list the remote (per crate prefix, in parallel),
 plan, then run the transfers on the pool while `report` draws progress.
 With neither `--pull` nor `--push`, pull runs first, then push (which
 reuses what the pull listed and lists only the crates it still lacks).
+
+Nothing is all-or-nothing: a listing that fails after retries fails only
+its crate (not pulled, or not pushed, since what the bucket holds there
+is unknown) and is counted; a failed transfer fails only its entry. Only
+what dooms every request (credentials, permissions, a missing bucket, a
+full disk) stops the run, and a run in which no listing succeeded is
+reported as one line. `--allow-partial` turns every one of these into
+exit 0: the cache never fails the build job.
 */
 
 pub(crate) mod exec;
@@ -24,13 +32,94 @@ use crate::cli::SyncCmd;
 use crate::config::{Config, Credentials, config_path};
 use crate::lockfile;
 use crate::remote::s3::S3Remote;
-use crate::remote::{Remote, RemoteError, layout};
+use crate::remote::{Remote, layout};
 use crate::store::Store;
 use plan::{Direction, EntryId, RemoteIndex, Transfer};
-use report::{Progress, Reporter};
+use report::{ListingFailure, Progress, Reporter};
 
 pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let started = Instant::now();
+    let mut reporter = Reporter::new(Progress::from_env());
+    let res = sync(cfg, cmd, &mut reporter);
+    let (plan, error) = match res {
+        Ok(plan) => (plan, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let nothing_listed = reporter.nothing_listed();
+    if !nothing_listed {
+        reporter.flush_listings();
+    }
+    let mut summary = std::mem::take(&mut reporter.summary);
+    summary.seconds = started.elapsed().as_secs_f64();
+    if error.is_some() {
+        summary.fatal = error;
+    }
+    // The one line for a sync that could not use the cache at all: a
+    // fatal error (credentials, permissions, missing bucket, settings),
+    // or every listing failed (the endpoint cannot be reached).
+    let stopped = summary.fatal.clone().or_else(|| {
+        nothing_listed.then(|| {
+            let fl = &summary.failed_listings;
+            let first = &fl[0];
+            let all = if fl.len() > 1 {
+                format!("all {} listings failed; the first: ", fl.len())
+            } else {
+                String::new()
+            };
+            format!("cannot use the cache: {all}{}", first.error)
+        })
+    });
+    // `fatal` in --json: whatever stopped the sync, this included.
+    summary.fatal.clone_from(&stopped);
+    if cmd.dry_run {
+        if let Some(plan) = &plan {
+            report::print_plan(plan, &summary.failed_listings, cmd.json)?;
+        }
+    } else if cmd.json || summary.listings > 0 {
+        report::print_summary(&summary, cmd.json)?;
+    }
+    if let Some(msg) = stopped {
+        if cmd.allow_partial {
+            report::warning(&format!(
+                "{msg}; going on without the cache (--allow-partial)"
+            ));
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!("{msg}");
+    }
+    let transfers = summary.failed.entries
+        + summary.pulled.entries
+        + summary.pushed.entries
+        + summary.skipped.entries;
+    let mut failed = Vec::new();
+    if summary.failed.entries > 0 {
+        failed.push(format!(
+            "{} of {transfers} transfers failed",
+            summary.failed.entries
+        ));
+    }
+    if !summary.failed_listings.is_empty() {
+        failed.push(format!(
+            "{} of {} listings failed",
+            summary.failed_listings.len(),
+            summary.listings
+        ));
+    }
+    if !failed.is_empty() && !cmd.allow_partial {
+        eprintln!(
+            "error: {} (--allow-partial exits 0 anyway)",
+            failed.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sync itself, filling the reporter's summary. Returns the plan for
+/// a dry run. An error here is one that stops the sync (settings,
+/// credentials, a fatal listing failure); failed transfers and listings
+/// are counted in the summary instead.
+fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<Vec<Transfer>>> {
     let (do_pull, do_push) = if cmd.pull || cmd.push {
         (cmd.pull, cmd.push)
     } else {
@@ -83,18 +172,29 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         level: cfg.compression_level.value,
         stop: AtomicBool::new(false),
     };
-    let mut reporter = Reporter::new(Progress::from_env());
 
     if do_pull {
         let prefixes = plan::pull_prefixes(prefix, filter.as_ref());
-        let found = list(&pool, &remote, &prefixes)?;
+        let (found, failed) = list(
+            &pool,
+            &remote,
+            prefix,
+            &prefixes,
+            Direction::Pull,
+            &|_| None,
+            reporter,
+        )?;
         idx = plan::index(prefix, found);
-        listed = filter.clone();
+        listed = match (&filter, failed.is_empty()) {
+            (None, true) => None,
+            (None, false) => Some(BTreeSet::new()),
+            (Some(f), _) => Some(f.difference(&failed).cloned().collect()),
+        };
         let pull = plan::plan_pull(&local, &idx, filter.as_ref());
         if cmd.dry_run {
             plan_all.extend(pull);
         } else {
-            execute(&pool, &ctx, &mut reporter, "pull", pull);
+            execute(&pool, &ctx, reporter, "pull", pull);
             if reporter.summary.fatal.is_none() {
                 local = local_entries(&store)?;
             }
@@ -111,12 +211,24 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
                 .map(|c| layout::crate_prefix(prefix, c))
                 .collect(),
         };
-        let found = list(&pool, &remote, &missing)?;
+        let count = |c: &str| Some(local.iter().filter(|(lc, _)| lc == c).count() as u64);
+        // Crates whose listing failed are not pushed: what the bucket
+        // holds for them is unknown, and an object is never uploaded twice.
+        let (found, unlisted) = list(
+            &pool,
+            &remote,
+            prefix,
+            &missing,
+            Direction::Push,
+            &count,
+            reporter,
+        )?;
         for (c, keys) in plan::index(prefix, found) {
             idx.entry(c).or_default().extend(keys);
         }
         let candidates: Vec<(EntryId, u64)> = local
             .iter()
+            .filter(|(c, _)| !unlisted.contains(c))
             .filter(|(c, k)| !idx.get(c).is_some_and(|keys| keys.contains_key(k)))
             .filter_map(|(c, k)| match store.get(c, k) {
                 Ok(e) => Some(((c.clone(), k.clone()), e?.size())),
@@ -130,32 +242,10 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         if cmd.dry_run {
             plan_all.extend(push);
         } else {
-            execute(&pool, &ctx, &mut reporter, "push", push);
+            execute(&pool, &ctx, reporter, "push", push);
         }
     }
-
-    if cmd.dry_run {
-        report::print_plan(&plan_all, cmd.json)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut summary = reporter.summary;
-    summary.seconds = started.elapsed().as_secs_f64();
-    report::print_summary(&summary, cmd.json)?;
-    if let Some(fatal) = &summary.fatal {
-        bail!("{fatal}");
-    }
-    if summary.failed.entries > 0 && !cmd.allow_partial {
-        eprintln!(
-            "error: {} of {} transfers failed (--allow-partial exits 0 anyway)",
-            summary.failed.entries,
-            summary.failed.entries
-                + summary.pulled.entries
-                + summary.pushed.entries
-                + summary.skipped.entries
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(cmd.dry_run.then_some(plan_all))
 }
 
 /// The crates of the workspace's Cargo.lock, or `None` (with a note)
@@ -183,14 +273,56 @@ fn local_entries(store: &Store) -> Result<HashSet<EntryId>> {
         .collect())
 }
 
+/// Lists `prefixes` in parallel and records the outcome (`entries_of`
+/// gives, for a push, how many local entries a failed crate leaves
+/// unpushed). Returns what was found and the crates whose listing
+/// failed; a fatal failure (credentials, permissions, a missing bucket)
+/// stops the sync.
 fn list(
     pool: &ThreadPool,
     remote: &dyn Remote,
+    prefix: &str,
     prefixes: &[String],
-) -> Result<Vec<crate::remote::Listed>> {
-    exec::list_all(pool, remote, prefixes).map_err(|(p, e): (String, RemoteError)| {
-        anyhow!("cannot list {}: {e}", remote.describe(&p))
-    })
+    dir: Direction,
+    entries_of: &dyn Fn(&str) -> Option<u64>,
+    reporter: &mut Reporter,
+) -> Result<(Vec<crate::remote::Listed>, BTreeSet<String>)> {
+    let mut found = Vec::new();
+    let mut failures = Vec::new();
+    let mut ok = 0;
+    let mut fatal = None;
+    for (p, res) in exec::list_all(pool, remote, prefixes) {
+        match res {
+            Ok(l) => {
+                ok += 1;
+                found.extend(l);
+            }
+            Err(e) => {
+                let error = format!("cannot list {}: {e}", remote.describe(&p));
+                if e.kind.is_fatal() && fatal.is_none() {
+                    fatal = Some(error.clone());
+                }
+                let crate_name = layout::prefix_crate(prefix, &p);
+                failures.push(ListingFailure {
+                    direction: dir,
+                    entries: crate_name.as_deref().and_then(entries_of),
+                    crate_name,
+                    prefix: p,
+                    error,
+                    fatal: e.kind.is_fatal(),
+                });
+            }
+        }
+    }
+    let crates: BTreeSet<String> = failures
+        .iter()
+        .filter_map(|f: &ListingFailure| f.crate_name.clone())
+        .collect();
+    reporter.listings(ok, failures);
+    if let Some(f) = fatal {
+        bail!("{f}");
+    }
+    Ok((found, crates))
 }
 
 /// Runs one phase's transfers, reporting as they finish.
