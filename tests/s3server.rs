@@ -48,9 +48,12 @@ fn unique(tag: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
+    // Short: s3s-fs keeps per-object metadata in a file named after the
+    // base64 of the object name, which must fit in 255 bytes.
     format!(
-        "{tag}-{}-{t}-{}",
+        "{tag}-{:x}-{:x}-{}",
         std::process::id(),
+        t % 1_000_000_000_000,
         N.fetch_add(1, Ordering::Relaxed)
     )
 }

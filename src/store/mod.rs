@@ -111,11 +111,11 @@ pub(crate) fn valid_crate(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The short id of a toolchain: 16 hex digits of the blake3 of its
+/// The short id of a toolchain: 12 hex digits of the blake3 of its
 /// `rustc -vV` output. Entries and remote objects carry it so a pull can
 /// skip another compiler's entries.
 pub(crate) fn toolchain_id(version_verbose: &str) -> String {
-    blake3::hash(version_verbose.as_bytes()).to_hex()[..16].to_string()
+    blake3::hash(version_verbose.as_bytes()).to_hex()[..12].to_string()
 }
 
 /// A cache key: 64 lowercase hex digits (a blake3 hash).

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::plan::{Direction, Transfer};
 use super::report::Outcome;
-use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
+use crate::remote::{ErrorKind, Listed, Remote, RemoteError};
 use crate::store::Store;
 use crate::store::archive::{self, Packed, Unpacked};
 
@@ -23,7 +23,6 @@ use crate::store::archive::{self, Packed, Unpacked};
 pub(crate) struct Ctx<'a> {
     pub(crate) store: &'a Store,
     pub(crate) remote: &'a dyn Remote,
-    pub(crate) prefix: &'a str,
     pub(crate) level: i32,
     /// Set after a fatal error: the remaining transfers are not started.
     pub(crate) stop: AtomicBool,
@@ -81,7 +80,7 @@ fn pull_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
     if ctx.store.contains(&t.crate_name, &t.key) {
         return Outcome::Skipped(t, "already present");
     }
-    let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
+    let name = t.object.clone();
     let tmp = ctx.store.tmp_path("download");
     let res = pull_via(ctx, &t, &name, &tmp);
     let _ = fs::remove_file(&tmp);
@@ -145,7 +144,7 @@ fn root_cause(e: &anyhow::Error) -> String {
 }
 
 fn push_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
-    let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
+    let name = t.object.clone();
     let tmp = ctx.store.tmp_path("upload");
     let res = push_via(ctx, &t, &name, &tmp);
     let _ = fs::remove_file(&tmp);
@@ -207,8 +206,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::remote::ErrorKind;
     use crate::remote::dir::DirRemote;
+    use crate::remote::{ErrorKind, layout};
     use crate::store::{Entry, FileRecord};
 
     fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
@@ -234,6 +233,7 @@ mod tests {
             ts.push(Transfer {
                 dir: Direction::Push,
                 crate_name: "foo".into(),
+                object: layout::object_name("p", "foo", &key),
                 key,
                 size,
             });
@@ -261,7 +261,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -274,7 +273,6 @@ mod tests {
         let ctx2 = Ctx {
             store: &s2,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -302,7 +300,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -338,7 +335,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -359,7 +355,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };

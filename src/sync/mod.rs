@@ -73,7 +73,7 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     summary.fatal.clone_from(&stopped);
     if cmd.dry_run {
         if let Some(plan) = &plan {
-            report::print_plan(plan, &summary.failed_listings, cmd.json)?;
+            report::print_plan(plan, &summary.failed_listings, &summary.filtered, cmd.json)?;
         }
     } else if cmd.json || summary.listings > 0 {
         report::print_summary(&summary, cmd.json)?;
@@ -154,11 +154,12 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         .build()
         .context("cannot start the sync threads")?;
 
-    let filter = if do_pull && !cmd.all {
+    let pull_filter = if do_pull && !cmd.all {
         workspace_filter(cmd)?
     } else {
-        None
+        plan::PullFilter::default()
     };
+    let filter = pull_filter.crates.clone();
 
     let mut local: HashSet<EntryId> = local_entries(&store)?;
     let mut idx = RemoteIndex::new();
@@ -168,7 +169,6 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
     let ctx = exec::Ctx {
         store: &store,
         remote: &remote,
-        prefix,
         level: cfg.compression_level.value,
         stop: AtomicBool::new(false),
     };
@@ -190,7 +190,8 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
             (None, false) => Some(BTreeSet::new()),
             (Some(f), _) => Some(f.difference(&failed).cloned().collect()),
         };
-        let pull = plan::plan_pull(&local, &idx, filter.as_ref());
+        let (pull, left) = plan::plan_pull(&local, &idx, &pull_filter);
+        reporter.filtered(left);
         if cmd.dry_run {
             plan_all.extend(pull);
         } else {
@@ -226,16 +227,20 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         for (c, keys) in plan::index(prefix, found) {
             idx.entry(c).or_default().extend(keys);
         }
-        let candidates: Vec<(EntryId, u64)> = local
+        let candidates: Vec<(EntryId, u64, String)> = local
             .iter()
             .filter(|(c, _)| !unlisted.contains(c))
             .filter(|(c, k)| !idx.get(c).is_some_and(|keys| keys.contains_key(k)))
             .filter_map(|(c, k)| match store.get(c, k) {
-                Ok(e) => Some(((c.clone(), k.clone()), e?.size())),
+                Ok(e) => {
+                    let e = e?;
+                    let object = layout::entry_object(prefix, c, k, e.origin.as_ref());
+                    Some(((c.clone(), k.clone()), e.size(), object))
+                }
                 // Corrupt or unreadable: planned anyway, so the push
                 // reports it (packing fails it) rather than skipping it
                 // silently.
-                Err(_) => Some(((c.clone(), k.clone()), 0)),
+                Err(_) => Some(((c.clone(), k.clone()), 0, layout::object_name(prefix, c, k))),
             })
             .collect();
         let push = plan::plan_push(&candidates, &idx);
@@ -248,19 +253,57 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
     Ok(cmd.dry_run.then_some(plan_all))
 }
 
-/// The crates of the workspace's Cargo.lock, or `None` (with a note)
-/// if there is none.
-fn workspace_filter(cmd: &SyncCmd) -> Result<Option<BTreeSet<String>>> {
+/// What a pull of this workspace keeps: the crates and versions of its
+/// Cargo.lock (everything, with a note, if there is none) and the
+/// toolchain its builds use (`$RUSTC`, else `rustc`, run in the
+/// workspace so rustup's toolchain files count).
+fn workspace_filter(cmd: &SyncCmd) -> Result<plan::PullFilter> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let start = lockfile::start_dir(cmd.manifest_path.as_deref(), &cwd)?;
+    let toolchain = local_toolchain(&start);
     match lockfile::find_from(&start) {
-        Some(p) => Ok(Some(lockfile::crates(&p)?)),
+        Some(p) => {
+            let versions = lockfile::versions(&p)?;
+            Ok(plan::PullFilter {
+                crates: Some(versions.keys().cloned().collect()),
+                versions: Some(versions),
+                toolchain,
+            })
+        }
         None => {
             report::note(&format!(
                 "no Cargo.lock found in {} or above; pulling every crate",
                 start.display()
             ));
-            Ok(None)
+            Ok(plan::PullFilter {
+                toolchain,
+                ..plan::PullFilter::default()
+            })
+        }
+    }
+}
+
+/// The toolchain id (see `store::toolchain_id`) of the compiler cargo
+/// would run in `dir`; `None` (with a note) if it cannot be run.
+fn local_toolchain(dir: &std::path::Path) -> Option<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(&rustc)
+        .arg("-vV")
+        .current_dir(dir)
+        .env("KACHE_ACTIVE", "1")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            Some(crate::store::toolchain_id(&text))
+        }
+        _ => {
+            report::note(&format!(
+                "cannot run {} -vV; pulling entries of every toolchain",
+                rustc.to_string_lossy()
+            ));
+            None
         }
     }
 }

@@ -8,13 +8,14 @@ lines for failed transfers, and the final summary (or the dry-run plan)
 on stdout.
 */
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::Serialize;
 
-use super::plan::{Direction, Transfer, totals};
+use super::plan::{Direction, Filtered, Transfer, totals};
 use crate::config::{env_nonempty, format_size};
 
 /// What happened to one transfer.
@@ -110,6 +111,9 @@ pub(crate) struct Summary {
     /// The error that stopped the sync, if any (also: every listing failed).
     pub(crate) fatal: Option<String>,
     pub(crate) seconds: f64,
+    /// Remote entries a pull left out because this build cannot use them
+    /// (another toolchain, a version Cargo.lock does not name), by reason.
+    pub(crate) filtered: BTreeMap<&'static str, Count>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +189,17 @@ impl Reporter {
 
     /// True if listings were made and every one of them failed: the
     /// cache could not be used at all.
+    /// Records the entries a pull leaves out.
+    pub(crate) fn filtered(&mut self, left: Vec<Filtered>) {
+        for f in left {
+            self.summary
+                .filtered
+                .entry(f.reason)
+                .or_default()
+                .add(f.size);
+        }
+    }
+
     pub(crate) fn nothing_listed(&self) -> bool {
         !self.listed_any && !self.summary.failed_listings.is_empty()
     }
@@ -352,6 +367,7 @@ pub(crate) fn short(key: &str) -> &str {
 pub(crate) fn print_plan(
     plan: &[Transfer],
     failed_listings: &[ListingFailure],
+    filtered: &BTreeMap<&'static str, Count>,
     json: bool,
 ) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -364,6 +380,7 @@ pub(crate) fn print_plan(
             "pull": { "entries": pn, "bytes": pb },
             "push": { "entries": un, "bytes": ub },
             "failed_listings": failed_listings,
+            "filtered": filtered,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return out.flush();
@@ -393,6 +410,7 @@ pub(crate) fn print_plan(
         format_size(ub)
     )?;
     not_listed(&mut out, failed_listings)?;
+    filtered_lines(&mut out, filtered)?;
     out.flush()
 }
 
@@ -454,8 +472,23 @@ pub(crate) fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
         )?;
     }
     not_listed(&mut out, &s.failed_listings)?;
+    filtered_lines(&mut out, &s.filtered)?;
     writeln!(out, "time     {:.2}s", s.seconds)?;
     out.flush()
+}
+
+/// One `left out` line per reason a pull skipped entries.
+fn filtered_lines(out: &mut impl Write, f: &BTreeMap<&'static str, Count>) -> std::io::Result<()> {
+    for (reason, c) in f {
+        writeln!(
+            out,
+            "left out {:>6} {:<8} {:>10}  ({reason})",
+            c.entries,
+            entries(c.entries),
+            format_size(c.bytes)
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
