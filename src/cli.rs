@@ -103,8 +103,21 @@ pub(crate) struct GcCmd {
     pub(crate) max_age: Option<String>,
     /// Re-hash every blob and drop entries whose files are missing or
     /// corrupt.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "remote")]
     pub(crate) verify: bool,
+    /// Retention in the bucket: remove entries no runner has used (pushed,
+    /// pulled) for `--max-age`, or the least recently used down to
+    /// `--max-size`.
+    #[arg(long)]
+    pub(crate) remote: bool,
+    /// With --remote: delete least recently used entries until the bucket
+    /// holds at most this much (`10GB`, `50GiB`).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) max_size: Option<String>,
+    /// With --remote: print what would be deleted, with sizes; change
+    /// nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     #[arg(long)]
     pub(crate) json: bool,
 }

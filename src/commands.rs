@@ -154,7 +154,7 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn format_age(s: u64) -> String {
+pub(crate) fn format_age(s: u64) -> String {
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m", s / 60),
@@ -281,6 +281,20 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             })
         })
         .transpose()?;
+    if c.remote {
+        return crate::sync::retention::gc_remote(
+            cfg,
+            max_age,
+            c.max_size.as_deref(),
+            c.dry_run,
+            c.json,
+        );
+    }
+    if c.max_size.is_some() || c.dry_run {
+        anyhow::bail!(
+            "--max-size and --dry-run go with --remote (the local store evicts down to local_max_size)"
+        );
+    }
     let store = Store::open(&cfg.cache_dir.value)?;
     let rep = store::gc::collect(
         &store,

@@ -384,7 +384,11 @@ impl S3Remote {
             ErrorKind::ClockSkew => format!(
                 "{code_or_status}: the local clock differs too much from the server's (check the clock)"
             ),
-            ErrorKind::Transient | ErrorKind::Other | ErrorKind::Local => {
+            ErrorKind::Transient
+            | ErrorKind::Other
+            | ErrorKind::Local
+            | ErrorKind::Precondition
+            | ErrorKind::Unsupported => {
                 if server_msg.is_empty() {
                     code_or_status
                 } else {
@@ -455,6 +459,7 @@ impl Remote for S3Remote {
             out.extend(page.contents.into_iter().map(|c| Listed {
                 name: c.key,
                 size: c.size.unwrap_or(0),
+                modified: c.last_modified.as_deref().and_then(parse_http_time),
             }));
             match page.next_continuation_token {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
@@ -557,6 +562,141 @@ impl Remote for S3Remote {
     fn describe(&self, name: &str) -> String {
         format!("s3://{}/{name}", self.bucket_name)
     }
+
+    fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        self.retrying(|| {
+            let url = self
+                .bucket
+                .get_object(Some(&self.creds), name)
+                .sign(SIGN_EXPIRY);
+            let resp = self
+                .agent
+                .get(url.as_str())
+                .header("accept-encoding", "identity")
+                .call()
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            resp.body_mut()
+                .with_config()
+                .limit(limit)
+                .read_to_vec()
+                .map_err(|e| self.transport(&e))
+        })
+    }
+
+    fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {
+        self.retrying(|| {
+            let mut a = self.bucket.put_object(Some(&self.creds), name);
+            if if_absent {
+                a.headers_mut().insert("if-none-match", "*");
+            }
+            let url = a.sign(SIGN_EXPIRY);
+            let mut req = self.agent.put(url.as_str());
+            if if_absent {
+                req = req.header("if-none-match", "*");
+            }
+            let resp = req.send(bytes).map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            let _ = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_ERROR_BODY)
+                .read_to_vec();
+            Ok(())
+        })
+    }
+
+    fn delete(&self, names: &[String]) -> Result<Vec<(String, String)>, RemoteError> {
+        use rusty_s3::actions::{DeleteObjectsResponse, ObjectIdentifier};
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batched = self.retrying(|| {
+            let ids: Vec<ObjectIdentifier> = names
+                .iter()
+                .map(|n| ObjectIdentifier::new(n.clone()))
+                .collect();
+            let mut a = self.bucket.delete_objects(Some(&self.creds), ids.iter());
+            a.set_quiet(true);
+            let url = a.sign(SIGN_EXPIRY);
+            let (body, md5) = a.body_with_md5();
+            let resp = self
+                .agent
+                .post(url.as_str())
+                .header("content-md5", &md5)
+                .send(body.as_bytes())
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_LIST_BODY)
+                .read_to_string()
+                .map_err(|e| self.transport(&e))?;
+            Ok(text)
+        });
+        match batched {
+            Ok(text) => Ok(DeleteObjectsResponse::parse(&text)
+                .map(|r| {
+                    r.errors
+                        .into_iter()
+                        .filter(|e| e.code != "NoSuchKey")
+                        .map(|e| (e.key, format!("{}: {}", e.code, e.message)))
+                        .collect()
+                })
+                .unwrap_or_default()),
+            // No DeleteObjects here: one request per object.
+            Err(e) if matches!(e.kind, ErrorKind::Unsupported | ErrorKind::Other) => {
+                let mut failed = Vec::new();
+                for n in names {
+                    let r = self.retrying(|| {
+                        let url = self
+                            .bucket
+                            .delete_object(Some(&self.creds), n)
+                            .sign(SIGN_EXPIRY);
+                        let resp = self
+                            .agent
+                            .delete(url.as_str())
+                            .call()
+                            .map_err(|e| self.transport(&e))?;
+                        match self.check_status(resp) {
+                            Ok(_) => Ok(()),
+                            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    });
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if e.kind.is_fatal() => return Err(e),
+                        Err(e) => failed.push((n.clone(), e.message)),
+                    }
+                }
+                Ok(failed)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An S3 timestamp (`2026-11-25T19:00:00.000Z`) as seconds since the
+/// epoch.
+pub(crate) fn parse_http_time(s: &str) -> Option<u64> {
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split('.').next()?;
+    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 /// A failure to write a download to the local disk.
@@ -614,6 +754,8 @@ pub(crate) fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
     match status {
         404 => ErrorKind::NotFound,
         403 => ErrorKind::AccessDenied,
+        412 => ErrorKind::Precondition,
+        501 => ErrorKind::Unsupported,
         408 | 429 | 500..=599 => ErrorKind::Transient,
         _ => ErrorKind::Other,
     }
@@ -770,6 +912,17 @@ mod tests {
             ErrorKind::BadSignature
         );
         assert!(ErrorKind::BadSignature.is_fatal() && !ErrorKind::Transient.is_fatal());
+    }
+
+    #[test]
+    fn http_times() {
+        assert_eq!(parse_http_time("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_http_time("2026-11-25T19:00:00.000Z"),
+            Some(1_795_633_200)
+        );
+        assert_eq!(parse_http_time("2000-03-01T00:00:01Z"), Some(951_868_801));
+        assert_eq!(parse_http_time("garbage"), None);
     }
 
     #[test]

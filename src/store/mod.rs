@@ -277,14 +277,6 @@ impl Store {
         Ok(f)
     }
 
-    /// Copies `src` into the store as a blob, hashing while copying.
-    /// Returns (hash, size). Dedups: an existing blob is kept.
-    pub(crate) fn put_blob_file(&self, src: &Path) -> Result<(String, u64)> {
-        let f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-        self.put_blob_reader(f, None)
-            .with_context(|| format!("cannot store {}", src.display()))
-    }
-
     /// Streams `r` into the store as a blob. With `limit`, fails if the
     /// stream holds more than `limit` bytes (never reads past it + 1).
     pub(crate) fn put_blob_reader(
@@ -315,6 +307,11 @@ impl Store {
         }
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Synced only now: content the store already holds (the common
+        // case of a rebuild) costs no sync.
+        File::open(tmp)
+            .and_then(|f| sync(&f))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         set_readonly(tmp)?;
         fs::rename(tmp, &dst)
             .with_context(|| format!("cannot move blob into {}", dst.display()))?;
@@ -541,7 +538,6 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
         }
     }
     out.flush()?;
-    sync(&out).with_context(|| format!("cannot write {}", dst.display()))?;
     Ok((hasher.finalize().to_hex().to_string(), size))
 }
 

@@ -19,6 +19,7 @@ exit 0: the cache never fails the build job.
 pub(crate) mod exec;
 pub(crate) mod plan;
 pub(crate) mod report;
+pub(crate) mod retention;
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::ExitCode;
@@ -195,6 +196,12 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         if cmd.dry_run {
             plan_all.extend(pull);
         } else {
+            // Recorded before fetching, so a gc running now spares them.
+            let used: Vec<(String, String)> = pull
+                .iter()
+                .map(|t| (t.crate_name.clone(), t.key.clone()))
+                .collect();
+            retention::record_use(&remote, prefix, &used);
             execute(&pool, &ctx, reporter, "pull", pull);
             if reporter.summary.fatal.is_none() {
                 local = local_entries(&store)?;

@@ -197,6 +197,7 @@ mod tests {
         Listed {
             name: layout::object_name(prefix, c, key),
             size,
+            modified: None,
         }
     }
 
@@ -211,6 +212,7 @@ mod tests {
                 Listed {
                     name: "p/README".into(),
                     size: 1,
+                    modified: None,
                 },
             ],
         );
@@ -266,6 +268,7 @@ mod tests {
         let long = |c: &str, key: &str, size: u64, or: &Origin| Listed {
             name: layout::entry_object("p", c, key, Some(or)),
             size,
+            modified: None,
         };
         let remote = index(
             "p",

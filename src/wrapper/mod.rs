@@ -471,36 +471,43 @@ fn cached(
                 .collect()
         }
     };
-    let output_paths: Vec<std::path::PathBuf> =
-        outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
-    let inputs = Inputs {
+    let mut inputs = Inputs {
         base: base.clone(),
         files: deps.files.iter().map(|f| paths.normalize(f)).collect(),
         env: deps.env,
         link,
-        roots: roots_in(&output_paths, &paths)?,
+        roots: Vec::new(),
     };
-    let (full, full_why) = key::full_key_explained(&inputs, &paths, &probe)
-        .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
-    let mut why = base_why;
-    why.extend(full_why);
-    if before.is_none_or(|b| probe::changed_since(&probe.files_read(), b)) {
-        // An input changed while rustc ran: its outputs may not match
-        // the content the key was computed from. Not an error; not stored.
-        unstored_miss(&store, &crate_name, start, compile_ms);
-        return Ok(code);
-    }
     let _w = store.writer_lock()?;
+    // The outputs go into the store, scanned on the way for the
+    // machine-local roots they contain (which then join the key).
     let mut files = Vec::with_capacity(outputs.len());
+    let mut roots = Vec::new();
     for (name, executable) in &outputs {
         let p = out_dir.join(name);
-        let (hash, size) = store.put_blob_file(&p)?;
+        let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let (hash, size) = store
+            .put_blob_reader(RootScan::new(f, paths.rules(), &mut roots), None)
+            .with_context(|| format!("cannot store {}", p.display()))?;
         files.push(FileRecord {
             name: name.clone(),
             hash,
             size,
             executable: *executable,
         });
+    }
+    roots.sort();
+    inputs.roots = roots;
+    let (full, full_why) = key::full_key_explained(&inputs, &paths, &probe)
+        .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
+    let mut why = base_why;
+    why.extend(full_why);
+    if before.is_none_or(|b| probe::changed_since(&probe.files_read(), b)) {
+        // An input changed while rustc ran: its outputs may not match
+        // the content the key was computed from. Not an error; not stored
+        // (the blobs just written are unreferenced; gc removes them).
+        unstored_miss(&store, &crate_name, start, compile_ms);
+        return Ok(code);
     }
     let size = files.iter().map(|f| f.size).sum();
     let mut entry = Entry::new(&crate_name, &full, files);
@@ -553,36 +560,62 @@ fn origin(rustc: &str, compile: &Compile, probe: &RealProbe<'_>) -> Option<Origi
     o.is_valid().then_some(o)
 }
 
-/// The sentinels of the machine-local roots whose real path appears in
-/// any of the outputs: such an output depends on where it was built.
-/// Streams each file in chunks (memory stays bounded whatever its size).
-fn roots_in(outputs: &[std::path::PathBuf], paths: &Paths) -> Result<Vec<String>> {
-    let rules = paths.rules();
-    let keep = rules.iter().map(|(r, _)| r.len()).max().unwrap_or(1) - 1;
-    let mut found: Vec<String> = Vec::new();
-    let mut buf: Vec<u8> = Vec::with_capacity((1 << 20) + keep);
-    for p in outputs {
-        let mut f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
-        buf.clear();
-        loop {
-            let old = buf.len();
-            buf.resize(old + (1 << 20), 0);
-            let n = f
-                .read(&mut buf[old..])
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            buf.truncate(old + n);
-            for (real, sent) in rules {
-                if !found.contains(sent) && memchr::memmem::find(&buf, real.as_bytes()).is_some() {
-                    found.push(sent.clone());
+/// A reader that looks for the machine-local roots (real paths) in what
+/// passes through it, so the outputs are scanned in the same pass that
+/// stores them. Memory stays bounded whatever the file size.
+struct RootScan<'a, R> {
+    inner: R,
+    rules: &'a [(String, String)],
+    /// Sentinels of the roots found so far.
+    found: &'a mut Vec<String>,
+    /// The end of the previous chunk: a path may straddle two reads.
+    tail: Vec<u8>,
+    keep: usize,
+}
+
+impl<'a, R: Read> RootScan<'a, R> {
+    fn new(inner: R, rules: &'a [(String, String)], found: &'a mut Vec<String>) -> Self {
+        let keep = rules.iter().map(|(r, _)| r.len()).max().unwrap_or(1) - 1;
+        RootScan {
+            inner,
+            rules,
+            found,
+            tail: Vec::new(),
+            keep,
+        }
+    }
+}
+
+impl<R: Read> Read for RootScan<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 && self.found.len() < self.rules.len() {
+            self.tail.extend_from_slice(&buf[..n]);
+            for (real, sent) in self.rules {
+                if !self.found.contains(sent)
+                    && memchr::memmem::find(&self.tail, real.as_bytes()).is_some()
+                {
+                    self.found.push(sent.clone());
                 }
             }
-            if n == 0 || found.len() == rules.len() {
-                break;
-            }
-            // Keep the tail: a path may straddle two chunks.
-            let cut = buf.len().saturating_sub(keep);
-            buf.drain(..cut);
+            let cut = self.tail.len().saturating_sub(self.keep);
+            self.tail.drain(..cut);
         }
+        Ok(n)
+    }
+}
+
+/// The sentinels of the machine-local roots whose real path appears in
+/// any of the outputs: such an output depends on where it was built.
+#[cfg(test)]
+fn roots_in(outputs: &[std::path::PathBuf], paths: &Paths) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for p in outputs {
+        let f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+        std::io::copy(
+            &mut RootScan::new(f, paths.rules(), &mut found),
+            &mut std::io::sink(),
+        )?;
     }
     found.sort();
     Ok(found)

@@ -36,6 +36,10 @@ impl<'a> RealProbe<'a> {
 
 /// Whether any of `files` changed (or appeared) after `before`, judged by
 /// its change time, which no `cp -p`, `touch -d` or `tar x` can set back.
+/// `before` is a stamp of the filesystem's own (coarse) clock taken just
+/// before rustc started; a change in that same clock tick counts as
+/// before it (a dependency restored a moment earlier shares the tick,
+/// and rustc reads nothing in its first tick).
 pub(crate) fn changed_since(files: &[PathBuf], before: std::time::SystemTime) -> bool {
     let Ok(b) = before.duration_since(UNIX_EPOCH) else {
         return true;
@@ -43,7 +47,7 @@ pub(crate) fn changed_since(files: &[PathBuf], before: std::time::SystemTime) ->
     files.iter().any(|f| match fs::metadata(f) {
         Ok(m) => {
             let c = (m.ctime(), m.ctime_nsec());
-            c >= (b.as_secs() as i64, i64::from(b.subsec_nanos()))
+            c > (b.as_secs() as i64, i64::from(b.subsec_nanos()))
         }
         Err(_) => true,
     })
