@@ -2535,3 +2535,64 @@ fn gc_remote_keeps_what_runners_used() {
         show(&o)
     );
 }
+
+/// Benchmark, run by ci/bench-gc-remote.sh: plans `kache gc --remote`
+/// over a bucket of `KACHE_BENCH_ENTRIES` (default 100,000) entries on an
+/// in-process s3s-fs server, and prints the wall time and peak memory
+/// (`/usr/bin/time -v`) of the plan (`--dry-run`) and of listing the
+/// same bucket with `kache sync --pull --all --dry-run` (the listing
+/// alone), for scale.
+#[test]
+#[ignore = "benchmark; run by ci/bench-gc-remote.sh"]
+fn bench_gc_remote_plan() {
+    let n: usize = std::env::var("KACHE_BENCH_ENTRIES").map_or(100_000, |v| v.parse().unwrap());
+    let w = World::local();
+    let cache = w.cache("c");
+    // Objects written straight into the server's directory (fast), in the
+    // layout kache writes, over 200 crates.
+    for i in 0..n {
+        let c = format!("crate_{:03}", i % 200);
+        let key = blake3::hash(&(i as u64).to_le_bytes()).to_hex().to_string();
+        let name = format!(
+            "{}/{c}/1.0.{}/x86_64-unknown-linux-gnu/0123456789ab/{key}.tar.zst",
+            w.s3.prefix,
+            i % 7
+        );
+        let p = w.s3.object_file(&name).expect("s3s-fs");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, [0u8; 64]).unwrap();
+    }
+    // Some use records, as syncs leave them.
+    let ws = w.workspace("ws", &["crate_000"]);
+    let timed = |args: &[&str]| -> (f64, u64, String) {
+        let mut c = std::process::Command::new("/usr/bin/time");
+        c.arg("-v").arg(crate::common::kache_bin()).args(args);
+        crate::common::clean_env(&mut c);
+        c.env("KACHE_CACHE_DIR", &cache).current_dir(&ws);
+        w.s3.configure(&mut c);
+        let t0 = Instant::now();
+        let o = c.output().unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(o.status.success(), "{}", show(&o));
+        let err = stderr(&o);
+        let rss = err
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Maximum resident set size (kbytes): ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (secs, rss, stdout(&o))
+    };
+    let (ls, lrss, _) = timed(&["sync", "--pull", "--all", "--dry-run", "--json"]);
+    let (gs, grss, out) = timed(&["gc", "--remote", "--max-size", "1MB", "--dry-run", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["entries"], n as u64);
+    println!(
+        "gc --remote plan over {n} entries: {gs:.2} s, peak {:.1} MiB; listing alone (sync --pull --all --dry-run): {ls:.2} s, peak {:.1} MiB; plan / listing time {:.2}",
+        grss as f64 / 1024.0,
+        lrss as f64 / 1024.0,
+        gs / ls
+    );
+}
