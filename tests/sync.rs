@@ -2596,3 +2596,126 @@ fn bench_gc_remote_plan() {
         gs / ls
     );
 }
+
+/// Benchmark, run by ci/bench-pull-filter.sh: a bucket filled from one
+/// workspace by two toolchains (stable and nightly when rustup has it,
+/// else the same compiler under another identity) and by two versions of
+/// one dependency (`alpha` 0.1.0 and 0.2.0); a stable runner with the
+/// 0.1.0 Cargo.lock pulls, then builds. Prints the bytes pulled over the
+/// bytes of the entries the build used, with the filter and with `--all`.
+#[test]
+#[ignore = "benchmark; run by ci/bench-pull-filter.sh"]
+fn bench_pull_filter() {
+    let w = World::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
+    let build = |name: &str, env: &[(&str, &str)], edit: Option<(&str, &str, &str)>| {
+        let ws = w.tmp.path().join(name).join("ws");
+        copy_tree(&fixture, &ws);
+        if let Some((file, from, to)) = edit {
+            let p = ws.join(file);
+            let t = fs::read_to_string(&p).unwrap();
+            assert!(t.contains(from));
+            fs::write(&p, t.replace(from, to)).unwrap();
+        }
+        let cache = w.cache(&format!("{name}-cache"));
+        let mut c =
+            cargo_through_kache(&ws, &w.tmp.path().join(name).join("t"), &cache, &["build"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        ok(&c.output().unwrap());
+        ok(&w.sync(&cache, &ws, &["--push"]));
+        (ws, cache)
+    };
+    let (ws_a, _) = build("a", &[], None);
+    let nightly = std::process::Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("nightly"))
+        });
+    let second = if nightly {
+        "nightly"
+    } else {
+        "another identity of stable"
+    };
+    if nightly {
+        build("n", &[("RUSTUP_TOOLCHAIN", "nightly")], None);
+    } else {
+        let sysroot = std::process::Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()
+            .unwrap();
+        let real = format!(
+            "{}/bin/rustc",
+            String::from_utf8_lossy(&sysroot.stdout).trim()
+        );
+        let fake = w.tmp.path().join("tc2/rustc");
+        fs::create_dir_all(fake.parent().unwrap()).unwrap();
+        fs::write(&fake, format!("#!/bin/sh\nif [ \"$1\" = -vV ]; then \"{real}\" -vV; echo other; exit 0; fi\nexec \"{real}\" \"$@\"\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        build("n", &[("RUSTC", fake.to_str().unwrap())], None);
+    }
+    build(
+        "v",
+        &[],
+        Some((
+            "alpha/Cargo.toml",
+            "version.workspace = true",
+            "version = \"0.2.0\"",
+        )),
+    );
+
+    let measure = |name: &str, args: &[&str]| -> (u64, u64) {
+        let ws = w.tmp.path().join(name).join("ws");
+        copy_tree(&fixture, &ws);
+        fs::copy(ws_a.join("Cargo.lock"), ws.join("Cargo.lock")).unwrap();
+        let cache = w.cache(&format!("{name}-cache"));
+        let mut plan_args = args.to_vec();
+        plan_args.extend(["--dry-run", "--json"]);
+        let plan = json(&w.sync(&cache, &ws, &plan_args));
+        let sizes: std::collections::BTreeMap<String, u64> = plan["transfers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["key"].as_str().unwrap().to_string(),
+                    t["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let o = w.sync(&cache, &ws, args);
+        ok(&o);
+        let pulled = json(&w.sync(&cache, &ws, &["--pull", "--json"]));
+        let _ = pulled;
+        let total: u64 = sizes.values().sum();
+        let o = cargo_through_kache(&ws, &w.tmp.path().join(name).join("t"), &cache, &["build"])
+            .output()
+            .unwrap();
+        ok(&o);
+        let ev = fs::read_to_string(cache.join("events.jsonl")).unwrap();
+        let mut used = 0;
+        for l in ev.lines() {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            if e["result"] == "local_hit" {
+                used += sizes.get(e["key"].as_str().unwrap()).copied().unwrap_or(0);
+            } else if e["result"] == "miss" {
+                panic!("the build missed after the pull: {l}");
+            }
+        }
+        (total, used)
+    };
+    let (p1, u1) = measure("b", &["--pull"]);
+    let (p2, u2) = measure("c", &["--pull", "--all"]);
+    println!(
+        "bucket: stable + {second}, alpha 0.1.0 + 0.2.0\n\
+         filtered pull: {p1} bytes pulled, {u1} used: {:.2}\n\
+         --all pull:    {p2} bytes pulled, {u2} used: {:.2}",
+        p1 as f64 / u1 as f64,
+        p2 as f64 / u2 as f64
+    );
+}
