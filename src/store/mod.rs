@@ -498,6 +498,39 @@ impl Store {
         Ok(())
     }
 
+    /// The per-key compile lock (`locks/<key>.lock`, flock): identical
+    /// compiles racing compile once; the others wait (up to 10 minutes)
+    /// and then find the entry. `None` if the lock cannot be had (the
+    /// compile then goes ahead unlocked).
+    pub(crate) fn compile_lock(&self, key: &str) -> Option<File> {
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p)
+            .ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Some(f),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(75));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// "Now" by the filesystem's own clock (the mtime of a file just
+    /// written), comparable with the times it stamps on files.
+    pub(crate) fn fs_clock(&self) -> Option<SystemTime> {
+        let p = self.tmp_path("clock");
+        let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
+        let _ = fs::remove_file(&p);
+        t.ok()
+    }
+
     /// Appends one line to the event log. A single `write` on an
     /// `O_APPEND` file, so concurrent writers never interleave.
     pub(crate) fn log_event(&self, line: &str) {

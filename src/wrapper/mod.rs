@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 
@@ -296,27 +296,6 @@ fn lookup(
     Ok(None)
 }
 
-/// A per-base-key lock: identical compiles racing compile once.
-fn lock(store: &Store, base: &str) -> Option<File> {
-    let p = store.root().join("locks").join(format!("{base}.lock"));
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(p)
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Some(f),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(75));
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
 fn hit(
     store: &Store,
     entry: &Entry,
@@ -388,7 +367,7 @@ fn cached(
     let verify = truthy("KACHE_VERIFY");
     let mut found = lookup(&store, &crate_name, &base, &paths, &probe)?;
     let _guard = if found.is_none() {
-        let g = lock(&store, &base);
+        let g = store.compile_lock(&base);
         found = lookup(&store, &crate_name, &base, &paths, &probe)?;
         g
     } else {
@@ -424,7 +403,7 @@ fn cached(
     if let Some(p) = &link_args {
         cmd.arg(format!("--print=link-args={}", p.display()));
     }
-    let before = fs_clock(&store);
+    let before = store.fs_clock();
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
@@ -663,15 +642,6 @@ fn verify_hit(
     });
     store.log_event(&line.to_string());
     Ok(0)
-}
-
-/// "Now" by the filesystem's own clock (the mtime of a file just
-/// written), comparable with source mtimes.
-fn fs_clock(store: &Store) -> Option<std::time::SystemTime> {
-    let p = store.tmp_path("clock");
-    let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
-    let _ = fs::remove_file(&p);
-    t.ok()
 }
 
 /// Copies a child's output to ours line by line (sentinels from the
