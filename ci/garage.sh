@@ -9,7 +9,8 @@
 # (`cargo install garage@2.5.0 --locked`, ~13 minutes on 2 cores).
 # Each test uses its own KACHE_S3_PREFIX, so they share one bucket safely.
 # Tests that need to write into the server's files directly (corrupt
-# object, >1000-object pagination) skip themselves against Garage.
+# object, >1000-object pagination) or session tokens run on the
+# in-process s3s-fs server even here; none skips itself.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/ci/lib-garage.sh"

@@ -33,6 +33,18 @@ pub(crate) enum Command {
     /// Upload in the background and serve remote hits (foreground
     /// without a subcommand).
     Daemon(DaemonCmd),
+    /// Explain the last miss of a crate: which key inputs differ from the
+    /// nearest stored entry.
+    WhyMiss(WhyMissCmd),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WhyMissCmd {
+    /// The crate (package) name.
+    #[arg(value_name = "CRATE")]
+    pub(crate) crate_name: String,
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -75,7 +87,8 @@ pub(crate) struct SyncCmd {
     /// Use the workspace of this Cargo.toml (for Cargo.lock filtering).
     #[arg(long, value_name = "PATH")]
     pub(crate) manifest_path: Option<PathBuf>,
-    /// Exit 0 even if some transfers failed.
+    /// Exit 0 even if transfers or listings failed or the cache cannot be
+    /// used (each reported; a cache that cannot be used is one warning).
     #[arg(long)]
     pub(crate) allow_partial: bool,
     /// Print the plan and the summary as JSON.
@@ -116,8 +129,21 @@ pub(crate) struct GcCmd {
     pub(crate) max_age: Option<String>,
     /// Re-hash every blob and drop entries whose files are missing or
     /// corrupt.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "remote")]
     pub(crate) verify: bool,
+    /// Retention in the bucket: remove entries no runner has used (pushed,
+    /// pulled) for `--max-age`, or the least recently used down to
+    /// `--max-size`.
+    #[arg(long)]
+    pub(crate) remote: bool,
+    /// With --remote: delete least recently used entries until the bucket
+    /// holds at most this much (`10GB`, `50GiB`).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) max_size: Option<String>,
+    /// With --remote: print what would be deleted, with sizes; change
+    /// nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -5,19 +5,19 @@ Each prints its result on stdout (text, or JSON with `--json`) and
 nothing else; warnings go to stderr.
 */
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use serde_json::json;
 
 use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, SortBy, StatsCmd};
 use crate::config::{Config, format_size, parse_duration};
-use crate::store::{self, Entry, EntryRef, STALE_TMP, Store, now_secs};
+use crate::store::{self, Entry, EntryRef, Store, now_secs};
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -53,29 +53,11 @@ fn load_all(store: &Store, only: Option<&str>) -> Result<Vec<Loaded>> {
 fn blob_usage(store: &Store) -> (u64, u64) {
     let mut bytes = 0;
     let mut count = 0;
-    for (_, meta) in walk_blobs(store) {
+    for (_, meta) in store.walk_blobs() {
         bytes += meta.len();
         count += 1;
     }
     (bytes, count)
-}
-
-fn walk_blobs(store: &Store) -> Vec<(std::path::PathBuf, fs::Metadata)> {
-    let mut out = Vec::new();
-    let Ok(shards) = fs::read_dir(store.root().join("blobs")) else {
-        return out;
-    };
-    for shard in shards.flatten() {
-        let Ok(files) = fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            if let Ok(m) = f.metadata() {
-                out.push((f.path(), m));
-            }
-        }
-    }
-    out
 }
 
 fn remote_desc(cfg: &Config) -> String {
@@ -172,7 +154,7 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn format_age(s: u64) -> String {
+pub(crate) fn format_age(s: u64) -> String {
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m", s / 60),
@@ -190,6 +172,8 @@ struct EventStats {
     errors: u64,
     saved_ms: u64,
     hit_ms: u64,
+    verified: u64,
+    mismatches: u64,
 }
 
 fn read_events(store: &Store) -> EventStats {
@@ -211,6 +195,8 @@ fn read_events(store: &Store) -> EventStats {
             Some("miss") => s.misses += 1,
             Some("passthrough") => s.passthrough += 1,
             Some("error") => s.errors += 1,
+            Some("verified") => s.verified += 1,
+            Some("verify_mismatch") => s.mismatches += 1,
             _ => {}
         }
     }
@@ -247,6 +233,8 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             "hit_rate": rate,
             "time_saved_ms": ev.saved_ms,
             "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
+            "verified": ev.verified,
+            "verify_mismatches": ev.mismatches,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -269,24 +257,18 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "time saved:   {:.1}s",
         Duration::from_millis(ev.saved_ms).as_secs_f64()
     )?;
+    if ev.verified + ev.mismatches > 0 {
+        writeln!(
+            out,
+            "verified:     {} hits matched a real compile, {} mismatches (KACHE_VERIFY)",
+            ev.verified, ev.mismatches
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a gc pass did.
-#[derive(Default, serde::Serialize)]
-struct GcReport {
-    entries_removed: u64,
-    blobs_removed: u64,
-    bytes_freed: u64,
-    tmp_removed: u64,
-    corrupt_blobs: u64,
-    entries_kept: u64,
-    bytes_kept: u64,
-}
-
-/// `kache gc`: under the exclusive gc lock, drop stale temp files, evict
-/// entries (by age, or least recently used first down to the size limit),
-/// then delete blobs no entry references.
+/// `kache gc`: the store's own policy (`store::gc`) does the work; this
+/// parses the flags and prints the report.
 pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
     let max_age = c
         .max_age
@@ -299,180 +281,57 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             })
         })
         .transpose()?;
+    if c.remote {
+        return crate::sync::retention::gc_remote(
+            cfg,
+            max_age,
+            c.max_size.as_deref(),
+            c.dry_run,
+            c.json,
+        );
+    }
+    if c.max_size.is_some() || c.dry_run {
+        anyhow::bail!(
+            "--max-size and --dry-run go with --remote (the local store evicts down to local_max_size)"
+        );
+    }
     let store = Store::open(&cfg.cache_dir.value)?;
-    let _lock = store.gc_lock()?;
-    let mut rep = GcReport {
-        tmp_removed: clean_tmp(&store),
-        ..GcReport::default()
-    };
-
-    let mut all = load_all(&store, None)?;
-    let blobs = walk_blobs(&store);
-    let blob_size: HashMap<String, u64> = blobs
-        .iter()
-        .filter_map(|(p, m)| Some((p.file_name()?.to_str()?.to_string(), m.len())))
-        .collect();
-
-    if c.verify {
-        let mut bad = HashSet::new();
-        for (p, _) in &blobs {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            match store::hash_file(p) {
-                Ok(h) if h == name => {}
-                _ => {
-                    eprintln!("warning: blob {} is corrupt; removing it", p.display());
-                    bad.insert(name.to_string());
-                    rep.corrupt_blobs += 1;
-                    let _ = fs::remove_file(p);
-                }
-            }
-        }
-        all.retain(|l| {
-            let ok = l
-                .entry
-                .files
-                .iter()
-                .all(|f| !bad.contains(&f.hash) && blob_size.get(&f.hash) == Some(&f.size));
-            if !ok {
-                eprintln!(
-                    "warning: entry {}/{} has missing or corrupt files; removing it",
-                    l.r.crate_name, l.r.key
-                );
-                if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
-                    rep.entries_removed += 1;
-                }
-            }
-            ok
-        });
+    let rep = store::gc::collect(
+        &store,
+        &store::gc::GcOptions {
+            max_age,
+            max_size: cfg.max_size.value,
+            verify: c.verify,
+        },
+    )?;
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
     }
-
-    // Oldest access first.
-    all.sort_by_key(|l| l.r.accessed);
-    let now = now_secs();
-    let mut refs: HashMap<&str, u32> = HashMap::new();
-    for l in &all {
-        for f in &l.entry.files {
-            *refs.entry(f.hash.as_str()).or_default() += 1;
-        }
-    }
-    let mut live: u64 = refs
-        .keys()
-        .map(|h| blob_size.get(*h).copied().unwrap_or(0))
-        .sum();
-    let mut evict = Vec::new();
-    for (i, l) in all.iter().enumerate() {
-        let too_old = max_age.is_some_and(|a| now.saturating_sub(l.r.accessed) > a);
-        let too_big = max_age.is_none() && live > cfg.max_size.value;
-        if !(too_old || too_big) {
-            continue;
-        }
-        evict.push(i);
-        for f in &l.entry.files {
-            let n = refs.get_mut(f.hash.as_str()).expect("counted above");
-            *n -= 1;
-            if *n == 0 {
-                live -= blob_size.get(&f.hash).copied().unwrap_or(0);
-            }
-        }
-    }
-    for &i in &evict {
-        let l = &all[i];
-        if store.remove(&l.r.crate_name, &l.r.key)? {
-            rep.entries_removed += 1;
-        }
-    }
-    let keep: HashSet<&str> = refs
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(h, _)| *h)
-        .collect();
-    for (p, m) in &blobs {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !keep.contains(name) && p.exists() && fs::remove_file(p).is_ok() {
-            rep.blobs_removed += 1;
-            rep.bytes_freed += m.len();
-        }
-    }
-    // Input lists whose base no longer has any entry.
-    let bases: HashSet<&str> = all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !evict.contains(i))
-        .filter_map(|(_, l)| l.entry.inputs.as_ref().map(|i| i.base.as_str()))
-        .collect();
-    if let Ok(rd) = fs::read_dir(store.root().join("index")) {
-        for d in rd.flatten() {
-            let name = d.file_name();
-            if !bases.contains(name.to_str().unwrap_or("")) {
-                let _ = fs::remove_dir_all(d.path());
-            }
-        }
-    }
-    // Remembered file hashes: a cache of a cache, rebuilt on demand.
-    let _ = fs::remove_dir_all(store.root().join("hashes"));
-    rep.entries_kept = (all.len() - evict.len()) as u64;
-    rep.bytes_kept = live;
     if c.json {
         print_json(&serde_json::to_value(&rep)?)?;
     } else {
         println!(
-            "removed {} entries and {} blobs ({}), {} temp files; kept {} entries ({}){}",
+            "removed {} entries and {} blobs ({}), {} temp files, {} stale locks; kept {} entries ({}){}{}",
             rep.entries_removed,
             rep.blobs_removed,
             format_size(rep.bytes_freed),
             rep.tmp_removed,
+            rep.locks_removed,
             rep.entries_kept,
             format_size(rep.bytes_kept),
             if c.verify {
                 format!("; {} corrupt blobs", rep.corrupt_blobs)
             } else {
                 String::new()
+            },
+            if rep.corrupt_manifests > 0 {
+                format!("; {} corrupt manifests", rep.corrupt_manifests)
+            } else {
+                String::new()
             }
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Removes temp files and staging dirs left by crashed writers: those
-/// whose writer process (named in the file name) is gone, and anything
-/// older than `STALE_TMP` whatever its name.
-fn clean_tmp(store: &Store) -> u64 {
-    let mut n = 0;
-    let cutoff = SystemTime::now() - STALE_TMP;
-    let Ok(rd) = fs::read_dir(store.root().join("tmp")) else {
-        return 0;
-    };
-    for e in rd.flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        let dead =
-            store::tmp_owner(&e.file_name().to_string_lossy()).is_some_and(|pid| !alive(pid));
-        if old || (dead && cfg!(target_os = "linux")) {
-            let p = e.path();
-            let ok = if p.is_dir() {
-                fs::remove_dir_all(&p).is_ok()
-            } else {
-                fs::remove_file(&p).is_ok()
-            };
-            n += u64::from(ok);
-        }
-    }
-    n
-}
-
-/// Whether process `pid` exists and can still run: a zombie (killed,
-/// not yet reaped by its parent) never writes again.
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X'))
 }
 
 /// `kache purge`.
@@ -507,7 +366,7 @@ pub(crate) fn purge(cfg: &Config, c: &PurgeCmd) -> Result<ExitCode> {
             .flat_map(|l| l.entry.files.iter().map(|f| f.hash.clone()))
             .collect();
         let mut freed = 0u64;
-        for (p, m) in walk_blobs(&store) {
+        for (p, m) in store.walk_blobs() {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if !keep.contains(name) && fs::remove_file(&p).is_ok() {
                 freed += m.len();

@@ -63,6 +63,19 @@ pub(crate) struct Config {
     pub(crate) daemon_autostart: Setting<bool>,
     /// How long a wrapper waits for the daemon to fetch a remote hit.
     pub(crate) daemon_wait: Setting<Duration>,
+    /// Crates never cached (normalised names).
+    pub(crate) never_cache: Setting<Vec<String>>,
+    /// Inputs the user declares per crate (normalised names).
+    pub(crate) inputs: Setting<BTreeMap<String, CrateInputs>>,
+}
+
+/// Inputs a user declares for one crate, beyond what rustc reports: env
+/// vars, and files, directories or globs relative to the crate's
+/// `CARGO_MANIFEST_DIR` (a directory means everything under it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CrateInputs {
+    pub(crate) env: Vec<String>,
+    pub(crate) files: Vec<String>,
 }
 
 /// The raw config file, as TOML. Unknown keys are rejected so a typo is
@@ -84,8 +97,20 @@ struct FileCache {
     cache_executables: Option<bool>,
     daemon_autostart: Option<bool>,
     daemon_wait: Option<toml::Value>,
+    never_cache: Option<Vec<String>>,
+    inputs: Option<BTreeMap<String, FileInputs>>,
     #[serde(default)]
     remote: FileRemote,
+}
+
+/// One `[cache.inputs.<crate>]` table.
+#[derive(Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInputs {
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -120,7 +145,8 @@ pub(crate) fn env_nonempty(name: &str) -> Option<String> {
 }
 
 fn default_cache_dir() -> PathBuf {
-    if let Some(x) = env_nonempty("XDG_CACHE_HOME") {
+    // The XDG spec: a relative value is invalid and ignored.
+    if let Some(x) = env_nonempty("XDG_CACHE_HOME").filter(|x| Path::new(x).is_absolute()) {
         return Path::new(&x).join("kache");
     }
     match home() {
@@ -129,64 +155,126 @@ fn default_cache_dir() -> PathBuf {
     }
 }
 
-/// Only the settings the wrapper needs on its hot path. The config file is
-/// read only when the environment leaves one of them open.
+/// Only the settings the wrapper needs. The wrapper reads just these
+/// keys from the file and ignores the rest (an invalid endpoint or
+/// concurrency must not change how a compile runs); only a file that is
+/// not TOML at all, or an invalid value of one of these, is an error.
 #[derive(Clone, Debug)]
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
     /// The remote identity (see `remote_identity`), `None` without a
-    /// bucket. When the environment alone settles the fields above, the
-    /// file is not read and this comes from `KACHE_S3_*` alone: a remote
-    /// named only in the file then reads as none (the daemon is not
-    /// used), never as another remote.
+    /// bucket: the daemon serves a wrapper of the same remote only.
     pub(crate) remote: Option<String>,
     pub(crate) daemon_autostart: bool,
     pub(crate) daemon_wait: Duration,
+    /// Crates never cached (normalised names).
+    pub(crate) never_cache: Vec<String>,
+    /// Inputs the user declares per crate (normalised names).
+    pub(crate) inputs: BTreeMap<String, CrateInputs>,
 }
 
 impl WrapperConfig {
     pub(crate) fn load() -> Result<WrapperConfig> {
-        let dir = env_nonempty("KACHE_CACHE_DIR");
-        let exe = env_nonempty("KACHE_CACHE_EXECUTABLES");
-        if let (Some(dir), Some(exe)) = (&dir, &exe) {
-            let region = env_nonempty("KACHE_S3_REGION").unwrap_or_else(|| "us-east-1".into());
-            let prefix = env_nonempty("KACHE_S3_PREFIX").unwrap_or_else(|| "artifacts".into());
-            let remote = env_nonempty("KACHE_S3_BUCKET").map(|b| {
-                remote_identity(
-                    env_nonempty("KACHE_S3_ENDPOINT").as_deref(),
-                    &region,
-                    &b,
-                    &prefix,
-                )
-            });
-            let autostart = env_nonempty("KACHE_DAEMON_AUTOSTART");
-            let wait = env_nonempty("KACHE_DAEMON_WAIT");
-            return Ok(WrapperConfig {
-                cache_dir: PathBuf::from(dir),
-                cache_executables: parse_bool(exe)
-                    .ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", exe, BOOL_FORM))?,
-                remote,
-                daemon_autostart: match autostart {
-                    Some(v) => parse_bool(&v)
-                        .ok_or_else(|| invalid("KACHE_DAEMON_AUTOSTART", &v, BOOL_FORM))?,
-                    None => false,
-                },
-                daemon_wait: match wait {
-                    Some(v) => {
-                        parse_wait(&v).ok_or_else(|| invalid("KACHE_DAEMON_WAIT", &v, WAIT_FORM))?
-                    }
-                    None => DEFAULT_DAEMON_WAIT,
-                },
-            });
-        }
-        let c = Config::load()?;
+        let path = config_path();
+        let table = match &path {
+            Some(p) => read_table(p)?,
+            None => None,
+        };
+        let fsrc = || Source::File(path.clone().unwrap_or_default());
+        let cache = table
+            .as_ref()
+            .and_then(|t| t.get("cache"))
+            .and_then(toml::Value::as_table);
+        let key = |k: &str| cache.and_then(|c| c.get(k)).cloned();
+        let file_key = |k: &'static str| format!("cache.{k} in {}", fsrc_path(&fsrc));
+        let local_store = match key("local_store") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s),
+            Some(v) => return Err(invalid(&file_key("local_store"), &v.to_string(), PATH_FORM)),
+        };
+        let cache_executables = match key("cache_executables") {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(b),
+            Some(v) => {
+                return Err(invalid(
+                    &file_key("cache_executables"),
+                    &v.to_string(),
+                    "true or false",
+                ));
+            }
+        };
+        let never_cache = match key("never_cache") {
+            None => None,
+            Some(v) => Some(
+                v.clone()
+                    .try_into::<Vec<String>>()
+                    .map_err(|_| invalid(&file_key("never_cache"), &v.to_string(), NEVER_FORM))?,
+            ),
+        };
+        let inputs = match key("inputs") {
+            None => None,
+            Some(v) => Some(
+                v.clone()
+                    .try_into::<BTreeMap<String, FileInputs>>()
+                    .map_err(|e| {
+                        anyhow!(
+                            "invalid cache.inputs in {}: {}; expected [cache.inputs.<crate>] tables with env = [..] and files = [..]",
+                            fsrc_path(&fsrc),
+                            e.message().trim()
+                        )
+                    })?,
+            ),
+        };
+        // The daemon's: which remote (compared with the daemon's), whether
+        // to start it, how long to wait for it.
+        let remote_key = |k: &str| {
+            cache
+                .and_then(|c| c.get("remote"))
+                .and_then(toml::Value::as_table)
+                .and_then(|r| r.get(k))
+                .and_then(toml::Value::as_str)
+                .map(str::to_string)
+        };
+        let or_file = |var: &str, k: &str| env_nonempty(var).or_else(|| remote_key(k));
+        let remote = or_file("KACHE_S3_BUCKET", "bucket").map(|b| {
+            let region = or_file("KACHE_S3_REGION", "region").unwrap_or_else(|| "us-east-1".into());
+            let prefix = or_file("KACHE_S3_PREFIX", "prefix").unwrap_or_else(|| "artifacts".into());
+            let endpoint = or_file("KACHE_S3_ENDPOINT", "endpoint");
+            remote_identity(endpoint.as_deref(), &region, &b, &prefix)
+        });
+        let autostart = match key("daemon_autostart") {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(b),
+            Some(v) => {
+                return Err(invalid(
+                    &file_key("daemon_autostart"),
+                    &v.to_string(),
+                    "true or false",
+                ));
+            }
+        };
+        let daemon_autostart = pick("KACHE_DAEMON_AUTOSTART", autostart, false, &fsrc, |s| {
+            parse_bool(s).ok_or_else(|| invalid("KACHE_DAEMON_AUTOSTART", s, BOOL_FORM))
+        })?
+        .value;
+        let daemon_wait = pick_value(
+            "KACHE_DAEMON_WAIT",
+            "cache.daemon_wait",
+            key("daemon_wait"),
+            DEFAULT_DAEMON_WAIT,
+            &fsrc,
+            |s| parse_wait(s).ok_or_else(|| WAIT_FORM.to_string()),
+        )?
+        .value;
         Ok(WrapperConfig {
-            remote: c.remote_identity(),
-            cache_dir: c.cache_dir.value,
-            cache_executables: c.cache_executables.value,
-            daemon_autostart: c.daemon_autostart.value,
-            daemon_wait: c.daemon_wait.value,
+            cache_dir: cache_dir_setting(local_store, &fsrc)?.value,
+            cache_executables: cache_executables_setting(cache_executables, &fsrc)?.value,
+            never_cache: never_cache_setting(never_cache, &fsrc)?.value,
+            inputs: inputs_setting(inputs, &fsrc)?.value,
+            remote,
+            daemon_autostart,
+            daemon_wait,
         })
     }
 }
@@ -219,6 +307,211 @@ fn parse_wait(s: &str) -> Option<Duration> {
 /// The default `cache.daemon_wait`.
 pub(crate) const DEFAULT_DAEMON_WAIT: Duration = Duration::from_secs(2);
 const WAIT_FORM: &str = "a duration up to 1m, such as 500ms or 2s (0s: never wait)";
+
+fn fsrc_path(fsrc: &dyn Fn() -> Source) -> String {
+    match fsrc() {
+        Source::File(p) => p.display().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `cache.local_store` / `KACHE_CACHE_DIR`: must be absolute, or every
+/// crate's compile (each run in its own directory) would get its own store.
+fn cache_dir_setting(file: Option<String>, fsrc: &dyn Fn() -> Source) -> Result<Setting<PathBuf>> {
+    let dir = pick(
+        "KACHE_CACHE_DIR",
+        file.map(|s| PathBuf::from(expand_tilde(&s))),
+        default_cache_dir(),
+        fsrc,
+        |s| Ok(PathBuf::from(s)),
+    )?;
+    if !dir.value.is_absolute() {
+        let name = match &dir.source {
+            Source::Env(v) => (*v).to_string(),
+            Source::File(p) => format!("cache.local_store in {}", p.display()),
+            Source::Default => "the default cache dir".to_string(),
+        };
+        bail!(
+            "{name} `{}` must be an absolute path: cargo runs each compile in its crate's directory, so a relative one would make a store in each; use a full path such as /var/cache/kache or ~/.cache/kache (in the file)",
+            dir.value.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn cache_executables_setting(
+    file: Option<bool>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<bool>> {
+    pick(
+        "KACHE_CACHE_EXECUTABLES",
+        file,
+        cfg!(target_os = "linux"),
+        fsrc,
+        |s| parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", s, BOOL_FORM)),
+    )
+}
+
+/// A crate name as the user wrote it, normalised and checked.
+fn crate_name(name: &str, whence: &str) -> Result<String> {
+    let n = crate::store::normalize_crate(name.trim());
+    if !crate::store::valid_crate(&n) {
+        bail!(
+            "invalid crate name `{name}` in {whence}: expected a package name such as my_crate (letters, digits, `-`, `_`)"
+        );
+    }
+    Ok(n)
+}
+
+/// `cache.never_cache` / `KACHE_NEVER_CACHE` (comma-separated; replaces
+/// the file's list).
+fn never_cache_setting(
+    file: Option<Vec<String>>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<Vec<String>>> {
+    let whence = |src: &Source| match src {
+        Source::File(p) => format!("cache.never_cache in {}", p.display()),
+        other => other.to_string().replace("env ", ""),
+    };
+    let mut set = pick("KACHE_NEVER_CACHE", file, Vec::new(), fsrc, |s| {
+        Ok(s.split(',').map(str::to_string).collect())
+    })?;
+    let w = whence(&set.source);
+    let mut names = Vec::with_capacity(set.value.len());
+    for n in &set.value {
+        let n = crate_name(n, &w)?;
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    set.value = names;
+    Ok(set)
+}
+
+/// `[cache.inputs.<crate>]` / `KACHE_INPUTS` (`crate:env=VAR` and
+/// `crate:files=GLOB` items separated by `;`; replaces the file's table).
+fn inputs_setting(
+    file: Option<BTreeMap<String, FileInputs>>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<BTreeMap<String, CrateInputs>>> {
+    if let Some(v) = env_nonempty("KACHE_INPUTS") {
+        let mut out: BTreeMap<String, CrateInputs> = BTreeMap::new();
+        for item in v.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || invalid("KACHE_INPUTS", item, INPUTS_FORM);
+            let (krate, rest) = item.split_once(':').ok_or_else(bad)?;
+            let (kind, value) = rest.split_once('=').ok_or_else(bad)?;
+            let name = crate_name(krate, "KACHE_INPUTS")?;
+            let e = out.entry(name).or_default();
+            match kind.trim() {
+                "env" => e.env.push(env_name(value, "KACHE_INPUTS")?),
+                "files" => e.files.push(file_pattern(value, "KACHE_INPUTS")?),
+                _ => return Err(bad()),
+            }
+        }
+        return Ok(Setting {
+            value: out,
+            source: Source::Env("KACHE_INPUTS"),
+        });
+    }
+    let Some(file) = file else {
+        return Ok(Setting {
+            value: BTreeMap::new(),
+            source: Source::Default,
+        });
+    };
+    let w = format!("cache.inputs in {}", fsrc_path(fsrc));
+    let mut out: BTreeMap<String, CrateInputs> = BTreeMap::new();
+    for (krate, fi) in file {
+        let name = crate_name(&krate, &w)?;
+        if fi.env.is_empty() && fi.files.is_empty() {
+            bail!(
+                "cache.inputs.{krate} in {} declares nothing; give it env = [\"VAR\"] or files = [\"path\"]",
+                fsrc_path(fsrc)
+            );
+        }
+        let e = out.entry(name).or_default();
+        for v in &fi.env {
+            e.env.push(env_name(v, &w)?);
+        }
+        for f in &fi.files {
+            e.files.push(file_pattern(f, &w)?);
+        }
+    }
+    Ok(Setting {
+        value: out,
+        source: fsrc(),
+    })
+}
+
+fn env_name(v: &str, whence: &str) -> Result<String> {
+    let v = v.trim();
+    if v.is_empty() || v.contains(['=', '\0']) || v.contains(char::is_whitespace) {
+        bail!("invalid env var name `{v}` in {whence}: expected a name such as DATABASE_URL");
+    }
+    Ok(v.to_string())
+}
+
+fn file_pattern(v: &str, whence: &str) -> Result<String> {
+    let v = v.trim();
+    if v.is_empty() || v.contains('\0') || Path::new(v).is_absolute() {
+        bail!(
+            "invalid file pattern `{v}` in {whence}: expected a path or glob relative to the crate's directory, such as migrations or templates/**/*.html"
+        );
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+/// Whether `path` (relative, `/`-separated) matches `pattern`: `*` and
+/// `?` match within one path component, `**` matches any number of whole
+/// components (none included). Everything else matches itself.
+pub(crate) fn glob_match(pattern: &str, path: &str) -> bool {
+    let pat: Vec<&str> = pattern
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let comps: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    match_components(&pat, &comps)
+}
+
+fn match_components(pat: &[&str], comps: &[&str]) -> bool {
+    match pat.split_first() {
+        None => comps.is_empty(),
+        Some((&"**", rest)) => (0..=comps.len()).any(|i| match_components(rest, &comps[i..])),
+        Some((p, rest)) => match comps.split_first() {
+            Some((c, crest)) => {
+                match_one(p.as_bytes(), c.as_bytes()) && match_components(rest, crest)
+            }
+            None => false,
+        },
+    }
+}
+
+/// `*` and `?` within one component (bytes; `?` is one byte).
+fn match_one(p: &[u8], s: &[u8]) -> bool {
+    // Iterative wildcard match with backtracking to the last `*`.
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
 const BOOL_FORM: &str = "true or false (also 1/0, yes/no, on/off)";
 const SIZE_FORM: &str = "a size such as 512MiB, 10GB or 50GiB";
 /// The default `cache.remote.timeout`.
@@ -228,6 +521,9 @@ const TIMEOUT_FORM: &str = "a duration of at least 1s, such as 30s or 2m";
 const LEVEL_FORM: &str = "a zstd level from 1 to 22";
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 const LOG_FORM: &str = "one of off, error, warn, info, debug, trace";
+const PATH_FORM: &str = "an absolute path as a string";
+const NEVER_FORM: &str = "a list of crate names such as [\"my_crate\"]";
+const INPUTS_FORM: &str = "`crate:env=VAR` or `crate:files=GLOB` items separated by `;`";
 
 fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
     anyhow!("invalid value `{value}` for {name}: expected {form}")
@@ -246,13 +542,7 @@ impl Config {
         let c = fc.cache;
         let r = c.remote;
 
-        let cache_dir = pick(
-            "KACHE_CACHE_DIR",
-            c.local_store.map(|s| PathBuf::from(expand_tilde(&s))),
-            default_cache_dir(),
-            &fsrc,
-            |s| Ok(PathBuf::from(s)),
-        )?;
+        let cache_dir = cache_dir_setting(c.local_store, &fsrc)?;
         let max_size = pick_value(
             "KACHE_MAX_SIZE",
             "cache.local_max_size",
@@ -288,13 +578,9 @@ impl Config {
         {
             return Err(invalid("KACHE_LOG", &v, LOG_FORM));
         }
-        let cache_executables = pick(
-            "KACHE_CACHE_EXECUTABLES",
-            c.cache_executables,
-            cfg!(target_os = "linux"),
-            &fsrc,
-            |s| parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", s, BOOL_FORM)),
-        )?;
+        let cache_executables = cache_executables_setting(c.cache_executables, &fsrc)?;
+        let never_cache = never_cache_setting(c.never_cache, &fsrc)?;
+        let inputs = inputs_setting(c.inputs, &fsrc)?;
         let opt = |name: &'static str, f: Option<String>| -> Result<Setting<Option<String>>> {
             pick(name, f.map(Some), None, &fsrc, |s| Ok(Some(s.to_string())))
         };
@@ -364,6 +650,8 @@ impl Config {
             cache_executables,
             daemon_autostart,
             daemon_wait,
+            never_cache,
+            inputs,
         })
     }
 
@@ -465,6 +753,22 @@ impl Config {
                 format!("{}ms", self.daemon_wait.value.as_millis()),
                 self.daemon_wait.source.to_string(),
             ),
+            (
+                "cache.never_cache",
+                "KACHE_NEVER_CACHE",
+                if self.never_cache.value.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    self.never_cache.value.join(",")
+                },
+                self.never_cache.source.to_string(),
+            ),
+            (
+                "cache.inputs",
+                "KACHE_INPUTS",
+                format_inputs(&self.inputs.value),
+                self.inputs.source.to_string(),
+            ),
         ];
         let (cred, src) = match Credentials::resolve(self) {
             Ok(Some(c)) => (
@@ -498,27 +802,70 @@ impl Config {
     }
 }
 
-fn read_file(p: &Path) -> Result<Option<FileConfig>> {
-    let text = match std::fs::read_to_string(p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read config file {}", p.display()));
-        }
-    };
-    match toml::from_str::<FileConfig>(&text) {
-        Ok(c) => Ok(Some(c)),
-        Err(e) => {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().trim().to_string();
-            match line {
-                Some(l) => bail!("malformed config file {}, line {l}: {msg}", p.display()),
-                None => bail!("malformed config file {}: {msg}", p.display()),
-            }
-        }
+/// The declared inputs in `KACHE_INPUTS` form, or `(none)`.
+fn format_inputs(m: &BTreeMap<String, CrateInputs>) -> String {
+    let items: Vec<String> = m
+        .iter()
+        .flat_map(|(c, i)| {
+            i.env
+                .iter()
+                .map(move |e| format!("{c}:env={e}"))
+                .chain(i.files.iter().map(move |f| format!("{c}:files={f}")))
+        })
+        .collect();
+    if items.is_empty() {
+        "(none)".to_string()
+    } else {
+        items.join(";")
     }
+}
+
+fn read_text(p: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read config file {}", p.display())),
+    }
+}
+
+fn malformed(p: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().trim().replace('\n', " ");
+    // The line itself names the key (serde's type errors do not).
+    let shown = line
+        .and_then(|l| text.lines().nth(l - 1))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 80);
+    match (line, shown) {
+        (Some(l), Some(t)) => anyhow!(
+            "malformed config file {}, line {l} (`{t}`): {msg}",
+            p.display()
+        ),
+        (Some(l), None) => anyhow!("malformed config file {}, line {l}: {msg}", p.display()),
+        (None, _) => anyhow!("malformed config file {}: {msg}", p.display()),
+    }
+}
+
+/// The file, strictly: unknown keys and wrong types are errors.
+fn read_file(p: &Path) -> Result<Option<FileConfig>> {
+    let Some(text) = read_text(p)? else {
+        return Ok(None);
+    };
+    toml::from_str::<FileConfig>(&text)
+        .map(Some)
+        .map_err(|e| malformed(p, &text, &e))
+}
+
+/// The file as a plain TOML table (the wrapper picks its keys from it).
+fn read_table(p: &Path) -> Result<Option<toml::Table>> {
+    let Some(text) = read_text(p)? else {
+        return Ok(None);
+    };
+    text.parse::<toml::Table>()
+        .map(Some)
+        .map_err(|e| malformed(p, &text, &e))
 }
 
 fn expand_tilde(s: &str) -> String {
@@ -858,6 +1205,34 @@ mod tests {
             parse_ini("[default]\naws_access_key_id = A\n[profile ci]\naws_secret_access_key=S\n");
         assert_eq!(m["default"]["aws_access_key_id"], "A");
         assert_eq!(m["ci"]["aws_secret_access_key"], "S");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("migrations/*.sql", "migrations/001_init.sql"));
+        assert!(!glob_match("migrations/*.sql", "migrations/sub/001.sql"));
+        assert!(!glob_match("migrations/*.sql", "migrations/001.sqlx"));
+        assert!(glob_match("templates/**/*.html", "templates/a.html"));
+        assert!(glob_match("templates/**/*.html", "templates/a/b/c.html"));
+        assert!(!glob_match("templates/**/*.html", "templates/a/b/c.htm"));
+        assert!(glob_match("**", "a/b/c"));
+        assert!(glob_match("**", ""));
+        assert!(glob_match("a/**", "a/b"));
+        assert!(glob_match("a/**", "a"));
+        assert!(glob_match("?.rs", "a.rs"));
+        assert!(!glob_match("?.rs", "ab.rs"));
+        assert!(!glob_match("?.rs", "/.rs"));
+        assert!(glob_match("*", "build.rs"));
+        assert!(!glob_match("*", "src/lib.rs"));
+        assert!(glob_match("src/*b*.rs", "src/lib.rs"));
+        assert!(glob_match("./src//lib.rs", "src/lib.rs"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("a*b*c", "aXbYbZ"));
+        assert!(glob_match("schema.graphql", "schema.graphql"));
+        assert!(!glob_match("schema.graphql", "other.graphql"));
+        assert!(glob_match("**/x/**/y", "x/y"));
+        assert!(glob_match("**/x/**/y", "p/x/q/r/y"));
+        assert!(!glob_match("**/x/**/y", "p/q/r/y"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ under their package's name too, so the lockfile names are the whole
 filter.
 */
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
@@ -50,14 +50,21 @@ pub(crate) fn start_dir(manifest_path: Option<&Path>, cwd: &Path) -> Result<Path
         .map_or_else(|| cwd.to_path_buf(), Path::to_path_buf))
 }
 
-/// Loads a Cargo.lock and returns the normalised crate names it names.
-pub(crate) fn crates(path: &Path) -> Result<BTreeSet<String>> {
+/// Loads a Cargo.lock: each normalised crate name with the versions it
+/// names.
+pub(crate) fn versions(path: &Path) -> Result<BTreeMap<String, BTreeSet<String>>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     let lock: cargo_lock::Lockfile = text.parse().map_err(|e: cargo_lock::Error| {
         anyhow!("malformed {}: {}", path.display(), one_line(&e.to_string()))
     })?;
-    Ok(crate_set(lock.packages.iter().map(|p| p.name.as_str())))
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for p in &lock.packages {
+        out.entry(normalize_crate(p.name.as_str()))
+            .or_default()
+            .insert(p.version.to_string());
+    }
+    Ok(out)
 }
 
 /// A multi-line parser message (TOML errors quote the source with
@@ -73,11 +80,6 @@ fn one_line(msg: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// The normalised names.
-pub(crate) fn crate_set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
-    names.into_iter().map(normalize_crate).collect()
 }
 
 #[cfg(test)]
@@ -104,11 +106,11 @@ version = "0.1.0"
         std::fs::create_dir_all(&sub).unwrap();
         let found = find_from(&sub).unwrap();
         assert_eq!(found, d.path().join("Cargo.lock"));
-        let set = crates(&found).unwrap();
-        assert!(set.contains("serde_json"));
-        assert!(set.contains("foo_bar"));
+        let set = versions(&found).unwrap();
+        assert!(set["serde_json"].contains("1.0.0"));
+        assert!(set.contains_key("foo_bar"));
         assert!(
-            !set.contains("build_script_build"),
+            !set.contains_key("build_script_build"),
             "a plain lockfile filter"
         );
         assert_eq!(set.len(), 2);
@@ -119,12 +121,12 @@ version = "0.1.0"
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("Cargo.lock");
         std::fs::write(&p, "[[package]\nname = ").unwrap();
-        let e = format!("{:#}", crates(&p).unwrap_err());
+        let e = format!("{:#}", versions(&p).unwrap_err());
         assert!(e.contains("Cargo.lock") && e.contains("malformed"), "{e}");
         assert!(e.contains("line 1") && !e.contains('\n'), "one line: {e}");
         let e = format!(
             "{:#}",
-            crates(&d.path().join("nope/Cargo.lock")).unwrap_err()
+            versions(&d.path().join("nope/Cargo.lock")).unwrap_err()
         );
         assert!(e.contains("nope/Cargo.lock"), "{e}");
     }

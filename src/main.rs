@@ -16,6 +16,7 @@ mod lockfile;
 mod remote;
 mod store;
 mod sync;
+mod why;
 mod wrapper;
 
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Purge(c)) => commands::purge(&cfg, &c),
         Some(Command::Config(c)) => commands::config(&cfg, &c),
         Some(Command::Daemon(c)) => daemon::run(cfg, &c),
+        Some(Command::WhyMiss(c)) => why::why_miss(&cfg, &c),
     }
 }
 

@@ -355,3 +355,296 @@ fn c_compiler_calls_from_cc_rs_pass_through() {
         "a C compile touched the store"
     );
 }
+
+/// Issue 7: `kache stat` (a typo of `stats`) ran coreutils `stat`, since
+/// any word naming a program on PATH was taken for a wrapper call. Only
+/// the argv shapes cargo and cc-rs produce are.
+#[test]
+fn a_typo_is_a_usage_error_not_a_program_run() {
+    let d = tmp();
+    for argv in [&["stat"][..], &["stat", "/"], &["sh", "-c", "exit 7"]] {
+        let o = kache(&d.path().join("cache")).args(argv).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{argv:?}: {}", show(&o));
+        assert!(o.stdout.is_empty(), "{argv:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("unrecognized subcommand"), "{err}");
+    }
+    let o = kache(&d.path().join("cache")).arg("stat").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stats"),
+        "no suggestion: {}",
+        show(&o)
+    );
+    // The workspace-wrapper shape still runs its wrapper.
+    let script = d.path().join("ws-wrapper");
+    fs::write(&script, "#!/bin/sh\nexit 7\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = kache(&d.path().join("cache"))
+        .arg(&script)
+        .args(["rustc", "-vV"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", show(&o));
+}
+
+/// Issue 7: per-crate declared inputs and a never-cache list, from the
+/// file and the environment, shown by `kache config` with their source.
+#[test]
+fn never_cache_and_declared_inputs_from_file_and_env() {
+    let d = tmp();
+    let cfgfile = d.path().join("config.toml");
+    fs::write(
+        &cfgfile,
+        "[cache]\nnever_cache = [\"Napi-Gen\", \"other\"]\n\
+         [cache.inputs.my-crate]\nenv = [\"DATABASE_URL\"]\nfiles = [\"migrations\", \"templates/**/*.html\"]\n",
+    )
+    .unwrap();
+    let get = |env: &[(&str, &str)]| {
+        let mut c = kache(&d.path().join("c"));
+        c.env("KACHE_CONFIG", &cfgfile).args(["config", "--json"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["settings"].clone()
+    };
+    let s = get(&[]);
+    assert_eq!(s["cache.never_cache"]["value"], "napi_gen,other");
+    assert!(
+        s["cache.never_cache"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
+    assert_eq!(
+        s["cache.inputs"]["value"],
+        "my_crate:env=DATABASE_URL;my_crate:files=migrations;my_crate:files=templates/**/*.html"
+    );
+    assert_eq!(s["cache.inputs"]["env"], "KACHE_INPUTS");
+    // The environment replaces the file's list and table.
+    let s = get(&[
+        ("KACHE_NEVER_CACHE", "a-b, c"),
+        (
+            "KACHE_INPUTS",
+            "x:env=FOO; x:files=sql/**;Y-z:files=schema.graphql;",
+        ),
+    ]);
+    assert_eq!(s["cache.never_cache"]["value"], "a_b,c");
+    assert_eq!(s["cache.never_cache"]["source"], "env KACHE_NEVER_CACHE");
+    assert_eq!(
+        s["cache.inputs"]["value"],
+        "x:env=FOO;x:files=sql/**;y_z:files=schema.graphql"
+    );
+    assert_eq!(s["cache.inputs"]["source"], "env KACHE_INPUTS");
+    // Defaults.
+    let o = kache(d.path()).args(["config", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["settings"]["cache.never_cache"]["value"], "(none)");
+    assert_eq!(v["settings"]["cache.inputs"]["source"], "default");
+}
+
+#[test]
+fn invalid_never_cache_and_inputs_are_one_line_errors() {
+    let d = tmp();
+    for (var, val, want) in [
+        ("KACHE_NEVER_CACHE", "ok,bad name", "bad name"),
+        ("KACHE_NEVER_CACHE", "a,,b", "invalid crate name ``"),
+        ("KACHE_INPUTS", "x:env", "crate:env=VAR"),
+        ("KACHE_INPUTS", "x:dirs=a", "crate:files=GLOB"),
+        ("KACHE_INPUTS", "x:env=", "invalid env var name"),
+        (
+            "KACHE_INPUTS",
+            "x:files=/etc/passwd",
+            "relative to the crate",
+        ),
+        ("KACHE_INPUTS", "b@d:env=X", "invalid crate name `b@d`"),
+    ] {
+        let o = kache(d.path())
+            .env(var, val)
+            .arg("config")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{var}={val}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(want), "{var}={val}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    for (text, want) in [
+        ("[cache]\nnever_cache = \"x\"\n", "never_cache"),
+        (
+            "[cache.inputs.x]\nenv = [\"A\"]\nglobs = [\"b\"]\n",
+            "globs",
+        ),
+        ("[cache.inputs.x]\n", "declares nothing"),
+    ] {
+        let f = d.path().join("bad.toml");
+        fs::write(&f, text).unwrap();
+        let o = kache(d.path())
+            .env("KACHE_CONFIG", &f)
+            .arg("config")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{text}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{text}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+/// Issue 7: a relative KACHE_CACHE_DIR made a store in each crate's
+/// directory. Every command rejects it with one line.
+#[test]
+fn a_relative_cache_dir_is_rejected_by_every_command() {
+    let d = tmp();
+    for argv in [
+        &[][..],
+        &["list"],
+        &["stats"],
+        &["gc"],
+        &["purge"],
+        &["config"],
+        &["sync", "--push"],
+    ] {
+        let o = kache(d.path())
+            .env("KACHE_CACHE_DIR", "rel/cache")
+            .current_dir(d.path())
+            .args(argv)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{argv:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("error: KACHE_CACHE_DIR `rel/cache` must be an absolute path"),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    let f = d.path().join("config.toml");
+    fs::write(&f, "[cache]\nlocal_store = \"cache\"\n").unwrap();
+    let o = kache(d.path())
+        .env_remove("KACHE_CACHE_DIR")
+        .env("KACHE_CONFIG", &f)
+        .current_dir(d.path())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cache.local_store in ") && err.contains("must be an absolute path"),
+        "{err}"
+    );
+    assert!(!d.path().join("rel").exists() && !d.path().join("cache").exists());
+}
+
+/// Issue 7: `locks/` and `events.jsonl` grew forever; `kache gc` keeps
+/// them bounded (stale unheld locks removed, the log cut to its newest
+/// lines).
+#[test]
+fn gc_bounds_locks_and_the_event_log() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    let locks = cache.join("locks");
+    fs::create_dir_all(&locks).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..50 {
+        let p = locks.join(format!("{i:064x}.lock"));
+        fs::write(&p, b"").unwrap();
+        fs::File::options()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let fresh = locks.join("fresh.lock");
+    fs::write(&fresh, b"").unwrap();
+    // A lock a running compile holds, however old.
+    let held_p = locks.join("held.lock");
+    fs::write(&held_p, b"").unwrap();
+    let held = fs::File::options().write(true).open(&held_p).unwrap();
+    held.set_modified(old).unwrap();
+    held.lock().unwrap();
+    // About 20 MiB of events.
+    let line = format!(
+        "{{\"ts\":1,\"crate\":\"x\",\"result\":\"miss\",\"pad\":\"{}\"}}\n",
+        "p".repeat(200)
+    );
+    let n = (20 << 20) / line.len();
+    let mut log = line.repeat(n);
+    log.push_str("{\"ts\":2,\"crate\":\"last\",\"result\":\"local_hit\"}\n");
+    fs::write(cache.join("events.jsonl"), &log).unwrap();
+
+    let o = kache(&cache).args(["gc", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["locks_removed"], 50, "{v}");
+    assert!(fresh.exists() && held_p.exists());
+    let left = fs::read_to_string(cache.join("events.jsonl")).unwrap();
+    assert!(left.len() <= 16 << 20, "{}", left.len());
+    assert!(left.len() >= 4 << 20, "{}", left.len());
+    assert!(left.ends_with("\"last\",\"result\":\"local_hit\"}\n"));
+    assert!(left.starts_with("{\"ts\":1,"), "a partial first line");
+    assert_eq!(
+        v["events_bytes_trimmed"].as_u64().unwrap() as usize + left.len(),
+        log.len()
+    );
+    // stats still reads it.
+    let o = kache(&cache).args(["stats", "--json"]).output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["hits"], 1, "{s}");
+    drop(held);
+    // A small log is left alone.
+    let o = kache(&cache).args(["gc", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["events_bytes_trimmed"], 0, "{v}");
+}
+
+/// Issue 7: a hand-edited manifest with a 1-char hash panicked
+/// (`&hash[..2]`). `list` and `gc --verify` report it and carry on; gc
+/// removes it, and keeps the good entry.
+#[test]
+fn a_manifest_with_a_short_hash_is_reported_as_corrupt() {
+    let d = tmp();
+    let cache = d.path().join("cache");
+    put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
+    let bad = put_entry(&cache, "bad", "b", &[("libbad.rlib", b"bad bytes")]);
+    let mp = cache.join("entries/bad").join(format!("{bad}.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    m["files"][0]["hash"] = "a".into();
+    fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    for argv in [
+        &["list"][..],
+        &["list", "--json"],
+        &["stats"],
+        &["list", "bad"],
+    ] {
+        let o = kache(&cache).args(argv).output().unwrap();
+        assert!(o.status.success(), "{argv:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("corrupt entry manifest") && err.contains("bad blob hash `a`"),
+            "{argv:?}: {err}"
+        );
+    }
+    let o = kache(&cache)
+        .args(["gc", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("corrupt entry manifest"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["corrupt_manifests"], 1, "{v}");
+    assert_eq!(v["entries_kept"], 1, "{v}");
+    assert!(!mp.exists());
+    let o = kache(&cache).args(["list", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["crate"], "good");
+}

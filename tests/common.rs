@@ -150,6 +150,17 @@ pub(crate) fn cargo_through_kache(
     cache: &Path,
     args: &[&str],
 ) -> Command {
+    let mut c = cargo_plain(ws, target, args);
+    c.env("RUSTC_WRAPPER", kache_bin())
+        .env("KACHE_CACHE_DIR", cache);
+    c
+}
+
+/// `cargo ARGS --offline` in workspace `ws` with no wrapper at all (plain
+/// cargo, the oracle of the differential tests): its own target dir, no
+/// KACHE_*/CARGO_*/RUSTC_* variables or RUSTFLAGS inherited from the
+/// cargo running the tests.
+pub(crate) fn cargo_plain(ws: &Path, target: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("cargo");
     clean_env(&mut c);
     for (k, _) in std::env::vars() {
@@ -158,16 +169,18 @@ pub(crate) fn cargo_through_kache(
             || k == "RUSTFLAGS"
             || k == "RUSTDOCFLAGS"
             || k == "CARGO"
+            || k == "CFLAGS"
         {
             c.env_remove(k);
         }
     }
+    // `--offline` goes before a `--` (what follows is for the program).
+    let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
     c.current_dir(ws)
-        .args(args)
+        .args(&args[..split])
         .arg("--offline")
-        .env("RUSTC_WRAPPER", kache_bin())
+        .args(&args[split..])
         .env("CARGO_TARGET_DIR", target)
-        .env("KACHE_CACHE_DIR", cache)
         .env("CARGO_TERM_COLOR", "never")
         .env("CARGO_BUILD_JOBS", "2");
     c

@@ -134,8 +134,11 @@ impl World {
             .expect("s3s-fs")
             .iter()
             .filter_map(|o| {
+                // `{crate}/{version}/{target}/{toolchain}/{key}.tar.zst`,
+                // or kache 0.1's `{crate}/{key}.tar.zst`.
                 let rest = o.strip_prefix(&format!("{}/", self.s3.prefix))?;
-                let (c, f) = rest.split_once('/')?;
+                let (c, _) = rest.split_once('/')?;
+                let f = rest.rsplit('/').next()?;
                 Some((c.to_string(), f.strip_suffix(".tar.zst")?.to_string()))
             })
             .collect()
@@ -479,8 +482,6 @@ fn autostart_two_builds_at_once_within_the_concurrency_bound() {
     proxy.set_delay(Duration::from_millis(150));
     let ep = proxy.endpoint.clone();
     let cache = w.path("cache");
-    // With both of these set the wrapper reads no config file (its fast
-    // path): the remote identity comes from KACHE_S3_* alone.
     let env = [
         ("KACHE_DAEMON_AUTOSTART", "1"),
         ("KACHE_S3_CONCURRENCY", "2"),

@@ -48,9 +48,12 @@ fn unique(tag: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
+    // Short: s3s-fs keeps per-object metadata in a file named after the
+    // base64 of the object name, which must fit in 255 bytes.
     format!(
-        "{tag}-{}-{t}-{}",
+        "{tag}-{:x}-{:x}-{}",
         std::process::id(),
+        t % 1_000_000_000_000,
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -80,6 +83,12 @@ impl S3 {
                 _server: None,
             };
         }
+        start_s3s_fs()
+    }
+
+    /// Always a fresh in-process s3s-fs, whose bucket files a test can
+    /// read and damage.
+    pub(crate) fn start_local() -> S3 {
         start_s3s_fs()
     }
 
@@ -201,6 +210,9 @@ pub(crate) enum Fault {
     /// Answer with this status and S3 error code (and `Retry-After: 1`
     /// for 429 and 503).
     Status(u16, &'static str),
+    /// Answer with this status and S3 error code, and `Retry-After` of
+    /// this many seconds.
+    RetryAfter(u16, &'static str, u64),
     /// Close the connection without answering.
     Cut,
     /// Forward, but send only half the response body, then close.
@@ -232,6 +244,9 @@ pub(crate) struct Seen {
     pub(crate) fault: Option<Fault>,
 }
 
+/// Faults are chosen by a needle found in the request's decoded path,
+/// followed, for a listing, by ` list:` and its decoded `prefix`
+/// parameter: `list:{prefix}/foo/` picks the listings of crate `foo`.
 #[derive(Default)]
 struct Faults {
     /// (only for paths containing this, fault)
@@ -333,6 +348,11 @@ impl Proxy {
             .unwrap()
             .matching
             .push((needle.to_string(), fault));
+    }
+
+    /// Drops every queued and standing fault.
+    pub(crate) fn clear_faults(&self) {
+        *self.state.faults.lock().unwrap() = Faults::default();
     }
 
     /// Holds every request this long before answering.
@@ -439,14 +459,18 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let fault = pick_fault(st, &method, &decode(path));
-        if fault.is_some() {
-            st.injected.fetch_add(1, Ordering::SeqCst);
-        }
         let list_prefix = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("prefix="))
             .map(decode);
+        let subject = match &list_prefix {
+            Some(p) => format!("{} list:{p}", decode(path)),
+            None => decode(path),
+        };
+        let fault = pick_fault(st, &method, &subject);
+        if fault.is_some() {
+            st.injected.fetch_add(1, Ordering::SeqCst);
+        }
         st.seen.lock().unwrap().push(Seen {
             method: method.clone(),
             path: decode(path),
@@ -494,14 +518,18 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            (Some(Fault::Status(code, s3code)), _) => {
+            (Some(f @ (Fault::Status(..) | Fault::RetryAfter(..))), _) => {
+                let (code, s3code) = match f {
+                    Fault::Status(c, s) | Fault::RetryAfter(c, s, _) => (c, s),
+                    _ => unreachable!(),
+                };
                 let xml = format!(
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3code}</Code><Message>injected fault</Message><Resource>{target}</Resource></Error>"
                 );
-                let extra = if code == 429 || code == 503 {
-                    "Retry-After: 1\r\n"
-                } else {
-                    ""
+                let extra = match f {
+                    Fault::RetryAfter(_, _, secs) => format!("Retry-After: {secs}\r\n"),
+                    _ if code == 429 || code == 503 => "Retry-After: 1\r\n".to_string(),
+                    _ => String::new(),
                 };
                 write!(
                     client,

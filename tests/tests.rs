@@ -5,6 +5,7 @@
 mod commands;
 mod common;
 mod daemon;
+mod differential;
 mod s3server;
 mod sync;
 mod wrapper;

@@ -90,6 +90,9 @@ pub(crate) fn remote_fetch(cfg: &WrapperConfig, store: &Store, crate_name: &str)
         remote: remote.clone(),
         crate_name: crate_name.to_string(),
         workspace,
+        version: std::env::var("CARGO_PKG_VERSION")
+            .ok()
+            .filter(|v| crate::store::entry::valid_component(v)),
         wait_ms: cfg.daemon_wait.as_millis() as u64,
     };
     let _ = s.set_write_timeout(Some(cfg.daemon_wait));
@@ -393,6 +396,8 @@ mod tests {
             remote: None,
             daemon_autostart: false,
             daemon_wait: Duration::from_secs(2),
+            never_cache: Vec::new(),
+            inputs: std::collections::BTreeMap::new(),
         };
         let n = 2000u32;
         let key = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();

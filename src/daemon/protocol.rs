@@ -38,6 +38,10 @@ pub(crate) enum Request {
         crate_name: String,
         #[serde(default)]
         workspace: Option<String>,
+        /// The package version (`CARGO_PKG_VERSION`): entries named for
+        /// another version are not pulled.
+        #[serde(default)]
+        version: Option<String>,
         wait_ms: u64,
     },
     Status,
@@ -75,9 +79,16 @@ impl Request {
                 remote,
                 crate_name,
                 workspace,
+                version,
                 ..
             } => {
                 entry(remote, crate_name)?;
+                if version
+                    .as_deref()
+                    .is_some_and(|v| !crate::store::entry::valid_component(v))
+                {
+                    return Err("bad version".to_string());
+                }
                 if let Some(w) = workspace
                     && (!w.starts_with('/') || w.len() > 4096 || w.contains('\0'))
                 {

@@ -167,6 +167,18 @@ impl Remote for Bounded<'_> {
     fn describe(&self, name: &str) -> String {
         self.inner.describe(name)
     }
+    fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let _p = self.permits.acquire(self.high);
+        self.inner.get_bytes(name, limit)
+    }
+    fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {
+        let _p = self.permits.acquire(self.high);
+        self.inner.put_bytes(name, bytes, if_absent)
+    }
+    fn delete(&self, names: &[String]) -> Result<Vec<(String, String)>, RemoteError> {
+        let _p = self.permits.acquire(self.high);
+        self.inner.delete(names)
+    }
 }
 
 struct Job {
@@ -475,9 +487,17 @@ fn handle(shared: &Arc<Shared>, mut s: UnixStream) {
             remote,
             crate_name,
             workspace,
+            version,
             wait_ms,
         } => {
-            let r = fetch_request(shared, &remote, &crate_name, workspace, wait_ms);
+            let r = fetch_request(
+                shared,
+                &remote,
+                &crate_name,
+                workspace,
+                version.as_deref(),
+                wait_ms,
+            );
             if r.entries > 0 {
                 add(&shared.counters.remote_hits, 1);
             } else {
@@ -690,10 +710,19 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
             return Up::Retry(format!("cannot list {}: {e}", remote.describe(c)));
         }
     }
+    // Named as `kache sync --push` names it: with the entry's origin.
+    let object = match shared.store.get(c, k) {
+        Ok(Some(e)) => layout::entry_object(&live.prefix, c, k, e.origin.as_ref()),
+        Ok(None) => {
+            remove_marker(live, c, k);
+            return Up::Skipped;
+        }
+        // Unreadable: the push reports it.
+        Err(_) => layout::object_name(&live.prefix, c, k),
+    };
     let ctx = Ctx {
         store: &shared.store,
         remote: &remote,
-        prefix: &live.prefix,
         level: live.level,
         stop: AtomicBool::new(false),
     };
@@ -702,6 +731,7 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
         crate_name: c.to_string(),
         key: k.to_string(),
         size: 0,
+        object,
     };
     match exec::push_one(&ctx, t) {
         Outcome::Done(..) => {
@@ -728,6 +758,7 @@ fn fetch_request(
     remote: &str,
     crate_name: &str,
     workspace: Option<String>,
+    version: Option<&str>,
     wait_ms: u64,
 ) -> FetchReply {
     let live = shared.live();
@@ -742,7 +773,7 @@ fn fetch_request(
         prefetch(shared, &live, Path::new(&w));
     }
     let wait = Duration::from_millis(wait_ms);
-    match fetch_crate(shared, &live, crate_name, wait) {
+    match fetch_crate(shared, &live, crate_name, version, wait) {
         Ok(()) => FetchReply {
             ok: true,
             entries: lock(&live.fetched).get(crate_name).copied().unwrap_or(0),
@@ -770,8 +801,11 @@ fn prefetch(shared: &Arc<Shared>, live: &Arc<Live>, dir: &Path) {
     let _ = std::thread::Builder::new()
         .name("kache-prefetch".into())
         .spawn(move || {
-            let crates: Vec<String> = match lockfile::crates(&lock_path) {
-                Ok(c) => c.into_iter().collect(),
+            let crates: Vec<(String, String)> = match lockfile::versions(&lock_path) {
+                Ok(m) => m
+                    .into_iter()
+                    .flat_map(|(c, vs)| vs.into_iter().map(move |v| (c.clone(), v)))
+                    .collect(),
                 Err(e) => {
                     log(&format!("cannot prefetch: {e:#}"));
                     return;
@@ -779,8 +813,8 @@ fn prefetch(shared: &Arc<Shared>, live: &Arc<Live>, dir: &Path) {
             };
             let t0 = Instant::now();
             sh.pool.install(|| {
-                crates.par_iter().with_max_len(1).for_each(|c| {
-                    let _ = fetch_crate(&sh, &lv, c, Duration::MAX);
+                crates.par_iter().with_max_len(1).for_each(|(c, v)| {
+                    let _ = fetch_crate(&sh, &lv, c, Some(v), Duration::MAX);
                 });
             });
             log(&format!(
@@ -800,8 +834,13 @@ fn fetch_crate(
     shared: &Shared,
     live: &Live,
     crate_name: &str,
+    version: Option<&str>,
     wait: Duration,
 ) -> Result<(), String> {
+    let slot_key = match version {
+        Some(v) => format!("{crate_name}@{v}"),
+        None => crate_name.to_string(),
+    };
     let asked = Instant::now();
     let mine = asked.checked_add(wait);
     {
@@ -822,7 +861,7 @@ fn fetch_crate(
                 shared.trip("a fetch is taking longer than builds wait");
                 return Err("remote slow".into());
             }
-            let slot = slots.entry(crate_name.to_string()).or_default();
+            let slot = slots.entry(slot_key.clone()).or_default();
             if !slot.running {
                 if slot.at.is_some_and(|t| t.elapsed() < FRESH) {
                     return Ok(());
@@ -851,10 +890,10 @@ fn fetch_crate(
         }
     }
     let t0 = Instant::now();
-    let res = fetch_now(shared, live, crate_name);
+    let res = fetch_now(shared, live, crate_name, version);
     {
         let mut slots = lock(&shared.slots);
-        let slot = slots.entry(crate_name.to_string()).or_default();
+        let slot = slots.entry(slot_key).or_default();
         slot.running = false;
         slot.deadline = None;
         slot.at = Some(Instant::now());
@@ -872,7 +911,12 @@ fn fetch_crate(
     res
 }
 
-fn fetch_now(shared: &Shared, live: &Live, crate_name: &str) -> Result<(), String> {
+fn fetch_now(
+    shared: &Shared,
+    live: &Live,
+    crate_name: &str,
+    version: Option<&str>,
+) -> Result<(), String> {
     let remote = Bounded {
         inner: &live.remote,
         permits: &shared.permits,
@@ -896,14 +940,32 @@ fn fetch_now(shared: &Shared, live: &Live, crate_name: &str) -> Result<(), Strin
         .into_iter()
         .map(|e| (e.crate_name, e.key))
         .collect();
-    let pulls = plan::plan_pull(&local, &idx, None);
+    // What `kache sync --pull` would keep for this crate and version.
+    let filter = plan::PullFilter {
+        crates: Some(std::iter::once(crate_name.to_string()).collect()),
+        versions: version.map(|v| {
+            std::iter::once((
+                crate_name.to_string(),
+                std::iter::once(v.to_string()).collect(),
+            ))
+            .collect()
+        }),
+        toolchain: None,
+    };
+    let (pulls, _left) = plan::plan_pull(&local, &idx, &filter);
     if pulls.is_empty() {
         return Ok(());
     }
+    // Recorded before fetching (as `kache sync --pull` does), so a
+    // `kache gc --remote` running now spares them.
+    let used: Vec<(String, String)> = pulls
+        .iter()
+        .map(|t| (t.crate_name.clone(), t.key.clone()))
+        .collect();
+    crate::sync::retention::record_use(&remote, &live.prefix, &used);
     let ctx = Ctx {
         store: &shared.store,
         remote: &remote,
-        prefix: &live.prefix,
         level: live.level,
         stop: AtomicBool::new(false),
     };
@@ -1018,7 +1080,13 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(30));
                 inflight.fetch_sub(1, Ordering::SeqCst);
             }));
-            std::thread::sleep(Duration::from_millis(30));
+        }
+        // Both high-priority takers are queued: from here on, whenever a
+        // low-priority taker arrives, they go first.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&p.state).1 < 2 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
         }
         drop((a, b));
         for h in hs {

@@ -1,11 +1,21 @@
 /*!
 Object names in the bucket. Pure: strings in, strings out.
 
-One object per entry: `{prefix}/{crate}/{cache_key}.tar.zst`, with
-`{crate}` normalised (lowercase, `-` written as `_`). An empty prefix
-means objects sit at the bucket root: `{crate}/{cache_key}.tar.zst`.
+One object per entry, with `{crate}` normalised (lowercase, `-` written
+as `_`):
+
+```text
+{prefix}/{crate}/{version}/{target}/{toolchain}/{cache_key}.tar.zst
+{prefix}/{crate}/{cache_key}.tar.zst          (kache 0.1; still read)
+```
+
+The version, target triple and toolchain id of an entry are in its name
+so a pull can skip, from the listing alone, what the build cannot use.
+Entries that do not know their origin (made by kache 0.1) keep the
+short name. An empty prefix means objects sit at the bucket root.
 */
 
+use crate::store::entry::{Origin, valid_component};
 use crate::store::{normalize_crate, valid_crate, valid_key};
 
 /// The suffix of every entry object.
@@ -14,6 +24,26 @@ pub(crate) const SUFFIX: &str = ".tar.zst";
 /// The object name of an entry.
 pub(crate) fn object_name(prefix: &str, crate_name: &str, key: &str) -> String {
     format!("{}{key}{SUFFIX}", crate_prefix(prefix, crate_name))
+}
+
+/// The object name of an entry that knows its origin (the long name), or
+/// the short name.
+pub(crate) fn entry_object(
+    prefix: &str,
+    crate_name: &str,
+    key: &str,
+    origin: Option<&Origin>,
+) -> String {
+    match origin.filter(|o| o.is_valid()) {
+        Some(o) => format!(
+            "{}{}/{}/{}/{key}{SUFFIX}",
+            crate_prefix(prefix, crate_name),
+            o.version,
+            o.target,
+            o.toolchain
+        ),
+        None => object_name(prefix, crate_name, key),
+    }
 }
 
 /// The listing prefix of one crate's objects, ending in `/`.
@@ -32,22 +62,63 @@ pub(crate) fn root_prefix(prefix: &str) -> String {
     }
 }
 
-/// Parses a listed object name back into (crate, key). Anything that is
-/// not an entry object of this layout (foreign files, other prefixes,
-/// nested paths, bad keys) is `None`.
-pub(crate) fn parse_object(prefix: &str, name: &str) -> Option<(String, String)> {
+/// The crate a listing prefix stands for (`None` for the root prefix,
+/// which holds every crate).
+pub(crate) fn prefix_crate(prefix: &str, listing: &str) -> Option<String> {
+    let c = listing
+        .strip_prefix(&root_prefix(prefix))?
+        .trim_end_matches('/');
+    (!c.is_empty()).then(|| c.to_string())
+}
+
+/// A listed entry object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    pub(crate) crate_name: String,
+    pub(crate) key: String,
+    /// `None` for a short (kache 0.1) name.
+    pub(crate) origin: Option<Origin>,
+}
+
+/// Parses a listed object name (either layout). Anything that is not an
+/// entry object (foreign files, other prefixes, other nesting, bad keys
+/// or components) is `None`.
+pub(crate) fn parse(prefix: &str, name: &str) -> Option<Parsed> {
     let rest = name.strip_prefix(&root_prefix(prefix))?;
-    let (crate_name, file) = rest.split_once('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (crate_name, file, origin) = match parts.as_slice() {
+        [c, f] => (*c, *f, None),
+        [c, v, t, tc, f] => {
+            let o = Origin {
+                version: (*v).to_string(),
+                target: (*t).to_string(),
+                toolchain: (*tc).to_string(),
+            };
+            if ![v, t, tc].iter().all(|x| valid_component(x)) {
+                return None;
+            }
+            (*c, *f, Some(o))
+        }
+        _ => return None,
+    };
     let key = file.strip_suffix(SUFFIX)?;
     if !valid_crate(crate_name) || !valid_key(key) {
         return None;
     }
-    Some((crate_name.to_string(), key.to_string()))
+    Some(Parsed {
+        crate_name: crate_name.to_string(),
+        key: key.to_string(),
+        origin,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_object(prefix: &str, name: &str) -> Option<(String, String)> {
+        parse(prefix, name).map(|p| (p.crate_name, p.key))
+    }
 
     fn key() -> String {
         "ab".repeat(32)
@@ -57,6 +128,10 @@ mod tests {
     fn names_round_trip() {
         let k = key();
         let n = object_name("artifacts", "serde-JSON", &k);
+        let p = crate_prefix("artifacts", "serde-JSON");
+        assert_eq!(prefix_crate("artifacts", &p).as_deref(), Some("serde_json"));
+        assert_eq!(prefix_crate("artifacts", &root_prefix("artifacts")), None);
+        assert_eq!(prefix_crate("", "foo/").as_deref(), Some("foo"));
         assert_eq!(n, format!("artifacts/serde_json/{k}.tar.zst"));
         assert_eq!(
             parse_object("artifacts", &n),
@@ -68,6 +143,31 @@ mod tests {
         let n = object_name("a/b/", "foo", &k);
         assert_eq!(n, format!("a/b/foo/{k}.tar.zst"));
         assert_eq!(parse_object("a/b", &n), Some(("foo".into(), k)));
+    }
+
+    #[test]
+    fn long_names_carry_the_origin() {
+        let k = key();
+        let o = Origin {
+            version: "1.2.3".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            toolchain: "0123456789abcdef".into(),
+        };
+        let n = entry_object("artifacts", "Serde-JSON", &k, Some(&o));
+        assert_eq!(
+            n,
+            format!(
+                "artifacts/serde_json/1.2.3/x86_64-unknown-linux-gnu/0123456789abcdef/{k}.tar.zst"
+            )
+        );
+        let p = parse("artifacts", &n).unwrap();
+        assert_eq!(p.origin, Some(o));
+        assert_eq!(
+            (p.crate_name.as_str(), p.key.as_str()),
+            ("serde_json", k.as_str())
+        );
+        let short = entry_object("artifacts", "foo", &k, None);
+        assert_eq!(parse("artifacts", &short).unwrap().origin, None);
     }
 
     #[test]
@@ -85,6 +185,9 @@ mod tests {
             format!("other/foo/{k}.tar.zst"),
             format!("artifacts/foo/{k}.tar.gz"),
             format!("artifacts/foo/bar/{k}.tar.zst"),
+            format!("artifacts/foo/1.0/x86_64-unknown-linux-gnu/{k}.tar.zst"),
+            format!("artifacts/foo/1.0/../abcd/{k}.tar.zst"),
+            format!("artifacts/foo/1.0/t/tc/x/{k}.tar.zst"),
             format!("artifacts/Foo/{k}.tar.zst"),
             "artifacts/foo/abc.tar.zst".to_string(),
             "artifacts/README".to_string(),

@@ -38,6 +38,11 @@ pub(crate) enum ErrorKind {
     /// Writing the download to the local disk failed (full, read-only):
     /// every further transfer would fail the same way.
     Local,
+    /// 412: a conditional write found the object already there.
+    Precondition,
+    /// 501: the service does not implement the request (DeleteObjects
+    /// on some stores).
+    Unsupported,
     /// Anything else (a 4xx we do not know, an unreadable listing).
     Other,
 }
@@ -66,6 +71,10 @@ pub(crate) struct RemoteError {
     pub(crate) message: String,
     /// The server asked us to wait this long before retrying.
     pub(crate) retry_after: Option<Duration>,
+    /// No connection could be made at all (refused, no such host,
+    /// connect timeout): the server may be down or the endpoint wrong,
+    /// as opposed to a server that answered and failed.
+    pub(crate) unreachable: bool,
 }
 
 impl RemoteError {
@@ -74,6 +83,7 @@ impl RemoteError {
             kind,
             message: message.into(),
             retry_after: None,
+            unreachable: false,
         }
     }
 }
@@ -87,10 +97,13 @@ impl fmt::Display for RemoteError {
 impl std::error::Error for RemoteError {}
 
 /// One listed object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Listed {
     pub(crate) name: String,
     pub(crate) size: u64,
+    /// Last modified (written), seconds since the epoch, if the server
+    /// said.
+    pub(crate) modified: Option<u64>,
 }
 
 /// An object store holding entry archives.
@@ -104,6 +117,24 @@ pub(crate) trait Remote: Send + Sync {
     fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError>;
     /// `s3://bucket/...` style description of an object, for messages.
     fn describe(&self, name: &str) -> String;
+    /// A small object's bytes (at most `limit`).
+    fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let _ = (name, limit);
+        Err(RemoteError::new(ErrorKind::Unsupported, "not supported"))
+    }
+    /// Writes a small object; with `if_absent`, only if no object of that
+    /// name exists (`Precondition` otherwise, where the service checks).
+    fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {
+        let _ = (name, bytes, if_absent);
+        Err(RemoteError::new(ErrorKind::Unsupported, "not supported"))
+    }
+    /// Deletes objects (a missing one is not an error): one batched
+    /// request where the service has DeleteObjects, else one each.
+    /// Returns the names that could not be deleted, with the reason.
+    fn delete(&self, names: &[String]) -> Result<Vec<(String, String)>, RemoteError> {
+        let _ = names;
+        Err(RemoteError::new(ErrorKind::Unsupported, "not supported"))
+    }
 }
 
 /// A remote in a local directory, for unit tests of the planning and
@@ -178,7 +209,11 @@ pub(crate) mod dir {
                             .to_string();
                         if name.starts_with(prefix) {
                             let size = e.metadata().map_or(0, |m| m.len());
-                            out.push(Listed { name, size });
+                            out.push(Listed {
+                                name,
+                                size,
+                                modified: None,
+                            });
                         }
                     }
                 }

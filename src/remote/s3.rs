@@ -4,20 +4,33 @@ agent.
 
 Every request is signed fresh for each attempt, sent with the shared
 agent (cloned into workers, so its connection pool is shared), and its
-response mapped to a typed outcome. Transient failures are retried here,
-with exponential backoff and equal jitter, honouring `Retry-After`,
-drawing on a retry budget shared by the whole run (so a server failing
-everything sees a few retries, not five times every request); each
-retry re-sends the whole body (an upload is re-opened from its spooled
-file). Nothing printed or returned ever holds a secret or the query
-string of a presigned URL.
+response mapped to a typed outcome. Transient failures are retried here
+(see `Retry` for the policy: up to 10 attempts within a bounded time,
+exponential backoff with equal jitter, `Retry-After` honoured up to
+30 s), drawing on a retry budget shared by the whole run (so a server
+failing everything sees a hundred retries in all, not ten for every
+request); each retry re-sends the whole body (an upload is re-opened
+from its spooled file).
+
+An endpoint that has not answered a single request of this run and
+refuses connections (or has no address, or drops them) is not a flaky
+server but an absent one: its connection failures are retried only for
+`Retry::first_contact`, after which every further request of the run
+fails at once with the same error (a run against an unreachable cache
+costs seconds, not a timeout per crate). Once the server has answered,
+a connection failure is an ordinary transient one.
+
+Nothing printed or returned ever holds a secret or the query string of
+a presigned URL.
 */
 
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use rusty_s3::actions::ListObjectsV2;
@@ -34,24 +47,38 @@ const SIGN_EXPIRY: Duration = Duration::from_secs(3600);
 const MAX_ERROR_BODY: u64 = 1 << 20;
 const MAX_LIST_BODY: u64 = 64 << 20;
 
-/// Retry policy: `attempts` tries in all; the n-th retry waits a random
-/// time in `[e/2, e]` with `e = min(cap, base * 2^(n-1))` ("equal
-/// jitter": spread out, yet never an immediate retry, so a struggling
-/// server sees the pressure fall), or the server's Retry-After (capped)
-/// if longer.
+/// Retry policy for one request: at most `attempts` tries (rclone's 10
+/// low-level retries; s5cmd's 10); the n-th retry waits a random time in
+/// `[e/2, e]` with `e = min(cap, base * 2^(n-1))` ("equal jitter":
+/// spread out, yet never an immediate retry, so a struggling server sees
+/// the pressure fall; the 2 s cap is rclone's usual pacer bound), or the
+/// server's `Retry-After` if longer, up to `retry_after_max`. No retry
+/// starts later than `window` after the first attempt, which bounds the
+/// time one request can take: the nine waits add up to 5.5 to 11.1 s; a
+/// server asking for 30 s between attempts gets four.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Retry {
     pub(crate) attempts: u32,
     pub(crate) base: Duration,
     pub(crate) cap: Duration,
+    /// The longest server-requested wait honoured.
+    pub(crate) retry_after_max: Duration,
+    /// No retry starts later than this after the first attempt.
+    pub(crate) window: Duration,
+    /// The same bound for connection failures while the server has not
+    /// answered any request of the run yet (see the module doc).
+    pub(crate) first_contact: Duration,
 }
 
 impl Default for Retry {
     fn default() -> Retry {
         Retry {
-            attempts: 5,
+            attempts: 10,
             base: Duration::from_millis(100),
-            cap: Duration::from_secs(5),
+            cap: Duration::from_secs(2),
+            retry_after_max: Duration::from_secs(30),
+            window: Duration::from_secs(120),
+            first_contact: Duration::from_secs(3),
         }
     }
 }
@@ -105,6 +132,12 @@ pub(crate) struct S3Remote {
     access_key_masked: String,
     retry: Retry,
     budget: RetryBudget,
+    /// The server has answered at least one request of this run.
+    answered: AtomicBool,
+    /// Set when a request gave up because no connection could be made
+    /// before the server ever answered: the error every further request
+    /// fails with at once.
+    down: Mutex<Option<RemoteError>>,
     /// Strings that must never appear in a message.
     secrets: Vec<String>,
 }
@@ -171,6 +204,8 @@ impl S3Remote {
             access_key_masked: format!("{access_key_masked}****"),
             retry: Retry::default(),
             budget: RetryBudget::new(),
+            answered: AtomicBool::new(false),
+            down: Mutex::new(None),
             secrets,
         })
     }
@@ -179,42 +214,81 @@ impl S3Remote {
         &self,
         mut op: impl FnMut() -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
+        if !self.answered.load(Ordering::SeqCst)
+            && let Some(e) = self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        {
+            return Err(e);
+        }
+        let started = Instant::now();
         let mut attempt = 1;
         loop {
-            match op() {
+            let mut e = match op() {
                 Ok(v) => {
                     self.budget.success(attempt > 1);
                     return Ok(v);
                 }
-                Err(e)
-                    if e.kind == ErrorKind::Transient
-                        && attempt < self.retry.attempts
-                        && self.budget.take() =>
-                {
-                    std::thread::sleep(backoff(self.retry, attempt, e.retry_after));
+                Err(e) => e,
+            };
+            if e.kind != ErrorKind::Transient {
+                e.message = scrub(&e.message, &self.secrets);
+                return Err(e);
+            }
+            let absent = e.unreachable && !self.answered.load(Ordering::SeqCst);
+            let next = next_retry(
+                self.retry,
+                attempt,
+                started.elapsed(),
+                e.retry_after,
+                absent,
+            );
+            let tries = if attempt == 1 {
+                "1 attempt".to_string()
+            } else {
+                format!("{attempt} attempts")
+            };
+            e.message = match next {
+                Ok(wait) if self.budget.take() => {
+                    std::thread::sleep(wait);
                     attempt += 1;
+                    continue;
                 }
-                Err(mut e) => {
-                    if e.kind == ErrorKind::Transient && attempt < self.retry.attempts {
-                        e.message = format!(
-                            "{} (not retried: too many failures in this run, the server looks down)",
-                            e.message
-                        );
-                    } else if e.kind == ErrorKind::Transient && attempt > 1 {
-                        e.message = format!("{} (gave up after {attempt} attempts)", e.message);
-                    }
-                    e.message = scrub(&e.message, &self.secrets);
-                    return Err(e);
+                Ok(_) => format!(
+                    "{} (not retried: too many failures in this run, the server looks down)",
+                    e.message
+                ),
+                Err(GiveUp::Window) => format!(
+                    "{} (gave up after {tries} in {:.1}s)",
+                    e.message,
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(GiveUp::Attempts) => format!("{} (gave up after {tries})", e.message),
+            };
+            e.message = scrub(&e.message, &self.secrets);
+            if absent {
+                let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+                if down.is_none() {
+                    *down = Some(e.clone());
                 }
             }
+            return Err(e);
         }
     }
 
     /// Maps a transport-level failure. Never includes the URL.
     fn transport(&self, e: &ureq::Error) -> RemoteError {
         use ureq::Error as E;
+        // ureq hands on std's name lookup failure as a plain io::Error
+        // (of an unstable kind), known only by its text.
+        let lookup_failed = |io: &io::Error| {
+            io.to_string()
+                .starts_with("failed to lookup address information")
+        };
         let (kind, msg) = match e {
             E::Timeout(t) => (ErrorKind::Transient, format!("timed out ({t})")),
+            E::Io(io) if lookup_failed(io) => (
+                ErrorKind::Transient,
+                format!("cannot resolve the host of {}", self.endpoint),
+            ),
             E::Io(io) => (
                 ErrorKind::Transient,
                 format!("connection error with {}: {}", self.endpoint, io.kind()),
@@ -235,12 +309,30 @@ impl S3Remote {
             E::Tls(t) => (ErrorKind::Other, format!("TLS error: {t}")),
             other => (ErrorKind::Other, other.to_string()),
         };
-        RemoteError::new(kind, scrub(&msg, &self.secrets))
+        let unreachable = match e {
+            E::ConnectionFailed | E::HostNotFound => true,
+            E::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+            E::Io(io) => {
+                lookup_failed(io)
+                    || matches!(
+                        io.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkUnreachable
+                            | io::ErrorKind::AddrNotAvailable
+                    )
+            }
+            _ => false,
+        };
+        let mut err = RemoteError::new(kind, scrub(&msg, &self.secrets));
+        err.unreachable = unreachable;
+        err
     }
 
     /// Passes a 2xx response; turns anything else into a typed error
     /// (reading the S3 error XML, never echoing its `<Resource>`).
     fn check_status(&self, mut resp: Response<Body>) -> Result<Response<Body>, RemoteError> {
+        self.answered.store(true, Ordering::SeqCst);
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(resp);
@@ -292,7 +384,11 @@ impl S3Remote {
             ErrorKind::ClockSkew => format!(
                 "{code_or_status}: the local clock differs too much from the server's (check the clock)"
             ),
-            ErrorKind::Transient | ErrorKind::Other | ErrorKind::Local => {
+            ErrorKind::Transient
+            | ErrorKind::Other
+            | ErrorKind::Local
+            | ErrorKind::Precondition
+            | ErrorKind::Unsupported => {
                 if server_msg.is_empty() {
                     code_or_status
                 } else {
@@ -304,6 +400,7 @@ impl S3Remote {
             kind,
             message: scrub(&message, &self.secrets),
             retry_after,
+            unreachable: false,
         })
     }
 
@@ -328,7 +425,18 @@ impl S3Remote {
                 .get(url.as_str())
                 .call()
                 .map_err(|e| self.transport(&e))?;
-            let mut resp = self.check_status(resp)?;
+            // A listing has no object to miss: a plain 404 means the
+            // endpoint is not the S3 service it should be.
+            let mut resp = self.check_status(resp).map_err(|mut e| {
+                if e.kind == ErrorKind::NotFound {
+                    e.kind = ErrorKind::Other;
+                    e.message = format!(
+                        "HTTP 404 for the listing of bucket `{}` (check that {} is the S3 endpoint)",
+                        self.bucket_name, self.endpoint
+                    );
+                }
+                e
+            })?;
             let text = resp
                 .body_mut()
                 .with_config()
@@ -351,6 +459,7 @@ impl Remote for S3Remote {
             out.extend(page.contents.into_iter().map(|c| Listed {
                 name: c.key,
                 size: c.size.unwrap_or(0),
+                modified: c.last_modified.as_deref().and_then(parse_http_time),
             }));
             match page.next_continuation_token {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
@@ -453,6 +562,141 @@ impl Remote for S3Remote {
     fn describe(&self, name: &str) -> String {
         format!("s3://{}/{name}", self.bucket_name)
     }
+
+    fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        self.retrying(|| {
+            let url = self
+                .bucket
+                .get_object(Some(&self.creds), name)
+                .sign(SIGN_EXPIRY);
+            let resp = self
+                .agent
+                .get(url.as_str())
+                .header("accept-encoding", "identity")
+                .call()
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            resp.body_mut()
+                .with_config()
+                .limit(limit)
+                .read_to_vec()
+                .map_err(|e| self.transport(&e))
+        })
+    }
+
+    fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {
+        self.retrying(|| {
+            let mut a = self.bucket.put_object(Some(&self.creds), name);
+            if if_absent {
+                a.headers_mut().insert("if-none-match", "*");
+            }
+            let url = a.sign(SIGN_EXPIRY);
+            let mut req = self.agent.put(url.as_str());
+            if if_absent {
+                req = req.header("if-none-match", "*");
+            }
+            let resp = req.send(bytes).map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            let _ = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_ERROR_BODY)
+                .read_to_vec();
+            Ok(())
+        })
+    }
+
+    fn delete(&self, names: &[String]) -> Result<Vec<(String, String)>, RemoteError> {
+        use rusty_s3::actions::{DeleteObjectsResponse, ObjectIdentifier};
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batched = self.retrying(|| {
+            let ids: Vec<ObjectIdentifier> = names
+                .iter()
+                .map(|n| ObjectIdentifier::new(n.clone()))
+                .collect();
+            let mut a = self.bucket.delete_objects(Some(&self.creds), ids.iter());
+            a.set_quiet(true);
+            let url = a.sign(SIGN_EXPIRY);
+            let (body, md5) = a.body_with_md5();
+            let resp = self
+                .agent
+                .post(url.as_str())
+                .header("content-md5", &md5)
+                .send(body.as_bytes())
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_LIST_BODY)
+                .read_to_string()
+                .map_err(|e| self.transport(&e))?;
+            Ok(text)
+        });
+        match batched {
+            Ok(text) => Ok(DeleteObjectsResponse::parse(&text)
+                .map(|r| {
+                    r.errors
+                        .into_iter()
+                        .filter(|e| e.code != "NoSuchKey")
+                        .map(|e| (e.key, format!("{}: {}", e.code, e.message)))
+                        .collect()
+                })
+                .unwrap_or_default()),
+            // No DeleteObjects here: one request per object.
+            Err(e) if matches!(e.kind, ErrorKind::Unsupported | ErrorKind::Other) => {
+                let mut failed = Vec::new();
+                for n in names {
+                    let r = self.retrying(|| {
+                        let url = self
+                            .bucket
+                            .delete_object(Some(&self.creds), n)
+                            .sign(SIGN_EXPIRY);
+                        let resp = self
+                            .agent
+                            .delete(url.as_str())
+                            .call()
+                            .map_err(|e| self.transport(&e))?;
+                        match self.check_status(resp) {
+                            Ok(_) => Ok(()),
+                            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    });
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if e.kind.is_fatal() => return Err(e),
+                        Err(e) => failed.push((n.clone(), e.message)),
+                    }
+                }
+                Ok(failed)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An S3 timestamp (`2026-11-25T19:00:00.000Z`) as seconds since the
+/// epoch.
+pub(crate) fn parse_http_time(s: &str) -> Option<u64> {
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split('.').next()?;
+    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 /// A failure to write a download to the local disk.
@@ -510,6 +754,8 @@ pub(crate) fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
     match status {
         404 => ErrorKind::NotFound,
         403 => ErrorKind::AccessDenied,
+        412 => ErrorKind::Precondition,
+        501 => ErrorKind::Unsupported,
         408 | 429 | 500..=599 => ErrorKind::Transient,
         _ => ErrorKind::Other,
     }
@@ -546,8 +792,41 @@ fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Why a request is not retried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GiveUp {
+    /// `Retry::attempts` made.
+    Attempts,
+    /// The retry would start past the request's time window.
+    Window,
+}
+
+/// After transient failure number `attempt` (1-based), `elapsed` after
+/// the first attempt began: how long to wait before the next attempt, or
+/// why not to make one. `absent`: no connection could be made and the
+/// server has not answered in this run (the short `first_contact`
+/// window applies). The shared retry budget is the caller's.
+pub(crate) fn next_retry(
+    r: Retry,
+    attempt: u32,
+    elapsed: Duration,
+    retry_after: Option<Duration>,
+    absent: bool,
+) -> Result<Duration, GiveUp> {
+    if attempt >= r.attempts {
+        return Err(GiveUp::Attempts);
+    }
+    let window = if absent { r.first_contact } else { r.window };
+    let wait = backoff(r, attempt, retry_after);
+    if elapsed + wait > window {
+        return Err(GiveUp::Window);
+    }
+    Ok(wait)
+}
+
 /// The wait before retry number `attempt` (1-based): equal jitter over
-/// the capped exponential, or the server's Retry-After (capped) if longer.
+/// the capped exponential, or the server's Retry-After if longer (up to
+/// `retry_after_max`).
 pub(crate) fn backoff(r: Retry, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let exp = r
         .base
@@ -555,7 +834,7 @@ pub(crate) fn backoff(r: Retry, attempt: u32, retry_after: Option<Duration>) -> 
         .min(r.cap);
     let jitter = exp / 2 + random_below(exp / 2);
     match retry_after {
-        Some(ra) => ra.min(r.cap).max(jitter),
+        Some(ra) => ra.min(r.retry_after_max).max(jitter),
         None => jitter,
     }
 }
@@ -636,6 +915,17 @@ mod tests {
     }
 
     #[test]
+    fn http_times() {
+        assert_eq!(parse_http_time("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_http_time("2026-11-25T19:00:00.000Z"),
+            Some(1_795_633_200)
+        );
+        assert_eq!(parse_http_time("2000-03-01T00:00:01Z"), Some(951_868_801));
+        assert_eq!(parse_http_time("garbage"), None);
+    }
+
+    #[test]
     fn xml_fields() {
         let x = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please &amp; reduce</Message><Resource>/b/k?X-Amz-Signature=abc</Resource></Error>";
         assert_eq!(xml_field(x, "Code").as_deref(), Some("SlowDown"));
@@ -675,7 +965,86 @@ mod tests {
             assert!(d <= exp, "{d:?} > {exp:?}");
             assert!(d >= exp / 2, "never an immediate retry: {d:?} < {exp:?}/2");
         }
-        assert_eq!(backoff(r, 1, Some(Duration::from_secs(120))), r.cap);
+        // A longer Retry-After is honoured, up to its own bound (MinIO
+        // sends 120 s).
+        assert_eq!(
+            backoff(r, 1, Some(Duration::from_secs(12))),
+            Duration::from_secs(12)
+        );
+        assert_eq!(
+            backoff(r, 1, Some(Duration::from_secs(120))),
+            r.retry_after_max
+        );
+        assert_eq!(r.retry_after_max, Duration::from_secs(30));
+    }
+
+    /// The attempts one request makes when every attempt fails at once
+    /// (taking `each`), with `retry_after` from the server.
+    fn attempts(absent: bool, each: Duration, retry_after: Option<Duration>) -> (u32, GiveUp) {
+        let r = Retry::default();
+        let mut elapsed = each;
+        let mut attempt = 1;
+        loop {
+            match next_retry(r, attempt, elapsed, retry_after, absent) {
+                Ok(wait) => {
+                    elapsed += wait + each;
+                    attempt += 1;
+                }
+                Err(why) => return (attempt, why),
+            }
+        }
+    }
+
+    #[test]
+    fn retries_stop_at_ten_attempts_or_the_window() {
+        let ms = Duration::from_millis;
+        // Fast failures: all ten attempts.
+        assert_eq!(attempts(false, ms(5), None), (10, GiveUp::Attempts));
+        // Retry-After: 30 s (MinIO's 120 s, capped): four attempts in
+        // the two minutes (five only if each took no time at all).
+        let (n, why) = attempts(false, ms(5), Some(Duration::from_secs(120)));
+        assert_eq!(
+            (n, why),
+            (4, GiveUp::Window),
+            "0, 30, 60, 90 s; 120 s is past"
+        );
+        assert_eq!(
+            attempts(false, Duration::ZERO, Some(Duration::from_secs(30))).0,
+            5,
+            "0, 30, 60, 90, 120 s"
+        );
+        // Attempts that each time out after 60 s: two.
+        assert_eq!(
+            attempts(false, Duration::from_secs(60), None),
+            (2, GiveUp::Window)
+        );
+        // Nobody listening, never answered: about 3 s of retries.
+        let (n, why) = attempts(true, ms(1), None);
+        assert_eq!(why, GiveUp::Window);
+        assert!((5..=7).contains(&n), "{n}");
+        // A connect timeout of 10 s on a host that drops packets: one.
+        assert_eq!(
+            attempts(true, Duration::from_secs(10), None),
+            (1, GiveUp::Window)
+        );
+    }
+
+    #[test]
+    fn ten_attempts_within_a_bounded_time() {
+        let r = Retry::default();
+        assert_eq!(r.attempts, 10);
+        let (mut lo, mut hi) = (Duration::ZERO, Duration::ZERO);
+        for attempt in 1..r.attempts {
+            let exp = (r.base * 2u32.pow(attempt - 1)).min(r.cap);
+            lo += exp / 2;
+            hi += exp;
+            let d = backoff(r, attempt, None);
+            assert!(d >= exp / 2 && d <= exp);
+        }
+        // Rides out a blip of several seconds, gives up within seconds.
+        assert!(lo >= Duration::from_secs(5), "{lo:?}");
+        assert!(hi <= Duration::from_secs(12), "{hi:?}");
+        assert!(hi < r.window && r.first_contact < hi);
         assert!(backoff(r, 1, Some(Duration::from_millis(300))) >= Duration::from_millis(300));
     }
 }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{ENTRY_VERSION, Entry, Store, valid_crate, valid_file_name, valid_key, write_hashed};
+use super::{ENTRY_VERSION, Entry, Store, write_hashed};
 
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -80,11 +80,39 @@ pub(crate) fn pack(
         for (f, file) in entry.files.iter().zip(blobs) {
             let mode = if f.executable { 0o755 } else { 0o644 };
             let mut h = header(f.size, mode, entry.created);
-            // Read exactly the manifest size: a blob changed under us is a
-            // store corruption, caught by the size check below.
-            let mut r = file.take(f.size);
+            let on_disk = file
+                .metadata()
+                .with_context(|| format!("cannot read blob {}", f.hash))?
+                .len();
+            if on_disk != f.size {
+                return Err(CorruptBlob::new(
+                    f,
+                    format!("it is {on_disk} bytes, the manifest says {}", f.size),
+                )
+                .into());
+            }
+            // Read exactly the manifest size and hash what is streamed: a
+            // blob changed under us must never reach the bucket, where an
+            // object is never uploaded again.
+            let mut r = HashingReader {
+                inner: file.take(f.size),
+                hasher: blake3::Hasher::new(),
+                count: 0,
+            };
             tar.append_data(&mut h, format!("files/{}", f.name), &mut r)
                 .with_context(|| format!("cannot pack {}", f.name))?;
+            if r.count != f.size {
+                return Err(CorruptBlob::new(
+                    f,
+                    format!("only {} of its {} bytes could be read", r.count, f.size),
+                )
+                .into());
+            }
+            if r.hasher.finalize().to_hex().as_str() != f.hash {
+                return Err(
+                    CorruptBlob::new(f, "its content does not match its hash".into()).into(),
+                );
+            }
         }
         tar.finish().context("cannot finish archive")?;
     }
@@ -101,6 +129,55 @@ fn header(size: u64, mode: u32, mtime: u64) -> tar::Header {
     h.set_gid(0);
     h.set_entry_type(tar::EntryType::Regular);
     h
+}
+
+/// A local blob whose size or content differs from its manifest: the
+/// entry must not be uploaded (see `Store::drop_corrupt_entry`).
+#[derive(Debug)]
+pub(crate) struct CorruptBlob {
+    pub(crate) hash: String,
+    pub(crate) name: String,
+    pub(crate) why: String,
+}
+
+impl CorruptBlob {
+    fn new(f: &super::FileRecord, why: String) -> CorruptBlob {
+        CorruptBlob {
+            hash: f.hash.clone(),
+            name: f.name.clone(),
+            why,
+        }
+    }
+}
+
+impl std::fmt::Display for CorruptBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "blob {} of `{}` is corrupt: {}",
+            &self.hash[..self.hash.len().min(12)],
+            self.name,
+            self.why
+        )
+    }
+}
+
+impl std::error::Error for CorruptBlob {}
+
+/// Hashes and counts what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
 }
 
 struct CountingWriter<W> {
@@ -235,34 +312,8 @@ fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
     if e.version != ENTRY_VERSION {
         bail!("manifest format {} is not {ENTRY_VERSION}", e.version);
     }
-    if e.crate_name != crate_name || e.key != key {
-        bail!(
-            "manifest names {}/{} but the object is {crate_name}/{key}",
-            e.crate_name,
-            e.key
-        );
-    }
-    if !valid_crate(&e.crate_name) || !valid_key(&e.key) {
-        bail!("manifest has an invalid crate or key");
-    }
-    let mut seen = std::collections::HashSet::new();
-    for f in &e.files {
-        if !valid_file_name(&f.name) {
-            bail!("manifest names a bad file `{}`", f.name);
-        }
-        if !valid_key(&f.hash) {
-            bail!("manifest has a bad hash for `{}`", f.name);
-        }
-        if !seen.insert(f.name.as_str()) {
-            bail!("manifest lists `{}` twice", f.name);
-        }
-    }
-    if let Some(d) = &e.dep_info
-        && !valid_file_name(&d.name)
-    {
-        bail!("manifest names a bad dep-info file `{}`", d.name);
-    }
-    Ok(())
+    e.validate(crate_name, key)
+        .map_err(|why| anyhow!("bad manifest: {why}"))
 }
 
 #[cfg(test)]
@@ -312,8 +363,12 @@ mod tests {
         let (d, s, e) = store_with_entry();
         let bytes = packed(&s, &e);
         let s2 = Store::open(&d.path().join("b")).unwrap();
+        let syncs = || crate::store::SYNCS.with(std::cell::Cell::get);
+        let n0 = syncs();
         let got = unpack(&s2, "foo", &e.key, &bytes[..]).unwrap();
         assert_eq!(got, Unpacked::Imported(e.size()));
+        // An import syncs each file and the manifest, once each.
+        assert_eq!(syncs() - n0, e.files.len() as u64 + 1);
         let e2 = s2.get("foo", &e.key).unwrap().unwrap();
         assert_eq!(e2.files, e.files);
         assert_eq!(e2.stderr, "warning: x");
@@ -341,6 +396,27 @@ mod tests {
         assert!(s2.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(s2.root().join("blobs")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_never_packed() {
+        for (why, damage) in [
+            ("truncated", &b"rlib"[..]),
+            ("same size, other bytes", &b"RLIB BYTES"[..]),
+            ("longer", &b"rlib bytes and more"[..]),
+        ] {
+            let (_d, s, e) = store_with_entry();
+            let p = s.blob_path(&e.files[0].hash);
+            let mut perm = fs::metadata(&p).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            fs::set_permissions(&p, perm).unwrap();
+            fs::write(&p, damage).unwrap();
+            let mut out = Vec::new();
+            let err = pack(&s, "foo", &e.key, &mut out, 3).expect_err(why);
+            let cb = err.downcast_ref::<CorruptBlob>().expect(why);
+            assert_eq!(cb.name, "libfoo.rlib", "{why}");
+        }
     }
 
     #[test]

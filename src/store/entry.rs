@@ -1,8 +1,9 @@
 //! The entry manifest: what one cached compile produced.
 
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::ENTRY_VERSION;
+use super::{ENTRY_VERSION, valid_crate, valid_file_name, valid_key};
 
 /// One output file of an entry. `name` is a plain file name (no `/`),
 /// relative to the compile's output directory.
@@ -23,13 +24,21 @@ pub(crate) struct DepInfo {
 }
 
 /// What the wrapper needs to find this entry again without running
-/// rustc: the base key (everything but source contents and env values)
-/// and the list of source files and env vars the compile read.
+/// rustc: the base key (everything known before the compile) and what
+/// the compile read beyond it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Inputs {
     pub(crate) base: String,
     pub(crate) files: Vec<String>,
     pub(crate) env: Vec<String>,
+    /// Every file the link read (rlibs of the whole crate graph, native
+    /// libraries, objects, linker scripts), for linked outputs.
+    #[serde(default)]
+    pub(crate) link: Vec<String>,
+    /// Sentinels of the machine-local roots whose real path the outputs
+    /// contain: the entry is keyed by their real value.
+    #[serde(default)]
+    pub(crate) roots: Vec<String>,
 }
 
 /// An entry manifest. Serialised as JSON in the store and as
@@ -54,6 +63,44 @@ pub(crate) struct Entry {
     /// Seconds since the epoch when the entry was made.
     #[serde(default)]
     pub(crate) created: u64,
+    /// What went into the key, by name (see `wrapper::key::Explain`), for
+    /// `kache why-miss`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub(crate) explain: std::collections::BTreeMap<String, String>,
+    /// Who can use the entry (crate version, target, toolchain), so a
+    /// pull can skip what this build cannot use before downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) origin: Option<Origin>,
+}
+
+/// What an entry was built for. Each field is one safe path component
+/// (it becomes part of the remote object name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Origin {
+    /// The package version (`CARGO_PKG_VERSION`), `_` outside cargo.
+    pub(crate) version: String,
+    /// The target triple (`--target`, else the host).
+    pub(crate) target: String,
+    /// A short digest of the compiler's `-vV` output.
+    pub(crate) toolchain: String,
+}
+
+/// A value usable as one path component of an object name.
+pub(crate) fn valid_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+}
+
+impl Origin {
+    pub(crate) fn is_valid(&self) -> bool {
+        valid_component(&self.version)
+            && valid_component(&self.target)
+            && valid_component(&self.toolchain)
+    }
 }
 
 impl Entry {
@@ -69,7 +116,52 @@ impl Entry {
             inputs: None,
             compile_ms: 0,
             created: super::now_secs(),
+            explain: std::collections::BTreeMap::new(),
+            origin: None,
         }
+    }
+
+    /// Checks what a hand-edited or corrupt manifest could get wrong: it
+    /// names `crate_name/key` (the place it was found under), its files
+    /// are plain names listed once with 64-hex-digit hashes, its dep-info
+    /// name is a plain name. Every manifest read from disk or from an
+    /// archive passes here before anything uses its names or hashes.
+    pub(crate) fn validate(&self, crate_name: &str, key: &str) -> Result<()> {
+        if self.crate_name != crate_name || self.key != key {
+            bail!(
+                "it names {}/{} but is stored as {crate_name}/{key}",
+                self.crate_name,
+                self.key
+            );
+        }
+        if !valid_crate(&self.crate_name) || !valid_key(&self.key) {
+            bail!("it has an invalid crate name or key");
+        }
+        if self.origin.as_ref().is_some_and(|o| !o.is_valid()) {
+            bail!("it has an invalid origin (version, target or toolchain)");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.files {
+            if !valid_file_name(&f.name) {
+                bail!("it names a bad file `{}`", f.name.escape_debug());
+            }
+            if !valid_key(&f.hash) {
+                bail!(
+                    "it has a bad blob hash `{}` for `{}`",
+                    f.hash.escape_debug(),
+                    f.name
+                );
+            }
+            if !seen.insert(f.name.as_str()) {
+                bail!("it lists `{}` twice", f.name);
+            }
+        }
+        if let Some(d) = &self.dep_info
+            && !valid_file_name(&d.name)
+        {
+            bail!("it names a bad dep-info file `{}`", d.name.escape_debug());
+        }
+        Ok(())
     }
 
     /// Sum of the file sizes (before dedup).

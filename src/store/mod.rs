@@ -22,6 +22,9 @@ Invariants:
   or unreferenced blobs, both removed by `kache gc`.
 - Blobs are immutable and read-only. A blob is written under `tmp/` and
   renamed to its hash, so parallel writers of the same content are safe.
+- Every blob and manifest is synced to disk (once) before it is renamed
+  or linked into place, whether a build or a pull wrote it: after a power
+  loss a visible file is complete.
 - Entries are immutable; only their manifest's mtime changes (on a hit),
   which is the access time `kache gc` evicts by.
 - Writers take `gc.lock` shared for the whole blobs-then-manifest
@@ -31,6 +34,7 @@ Invariants:
 
 pub(crate) mod archive;
 pub(crate) mod entry;
+pub(crate) mod gc;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -63,6 +67,34 @@ pub(crate) struct EntryRef {
     pub(crate) accessed: u64,
 }
 
+/// A manifest that can never be served: not JSON of the entry format, or
+/// naming invalid keys, hashes or file names. Distinct from an I/O error
+/// (EMFILE, EIO), after which the manifest may be fine: only a manifest
+/// proven corrupt may be removed.
+#[derive(Debug)]
+pub(crate) struct CorruptManifest {
+    pub(crate) path: PathBuf,
+    pub(crate) why: String,
+}
+
+impl std::fmt::Display for CorruptManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "corrupt entry manifest {}: {}",
+            self.path.display(),
+            self.why
+        )
+    }
+}
+
+impl std::error::Error for CorruptManifest {}
+
+/// Whether `e` says a manifest is corrupt (as opposed to unreadable).
+pub(crate) fn is_corrupt(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<CorruptManifest>())
+}
+
 /// Normalises a package or crate name the way the remote layout does:
 /// lowercase, `-` written as `_`.
 pub(crate) fn normalize_crate(name: &str) -> String {
@@ -77,6 +109,13 @@ pub(crate) fn valid_crate(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The short id of a toolchain: 12 hex digits of the blake3 of its
+/// `rustc -vV` output. Entries and remote objects carry it so a pull can
+/// skip another compiler's entries.
+pub(crate) fn toolchain_id(version_verbose: &str) -> String {
+    blake3::hash(version_verbose.as_bytes()).to_hex()[..12].to_string()
 }
 
 /// A cache key: 64 lowercase hex digits (a blake3 hash).
@@ -139,8 +178,16 @@ impl Store {
         &self.root
     }
 
+    /// Where blob `hash` lives. Never panics: a hash that is not 64 hex
+    /// digits (only a corrupt manifest has one, and those are refused
+    /// where manifests are read) maps to a path that never exists, never
+    /// to one outside `blobs/`.
     pub(crate) fn blob_path(&self, hash: &str) -> PathBuf {
-        self.root.join("blobs").join(&hash[..2]).join(hash)
+        let blobs = self.root.join("blobs");
+        if !valid_key(hash) {
+            return blobs.join("invalid-hash");
+        }
+        blobs.join(&hash[..2]).join(hash)
     }
 
     pub(crate) fn entry_path(&self, crate_name: &str, key: &str) -> PathBuf {
@@ -182,11 +229,19 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
         };
-        let entry: Entry = serde_json::from_slice(&bytes)
-            .with_context(|| format!("corrupt entry manifest {}", p.display()))?;
+        let corrupt = |why: String| {
+            anyhow::Error::new(CorruptManifest {
+                path: p.clone(),
+                why,
+            })
+        };
+        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if entry.version != ENTRY_VERSION {
             return Ok(None);
         }
+        entry
+            .validate(crate_name, key)
+            .map_err(|e| corrupt(e.to_string()))?;
         Ok(Some(entry))
     }
 
@@ -222,14 +277,6 @@ impl Store {
         Ok(f)
     }
 
-    /// Copies `src` into the store as a blob, hashing while copying.
-    /// Returns (hash, size). Dedups: an existing blob is kept.
-    pub(crate) fn put_blob_file(&self, src: &Path) -> Result<(String, u64)> {
-        let f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-        self.put_blob_reader(f, None)
-            .with_context(|| format!("cannot store {}", src.display()))
-    }
-
     /// Streams `r` into the store as a blob. With `limit`, fails if the
     /// stream holds more than `limit` bytes (never reads past it + 1).
     pub(crate) fn put_blob_reader(
@@ -251,12 +298,20 @@ impl Store {
     /// The file is made read-only. If the blob exists, `tmp` is left for
     /// the caller to remove.
     pub(crate) fn adopt_blob(&self, tmp: &Path, hash: &str) -> Result<()> {
+        if !valid_key(hash) {
+            bail!("refusing to store a blob under the bad hash `{hash}`");
+        }
         let dst = self.blob_path(hash);
         if dst.exists() {
             return Ok(());
         }
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Synced only now: content the store already holds (the common
+        // case of a rebuild) costs no sync.
+        File::open(tmp)
+            .and_then(|f| sync(&f))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         set_readonly(tmp)?;
         fs::rename(tmp, &dst)
             .with_context(|| format!("cannot move blob into {}", dst.display()))?;
@@ -273,6 +328,9 @@ impl Store {
                 entry.key
             );
         }
+        entry
+            .validate(&entry.crate_name, &entry.key)
+            .context("refusing to publish entry")?;
         for f in &entry.files {
             if !self.blob_path(&f.hash).is_file() {
                 bail!("blob {} of {} is missing", f.hash, f.name);
@@ -302,7 +360,7 @@ impl Store {
     /// to rename (still atomic; a loser then also gets `true`).
     pub(crate) fn write_new(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<bool> {
         let tmp = self.tmp_path(what);
-        let res = fs::write(&tmp, bytes)
+        let res = write_synced(&tmp, bytes)
             .with_context(|| format!("cannot write {}", tmp.display()))
             .and_then(|()| match fs::hard_link(&tmp, dst) {
                 Ok(()) => Ok(true),
@@ -321,7 +379,7 @@ impl Store {
     /// the temp file is removed: a failed write leaves nothing behind.
     pub(crate) fn write_atomic(&self, what: &str, dst: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.tmp_path(what);
-        let res = fs::write(&tmp, bytes)
+        let res = write_synced(&tmp, bytes)
             .with_context(|| format!("cannot write {}", tmp.display()))
             .and_then(|()| {
                 fs::rename(&tmp, dst).with_context(|| format!("cannot write {}", dst.display()))
@@ -360,6 +418,18 @@ impl Store {
             serde_json::from_slice(&bytes).ok()
         })
         .collect()
+    }
+
+    /// Drops a local entry found corrupt (a blob of the wrong size or
+    /// content, see `archive::CorruptBlob`): its manifest, and the blob,
+    /// which no entry can use and which would otherwise be trusted by
+    /// the next writer of the same content (blobs are deduplicated by
+    /// name). Best effort.
+    pub(crate) fn drop_corrupt_entry(&self, crate_name: &str, key: &str, hash: &str) {
+        let _ = self.remove(crate_name, key);
+        if valid_key(hash) {
+            let _ = fs::remove_file(self.blob_path(hash));
+        }
     }
 
     /// Removes an entry's manifest (its blobs go at the next gc).
@@ -428,6 +498,39 @@ impl Store {
         Ok(())
     }
 
+    /// The per-key compile lock (`locks/<key>.lock`, flock): identical
+    /// compiles racing compile once; the others wait (up to 10 minutes)
+    /// and then find the entry. `None` if the lock cannot be had (the
+    /// compile then goes ahead unlocked).
+    pub(crate) fn compile_lock(&self, key: &str) -> Option<File> {
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p)
+            .ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Some(f),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(75));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// "Now" by the filesystem's own clock (the mtime of a file just
+    /// written), comparable with the times it stamps on files.
+    pub(crate) fn fs_clock(&self) -> Option<SystemTime> {
+        let p = self.tmp_path("clock");
+        let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
+        let _ = fs::remove_file(&p);
+        t.ok()
+    }
+
     /// Appends one line to the event log. A single `write` on an
     /// `O_APPEND` file, so concurrent writers never interleave.
     pub(crate) fn log_event(&self, line: &str) {
@@ -469,6 +572,30 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
     }
     out.flush()?;
     Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+/// Writes `bytes` to a new file at `p` and syncs it to disk.
+fn write_synced(p: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(bytes)?;
+    sync(&f)
+}
+
+/// The one sync per file the store does: its data reaches the disk
+/// before the file is renamed or linked into place, so a crash (power
+/// loss) cannot leave a complete-looking blob or manifest with missing
+/// content. (Directories are not synced: a crash may lose a rename,
+/// which leaves only junk in `tmp/` or an entry to rebuild.)
+fn sync(f: &File) -> io::Result<()> {
+    #[cfg(test)]
+    SYNCS.with(|n| n.set(n.get() + 1));
+    f.sync_data()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Syncs done by this thread (tests count them).
+    static SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A file's age must exceed this (by its change time) before its hash
@@ -598,6 +725,32 @@ mod tests {
             assert_eq!(wins, 1, "round {i}");
         }
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn blobs_and_manifests_are_synced_once_before_they_appear() {
+        let (_d, s) = tmpstore();
+        let syncs = || SYNCS.with(std::cell::Cell::get);
+        let n0 = syncs();
+        let (h, n) = s.put_blob_reader(&b"durable"[..], None).unwrap();
+        assert_eq!(syncs() - n0, 1, "one sync per blob");
+        let e = Entry::new(
+            "foo",
+            &"d".repeat(64),
+            vec![FileRecord {
+                name: "libfoo.rlib".into(),
+                hash: h,
+                size: n,
+                executable: false,
+            }],
+        );
+        let n1 = syncs();
+        assert!(s.publish(&e).unwrap());
+        // The manifest (the input list is not recorded: no inputs).
+        assert_eq!(syncs() - n1, 1, "one sync per manifest");
+        let n2 = syncs();
+        s.write_atomic("x", &s.root().join("x"), b"x").unwrap();
+        assert_eq!(syncs() - n2, 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::plan::{Direction, Transfer};
 use super::report::Outcome;
-use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
+use crate::remote::{ErrorKind, Listed, Remote, RemoteError};
 use crate::store::Store;
 use crate::store::archive::{self, Packed, Unpacked};
 
@@ -23,27 +23,25 @@ use crate::store::archive::{self, Packed, Unpacked};
 pub(crate) struct Ctx<'a> {
     pub(crate) store: &'a Store,
     pub(crate) remote: &'a dyn Remote,
-    pub(crate) prefix: &'a str,
     pub(crate) level: i32,
     /// Set after a fatal error: the remaining transfers are not started.
     pub(crate) stop: AtomicBool,
 }
 
-/// Lists every prefix, in parallel on the pool. The first error wins
-/// (returned with the prefix it concerns).
+/// Lists every prefix, in parallel on the pool. Each prefix gets its own
+/// result: one failed listing fails only what lies under that prefix.
 pub(crate) fn list_all(
     pool: &ThreadPool,
     remote: &dyn Remote,
     prefixes: &[String],
-) -> Result<Vec<Listed>, (String, RemoteError)> {
-    let pages: Result<Vec<Vec<Listed>>, (String, RemoteError)> = pool.install(|| {
+) -> Vec<(String, Result<Vec<Listed>, RemoteError>)> {
+    pool.install(|| {
         prefixes
             .par_iter()
             .with_max_len(1)
-            .map(|p| remote.list(p).map_err(|e| (p.clone(), e)))
+            .map(|p| (p.clone(), remote.list(p)))
             .collect()
-    });
-    Ok(pages?.into_iter().flatten().collect())
+    })
 }
 
 /// Runs the transfers; one outcome each is sent on `tx` (none for
@@ -82,7 +80,7 @@ fn pull_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
     if ctx.store.contains(&t.crate_name, &t.key) {
         return Outcome::Skipped(t, "already present");
     }
-    let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
+    let name = t.object.clone();
     let tmp = ctx.store.tmp_path("download");
     let res = pull_via(ctx, &t, &name, &tmp);
     let _ = fs::remove_file(&tmp);
@@ -146,7 +144,7 @@ fn root_cause(e: &anyhow::Error) -> String {
 }
 
 pub(crate) fn push_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
-    let name = layout::object_name(ctx.prefix, &t.crate_name, &t.key);
+    let name = t.object.clone();
     let tmp = ctx.store.tmp_path("upload");
     let res = push_via(ctx, &t, &name, &tmp);
     let _ = fs::remove_file(&tmp);
@@ -162,6 +160,21 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
         Ok(p)
     })()
     .map_err(|e| {
+        if let Some(cb) = e.downcast_ref::<archive::CorruptBlob>() {
+            ctx.store.drop_corrupt_entry(&t.crate_name, &t.key, &cb.hash);
+            return Outcome::Failed(
+                t.clone(),
+                format!(
+                    "local entry is corrupt, nothing uploaded: {cb}; the entry was removed (run `kache gc --verify` to check the rest of the store)"
+                ),
+            );
+        }
+        if crate::store::is_corrupt(&e) {
+            return Outcome::Failed(
+                t.clone(),
+                format!("nothing uploaded: {e:#}; run `kache gc --verify` to remove it"),
+            );
+        }
         if local_disk_failure(&e) {
             Outcome::Fatal(
                 t.clone(),
@@ -193,8 +206,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::remote::ErrorKind;
     use crate::remote::dir::DirRemote;
+    use crate::remote::{ErrorKind, layout};
     use crate::store::{Entry, FileRecord};
 
     fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
@@ -220,6 +233,7 @@ mod tests {
             ts.push(Transfer {
                 dir: Direction::Push,
                 crate_name: "foo".into(),
+                object: layout::object_name("p", "foo", &key),
                 key,
                 size,
             });
@@ -247,7 +261,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -260,7 +273,6 @@ mod tests {
         let ctx2 = Ctx {
             store: &s2,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -282,6 +294,35 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_listing_fails_only_its_prefix() {
+        let (d, s, ts) = store_with(3);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        let ctx = Ctx {
+            store: &s,
+            remote: &remote,
+            level: 3,
+            stop: AtomicBool::new(false),
+        };
+        run_all(&ctx, &pool(2), ts);
+        remote
+            .fail
+            .lock()
+            .unwrap()
+            .insert("p/bar/".into(), ErrorKind::Transient);
+        let prefixes = ["p/foo/".to_string(), "p/bar/".into(), "p/baz/".into()];
+        let got = list_all(&pool(2), &remote, &prefixes);
+        let names: Vec<_> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            names,
+            ["p/foo/", "p/bar/", "p/baz/"],
+            "one result each, in order"
+        );
+        assert_eq!(got[0].1.as_ref().unwrap().len(), 3);
+        assert_eq!(got[1].1.as_ref().unwrap_err().kind, ErrorKind::Transient);
+        assert!(got[2].1.as_ref().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_fatal_error_stops_the_rest() {
         let (d, s, ts) = store_with(20);
         let remote = DirRemote::new(&d.path().join("bucket"));
@@ -294,7 +335,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };
@@ -315,7 +355,6 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
-            prefix: "p",
             level: 3,
             stop: AtomicBool::new(false),
         };

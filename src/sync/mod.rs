@@ -6,11 +6,20 @@ Cargo.lock filter, list the remote (per crate prefix, in parallel),
 plan, then run the transfers on the pool while `report` draws progress.
 With neither `--pull` nor `--push`, pull runs first, then push (which
 reuses what the pull listed and lists only the crates it still lacks).
+
+Nothing is all-or-nothing: a listing that fails after retries fails only
+its crate (not pulled, or not pushed, since what the bucket holds there
+is unknown) and is counted; a failed transfer fails only its entry. Only
+what dooms every request (credentials, permissions, a missing bucket, a
+full disk) stops the run, and a run in which no listing succeeded is
+reported as one line. `--allow-partial` turns every one of these into
+exit 0: the cache never fails the build job.
 */
 
 pub(crate) mod exec;
 pub(crate) mod plan;
 pub(crate) mod report;
+pub(crate) mod retention;
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::ExitCode;
@@ -24,13 +33,94 @@ use crate::cli::SyncCmd;
 use crate::config::{Config, Credentials, config_path};
 use crate::lockfile;
 use crate::remote::s3::S3Remote;
-use crate::remote::{Remote, RemoteError, layout};
+use crate::remote::{Remote, layout};
 use crate::store::Store;
 use plan::{Direction, EntryId, RemoteIndex, Transfer};
-use report::{Progress, Reporter};
+use report::{ListingFailure, Progress, Reporter};
 
 pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let started = Instant::now();
+    let mut reporter = Reporter::new(Progress::from_env());
+    let res = sync(cfg, cmd, &mut reporter);
+    let (plan, error) = match res {
+        Ok(plan) => (plan, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let nothing_listed = reporter.nothing_listed();
+    if !nothing_listed {
+        reporter.flush_listings();
+    }
+    let mut summary = std::mem::take(&mut reporter.summary);
+    summary.seconds = started.elapsed().as_secs_f64();
+    if error.is_some() {
+        summary.fatal = error;
+    }
+    // The one line for a sync that could not use the cache at all: a
+    // fatal error (credentials, permissions, missing bucket, settings),
+    // or every listing failed (the endpoint cannot be reached).
+    let stopped = summary.fatal.clone().or_else(|| {
+        nothing_listed.then(|| {
+            let fl = &summary.failed_listings;
+            let first = &fl[0];
+            let all = if fl.len() > 1 {
+                format!("all {} listings failed; the first: ", fl.len())
+            } else {
+                String::new()
+            };
+            format!("cannot use the cache: {all}{}", first.error)
+        })
+    });
+    // `fatal` in --json: whatever stopped the sync, this included.
+    summary.fatal.clone_from(&stopped);
+    if cmd.dry_run {
+        if let Some(plan) = &plan {
+            report::print_plan(plan, &summary.failed_listings, &summary.filtered, cmd.json)?;
+        }
+    } else if cmd.json || summary.listings > 0 {
+        report::print_summary(&summary, cmd.json)?;
+    }
+    if let Some(msg) = stopped {
+        if cmd.allow_partial {
+            report::warning(&format!(
+                "{msg}; going on without the cache (--allow-partial)"
+            ));
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!("{msg}");
+    }
+    let transfers = summary.failed.entries
+        + summary.pulled.entries
+        + summary.pushed.entries
+        + summary.skipped.entries;
+    let mut failed = Vec::new();
+    if summary.failed.entries > 0 {
+        failed.push(format!(
+            "{} of {transfers} transfers failed",
+            summary.failed.entries
+        ));
+    }
+    if !summary.failed_listings.is_empty() {
+        failed.push(format!(
+            "{} of {} listings failed",
+            summary.failed_listings.len(),
+            summary.listings
+        ));
+    }
+    if !failed.is_empty() && !cmd.allow_partial {
+        eprintln!(
+            "error: {} (--allow-partial exits 0 anyway)",
+            failed.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sync itself, filling the reporter's summary. Returns the plan for
+/// a dry run. An error here is one that stops the sync (settings,
+/// credentials, a fatal listing failure); failed transfers and listings
+/// are counted in the summary instead.
+fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<Vec<Transfer>>> {
     let (do_pull, do_push) = if cmd.pull || cmd.push {
         (cmd.pull, cmd.push)
     } else {
@@ -65,11 +155,12 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         .build()
         .context("cannot start the sync threads")?;
 
-    let filter = if do_pull && !cmd.all {
+    let pull_filter = if do_pull && !cmd.all {
         workspace_filter(cmd)?
     } else {
-        None
+        plan::PullFilter::default()
     };
+    let filter = pull_filter.crates.clone();
 
     let mut local: HashSet<EntryId> = local_entries(&store)?;
     let mut idx = RemoteIndex::new();
@@ -79,22 +170,39 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let ctx = exec::Ctx {
         store: &store,
         remote: &remote,
-        prefix,
         level: cfg.compression_level.value,
         stop: AtomicBool::new(false),
     };
-    let mut reporter = Reporter::new(Progress::from_env());
 
     if do_pull {
         let prefixes = plan::pull_prefixes(prefix, filter.as_ref());
-        let found = list(&pool, &remote, &prefixes)?;
+        let (found, failed) = list(
+            &pool,
+            &remote,
+            prefix,
+            &prefixes,
+            Direction::Pull,
+            &|_| None,
+            reporter,
+        )?;
         idx = plan::index(prefix, found);
-        listed = filter.clone();
-        let pull = plan::plan_pull(&local, &idx, filter.as_ref());
+        listed = match (&filter, failed.is_empty()) {
+            (None, true) => None,
+            (None, false) => Some(BTreeSet::new()),
+            (Some(f), _) => Some(f.difference(&failed).cloned().collect()),
+        };
+        let (pull, left) = plan::plan_pull(&local, &idx, &pull_filter);
+        reporter.filtered(left);
         if cmd.dry_run {
             plan_all.extend(pull);
         } else {
-            execute(&pool, &ctx, &mut reporter, "pull", pull);
+            // Recorded before fetching, so a gc running now spares them.
+            let used: Vec<(String, String)> = pull
+                .iter()
+                .map(|t| (t.crate_name.clone(), t.key.clone()))
+                .collect();
+            retention::record_use(&remote, prefix, &used);
+            execute(&pool, &ctx, reporter, "pull", pull);
             if reporter.summary.fatal.is_none() {
                 local = local_entries(&store)?;
             }
@@ -111,63 +219,98 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
                 .map(|c| layout::crate_prefix(prefix, c))
                 .collect(),
         };
-        let found = list(&pool, &remote, &missing)?;
+        let count = |c: &str| Some(local.iter().filter(|(lc, _)| lc == c).count() as u64);
+        // Crates whose listing failed are not pushed: what the bucket
+        // holds for them is unknown, and an object is never uploaded twice.
+        let (found, unlisted) = list(
+            &pool,
+            &remote,
+            prefix,
+            &missing,
+            Direction::Push,
+            &count,
+            reporter,
+        )?;
         for (c, keys) in plan::index(prefix, found) {
             idx.entry(c).or_default().extend(keys);
         }
-        let candidates: Vec<(EntryId, u64)> = local
+        let candidates: Vec<(EntryId, u64, String)> = local
             .iter()
+            .filter(|(c, _)| !unlisted.contains(c))
             .filter(|(c, k)| !idx.get(c).is_some_and(|keys| keys.contains_key(k)))
-            .filter_map(|(c, k)| {
-                let e = store.get(c, k).ok()??;
-                Some(((c.clone(), k.clone()), e.size()))
+            .filter_map(|(c, k)| match store.get(c, k) {
+                Ok(e) => {
+                    let e = e?;
+                    let object = layout::entry_object(prefix, c, k, e.origin.as_ref());
+                    Some(((c.clone(), k.clone()), e.size(), object))
+                }
+                // Corrupt or unreadable: planned anyway, so the push
+                // reports it (packing fails it) rather than skipping it
+                // silently.
+                Err(_) => Some(((c.clone(), k.clone()), 0, layout::object_name(prefix, c, k))),
             })
             .collect();
         let push = plan::plan_push(&candidates, &idx);
         if cmd.dry_run {
             plan_all.extend(push);
         } else {
-            execute(&pool, &ctx, &mut reporter, "push", push);
+            execute(&pool, &ctx, reporter, "push", push);
         }
     }
-
-    if cmd.dry_run {
-        report::print_plan(&plan_all, cmd.json)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut summary = reporter.summary;
-    summary.seconds = started.elapsed().as_secs_f64();
-    report::print_summary(&summary, cmd.json)?;
-    if let Some(fatal) = &summary.fatal {
-        bail!("{fatal}");
-    }
-    if summary.failed.entries > 0 && !cmd.allow_partial {
-        eprintln!(
-            "error: {} of {} transfers failed (--allow-partial exits 0 anyway)",
-            summary.failed.entries,
-            summary.failed.entries
-                + summary.pulled.entries
-                + summary.pushed.entries
-                + summary.skipped.entries
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(cmd.dry_run.then_some(plan_all))
 }
 
-/// The crates of the workspace's Cargo.lock, or `None` (with a note)
-/// if there is none.
-fn workspace_filter(cmd: &SyncCmd) -> Result<Option<BTreeSet<String>>> {
+/// What a pull of this workspace keeps: the crates and versions of its
+/// Cargo.lock (everything, with a note, if there is none) and the
+/// toolchain its builds use (`$RUSTC`, else `rustc`, run in the
+/// workspace so rustup's toolchain files count).
+fn workspace_filter(cmd: &SyncCmd) -> Result<plan::PullFilter> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let start = lockfile::start_dir(cmd.manifest_path.as_deref(), &cwd)?;
+    let toolchain = local_toolchain(&start);
     match lockfile::find_from(&start) {
-        Some(p) => Ok(Some(lockfile::crates(&p)?)),
+        Some(p) => {
+            let versions = lockfile::versions(&p)?;
+            Ok(plan::PullFilter {
+                crates: Some(versions.keys().cloned().collect()),
+                versions: Some(versions),
+                toolchain,
+            })
+        }
         None => {
             report::note(&format!(
                 "no Cargo.lock found in {} or above; pulling every crate",
                 start.display()
             ));
-            Ok(None)
+            Ok(plan::PullFilter {
+                toolchain,
+                ..plan::PullFilter::default()
+            })
+        }
+    }
+}
+
+/// The toolchain id (see `store::toolchain_id`) of the compiler cargo
+/// would run in `dir`; `None` (with a note) if it cannot be run.
+fn local_toolchain(dir: &std::path::Path) -> Option<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(&rustc)
+        .arg("-vV")
+        .current_dir(dir)
+        .env("KACHE_ACTIVE", "1")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            Some(crate::store::toolchain_id(&text))
+        }
+        _ => {
+            report::note(&format!(
+                "cannot run {} -vV; pulling entries of every toolchain",
+                rustc.to_string_lossy()
+            ));
+            None
         }
     }
 }
@@ -180,14 +323,56 @@ fn local_entries(store: &Store) -> Result<HashSet<EntryId>> {
         .collect())
 }
 
+/// Lists `prefixes` in parallel and records the outcome (`entries_of`
+/// gives, for a push, how many local entries a failed crate leaves
+/// unpushed). Returns what was found and the crates whose listing
+/// failed; a fatal failure (credentials, permissions, a missing bucket)
+/// stops the sync.
 fn list(
     pool: &ThreadPool,
     remote: &dyn Remote,
+    prefix: &str,
     prefixes: &[String],
-) -> Result<Vec<crate::remote::Listed>> {
-    exec::list_all(pool, remote, prefixes).map_err(|(p, e): (String, RemoteError)| {
-        anyhow!("cannot list {}: {e}", remote.describe(&p))
-    })
+    dir: Direction,
+    entries_of: &dyn Fn(&str) -> Option<u64>,
+    reporter: &mut Reporter,
+) -> Result<(Vec<crate::remote::Listed>, BTreeSet<String>)> {
+    let mut found = Vec::new();
+    let mut failures = Vec::new();
+    let mut ok = 0;
+    let mut fatal = None;
+    for (p, res) in exec::list_all(pool, remote, prefixes) {
+        match res {
+            Ok(l) => {
+                ok += 1;
+                found.extend(l);
+            }
+            Err(e) => {
+                let error = format!("cannot list {}: {e}", remote.describe(&p));
+                if e.kind.is_fatal() && fatal.is_none() {
+                    fatal = Some(error.clone());
+                }
+                let crate_name = layout::prefix_crate(prefix, &p);
+                failures.push(ListingFailure {
+                    direction: dir,
+                    entries: crate_name.as_deref().and_then(entries_of),
+                    crate_name,
+                    prefix: p,
+                    error,
+                    fatal: e.kind.is_fatal(),
+                });
+            }
+        }
+    }
+    let crates: BTreeSet<String> = failures
+        .iter()
+        .filter_map(|f: &ListingFailure| f.crate_name.clone())
+        .collect();
+    reporter.listings(ok, failures);
+    if let Some(f) = fatal {
+        bail!("{f}");
+    }
+    Ok((found, crates))
 }
 
 /// Runs one phase's transfers, reporting as they finish.

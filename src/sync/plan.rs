@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use crate::remote::{Listed, layout};
+use crate::store::entry::Origin;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,13 +36,55 @@ pub(crate) struct Transfer {
     pub(crate) key: String,
     /// Remote object size for pulls; the entry's file sizes for pushes.
     pub(crate) size: u64,
+    /// The object name in the bucket.
+    pub(crate) object: String,
+}
+
+/// One listed entry object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RemoteObject {
+    pub(crate) size: u64,
+    pub(crate) name: String,
+    pub(crate) origin: Option<Origin>,
+}
+
+/// What a pull keeps: the crates of Cargo.lock and their versions, and
+/// the local toolchain. `None` fields keep everything.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PullFilter {
+    pub(crate) crates: Option<BTreeSet<String>>,
+    /// Crate -> versions named in Cargo.lock.
+    pub(crate) versions: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// The toolchain id of the compiler this workspace builds with.
+    pub(crate) toolchain: Option<String>,
+}
+
+/// An entry a pull leaves out, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Filtered {
+    #[serde(rename = "crate")]
+    pub(crate) crate_name: String,
+    pub(crate) key: String,
+    pub(crate) size: u64,
+    pub(crate) reason: &'static str,
+}
+
+/// Why a pull leaves out an entry of this origin, if it does.
+fn filtered_out(f: &PullFilter, crate_name: &str, origin: Option<&Origin>) -> Option<&'static str> {
+    let o = origin?;
+    if f.toolchain.as_ref().is_some_and(|t| *t != o.toolchain) {
+        return Some("another toolchain");
+    }
+    let versions = f.versions.as_ref()?.get(crate_name)?;
+    (o.version != "_" && !versions.contains(&o.version))
+        .then_some("a version Cargo.lock does not name")
 }
 
 /// A local entry: (crate, key).
 pub(crate) type EntryId = (String, String);
 
-/// What the remote holds, by crate: key -> object size.
-pub(crate) type RemoteIndex = BTreeMap<String, BTreeMap<String, u64>>;
+/// What the remote holds, by crate: key -> object.
+pub(crate) type RemoteIndex = BTreeMap<String, BTreeMap<String, RemoteObject>>;
 
 /// Which crate prefixes a pull lists: `None` = the whole prefix (no
 /// filter), else one per crate.
@@ -64,49 +107,70 @@ pub(crate) fn push_crates<'a>(local: impl IntoIterator<Item = &'a EntryId>) -> B
 pub(crate) fn index(prefix: &str, listed: impl IntoIterator<Item = Listed>) -> RemoteIndex {
     let mut idx = RemoteIndex::new();
     for l in listed {
-        if let Some((c, k)) = layout::parse_object(prefix, &l.name) {
-            idx.entry(c).or_default().insert(k, l.size);
+        if let Some(p) = layout::parse(prefix, &l.name) {
+            idx.entry(p.crate_name).or_default().insert(
+                p.key,
+                RemoteObject {
+                    size: l.size,
+                    name: l.name,
+                    origin: p.origin,
+                },
+            );
         }
     }
     idx
 }
 
-/// Remote objects not present locally, restricted to `filter` if given.
+/// Remote objects not present locally that the filter keeps, and those
+/// it leaves out (with the reason).
 pub(crate) fn plan_pull(
     local: &HashSet<EntryId>,
     remote: &RemoteIndex,
-    filter: Option<&BTreeSet<String>>,
-) -> Vec<Transfer> {
+    filter: &PullFilter,
+) -> (Vec<Transfer>, Vec<Filtered>) {
     let mut out = Vec::new();
+    let mut left = Vec::new();
     for (c, keys) in remote {
-        if filter.is_some_and(|f| !f.contains(c)) {
+        if filter.crates.as_ref().is_some_and(|f| !f.contains(c)) {
             continue;
         }
-        for (k, &size) in keys {
+        for (k, o) in keys {
             if local.contains(&(c.clone(), k.clone())) {
+                continue;
+            }
+            if let Some(reason) = filtered_out(filter, c, o.origin.as_ref()) {
+                left.push(Filtered {
+                    crate_name: c.clone(),
+                    key: k.clone(),
+                    size: o.size,
+                    reason,
+                });
                 continue;
             }
             out.push(Transfer {
                 dir: Direction::Pull,
                 crate_name: c.clone(),
                 key: k.clone(),
-                size,
+                size: o.size,
+                object: o.name.clone(),
             });
         }
     }
-    out
+    (out, left)
 }
 
-/// Local entries the remote lacks. `sizes` gives each entry's size.
-pub(crate) fn plan_push(local: &[(EntryId, u64)], remote: &RemoteIndex) -> Vec<Transfer> {
+/// Local entries the remote lacks (under either name), each with its
+/// size and object name.
+pub(crate) fn plan_push(local: &[(EntryId, u64, String)], remote: &RemoteIndex) -> Vec<Transfer> {
     let mut out: Vec<Transfer> = local
         .iter()
-        .filter(|((c, k), _)| !remote.get(c).is_some_and(|keys| keys.contains_key(k)))
-        .map(|((c, k), size)| Transfer {
+        .filter(|((c, k), _, _)| !remote.get(c).is_some_and(|keys| keys.contains_key(k)))
+        .map(|((c, k), size, object)| Transfer {
             dir: Direction::Push,
             crate_name: c.clone(),
             key: k.clone(),
             size: *size,
+            object: object.clone(),
         })
         .collect();
     out.sort_by(|a, b| (&a.crate_name, &a.key).cmp(&(&b.crate_name, &b.key)));
@@ -133,6 +197,7 @@ mod tests {
         Listed {
             name: layout::object_name(prefix, c, key),
             size,
+            modified: None,
         }
     }
 
@@ -147,22 +212,28 @@ mod tests {
                 Listed {
                     name: "p/README".into(),
                     size: 1,
+                    modified: None,
                 },
             ],
         );
         let local: HashSet<EntryId> = [("serde".to_string(), k('a'))].into_iter().collect();
-        let filter: BTreeSet<String> = ["serde".to_string()].into_iter().collect();
-        let plan = plan_pull(&local, &remote, Some(&filter));
+        let filter = PullFilter {
+            crates: Some(["serde".to_string()].into_iter().collect()),
+            ..PullFilter::default()
+        };
+        let (plan, left) = plan_pull(&local, &remote, &filter);
+        assert!(left.is_empty());
         assert_eq!(
             plan,
             vec![Transfer {
                 dir: Direction::Pull,
                 crate_name: "serde".into(),
                 key: k('b'),
-                size: 20
+                size: 20,
+                object: layout::object_name("p", "serde", &k('b')),
             }]
         );
-        let all = plan_pull(&local, &remote, None);
+        let (all, _) = plan_pull(&local, &remote, &PullFilter::default());
         assert_eq!(all.len(), 2);
         assert_eq!(totals(&all, Direction::Pull), (2, 50));
         assert_eq!(totals(&all, Direction::Push), (0, 0));
@@ -172,9 +243,9 @@ mod tests {
     fn push_skips_what_remote_has() {
         let remote = index("p", vec![listed("p", "serde", &k('a'), 10)]);
         let local = vec![
-            (("serde".to_string(), k('a')), 100),
-            (("serde".to_string(), k('b')), 200),
-            (("foo".to_string(), k('c')), 300),
+            (("serde".to_string(), k('a')), 100, String::new()),
+            (("serde".to_string(), k('b')), 200, String::new()),
+            (("foo".to_string(), k('c')), 300, String::new()),
         ];
         let plan = plan_push(&local, &remote);
         let keys: Vec<_> = plan
@@ -183,8 +254,62 @@ mod tests {
             .collect();
         assert_eq!(keys, vec![("foo", 300), ("serde", 200)]);
         assert!(plan.iter().all(|t| t.dir == Direction::Push));
-        let crates = push_crates(local.iter().map(|(id, _)| id));
+        let crates = push_crates(local.iter().map(|(id, _, _)| id));
         assert_eq!(crates.into_iter().collect::<Vec<_>>(), vec!["foo", "serde"]);
+    }
+
+    #[test]
+    fn pull_leaves_out_other_toolchains_and_versions() {
+        let o = |v: &str, tc: &str| Origin {
+            version: v.into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            toolchain: tc.into(),
+        };
+        let long = |c: &str, key: &str, size: u64, or: &Origin| Listed {
+            name: layout::entry_object("p", c, key, Some(or)),
+            size,
+            modified: None,
+        };
+        let remote = index(
+            "p",
+            vec![
+                long("serde", &k('a'), 10, &o("1.0.0", "aaaa")),
+                long("serde", &k('b'), 20, &o("1.0.0", "bbbb")),
+                long("serde", &k('c'), 30, &o("0.9.0", "aaaa")),
+                listed("p", "serde", &k('d'), 40),
+            ],
+        );
+        let filter = PullFilter {
+            crates: Some(["serde".to_string()].into_iter().collect()),
+            versions: Some(
+                [(
+                    "serde".to_string(),
+                    ["1.0.0".to_string()].into_iter().collect(),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            toolchain: Some("aaaa".into()),
+        };
+        let (plan, left) = plan_pull(&HashSet::new(), &remote, &filter);
+        let keys: Vec<&str> = plan.iter().map(|t| &t.key[..1]).collect();
+        // The short (kache 0.1) name carries no origin: kept.
+        assert_eq!(keys, vec!["a", "d"]);
+        let why: Vec<(&str, &str)> = left.iter().map(|f| (&f.key[..1], f.reason)).collect();
+        assert_eq!(
+            why,
+            vec![
+                ("b", "another toolchain"),
+                ("c", "a version Cargo.lock does not name")
+            ]
+        );
+        // --all keeps everything.
+        assert_eq!(
+            plan_pull(&HashSet::new(), &remote, &PullFilter::default())
+                .0
+                .len(),
+            4
+        );
     }
 
     #[test]

@@ -8,13 +8,14 @@ lines for failed transfers, and the final summary (or the dry-run plan)
 on stdout.
 */
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::Serialize;
 
-use super::plan::{Direction, Transfer, totals};
+use super::plan::{Direction, Filtered, Transfer, totals};
 use crate::config::{env_nonempty, format_size};
 
 /// What happened to one transfer.
@@ -65,6 +66,34 @@ pub(crate) struct Failure {
     pub(crate) error: String,
 }
 
+/// A listing that failed after retries: nothing under its prefix was
+/// pulled (the entries there are unknown), or, for a push, none of the
+/// crate's local entries was pushed (what the bucket has is unknown, and
+/// objects are never uploaded twice).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ListingFailure {
+    pub(crate) direction: Direction,
+    /// The crate whose prefix it was; `null` for the whole prefix (a pull
+    /// without Cargo.lock, or `--all`).
+    #[serde(rename = "crate")]
+    pub(crate) crate_name: Option<String>,
+    /// The listed prefix, e.g. `artifacts/serde/`.
+    pub(crate) prefix: String,
+    /// Local entries left unpushed because of it (push only).
+    pub(crate) entries: Option<u64>,
+    pub(crate) error: String,
+    /// Credentials, permissions, a missing bucket: the sync stopped.
+    #[serde(skip)]
+    pub(crate) fatal: bool,
+}
+
+impl ListingFailure {
+    /// `foo`, or `every crate` for the whole prefix.
+    pub(crate) fn what(&self) -> &str {
+        self.crate_name.as_deref().unwrap_or("every crate")
+    }
+}
+
 /// Totals of a sync.
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Summary {
@@ -75,9 +104,16 @@ pub(crate) struct Summary {
     /// Transfers never started because a fatal error stopped the sync.
     pub(crate) not_started: Count,
     pub(crate) failures: Vec<Failure>,
-    /// The error that stopped the sync, if any.
+    /// Prefixes listed, whether the listing succeeded or not.
+    pub(crate) listings: u64,
+    /// Listings that failed after retries (each fails only its crate).
+    pub(crate) failed_listings: Vec<ListingFailure>,
+    /// The error that stopped the sync, if any (also: every listing failed).
     pub(crate) fatal: Option<String>,
     pub(crate) seconds: f64,
+    /// Remote entries a pull left out because this build cannot use them
+    /// (another toolchain, a version Cargo.lock does not name), by reason.
+    pub(crate) filtered: BTreeMap<&'static str, Count>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,11 +145,22 @@ pub(crate) fn note(msg: &str) {
     eprintln!("note: {msg}");
 }
 
+/// Prints a warning on stderr (outside of transfers).
+pub(crate) fn warning(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
 /// Collects outcomes, draws progress, keeps the summary.
 pub(crate) struct Reporter {
     progress: Progress,
     pub(crate) summary: Summary,
     drawn: bool,
+    /// Failed listings not yet printed: held back while no listing of
+    /// the run has succeeded, since a cache that cannot be reached at all
+    /// is reported as one line, not one per crate.
+    unprinted: usize,
+    /// Some listing of the run succeeded.
+    listed_any: bool,
 }
 
 impl Reporter {
@@ -122,7 +169,60 @@ impl Reporter {
             progress,
             summary: Summary::default(),
             drawn: false,
+            unprinted: 0,
+            listed_any: false,
         }
+    }
+
+    /// Records one batch of listings: `ok` succeeded, `failed` did not.
+    /// Failures are printed (one line each) once some listing of the run
+    /// has succeeded; fatal ones are left to the final error line.
+    pub(crate) fn listings(&mut self, ok: u64, failed: Vec<ListingFailure>) {
+        self.summary.listings += ok + failed.len() as u64;
+        self.listed_any |= ok > 0;
+        self.unprinted += failed.len();
+        self.summary.failed_listings.extend(failed);
+        if self.listed_any {
+            self.flush_listings();
+        }
+    }
+
+    /// True if listings were made and every one of them failed: the
+    /// cache could not be used at all.
+    /// Records the entries a pull leaves out.
+    pub(crate) fn filtered(&mut self, left: Vec<Filtered>) {
+        for f in left {
+            self.summary
+                .filtered
+                .entry(f.reason)
+                .or_default()
+                .add(f.size);
+        }
+    }
+
+    pub(crate) fn nothing_listed(&self) -> bool {
+        !self.listed_any && !self.summary.failed_listings.is_empty()
+    }
+
+    /// Prints the failed listings not printed yet.
+    pub(crate) fn flush_listings(&mut self) {
+        let all = &self.summary.failed_listings;
+        for f in &all[all.len() - self.unprinted..] {
+            if f.fatal {
+                continue;
+            }
+            let unpushed = match f.entries {
+                Some(n) => format!(" ({n} {} not pushed)", entries(n)),
+                None => String::new(),
+            };
+            eprintln!(
+                "error: {} {}: {}{unpushed}",
+                f.direction.as_str(),
+                f.what(),
+                f.error
+            );
+        }
+        self.unprinted = 0;
     }
 
     /// Consumes outcomes until every sender is gone. `total` is the
@@ -262,8 +362,14 @@ pub(crate) fn short(key: &str) -> &str {
     &key[..key.len().min(12)]
 }
 
-/// Prints the dry-run plan: one line per transfer and the totals.
-pub(crate) fn print_plan(plan: &[Transfer], json: bool) -> std::io::Result<()> {
+/// Prints the dry-run plan: one line per transfer and the totals (and
+/// the listings that failed, whose crates the plan cannot cover).
+pub(crate) fn print_plan(
+    plan: &[Transfer],
+    failed_listings: &[ListingFailure],
+    filtered: &BTreeMap<&'static str, Count>,
+    json: bool,
+) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let (pn, pb) = totals(plan, Direction::Pull);
     let (un, ub) = totals(plan, Direction::Push);
@@ -273,6 +379,8 @@ pub(crate) fn print_plan(plan: &[Transfer], json: bool) -> std::io::Result<()> {
             "transfers": plan,
             "pull": { "entries": pn, "bytes": pb },
             "push": { "entries": un, "bytes": ub },
+            "failed_listings": failed_listings,
+            "filtered": filtered,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return out.flush();
@@ -301,7 +409,32 @@ pub(crate) fn print_plan(plan: &[Transfer], json: bool) -> std::io::Result<()> {
         entries(un),
         format_size(ub)
     )?;
+    not_listed(&mut out, failed_listings)?;
+    filtered_lines(&mut out, filtered)?;
     out.flush()
+}
+
+/// The `not listed` line: how many crates could not be listed, and
+/// which (a crate whose listing failed both ways counts once).
+fn not_listed(out: &mut impl Write, failed: &[ListingFailure]) -> std::io::Result<()> {
+    if failed.iter().any(|f| f.crate_name.is_none()) {
+        // The whole prefix (a pull without Cargo.lock, or --all).
+        return writeln!(out, "not listed    every crate");
+    }
+    let mut names: Vec<&str> = failed.iter().map(ListingFailure::what).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let n = names.len();
+    let shown = if n > 6 {
+        format!("{}, ... ({} more)", names[..5].join(", "), n - 5)
+    } else {
+        names.join(", ")
+    };
+    let word = if n == 1 { "crate" } else { "crates" };
+    writeln!(out, "not listed {n:>4} {word:<8} {shown}")
 }
 
 fn entries(n: u64) -> &'static str {
@@ -338,6 +471,72 @@ pub(crate) fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
             format_size(s.not_started.bytes)
         )?;
     }
+    not_listed(&mut out, &s.failed_listings)?;
+    filtered_lines(&mut out, &s.filtered)?;
     writeln!(out, "time     {:.2}s", s.seconds)?;
     out.flush()
+}
+
+/// One `left out` line per reason a pull skipped entries.
+fn filtered_lines(out: &mut impl Write, f: &BTreeMap<&'static str, Count>) -> std::io::Result<()> {
+    for (reason, c) in f {
+        writeln!(
+            out,
+            "left out {:>6} {:<8} {:>10}  ({reason})",
+            c.entries,
+            entries(c.entries),
+            format_size(c.bytes)
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(dir: Direction, c: Option<&str>) -> ListingFailure {
+        ListingFailure {
+            direction: dir,
+            crate_name: c.map(ToString::to_string),
+            prefix: format!("p/{}/", c.unwrap_or_default()),
+            entries: None,
+            error: "cannot list".into(),
+            fatal: false,
+        }
+    }
+
+    fn line(f: &[ListingFailure]) -> String {
+        let mut out = Vec::new();
+        not_listed(&mut out, f).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn not_listed_names_each_crate_once() {
+        assert_eq!(line(&[]), "");
+        let both = [
+            failed(Direction::Pull, Some("serde")),
+            failed(Direction::Push, Some("serde")),
+            failed(Direction::Pull, Some("anyhow")),
+        ];
+        assert_eq!(line(&both), "not listed    2 crates   anyhow, serde\n");
+        assert_eq!(
+            line(&both[..1]),
+            "not listed    1 crate    serde\n",
+            "aligned with `failed        1 entry`"
+        );
+        let many: Vec<_> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|c| failed(Direction::Pull, Some(c)))
+            .collect();
+        assert_eq!(
+            line(&many),
+            "not listed    7 crates   a, b, c, d, e, ... (2 more)\n"
+        );
+        assert_eq!(
+            line(&[failed(Direction::Pull, None)]),
+            "not listed    every crate\n"
+        );
+    }
 }

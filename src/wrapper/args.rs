@@ -68,6 +68,89 @@ pub(crate) fn is_rustc_like(p: &std::ffi::OsStr) -> bool {
 
 const LINKED_TYPES: [&str; 4] = ["bin", "proc-macro", "dylib", "cdylib"];
 
+/// One rustc argument as (flag, value): `--flag value`, `--flag=value`,
+/// `-Cvalue` and `-C value` all become `("-C", "value")` (long flags keep
+/// their `--` name); a flag without a value has an empty value; a lone
+/// value (the input file) has an empty flag. `raw` is the argv span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Arg {
+    pub(crate) flag: String,
+    pub(crate) value: String,
+    pub(crate) raw: std::ops::Range<usize>,
+}
+
+/// Long flags that take a value (as the next argument or after `=`).
+const LONG_WITH_VALUE: [&str; 25] = [
+    "--crate-name",
+    "--out-dir",
+    "--emit",
+    "--crate-type",
+    "--extern",
+    "--target",
+    "--cfg",
+    "--check-cfg",
+    "--cap-lints",
+    "--error-format",
+    "--json",
+    "--color",
+    "--edition",
+    "--force-warn",
+    "--remap-path-prefix",
+    "--remap-path-scope",
+    "--diagnostic-width",
+    "--env-set",
+    "--codegen",
+    "--print",
+    "--explain",
+    "--sysroot",
+    "--unpretty",
+    "--extern-location",
+    "--crate-attr",
+];
+
+/// Short flags that take a value (`-Cv` or `-C v`).
+const SHORT_WITH_VALUE: [&str; 9] = ["-C", "-L", "-l", "-A", "-W", "-D", "-F", "-Z", "-o"];
+
+/// The one tokenizer of rustc's argv, shared by classification and the
+/// cache key.
+pub(crate) fn tokenize(args: &[String]) -> Vec<Arg> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let start = i;
+        let (flag, value) =
+            if LONG_WITH_VALUE.contains(&a.as_str()) || SHORT_WITH_VALUE.contains(&a.as_str()) {
+                i += 1;
+                (a.clone(), args.get(i).cloned().unwrap_or_default())
+            } else if let Some((f, v)) = a.split_once('=').filter(|(f, _)| f.starts_with("--")) {
+                let f = if f == "--codegen" { "-C" } else { f };
+                (f.to_string(), v.to_string())
+            } else if let Some(f) = SHORT_WITH_VALUE
+                .iter()
+                .find(|f| a.starts_with(**f) && a.len() > f.len())
+            {
+                (f.to_string(), a[f.len()..].to_string())
+            } else if a.starts_with('-') && a != "-" {
+                (a.clone(), String::new())
+            } else {
+                (String::new(), a.clone())
+            };
+        let flag = if flag == "--codegen" {
+            "-C".to_string()
+        } else {
+            flag
+        };
+        out.push(Arg {
+            flag,
+            value,
+            raw: start..(i + 1).min(args.len()),
+        });
+        i += 1;
+    }
+    out
+}
+
 /// Classifies rustc arguments (argv after the rustc path). `out_dir_env`
 /// is the `OUT_DIR` of the calling process, if any (build-script probes
 /// compile into it).
@@ -80,141 +163,73 @@ pub(crate) fn classify(
     let mut inputs: Vec<String> = Vec::new();
     let mut emit_seen = false;
     let mut run_args: Vec<String> = Vec::with_capacity(args.len());
-    let mut i = 0;
-    // Takes the value of a flag given as `--flag value` or `--flag=value`.
-    let value = |i: &mut usize, flag: &str, long_eq: bool| -> Option<String> {
-        let a = &args[*i];
-        if a == flag {
-            *i += 1;
-            return args.get(*i).cloned();
-        }
-        if long_eq {
-            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-                return Some(v.to_string());
-            }
-        } else if let Some(v) = a.strip_prefix(flag) {
-            return Some(v.to_string());
-        }
-        None
-    };
-    while i < args.len() {
-        let a = args[i].clone();
-        let start = i;
-        match a.as_str() {
+    for t in tokenize(args) {
+        let v = t.value.clone();
+        match t.flag.as_str() {
             "-vV" | "-V" | "--version" | "--help" | "-h" => return Verdict::Pass("not a compile"),
-            "-" => return Verdict::Pass("stdin input"),
             "-o" => return Verdict::Pass("-o"),
-            "--test" => {
-                c.test = true;
-                run_args.push(a);
-                i += 1;
-                continue;
-            }
-            _ => {}
-        }
-        let is = |f: &str| a == f || a.starts_with(&format!("{f}="));
-        if is("--print") || a.starts_with("--print") {
-            return Verdict::Pass("--print");
-        }
-        if is("--explain") || is("--pretty") || is("--unpretty") || a.starts_with("-Zunpretty") {
-            return Verdict::Pass("not a compile");
-        }
-        if is("--sysroot") {
-            return Verdict::Pass("--sysroot");
-        }
-        if is("--crate-name") {
-            c.crate_name = value(&mut i, "--crate-name", true).unwrap_or_default();
-        } else if is("--out-dir") {
-            c.out_dir = PathBuf::from(value(&mut i, "--out-dir", true).unwrap_or_default());
-        } else if is("--emit") {
-            if emit_seen {
-                return Verdict::Pass("--emit twice");
-            }
-            emit_seen = true;
-            let v = value(&mut i, "--emit", true).unwrap_or_default();
-            for k in v.split(',') {
-                if k.contains('=') {
-                    return Verdict::Pass("--emit with a path");
+            "--print" => return Verdict::Pass("--print"),
+            "--explain" | "--pretty" | "--unpretty" => return Verdict::Pass("not a compile"),
+            "-Z" if v.starts_with("unpretty") => return Verdict::Pass("not a compile"),
+            "--sysroot" => return Verdict::Pass("--sysroot"),
+            "--test" => c.test = true,
+            "--crate-name" => c.crate_name = v,
+            "--out-dir" => c.out_dir = PathBuf::from(v),
+            "--emit" => {
+                if emit_seen {
+                    return Verdict::Pass("--emit twice");
                 }
-                match k {
-                    "link" | "metadata" | "dep-info" => c.emit.push(k.to_string()),
-                    _ => return Verdict::Pass("unsupported emit kind"),
+                emit_seen = true;
+                for k in v.split(',') {
+                    if k.contains('=') {
+                        return Verdict::Pass("--emit with a path");
+                    }
+                    match k {
+                        "link" | "metadata" | "dep-info" => c.emit.push(k.to_string()),
+                        _ => return Verdict::Pass("unsupported emit kind"),
+                    }
                 }
             }
-        } else if is("--crate-type") {
-            let v = value(&mut i, "--crate-type", true).unwrap_or_default();
-            for t in v.split(',') {
-                c.crate_types.push(t.to_string());
-            }
-        } else if is("--extern") {
-            let v = value(&mut i, "--extern", true).unwrap_or_default();
-            match v.split_once('=') {
+            "--crate-type" => c.crate_types.extend(v.split(',').map(String::from)),
+            "--extern" => match v.split_once('=') {
                 Some((n, p)) => c.externs.push((n.to_string(), Some(p.to_string()))),
                 None => c.externs.push((v, None)),
+            },
+            "--target" => c.target = Some(v),
+            "-L" => {
+                let (k, p) = match v.split_once('=') {
+                    Some((k, p)) => (k.to_string(), p.to_string()),
+                    None => ("all".to_string(), v),
+                };
+                c.lib_paths.push((k, p));
             }
-        } else if is("--target") {
-            c.target = value(&mut i, "--target", true);
-        } else if a == "-L" || a.starts_with("-L") {
-            let v = value(&mut i, "-L", false).unwrap_or_default();
-            let (k, p) = match v.split_once('=') {
-                Some((k, p)) => (k.to_string(), p.to_string()),
-                None => ("all".to_string(), v),
-            };
-            c.lib_paths.push((k, p));
-        } else if a == "-l" || (a.starts_with("-l") && a.len() > 2) {
-            let v = value(&mut i, "-l", false).unwrap_or_default();
-            let (k, n) = match v.split_once('=') {
-                Some((k, n)) => (k.split(':').next().unwrap_or("").to_string(), n.to_string()),
-                None => (String::new(), v),
-            };
-            let n = n.split(':').next().unwrap_or("").to_string();
-            c.libs.push((k, n));
-        } else if a == "-C" || (a.starts_with("-C") && a.len() > 2) {
-            let v = value(&mut i, "-C", false).unwrap_or_default();
-            let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
-            match k {
-                "incremental" => {
+            "-l" => {
+                let (k, n) = match v.split_once('=') {
+                    Some((k, n)) => (k.split(':').next().unwrap_or("").to_string(), n.to_string()),
+                    None => (String::new(), v),
+                };
+                let n = n.split(':').next().unwrap_or("").to_string();
+                c.libs.push((k, n));
+            }
+            "-C" => {
+                let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
+                match k {
                     // Dropped from the argv we run.
-                    i += 1;
-                    continue;
+                    "incremental" => continue,
+                    "extra-filename" => c.extra_filename = val.to_string(),
+                    "linker" => c.linker = Some(val.to_string()),
+                    "split-debuginfo" if val != "off" => {
+                        return Verdict::Pass("split debuginfo");
+                    }
+                    "save-temps" => return Verdict::Pass("-C save-temps"),
+                    _ => {}
                 }
-                "extra-filename" => c.extra_filename = val.to_string(),
-                "linker" => c.linker = Some(val.to_string()),
-                "split-debuginfo" if val != "off" => {
-                    return Verdict::Pass("split debuginfo");
-                }
-                "save-temps" => return Verdict::Pass("-C save-temps"),
-                _ => {}
             }
-        } else if a.starts_with('-') {
-            // A flag we do not model: flags that take a separate value
-            // must not swallow the input file.
-            if matches!(
-                a.as_str(),
-                "--cfg"
-                    | "--check-cfg"
-                    | "--cap-lints"
-                    | "--error-format"
-                    | "--json"
-                    | "--color"
-                    | "--edition"
-                    | "-A"
-                    | "-W"
-                    | "-D"
-                    | "-F"
-                    | "--force-warn"
-                    | "--remap-path-prefix"
-                    | "--diagnostic-width"
-                    | "-Z"
-                    | "--env-set"
-            ) {
-                i += 1;
-            }
-        } else {
-            inputs.push(a.clone());
+            "" if v == "-" => return Verdict::Pass("stdin input"),
+            "" => inputs.push(v),
+            _ => {}
         }
-        run_args.extend(args[start..=i.min(args.len() - 1)].iter().cloned());
-        i += 1;
+        run_args.extend(args[t.raw].iter().cloned());
     }
     c.run_args = run_args;
     if c.crate_name.is_empty() {

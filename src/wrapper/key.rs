@@ -1,31 +1,39 @@
 //! Cache keys, in two levels ("direct mode"), so a hit never runs rustc.
 //!
 //! - The *base key* hashes everything known before the compile: the
-//!   toolchain, the normalised arguments, the content of every `--extern`
-//!   file, static libraries, the target spec, the `CARGO_*` environment and,
-//!   for linked outputs, the linker.
-//! - The *full key* adds the content of every source file and the value of
-//!   every env var the compile read, as listed by the dep-info file of the
-//!   compile that made the entry. The lists are recorded in the store's
-//!   index under the base key, so a lookup tries each known list.
+//!   toolchain, the normalised arguments (link arguments by their real
+//!   value), the content of every `--extern` file, static libraries and
+//!   the native libraries on the `-L` paths, the target spec, the
+//!   `CARGO_*` environment, what the package's build script declared
+//!   (`rerun-if-changed` files and directories, `rerun-if-env-changed`
+//!   variables), the inputs the user declared for the crate and, for
+//!   linked outputs, the linker.
+//! - The *full key* adds what only the compile itself could tell: the
+//!   content of every source file and the value of every env var it read
+//!   (dep-info), the content of every file the link read (rustc's
+//!   `--print link-args`), and the real value of every machine-local root
+//!   found in the outputs. The lists are recorded in the store's index
+//!   under the base key, so a lookup tries each known list.
 //!
 //! Machine-local paths (workspace root, target dir, `CARGO_HOME`, `HOME`)
-//! are replaced by sentinels everywhere, so checkouts at different paths
-//! and different machines meet on the same keys.
+//! are replaced by sentinels where the outputs do not depend on them, so
+//! checkouts at different paths and different machines meet on the same
+//! keys; an output that contains one of them is keyed by its real value.
+//!
+//! This module does no I/O of its own: files, programs and the
+//! environment are read through a [`Probe`] the caller passes in, so a
+//! golden test can pin the key of a fixed input.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result, bail};
 
-use super::args::Compile;
-use crate::store::{Store, entry::Inputs, hash_file};
+use super::args::{Arg, Compile, tokenize};
+use crate::store::entry::Inputs;
 
 /// Bumped whenever the key scheme changes.
-const KEY_VERSION: &str = "kache-wrapper-key-1";
+const KEY_VERSION: &str = "kache-wrapper-key-2";
 
 /// Marks an unset env var (distinct from an empty one).
 const UNSET: &str = "\u{0}unset";
@@ -89,24 +97,89 @@ impl Paths {
 
     /// Real paths -> sentinels.
     pub(crate) fn normalize(&self, s: &str) -> String {
-        let mut s = s.to_string();
-        for (real, sent) in &self.rules {
-            if s.contains(real.as_str()) {
-                s = s.replace(real.as_str(), sent);
-            }
-        }
-        s
+        let pairs: Vec<(&str, &str)> = self
+            .rules
+            .iter()
+            .map(|(r, t)| (r.as_str(), t.as_str()))
+            .collect();
+        replace_paths(s, &pairs)
     }
 
     /// Sentinels -> real paths of this checkout.
     pub(crate) fn expand(&self, s: &str) -> String {
-        let mut s = s.to_string();
-        for (real, sent) in &self.rules {
-            if s.contains(sent.as_str()) {
-                s = s.replace(sent.as_str(), real);
+        let pairs: Vec<(&str, &str)> = self
+            .rules
+            .iter()
+            .map(|(r, t)| (t.as_str(), r.as_str()))
+            .collect();
+        replace_paths(s, &pairs)
+    }
+
+    /// A path as rustc got it (an argument), made absolute for this
+    /// checkout; unlike [`Paths::resolve`], nothing is expanded.
+    pub(crate) fn absolute(&self, real: &str) -> PathBuf {
+        let p = PathBuf::from(real);
+        if p.is_absolute() { p } else { self.cwd.join(p) }
+    }
+
+    /// Real paths -> sentinels in a dep-info file, whose rules write a
+    /// space in a path as `\ ` (env-dep lines carry values as they are).
+    pub(crate) fn normalize_dep_info(&self, text: &str) -> String {
+        self.map_dep_info(text, true)
+    }
+
+    /// Sentinels -> real paths of this checkout in a dep-info file.
+    pub(crate) fn expand_dep_info(&self, text: &str) -> String {
+        self.map_dep_info(text, false)
+    }
+
+    /// rustc writes the targets of a rule with prerequisites (its outputs)
+    /// as they are, and escapes spaces in prerequisites and in the phony
+    /// rules it adds for them; env-dep lines carry values as they are.
+    fn map_dep_info(&self, text: &str, normalize: bool) -> String {
+        let esc: Vec<(String, String)> = self
+            .rules
+            .iter()
+            .map(|(r, t)| {
+                let e = r.replace(' ', "\\ ");
+                if normalize {
+                    (e, t.clone())
+                } else {
+                    (t.clone(), e)
+                }
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = esc.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let plain = |l: &str| {
+            if normalize {
+                self.normalize(l)
+            } else {
+                self.expand(l)
+            }
+        };
+        let mut out = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            if line.starts_with('#') {
+                out.push_str(&plain(line));
+            } else if normalize {
+                out.push_str(&plain(&replace_paths(line, &pairs)));
+            } else {
+                match rule_split(line) {
+                    Some((targets, deps)) if !deps.trim().is_empty() => {
+                        out.push_str(&plain(targets));
+                        out.push(':');
+                        out.push_str(&replace_paths(deps, &pairs));
+                    }
+                    _ => out.push_str(&replace_paths(line, &pairs)),
+                }
             }
         }
-        s
+        out
+    }
+
+    /// (real path, sentinel) pairs, most specific first.
+    pub(crate) fn rules(&self) -> &[(String, String)] {
+        &self.rules
     }
 
     /// `--remap-path-prefix` flags, least specific first (rustc's last
@@ -127,195 +200,333 @@ impl Paths {
     }
 }
 
-/// A hasher that frames every field, so ("ab","c") != ("a","bc").
-pub(crate) struct KeyHasher(blake3::Hasher);
+/// Characters that continue a path component: a match must not start
+/// right after one, nor end right before one, so `/w` never matches
+/// inside `/work` and a sentinel never matches inside `/x/kache-ws`.
+fn path_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'+' | b'~')
+}
+
+/// Replaces each `from` by its `to` in one left-to-right pass (replaced
+/// text is never scanned again), only where `from` stands as whole path
+/// components; the first pair that matches at a position wins, so pass
+/// the most specific first.
+fn replace_paths(s: &str, pairs: &[(&str, &str)]) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        if b[i] == b'/' && (i == 0 || !path_char(b[i - 1])) {
+            let hit = pairs.iter().find(|(from, _)| {
+                !from.is_empty()
+                    && b[i..].starts_with(from.as_bytes())
+                    && b.get(i + from.len()).is_none_or(|&c| !path_char(c))
+            });
+            if let Some((from, to)) = hit {
+                out.push_str(&s[copied..i]);
+                out.push_str(to);
+                i += from.len();
+                copied = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&s[copied..]);
+    out
+}
+
+/// A hasher that frames every field, so ("ab","c") != ("a","bc"). It also
+/// remembers the fields, so a miss can be explained (`kache why-miss`).
+pub(crate) struct KeyHasher {
+    h: blake3::Hasher,
+    fields: Vec<(String, String)>,
+}
 
 impl KeyHasher {
     pub(crate) fn new(domain: &str) -> KeyHasher {
-        let mut h = KeyHasher(blake3::Hasher::new());
+        let mut h = KeyHasher {
+            h: blake3::Hasher::new(),
+            fields: Vec::new(),
+        };
         h.field("domain", domain);
         h
     }
 
     pub(crate) fn field(&mut self, label: &str, value: &str) {
         for part in [label, value] {
-            self.0.update(&(part.len() as u64).to_le_bytes());
-            self.0.update(part.as_bytes());
+            self.h.update(&(part.len() as u64).to_le_bytes());
+            self.h.update(part.as_bytes());
         }
+        self.fields.push((label.to_string(), value.to_string()));
     }
 
     pub(crate) fn finish(self) -> String {
-        self.0.finalize().to_hex().to_string()
+        self.h.finalize().to_hex().to_string()
+    }
+
+    /// The hash and a readable account of what went into it.
+    fn finish_explained(self) -> (String, Explain) {
+        let e = explain(&self.fields);
+        (self.finish(), e)
     }
 }
 
-/// Output of `PROGRAM ARG`, cached in the store by the program's path,
-/// mtime and size (and `RUSTUP_TOOLCHAIN`), so it is spawned once.
-fn cached_identity(store: &Store, program: &str, arg: &str) -> Result<String> {
-    let resolved = resolve_program(program);
-    let meta =
-        fs::metadata(&resolved).with_context(|| format!("cannot find {}", resolved.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    let mut h = KeyHasher::new("identity");
-    h.field("path", &resolved.to_string_lossy());
-    h.field("mtime", &mtime.to_string());
-    h.field("size", &meta.len().to_string());
-    h.field("arg", arg);
-    h.field(
-        "rustup",
-        &std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_default(),
-    );
-    let id = h.finish();
-    let dir = store.root().join("toolchains");
-    let file = dir.join(&id);
-    if let Ok(text) = fs::read_to_string(&file) {
-        return Ok(text);
-    }
-    let out = Command::new(&resolved)
-        .arg(arg)
-        .env("KACHE_ACTIVE", "1")
-        .output()
-        .with_context(|| format!("cannot run {} {arg}", resolved.display()))?;
-    if !out.status.success() {
-        bail!("{} {arg} failed", resolved.display());
-    }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let _ = fs::create_dir_all(&dir);
-    // Best effort: without it the program is run again next time.
-    let _ = store.write_atomic("identity", &file, text.as_bytes());
-    Ok(text)
+/// A key's inputs by name (`arg -C opt-level`, `file src/lib.rs`,
+/// `env FOO`, ...), each with a value or a digest; env values are shown
+/// only by class (unset, empty, or set with a short digest), never as is.
+pub(crate) type Explain = BTreeMap<String, String>;
+
+fn short(v: &str) -> String {
+    blake3::hash(v.as_bytes()).to_hex()[..12].to_string()
 }
 
-/// A program name resolved through `PATH` (a path is returned as is).
-fn resolve_program(program: &str) -> PathBuf {
-    let p = Path::new(program);
-    if p.components().count() > 1 {
-        return p.to_path_buf();
+fn class(v: &str) -> String {
+    match v {
+        UNSET => "unset".to_string(),
+        "" => "empty".to_string(),
+        v => format!("set ({})", short(v)),
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join(program);
-            if c.is_file() {
-                return c;
+}
+
+/// Turns recorded key fields into an [`Explain`].
+fn explain(fields: &[(String, String)]) -> Explain {
+    let mut out = Explain::new();
+    let mut put = |k: String, v: String| {
+        let slot = out.entry(k).or_default();
+        if !slot.is_empty() {
+            slot.push_str("; ");
+        }
+        slot.push_str(&v);
+    };
+    let mut i = 0;
+    while i < fields.len() {
+        let (label, value) = (&fields[i].0, &fields[i].1);
+        let next = fields.get(i + 1).map(|f| f.1.as_str()).unwrap_or_default();
+        i += 1;
+        match label.as_str() {
+            "domain" | "base" => {}
+            "file" | "link" => {
+                put(
+                    format!("{label} {value}"),
+                    next.get(..12).unwrap_or(next).to_string(),
+                );
+                i += 1;
+            }
+            "env" | "rerun-if-env-changed" | "declared-env" => {
+                put(format!("{label} {value}"), class(next));
+                i += 1;
+            }
+            "root" => {
+                put(format!("root {value}"), next.to_string());
+                i += 1;
+            }
+            "-C" | "-Z" => {
+                let (k, v) = value.split_once('=').unwrap_or((value.as_str(), ""));
+                put(format!("arg {label} {k}"), v.to_string());
+            }
+            "--extern" | "static-lib" | "native" => {
+                let (k, v) = value.split_once(['=', ':']).unwrap_or((value.as_str(), ""));
+                put(format!("{label} {k}"), v.to_string());
+            }
+            l if l.starts_with("env:") => put(l.to_string(), value.clone()),
+            l if l.starts_with('-') || l.is_empty() => {
+                let name = if l.is_empty() { "input" } else { l };
+                put(format!("arg {name}"), value.clone());
+            }
+            l => {
+                let shown = if value.len() > 100 || value.contains('\n') {
+                    let first = value.lines().next().unwrap_or_default();
+                    let first: String = first.chars().take(80).collect();
+                    format!("{first} ({})", short(value))
+                } else {
+                    value.clone()
+                };
+                put(l.to_string(), shown);
             }
         }
     }
-    p.to_path_buf()
+    out
 }
 
-/// `CARGO_*` variables that change per build without changing the output.
-fn ignored_cargo_var(name: &str) -> bool {
+/// The wrapper's window on the machine: every file hash, program output
+/// and environment read that goes into a key.
+pub(crate) trait Probe {
+    /// The blake3 hash of a file's content; `None` if it cannot be read.
+    fn hash(&self, p: &Path) -> Option<String>;
+    /// The output of `program args...` (a toolchain identity).
+    fn identity(&self, program: &str, args: &[&str]) -> Result<String>;
+    /// One environment variable (lossy UTF-8).
+    fn var(&self, name: &str) -> Option<String>;
+    /// Every environment variable (lossy UTF-8).
+    fn vars(&self) -> Vec<(String, String)>;
+    /// A directory's entries as (name, is_dir), sorted; empty if unreadable.
+    fn list_dir(&self, dir: &Path) -> Vec<(String, bool)>;
+    /// A small text file; `None` if absent.
+    fn read_text(&self, p: &Path) -> Option<String>;
+}
+
+/// Inputs the user declared for a crate in the settings.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Declared {
+    pub(crate) env: Vec<String>,
+    /// Paths or globs relative to the package root.
+    pub(crate) files: Vec<String>,
+}
+
+/// `CARGO_*` variables cargo sets for a compile; anything else under
+/// `CARGO_` is cargo's own configuration (tokens included), which reaches
+/// rustc only through its arguments, or is read through `env!` and then
+/// listed in the dep-info.
+fn keyed_cargo_var(name: &str) -> bool {
     matches!(
         name,
-        "CARGO_MAKEFLAGS"
-            | "CARGO_BUILD_JOBS"
-            | "CARGO_ENCODED_RUSTFLAGS"
-            | "CARGO_TARGET_DIR"
-            | "CARGO_BUILD_TARGET_DIR"
-            | "CARGO_HOME"
-            | "CARGO_INCREMENTAL"
-            | "CARGO_TERM_COLOR"
-            | "CARGO_TERM_PROGRESS_WHEN"
-            | "CARGO_TERM_VERBOSE"
-            | "CARGO_TERM_QUIET"
-    ) || name.starts_with("CARGO_REGISTRIES_")
-        || name.starts_with("CARGO_HTTP_")
-        || name.starts_with("CARGO_NET_")
+        "CARGO"
+            | "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "RUSTC_BOOTSTRAP"
+    ) || [
+        "CARGO_PKG_",
+        "CARGO_BIN_EXE_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// Flags whose value is dropped from the key (with the flag itself).
 fn dropped_flag(flag: &str, value: &str) -> bool {
     match flag {
-        "--out-dir" | "--diagnostic-width" => true,
+        "--out-dir" => true,
         "-L" => value.starts_with("dependency="),
         "-C" => value.starts_with("incremental="),
         _ => false,
     }
 }
 
-/// Splits rustc args into (flag, value) pairs; a lone value (the input)
-/// has an empty flag.
-fn pairs(args: &[String]) -> Vec<(String, String)> {
-    const SPLIT: [&str; 2] = ["-C", "-L"];
-    const TAKES_VALUE: [&str; 24] = [
-        "--crate-name",
-        "--out-dir",
-        "--emit",
-        "--crate-type",
-        "--extern",
-        "--target",
-        "--cfg",
-        "--check-cfg",
-        "--cap-lints",
-        "--error-format",
-        "--json",
-        "--color",
-        "--edition",
-        "-A",
-        "-W",
-        "-D",
-        "-F",
-        "--force-warn",
-        "--remap-path-prefix",
-        "--diagnostic-width",
-        "-Z",
-        "--env-set",
-        "-l",
-        "--codegen",
-    ];
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if SPLIT.contains(&a.as_str()) || TAKES_VALUE.contains(&a.as_str()) {
-            let v = args.get(i + 1).cloned().unwrap_or_default();
-            out.push((a.clone(), v));
-            i += 2;
-            continue;
-        }
-        if let Some((f, v)) = a.split_once('=').filter(|(f, _)| f.starts_with("--")) {
-            out.push((f.to_string(), v.to_string()));
-        } else if let Some(f) = SPLIT
-            .iter()
-            .chain(["-l", "-A", "-W", "-D", "-F", "-Z"].iter())
-            .find(|f| a.starts_with(**f) && a.len() > f.len())
-        {
-            out.push((f.to_string(), a[f.len()..].to_string()));
-        } else if a.starts_with('-') {
-            out.push((a.clone(), String::new()));
+/// Link arguments reach the linker as they are: keyed by real value.
+fn raw_value(flag: &str, value: &str) -> bool {
+    flag == "-C" && (value.starts_with("link-arg=") || value.starts_with("link-args="))
+}
+
+/// Most files a declared directory may hold before kache gives up on
+/// keying it (and the compile runs uncached).
+const MAX_DECLARED_FILES: usize = 20_000;
+
+/// Hashes a declared file, directory (everything under it) or glob.
+fn hash_declared(
+    h: &mut KeyHasher,
+    label: &str,
+    root: &Path,
+    pat: &str,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Result<()> {
+    let mut files = Vec::new();
+    if pat.contains(['*', '?', '[']) {
+        let lit: Vec<&str> = pat
+            .split('/')
+            .take_while(|c| !c.contains(['*', '?', '[']))
+            .collect();
+        let base = root.join(lit.join("/"));
+        walk(&base, &lit.join("/"), probe, &mut files)?;
+        files.retain(|(rel, _)| crate::config::glob_match(pat, rel));
+    } else {
+        let p = root.join(pat);
+        if probe.hash(&p).is_some() {
+            files.push((pat.to_string(), p));
         } else {
-            out.push((String::new(), a.clone()));
+            walk(&p, pat, probe, &mut files)?;
+            if files.is_empty() && probe.list_dir(&p).is_empty() {
+                h.field(label, &format!("{}:missing", paths.normalize(pat)));
+                return Ok(());
+            }
         }
-        i += 1;
     }
-    out
+    files.sort();
+    h.field(label, &paths.normalize(pat));
+    for (rel, p) in files {
+        let d = probe
+            .hash(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        h.field("file", &paths.normalize(&rel));
+        h.field("content", &d);
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path, rel: &str, probe: &dyn Probe, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    for (name, is_dir) in probe.list_dir(dir) {
+        let r = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if is_dir {
+            walk(&dir.join(&name), &r, probe, out)?;
+        } else {
+            out.push((r, dir.join(&name)));
+        }
+        if out.len() > MAX_DECLARED_FILES {
+            bail!(
+                "{} holds more than {MAX_DECLARED_FILES} files",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a build script printed that makes cargo rerun it: paths
+/// (`rerun-if-changed`) and variables (`rerun-if-env-changed`).
+pub(crate) fn parse_build_output(text: &str) -> (Vec<String>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut env = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line
+            .strip_prefix("cargo::")
+            .or_else(|| line.strip_prefix("cargo:"))
+        else {
+            continue;
+        };
+        if let Some(p) = rest.strip_prefix("rerun-if-changed=") {
+            files.push(p.to_string());
+        } else if let Some(v) = rest.strip_prefix("rerun-if-env-changed=") {
+            env.push(v.to_string());
+        }
+    }
+    (files, env)
 }
 
 /// Everything the base key is made of, computed up front.
 pub(crate) fn base_key(
-    store: &Store,
     rustc: &str,
     c: &Compile,
     args: &[String],
     paths: &Paths,
-) -> Result<String> {
+    declared: &Declared,
+    probe: &dyn Probe,
+) -> Result<(String, Explain)> {
     let mut h = KeyHasher::new(KEY_VERSION);
     let rustc_name = Path::new(rustc)
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     h.field("compiler-name", &rustc_name);
-    h.field("toolchain", &cached_identity(store, rustc, "-vV")?);
+    h.field("toolchain", &probe.identity(rustc, &["-vV"])?);
 
     let mut cfgs = Vec::new();
     let mut check_cfgs = Vec::new();
     let mut externs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (flag, value) in pairs(args) {
+    for Arg { flag, value, .. } in tokenize(args) {
         if dropped_flag(&flag, &value) {
             continue;
         }
@@ -327,9 +538,9 @@ pub(crate) fn base_key(
                 let digest = if path.is_empty() {
                     String::new()
                 } else {
-                    let p = paths.resolve(path);
-                    store
-                        .hash_file_cached(&p)
+                    let p = paths.absolute(path);
+                    probe
+                        .hash(&p)
                         .with_context(|| format!("cannot read --extern {}", p.display()))?
                 };
                 let file = Path::new(path)
@@ -342,14 +553,22 @@ pub(crate) fn base_key(
                     .push(format!("{file}:{digest}"));
             }
             "--target" => {
-                let p = paths.resolve(&value);
-                if value.ends_with(".json") && p.is_file() {
-                    let d = hash_file(&p)?;
-                    h.field("target-json", &d);
-                } else {
-                    h.field("target", &value);
+                let p = paths.absolute(&value);
+                match probe.hash(&p).filter(|_| value.ends_with(".json")) {
+                    Some(d) => h.field("target-json", &d),
+                    None => h.field("target", &value),
                 }
             }
+            "-C" if value == "target-cpu=native" => {
+                // `native` means this machine's CPU: key the features it
+                // resolves to, so another CPU never gets this code.
+                h.field("-C", &value);
+                h.field(
+                    "native-cpu",
+                    &probe.identity(rustc, &["--print", "cfg", "-C", "target-cpu=native"])?,
+                );
+            }
+            _ if raw_value(&flag, &value) => h.field(&flag, &value),
             _ => h.field(&flag, &paths.normalize(&value)),
         }
     }
@@ -366,92 +585,153 @@ pub(crate) fn base_key(
         h.field("--extern", &format!("{name}={}", files.join(",")));
     }
 
-    // Native libraries: static ones always, all of them for linked outputs.
+    // Native libraries on the search paths: `-l static=` ones by name,
+    // and every static library there, since `#[link(kind = "static")]`
+    // in the source bundles one that no argument names.
     let search: Vec<PathBuf> = c
         .lib_paths
         .iter()
         .filter(|(k, _)| k != "dependency" && k != "crate")
-        .map(|(_, p)| paths.resolve(p))
+        .map(|(_, p)| paths.absolute(p))
         .collect();
     for (kind, name) in &c.libs {
-        if kind != "static" && !c.links() {
-            continue;
-        }
         let found = search
             .iter()
             .map(|d| d.join(format!("lib{name}.a")))
-            .find(|p| p.is_file());
+            .find_map(|p| probe.hash(&p));
         match found {
-            Some(p) => h.field("static-lib", &format!("{name}:{}", hash_file(&p)?)),
+            Some(d) => h.field("static-lib", &format!("{name}:{d}")),
             None if kind == "static" => bail!("static library {name} not found"),
-            None => {}
+            None => h.field("lib", name),
+        }
+    }
+    for dir in &search {
+        for (name, is_dir) in probe.list_dir(dir) {
+            if is_dir || !name.ends_with(".a") {
+                continue;
+            }
+            if let Some(d) = probe.hash(&dir.join(&name)) {
+                h.field("native", &format!("{name}:{d}"));
+            }
         }
     }
 
     if c.links() {
         let linker = c.linker.clone().unwrap_or_else(|| "cc".to_string());
         h.field("linker", &paths.normalize(&linker));
-        h.field(
-            "linker-version",
-            &cached_identity(store, &linker, "--version")?,
-        );
+        h.field("linker-version", &probe.identity(&linker, &["--version"])?);
     }
 
     // clippy-driver reads its configuration from clippy.toml and CLIPPY_ARGS.
     if rustc_name.starts_with("clippy-driver") {
-        h.field(
-            "clippy-args",
-            &std::env::var("CLIPPY_ARGS").unwrap_or_default(),
-        );
+        h.field("clippy-args", &probe.var("CLIPPY_ARGS").unwrap_or_default());
         let mut dirs: Vec<PathBuf> = Vec::new();
-        if let Some(d) = std::env::var_os("CLIPPY_CONF_DIR") {
+        if let Some(d) = probe.var("CLIPPY_CONF_DIR") {
             dirs.push(PathBuf::from(d));
         }
-        if let Some(d) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        if let Some(d) = probe.var("CARGO_MANIFEST_DIR") {
             dirs.extend(Path::new(&d).ancestors().map(Path::to_path_buf));
         }
         for d in dirs {
             for n in ["clippy.toml", ".clippy.toml"] {
-                let p = d.join(n);
-                if p.is_file() {
-                    h.field("clippy-toml", &hash_file(&p)?);
+                if let Some(d) = probe.hash(&d.join(n)) {
+                    h.field("clippy-toml", &d);
                 }
             }
         }
     }
 
-    let mut vars: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-        .filter(|(k, _)| {
-            (k.starts_with("CARGO_") || k == "CARGO" || k == "RUSTC_BOOTSTRAP")
-                && !ignored_cargo_var(k)
-        })
+    let mut vars: Vec<(String, String)> = probe
+        .vars()
+        .into_iter()
+        .filter(|(k, _)| keyed_cargo_var(k))
         .collect();
     vars.sort();
     for (k, v) in vars {
         h.field(&format!("env:{k}"), &paths.normalize(&v));
     }
-    Ok(h.finish())
+
+    // What the package's build script declared: cargo reruns it (and
+    // recompiles the package) when these change, so a proc macro that
+    // reads them is keyed by them too.
+    let pkg_root = probe.var("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    if let Some(out_dir) = probe.var("OUT_DIR") {
+        let output = Path::new(&out_dir).with_file_name("output");
+        if let Some(text) = probe.read_text(&output) {
+            let (files, env) = parse_build_output(&text);
+            let root = pkg_root.clone().unwrap_or_else(|| paths.cwd.clone());
+            for f in files {
+                let pat = rel_or_abs(&root, &f);
+                hash_declared(&mut h, "rerun-if-changed", &root, &pat, paths, probe)
+                    .with_context(|| format!("build script input {f}"))?;
+            }
+            for v in env {
+                h.field("rerun-if-env-changed", &v);
+                h.field("value", &probe.var(&v).unwrap_or_else(|| UNSET.to_string()));
+            }
+        }
+    }
+    for v in &declared.env {
+        h.field("declared-env", v);
+        h.field("value", &probe.var(v).unwrap_or_else(|| UNSET.to_string()));
+    }
+    let root = pkg_root.unwrap_or_else(|| paths.cwd.clone());
+    for f in &declared.files {
+        hash_declared(&mut h, "declared-file", &root, f, paths, probe)?;
+    }
+    Ok(h.finish_explained())
+}
+
+/// A declared path as a pattern relative to `root` when it lies under it
+/// (so the key does not depend on where the checkout is), else as given.
+fn rel_or_abs(root: &Path, p: &str) -> String {
+    let path = Path::new(p);
+    match path.strip_prefix(root) {
+        Ok(r) if path.is_absolute() => r.to_string_lossy().into_owned(),
+        _ => p.to_string(),
+    }
 }
 
 /// The full key of an input list, or `None` if a listed file is missing.
-pub(crate) fn full_key(inputs: &Inputs, paths: &Paths) -> Option<String> {
+pub(crate) fn full_key(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<String> {
+    full_hasher(inputs, paths, probe).map(KeyHasher::finish)
+}
+
+/// The full key and an account of its inputs beyond the base key.
+pub(crate) fn full_key_explained(
+    inputs: &Inputs,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Option<(String, Explain)> {
+    full_hasher(inputs, paths, probe).map(KeyHasher::finish_explained)
+}
+
+fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyHasher> {
     let mut h = KeyHasher::new("full");
     h.field("base", &inputs.base);
     for f in &inputs.files {
-        let digest = hash_file(&paths.resolve(f)).ok()?;
+        let digest = probe.hash(&paths.resolve(f))?;
         h.field("file", f);
         h.field("content", &digest);
     }
     for name in &inputs.env {
-        let v = match std::env::var_os(name) {
-            Some(v) => paths.normalize(&v.to_string_lossy()),
+        let v = match probe.var(name) {
+            Some(v) => paths.normalize(&v),
             None => UNSET.to_string(),
         };
         h.field("env", name);
         h.field("value", &v);
     }
-    Some(h.finish())
+    for f in &inputs.link {
+        let digest = probe.hash(&paths.resolve(f))?;
+        h.field("link", f);
+        h.field("content", &digest);
+    }
+    for s in &inputs.roots {
+        h.field("root", s);
+        h.field("real", &paths.expand(s));
+    }
+    Some(h)
 }
 
 /// What a dep-info file says the compile read.
@@ -490,7 +770,10 @@ fn split_paths(s: &str) -> Vec<String> {
 fn rule_split(line: &str) -> Option<(&str, &str)> {
     let b = line.as_bytes();
     for i in 0..b.len() {
-        if b[i] == b':' && (i + 1 == b.len() || b[i + 1] == b' ') && (i == 0 || b[i - 1] != b'\\') {
+        let ends = b
+            .get(i + 1)
+            .is_none_or(|c| matches!(c, b' ' | b'\n' | b'\r'));
+        if b[i] == b':' && ends && (i == 0 || b[i - 1] != b'\\') {
             return Some((&line[..i], &line[i + 1..]));
         }
     }
@@ -569,16 +852,158 @@ mod tests {
     }
 
     #[test]
-    fn args_pairs() {
+    fn args_tokens() {
         let a: Vec<String> =
             "--crate-name foo src/lib.rs -C opt-level=3 -Cdebuginfo=2 --cfg x -L dependency=/d"
                 .split(' ')
                 .map(String::from)
                 .collect();
-        let p = pairs(&a);
+        let p: Vec<(String, String)> = tokenize(&a)
+            .into_iter()
+            .map(|t| (t.flag, t.value))
+            .collect();
         assert_eq!(p[0], ("--crate-name".into(), "foo".into()));
         assert_eq!(p[1], (String::new(), "src/lib.rs".into()));
         assert_eq!(p[3], ("-C".into(), "debuginfo=2".into()));
         assert!(dropped_flag(&p[5].0, &p[5].1));
+    }
+
+    #[test]
+    fn paths_are_replaced_as_whole_components_once() {
+        let p = Paths::from_rules(
+            &[("/t/kache-target", "/kache-target"), ("/w", "/kache-ws")],
+            "/w",
+        );
+        assert_eq!(
+            p.normalize("/work /w/x =/w \"/w\""),
+            "/work /kache-ws/x =/kache-ws \"/kache-ws\""
+        );
+        assert_eq!(p.normalize("/t/kache-target/debug"), "/kache-target/debug");
+        assert_eq!(p.expand("/kache-target/debug"), "/t/kache-target/debug");
+        assert_eq!(p.expand("/opt/kache-target/x"), "/opt/kache-target/x");
+        assert_eq!(
+            p.absolute("/t/kache-target/a"),
+            PathBuf::from("/t/kache-target/a")
+        );
+    }
+
+    #[test]
+    fn build_script_output() {
+        let (f, e) = parse_build_output(
+            "cargo:rerun-if-changed=migrations\ncargo::rerun-if-env-changed=DB\ncargo:rustc-cfg=x\ncargo:rerun-if-changed=build.rs\n",
+        );
+        assert_eq!(f, vec!["migrations", "build.rs"]);
+        assert_eq!(e, vec!["DB"]);
+    }
+
+    #[test]
+    fn dep_info_with_spaces_is_rewritten() {
+        let p = Paths::from_rules(&[("/a b/ws", "/kache-ws")], "/a b/ws");
+        let text = "/a b/ws/t/foo.d: /a\\ b/ws/src/lib.rs\n/a\\ b/ws/src/lib.rs:\n\n# env-dep:X=/a b/ws/y\n";
+        let n = p.normalize_dep_info(text);
+        assert_eq!(
+            n,
+            "/kache-ws/t/foo.d: /kache-ws/src/lib.rs\n/kache-ws/src/lib.rs:\n\n# env-dep:X=/kache-ws/y\n"
+        );
+        assert_eq!(p.expand_dep_info(&n), text);
+    }
+
+    /// A probe with fixed answers, for the golden key.
+    struct Fixed;
+
+    impl Probe for Fixed {
+        fn hash(&self, p: &Path) -> Option<String> {
+            Some(
+                blake3::hash(p.to_string_lossy().as_bytes())
+                    .to_hex()
+                    .to_string(),
+            )
+        }
+        fn identity(&self, program: &str, args: &[&str]) -> Result<String> {
+            Ok(format!("{program} {}", args.join(" ")))
+        }
+        fn var(&self, name: &str) -> Option<String> {
+            self.vars()
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v)
+        }
+        fn vars(&self) -> Vec<(String, String)> {
+            [
+                ("CARGO_PKG_NAME", "foo"),
+                ("CARGO_REGISTRY_TOKEN", "secret"),
+                ("CARGO_MAKEFLAGS", "-j --jobserver-fds=3,4"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        }
+        fn list_dir(&self, _dir: &Path) -> Vec<(String, bool)> {
+            Vec::new()
+        }
+        fn read_text(&self, _p: &Path) -> Option<String> {
+            None
+        }
+    }
+
+    /// Pins the key of a fixed input: a change to the key scheme must be
+    /// deliberate (bump `KEY_VERSION` and this value together).
+    #[test]
+    fn golden_key() {
+        let args: Vec<String> = "--crate-name foo --edition=2021 src/lib.rs --error-format=json \
+            --crate-type lib --emit=dep-info,metadata,link -C metadata=abc \
+            -C extra-filename=-0123 --out-dir /w/target/debug/deps \
+            -L dependency=/w/target/debug/deps --extern bar=/w/target/debug/deps/libbar-1.rmeta \
+            --cfg feature=\"x\" --diagnostic-width=80"
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let crate::wrapper::args::Verdict::Cache(c) =
+            crate::wrapper::args::classify(&args, true, None)
+        else {
+            panic!("not cached")
+        };
+        let paths = Paths::from_rules(&[("/w", "/kache-ws"), ("/w/target", "/kache-target")], "/w");
+        let (base, why) =
+            base_key("rustc", &c, &args, &paths, &Declared::default(), &Fixed).unwrap();
+        assert_eq!(why["arg --diagnostic-width"], "80");
+        assert_eq!(why["arg -C metadata"], "abc");
+        assert_eq!(why["toolchain"], "rustc -vV");
+        assert_eq!(
+            base,
+            "8fe01bb48be3f835f121a1911530ecf5d136682558ab5a9317793f4a4a214e3e"
+        );
+        let inputs = Inputs {
+            base,
+            files: vec!["src/lib.rs".into()],
+            env: vec!["CARGO_PKG_NAME".into(), "NOPE".into()],
+            link: vec![],
+            roots: vec!["/kache-ws".into()],
+        };
+        let full = full_key(&inputs, &paths, &Fixed).unwrap();
+        let (f2, why) = full_key_explained(&inputs, &paths, &Fixed).unwrap();
+        assert_eq!(f2, full);
+        assert_eq!(why["env NOPE"], "unset");
+        assert!(why["env CARGO_PKG_NAME"].starts_with("set ("), "{why:?}");
+        assert_eq!(
+            full,
+            "5f257566b05ed7599f3b8772409179b9e91e54e6f3880f7023958d3249d413bb"
+        );
+        // Another checkout path leaves the base key alone (the extern's
+        // content aside, which `Fixed` derives from its path); the
+        // diagnostic width, which changes stderr, does not.
+        let moved = Paths::from_rules(&[("/v", "/kache-ws"), ("/v/target", "/kache-target")], "/v");
+        let key_of = |from: &str, to: &str, p: &Paths| {
+            let a: Vec<String> = args
+                .iter()
+                .filter(|a| !a.starts_with("--extern") && !a.contains("libbar"))
+                .map(|a| a.replace(from, to))
+                .collect();
+            base_key("rustc", &c, &a, p, &Declared::default(), &Fixed)
+                .unwrap()
+                .0
+        };
+        assert_eq!(key_of("/w/", "/w/", &paths), key_of("/w/", "/v/", &moved));
+        assert_ne!(key_of("=80", "=80", &paths), key_of("=80", "=100", &paths));
     }
 }

@@ -10,48 +10,29 @@ to running rustc exactly as without kache, with one warning line.
 */
 
 pub(crate) mod args;
+mod call;
 pub(crate) mod key;
+mod link;
+mod probe;
 pub(crate) mod restore;
 mod stamp;
+
+pub(crate) use self::call::is_wrapper_call;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 
 use self::args::{Compile, Verdict};
-use self::key::Paths;
+use self::key::{Declared, Paths};
+use self::probe::RealProbe;
 use crate::config::WrapperConfig;
-use crate::store::entry::{DepInfo, Inputs};
+use crate::store::entry::{DepInfo, Inputs, Origin};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
-
-/// Whether argv is a wrapper call: argv[1] is rustc or clippy-driver, or
-/// another program (a workspace wrapper followed by rustc, or a C compiler
-/// that the `cc` crate runs through `RUSTC_WRAPPER`), which is run as is.
-pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
-    const COMMANDS: [&str; 8] = [
-        "sync", "list", "stats", "gc", "purge", "config", "daemon", "help",
-    ];
-    let Some(a1) = args.get(1) else {
-        return false;
-    };
-    if args::is_rustc_like(a1) {
-        return true;
-    }
-    let s = a1.to_string_lossy();
-    if s.is_empty() || s.starts_with('-') || COMMANDS.contains(&s.as_ref()) {
-        return false;
-    }
-    let p = std::path::Path::new(a1);
-    if p.components().count() > 1 {
-        return p.is_file();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-}
 
 fn truthy(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| {
@@ -144,7 +125,11 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         Ok(c) => c,
         Err(e) => {
             return match args::classify(&expanded, true, out_dir_env.as_deref()) {
-                Verdict::Cache(_) => fallback(rustc, rest, &e),
+                Verdict::Cache(c) => {
+                    // Outputs an earlier hit restored are read-only.
+                    unlink_outputs(&c);
+                    fallback(rustc, rest, &e)
+                }
                 Verdict::Pass(_) => run_plain(rustc, rest),
             };
         }
@@ -178,6 +163,26 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
     };
     if let Some(l) = lead {
         compile.run_args.insert(0, l);
+    }
+    let crate_name = entry_crate(&compile);
+    if cfg.never_cache.contains(&crate_name)
+        || cfg
+            .never_cache
+            .contains(&normalize_crate(&compile.crate_name))
+    {
+        let code = run_plain(rustc, rest);
+        log(
+            &Store::at(&cfg.cache_dir),
+            &Event {
+                crate_name: &crate_name,
+                result: "passthrough",
+                start,
+                size: 0,
+                key: "",
+                compile_ms: 0,
+            },
+        );
+        return code;
     }
     let mut ran = None;
     match cached(&cfg, rustc, &compile, &expanded, start, &mut ran) {
@@ -266,42 +271,29 @@ fn unlink_outputs(c: &Compile) {
 
 /// Looks up each recorded input list of `base`; the first whose full key
 /// has an entry.
-fn lookup(store: &Store, crate_name: &str, base: &str, paths: &Paths) -> Result<Option<Entry>> {
+fn lookup(
+    store: &Store,
+    crate_name: &str,
+    base: &str,
+    paths: &Paths,
+    probe: &RealProbe<'_>,
+) -> Result<Option<Entry>> {
     for inputs in store.inputs_for(base) {
-        let Some(full) = key::full_key(&inputs, paths) else {
+        let Some(full) = key::full_key(&inputs, paths, probe) else {
             continue;
         };
         match store.get(crate_name, &full) {
             Ok(Some(e)) => return Ok(Some(e)),
             Ok(None) => {}
-            // A corrupt manifest: drop it so this compile can replace it.
-            Err(_) => {
+            // A manifest proven corrupt: drop it so this compile can
+            // replace it. An I/O error (EMFILE, EIO) leaves it alone.
+            Err(e) if crate::store::is_corrupt(&e) => {
                 let _ = store.remove(crate_name, &full);
             }
+            Err(_) => {}
         }
     }
     Ok(None)
-}
-
-/// A per-base-key lock: identical compiles racing compile once.
-fn lock(store: &Store, base: &str) -> Option<File> {
-    let p = store.root().join("locks").join(format!("{base}.lock"));
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(p)
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Some(f),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(75));
-            }
-            Err(_) => return None,
-        }
-    }
 }
 
 fn hit(
@@ -334,6 +326,22 @@ fn hit(
     Ok(0)
 }
 
+/// The inputs the user declared for a crate.
+fn declared(cfg: &WrapperConfig, crate_name: &str, compile: &Compile) -> Declared {
+    let mut d = Declared::default();
+    for n in [crate_name.to_string(), normalize_crate(&compile.crate_name)] {
+        if let Some(i) = cfg.inputs.get(&n) {
+            d.env.extend(i.env.iter().cloned());
+            d.files.extend(i.files.iter().cloned());
+        }
+    }
+    d.env.sort();
+    d.env.dedup();
+    d.files.sort();
+    d.files.dedup();
+    d
+}
+
 fn cached(
     cfg: &WrapperConfig,
     rustc: &OsString,
@@ -348,36 +356,60 @@ fn cached(
     let store = Store::open(&cfg.cache_dir)?;
     let crate_name = entry_crate(compile);
     let paths = Paths::detect(&compile.out_dir)?;
+    let probe = RealProbe::new(&store);
     let out_dir = if compile.out_dir.is_absolute() {
         compile.out_dir.clone()
     } else {
         paths.cwd.join(&compile.out_dir)
     };
-    let base = key::base_key(&store, rustc_str, compile, args, &paths)?;
-    if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
-        return hit(&store, &e, compile, &paths, start);
+    let decl = declared(cfg, &crate_name, compile);
+    let (base, base_why) = key::base_key(rustc_str, compile, args, &paths, &decl, &probe)?;
+    let verify = truthy("KACHE_VERIFY");
+    let mut found = lookup(&store, &crate_name, &base, &paths, &probe)?;
+    let _guard = if found.is_none() {
+        let g = store.compile_lock(&base);
+        found = lookup(&store, &crate_name, &base, &paths, &probe)?;
+        g
+    } else {
+        None
+    };
+    if let Some(e) = &found
+        && !verify
+    {
+        return hit(&store, e, compile, &paths, start);
     }
-    let _guard = lock(&store, &base);
-    if let Some(e) = lookup(&store, &crate_name, &base, &paths)? {
-        return hit(&store, &e, compile, &paths, start);
-    }
-    if crate::daemon::client::remote_fetch(cfg, &store, &crate_name)
-        && let Some(e) = lookup(&store, &crate_name, &base, &paths)?
+    if found.is_none()
+        && crate::daemon::client::remote_fetch(cfg, &store, &crate_name)
+        && let Some(e) = lookup(&store, &crate_name, &base, &paths, &probe)?
     {
         return hit(&store, &e, compile, &paths, start);
     }
 
-    // Miss: compile for real.
+    // Miss (or a hit to verify): compile for real.
     let outputs = compile.outputs();
     unlink_outputs(compile);
+    // The link line goes beside the outputs, never into the store: a
+    // full or broken store must not fail the compile.
+    let link_args = (compile.links() && compile.emit.iter().any(|e| e == "link")).then(|| {
+        out_dir.join(format!(
+            ".{}.kache-link-args.{}",
+            compile.dep_info_name(),
+            std::process::id()
+        ))
+    });
     let mut cmd = Command::new(rustc);
-    cmd.args(&compile.run_args)
-        .args(paths.remap_args())
+    // kache's remappings first: a user's own `--remap-path-prefix` comes
+    // later and so wins (rustc applies the last matching rule).
+    cmd.args(paths.remap_args())
+        .args(&compile.run_args)
         .env("KACHE_ACTIVE", "1")
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let before = fs_clock(&store);
+    if let Some(p) = &link_args {
+        cmd.arg(format!("--print=link-args={}", p.display()));
+    }
+    let before = store.fs_clock();
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
@@ -392,10 +424,18 @@ fn cached(
     let compile_ms = t0.elapsed().as_millis() as u64;
     let code = exit_code(status);
     *ran = Some(code);
+    let link_text = link_args.as_ref().map(|p| {
+        let t = fs::read_to_string(p);
+        let _ = fs::remove_file(p);
+        t
+    });
     if code != 0 {
         progress(&compile.crate_name, "miss (failed)", start, 0);
         unstored_miss(&store, &crate_name, start, compile_ms);
         return Ok(code);
+    }
+    if let Some(e) = &found {
+        return verify_hit(&store, e, &out_dir, start, compile_ms);
     }
 
     // Store what rustc produced, keyed by what it actually read.
@@ -403,30 +443,37 @@ fn cached(
     let dep_text = fs::read_to_string(&dep_path)
         .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
     let deps = key::parse_dep_info(&dep_text);
-    let inputs = Inputs {
+    let link = match link_text {
+        None => Vec::new(),
+        Some(t) => {
+            let t = t.context("rustc wrote no link line")?;
+            let outs: Vec<std::path::PathBuf> =
+                outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
+            link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file())
+                .into_iter()
+                .filter(|p| !outs.contains(p))
+                .map(|p| paths.normalize(&p.to_string_lossy()))
+                .collect()
+        }
+    };
+    let mut inputs = Inputs {
         base: base.clone(),
         files: deps.files.iter().map(|f| paths.normalize(f)).collect(),
         env: deps.env,
+        link,
+        roots: Vec::new(),
     };
-    let full = key::full_key(&inputs, &paths)
-        .ok_or_else(|| anyhow!("a source file listed in {} is gone", dep_path.display()))?;
-    if let Some(before) = before
-        && inputs.files.iter().any(|f| {
-            fs::metadata(paths.resolve(f))
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m > before)
-        })
-    {
-        // A source was edited while rustc ran: its outputs may not match
-        // the content the key was computed from. Not an error; not stored.
-        unstored_miss(&store, &crate_name, start, compile_ms);
-        return Ok(code);
-    }
     let _w = store.writer_lock()?;
+    // The outputs go into the store, scanned on the way for the
+    // machine-local roots they contain (which then join the key).
     let mut files = Vec::with_capacity(outputs.len());
+    let mut roots = Vec::new();
     for (name, executable) in &outputs {
         let p = out_dir.join(name);
-        let (hash, size) = store.put_blob_file(&p)?;
+        let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let (hash, size) = store
+            .put_blob_reader(RootScan::new(f, paths.rules(), &mut roots), None)
+            .with_context(|| format!("cannot store {}", p.display()))?;
         files.push(FileRecord {
             name: name.clone(),
             hash,
@@ -434,40 +481,174 @@ fn cached(
             executable: *executable,
         });
     }
+    roots.sort();
+    inputs.roots = roots;
+    let (full, full_why) = key::full_key_explained(&inputs, &paths, &probe)
+        .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
+    let mut why = base_why;
+    why.extend(full_why);
+    if before.is_none_or(|b| probe::changed_since(&probe.files_read(), b)) {
+        // An input changed while rustc ran: its outputs may not match
+        // the content the key was computed from. Not an error; not stored
+        // (the blobs just written are unreferenced; gc removes them).
+        unstored_miss(&store, &crate_name, start, compile_ms);
+        return Ok(code);
+    }
     let size = files.iter().map(|f| f.size).sum();
     let mut entry = Entry::new(&crate_name, &full, files);
     entry.stdout = paths.normalize(&String::from_utf8_lossy(&out_raw));
     entry.stderr = paths.normalize(&String::from_utf8_lossy(&err_raw));
     entry.dep_info = Some(DepInfo {
         name: compile.dep_info_name(),
-        text: paths.normalize(&dep_text),
+        text: paths.normalize_dep_info(&dep_text),
     });
     entry.inputs = Some(inputs);
     entry.compile_ms = compile_ms;
+    entry.explain = why;
+    entry.origin = origin(rustc_str, compile, &probe);
     store.publish(&entry)?;
     crate::daemon::client::after_store(cfg, &store, &crate_name, &full);
     progress(&compile.crate_name, "miss", start, size);
-    log(
-        &store,
-        &Event {
-            crate_name: &crate_name,
-            result: "miss",
-            start,
-            size,
-            key: &full,
-            compile_ms,
-        },
-    );
+    let line = serde_json::json!({
+        "ts": now_secs(),
+        "crate": crate_name,
+        "result": "miss",
+        "ms": start.elapsed().as_millis() as u64,
+        "size": size,
+        "key": full,
+        "compile_ms": compile_ms,
+        "inputs": entry.explain,
+    });
+    store.log_event(&line.to_string());
     Ok(code)
 }
 
-/// "Now" by the filesystem's own clock (the mtime of a file just
-/// written), comparable with source mtimes.
-fn fs_clock(store: &Store) -> Option<std::time::SystemTime> {
-    let p = store.tmp_path("clock");
-    let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
-    let _ = fs::remove_file(&p);
-    t.ok()
+/// What the entry is for: the package version, the target triple and a
+/// short digest of the toolchain (`None` if any is not a safe name).
+fn origin(rustc: &str, compile: &Compile, probe: &RealProbe<'_>) -> Option<Origin> {
+    use self::key::Probe;
+    let vv = probe.identity(rustc, &["-vV"]).ok()?;
+    let host = vv.lines().find_map(|l| l.strip_prefix("host: "))?.trim();
+    let target = match &compile.target {
+        Some(t) => std::path::Path::new(t)
+            .file_stem()
+            .map_or_else(|| t.clone(), |s| s.to_string_lossy().into_owned()),
+        None => host.to_string(),
+    };
+    let o = Origin {
+        version: probe
+            .var("CARGO_PKG_VERSION")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "_".to_string()),
+        target,
+        toolchain: crate::store::toolchain_id(&vv),
+    };
+    o.is_valid().then_some(o)
+}
+
+/// A reader that looks for the machine-local roots (real paths) in what
+/// passes through it, so the outputs are scanned in the same pass that
+/// stores them. Memory stays bounded whatever the file size.
+struct RootScan<'a, R> {
+    inner: R,
+    rules: &'a [(String, String)],
+    /// Sentinels of the roots found so far.
+    found: &'a mut Vec<String>,
+    /// The end of the previous chunk: a path may straddle two reads.
+    tail: Vec<u8>,
+    keep: usize,
+}
+
+impl<'a, R: Read> RootScan<'a, R> {
+    fn new(inner: R, rules: &'a [(String, String)], found: &'a mut Vec<String>) -> Self {
+        let keep = rules.iter().map(|(r, _)| r.len()).max().unwrap_or(1) - 1;
+        RootScan {
+            inner,
+            rules,
+            found,
+            tail: Vec::new(),
+            keep,
+        }
+    }
+}
+
+impl<R: Read> Read for RootScan<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 && self.found.len() < self.rules.len() {
+            self.tail.extend_from_slice(&buf[..n]);
+            for (real, sent) in self.rules {
+                if !self.found.contains(sent)
+                    && memchr::memmem::find(&self.tail, real.as_bytes()).is_some()
+                {
+                    self.found.push(sent.clone());
+                }
+            }
+            let cut = self.tail.len().saturating_sub(self.keep);
+            self.tail.drain(..cut);
+        }
+        Ok(n)
+    }
+}
+
+/// The sentinels of the machine-local roots whose real path appears in
+/// any of the outputs: such an output depends on where it was built.
+#[cfg(test)]
+fn roots_in(outputs: &[std::path::PathBuf], paths: &Paths) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for p in outputs {
+        let f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+        std::io::copy(
+            &mut RootScan::new(f, paths.rules(), &mut found),
+            &mut std::io::sink(),
+        )?;
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// `KACHE_VERIFY=1`: a hit was compiled for real; compares what rustc
+/// wrote with what the entry would have restored. The compiled output
+/// stays in place either way.
+fn verify_hit(
+    store: &Store,
+    e: &Entry,
+    out_dir: &std::path::Path,
+    start: Instant,
+    compile_ms: u64,
+) -> Result<i32> {
+    let mut bad = Vec::new();
+    for f in &e.files {
+        // What a restore would have put there: the blob's actual bytes.
+        let restored = crate::store::hash_file(&store.blob_path(&f.hash)).ok();
+        let compiled = crate::store::hash_file(&out_dir.join(&f.name)).ok();
+        if compiled.is_none() || compiled != restored || restored.as_deref() != Some(&f.hash) {
+            bad.push(f.name.clone());
+        }
+    }
+    let result = if bad.is_empty() {
+        "verified"
+    } else {
+        eprintln!(
+            "warning: kache: verify mismatch: crate {} key {}: {} differ from the stored entry; keeping the compiled output",
+            e.crate_name,
+            e.key,
+            bad.join(", ")
+        );
+        "verify_mismatch"
+    };
+    let line = serde_json::json!({
+        "ts": now_secs(),
+        "crate": e.crate_name,
+        "result": result,
+        "ms": start.elapsed().as_millis() as u64,
+        "size": e.size(),
+        "key": e.key,
+        "compile_ms": compile_ms,
+        "files": bad,
+    });
+    store.log_event(&line.to_string());
+    Ok(0)
 }
 
 /// Copies a child's output to ours line by line (sentinels from the
@@ -501,24 +682,23 @@ fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn v(a: &[&str]) -> Vec<OsString> {
-        a.iter().map(OsString::from).collect()
-    }
-
     #[test]
-    fn wrapper_call_shapes() {
-        assert!(is_wrapper_call(&v(&["kache", "rustc", "-vV"])));
-        assert!(is_wrapper_call(&v(&[
-            "kache",
-            "/x/bin/clippy-driver",
-            "rustc"
-        ])));
-        assert!(is_wrapper_call(&v(&["kache", "/bin/sh", "rustc", "-vV"])));
-        assert!(is_wrapper_call(&v(&["kache", "sh", "-c", "true"])));
-        assert!(!is_wrapper_call(&v(&["kache"])));
-        assert!(!is_wrapper_call(&v(&["kache", "list", "rustc"])));
-        assert!(!is_wrapper_call(&v(&["kache", "sync", "--pull"])));
-        assert!(!is_wrapper_call(&v(&["kache", "--json"])));
-        assert!(!is_wrapper_call(&v(&["kache", "no-such-program-kache"])));
+    fn roots_found_across_chunk_boundaries() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::from_rules(
+            &[("/home/u/ws", "/kache-ws"), ("/home/u/t", "/kache-target")],
+            "/home/u/ws",
+        );
+        let p = d.path().join("bin");
+        let mut bytes = vec![0u8; 3 << 20];
+        let at = (1 << 20) - 4; // straddles the first chunk's end
+        bytes[at..at + 10].copy_from_slice(b"/home/u/ws");
+        fs::write(&p, &bytes).unwrap();
+        assert_eq!(
+            roots_in(std::slice::from_ref(&p), &paths).unwrap(),
+            vec!["/kache-ws"]
+        );
+        fs::write(&p, vec![7u8; 2 << 20]).unwrap();
+        assert!(roots_in(&[p], &paths).unwrap().is_empty());
     }
 }

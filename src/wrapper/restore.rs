@@ -1,22 +1,44 @@
 //! Putting a stored entry's files back into an out dir.
 //!
-//! `.rlib`/`.rmeta` are hard-linked when no other tree shares the blob
-//! (link count 1); everything else (and anything executable) is a private
-//! copy. Each file lands under a temp name in the out dir and is renamed
-//! over the destination, then stamped with the filesystem's own clock.
+//! Every file is a private, writable copy: a reflink (copy-on-write
+//! clone) where the filesystem has it, else a plain copy. Never a hard
+//! link: a restored file shares no inode with the store, so a tool that
+//! writes into `target/` in place (`cp` over it, any `O_TRUNC` writer,
+//! root ignoring modes) cannot change a blob, and rustc, `cargo fix` or a
+//! build without kache can overwrite it like any file it wrote itself.
+//! Each file lands under a temp name in the out dir, is checked against
+//! the recorded size, stamped with the filesystem's own clock and renamed
+//! over the destination.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use super::key::Paths;
-use super::stamp::touch_now;
+use super::stamp::{reflink, touch_now};
 use crate::store::{Entry, Store, valid_file_name, valid_key};
 
 fn tmp_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.kache-{}.tmp", std::process::id()))
+}
+
+/// Copies `src` to a new file `dst` (reflink when possible) with `mode`;
+/// returns the bytes in `dst`.
+fn clone_file(src: &Path, dst: &Path, mode: u32) -> io::Result<u64> {
+    let from = File::open(src)?;
+    let to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    if reflink(&from, &to).is_err() {
+        drop(to);
+        fs::copy(src, dst)?;
+    }
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+    Ok(fs::metadata(dst)?.len())
 }
 
 /// Restores every file of `entry` into `out_dir`, then writes its dep-info.
@@ -31,24 +53,21 @@ pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Path
         let dst = out_dir.join(&f.name);
         let tmp = tmp_in(out_dir, &f.name);
         let _ = fs::remove_file(&tmp);
-        let linkable = !f.executable && (f.name.ends_with(".rlib") || f.name.ends_with(".rmeta"));
         let res = (|| -> Result<()> {
-            let linked = linkable
-                && fs::metadata(&blob).is_ok_and(|m| m.nlink() == 1)
-                && fs::hard_link(&blob, &tmp).is_ok();
-            if !linked {
-                fs::copy(&blob, &tmp)
-                    .with_context(|| format!("cannot copy blob {} to {}", f.hash, tmp.display()))?;
-                let mode = if f.executable { 0o755 } else { 0o644 };
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-                    .with_context(|| format!("cannot chmod {}", tmp.display()))?;
+            let mode = if f.executable { 0o755 } else { 0o644 };
+            let n = clone_file(&blob, &tmp, mode)
+                .with_context(|| format!("cannot copy blob {} to {}", f.hash, tmp.display()))?;
+            if n != f.size {
+                bail!(
+                    "blob {} holds {n} bytes, the entry says {}; run `kache gc --verify`",
+                    f.hash,
+                    f.size
+                );
             }
             let file =
                 File::open(&tmp).with_context(|| format!("cannot open {}", tmp.display()))?;
             touch_now(&file).with_context(|| format!("cannot stamp {}", tmp.display()))?;
             fs::rename(&tmp, &dst).with_context(|| format!("cannot restore {}", dst.display()))?;
-            // rename() between two links of one inode leaves both.
-            let _ = fs::remove_file(&tmp);
             Ok(())
         })();
         if res.is_err() {
@@ -61,7 +80,10 @@ pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Path
         if !valid_file_name(&d.name) {
             bail!("bad dep-info name {} in entry", d.name);
         }
-        write_fresh(&out_dir.join(&d.name), paths.expand(&d.text).as_bytes())?;
+        write_fresh(
+            &out_dir.join(&d.name),
+            paths.expand_dep_info(&d.text).as_bytes(),
+        )?;
     }
     Ok(total)
 }
@@ -85,8 +107,8 @@ pub(crate) fn write_fresh(dst: &Path, bytes: &[u8]) -> Result<()> {
     res
 }
 
-/// Removes existing outputs that are read-only (hard links to blobs from
-/// an earlier restore): rustc cannot overwrite them in place.
+/// Removes existing outputs that are read-only (hard links to blobs left
+/// by a restore of kache 0.1): rustc cannot overwrite them in place.
 pub(crate) fn unlink_readonly(out_dir: &Path, names: &[String]) {
     for n in names {
         let p = out_dir.join(n);

@@ -1,0 +1,398 @@
+/*!
+Store upkeep: what `kache gc` removes, and the bounds it keeps.
+
+Run under the exclusive gc lock (writers hold it shared), so no blob an
+entry being published is about to reference is ever removed. One pass:
+
+1. `tmp/`: files and staging dirs whose writer process is gone, and
+   anything older than `STALE_TMP`.
+2. Manifests: every one is read; a manifest proven corrupt (not JSON of
+   the entry format, invalid names or hashes) is removed and reported.
+   One that cannot be read (EIO, EMFILE) is reported and kept, and then
+   no blob is removed this pass: its references are unknown.
+3. With `verify`, every blob is re-hashed; corrupt blobs and the entries
+   whose files are missing, corrupt or of another size are removed.
+4. Eviction: by age, or least recently used first down to the size
+   limit; then blobs no entry references, and index lists whose base has
+   no entry left; `hashes/` (a cache of a cache) is cleared.
+5. Bounds: `locks/` keeps only lock files held by a process or younger
+   than `STALE_LOCK`; `events.jsonl` is cut to its newest
+   `EVENTS_KEEP` bytes (whole lines) once it exceeds `EVENTS_MAX`.
+*/
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+
+use super::{Entry, EntryRef, STALE_TMP, Store, hash_file, is_corrupt, now_secs, tmp_owner};
+
+/// A lock file no process holds and older than this is removed.
+pub(crate) const STALE_LOCK: Duration = Duration::from_secs(10 * 60);
+/// `events.jsonl` larger than this is trimmed...
+pub(crate) const EVENTS_MAX: u64 = 16 << 20;
+/// ... to its newest this many bytes (whole lines).
+pub(crate) const EVENTS_KEEP: u64 = 8 << 20;
+
+/// What to collect.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GcOptions {
+    /// Remove entries not used for this many seconds instead of evicting
+    /// down to `max_size`.
+    pub(crate) max_age: Option<u64>,
+    pub(crate) max_size: u64,
+    pub(crate) verify: bool,
+}
+
+/// What a gc pass did.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct GcReport {
+    pub(crate) entries_removed: u64,
+    pub(crate) blobs_removed: u64,
+    pub(crate) bytes_freed: u64,
+    pub(crate) tmp_removed: u64,
+    pub(crate) corrupt_blobs: u64,
+    pub(crate) corrupt_manifests: u64,
+    pub(crate) locks_removed: u64,
+    pub(crate) events_bytes_trimmed: u64,
+    pub(crate) entries_kept: u64,
+    pub(crate) bytes_kept: u64,
+    /// One line each, for stderr.
+    #[serde(skip)]
+    pub(crate) warnings: Vec<String>,
+}
+
+struct Loaded {
+    r: EntryRef,
+    entry: Entry,
+}
+
+/// One gc pass (see the module doc).
+pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
+    let _lock = store.gc_lock()?;
+    let mut rep = GcReport {
+        tmp_removed: clean_tmp(store),
+        ..GcReport::default()
+    };
+
+    let mut all = Vec::new();
+    let mut unreadable = false;
+    for r in store.list()? {
+        match store.get(&r.crate_name, &r.key) {
+            Ok(Some(entry)) => all.push(Loaded { r, entry }),
+            // Another format version: its references are unknown.
+            Ok(None) => unreadable = true,
+            Err(e) if is_corrupt(&e) => {
+                rep.warnings.push(format!("{e:#}; removing it"));
+                rep.corrupt_manifests += 1;
+                if store.remove(&r.crate_name, &r.key).unwrap_or(false) {
+                    rep.entries_removed += 1;
+                }
+            }
+            Err(e) => {
+                rep.warnings
+                    .push(format!("{e:#}; kept, and no blob removed"));
+                unreadable = true;
+            }
+        }
+    }
+    let blobs = store.walk_blobs();
+    let blob_size: HashMap<String, u64> = blobs
+        .iter()
+        .filter_map(|(p, m)| Some((p.file_name()?.to_str()?.to_string(), m.len())))
+        .collect();
+
+    if opts.verify {
+        let mut bad = HashSet::new();
+        for (p, _) in &blobs {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            match hash_file(p) {
+                Ok(h) if h == name => {}
+                _ => {
+                    rep.warnings
+                        .push(format!("blob {} is corrupt; removing it", p.display()));
+                    bad.insert(name.to_string());
+                    rep.corrupt_blobs += 1;
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
+        all.retain(|l| {
+            let ok = l.entry.files.iter().all(|f| {
+                !bad.contains(f.hash.as_str()) && blob_size.get(f.hash.as_str()) == Some(&f.size)
+            });
+            if !ok {
+                rep.warnings.push(format!(
+                    "entry {}/{} has missing or corrupt files; removing it",
+                    l.r.crate_name, l.r.key
+                ));
+                if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
+                    rep.entries_removed += 1;
+                }
+            }
+            ok
+        });
+    }
+
+    // Oldest access first.
+    all.sort_by_key(|l| l.r.accessed);
+    let now = now_secs();
+    let mut refs: HashMap<&str, u32> = HashMap::new();
+    for l in &all {
+        for f in &l.entry.files {
+            *refs.entry(f.hash.as_str()).or_default() += 1;
+        }
+    }
+    let mut live: u64 = refs
+        .keys()
+        .map(|h| blob_size.get(*h).copied().unwrap_or(0))
+        .sum();
+    let mut evict = Vec::new();
+    for (i, l) in all.iter().enumerate() {
+        let too_old = opts
+            .max_age
+            .is_some_and(|a| now.saturating_sub(l.r.accessed) > a);
+        let too_big = opts.max_age.is_none() && live > opts.max_size;
+        if !(too_old || too_big) {
+            continue;
+        }
+        evict.push(i);
+        for f in &l.entry.files {
+            let n = refs.get_mut(f.hash.as_str()).expect("counted above");
+            *n -= 1;
+            if *n == 0 {
+                live -= blob_size.get(f.hash.as_str()).copied().unwrap_or(0);
+            }
+        }
+    }
+    for &i in &evict {
+        let l = &all[i];
+        if store.remove(&l.r.crate_name, &l.r.key)? {
+            rep.entries_removed += 1;
+        }
+    }
+    if !unreadable {
+        let keep: HashSet<&str> = refs
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(h, _)| *h)
+            .collect();
+        for (p, m) in &blobs {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !keep.contains(name) && p.exists() && fs::remove_file(p).is_ok() {
+                rep.blobs_removed += 1;
+                rep.bytes_freed += m.len();
+            }
+        }
+        // Input lists whose base no longer has any entry.
+        let bases: HashSet<&str> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !evict.contains(i))
+            .filter_map(|(_, l)| l.entry.inputs.as_ref().map(|i| i.base.as_str()))
+            .collect();
+        if let Ok(rd) = fs::read_dir(store.root().join("index")) {
+            for d in rd.flatten() {
+                let name = d.file_name();
+                if !bases.contains(name.to_str().unwrap_or("")) {
+                    let _ = fs::remove_dir_all(d.path());
+                }
+            }
+        }
+    }
+    // Remembered file hashes: a cache of a cache, rebuilt on demand.
+    let _ = fs::remove_dir_all(store.root().join("hashes"));
+    rep.locks_removed = clean_locks(store, STALE_LOCK);
+    rep.events_bytes_trimmed = trim_events(store, EVENTS_MAX, EVENTS_KEEP)?;
+    rep.entries_kept = (all.len() - evict.len()) as u64;
+    rep.bytes_kept = live;
+    Ok(rep)
+}
+
+/// Removes temp files and staging dirs left by crashed writers: those
+/// whose writer process (named in the file name) is gone, and anything
+/// older than `STALE_TMP` whatever its name.
+fn clean_tmp(store: &Store) -> u64 {
+    let mut n = 0;
+    let cutoff = SystemTime::now() - STALE_TMP;
+    let Ok(rd) = fs::read_dir(store.root().join("tmp")) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        let dead = tmp_owner(&e.file_name().to_string_lossy()).is_some_and(|pid| !alive(pid));
+        if old || (dead && cfg!(target_os = "linux")) {
+            let p = e.path();
+            let ok = if p.is_dir() {
+                fs::remove_dir_all(&p).is_ok()
+            } else {
+                fs::remove_file(&p).is_ok()
+            };
+            n += u64::from(ok);
+        }
+    }
+    n
+}
+
+/// Whether process `pid` exists and can still run: a zombie (killed,
+/// not yet reaped by its parent) never writes again.
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X'))
+}
+
+/// Removes lock files no process holds (the flock is free) that are
+/// older than `min_age`. The lock is held while the file is unlinked; a
+/// compile that opened it just before then locks an orphan inode, which
+/// costs at most one duplicate compile (publishing has one winner).
+fn clean_locks(store: &Store, min_age: Duration) -> u64 {
+    let Ok(rd) = fs::read_dir(store.root().join("locks")) else {
+        return 0;
+    };
+    let cutoff = SystemTime::now() - min_age;
+    let mut n = 0;
+    for e in rd.flatten() {
+        let p = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if !old {
+            continue;
+        }
+        let Ok(f) = fs::OpenOptions::new().write(true).open(&p) else {
+            continue;
+        };
+        if f.try_lock().is_ok() && fs::remove_file(&p).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Cuts `events.jsonl` to its newest `keep` bytes of whole lines once it
+/// is larger than `max`, through a temp file and a rename (a reader sees
+/// the old log or the new one). An event appended while this runs may be
+/// lost. Returns the bytes dropped.
+fn trim_events(store: &Store, max: u64, keep: u64) -> Result<u64> {
+    let p = store.events_path();
+    let Ok(mut f) = fs::File::open(&p) else {
+        return Ok(0);
+    };
+    let len = f.metadata()?.len();
+    if len <= max {
+        return Ok(0);
+    }
+    let start = len.saturating_sub(keep);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity(usize::try_from(keep).unwrap_or(0));
+    (&mut f).take(keep).read_to_end(&mut tail)?;
+    // Drop the partial first line (unless the cut fell on a boundary).
+    let mut at_boundary = start == 0;
+    if !at_boundary {
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(start - 1))?;
+        f.read_exact(&mut b)?;
+        at_boundary = b[0] == b'\n';
+    }
+    let body = if at_boundary {
+        &tail[..]
+    } else {
+        match tail.iter().position(|&b| b == b'\n') {
+            Some(i) => &tail[i + 1..],
+            None => &[][..],
+        }
+    };
+    store.write_atomic("events", &p, body)?;
+    Ok(len - body.len() as u64)
+}
+
+impl Store {
+    /// Every blob file on disk with its metadata.
+    pub(crate) fn walk_blobs(&self) -> Vec<(PathBuf, fs::Metadata)> {
+        let mut out = Vec::new();
+        let Ok(shards) = fs::read_dir(self.root().join("blobs")) else {
+            return out;
+        };
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if let Ok(m) = f.metadata() {
+                    out.push((f.path(), m));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_age(p: &std::path::Path, age: Duration) {
+        let f = fs::OpenOptions::new().append(true).open(p).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn locks_held_or_young_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let locks = s.root().join("locks");
+        let (old_free, old_held, young) = (
+            locks.join("a.lock"),
+            locks.join("b.lock"),
+            locks.join("c.lock"),
+        );
+        for p in [&old_free, &old_held, &young] {
+            fs::write(p, b"").unwrap();
+        }
+        set_age(&old_free, STALE_LOCK * 2);
+        set_age(&old_held, STALE_LOCK * 2);
+        let held = fs::OpenOptions::new().write(true).open(&old_held).unwrap();
+        held.lock().unwrap();
+        // Another open file description: flock conflicts with it.
+        assert_eq!(clean_locks(&s, STALE_LOCK), 1);
+        assert!(!old_free.exists());
+        assert!(old_held.exists());
+        assert!(young.exists());
+        drop(held);
+        assert_eq!(clean_locks(&s, STALE_LOCK), 1);
+        assert!(!old_held.exists());
+    }
+
+    #[test]
+    fn events_are_trimmed_to_whole_newest_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for i in 0..1000 {
+            s.log_event(&format!("{{\"n\":{i}}}"));
+        }
+        let len = fs::metadata(s.events_path()).unwrap().len();
+        assert_eq!(trim_events(&s, len, 100).unwrap(), 0);
+        let dropped = trim_events(&s, 1000, 100).unwrap();
+        let text = fs::read_to_string(s.events_path()).unwrap();
+        assert_eq!(dropped + text.len() as u64, len);
+        assert!(text.len() <= 100 && !text.is_empty(), "{text}");
+        assert!(text.ends_with("{\"n\":999}\n"), "{text}");
+        for l in text.lines() {
+            assert!(l.starts_with("{\"n\":") && l.ends_with('}'), "{l}");
+        }
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+}

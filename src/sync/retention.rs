@@ -1,0 +1,415 @@
+/*!
+Retention in the bucket: `kache gc --remote`, by last use.
+
+S3 does not record reads, so kache records use itself, cheaply: every
+sync run that pulls or pushes entries writes one small *use record*,
+`{prefix}/.kache/uses/{time}-{nonce}.json` (the entries it moved), and
+never rewrites an entry object. An entry's last use is the newest of
+its object's LastModified (its push) and the use records naming it.
+
+`kache gc --remote --max-age DUR | --max-size SIZE`:
+1. takes the gc lock, `{prefix}/.kache/gc.lock`, written only if absent
+   (`If-None-Match: *`) and read back to check it is ours, so two gc
+   runs never work at once (the second says so and does nothing; a lock
+   older than an hour is a crashed gc's and is taken over);
+2. reads the use records and lists the entry objects;
+3. picks the entries unused for longer than `--max-age`, or the least
+   recently used until the rest fit `--max-size`;
+4. reads the use records again and spares any entry a sync used in the
+   meantime (a pull records what it is about to fetch before fetching
+   it), then deletes in batches (DeleteObjects, one request per object
+   where the service lacks it), at most `s3_concurrency` at once;
+5. compacts: one record of the survivors' last uses replaces the
+   records it read, so the records never grow beyond one per sync run
+   since the last gc.
+*/
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Credentials, format_size, parse_size};
+use crate::remote::s3::S3Remote;
+use crate::remote::{ErrorKind, Remote, layout};
+use crate::store::now_secs;
+
+/// A lock older than this belongs to a gc that died.
+const STALE_LOCK_SECS: u64 = 3600;
+/// Objects per DeleteObjects request (the S3 maximum).
+const BATCH: usize = 1000;
+/// The largest use record read.
+const MAX_RECORD: u64 = 64 << 20;
+
+/// One use record: entries used at `ts`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UseRecord {
+    ts: u64,
+    /// (crate, key) pairs used at `ts`.
+    #[serde(default)]
+    entries: Vec<(String, String)>,
+    /// A compacted record: (crate, key) -> last use.
+    #[serde(default)]
+    last_use: Vec<(String, String, u64)>,
+}
+
+fn meta_prefix(prefix: &str) -> String {
+    format!("{}.kache/", layout::root_prefix(prefix))
+}
+
+fn uses_prefix(prefix: &str) -> String {
+    format!("{}uses/", meta_prefix(prefix))
+}
+
+fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    blake3::hash(format!("{t}-{}", std::process::id()).as_bytes()).to_hex()[..12].to_string()
+}
+
+/// Records that `entries` were used now: one small object per call.
+/// Best effort: a failure is a warning, never a failed sync.
+pub(crate) fn record_use(remote: &dyn Remote, prefix: &str, entries: &[(String, String)]) {
+    if entries.is_empty() {
+        return;
+    }
+    let ts = now_secs();
+    let rec = UseRecord {
+        ts,
+        entries: entries.to_vec(),
+        last_use: Vec::new(),
+    };
+    let Ok(body) = serde_json::to_vec(&rec) else {
+        return;
+    };
+    let name = format!("{}{ts:012}-{}.json", uses_prefix(prefix), nonce());
+    if let Err(e) = remote.put_bytes(&name, &body, false) {
+        crate::sync::report::warning(&format!(
+            "cannot record use of {} entries in {}: {e} (kache gc --remote may then treat them as unused)",
+            entries.len(),
+            remote.describe(&name)
+        ));
+    }
+}
+
+/// An entry object with its last use.
+#[derive(Clone, Debug, Serialize)]
+struct Candidate {
+    #[serde(rename = "crate")]
+    crate_name: String,
+    key: String,
+    object: String,
+    size: u64,
+    last_use: u64,
+}
+
+/// Reads every use record under the prefix not in `seen`; folds them
+/// into `last`. Returns the names read.
+fn read_records(
+    pool: &rayon::ThreadPool,
+    remote: &dyn Remote,
+    prefix: &str,
+    seen: &BTreeSet<String>,
+    last: &mut BTreeMap<(String, String), u64>,
+) -> Result<Vec<String>> {
+    let listed = remote.list(&uses_prefix(prefix)).map_err(|e| {
+        anyhow!(
+            "cannot list the use records {}: {e}",
+            remote.describe(&uses_prefix(prefix))
+        )
+    })?;
+    let names: Vec<String> = listed
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.ends_with(".json") && !seen.contains(n))
+        .collect();
+    let got: Vec<(String, Result<Vec<u8>, crate::remote::RemoteError>)> = pool.install(|| {
+        use rayon::prelude::*;
+        names
+            .par_iter()
+            .map(|n| (n.clone(), remote.get_bytes(n, MAX_RECORD)))
+            .collect()
+    });
+    let mut read = Vec::new();
+    for (n, r) in got {
+        let bytes = match r {
+            Ok(b) => b,
+            // Compacted away by another gc since the listing.
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => bail!("cannot read the use record {}: {e}", remote.describe(&n)),
+        };
+        // A record that does not parse is left alone (and not counted).
+        let Ok(rec) = serde_json::from_slice::<UseRecord>(&bytes) else {
+            continue;
+        };
+        for (c, k) in rec.entries {
+            let v = last.entry((c, k)).or_default();
+            *v = (*v).max(rec.ts);
+        }
+        for (c, k, t) in rec.last_use {
+            let v = last.entry((c, k)).or_default();
+            *v = (*v).max(t);
+        }
+        read.push(n);
+    }
+    Ok(read)
+}
+
+/// The gc lock: written only if absent, then read back.
+fn take_lock(remote: &dyn Remote, prefix: &str) -> Result<Option<String>> {
+    let name = format!("{}gc.lock", meta_prefix(prefix));
+    let me = format!("{{\"ts\":{},\"nonce\":\"{}\"}}", now_secs(), nonce());
+    for attempt in 0..2 {
+        match remote.put_bytes(&name, me.as_bytes(), true) {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::Precondition => {
+                let held: serde_json::Value = remote
+                    .get_bytes(&name, 4096)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                let since = held["ts"].as_u64().unwrap_or(0);
+                if attempt == 0 && now_secs().saturating_sub(since) > STALE_LOCK_SECS {
+                    remote
+                        .delete(std::slice::from_ref(&name))
+                        .map_err(|e| anyhow!("cannot remove a stale gc lock: {e}"))?;
+                    continue;
+                }
+                return Ok(None);
+            }
+            Err(e) => bail!("cannot take the gc lock {}: {e}", remote.describe(&name)),
+        }
+        // A service that ignores If-None-Match: the last writer wins,
+        // and reading back tells who that was.
+        let back = remote
+            .get_bytes(&name, 4096)
+            .map_err(|e| anyhow!("cannot read the gc lock back: {e}"))?;
+        if back == me.as_bytes() {
+            return Ok(Some(name));
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
+pub(crate) fn gc_remote(
+    cfg: &Config,
+    max_age: Option<u64>,
+    max_size: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let max_size = max_size
+        .map(|s| {
+            parse_size(s).ok_or_else(|| {
+                anyhow!("invalid value `{s}` for --max-size: expected a size such as 512MiB, 10GB or 50GiB")
+            })
+        })
+        .transpose()?;
+    if max_age.is_none() && max_size.is_none() {
+        bail!("kache gc --remote needs --max-age DUR or --max-size SIZE (or both)");
+    }
+    if cfg.bucket.value.is_none() {
+        bail!(
+            "no remote configured: no S3 bucket is set (set KACHE_S3_BUCKET or cache.remote.bucket)"
+        );
+    }
+    let creds = Credentials::resolve(cfg)
+        .context("cannot load S3 credentials")?
+        .ok_or_else(|| {
+            anyhow!("no S3 credentials found (set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY)")
+        })?;
+    let remote = S3Remote::new(cfg, &creds)?;
+    let prefix = cfg.prefix.value.as_str();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.s3_concurrency.value)
+        .thread_name(|i| format!("kache-gc-{i}"))
+        .build()
+        .context("cannot start the gc threads")?;
+
+    let lock = if dry_run {
+        None
+    } else {
+        match take_lock(&remote, prefix)? {
+            Some(l) => Some(l),
+            None => {
+                crate::sync::report::warning(
+                    "another kache gc --remote holds the lock on this bucket; nothing done",
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    };
+    let res = run(
+        &pool, &remote, prefix, max_age, max_size, dry_run, json, started,
+    );
+    if let Some(l) = lock {
+        let _ = remote.delete(&[l]);
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    pool: &rayon::ThreadPool,
+    remote: &dyn Remote,
+    prefix: &str,
+    max_age: Option<u64>,
+    max_size: Option<u64>,
+    dry_run: bool,
+    json: bool,
+    started: Instant,
+) -> Result<ExitCode> {
+    let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut records = read_records(pool, remote, prefix, &BTreeSet::new(), &mut last)?;
+    let root = layout::root_prefix(prefix);
+    let listed = remote
+        .list(&root)
+        .map_err(|e| anyhow!("cannot list {}: {e}", remote.describe(&root)))?;
+    let now = now_secs();
+    let mut all: Vec<Candidate> = listed
+        .into_iter()
+        .filter_map(|l| {
+            let p = layout::parse(prefix, &l.name)?;
+            let pushed = l.modified.unwrap_or(now);
+            let used = last
+                .get(&(p.crate_name.clone(), p.key.clone()))
+                .copied()
+                .unwrap_or(0);
+            Some(Candidate {
+                crate_name: p.crate_name,
+                key: p.key,
+                object: l.name,
+                size: l.size,
+                last_use: pushed.max(used),
+            })
+        })
+        .collect();
+    // Least recently used first.
+    all.sort_by(|a, b| (a.last_use, &a.object).cmp(&(b.last_use, &b.object)));
+    let total: u64 = all.iter().map(|c| c.size).sum();
+    let mut doomed: Vec<Candidate> = Vec::new();
+    let mut remaining = total;
+    for c in &all {
+        let old = max_age.is_some_and(|a| now.saturating_sub(c.last_use) > a);
+        let over = max_size.is_some_and(|m| remaining > m);
+        if old || over {
+            remaining -= c.size;
+            doomed.push(c.clone());
+        }
+    }
+    let mut spared = 0u64;
+    if !dry_run && !doomed.is_empty() {
+        // Spare what a sync used since the records were read.
+        let seen: BTreeSet<String> = records.iter().cloned().collect();
+        let mut fresh = BTreeMap::new();
+        records.extend(read_records(pool, remote, prefix, &seen, &mut fresh)?);
+        let before = doomed.len();
+        doomed.retain(|c| !fresh.contains_key(&(c.crate_name.clone(), c.key.clone())));
+        spared = (before - doomed.len()) as u64;
+        for ((c, k), t) in fresh {
+            let v = last.entry((c, k)).or_default();
+            *v = (*v).max(t);
+        }
+    }
+    let deleted_bytes: u64 = doomed.iter().map(|c| c.size).sum();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    if !dry_run {
+        let names: Vec<String> = doomed.iter().map(|c| c.object.clone()).collect();
+        let results: Vec<Result<Vec<(String, String)>, crate::remote::RemoteError>> =
+            pool.install(|| {
+                use rayon::prelude::*;
+                names.par_chunks(BATCH).map(|b| remote.delete(b)).collect()
+            });
+        for r in results {
+            match r {
+                Ok(f) => failed.extend(f),
+                Err(e) if e.kind.is_fatal() => bail!("cannot delete: {e}"),
+                Err(e) => failed.push((String::new(), e.message)),
+            }
+        }
+        // Compact: one record of the survivors' last uses replaces the
+        // records read (entries gone from the bucket are dropped).
+        let gone: BTreeSet<(String, String)> = doomed
+            .iter()
+            .map(|c| (c.crate_name.clone(), c.key.clone()))
+            .collect();
+        let alive: BTreeSet<(String, String)> = all
+            .iter()
+            .map(|c| (c.crate_name.clone(), c.key.clone()))
+            .collect();
+        let keep: Vec<(String, String, u64)> = last
+            .into_iter()
+            .filter(|(id, _)| alive.contains(id) && !gone.contains(id))
+            .map(|((c, k), t)| (c, k, t))
+            .collect();
+        if !records.is_empty() {
+            let rec = UseRecord {
+                ts: now,
+                entries: Vec::new(),
+                last_use: keep,
+            };
+            let name = format!("{}{now:012}-compact-{}.json", uses_prefix(prefix), nonce());
+            let body = serde_json::to_vec(&rec)?;
+            remote
+                .put_bytes(&name, &body, false)
+                .map_err(|e| anyhow!("cannot write the compacted use record: {e}"))?;
+            let _ = remote.delete(&records);
+        }
+    }
+    let kept = all.len() - doomed.len();
+    let out = &mut std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({
+            "dry_run": dry_run,
+            "entries": all.len(),
+            "bytes": total,
+            "deleted": {"entries": doomed.len(), "bytes": deleted_bytes},
+            "kept": {"entries": kept, "bytes": total - deleted_bytes},
+            "spared_by_concurrent_use": spared,
+            "failed": failed.len(),
+            "use_records_compacted": if dry_run { 0 } else { records.len() },
+            "candidates": if dry_run { serde_json::to_value(&doomed)? } else { serde_json::Value::Null },
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        if dry_run {
+            for c in &doomed {
+                writeln!(
+                    out,
+                    "delete  {:<24} {}  {:>10}  last used {} ago",
+                    c.crate_name,
+                    &c.key[..12],
+                    format_size(c.size),
+                    crate::commands::format_age(now.saturating_sub(c.last_use))
+                )?;
+            }
+        }
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        writeln!(
+            out,
+            "{verb} {} entries ({}), kept {} ({}) of {} in the bucket",
+            doomed.len(),
+            format_size(deleted_bytes),
+            kept,
+            format_size(total - deleted_bytes),
+            all.len()
+        )?;
+        if spared > 0 {
+            writeln!(out, "spared {spared} entries a sync used during the gc")?;
+        }
+    }
+    if !failed.is_empty() {
+        for (n, e) in failed.iter().take(10) {
+            eprintln!("error: cannot delete {}: {e}", remote.describe(n));
+        }
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

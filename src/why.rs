@@ -1,0 +1,177 @@
+/*!
+`kache why-miss CRATE`: why did the last compile of a crate miss?
+
+Every stored miss logs the inputs of its key by name (`wrapper::key::
+Explain`) in the event log, and every entry keeps the same account in its
+manifest. This command takes the crate's last logged miss, finds the
+stored entry of the same crate whose inputs differ least from it, and
+names the inputs that differ, so a user can tell a genuine change (a
+source edit) from a key that is too strict (a variable that should not
+matter).
+*/
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use serde_json::json;
+
+use crate::cli::WhyMissCmd;
+use crate::config::Config;
+use crate::store::{Entry, Store, normalize_crate};
+
+/// One input that differs between the miss and the nearest entry.
+struct Difference {
+    input: String,
+    miss: Option<String>,
+    entry: Option<String>,
+}
+
+fn differences(
+    miss: &BTreeMap<String, String>,
+    entry: &BTreeMap<String, String>,
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for name in miss
+        .keys()
+        .chain(entry.keys().filter(|k| !miss.contains_key(*k)))
+    {
+        let (a, b) = (miss.get(name), entry.get(name));
+        if a != b {
+            out.push(Difference {
+                input: name.clone(),
+                miss: a.cloned(),
+                entry: b.cloned(),
+            });
+        }
+    }
+    out
+}
+
+/// What kind of change a difference is, for the summary line.
+fn kind(input: &str) -> &'static str {
+    let first = input.split(' ').next().unwrap_or_default();
+    match first {
+        "file" | "link" | "native" | "static-lib" | "--extern" | "rerun-if-changed"
+        | "declared-file" | "content" => "a source or link input",
+        "toolchain" | "compiler-name" | "linker" | "linker-version" | "native-cpu" => {
+            "the toolchain"
+        }
+        "arg" | "--cfg" | "--check-cfg" | "target" | "target-json" => "an argument",
+        "root" => "a machine-local path baked into the output",
+        _ if first.starts_with("env") || first.ends_with("-env") => "an environment variable",
+        _ => "another input",
+    }
+}
+
+/// The last logged miss of `crate_name` that recorded its inputs.
+fn last_miss(store: &Store, crate_name: &str) -> Option<serde_json::Value> {
+    let f = fs::File::open(store.events_path()).ok()?;
+    let mut last = None;
+    for line in BufReader::new(f).lines().map_while(Result::ok) {
+        if !line.contains("\"miss\"") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["result"] == "miss" && v["crate"] == crate_name && v["inputs"].is_object() {
+            last = Some(v);
+        }
+    }
+    last
+}
+
+pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
+    let store = Store::at(&cfg.cache_dir.value);
+    let name = normalize_crate(&c.crate_name);
+    let Some(miss) = last_miss(&store, &name) else {
+        bail!(
+            "no recorded miss of crate {name} in {}; hint: build it once with kache as RUSTC_WRAPPER, then ask again",
+            store.events_path().display()
+        );
+    };
+    let miss_key = miss["key"].as_str().unwrap_or_default().to_string();
+    let miss_inputs: BTreeMap<String, String> =
+        serde_json::from_value(miss["inputs"].clone()).unwrap_or_default();
+    let mut best: Option<(Entry, Vec<Difference>)> = None;
+    for r in store.list_crate(&name)? {
+        if r.key == miss_key {
+            continue;
+        }
+        let Ok(Some(e)) = store.get(&name, &r.key) else {
+            continue;
+        };
+        if e.explain.is_empty() {
+            continue;
+        }
+        let d = differences(&miss_inputs, &e.explain);
+        let better = best.as_ref().is_none_or(|(be, bd)| {
+            d.len() < bd.len() || (d.len() == bd.len() && e.created > be.created)
+        });
+        if better {
+            best = Some((e, d));
+        }
+    }
+    let short = |k: &str| k.get(..12).unwrap_or(k).to_string();
+    if c.json {
+        let nearest = best.as_ref().map(|(e, d)| {
+            json!({
+                "key": e.key,
+                "created": e.created,
+                "differences": d.iter().map(|x| json!({
+                    "input": x.input,
+                    "kind": kind(&x.input),
+                    "miss": x.miss,
+                    "entry": x.entry,
+                })).collect::<Vec<_>>(),
+            })
+        });
+        let v = json!({
+            "crate": name,
+            "miss": {"ts": miss["ts"], "key": miss_key},
+            "nearest": nearest,
+        });
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&v)?
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "last miss of {name}: key {}", short(&miss_key))?;
+    let Some((e, d)) = best else {
+        writeln!(
+            out,
+            "no other entry of {name} is stored: this was its first compile here (or the store was purged or evicted)"
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    writeln!(
+        out,
+        "nearest stored entry: key {} ({} {})",
+        short(&e.key),
+        d.len(),
+        if d.len() == 1 {
+            "input differs"
+        } else {
+            "inputs differ"
+        }
+    )?;
+    let mut kinds: Vec<&str> = d.iter().map(|x| kind(&x.input)).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if !kinds.is_empty() {
+        writeln!(out, "changed: {}", kinds.join(", "))?;
+    }
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".to_string());
+    for x in &d {
+        writeln!(out, "  {}", x.input)?;
+        writeln!(out, "    this miss:  {}", shown(&x.miss))?;
+        writeln!(out, "    that entry: {}", shown(&x.entry))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
