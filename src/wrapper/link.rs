@@ -67,6 +67,34 @@ pub(crate) struct LinkInputs {
 /// Linker scripts are read for `INCLUDE`s up to this size.
 const MAX_SCRIPT: u64 = 1 << 20;
 
+/// The files a linker script includes (`INCLUDE name`); nothing for a
+/// file that is not a small text file (an object, an archive).
+fn scripts_of(p: &Path) -> Vec<String> {
+    let Ok(m) = std::fs::metadata(p) else {
+        return Vec::new();
+    };
+    if !m.is_file() || m.len() > MAX_SCRIPT {
+        return Vec::new();
+    }
+    let Ok(bytes) = std::fs::read(p) else {
+        return Vec::new();
+    };
+    if bytes.iter().take(4096).any(|&b| b == 0) {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = Vec::new();
+    let mut toks = text.split_whitespace();
+    while let Some(t) = toks.next() {
+        if t == "INCLUDE"
+            && let Some(n) = toks.next()
+        {
+            out.push(n.trim_matches(|c| c == '"' || c == ';').to_string());
+        }
+    }
+    out
+}
+
 /// The input files of a link, as paths that exist (relative ones joined
 /// to `cwd`), in order and without duplicates. `outputs` (the `-o` target
 /// and the compile's own outputs) are left out, and so are temporaries
@@ -177,6 +205,13 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
             files.extend(found);
         }
     }
+    // Any small text input is a linker script to ld (named by -T, or
+    // given as a plain input): follow its INCLUDEs, searched like -T.
+    for f in &files {
+        if !scripts_of(f).is_empty() {
+            scripts.extend(scripts_of(f));
+        }
+    }
     let mut seen_scripts: Vec<PathBuf> = Vec::new();
     while let Some(sc) = scripts.pop() {
         let p = if Path::new(&sc).is_absolute() {
@@ -192,20 +227,7 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
                 continue;
             }
             seen_scripts.push(p.clone());
-            // INCLUDE name / INCLUDE "name", searched like -T.
-            if let Ok(text) = std::fs::read(&p)
-                && text.len() as u64 <= MAX_SCRIPT
-            {
-                let text = String::from_utf8_lossy(&text);
-                let mut toks = text.split_whitespace();
-                while let Some(t) = toks.next() {
-                    if t == "INCLUDE"
-                        && let Some(n) = toks.next()
-                    {
-                        scripts.push(n.trim_matches(|c| c == '"' || c == ';').to_string());
-                    }
-                }
-            }
+            scripts.extend(scripts_of(&p));
             files.push(p);
         }
     }
