@@ -76,12 +76,17 @@ fn scripts_of(p: &Path) -> Vec<String> {
     if !m.is_file() || m.len() > MAX_SCRIPT {
         return Vec::new();
     }
+    // Objects and archives show a NUL in their first bytes: read no more.
+    let mut head = [0u8; 512];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    if n == 0 || head[..n].contains(&0) || head[..n].starts_with(b"!<arch>") {
+        return Vec::new();
+    }
     let Ok(bytes) = std::fs::read(p) else {
         return Vec::new();
     };
-    if bytes.iter().take(4096).any(|&b| b == 0) {
-        return Vec::new();
-    }
     let text = String::from_utf8_lossy(&bytes);
     let mut out = Vec::new();
     let mut toks = text.split_whitespace();
