@@ -35,6 +35,10 @@ pub(crate) struct Inputs {
     /// libraries, objects, linker scripts), for linked outputs.
     #[serde(default)]
     pub(crate) link: Vec<String>,
+    /// Files the link relied on not existing (a library searched for in
+    /// a directory before the one it was found in).
+    #[serde(default)]
+    pub(crate) absent: Vec<String>,
     /// Sentinels of the machine-local roots whose real path the outputs
     /// contain: the entry is keyed by their real value.
     #[serde(default)]

@@ -498,6 +498,36 @@ impl Store {
         Ok(())
     }
 
+    /// The shared libraries a proc macro or dylib (by the content hash
+    /// of its `.so`) was linked against (normalised paths), recorded when
+    /// it was built or restored.
+    pub(crate) fn runtime_libs(&self, so_hash: &str) -> Vec<String> {
+        if !valid_key(so_hash) {
+            return Vec::new();
+        }
+        fs::read(self.root.join("dylibs").join(so_hash))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records `libs` as the runtime libraries of the `.so` with content
+    /// hash `so_hash` (best effort; the first record stays).
+    pub(crate) fn set_runtime_libs(&self, so_hash: &str, libs: &[String]) {
+        if !valid_key(so_hash) || libs.is_empty() {
+            return;
+        }
+        let dir = self.root.join("dylibs");
+        let p = dir.join(so_hash);
+        if p.exists() {
+            return;
+        }
+        let _ = fs::create_dir_all(&dir);
+        if let Ok(json) = serde_json::to_vec(libs) {
+            let _ = self.write_atomic("dylibs", &p, &json);
+        }
+    }
+
     /// The per-key compile lock (`locks/<key>.lock`, flock): identical
     /// compiles racing compile once; the others wait (up to 10 minutes)
     /// and then find the entry. `None` if the lock cannot be had (the
@@ -627,6 +657,14 @@ impl Store {
             )
         };
         let before = fs::metadata(p)?;
+        if !before.is_file() {
+            // A device or fifo named in a (hand-made) input list would
+            // be read forever: only regular files are inputs.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", p.display()),
+            ));
+        }
         let fp = id(&before);
         let rec = self
             .root

@@ -111,6 +111,16 @@ const LONG_WITH_VALUE: [&str; 25] = [
 /// Short flags that take a value (`-Cv` or `-C v`).
 const SHORT_WITH_VALUE: [&str; 9] = ["-C", "-L", "-l", "-A", "-W", "-D", "-F", "-Z", "-o"];
 
+/// Linker options that write a file of their own.
+fn writes_file(arg: &str) -> bool {
+    const WRITERS: [&str; 4] = ["-Map", "--Map", "--out-implib", "--dependency-file"];
+    arg.split([',', ' ', '=']).any(|p| {
+        WRITERS
+            .iter()
+            .any(|w| p == *w || (p.starts_with("-Map") && p.len() > 4))
+    })
+}
+
 /// The one tokenizer of rustc's argv, shared by classification and the
 /// cache key.
 pub(crate) fn tokenize(args: &[String]) -> Vec<Arg> {
@@ -222,6 +232,11 @@ pub(crate) fn classify(
                         return Verdict::Pass("split debuginfo");
                     }
                     "save-temps" => return Verdict::Pass("-C save-temps"),
+                    // The linker writes a file beside the output that a
+                    // hit would not produce (a map, an import library).
+                    "link-arg" | "link-args" if writes_file(val) => {
+                        return Verdict::Pass("link argument writes a file");
+                    }
                     _ => {}
                 }
             }
@@ -392,6 +407,14 @@ mod tests {
         ));
         assert!(matches!(
             p(&format!("{LIB} -C split-debuginfo=off")),
+            Verdict::Cache(_)
+        ));
+        assert!(matches!(
+            p(&format!("{LIB} -C link-arg=-Wl,-Map=app.map")),
+            Verdict::Pass(_)
+        ));
+        assert!(matches!(
+            p(&format!("{LIB} -C link-arg=-Wl,--gc-sections")),
             Verdict::Cache(_)
         ));
         assert!(matches!(p(&format!("{LIB} other.rs")), Verdict::Pass(_)));

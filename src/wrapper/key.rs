@@ -33,7 +33,7 @@ use super::args::{Arg, Compile, tokenize};
 use crate::store::entry::Inputs;
 
 /// Bumped whenever the key scheme changes.
-const KEY_VERSION: &str = "kache-wrapper-key-2";
+const KEY_VERSION: &str = "kache-wrapper-key-3";
 
 /// Marks an unset env var (distinct from an empty one).
 const UNSET: &str = "\u{0}unset";
@@ -113,6 +113,25 @@ impl Paths {
             .map(|(r, t)| (t.as_str(), r.as_str()))
             .collect();
         replace_paths(s, &pairs)
+    }
+
+    /// A path the compile read, for an input list: a relative path (rustc
+    /// resolved it from the workspace) and an absolute one under the
+    /// target dir or `CARGO_HOME` (cargo made it from those, the same way
+    /// in every checkout) are normalised; any other absolute path is kept
+    /// as it is, since the source or a build script named it literally
+    /// and another checkout reads that same file.
+    pub(crate) fn normalize_input(&self, p: &str) -> String {
+        if !p.starts_with('/') {
+            return self.normalize(p);
+        }
+        let pairs: Vec<(&str, &str)> = self
+            .rules
+            .iter()
+            .filter(|(_, t)| t == "/kache-target" || t == "/kache-cargo-home")
+            .map(|(r, t)| (r.as_str(), t.as_str()))
+            .collect();
+        replace_paths(p, &pairs)
     }
 
     /// A path as rustc got it (an argument), made absolute for this
@@ -318,8 +337,8 @@ fn explain(fields: &[(String, String)]) -> Explain {
                 put(format!("{label} {value}"), class(next));
                 i += 1;
             }
-            "root" => {
-                put(format!("root {value}"), next.to_string());
+            "root" | "absent" => {
+                put(format!("{label} {value}"), next.to_string());
                 i += 1;
             }
             "-C" | "-Z" => {
@@ -365,6 +384,13 @@ pub(crate) trait Probe {
     fn list_dir(&self, dir: &Path) -> Vec<(String, bool)>;
     /// A small text file; `None` if absent.
     fn read_text(&self, p: &Path) -> Option<String>;
+    /// The content hash of a program, found through `PATH` like a
+    /// command (`None` if it cannot be found or read).
+    fn program_hash(&self, program: &str) -> Option<String>;
+    /// The shared libraries a proc macro or dylib (by its content hash)
+    /// was linked against, as recorded when it was built (normalised
+    /// paths): it loads them while it runs inside rustc.
+    fn runtime_libs(&self, so_hash: &str) -> Vec<String>;
 }
 
 /// Inputs the user declared for a crate in the settings.
@@ -522,6 +548,12 @@ pub(crate) fn base_key(
         .unwrap_or_default();
     h.field("compiler-name", &rustc_name);
     h.field("toolchain", &probe.identity(rustc, &["-vV"])?);
+    // The program itself: a script named `rustc` that adds flags answers
+    // `-vV` like the compiler it runs.
+    h.field(
+        "compiler-content",
+        &probe.program_hash(rustc).unwrap_or_default(),
+    );
 
     let mut cfgs = Vec::new();
     let mut check_cfgs = Vec::new();
@@ -539,9 +571,18 @@ pub(crate) fn base_key(
                     String::new()
                 } else {
                     let p = paths.absolute(path);
-                    probe
+                    let d = probe
                         .hash(&p)
-                        .with_context(|| format!("cannot read --extern {}", p.display()))?
+                        .with_context(|| format!("cannot read --extern {}", p.display()))?;
+                    // A proc macro runs inside this compile: the shared
+                    // libraries it loads are inputs too.
+                    if path.ends_with(".so") {
+                        for lib in probe.runtime_libs(&d) {
+                            let got = probe.hash(&paths.resolve(&lib)).unwrap_or_default();
+                            h.field("runtime-lib", &format!("{lib}:{got}"));
+                        }
+                    }
+                    d
                 };
                 let file = Path::new(path)
                     .file_name()
@@ -587,7 +628,8 @@ pub(crate) fn base_key(
 
     // Native libraries on the search paths: `-l static=` ones by name,
     // and every static library there, since `#[link(kind = "static")]`
-    // in the source bundles one that no argument names.
+    // in the source bundles one that no argument names; and every crate
+    // there, since `extern crate x;` loads one from them.
     let search: Vec<PathBuf> = c
         .lib_paths
         .iter()
@@ -607,7 +649,8 @@ pub(crate) fn base_key(
     }
     for dir in &search {
         for (name, is_dir) in probe.list_dir(dir) {
-            if is_dir || !name.ends_with(".a") {
+            let lib = [".a", ".rlib", ".rmeta"].iter().any(|e| name.ends_with(e));
+            if is_dir || !lib {
                 continue;
             }
             if let Some(d) = probe.hash(&dir.join(&name)) {
@@ -620,6 +663,12 @@ pub(crate) fn base_key(
         let linker = c.linker.clone().unwrap_or_else(|| "cc".to_string());
         h.field("linker", &paths.normalize(&linker));
         h.field("linker-version", &probe.identity(&linker, &["--version"])?);
+        // Its content too: a wrapper script that adds flags, or another
+        // `cc` first on PATH, answers `--version` the same.
+        h.field(
+            "linker-content",
+            &probe.program_hash(&linker).unwrap_or_default(),
+        );
     }
 
     // clippy-driver reads its configuration from clippy.toml and CLIPPY_ARGS.
@@ -726,6 +775,11 @@ fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyH
         let digest = probe.hash(&paths.resolve(f))?;
         h.field("link", f);
         h.field("content", &digest);
+    }
+    for f in &inputs.absent {
+        h.field("absent", f);
+        let here = probe.hash(&paths.resolve(f)).is_some();
+        h.field("exists", if here { "yes" } else { "no" });
     }
     for s in &inputs.roots {
         h.field("root", s);
@@ -944,6 +998,12 @@ mod tests {
         fn read_text(&self, _p: &Path) -> Option<String> {
             None
         }
+        fn program_hash(&self, program: &str) -> Option<String> {
+            self.hash(Path::new(program))
+        }
+        fn runtime_libs(&self, _so_hash: &str) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     /// Pins the key of a fixed input: a change to the key scheme must be
@@ -971,13 +1031,14 @@ mod tests {
         assert_eq!(why["toolchain"], "rustc -vV");
         assert_eq!(
             base,
-            "8fe01bb48be3f835f121a1911530ecf5d136682558ab5a9317793f4a4a214e3e"
+            "619ff4acf9dab1a4ab4b4544ec611eb8580983e565450d41addb2e15b854b7ee"
         );
         let inputs = Inputs {
             base,
             files: vec!["src/lib.rs".into()],
             env: vec!["CARGO_PKG_NAME".into(), "NOPE".into()],
             link: vec![],
+            absent: vec![],
             roots: vec!["/kache-ws".into()],
         };
         let full = full_key(&inputs, &paths, &Fixed).unwrap();
@@ -987,7 +1048,7 @@ mod tests {
         assert!(why["env CARGO_PKG_NAME"].starts_with("set ("), "{why:?}");
         assert_eq!(
             full,
-            "5f257566b05ed7599f3b8772409179b9e91e54e6f3880f7023958d3249d413bb"
+            "c4e7bb06b8e63740ba9ed0e81188b530465e0398ccafebfb82207a3a04523eca"
         );
         // Another checkout path leaves the base key alone (the extern's
         // content aside, which `Fixed` derives from its path); the

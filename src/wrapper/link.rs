@@ -55,20 +55,70 @@ fn is_assignment(w: &str) -> bool {
     })
 }
 
+/// What a link read: the files, and the files whose absence it relied
+/// on (a library searched for in a directory before the one it was
+/// found in: one appearing there later would be linked instead).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LinkInputs {
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) absent: Vec<PathBuf>,
+}
+
+/// Linker scripts are read for `INCLUDE`s up to this size.
+const MAX_SCRIPT: u64 = 1 << 20;
+
+/// The files a linker script includes (`INCLUDE name`); nothing for a
+/// file that is not a small text file (an object, an archive).
+fn scripts_of(p: &Path) -> Vec<String> {
+    let Ok(m) = std::fs::metadata(p) else {
+        return Vec::new();
+    };
+    if !m.is_file() || m.len() > MAX_SCRIPT {
+        return Vec::new();
+    }
+    // Objects and archives show a NUL in their first bytes: read no more.
+    let mut head = [0u8; 512];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    if n == 0 || head[..n].contains(&0) || head[..n].starts_with(b"!<arch>") {
+        return Vec::new();
+    }
+    let Ok(bytes) = std::fs::read(p) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = Vec::new();
+    let mut toks = text.split_whitespace();
+    while let Some(t) = toks.next() {
+        if t == "INCLUDE"
+            && let Some(n) = toks.next()
+        {
+            out.push(n.trim_matches(|c| c == '"' || c == ';').to_string());
+        }
+    }
+    out
+}
+
 /// The input files of a link, as paths that exist (relative ones joined
 /// to `cwd`), in order and without duplicates. `outputs` (the `-o` target
 /// and the compile's own outputs) are left out, and so are temporaries
 /// that rustc removed after linking (they no longer exist) and the
 /// toolchain's own libraries (`.../lib/rustlib/...`, covered by the
-/// toolchain identity).
-pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+/// toolchain identity). Options inside `-Wl,` are read like the
+/// driver's own: `-L`, `-l`, `-T`, `--script=`, `@file`, and any value
+/// naming an existing file; linker scripts are followed into their
+/// `INCLUDE`s.
+pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> bool) -> LinkInputs {
     let ws = words(text.trim());
-    let args: Vec<&str> = ws
-        .iter()
-        .map(String::as_str)
-        .skip_while(|w| is_assignment(w))
-        .skip(1)
-        .collect();
+    let mut args: Vec<String> = Vec::new();
+    for w in ws.iter().skip_while(|w| is_assignment(w)).skip(1) {
+        match w.strip_prefix("-Wl,") {
+            // The linker's own options, one by one.
+            Some(parts) => args.extend(parts.split(',').map(|p| format!("\u{0}{p}"))),
+            None => args.push(w.clone()),
+        }
+    }
     let abs = |p: &str| -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -79,66 +129,128 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
     };
     let mut search: Vec<PathBuf> = Vec::new();
     let mut libs: Vec<String> = Vec::new();
+    let mut scripts: Vec<String> = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
     let mut output: Option<PathBuf> = None;
     let mut i = 0;
     while i < args.len() {
-        let a = args[i];
+        // `\0` marks a word that came from inside `-Wl,`.
+        let (wl, a) = match args[i].strip_prefix('\u{0}') {
+            Some(a) => (true, a.to_string()),
+            None => (false, args[i].clone()),
+        };
         i += 1;
-        if a == "-o" || a == "-L" || a == "-l" || a == "-T" {
-            let Some(v) = args.get(i) else { break };
-            i += 1;
-            match a {
-                "-o" => output = Some(abs(v)),
-                "-L" => search.push(abs(v)),
-                "-l" => libs.push((*v).to_string()),
-                _ => files.push(abs(v)),
-            }
-        } else if let Some(d) = a.strip_prefix("-L") {
-            search.push(abs(d));
-        } else if let Some(n) = a.strip_prefix("-l") {
-            libs.push(n.to_string());
-        } else if let Some(s) = a.strip_prefix("-T") {
-            files.push(abs(s));
-        } else if let Some(parts) = a.strip_prefix("-Wl,") {
-            // Paths inside linker options: `-Wl,-T,script.ld`,
-            // `-Wl,--version-script=x`, `-Wl,/abs/obj.o`.
-            for p in parts.split(',') {
-                let p = p.split_once('=').map_or(p, |(_, v)| v);
-                if p.contains('/') || p.ends_with(".ld") || p.ends_with(".o") || p.ends_with(".a") {
-                    files.push(abs(p));
+        let next = |i: &mut usize| -> Option<String> {
+            let v = args.get(*i)?.trim_start_matches('\u{0}').to_string();
+            *i += 1;
+            Some(v)
+        };
+        match a.as_str() {
+            "-o" => output = next(&mut i).map(|v| abs(&v)),
+            "-L" => search.extend(next(&mut i).map(|v| abs(&v))),
+            "-l" => libs.extend(next(&mut i)),
+            "-T" | "--script" => scripts.extend(next(&mut i)),
+            _ if a.starts_with("-L") => search.push(abs(&a[2..])),
+            _ if a.starts_with("-l") => libs.push(a[2..].to_string()),
+            _ if a.starts_with("-T") => scripts.push(a[2..].to_string()),
+            _ if a.starts_with("--script=") => scripts.push(a["--script=".len()..].to_string()),
+            _ if a.starts_with('@') => files.push(abs(&a[1..])),
+            _ if !a.starts_with('-') => files.push(abs(&a)),
+            _ if wl => {
+                // `--version-script=x`, `--dynamic-list=x`, ...: a value
+                // that names a file is an input.
+                if let Some((_, v)) = a.split_once('=')
+                    && is_file(&abs(v))
+                {
+                    files.push(abs(v));
                 }
             }
-        } else if let Some(p) = a.strip_prefix('@') {
-            files.push(abs(p));
-        } else if !a.starts_with('-') {
-            files.push(abs(a));
+            _ => {}
         }
     }
-    for l in libs {
-        let names = match l.strip_prefix(':') {
-            Some(f) => vec![f.to_string()],
-            None => vec![format!("lib{l}.so"), format!("lib{l}.a")],
-        };
-        for d in &search {
+    let mut absent: Vec<PathBuf> = Vec::new();
+    // Found the way the linker finds them: the search dirs in order.
+    let find = |names: &[String], also_cwd: bool, absent: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if also_cwd {
+            dirs.push(cwd.to_path_buf());
+        }
+        dirs.extend(search.iter().cloned());
+        for d in &dirs {
             let found: Vec<PathBuf> = names
                 .iter()
                 .map(|n| d.join(n))
                 .filter(|p| is_file(p))
                 .collect();
             if !found.is_empty() {
-                files.extend(found);
-                break;
+                // The other spelling in the same dir would be taken too.
+                absent.extend(
+                    names
+                        .iter()
+                        .map(|n| d.join(n))
+                        .filter(|p| !found.contains(p)),
+                );
+                return found;
             }
+            absent.extend(names.iter().map(|n| d.join(n)));
+        }
+        Vec::new()
+    };
+    for l in libs {
+        let names = match l.strip_prefix(':') {
+            Some(f) => vec![f.to_string()],
+            None => vec![format!("lib{l}.so"), format!("lib{l}.a")],
+        };
+        let mut a = Vec::new();
+        let found = find(&names, false, &mut a);
+        // A library not found on these dirs comes from the linker's own
+        // default path (libc): keyed by the linker's identity instead.
+        if !found.is_empty() {
+            absent.extend(a);
+            files.extend(found);
         }
     }
-    let mut out: Vec<PathBuf> = Vec::new();
+    // Any small text input is a linker script to ld (named by -T, or
+    // given as a plain input): follow its INCLUDEs, searched like -T.
+    for f in &files {
+        if !scripts_of(f).is_empty() {
+            scripts.extend(scripts_of(f));
+        }
+    }
+    let mut seen_scripts: Vec<PathBuf> = Vec::new();
+    while let Some(sc) = scripts.pop() {
+        let p = if Path::new(&sc).is_absolute() {
+            vec![PathBuf::from(&sc)]
+        } else {
+            let mut a = Vec::new();
+            let f = find(std::slice::from_ref(&sc), true, &mut a);
+            absent.extend(a);
+            f
+        };
+        for p in p {
+            if seen_scripts.contains(&p) {
+                continue;
+            }
+            seen_scripts.push(p.clone());
+            scripts.extend(scripts_of(&p));
+            files.push(p);
+        }
+    }
+    let mut out = LinkInputs::default();
     for f in files {
         let toolchain = f.to_string_lossy().contains("/lib/rustlib/");
-        if toolchain || Some(&f) == output.as_ref() || !is_file(&f) || out.contains(&f) {
+        if toolchain || Some(&f) == output.as_ref() || !is_file(&f) || out.files.contains(&f) {
             continue;
         }
-        out.push(f);
+        out.files.push(f);
+    }
+    for a in absent {
+        if !is_file(&a)
+            && !out.absent.contains(&a)
+            && !a.to_string_lossy().contains("/lib/rustlib/")
+        {
+            out.absent.push(a);
+        }
     }
     out
 }
@@ -146,6 +258,45 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linker_options_and_scripts() {
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path();
+        for f in [
+            "libs/libanswer.a",
+            "scripts/defs.x",
+            "inc.ld",
+            "rsp",
+            "vs.map",
+            "x.o",
+        ] {
+            std::fs::create_dir_all(w.join(f).parent().unwrap()).unwrap();
+            std::fs::write(w.join(f), "").unwrap();
+        }
+        std::fs::write(w.join("scripts/defs.x"), "INCLUDE inc.ld\nSECTIONS {}").unwrap();
+        let text = r#""cc" "x.o" "-Wl,-Llibs,--whole-archive,-lanswer" "-L" "scripts" "-Tdefs.x" "-Wl,@rsp" "-Wl,--version-script=vs.map" "-Wl,-z,relro" "-o" "out""#;
+        let got = link_inputs(text, w, &|p: &Path| p.is_file());
+        let rel: Vec<String> = got
+            .files
+            .iter()
+            .map(|p| p.strip_prefix(w).unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            rel,
+            vec![
+                "x.o",
+                "rsp",
+                "vs.map",
+                "libs/libanswer.a",
+                "scripts/defs.x",
+                "inc.ld"
+            ]
+        );
+        // libanswer.so was looked for first; a later one would win.
+        assert!(got.absent.contains(&w.join("libs/libanswer.so")));
+        assert!(got.absent.contains(&w.join("defs.x")));
+    }
 
     #[test]
     fn link_line_inputs() {
@@ -163,13 +314,13 @@ mod tests {
             .iter()
             .any(|e| Path::new(e) == p)
         };
-        let got = link_inputs(text, Path::new("/w"), &exists);
+        let got = link_inputs(text, Path::new("/w"), &exists).files;
         let want: Vec<PathBuf> = [
             "/w/t/deps/libmid-2.rlib",
             "/w/t/deps/libcsys-3.rlib",
-            "/w/link.ld",
             "/w/obj\"q.o",
             "/w/t/build/csys/out/libfoo.a",
+            "/w/link.ld",
         ]
         .iter()
         .map(PathBuf::from)

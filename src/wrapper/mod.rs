@@ -296,6 +296,21 @@ fn lookup(
     Ok(None)
 }
 
+/// For a proc macro or dylib: the shared libraries its link read, under
+/// its `.so`'s content hash, so the compiles that load it key them.
+fn record_runtime_libs(store: &Store, entry: &Entry) {
+    let Some(inputs) = &entry.inputs else { return };
+    let libs: Vec<String> = inputs
+        .link
+        .iter()
+        .filter(|l| l.ends_with(".so") || l.contains(".so."))
+        .cloned()
+        .collect();
+    for f in entry.files.iter().filter(|f| f.name.ends_with(".so")) {
+        store.set_runtime_libs(&f.hash, &libs);
+    }
+}
+
 fn hit(
     store: &Store,
     entry: &Entry,
@@ -304,6 +319,7 @@ fn hit(
     start: Instant,
 ) -> Result<i32> {
     let size = restore::restore(store, entry, &compile.out_dir, paths)?;
+    record_runtime_libs(store, entry);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(paths.expand(&entry.stdout).as_bytes());
     let _ = out.flush();
@@ -443,24 +459,32 @@ fn cached(
     let dep_text = fs::read_to_string(&dep_path)
         .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
     let deps = key::parse_dep_info(&dep_text);
-    let link = match link_text {
-        None => Vec::new(),
+    let (link, absent) = match link_text {
+        None => (Vec::new(), Vec::new()),
         Some(t) => {
             let t = t.context("rustc wrote no link line")?;
             let outs: Vec<std::path::PathBuf> =
                 outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
-            link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file())
-                .into_iter()
-                .filter(|p| !outs.contains(p))
-                .map(|p| paths.normalize(&p.to_string_lossy()))
-                .collect()
+            let li = link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file());
+            let norm = |v: Vec<std::path::PathBuf>| -> Vec<String> {
+                v.into_iter()
+                    .filter(|p| !outs.contains(p))
+                    .map(|p| paths.normalize_input(&p.to_string_lossy()))
+                    .collect()
+            };
+            (norm(li.files), norm(li.absent))
         }
     };
     let mut inputs = Inputs {
         base: base.clone(),
-        files: deps.files.iter().map(|f| paths.normalize(f)).collect(),
+        files: deps
+            .files
+            .iter()
+            .map(|f| paths.normalize_input(f))
+            .collect(),
         env: deps.env,
         link,
+        absent,
         roots: Vec::new(),
     };
     let _w = store.writer_lock()?;
@@ -506,6 +530,7 @@ fn cached(
     entry.compile_ms = compile_ms;
     entry.explain = why;
     entry.origin = origin(rustc_str, compile, &probe);
+    record_runtime_libs(&store, &entry);
     store.publish(&entry)?;
     crate::daemon::client::after_store(cfg, &store, &crate_name, &full);
     progress(&compile.crate_name, "miss", start, size);

@@ -65,12 +65,12 @@ impl Probe for RealProbe<'_> {
     }
 
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        std::env::var_os(name).map(os_text)
     }
 
     fn vars(&self) -> Vec<(String, String)> {
         std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, os_text(v))))
             .collect()
     }
 
@@ -92,6 +92,28 @@ impl Probe for RealProbe<'_> {
 
     fn read_text(&self, p: &Path) -> Option<String> {
         fs::read_to_string(p).ok()
+    }
+
+    fn program_hash(&self, program: &str) -> Option<String> {
+        self.hash(&resolve_program(program))
+    }
+
+    fn runtime_libs(&self, so_hash: &str) -> Vec<String> {
+        self.store.runtime_libs(so_hash)
+    }
+}
+
+/// An environment value as text, losslessly: a value that is not UTF-8
+/// is spelled out byte for byte (never confused with the text `rustc`
+/// would see after a lossy conversion).
+fn os_text(v: std::ffi::OsString) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    match v.into_string() {
+        Ok(s) => s,
+        Err(v) => {
+            let hex: String = v.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            format!("\u{0}bytes:{hex}")
+        }
     }
 }
 

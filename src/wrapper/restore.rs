@@ -12,7 +12,6 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -25,20 +24,21 @@ fn tmp_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.kache-{}.tmp", std::process::id()))
 }
 
-/// Copies `src` to a new file `dst` (reflink when possible) with `mode`;
-/// returns the bytes in `dst`.
+/// Copies `src` to a new file `dst` (reflink when possible), created with
+/// `mode` less the umask, as rustc's own output would be; returns the
+/// bytes in `dst`.
 fn clone_file(src: &Path, dst: &Path, mode: u32) -> io::Result<u64> {
-    let from = File::open(src)?;
-    let to = fs::OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = File::open(src)?;
+    let mut to = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(mode)
         .open(dst)?;
     if reflink(&from, &to).is_err() {
-        drop(to);
-        fs::copy(src, dst)?;
+        io::copy(&mut from, &mut to)?;
     }
-    fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
-    Ok(fs::metadata(dst)?.len())
+    Ok(to.metadata()?.len())
 }
 
 /// Restores every file of `entry` into `out_dir`, then writes its dep-info.
@@ -54,7 +54,7 @@ pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Path
         let tmp = tmp_in(out_dir, &f.name);
         let _ = fs::remove_file(&tmp);
         let res = (|| -> Result<()> {
-            let mode = if f.executable { 0o755 } else { 0o644 };
+            let mode = if f.executable { 0o777 } else { 0o666 };
             let n = clone_file(&blob, &tmp, mode)
                 .with_context(|| format!("cannot copy blob {} to {}", f.hash, tmp.display()))?;
             if n != f.size {
