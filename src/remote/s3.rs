@@ -404,6 +404,21 @@ impl S3Remote {
         })
     }
 
+    /// One GET of an object: the response once its status is a success.
+    fn get_response(&self, name: &str) -> Result<Response<Body>, RemoteError> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.creds), name)
+            .sign(SIGN_EXPIRY);
+        let resp = self
+            .agent
+            .get(url.as_str())
+            .header("accept-encoding", "identity")
+            .call()
+            .map_err(|e| self.transport(&e))?;
+        self.check_status(resp)
+    }
+
     fn list_page(
         &self,
         prefix: &str,
@@ -476,17 +491,7 @@ impl Remote for S3Remote {
 
     fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
         self.retrying(|| {
-            let url = self
-                .bucket
-                .get_object(Some(&self.creds), name)
-                .sign(SIGN_EXPIRY);
-            let resp = self
-                .agent
-                .get(url.as_str())
-                .header("accept-encoding", "identity")
-                .call()
-                .map_err(|e| self.transport(&e))?;
-            let mut resp = self.check_status(resp)?;
+            let mut resp = self.get_response(name)?;
             let expected = resp.body().content_length();
             let mut f = File::create(dest).map_err(|e| local_error(dest, &e))?;
             let mut r = resp.body_mut().as_reader();
@@ -565,17 +570,7 @@ impl Remote for S3Remote {
 
     fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
         self.retrying(|| {
-            let url = self
-                .bucket
-                .get_object(Some(&self.creds), name)
-                .sign(SIGN_EXPIRY);
-            let resp = self
-                .agent
-                .get(url.as_str())
-                .header("accept-encoding", "identity")
-                .call()
-                .map_err(|e| self.transport(&e))?;
-            let mut resp = self.check_status(resp)?;
+            let mut resp = self.get_response(name)?;
             resp.body_mut()
                 .with_config()
                 .limit(limit)
