@@ -187,7 +187,7 @@ fn read_events(store: &Store) -> EventStats {
         };
         let ms = v["ms"].as_u64().unwrap_or(0);
         match v["result"].as_str() {
-            Some("local_hit") => {
+            Some("local_hit" | "remote_hit") => {
                 s.hits += 1;
                 s.hit_ms += ms;
                 s.saved_ms += v["compile_ms"].as_u64().unwrap_or(0).saturating_sub(ms);

@@ -254,7 +254,28 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         if cmd.dry_run {
             plan_all.extend(push);
         } else {
+            let planned: Vec<EntryId> = push
+                .iter()
+                .map(|t| (t.crate_name.clone(), t.key.clone()))
+                .collect();
             execute(&pool, &ctx, reporter, "push", push);
+            // The daemon's upload markers of what the bucket now holds.
+            if let Some(id) = cfg.remote_identity() {
+                let failed: HashSet<EntryId> = reporter
+                    .summary
+                    .failures
+                    .iter()
+                    .map(|f| (f.crate_name.clone(), f.key.clone()))
+                    .collect();
+                let dir = crate::daemon::pending_dir(store.root(), &id);
+                for (c, k) in crate::daemon::pending_markers(&dir) {
+                    let id = (c, k);
+                    let there = idx.get(&id.0).is_some_and(|keys| keys.contains_key(&id.1));
+                    if there || (planned.contains(&id) && !failed.contains(&id)) {
+                        let _ = std::fs::remove_file(dir.join(&id.0).join(&id.1));
+                    }
+                }
+            }
         }
     }
     Ok(cmd.dry_run.then_some(plan_all))

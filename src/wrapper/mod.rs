@@ -317,6 +317,7 @@ fn hit(
     compile: &Compile,
     paths: &Paths,
     start: Instant,
+    remote: bool,
 ) -> Result<i32> {
     let size = restore::restore(store, entry, &compile.out_dir, paths)?;
     record_runtime_libs(store, entry);
@@ -327,12 +328,17 @@ fn hit(
     let _ = err.write_all(paths.expand(&entry.stderr).as_bytes());
     let _ = err.flush();
     store.touch(&entry.crate_name, &entry.key);
-    progress(&compile.crate_name, "local hit", start, size);
+    let (what, result) = if remote {
+        ("remote hit", "remote_hit")
+    } else {
+        ("local hit", "local_hit")
+    };
+    progress(&compile.crate_name, what, start, size);
     log(
         store,
         &Event {
             crate_name: &entry.crate_name,
-            result: "local_hit",
+            result,
             start,
             size,
             key: &entry.key,
@@ -392,13 +398,13 @@ fn cached(
     if let Some(e) = &found
         && !verify
     {
-        return hit(&store, e, compile, &paths, start);
+        return hit(&store, e, compile, &paths, start, false);
     }
     if found.is_none()
         && crate::daemon::client::remote_fetch(cfg, &store, &crate_name)
         && let Some(e) = lookup(&store, &crate_name, &base, &paths, &probe)?
     {
-        return hit(&store, &e, compile, &paths, start);
+        return hit(&store, &e, compile, &paths, start, true);
     }
 
     // Miss (or a hit to verify): compile for real.
