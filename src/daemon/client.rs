@@ -66,7 +66,12 @@ pub(crate) fn after_store(cfg: &WrapperConfig, store: &Store, crate_name: &str, 
 /// On a local miss: asks the daemon to bring the crate's entries in from
 /// the remote, waiting at most `cache.daemon_wait`. True if the store may
 /// now hold a matching entry (the caller looks up again).
-pub(crate) fn remote_fetch(cfg: &WrapperConfig, store: &Store, crate_name: &str) -> bool {
+pub(crate) fn remote_fetch(
+    cfg: &WrapperConfig,
+    store: &Store,
+    crate_name: &str,
+    toolchain: Option<String>,
+) -> bool {
     let Some(remote) = &cfg.remote else {
         return false;
     };
@@ -93,6 +98,7 @@ pub(crate) fn remote_fetch(cfg: &WrapperConfig, store: &Store, crate_name: &str)
         version: std::env::var("CARGO_PKG_VERSION")
             .ok()
             .filter(|v| crate::store::entry::valid_component(v)),
+        toolchain,
         wait_ms: cfg.daemon_wait.as_millis() as u64,
     };
     let _ = s.set_write_timeout(Some(cfg.daemon_wait));
@@ -409,10 +415,10 @@ mod tests {
             }
             t0.elapsed() / n
         };
-        let none_fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo")));
+        let none_fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo", None)));
         let none_store = time(&mut |i| after_store(&cfg, &store, "foo", &key(i)));
         cfg.remote = Some("http://127.0.0.1:1|r|b|p".into());
-        let fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo")));
+        let fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo", None)));
         let store_ = time(&mut |i| after_store(&cfg, &store, "foo", &key(i)));
         eprintln!(
             "per call without a daemon: no remote: fetch {none_fetch:?}, store {none_store:?}; \

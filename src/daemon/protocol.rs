@@ -42,6 +42,10 @@ pub(crate) enum Request {
         /// another version are not pulled.
         #[serde(default)]
         version: Option<String>,
+        /// The toolchain id of the asking compiler (`store::toolchain_id`):
+        /// entries of another toolchain are not pulled.
+        #[serde(default)]
+        toolchain: Option<String>,
         wait_ms: u64,
     },
     Status,
@@ -80,14 +84,16 @@ impl Request {
                 crate_name,
                 workspace,
                 version,
+                toolchain,
                 ..
             } => {
                 entry(remote, crate_name)?;
-                if version
-                    .as_deref()
-                    .is_some_and(|v| !crate::store::entry::valid_component(v))
-                {
-                    return Err("bad version".to_string());
+                for (what, v) in [("version", version), ("toolchain", toolchain)] {
+                    if v.as_deref()
+                        .is_some_and(|v| !crate::store::entry::valid_component(v))
+                    {
+                        return Err(format!("bad {what}"));
+                    }
                 }
                 if let Some(w) = workspace
                     && (!w.starts_with('/') || w.len() > 4096 || w.contains('\0'))

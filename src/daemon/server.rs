@@ -238,6 +238,8 @@ struct Shared {
     slots: Mutex<HashMap<String, Slot>>,
     slots_cv: Condvar,
     prefetched: Mutex<HashSet<(PathBuf, u64)>>,
+    /// The toolchain id the last build asked with: what a pull keeps.
+    toolchain: Mutex<Option<String>>,
     conns: AtomicUsize,
     counters: Counters,
     quit: AtomicBool,
@@ -384,6 +386,7 @@ pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
         slots: Mutex::default(),
         slots_cv: Condvar::new(),
         prefetched: Mutex::default(),
+        toolchain: Mutex::default(),
         conns: AtomicUsize::new(0),
         counters: Counters::default(),
         quit: AtomicBool::new(false),
@@ -488,8 +491,12 @@ fn handle(shared: &Arc<Shared>, mut s: UnixStream) {
             crate_name,
             workspace,
             version,
+            toolchain,
             wait_ms,
         } => {
+            if toolchain.is_some() {
+                *lock(&shared.toolchain) = toolchain;
+            }
             let r = fetch_request(
                 shared,
                 &remote,
@@ -950,7 +957,7 @@ fn fetch_now(
             ))
             .collect()
         }),
-        toolchain: None,
+        toolchain: lock(&shared.toolchain).clone(),
     };
     let (pulls, _left) = plan::plan_pull(&local, &idx, &filter);
     if pulls.is_empty() {

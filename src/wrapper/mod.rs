@@ -401,7 +401,14 @@ fn cached(
         return hit(&store, e, compile, &paths, start, false);
     }
     if found.is_none()
-        && crate::daemon::client::remote_fetch(cfg, &store, &crate_name)
+        && crate::daemon::client::remote_fetch(
+            cfg,
+            &store,
+            &crate_name,
+            key::Probe::identity(&probe, rustc_str, &["-vV"])
+                .ok()
+                .map(|vv| crate::store::toolchain_id(&vv)),
+        )
         && let Some(e) = lookup(&store, &crate_name, &base, &paths, &probe)?
     {
         return hit(&store, &e, compile, &paths, start, true);
