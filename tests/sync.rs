@@ -2374,6 +2374,23 @@ fn pull_fetches_only_what_this_toolchain_and_lockfile_use() {
     build(&ws_v, &w.tmp.path().join("v/t"), &cache_v, &[]);
     ok(&w.sync(&cache_v, &ws_v, &["--push"]));
     let other_v = entries(&cache_v);
+    // Runner D: only `alpha` at 0.2.0; its dependents keep their version
+    // but are built against alpha 0.2.0.
+    let ws_d = w.tmp.path().join("d/ws");
+    copy_tree(&fixture, &ws_d);
+    let alpha = ws_d.join("alpha/Cargo.toml");
+    let text = fs::read_to_string(&alpha).unwrap();
+    fs::write(
+        &alpha,
+        text.replace("version.workspace = true", "version = \"0.2.0\""),
+    )
+    .unwrap();
+    let cache_d = w.cache("cache-d");
+    build(&ws_d, &w.tmp.path().join("d/t"), &cache_d, &[]);
+    ok(&w.sync(&cache_d, &ws_d, &["--push"]));
+    let other_d: BTreeSet<(String, String)> =
+        entries(&cache_d).difference(&used).cloned().collect();
+    assert!(other_d.iter().any(|(c, _)| c == "beta"), "{other_d:?}");
 
     // Runner B: A's Cargo.lock, A's toolchain, an empty store.
     let ws_b = w.tmp.path().join("b/ws");
@@ -2389,9 +2406,18 @@ fn pull_fetches_only_what_this_toolchain_and_lockfile_use() {
         other_tc.len() as u64,
         "{plan:#}"
     );
+    // D's alpha 0.2.0 is V's (the same compile): one object.
+    let (alpha_d, built_d): (BTreeSet<_>, BTreeSet<_>) =
+        other_d.iter().cloned().partition(|(c, _)| c == "alpha");
+    let wrong_version: BTreeSet<_> = other_v.union(&alpha_d).collect();
     assert_eq!(
         f["a version Cargo.lock does not name"]["entries"],
-        other_v.len() as u64,
+        wrong_version.len() as u64,
+        "{plan:#}"
+    );
+    assert_eq!(
+        f["built against a dependency version Cargo.lock does not name"]["entries"],
+        built_d.len() as u64,
         "{plan:#}"
     );
     assert!(f["another toolchain"]["bytes"].as_u64().unwrap() > 0);
@@ -2417,10 +2443,13 @@ fn pull_fetches_only_what_this_toolchain_and_lockfile_use() {
     // --all: everything, whatever made it.
     let cache_all = w.cache("cache-all");
     ok(&w.sync(&cache_all, &ws_b, &["--pull", "--all"]));
-    assert_eq!(
-        entries(&cache_all).len(),
-        used.len() + other_tc.len() + other_v.len()
-    );
+    let everything: BTreeSet<_> = used
+        .iter()
+        .chain(&other_tc)
+        .chain(&other_v)
+        .chain(&other_d)
+        .collect();
+    assert_eq!(entries(&cache_all).len(), everything.len());
 }
 
 // ---------------------------------------------------------------------

@@ -93,6 +93,7 @@ pub(crate) fn parse(prefix: &str, name: &str) -> Option<Parsed> {
                 version: (*v).to_string(),
                 target: (*t).to_string(),
                 toolchain: (*tc).to_string(),
+                deps: Vec::new(),
             };
             if ![v, t, tc].iter().all(|x| valid_component(x)) {
                 return None;
@@ -152,6 +153,7 @@ mod tests {
             version: "1.2.3".into(),
             target: "x86_64-unknown-linux-gnu".into(),
             toolchain: "0123456789abcdef".into(),
+            deps: Vec::new(),
         };
         let n = entry_object("artifacts", "Serde-JSON", &k, Some(&o));
         assert_eq!(

@@ -122,6 +122,11 @@ pub(crate) trait Remote: Send + Sync {
         let _ = (name, limit);
         Err(RemoteError::new(ErrorKind::Unsupported, "not supported"))
     }
+    /// The first `n` bytes (at most) of an object (a ranged GET).
+    fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
+        let _ = (name, n);
+        Err(RemoteError::new(ErrorKind::Unsupported, "not supported"))
+    }
     /// Writes a small object; with `if_absent`, only if no object of that
     /// name exists (`Precondition` otherwise, where the service checks).
     fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {

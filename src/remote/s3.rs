@@ -579,6 +579,36 @@ impl Remote for S3Remote {
         })
     }
 
+    fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
+        self.retrying(|| {
+            let url = self
+                .bucket
+                .get_object(Some(&self.creds), name)
+                .sign(SIGN_EXPIRY);
+            let resp = self
+                .agent
+                .get(url.as_str())
+                .header("accept-encoding", "identity")
+                .header("range", &format!("bytes=0-{}", n.saturating_sub(1)))
+                .call()
+                .map_err(|e| self.transport(&e))?;
+            let mut resp = self.check_status(resp)?;
+            // A server that ignores Range sends it all: read no more.
+            let mut out = Vec::new();
+            resp.body_mut()
+                .as_reader()
+                .take(n)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    RemoteError::new(
+                        ErrorKind::Transient,
+                        format!("download interrupted: {}", e.kind()),
+                    )
+                })?;
+            Ok(out)
+        })
+    }
+
     fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {
         self.retrying(|| {
             let mut a = self.bucket.put_object(Some(&self.creds), name);

@@ -198,6 +198,21 @@ impl<W: Write> Write for CountingWriter<W> {
 
 /// Checks the archive read from `r` and imports it as `crate_name/key`.
 /// Nothing is visible in the store unless every check passes.
+/// The manifest of an archive from its first bytes (the manifest is its
+/// first member); `None` if they do not hold all of it.
+pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
+    let dec = zstd::Decoder::new(head).ok()?;
+    let mut ar = tar::Archive::new(dec);
+    let mut first = ar.entries().ok()?.next()?.ok()?;
+    if first.path_bytes().as_ref() != b"manifest.json" || first.header().size().ok()? > MAX_MANIFEST
+    {
+        return None;
+    }
+    let mut json = Vec::new();
+    first.read_to_end(&mut json).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 pub(crate) fn unpack(store: &Store, crate_name: &str, key: &str, r: impl Read) -> Result<Unpacked> {
     if store.contains(crate_name, key) {
         return Ok(Unpacked::AlreadyPresent);

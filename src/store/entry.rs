@@ -87,6 +87,12 @@ pub(crate) struct Origin {
     pub(crate) target: String,
     /// A short digest of the compiler's `-vV` output.
     pub(crate) toolchain: String,
+    /// `name@version` of the crates it was compiled against (its
+    /// `--extern`s whose origin this store knew), so a pull can leave out
+    /// an entry built against a version Cargo.lock does not name. Not
+    /// part of the object name (it is read from the manifest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) deps: Vec<String>,
 }
 
 /// A value usable as one path component of an object name.

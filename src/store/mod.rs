@@ -528,6 +528,39 @@ impl Store {
         }
     }
 
+    /// `name@version` of the entry whose output has content hash `hash`,
+    /// as recorded when it was stored or restored here.
+    pub(crate) fn origin_of(&self, hash: &str) -> Option<String> {
+        if !valid_key(hash) {
+            return None;
+        }
+        let s = fs::read_to_string(self.root.join("origins").join(hash)).ok()?;
+        let s = s.trim();
+        (!s.is_empty() && s.len() <= 200 && !s.contains(['/', '\n'])).then(|| s.to_string())
+    }
+
+    /// Records the origin (`name@version`) of an entry's library outputs
+    /// (best effort; one small file each, written once).
+    pub(crate) fn set_origins(&self, entry: &Entry) {
+        let Some(o) = &entry.origin else { return };
+        let dir = self.root.join("origins");
+        for f in &entry.files {
+            let lib = [".rlib", ".rmeta", ".so"]
+                .iter()
+                .any(|e| f.name.ends_with(e));
+            let p = dir.join(&f.hash);
+            if !lib || !valid_key(&f.hash) || p.exists() {
+                continue;
+            }
+            let _ = fs::create_dir_all(&dir);
+            let _ = self.write_atomic(
+                "origin",
+                &p,
+                format!("{}@{}", entry.crate_name, o.version).as_bytes(),
+            );
+        }
+    }
+
     /// The per-key compile lock (`locks/<key>.lock`, flock): identical
     /// compiles racing compile once; the others wait (up to 10 minutes)
     /// and then find the entry. `None` if the lock cannot be had (the

@@ -191,7 +191,23 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
             (None, false) => Some(BTreeSet::new()),
             (Some(f), _) => Some(f.difference(&failed).cloned().collect()),
         };
-        let (pull, left) = plan::plan_pull(&local, &idx, &pull_filter);
+        let (mut pull, mut left) = plan::plan_pull(&local, &idx, &pull_filter);
+        if let Some(versions) = &pull_filter.versions {
+            let unusable = built_against_other_versions(&pool, &remote, &pull, &idx, versions);
+            pull.retain(|t| {
+                if unusable.contains(&(t.crate_name.clone(), t.key.clone())) {
+                    left.push(plan::Filtered {
+                        crate_name: t.crate_name.clone(),
+                        key: t.key.clone(),
+                        size: t.size,
+                        reason: "built against a dependency version Cargo.lock does not name",
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+        }
         reporter.filtered(left);
         if cmd.dry_run {
             plan_all.extend(pull);
@@ -309,6 +325,33 @@ fn workspace_filter(cmd: &SyncCmd) -> Result<plan::PullFilter> {
             })
         }
     }
+}
+
+/// Of the pulls that only their manifests can tell apart (same crate,
+/// version, target and toolchain), those built against a dependency
+/// version the Cargo.lock does not name. Each manifest is read from the
+/// first 64 KiB of its object (one ranged request, in parallel); an
+/// object whose head cannot be read is kept (pulled, as before).
+fn built_against_other_versions(
+    pool: &ThreadPool,
+    remote: &dyn Remote,
+    pull: &[Transfer],
+    idx: &RemoteIndex,
+    versions: &std::collections::BTreeMap<String, BTreeSet<String>>,
+) -> HashSet<EntryId> {
+    use rayon::prelude::*;
+    let ambiguous = plan::ambiguous(pull, idx);
+    pool.install(|| {
+        ambiguous
+            .par_iter()
+            .filter_map(|t| {
+                let head = remote.get_head(&t.object, 64 << 10).ok()?;
+                let e = crate::store::archive::peek_manifest(&head)?;
+                let deps = e.origin.map(|o| o.deps).unwrap_or_default();
+                (!plan::deps_usable(&deps, versions)).then(|| (t.crate_name.clone(), t.key.clone()))
+            })
+            .collect()
+    })
 }
 
 /// The toolchain id (see `store::toolchain_id`) of the compiler cargo

@@ -121,6 +121,40 @@ pub(crate) fn index(prefix: &str, listed: impl IntoIterator<Item = Listed>) -> R
     idx
 }
 
+/// Whether an entry built against `deps` (`name@version`) can serve a
+/// build of this Cargo.lock: every one of them is named there at that
+/// version.
+pub(crate) fn deps_usable(deps: &[String], versions: &BTreeMap<String, BTreeSet<String>>) -> bool {
+    deps.iter().all(|d| {
+        d.rsplit_once('@').is_some_and(|(n, v)| {
+            versions
+                .get(&crate::store::normalize_crate(n))
+                .is_some_and(|vs| vs.contains(v))
+        })
+    })
+}
+
+/// The pulls that share their crate, version, target and toolchain with
+/// another: only their manifests can tell them apart.
+pub(crate) fn ambiguous<'a>(plan: &'a [Transfer], remote: &RemoteIndex) -> Vec<&'a Transfer> {
+    let origin = |t: &Transfer| {
+        remote
+            .get(&t.crate_name)
+            .and_then(|k| k.get(&t.key))
+            .and_then(|o| o.origin.clone())
+            .map(|o| (t.crate_name.clone(), o.version, o.target, o.toolchain))
+    };
+    let mut count: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    for t in plan {
+        if let Some(g) = origin(t) {
+            *count.entry(g).or_default() += 1;
+        }
+    }
+    plan.iter()
+        .filter(|t| origin(t).is_some_and(|g| count[&g] > 1))
+        .collect()
+}
+
 /// Remote objects not present locally that the filter keeps, and those
 /// it leaves out (with the reason).
 pub(crate) fn plan_pull(
@@ -264,6 +298,7 @@ mod tests {
             version: v.into(),
             target: "x86_64-unknown-linux-gnu".into(),
             toolchain: tc.into(),
+            deps: Vec::new(),
         };
         let long = |c: &str, key: &str, size: u64, or: &Origin| Listed {
             name: layout::entry_object("p", c, key, Some(or)),
@@ -310,6 +345,29 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn dependency_versions() {
+        let lock: BTreeMap<String, BTreeSet<String>> = [
+            (
+                "alpha".to_string(),
+                ["0.1.0".to_string()].into_iter().collect(),
+            ),
+            (
+                "serde_json".to_string(),
+                ["1.0.1".to_string()].into_iter().collect(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert!(deps_usable(
+            &["alpha@0.1.0".into(), "serde-json@1.0.1".into()],
+            &lock
+        ));
+        assert!(!deps_usable(&["alpha@0.2.0".into()], &lock));
+        assert!(!deps_usable(&["gamma@1.0.0".into()], &lock));
+        assert!(deps_usable(&[], &lock));
     }
 
     #[test]

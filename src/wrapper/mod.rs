@@ -321,6 +321,7 @@ fn hit(
 ) -> Result<i32> {
     let size = restore::restore(store, entry, &compile.out_dir, paths)?;
     record_runtime_libs(store, entry);
+    store.set_origins(entry);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(paths.expand(&entry.stdout).as_bytes());
     let _ = out.flush();
@@ -542,8 +543,12 @@ fn cached(
     entry.inputs = Some(inputs);
     entry.compile_ms = compile_ms;
     entry.explain = why;
-    entry.origin = origin(rustc_str, compile, &probe);
+    entry.origin = origin(rustc_str, compile, &probe).map(|mut o| {
+        o.deps = extern_origins(&store, compile, &paths, &probe);
+        o
+    });
     record_runtime_libs(&store, &entry);
+    store.set_origins(&entry);
     store.publish(&entry)?;
     crate::daemon::client::after_store(cfg, &store, &crate_name, &full);
     progress(&compile.crate_name, "miss", start, size);
@@ -559,6 +564,21 @@ fn cached(
     });
     store.log_event(&line.to_string());
     Ok(code)
+}
+
+/// `name@version` of the `--extern`s whose origin the store knows.
+fn extern_origins(store: &Store, c: &Compile, paths: &Paths, probe: &RealProbe<'_>) -> Vec<String> {
+    use self::key::Probe;
+    let mut out: Vec<String> = c
+        .externs
+        .iter()
+        .filter_map(|(_, p)| p.as_deref())
+        .filter_map(|p| probe.hash(&paths.absolute(p)))
+        .filter_map(|h| store.origin_of(&h))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What the entry is for: the package version, the target triple and a
@@ -580,6 +600,7 @@ fn origin(rustc: &str, compile: &Compile, probe: &RealProbe<'_>) -> Option<Origi
             .unwrap_or_else(|| "_".to_string()),
         target,
         toolchain: crate::store::toolchain_id(&vv),
+        deps: Vec::new(),
     };
     o.is_valid().then_some(o)
 }
