@@ -35,6 +35,7 @@ Invariants:
 pub(crate) mod archive;
 pub(crate) mod entry;
 pub(crate) mod gc;
+mod sys;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -627,6 +628,12 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
         out.write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", dst.display()))?;
         size += n as u64;
+        // Every 4 MiB, start writing back what came before: the sync
+        // before publishing then has little left to wait for.
+        const STEP: u64 = 4 << 20;
+        if size % STEP < n as u64 && size >= STEP {
+            sys::start_writeback(&out, size - size % STEP - STEP, STEP);
+        }
         if let Some(l) = limit
             && size > l
         {

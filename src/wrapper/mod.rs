@@ -611,9 +611,10 @@ fn origin(rustc: &str, compile: &Compile, probe: &RealProbe<'_>) -> Option<Origi
 struct RootScan<'a, R> {
     inner: R,
     rules: &'a [(String, String)],
+    finders: Vec<memchr::memmem::Finder<'a>>,
     /// Sentinels of the roots found so far.
     found: &'a mut Vec<String>,
-    /// The end of the previous chunk: a path may straddle two reads.
+    /// The last bytes of the previous read: a path may straddle two.
     tail: Vec<u8>,
     keep: usize,
 }
@@ -624,6 +625,10 @@ impl<'a, R: Read> RootScan<'a, R> {
         RootScan {
             inner,
             rules,
+            finders: rules
+                .iter()
+                .map(|(r, _)| memchr::memmem::Finder::new(r.as_bytes()))
+                .collect(),
             found,
             tail: Vec::new(),
             keep,
@@ -635,16 +640,23 @@ impl<R: Read> Read for RootScan<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n > 0 && self.found.len() < self.rules.len() {
-            self.tail.extend_from_slice(&buf[..n]);
-            for (real, sent) in self.rules {
+            let chunk = &buf[..n];
+            // Across the seam: the previous tail and this chunk's head.
+            self.tail.extend_from_slice(&chunk[..n.min(self.keep)]);
+            for (f, (_, sent)) in self.finders.iter().zip(self.rules) {
                 if !self.found.contains(sent)
-                    && memchr::memmem::find(&self.tail, real.as_bytes()).is_some()
+                    && (f.find(chunk).is_some() || f.find(&self.tail).is_some())
                 {
                     self.found.push(sent.clone());
                 }
             }
-            let cut = self.tail.len().saturating_sub(self.keep);
-            self.tail.drain(..cut);
+            if n > self.keep {
+                self.tail.clear();
+                self.tail.extend_from_slice(&chunk[n - self.keep..]);
+            } else {
+                let cut = self.tail.len().saturating_sub(self.keep);
+                self.tail.drain(..cut);
+            }
         }
         Ok(n)
     }
@@ -758,6 +770,28 @@ mod tests {
             vec!["/kache-ws"]
         );
         fs::write(&p, vec![7u8; 2 << 20]).unwrap();
-        assert!(roots_in(&[p], &paths).unwrap().is_empty());
+        assert!(
+            roots_in(std::slice::from_ref(&p), &paths)
+                .unwrap()
+                .is_empty()
+        );
+        // Reads of a few bytes each: a path spread over several reads.
+        let mut found = Vec::new();
+        let data = b"xx/home/u/t/yy".to_vec();
+        let mut r = RootScan::new(Chunks(&data, 3), paths.rules(), &mut found);
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(found, vec!["/kache-target"]);
+    }
+
+    /// A reader that hands out at most `.1` bytes a call.
+    struct Chunks<'a>(&'a [u8], usize);
+
+    impl Read for Chunks<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
     }
 }
