@@ -404,18 +404,21 @@ impl S3Remote {
         })
     }
 
-    /// One GET of an object: the response once its status is a success.
-    fn get_response(&self, name: &str) -> Result<Response<Body>, RemoteError> {
+    /// One GET of an object (its first `head` bytes only, if given): the
+    /// response once its status is a success.
+    fn get_response(&self, name: &str, head: Option<u64>) -> Result<Response<Body>, RemoteError> {
         let url = self
             .bucket
             .get_object(Some(&self.creds), name)
             .sign(SIGN_EXPIRY);
-        let resp = self
+        let mut req = self
             .agent
             .get(url.as_str())
-            .header("accept-encoding", "identity")
-            .call()
-            .map_err(|e| self.transport(&e))?;
+            .header("accept-encoding", "identity");
+        if let Some(n) = head {
+            req = req.header("range", &format!("bytes=0-{}", n.saturating_sub(1)));
+        }
+        let resp = req.call().map_err(|e| self.transport(&e))?;
         self.check_status(resp)
     }
 
@@ -491,7 +494,7 @@ impl Remote for S3Remote {
 
     fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
         self.retrying(|| {
-            let mut resp = self.get_response(name)?;
+            let mut resp = self.get_response(name, None)?;
             let expected = resp.body().content_length();
             let mut f = File::create(dest).map_err(|e| local_error(dest, &e))?;
             let mut r = resp.body_mut().as_reader();
@@ -570,7 +573,7 @@ impl Remote for S3Remote {
 
     fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
         self.retrying(|| {
-            let mut resp = self.get_response(name)?;
+            let mut resp = self.get_response(name, None)?;
             resp.body_mut()
                 .with_config()
                 .limit(limit)
@@ -581,18 +584,7 @@ impl Remote for S3Remote {
 
     fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
         self.retrying(|| {
-            let url = self
-                .bucket
-                .get_object(Some(&self.creds), name)
-                .sign(SIGN_EXPIRY);
-            let resp = self
-                .agent
-                .get(url.as_str())
-                .header("accept-encoding", "identity")
-                .header("range", &format!("bytes=0-{}", n.saturating_sub(1)))
-                .call()
-                .map_err(|e| self.transport(&e))?;
-            let mut resp = self.check_status(resp)?;
+            let mut resp = self.get_response(name, Some(n))?;
             // A server that ignores Range sends it all: read no more.
             let mut out = Vec::new();
             resp.body_mut()
