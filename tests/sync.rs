@@ -2492,14 +2492,19 @@ fn gc_remote_keeps_what_runners_used() {
     }
     let ws = w.workspace("ws", &["used", "idle"]);
     ok(&w.sync(&a, &ws, &["--push"]));
-    std::thread::sleep(Duration::from_millis(3200));
+    std::thread::sleep(Duration::from_millis(4200));
     // Runner B pulls crate `used` only: its entries are used now.
+    let pulled = std::time::Instant::now();
     let b = w.cache("b");
     let only_used = w.workspace("ws-used", &["used"]);
     ok(&w.sync(&b, &only_used, &["--pull"]));
     assert_eq!(entries(&b).len(), 3);
+    // A --max-age that covers the pull (timestamps are whole seconds)
+    // but not the push, 4.2 s before it. Measured, not fixed: a service
+    // that ignores If-None-Match makes each gc wait for its lock.
+    let window = || format!("{}s", pulled.elapsed().as_secs() + 2);
 
-    let o = w.gc_remote(&a, &["--max-age", "2s", "--dry-run"]);
+    let o = w.gc_remote(&a, &["--max-age", &window(), "--dry-run"]);
     ok(&o);
     let v = json(&o);
     assert_eq!(v["entries"], 5, "{v:#}");
@@ -2513,37 +2518,36 @@ fn gc_remote_keeps_what_runners_used() {
     assert_eq!(doomed, BTreeSet::from(["idle"]), "{v:#}");
     // Nothing changed: a second dry run sees the same.
     assert_eq!(
-        json(&w.gc_remote(&a, &["--max-age", "2s", "--dry-run"]))["entries"],
+        json(&w.gc_remote(&a, &["--max-age", &window(), "--dry-run"]))["entries"],
         5
     );
 
-    // Two gc runs at once: the lock lets one work; each entry goes once.
-    let (o1, o2) = std::thread::scope(|s| {
-        let h1 = s.spawn(|| w.gc_remote(&a, &["--max-age", "2s"]));
-        let h2 = s.spawn(|| w.gc_remote(&a, &["--max-age", "2s"]));
-        (h1.join().unwrap(), h2.join().unwrap())
+    // Four gc runs at once: the lock lets one work; each entry goes once
+    // (also where the service ignores If-None-Match, as Garage does).
+    let runs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| w.gc_remote(&a, &["--max-age", &window()])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    ok(&o1);
-    ok(&o2);
     let deleted = |o: &Output| {
         serde_json::from_slice::<serde_json::Value>(&o.stdout)
             .map(|v| v["deleted"]["entries"].as_u64().unwrap_or(0))
             .unwrap_or(0)
     };
-    assert_eq!(
-        deleted(&o1) + deleted(&o2),
-        2,
-        "{}\n{}",
-        show(&o1),
-        show(&o2)
-    );
-    let v = json(&w.gc_remote(&a, &["--max-age", "2s", "--dry-run"]));
+    let all: String = runs.iter().map(show).collect::<Vec<_>>().join("\n");
+    for o in &runs {
+        ok(o);
+    }
+    assert_eq!(runs.iter().map(deleted).sum::<u64>(), 2, "{all}");
+    assert_eq!(runs.iter().filter(|o| deleted(o) > 0).count(), 1, "{all}");
+    let v = json(&w.gc_remote(&a, &["--max-age", &window(), "--dry-run"]));
     assert_eq!(v["entries"], 3, "{v:#}");
     assert_eq!(v["deleted"]["entries"], 0, "{v:#}");
 
     // The records were compacted: the next gc reads one record and still
-    // knows the pulled entries were used (they were pushed 3 s ago).
-    let v = json(&w.gc_remote(&a, &["--max-age", "3s"]));
+    // knows the pulled entries were used: without it they would go.
+    let v = json(&w.gc_remote(&a, &["--max-age", &window()]));
     assert_eq!(v["use_records_compacted"], 1, "{v:#}");
     assert_eq!(v["deleted"]["entries"], 0, "{v:#}");
 

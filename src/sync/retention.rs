@@ -8,10 +8,13 @@ never rewrites an entry object. An entry's last use is the newest of
 its object's LastModified (its push) and the use records naming it.
 
 `kache gc --remote --max-age DUR | --max-size SIZE`:
-1. takes the gc lock, `{prefix}/.kache/gc.lock`, written only if absent
-   (`If-None-Match: *`) and read back to check it is ours, so two gc
-   runs never work at once (the second says so and does nothing; a lock
-   older than an hour is a crashed gc's and is taken over);
+1. takes the gc lock, `{prefix}/.kache/gc.lock`, so two gc runs never
+   work at once (the others say so and do nothing; a lock older than an
+   hour is a crashed gc's and is taken over). Where the service honours
+   `If-None-Match: *` the conditional PUT is the lock; where it does not
+   (Garage) a run writes the lock only if it saw none, waits two seconds
+   and reads it back (see `take_lock`); the lock is read again before
+   anything is deleted;
 2. reads the use records and lists the entry objects;
 3. picks the entries unused for longer than `--max-age`, or the least
    recently used until the rest fit `--max-size`;
@@ -27,7 +30,7 @@ its object's LastModified (its push) and the use records naming it.
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -39,6 +42,9 @@ use crate::store::now_secs;
 
 /// A lock older than this belongs to a gc that died.
 const STALE_LOCK_SECS: u64 = 3600;
+/// How long a lock taken without `If-None-Match` waits for a competing
+/// run's write to land before reading its own back.
+const SETTLE: Duration = Duration::from_secs(2);
 /// Objects per DeleteObjects request (the S3 maximum).
 const BATCH: usize = 1000;
 /// The largest use record read.
@@ -159,41 +165,90 @@ fn read_records(
     Ok(read)
 }
 
-/// The gc lock: written only if absent, then read back.
-fn take_lock(remote: &dyn Remote, prefix: &str) -> Result<Option<String>> {
+/// The gc lock, held by this run.
+struct Lock {
+    name: String,
+    me: Vec<u8>,
+}
+
+impl Lock {
+    /// Whether the lock object still holds this run's bytes.
+    fn still_ours(&self, remote: &dyn Remote) -> Result<bool> {
+        Ok(read_lock(remote, &self.name)?.as_deref() == Some(&self.me[..]))
+    }
+}
+
+/// The lock object's bytes, `None` when there is none.
+fn read_lock(remote: &dyn Remote, name: &str) -> Result<Option<Vec<u8>>> {
+    match remote.get_bytes(name, 4096) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => bail!("cannot read the gc lock {}: {e}", remote.describe(name)),
+    }
+}
+
+/// Whether a lock's bytes name a gc that is still alive.
+fn live(held: &[u8]) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(held).unwrap_or_default();
+    now_secs().saturating_sub(v["ts"].as_u64().unwrap_or(0)) <= STALE_LOCK_SECS
+}
+
+/// Takes the gc lock; `None` when another live gc holds it.
+///
+/// Where the service honours `If-None-Match: *` (AWS S3, MinIO) the
+/// conditional PUT is the lock; a second conditional PUT of the same
+/// bytes answering 412 proves the service checks. Where it does not
+/// (Garage, where the last writer wins), the lock is: no live lock seen,
+/// our PUT within `SETTLE / 2` of that look, then `SETTLE` of quiet, then
+/// our bytes read back. Two runs that both saw no lock both wrote within
+/// `SETTLE / 2` of it, so each reads back after the other's write and
+/// only the last writer goes on; a run that looks later sees the lock.
+/// The same wait follows taking over a stale lock, since two runs may
+/// both have removed it.
+fn take_lock(remote: &dyn Remote, prefix: &str) -> Result<Option<Lock>> {
     let name = format!("{}gc.lock", meta_prefix(prefix));
-    let me = format!("{{\"ts\":{},\"nonce\":\"{}\"}}", now_secs(), nonce());
-    for attempt in 0..2 {
-        match remote.put_bytes(&name, me.as_bytes(), true) {
+    let me = format!("{{\"ts\":{},\"nonce\":\"{}\"}}", now_secs(), nonce()).into_bytes();
+    let put = |if_absent| remote.put_bytes(&name, &me, if_absent);
+    for _ in 0..3 {
+        let looked = Instant::now();
+        let held = read_lock(remote, &name)?;
+        let stale = match &held {
+            Some(h) if *h == me => false,
+            Some(h) if live(h) => return Ok(None),
+            Some(_) => true,
+            None => false,
+        };
+        if stale {
+            remote
+                .delete(std::slice::from_ref(&name))
+                .map_err(|e| anyhow!("cannot remove a stale gc lock: {e}"))?;
+        }
+        match put(true) {
             Ok(()) => {}
-            Err(e) if e.kind == ErrorKind::Precondition => {
-                let held: serde_json::Value = remote
-                    .get_bytes(&name, 4096)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                let since = held["ts"].as_u64().unwrap_or(0);
-                if attempt == 0 && now_secs().saturating_sub(since) > STALE_LOCK_SECS {
-                    remote
-                        .delete(std::slice::from_ref(&name))
-                        .map_err(|e| anyhow!("cannot remove a stale gc lock: {e}"))?;
-                    continue;
-                }
-                return Ok(None);
-            }
+            Err(e) if e.kind == ErrorKind::Precondition => return Ok(None),
             Err(e) => bail!("cannot take the gc lock {}: {e}", remote.describe(&name)),
         }
-        // A service that ignores If-None-Match: the last writer wins,
-        // and reading back tells who that was.
-        let back = remote
-            .get_bytes(&name, 4096)
-            .map_err(|e| anyhow!("cannot read the gc lock back: {e}"))?;
-        if back == me.as_bytes() {
-            return Ok(Some(name));
+        let checked = match put(true) {
+            Err(e) if e.kind == ErrorKind::Precondition => true,
+            Ok(()) => false,
+            Err(e) => bail!("cannot take the gc lock {}: {e}", remote.describe(&name)),
+        };
+        if checked && !stale {
+            return Ok(Some(Lock { name, me }));
         }
-        return Ok(None);
+        if looked.elapsed() > SETTLE / 2 {
+            // Too slow to be sure no other run looked at the same time:
+            // look again (our own bytes do not stop us).
+            continue;
+        }
+        std::thread::sleep(SETTLE);
+        let lock = Lock { name, me };
+        return Ok(lock.still_ours(remote)?.then_some(lock));
     }
-    Ok(None)
+    bail!(
+        "cannot take the gc lock {}: the service answers too slowly to take it safely; try again",
+        remote.describe(&name)
+    )
 }
 
 pub(crate) fn gc_remote(
@@ -204,6 +259,8 @@ pub(crate) fn gc_remote(
     json: bool,
 ) -> Result<ExitCode> {
     let started = Instant::now();
+    // Ages count from the start (the lock may take a moment).
+    let now = now_secs();
     let max_size = max_size
         .map(|s| {
             parse_size(s).ok_or_else(|| {
@@ -246,10 +303,21 @@ pub(crate) fn gc_remote(
         }
     };
     let res = run(
-        &pool, &remote, prefix, max_age, max_size, dry_run, json, started,
+        &pool,
+        &remote,
+        prefix,
+        max_age,
+        max_size,
+        lock.as_ref(),
+        json,
+        (started, now),
     );
-    if let Some(l) = lock {
-        let _ = remote.delete(&[l]);
+    // Remove the lock only while it is ours (a run that lost it to a
+    // stale takeover leaves the new holder's alone).
+    if let Some(l) = lock
+        && l.still_ours(&remote).unwrap_or(false)
+    {
+        let _ = remote.delete(&[l.name]);
     }
     res
 }
@@ -261,17 +329,17 @@ fn run(
     prefix: &str,
     max_age: Option<u64>,
     max_size: Option<u64>,
-    dry_run: bool,
+    lock: Option<&Lock>,
     json: bool,
-    started: Instant,
+    (started, now): (Instant, u64),
 ) -> Result<ExitCode> {
+    let dry_run = lock.is_none();
     let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut records = read_records(pool, remote, prefix, &BTreeSet::new(), &mut last)?;
     let root = layout::root_prefix(prefix);
     let listed = remote
         .list(&root)
         .map_err(|e| anyhow!("cannot list {}: {e}", remote.describe(&root)))?;
-    let now = now_secs();
     let mut all: Vec<Candidate> = listed
         .into_iter()
         .filter_map(|l| {
@@ -316,6 +384,15 @@ fn run(
             let v = last.entry((c, k)).or_default();
             *v = (*v).max(t);
         }
+    }
+    if let Some(l) = lock
+        && !doomed.is_empty()
+        && !l.still_ours(remote)?
+    {
+        crate::sync::report::warning(
+            "another kache gc --remote took the lock on this bucket while this one planned; nothing deleted",
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let deleted_bytes: u64 = doomed.iter().map(|c| c.size).sum();
     let mut failed: Vec<(String, String)> = Vec::new();
