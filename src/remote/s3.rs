@@ -748,6 +748,8 @@ pub(crate) fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
         "InvalidAccessKeyId" | "NotSignedUp" => return ErrorKind::UnknownKey,
         "SignatureDoesNotMatch" => return ErrorKind::BadSignature,
         "RequestTimeTooSkewed" => return ErrorKind::ClockSkew,
+        // AWS: another conditional write to the same name is in flight.
+        "ConditionalRequestConflict" | "PreconditionFailed" => return ErrorKind::Precondition,
         "AccessDenied"
         | "ExpiredToken"
         | "InvalidToken"
@@ -919,6 +921,11 @@ mod tests {
         assert_eq!(c(429, ""), ErrorKind::Transient);
         assert_eq!(c(502, ""), ErrorKind::Transient);
         assert_eq!(c(400, "InvalidArgument"), ErrorKind::Other);
+        assert_eq!(c(412, ""), ErrorKind::Precondition);
+        assert_eq!(
+            c(409, "ConditionalRequestConflict"),
+            ErrorKind::Precondition
+        );
         // Garage's wording.
         assert_eq!(
             classify(403, "AccessDenied", "Forbidden: No such key: GK123"),

@@ -225,7 +225,12 @@ fn take_lock(remote: &dyn Remote, prefix: &str) -> Result<Option<Lock>> {
         }
         match put(true) {
             Ok(()) => {}
-            Err(e) if e.kind == ErrorKind::Precondition => return Ok(None),
+            // Ours when a retried PUT found its own first attempt.
+            Err(e) if e.kind == ErrorKind::Precondition => {
+                if read_lock(remote, &name)?.as_deref() != Some(&me[..]) {
+                    return Ok(None);
+                }
+            }
             Err(e) => bail!("cannot take the gc lock {}: {e}", remote.describe(&name)),
         }
         let checked = match put(true) {
