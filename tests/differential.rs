@@ -1351,6 +1351,58 @@ fn attack_link_files_earlier_on_search_path() {
     );
 }
 
+/// The `answer` fixture linking `-lanswer` with no `-L` of its own.
+fn answer_by_name(root: &Path) -> Diff {
+    let d = Diff::new(root, "a", "attack/answer");
+    d.write(
+        ".cargo/config.toml",
+        "[build]\nrustflags = [\"-C\", \"link-arg=-lanswer\"]\n",
+    );
+    d
+}
+
+/// `-lanswer` with no `-L`: the linker finds it on its own path, here
+/// through `LIBRARY_PATH`; then the library there changes.
+#[test]
+fn attack_link_files_on_the_linkers_default_path() {
+    let r = root();
+    let d = answer_by_name(r.path());
+    let sys = d.path("sys").display().to_string();
+    let env: Env<'_> = &[("LIBRARY_PATH", &sys)];
+    static_answer_lib(&d, "sys", 11);
+    let before = d.same("library on the default path", &["run", "-q"], env);
+    static_answer_lib(&d, "sys", 12);
+    let after = d.same_fresh(
+        "after the library on the default path changed",
+        &["run", "-q"],
+        env,
+    );
+    assert_ne!(before, after, "plain cargo saw no change (a test bug)");
+}
+
+/// `LIBRARY_PATH` names another directory with another `libanswer.a`.
+#[test]
+fn attack_link_env_library_path() {
+    let r = root();
+    let d = answer_by_name(r.path());
+    static_answer_lib(&d, "one", 11);
+    static_answer_lib(&d, "two", 12);
+    let (one, two) = (d.path("one"), d.path("two"));
+    let one = one.display().to_string();
+    let two = two.display().to_string();
+    let before = d.same(
+        "LIBRARY_PATH=one",
+        &["run", "-q"],
+        &[("LIBRARY_PATH", &one)],
+    );
+    let after = d.same_fresh(
+        "LIBRARY_PATH=two",
+        &["run", "-q"],
+        &[("LIBRARY_PATH", &two)],
+    );
+    assert_ne!(before, after, "plain cargo saw no change (a test bug)");
+}
+
 /// `-Tdefs.x` found through `-L native=scripts` (cortex-m-rt style).
 #[test]
 fn attack_link_files_t_script_on_rustc_search_path() {

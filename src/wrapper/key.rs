@@ -33,7 +33,7 @@ use super::args::{Arg, Compile, tokenize};
 use crate::store::entry::Inputs;
 
 /// Bumped whenever the key scheme changes.
-const KEY_VERSION: &str = "kache-wrapper-key-3";
+const KEY_VERSION: &str = "kache-wrapper-key-4";
 
 /// Marks an unset env var (distinct from an empty one).
 const UNSET: &str = "\u{0}unset";
@@ -428,6 +428,10 @@ fn keyed_cargo_var(name: &str) -> bool {
     .any(|p| name.starts_with(p))
 }
 
+/// Environment variables the C compiler driver that links reads (gcc
+/// and clang): library and program search paths.
+const LINKER_ENV: [&str; 3] = ["LIBRARY_PATH", "COMPILER_PATH", "GCC_EXEC_PREFIX"];
+
 /// Flags whose value is dropped from the key (with the flag itself).
 fn dropped_flag(flag: &str, value: &str) -> bool {
     match flag {
@@ -669,6 +673,13 @@ pub(crate) fn base_key(
             "linker-content",
             &probe.program_hash(&linker).unwrap_or_default(),
         );
+        // Where the driver looks for libraries and its own parts: keyed
+        // by value when set (unset leaves the key as it was).
+        for v in LINKER_ENV {
+            if let Some(x) = probe.var(v) {
+                h.field(&format!("linker-env:{v}"), &x);
+            }
+        }
     }
 
     // clippy-driver reads its configuration from clippy.toml and CLIPPY_ARGS.
@@ -1031,7 +1042,7 @@ mod tests {
         assert_eq!(why["toolchain"], "rustc -vV");
         assert_eq!(
             base,
-            "619ff4acf9dab1a4ab4b4544ec611eb8580983e565450d41addb2e15b854b7ee"
+            "c383cc2e17c5271f5158c413f0631ed08a086a5b932ca585aba4b0110fdab817"
         );
         let inputs = Inputs {
             base,
@@ -1048,7 +1059,7 @@ mod tests {
         assert!(why["env CARGO_PKG_NAME"].starts_with("set ("), "{why:?}");
         assert_eq!(
             full,
-            "c4e7bb06b8e63740ba9ed0e81188b530465e0398ccafebfb82207a3a04523eca"
+            "fc328e4b8cf5a10de6d9d693e07b2e5fe20ca76450dc0b3e9b8f15af923a9586"
         );
         // Another checkout path leaves the base key alone (the extern's
         // content aside, which `Fixed` derives from its path); the

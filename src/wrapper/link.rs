@@ -109,7 +109,15 @@ fn scripts_of(p: &Path) -> Vec<String> {
 /// driver's own: `-L`, `-l`, `-T`, `--script=`, `@file`, and any value
 /// naming an existing file; linker scripts are followed into their
 /// `INCLUDE`s.
-pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> bool) -> LinkInputs {
+///
+/// A library that no `-L` dir holds is looked for on the linker's own
+/// path, `default_dirs` (called at most once; see [`default_lib_dirs`]).
+pub(crate) fn link_inputs(
+    text: &str,
+    cwd: &Path,
+    is_file: &dyn Fn(&Path) -> bool,
+    default_dirs: &dyn Fn() -> Vec<PathBuf>,
+) -> LinkInputs {
     let ws = words(text.trim());
     let mut args: Vec<String> = Vec::new();
     for w in ws.iter().skip_while(|w| is_assignment(w)).skip(1) {
@@ -170,13 +178,8 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
     }
     let mut absent: Vec<PathBuf> = Vec::new();
     // Found the way the linker finds them: the search dirs in order.
-    let find = |names: &[String], also_cwd: bool, absent: &mut Vec<PathBuf>| -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        if also_cwd {
-            dirs.push(cwd.to_path_buf());
-        }
-        dirs.extend(search.iter().cloned());
-        for d in &dirs {
+    let find_in = |dirs: &[PathBuf], names: &[String], absent: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+        for d in dirs {
             let found: Vec<PathBuf> = names
                 .iter()
                 .map(|n| d.join(n))
@@ -196,15 +199,29 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
         }
         Vec::new()
     };
+    let find = |names: &[String], also_cwd: bool, absent: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if also_cwd {
+            dirs.push(cwd.to_path_buf());
+        }
+        dirs.extend(search.iter().cloned());
+        find_in(&dirs, names, absent)
+    };
+    let mut defaults: Option<Vec<PathBuf>> = None;
     for l in libs {
         let names = match l.strip_prefix(':') {
             Some(f) => vec![f.to_string()],
             None => vec![format!("lib{l}.so"), format!("lib{l}.a")],
         };
         let mut a = Vec::new();
-        let found = find(&names, false, &mut a);
-        // A library not found on these dirs comes from the linker's own
-        // default path (libc): keyed by the linker's identity instead.
+        let mut found = find(&names, false, &mut a);
+        if found.is_empty() {
+            // On the linker's own path (libc, or a library found
+            // through LIBRARY_PATH). One the driver does not report
+            // (ld's built-in dirs) is keyed by the linker's identity.
+            let d = defaults.get_or_insert_with(default_dirs);
+            found = find_in(d, &names, &mut a);
+        }
         if !found.is_empty() {
             absent.extend(a);
             files.extend(found);
@@ -244,8 +261,22 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
         }
         out.files.push(f);
     }
+    // rustc's own temporary dir beside the output (`rustcXXXXXX`, gone
+    // after the link, never the same name twice) can hold nothing later.
+    let temp = |a: &Path| {
+        let dir = output.as_ref().and_then(|o| o.parent());
+        dir.and_then(|d| a.strip_prefix(d).ok())
+            .and_then(|rest| rest.components().next())
+            .is_some_and(|c| {
+                let c = c.as_os_str().to_string_lossy();
+                c.len() == 11
+                    && c.starts_with("rustc")
+                    && c[5..].bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+    };
     for a in absent {
         if !is_file(&a)
+            && !temp(&a)
             && !out.absent.contains(&a)
             && !a.to_string_lossy().contains("/lib/rustlib/")
         {
@@ -253,6 +284,55 @@ pub(crate) fn link_inputs(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> boo
         }
     }
     out
+}
+
+/// The library dirs the linking driver searches after the `-L` ones
+/// (`LIBRARY_PATH`, then its own), as `cc -print-search-dirs` reports
+/// them (gcc and clang), existing and without duplicates. The program
+/// is the one the printed line runs, with the line's `PATH`. Empty for
+/// a linker that does not answer (ld.lld, a custom script).
+pub(crate) fn default_lib_dirs(text: &str) -> Vec<PathBuf> {
+    let ws = words(text.trim());
+    let env: Vec<(&str, &str)> = ws
+        .iter()
+        .take_while(|w| is_assignment(w))
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let Some(program) = ws.iter().find(|w| !is_assignment(w)) else {
+        return Vec::new();
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("-print-search-dirs")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        if k == "PATH" {
+            cmd.env(k, v);
+        }
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => parse_search_dirs(&String::from_utf8_lossy(&o.stdout)),
+        _ => Vec::new(),
+    }
+}
+
+/// The `libraries: =a:b:...` line of `-print-search-dirs`.
+fn parse_search_dirs(out: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for line in out.lines() {
+        let Some(list) = line.strip_prefix("libraries: ") else {
+            continue;
+        };
+        for d in list.trim_start_matches('=').split(':') {
+            let Ok(real) = std::fs::canonicalize(d) else {
+                continue;
+            };
+            if real.is_dir() && !dirs.contains(&real) {
+                dirs.push(real);
+            }
+        }
+    }
+    dirs
 }
 
 #[cfg(test)]
@@ -276,7 +356,7 @@ mod tests {
         }
         std::fs::write(w.join("scripts/defs.x"), "INCLUDE inc.ld\nSECTIONS {}").unwrap();
         let text = r#""cc" "x.o" "-Wl,-Llibs,--whole-archive,-lanswer" "-L" "scripts" "-Tdefs.x" "-Wl,@rsp" "-Wl,--version-script=vs.map" "-Wl,-z,relro" "-o" "out""#;
-        let got = link_inputs(text, w, &|p: &Path| p.is_file());
+        let got = link_inputs(text, w, &|p: &Path| p.is_file(), &Vec::new);
         let rel: Vec<String> = got
             .files
             .iter()
@@ -314,7 +394,7 @@ mod tests {
             .iter()
             .any(|e| Path::new(e) == p)
         };
-        let got = link_inputs(text, Path::new("/w"), &exists).files;
+        let got = link_inputs(text, Path::new("/w"), &exists, &Vec::new).files;
         let want: Vec<PathBuf> = [
             "/w/t/deps/libmid-2.rlib",
             "/w/t/deps/libcsys-3.rlib",
@@ -326,5 +406,47 @@ mod tests {
         .map(PathBuf::from)
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn libraries_on_the_linkers_own_path() {
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path();
+        for f in ["first/x", "sys/libanswer.a", "sys/libc.so"] {
+            std::fs::create_dir_all(w.join(f).parent().unwrap()).unwrap();
+            std::fs::write(w.join(f), "").unwrap();
+        }
+        let out = format!(
+            "install: /usr/lib/gcc/x/12/\nprograms: =/nope\nlibraries: ={}/nope/:{}/first/:{}/sys/:{}/sys/../sys\n",
+            w.display(),
+            w.display(),
+            w.display(),
+            w.display()
+        );
+        let dirs = parse_search_dirs(&out);
+        let real = std::fs::canonicalize(w).unwrap();
+        assert_eq!(dirs, vec![real.join("first"), real.join("sys")]);
+        let calls = std::cell::Cell::new(0);
+        let text = r#""cc" "-L" "rustcAb12Cd/raw-dylibs" "-lanswer" "-lc" "-o" "out""#;
+        let got = link_inputs(text, w, &|p: &Path| p.is_file(), &|| {
+            calls.set(calls.get() + 1);
+            dirs.clone()
+        });
+        assert_eq!(calls.get(), 1, "the driver is asked once");
+        assert_eq!(
+            got.files,
+            vec![real.join("sys/libanswer.a"), real.join("sys/libc.so")]
+        );
+        // Searched in `first` before `sys`: one appearing there wins.
+        assert!(got.absent.contains(&real.join("first/libanswer.a")));
+        assert!(got.absent.contains(&real.join("sys/libanswer.so")));
+        // rustc's temporary dir is not recorded.
+        assert!(
+            !got.absent
+                .iter()
+                .any(|a| a.to_string_lossy().contains("rustcAb12Cd")),
+            "{:?}",
+            got.absent
+        );
     }
 }

@@ -479,7 +479,9 @@ fn cached(
             let t = t.context("rustc wrote no link line")?;
             let outs: Vec<std::path::PathBuf> =
                 outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
-            let li = link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file());
+            let li = link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file(), &|| {
+                link::default_lib_dirs(&t)
+            });
             let norm = |v: Vec<std::path::PathBuf>| -> Vec<String> {
                 v.into_iter()
                     .filter(|p| !outs.contains(p))
