@@ -11,7 +11,9 @@
 # the bucket); runner B with an empty store and the daemon, no sync;
 # runner B with `kache sync --pull` then the build; and the daemon with
 # S3 two seconds away on every request. Prints a table of times and
-# ratios.
+# ratios. With KACHE_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY, _SECRET_KEY and
+# _REGION set (as ci/garage.sh sets them) it runs against that server
+# instead, e.g. Garage on loopback.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -gt 0 ]; then

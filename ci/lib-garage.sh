@@ -6,6 +6,8 @@
 #                                  GARAGE_BUCKET, GARAGE_KEY_ID, GARAGE_SECRET,
 #                                  GARAGE_REGION, GARAGE_PIDS (node pids, in order)
 #   garage_stop                    stops every node started here
+# GARAGE_NICE=19 runs the nodes at that nice value (benchmarks: a server
+# that stands in for a remote one should not take the build's CPU).
 # Ports: node i (0-based) uses 39i0 (S3), 39i1 (RPC), 39i3 (admin).
 
 GARAGE_VERSION=2.5.0
@@ -54,7 +56,7 @@ garage_start() {  # DIR NODES
   GARAGE_DIR=$dir
   for ((i = 0; i < n; i++)); do
     garage_node_conf "$dir" "$i" "$n" "$secret"
-    garage -c "$dir/n$i.toml" server >"$dir/n$i.log" 2>&1 &
+    ${GARAGE_NICE:+nice -n "$GARAGE_NICE"} garage -c "$dir/n$i.toml" server >"$dir/n$i.log" 2>&1 &
     GARAGE_PIDS="$GARAGE_PIDS $!"
   done
   for ((i = 0; i < n; i++)); do garage_wait_port "39${i}1"; garage_wait_port "39${i}0"; done

@@ -130,8 +130,7 @@ impl World {
     /// (crate, key) of every entry object under this test's prefix.
     fn bucket_entries(&self) -> BTreeSet<(String, String)> {
         self.s3
-            .objects()
-            .expect("s3s-fs")
+            .names()
             .iter()
             .filter_map(|o| {
                 // `{crate}/{version}/{target}/{toolchain}/{key}.tar.zst`,
@@ -582,7 +581,8 @@ fn a_changed_config_file_is_noticed() {
 
 /// Figures for the README: a real project (this repository by default,
 /// ~90 crates from the local registry; `KACHE_BENCH_PROJECT` names
-/// another) against s3s-fs on loopback, in one run:
+/// another) against s3s-fs on loopback (or the server named by
+/// `KACHE_TEST_S3_ENDPOINT`), in one run:
 /// `cargo test --release --test tests daemon::bench -- --ignored --nocapture`.
 #[test]
 #[ignore = "benchmark"]
@@ -649,8 +649,13 @@ fn bench_daemon() {
         .iter()
         .filter(|r| *r == "local_hit" || *r == "remote_hit")
         .count();
+    let server = if crate::s3server::external() {
+        format!("{} (KACHE_TEST_S3_ENDPOINT)", w.s3.endpoint)
+    } else {
+        "s3s-fs".to_string()
+    };
     eprintln!(
-        "{n} entries; s3s-fs on loopback; {} cores",
+        "{n} entries; {server} on loopback; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     eprintln!("| run | wall s | ratio |");

@@ -123,6 +123,48 @@ impl S3 {
     }
 }
 
+impl S3 {
+    /// Every object name under this test's prefix, sorted: the files of
+    /// s3s-fs, or a ListObjectsV2 of an external server.
+    pub(crate) fn names(&self) -> Vec<String> {
+        if let Some(o) = self.objects() {
+            return o;
+        }
+        let bucket = rusty_s3::Bucket::new(
+            self.endpoint.parse().expect("endpoint is a URL"),
+            rusty_s3::UrlStyle::Path,
+            self.bucket.clone(),
+            self.region.clone(),
+        )
+        .expect("bucket");
+        let creds = rusty_s3::Credentials::new(self.access_key.clone(), self.secret_key.clone());
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut a = bucket.list_objects_v2(Some(&creds));
+            a.with_prefix(format!("{}/", self.prefix));
+            if let Some(t) = &token {
+                a.with_continuation_token(t.clone());
+            }
+            let url = rusty_s3::S3Action::sign(&a, std::time::Duration::from_secs(600));
+            let text = ureq::get(url.as_str())
+                .call()
+                .expect("listing")
+                .body_mut()
+                .read_to_string()
+                .expect("listing body");
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text).expect("listing");
+            out.extend(page.contents.into_iter().map(|o| o.key));
+            match page.next_continuation_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
     let Ok(rd) = std::fs::read_dir(d) else { return };
     for e in rd.flatten() {

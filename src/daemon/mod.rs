@@ -30,6 +30,9 @@ store, blocking threads throughout.
   `kache sync` (its retry policy included) behind one semaphore of
   `s3_concurrency` permits shared by uploads and fetches; a fetch (a build
   waits on it) takes the next free permit before any upload.
+- The upload threads run at nice 19: on a busy machine the build's
+  compiles get the CPU first; on an idle one (as while `kache daemon
+  stop` drains) they run at full speed. Fetches keep normal priority.
 - Circuit breaker: a failed request, or a fetch slower than the wrapper's
   wait, pauses remote work (30 s, doubling to 5 min while it keeps
   failing); meanwhile fetches are answered at once with nothing and

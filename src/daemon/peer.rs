@@ -1,6 +1,6 @@
-//! The two system calls std does not offer the daemon: the uid of the
-//! process at the other end of a Unix socket (`SO_PEERCRED`), and our
-//! own effective uid.
+//! The system calls std does not offer the daemon: the uid of the
+//! process at the other end of a Unix socket (`SO_PEERCRED`), our own
+//! effective uid, and a thread's CPU priority.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -42,4 +42,35 @@ pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions, touches no memory of ours and
     // cannot fail (POSIX).
     unsafe { libc::geteuid() }
+}
+
+/// Lowers the calling thread's CPU priority to `nice` (on Linux the nice
+/// value is per thread). Best effort: a failure leaves it as it was.
+pub(crate) fn lower_priority(nice: libc::c_int) {
+    // SAFETY: gettid and setpriority take plain integers and touch no
+    // memory of ours.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lowers_only_the_calling_thread() {
+        // SAFETY (getpriority): plain integers in and out.
+        #[allow(unsafe_code)]
+        let nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let before = nice();
+        let in_thread = std::thread::spawn(move || {
+            super::lower_priority(before + 3);
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(in_thread, (before + 3).min(19));
+        assert_eq!(nice(), before, "the caller's other threads keep theirs");
+    }
 }

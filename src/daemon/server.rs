@@ -592,7 +592,13 @@ enum Up {
     Retry(String),
 }
 
+/// The nice value of the upload threads: background work that must not
+/// take CPU from the build it follows (they still run at full speed on
+/// an idle machine, as when `kache daemon stop` drains the queue).
+const UPLOAD_NICE: libc::c_int = 19;
+
 fn upload_worker(shared: &Shared) {
+    peer::lower_priority(UPLOAD_NICE);
     loop {
         let job = {
             let mut q = lock(&shared.queue);
