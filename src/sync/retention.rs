@@ -250,6 +250,10 @@ fn take_lock(remote: &dyn Remote, prefix: &str) -> Result<Option<Lock>> {
         let lock = Lock { name, me };
         return Ok(lock.still_ours(remote)?.then_some(lock));
     }
+    // Leave no lock of ours behind to block the next gc for an hour.
+    if read_lock(remote, &name).is_ok_and(|b| b.as_deref() == Some(&me[..])) {
+        let _ = remote.delete(std::slice::from_ref(&name));
+    }
     bail!(
         "cannot take the gc lock {}: the service answers too slowly to take it safely; try again",
         remote.describe(&name)
