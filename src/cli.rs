@@ -36,6 +36,33 @@ pub(crate) enum Command {
     /// Explain the last miss of a crate: which key inputs differ from the
     /// nearest stored entry.
     WhyMiss(WhyMissCmd),
+    /// Print the source-path mapping a debugger needs to find the sources
+    /// of cached builds (for its init file).
+    DebugMap(DebugMapCmd),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DebugMapCmd {
+    /// gdb syntax (`set substitute-path`); the default.
+    #[arg(long, group = "debugger")]
+    pub(crate) gdb: bool,
+    /// lldb syntax (`settings set target.source-map`).
+    #[arg(long, group = "debugger")]
+    pub(crate) lldb: bool,
+    /// A `sourceMap` block for a VS Code launch configuration.
+    #[arg(long, group = "debugger")]
+    pub(crate) vscode: bool,
+    /// The workspace of this Cargo.toml instead of the current directory's.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) manifest_path: Option<PathBuf>,
+}
+
+/// A debugger's syntax for `kache debug-map`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Debugger {
+    Gdb,
+    Lldb,
+    Vscode,
 }
 
 #[derive(Debug, Args)]

@@ -169,6 +169,8 @@ struct EventStats {
     hits: u64,
     misses: u64,
     passthrough: u64,
+    /// Why compiles were passed through, with counts.
+    reasons: BTreeMap<String, u64>,
     errors: u64,
     saved_ms: u64,
     hit_ms: u64,
@@ -193,7 +195,16 @@ fn read_events(store: &Store) -> EventStats {
                 s.saved_ms += v["compile_ms"].as_u64().unwrap_or(0).saturating_sub(ms);
             }
             Some("miss") => s.misses += 1,
-            Some("passthrough") => s.passthrough += 1,
+            Some("passthrough") => {
+                s.passthrough += 1;
+                // Compiles of a crate only: cargo's own `rustc -vV` and
+                // `--print` queries name none.
+                if let Some(r) = v["reason"].as_str()
+                    && v["crate"].as_str().is_some_and(|c| !c.is_empty())
+                {
+                    *s.reasons.entry(r.to_string()).or_default() += 1;
+                }
+            }
             Some("error") => s.errors += 1,
             Some("verified") => s.verified += 1,
             Some("verify_mismatch") => s.mismatches += 1,
@@ -229,6 +240,7 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             "hits": ev.hits,
             "misses": ev.misses,
             "passthrough": ev.passthrough,
+            "passthrough_reasons": ev.reasons,
             "errors": ev.errors,
             "hit_rate": rate,
             "time_saved_ms": ev.saved_ms,
@@ -252,6 +264,11 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
         ev.hits, ev.misses, ev.passthrough, ev.errors
     )?;
+    let mut reasons: Vec<(&String, &u64)> = ev.reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (reason, n) in reasons {
+        writeln!(out, "passed through: {n} ({reason})")?;
+    }
     writeln!(
         out,
         "time saved:   {:.1}s",

@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod config;
 mod daemon;
+mod debugmap;
 mod lockfile;
 mod remote;
 mod store;
@@ -55,6 +56,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Config(c)) => commands::config(&cfg, &c),
         Some(Command::Daemon(c)) => daemon::run(cfg, &c),
         Some(Command::WhyMiss(c)) => why::why_miss(&cfg, &c),
+        Some(Command::DebugMap(c)) => debugmap::debug_map(&c),
     }
 }
 

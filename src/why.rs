@@ -66,22 +66,45 @@ fn kind(input: &str) -> &'static str {
     }
 }
 
-/// The last logged miss of `crate_name` that recorded its inputs.
+/// The last logged outcome of `crate_name` that explains a miss: a
+/// miss that recorded its inputs, or a compile passed through uncached
+/// with its reason.
 fn last_miss(store: &Store, crate_name: &str) -> Option<serde_json::Value> {
     let f = fs::File::open(store.events_path()).ok()?;
     let mut last = None;
     for line in BufReader::new(f).lines().map_while(Result::ok) {
-        if !line.contains("\"miss\"") {
+        if !line.contains("\"miss\"") && !line.contains("\"passthrough\"") {
             continue;
         }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if v["result"] == "miss" && v["crate"] == crate_name && v["inputs"].is_object() {
+        if v["crate"] != crate_name {
+            continue;
+        }
+        let miss = v["result"] == "miss" && v["inputs"].is_object();
+        let passed = v["result"] == "passthrough" && v["reason"].is_string();
+        if miss || passed {
             last = Some(v);
         }
     }
     last
+}
+
+/// Prints why a compile was passed through uncached.
+fn passed_through(name: &str, ev: &serde_json::Value, json_out: bool) -> Result<ExitCode> {
+    let reason = ev["reason"].as_str().unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        let v = json!({
+            "crate": name,
+            "passthrough": {"ts": ev["ts"], "reason": reason},
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(out, "last compile of {name} was not cached: {reason}")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
@@ -93,6 +116,9 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
             store.events_path().display()
         );
     };
+    if miss["result"] == "passthrough" {
+        return passed_through(&name, &miss, c.json);
+    }
     let miss_key = miss["key"].as_str().unwrap_or_default().to_string();
     let miss_inputs: BTreeMap<String, String> =
         serde_json::from_value(miss["inputs"].clone()).unwrap_or_default();

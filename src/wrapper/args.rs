@@ -25,6 +25,9 @@ pub(crate) struct Compile {
     pub(crate) libs: Vec<(String, String)>,
     pub(crate) target: Option<String>,
     pub(crate) linker: Option<String>,
+    /// `-C instrument-coverage` is on: the coverage map must name the
+    /// real source paths, so kache adds no path remapping.
+    pub(crate) coverage: bool,
     /// The argv to actually run (minus `-C incremental`), without the
     /// rustc path itself.
     pub(crate) run_args: Vec<String>,
@@ -119,6 +122,12 @@ fn writes_file(arg: &str) -> bool {
             .iter()
             .any(|w| p == *w || (p.starts_with("-Map") && p.len() > 4))
     })
+}
+
+/// A `-C` switch's value: on unless it says no (a bare switch is on;
+/// `instrument-coverage=except-unused-generics` is on).
+fn switch_on(val: &str) -> bool {
+    !matches!(val, "n" | "no" | "off" | "false")
 }
 
 /// The one tokenizer of rustc's argv, shared by classification and the
@@ -228,6 +237,7 @@ pub(crate) fn classify(
                     "incremental" => continue,
                     "extra-filename" => c.extra_filename = val.to_string(),
                     "linker" => c.linker = Some(val.to_string()),
+                    "instrument-coverage" => c.coverage = switch_on(val),
                     "split-debuginfo" if val != "off" => {
                         return Verdict::Pass("split debuginfo");
                     }
@@ -239,6 +249,9 @@ pub(crate) fn classify(
                     }
                     _ => {}
                 }
+            }
+            "-Z" if v.starts_with("instrument-coverage") => {
+                c.coverage = switch_on(v.split_once('=').map_or("", |(_, x)| x));
             }
             "" if v == "-" => return Verdict::Pass("stdin input"),
             "" => inputs.push(v),
@@ -420,6 +433,17 @@ mod tests {
         assert!(matches!(p(&format!("{LIB} other.rs")), Verdict::Pass(_)));
         let bin = LIB.replace("--crate-type lib", "--crate-type bin");
         assert!(matches!(classify(&v(&bin), false, None), Verdict::Pass(_)));
+        for (extra, on) in [
+            ("-C instrument-coverage", true),
+            ("-Cinstrument-coverage=all", true),
+            ("-C instrument-coverage=off", false),
+            ("", false),
+        ] {
+            let Verdict::Cache(c) = classify(&v(&format!("{LIB} {extra}")), true, None) else {
+                panic!("{extra}")
+            };
+            assert_eq!(c.coverage, on, "{extra}");
+        }
         assert!(matches!(classify(&v(&bin), true, None), Verdict::Cache(_)));
         let probe = "--crate-name probe0 --crate-type lib --emit=dep-info,metadata --out-dir /o/out probe.rs";
         assert!(matches!(

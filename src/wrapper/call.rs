@@ -26,8 +26,17 @@ use super::args::is_rustc_like;
 
 /// kache's own subcommands (and clap's `help`): never a wrapper call.
 /// Kept equal to clap's list by a test.
-pub(crate) const SUBCOMMANDS: [&str; 9] = [
-    "sync", "list", "stats", "gc", "purge", "config", "why-miss", "daemon", "help",
+pub(crate) const SUBCOMMANDS: [&str; 10] = [
+    "sync",
+    "list",
+    "stats",
+    "gc",
+    "purge",
+    "config",
+    "why-miss",
+    "daemon",
+    "debug-map",
+    "help",
 ];
 
 /// C/C++ compiler names, as a file stem or the last `-` part of one

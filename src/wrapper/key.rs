@@ -75,7 +75,14 @@ impl Paths {
             }
         };
         add(target, "/kache-target");
-        add(Some(cwd.clone()), "/kache-ws");
+        // cargo compiles a registry or git dependency in its own folder
+        // under CARGO_HOME: that folder is named through CARGO_HOME, so a
+        // debugger maps every dependency with the one CARGO_HOME rule
+        // (`kache debug-map`) and `/kache-ws` always means the workspace.
+        let under_cargo_home = cargo_home.as_ref().is_some_and(|h| cwd.starts_with(h));
+        if !under_cargo_home {
+            add(Some(cwd.clone()), "/kache-ws");
+        }
         add(cargo_home, "/kache-cargo-home");
         add(home, "/kache-home");
         rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
@@ -558,6 +565,14 @@ pub(crate) fn base_key(
         "compiler-content",
         &probe.program_hash(rustc).unwrap_or_default(),
     );
+
+    if c.coverage {
+        // Not remapped: the coverage map names the real source paths,
+        // compressed, where no scan of the outputs would see them.
+        for (real, sentinel) in paths.rules() {
+            h.field("coverage-root", &format!("{sentinel}={real}"));
+        }
+    }
 
     let mut cfgs = Vec::new();
     let mut check_cfgs = Vec::new();

@@ -137,9 +137,7 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
     let mut compile = match args::classify(&expanded, cfg.cache_executables, out_dir_env.as_deref())
     {
         Verdict::Cache(c) => c,
-        Verdict::Pass(_) => {
-            let code = run_plain(rustc, rest);
-            let store = Store::at(&cfg.cache_dir);
+        Verdict::Pass(reason) => {
             let name = expanded
                 .iter()
                 .position(|a| a == "--crate-name")
@@ -147,18 +145,7 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
                 .filter(|n| *n != "___")
                 .map(|n| normalize_crate(n))
                 .unwrap_or_default();
-            log(
-                &store,
-                &Event {
-                    crate_name: &name,
-                    result: "passthrough",
-                    start,
-                    size: 0,
-                    key: "",
-                    compile_ms: 0,
-                },
-            );
-            return code;
+            return pass_through(&cfg, &name, reason, rustc, rest, start);
         }
     };
     if let Some(l) = lead {
@@ -170,19 +157,10 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             .never_cache
             .contains(&normalize_crate(&compile.crate_name))
     {
-        let code = run_plain(rustc, rest);
-        log(
-            &Store::at(&cfg.cache_dir),
-            &Event {
-                crate_name: &crate_name,
-                result: "passthrough",
-                start,
-                size: 0,
-                key: "",
-                compile_ms: 0,
-            },
-        );
-        return code;
+        return pass_through(&cfg, &crate_name, "never_cache", rustc, rest, start);
+    }
+    if let Some(reason) = side_effect_macro(&compile) {
+        return pass_through(&cfg, &crate_name, reason, rustc, rest, start);
     }
     let mut ran = None;
     match cached(&cfg, rustc, &compile, &expanded, start, &mut ran) {
@@ -207,6 +185,65 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
             }
         },
     }
+}
+
+/// Runs rustc uncached and logs why, for `kache stats` and `kache why-miss`.
+fn pass_through(
+    cfg: &WrapperConfig,
+    crate_name: &str,
+    reason: &str,
+    rustc: &OsString,
+    rest: &[OsString],
+    start: Instant,
+) -> i32 {
+    let code = run_plain(rustc, rest);
+    let line = serde_json::json!({
+        "ts": now_secs(),
+        "crate": crate_name,
+        "result": "passthrough",
+        "reason": reason,
+        "ms": start.elapsed().as_millis() as u64,
+        "size": 0,
+        "key": "",
+        "compile_ms": 0,
+    });
+    Store::at(&cfg.cache_dir).log_event(&line.to_string());
+    code
+}
+
+/// Variables through which a build tool asks proc macros to write files
+/// while they expand (napi-rs's TypeScript definitions: the CLI sets
+/// one, `napi-derive` writes the definitions of each crate it expands).
+/// A hit would run no macro and so write nothing.
+const SIDE_EFFECT_VARS: [(&str, &str); 3] = [
+    (
+        "NAPI_TYPE_DEF_TMP_FOLDER",
+        "a proc macro writes files while it expands (NAPI_TYPE_DEF_TMP_FOLDER is set)",
+    ),
+    (
+        "TYPE_DEF_TMP_FOLDER",
+        "a proc macro writes files while it expands (TYPE_DEF_TMP_FOLDER is set)",
+    ),
+    (
+        "TYPE_DEF_TMP_PATH",
+        "a proc macro writes files while it expands (TYPE_DEF_TMP_PATH is set)",
+    ),
+];
+
+/// Why a compile must run for its side effects: one of
+/// [`SIDE_EFFECT_VARS`] is set and the compile loads a proc macro.
+fn side_effect_macro(compile: &Compile) -> Option<&'static str> {
+    let loads_macro = compile
+        .externs
+        .iter()
+        .any(|(_, p)| p.as_deref().is_some_and(|p| p.ends_with(".so")));
+    if !loads_macro {
+        return None;
+    }
+    SIDE_EFFECT_VARS
+        .iter()
+        .find(|(v, _)| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+        .map(|(_, reason)| *reason)
 }
 
 /// The store (and remote) folder of a compile's entries: the cargo
@@ -428,10 +465,7 @@ fn cached(
         ))
     });
     let mut cmd = Command::new(rustc);
-    // kache's remappings first: a user's own `--remap-path-prefix` comes
-    // later and so wins (rustc applies the last matching rule).
-    cmd.args(paths.remap_args())
-        .args(&compile.run_args)
+    cmd.args(rustc_args(compile, &paths))
         .env("KACHE_ACTIVE", "1")
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -566,6 +600,26 @@ fn cached(
     });
     store.log_event(&line.to_string());
     Ok(code)
+}
+
+/// The argv rustc (or the workspace wrapper) runs with: cargo's
+/// arguments in cargo's order (a workspace wrapper such as clippy-driver
+/// takes the rustc path first), then kache's path remapping, then the
+/// user's own `--remap-path-prefix` flags again, so that they still win
+/// (rustc applies the last matching rule). A coverage build is not
+/// remapped: its coverage map must name the real sources.
+fn rustc_args(compile: &Compile, paths: &Paths) -> Vec<String> {
+    let mut argv = compile.run_args.clone();
+    if !compile.coverage {
+        argv.extend(paths.remap_args());
+        argv.extend(
+            args::tokenize(&compile.run_args)
+                .into_iter()
+                .filter(|a| a.flag == "--remap-path-prefix")
+                .map(|a| format!("--remap-path-prefix={}", a.value)),
+        );
+    }
+    argv
 }
 
 /// `name@version` of the `--extern`s whose origin the store knows.
