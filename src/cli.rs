@@ -39,6 +39,30 @@ pub(crate) enum Command {
     /// Print the source-path mapping a debugger needs to find the sources
     /// of cached builds (for its init file).
     DebugMap(DebugMapCmd),
+    /// Signing keys for trusted entries.
+    Key(KeyCmd),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyCmd {
+    #[command(subcommand)]
+    pub(crate) action: KeyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyAction {
+    /// Write a new ed25519 secret key to FILE (mode 0600, never over an
+    /// existing file) and print its public key, `NAME:BASE64`, for
+    /// KACHE_TRUSTED_KEYS.
+    Generate {
+        /// The key's name (letters, digits, `.`, `_`, `-`), recorded in
+        /// every signature it makes.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where to write the secret key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

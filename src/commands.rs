@@ -125,6 +125,8 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
                     "files": l.entry.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
                     "created": l.entry.created,
                     "accessed": l.r.accessed,
+                    "source": if l.entry.pulled.is_some() { "remote" } else { "local" },
+                    "signed_by": l.entry.pulled.as_ref().and_then(|p| p.signed_by.as_deref()),
                 })
             })
             .collect();
@@ -229,6 +231,20 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         ev.hits as f64 * 100.0 / lookups as f64
     };
     let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
+    // Provenance: built here, or pulled (by the key that signed it, or
+    // unverified).
+    let mut built = 0u64;
+    let mut unverified = 0u64;
+    let mut signed: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &all {
+        match &l.entry.pulled {
+            None => built += 1,
+            Some(p) => match p.signer_name() {
+                Some(n) => *signed.entry(n.to_string()).or_default() += 1,
+                None => unverified += 1,
+            },
+        }
+    }
     if c.json {
         print_json(&json!({
             "entries": all.len(),
@@ -247,6 +263,11 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
             "verified": ev.verified,
             "verify_mismatches": ev.mismatches,
+            "provenance": {
+                "built_here": built,
+                "pulled_signed_by": signed,
+                "pulled_unverified": unverified,
+            },
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -259,6 +280,14 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         format_size(logical),
         format_size(logical.saturating_sub(stored))
     )?;
+    let mut from = format!("{built} built here");
+    for (name, n) in &signed {
+        from.push_str(&format!(", {n} pulled signed by `{name}`"));
+    }
+    if unverified > 0 {
+        from.push_str(&format!(", {unverified} pulled unverified"));
+    }
+    writeln!(out, "provenance:   {from}")?;
     writeln!(
         out,
         "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
@@ -299,6 +328,15 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
         })
         .transpose()?;
     if c.remote {
+        if cfg.read_only.value {
+            anyhow::bail!(
+                "kache gc --remote deletes from the bucket, and this runner is read-only ({}); run it from a job that may write to the bucket",
+                match &cfg.read_only.source {
+                    crate::config::Source::Env(v) => format!("{v}=1"),
+                    other => format!("cache.remote.read_only, {other}"),
+                }
+            );
+        }
         return crate::sync::retention::gc_remote(
             cfg,
             max_age,
@@ -319,6 +357,7 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             max_age,
             max_size: cfg.max_size.value,
             verify: c.verify,
+            trusted: c.verify.then(|| cfg.trusted_keys.value.clone()),
         },
     )?;
     for w in &rep.warnings {
@@ -337,7 +376,10 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             rep.entries_kept,
             format_size(rep.bytes_kept),
             if c.verify {
-                format!("; {} corrupt blobs", rep.corrupt_blobs)
+                format!(
+                    "; {} corrupt blobs; {} pulled entries without a trusted signature",
+                    rep.corrupt_blobs, rep.untrusted_removed
+                )
             } else {
                 String::new()
             },

@@ -67,6 +67,29 @@ pub(crate) struct Config {
     pub(crate) never_cache: Setting<Vec<String>>,
     /// Inputs the user declares per crate (normalised names).
     pub(crate) inputs: Setting<BTreeMap<String, CrateInputs>>,
+    /// Where the key that signs uploads comes from (read when needed).
+    pub(crate) signing_key: Setting<Option<KeySource>>,
+    /// Pulls and remote hits import only entries signed by one of these.
+    pub(crate) trusted_keys: Setting<Vec<crate::trust::TrustedKey>>,
+    /// Never write to the bucket (pull-request jobs).
+    pub(crate) read_only: Setting<bool>,
+}
+
+/// Where the signing key is: a file, or the file's text in
+/// `KACHE_SIGNING_KEY` (a CI secret). `Debug` never shows the text.
+#[derive(Clone)]
+pub(crate) enum KeySource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "File({})", p.display()),
+            KeySource::Env(_) => f.write_str("Env(****)"),
+        }
+    }
 }
 
 /// Inputs a user declares for one crate, beyond what rustc reports: env
@@ -122,6 +145,9 @@ struct FileRemote {
     prefix: Option<String>,
     profile: Option<String>,
     timeout: Option<toml::Value>,
+    signing_key_file: Option<String>,
+    trusted_keys: Option<Vec<String>>,
+    read_only: Option<bool>,
 }
 
 /// The config file path: `$KACHE_CONFIG`, else
@@ -172,6 +198,8 @@ pub(crate) struct WrapperConfig {
     pub(crate) never_cache: Vec<String>,
     /// Inputs the user declares per crate (normalised names).
     pub(crate) inputs: BTreeMap<String, CrateInputs>,
+    /// A read-only runner records no uploads for the daemon.
+    pub(crate) read_only: bool,
 }
 
 impl WrapperConfig {
@@ -237,6 +265,22 @@ impl WrapperConfig {
                 .map(str::to_string)
         };
         let or_file = |var: &str, k: &str| env_nonempty(var).or_else(|| remote_key(k));
+        let file_read_only = match cache
+            .and_then(|c| c.get("remote"))
+            .and_then(toml::Value::as_table)
+            .and_then(|r| r.get("read_only"))
+        {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(*b),
+            Some(v) => {
+                return Err(invalid(
+                    &format!("cache.remote.read_only in {}", fsrc_path(&fsrc)),
+                    &v.to_string(),
+                    "true or false",
+                ));
+            }
+        };
+        let read_only = read_only_setting(file_read_only, &fsrc)?.value;
         let remote = or_file("KACHE_S3_BUCKET", "bucket").map(|b| {
             let region = or_file("KACHE_S3_REGION", "region").unwrap_or_else(|| "us-east-1".into());
             let prefix = or_file("KACHE_S3_PREFIX", "prefix").unwrap_or_else(|| "artifacts".into());
@@ -275,7 +319,90 @@ impl WrapperConfig {
             remote,
             daemon_autostart,
             daemon_wait,
+            read_only,
         })
+    }
+}
+
+fn read_only_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Setting<bool>> {
+    pick("KACHE_REMOTE_READ_ONLY", file, false, fsrc, |s| {
+        parse_bool(s).ok_or_else(|| invalid("KACHE_REMOTE_READ_ONLY", s, BOOL_FORM))
+    })
+}
+
+/// `KACHE_SIGNING_KEY` (the key's text), `KACHE_SIGNING_KEY_FILE`, or
+/// `cache.remote.signing_key_file`. Both variables at once is an error:
+/// which key signs must never be a guess.
+fn signing_key_setting(
+    file: Option<String>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<Option<KeySource>>> {
+    let text = env_nonempty("KACHE_SIGNING_KEY");
+    let path = env_nonempty("KACHE_SIGNING_KEY_FILE");
+    match (text, path) {
+        (Some(_), Some(_)) => bail!(
+            "both KACHE_SIGNING_KEY and KACHE_SIGNING_KEY_FILE are set: set one (the key's text, or the path of its file)"
+        ),
+        (Some(t), None) => Ok(Setting {
+            value: Some(KeySource::Env(t)),
+            source: Source::Env("KACHE_SIGNING_KEY"),
+        }),
+        (None, Some(p)) => Ok(Setting {
+            value: Some(KeySource::File(PathBuf::from(p))),
+            source: Source::Env("KACHE_SIGNING_KEY_FILE"),
+        }),
+        (None, None) => Ok(match file {
+            Some(p) => Setting {
+                value: Some(KeySource::File(PathBuf::from(expand_tilde(&p)))),
+                source: fsrc(),
+            },
+            None => Setting {
+                value: None,
+                source: Source::Default,
+            },
+        }),
+    }
+}
+
+/// `KACHE_TRUSTED_KEYS` (`name:base64,...`) or `cache.remote.trusted_keys`.
+fn trusted_keys_setting(
+    file: Option<Vec<String>>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<Vec<crate::trust::TrustedKey>>> {
+    let parse_all = |items: Vec<String>, whence: &str| -> Result<Vec<crate::trust::TrustedKey>> {
+        let mut out: Vec<crate::trust::TrustedKey> = Vec::new();
+        for i in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+            let k = crate::trust::parse_trusted(i).map_err(|why| {
+                anyhow!(
+                    "invalid trusted key in {whence}: {why}; expected {}",
+                    crate::trust::TRUSTED_FORM
+                )
+            })?;
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    };
+    if let Some(v) = env_nonempty("KACHE_TRUSTED_KEYS") {
+        let items = v.split(',').map(str::to_string).collect();
+        return Ok(Setting {
+            value: parse_all(items, "KACHE_TRUSTED_KEYS")?,
+            source: Source::Env("KACHE_TRUSTED_KEYS"),
+        });
+    }
+    match file {
+        Some(items) => Ok(Setting {
+            value: parse_all(
+                items,
+                &format!("cache.remote.trusted_keys in {}", fsrc_path(fsrc)),
+            )?,
+            source: fsrc(),
+        }),
+        None => Ok(Setting {
+            value: Vec::new(),
+            source: Source::Default,
+        }),
     }
 }
 
@@ -602,6 +729,9 @@ impl Config {
                 _ => Err(TIMEOUT_FORM.to_string()),
             },
         )?;
+        let signing_key = signing_key_setting(r.signing_key_file, &fsrc)?;
+        let trusted_keys = trusted_keys_setting(r.trusted_keys, &fsrc)?;
+        let read_only = read_only_setting(r.read_only, &fsrc)?;
         let region = pick(
             "KACHE_S3_REGION",
             r.region,
@@ -652,6 +782,35 @@ impl Config {
             daemon_wait,
             never_cache,
             inputs,
+            signing_key,
+            trusted_keys,
+            read_only,
+        })
+    }
+
+    /// The signing key, read and checked; `None` if none is set. Only a
+    /// run that uploads calls this.
+    pub(crate) fn signer(&self) -> Result<Option<crate::trust::SigningKey>> {
+        use crate::trust::SigningKey;
+        match &self.signing_key.value {
+            None => Ok(None),
+            Some(KeySource::Env(text)) => SigningKey::parse(text, "KACHE_SIGNING_KEY").map(Some),
+            Some(KeySource::File(p)) => {
+                SigningKey::load_file(p, &self.signing_key.source.to_string()).map(Some)
+            }
+        }
+    }
+
+    /// What a sync or the daemon does about signatures: the signing key
+    /// only where it uploads.
+    pub(crate) fn trust_policy(&self, uploads: bool) -> Result<crate::trust::Policy> {
+        Ok(crate::trust::Policy {
+            signer: if uploads && !self.read_only.value {
+                self.signer()?
+            } else {
+                None
+            },
+            trusted: self.trusted_keys.value.clone(),
         })
     }
 
@@ -779,6 +938,54 @@ impl Config {
             Err(e) => (format!("error: {e:#}"), "-".to_string()),
         };
         rows.push(("credentials", "KACHE_S3_ACCESS_KEY", cred, src));
+        let (var, key) = match &self.signing_key.value {
+            None => (
+                "KACHE_SIGNING_KEY_FILE",
+                "(none: uploads are not signed)".to_string(),
+            ),
+            Some(ks) => {
+                let shown = match ks {
+                    KeySource::File(p) => p.display().to_string(),
+                    KeySource::Env(_) => "****".to_string(),
+                };
+                let var = match ks {
+                    KeySource::File(_) => "KACHE_SIGNING_KEY_FILE",
+                    KeySource::Env(_) => "KACHE_SIGNING_KEY",
+                };
+                match self.signer() {
+                    Ok(Some(k)) => (var, format!("{shown} (signs as {})", k.public())),
+                    Ok(None) => (var, shown),
+                    Err(e) => (var, format!("{shown} (error: {e:#})")),
+                }
+            }
+        };
+        rows.push((
+            "cache.remote.signing_key_file",
+            var,
+            key,
+            self.signing_key.source.to_string(),
+        ));
+        rows.push((
+            "cache.remote.trusted_keys",
+            "KACHE_TRUSTED_KEYS",
+            if self.trusted_keys.value.is_empty() {
+                "(none: pulled entries are not verified)".to_string()
+            } else {
+                self.trusted_keys
+                    .value
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            self.trusted_keys.source.to_string(),
+        ));
+        rows.push((
+            "cache.remote.read_only",
+            "KACHE_REMOTE_READ_ONLY",
+            self.read_only.value.to_string(),
+            self.read_only.source.to_string(),
+        ));
         for (name, var) in [
             ("disabled", "KACHE_DISABLED"),
             ("progress", "KACHE_PROGRESS"),

@@ -17,6 +17,7 @@ mod lockfile;
 mod remote;
 mod store;
 mod sync;
+mod trust;
 mod why;
 mod wrapper;
 
@@ -57,6 +58,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Daemon(c)) => daemon::run(cfg, &c),
         Some(Command::WhyMiss(c)) => why::why_miss(&cfg, &c),
         Some(Command::DebugMap(c)) => debugmap::debug_map(&c),
+        Some(Command::Key(c)) => match &c.action {
+            cli::KeyAction::Generate { name, out } => trust::generate_cmd(name, out),
+        },
     }
 }
 

@@ -47,6 +47,10 @@ pub(crate) fn after_store(cfg: &WrapperConfig, store: &Store, crate_name: &str, 
     let Some(remote) = &cfg.remote else {
         return;
     };
+    // A read-only runner never uploads: nothing to record.
+    if cfg.read_only {
+        return;
+    }
     let dir = pending_dir(store.root(), remote).join(crate_name);
     if fs::create_dir_all(&dir).is_err() || File::create(dir.join(key)).is_err() {
         return;
@@ -371,8 +375,15 @@ pub(crate) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     )?;
     writeln!(
         out,
-        "fetches:   {} remote hits, {} misses, {} entries fetched",
-        st.remote_hits, st.remote_misses, st.entries_fetched
+        "fetches:   {} remote hits, {} misses, {} entries fetched{}",
+        st.remote_hits,
+        st.remote_misses,
+        st.entries_fetched,
+        if st.refused > 0 {
+            format!(", {} refused (not signed by a trusted key)", st.refused)
+        } else {
+            String::new()
+        }
     )?;
     if st.paused_secs > 0 {
         writeln!(
@@ -404,6 +415,7 @@ mod tests {
             daemon_wait: Duration::from_secs(2),
             never_cache: Vec::new(),
             inputs: std::collections::BTreeMap::new(),
+            read_only: false,
         };
         let n = 2000u32;
         let key = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();

@@ -153,6 +153,9 @@ pub(crate) struct Status {
     /// Fetch requests answered without (none in the bucket, remote paused,
     /// or failed).
     pub(crate) remote_misses: u64,
+    /// Remote entries refused: not signed by a trusted key.
+    #[serde(default)]
+    pub(crate) refused: u64,
     pub(crate) entries_fetched: u64,
     /// Seconds until remote requests resume after a failure or a slow
     /// answer (the circuit breaker); 0 when closed.

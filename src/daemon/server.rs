@@ -35,6 +35,7 @@ use crate::store::{Store, now_secs};
 use crate::sync::exec::{self, Ctx};
 use crate::sync::plan::{self, Direction, Transfer};
 use crate::sync::report::Outcome;
+use crate::trust::Policy;
 
 /// Connections handled at once; more are closed unanswered.
 const MAX_CONNS: usize = 256;
@@ -73,6 +74,10 @@ struct Live {
     known: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
     /// Entries brought in, by crate.
     fetched: Mutex<HashMap<String, u64>>,
+    /// Signing uploads, verifying remote hits.
+    trust: Policy,
+    /// Never upload (pull-request runners).
+    read_only: bool,
 }
 
 impl Live {
@@ -84,6 +89,7 @@ impl Live {
             .context("cannot load S3 credentials")?
             .ok_or_else(|| anyhow!("no S3 credentials found (set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials)"))?;
         let remote = S3Remote::new(cfg, &creds)?;
+        let trust = cfg.trust_policy(true)?;
         let endpoint = id.split('|').next().unwrap_or_default();
         let shown = format!(
             "{} at {endpoint}",
@@ -98,7 +104,27 @@ impl Live {
             level: cfg.compression_level.value,
             known: Mutex::default(),
             fetched: Mutex::default(),
+            trust,
+            read_only: cfg.read_only.value,
         })
+    }
+
+    /// How it signs and verifies, for the log (never the key itself).
+    fn trust_line(&self) -> String {
+        let sign = match &self.trust.signer {
+            _ if self.read_only => "read-only: never uploads".to_string(),
+            Some(k) => format!("uploads signed by `{}`", k.name()),
+            None => "uploads unsigned".to_string(),
+        };
+        let verify = if self.trust.trusted.is_empty() {
+            "remote hits not verified".to_string()
+        } else {
+            format!(
+                "remote hits verified against {} trusted key(s)",
+                self.trust.trusted.len()
+            )
+        };
+        format!("{sign}; {verify}")
     }
 }
 
@@ -219,6 +245,8 @@ struct Counters {
     upload_errors: AtomicU64,
     remote_hits: AtomicU64,
     remote_misses: AtomicU64,
+    /// Remote entries refused: not signed by a trusted key.
+    refused: AtomicU64,
     entries_fetched: AtomicU64,
     config_reloads: AtomicU64,
 }
@@ -297,6 +325,9 @@ impl Shared {
     }
 
     fn enqueue(&self, crate_name: String, key: String) {
+        if self.live().read_only {
+            return;
+        }
         let mut q = lock(&self.queue);
         if q.known.insert((crate_name.clone(), key.clone())) {
             q.jobs.push_back(Job {
@@ -311,6 +342,9 @@ impl Shared {
 
     /// Queues every upload recorded for `live`'s remote.
     fn replay(&self, live: &Live) {
+        if live.read_only {
+            return;
+        }
         let found = pending_markers(&live.pending);
         if !found.is_empty() {
             log(&format!(
@@ -366,11 +400,17 @@ pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
         .build()
         .context("cannot start the fetch threads")?;
     log(&format!(
-        "pid {} serving store {} for {} (s3_concurrency {conc})",
+        "pid {} serving store {} for {} (s3_concurrency {conc}; {})",
         std::process::id(),
         store.root().display(),
-        live.shown
+        live.shown,
+        live.trust_line()
     ));
+    if !live.trust.trusted.is_empty() && store.has_unverified() {
+        log(
+            "this store holds entries pulled without verification (before trusted keys were set); `kache gc --verify` removes them",
+        );
+    }
     let shared = Arc::new(Shared {
         store,
         paths: p,
@@ -547,6 +587,7 @@ fn status(shared: &Shared) -> Status {
         upload_errors: get(&c.upload_errors),
         remote_hits: get(&c.remote_hits),
         remote_misses: get(&c.remote_misses),
+        refused: get(&c.refused),
         entries_fetched: get(&c.entries_fetched),
         paused_secs: shared.paused().map_or(0, |d| d.as_secs().max(1)),
         config_reloads: get(&c.config_reloads),
@@ -703,6 +744,9 @@ fn remote_keys(
 
 fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
     let (c, k) = (job.crate_name.as_str(), job.key.as_str());
+    if live.read_only {
+        return Up::Skipped;
+    }
     if !shared.store.contains(c, k) {
         remove_marker(live, c, k);
         return Up::Skipped;
@@ -736,7 +780,9 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
     let ctx = Ctx {
         store: &shared.store,
         remote: &remote,
+        prefix: &live.prefix,
         level: live.level,
+        trust: &live.trust,
         stop: AtomicBool::new(false),
     };
     let t = Transfer {
@@ -759,7 +805,7 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
             remove_marker(live, c, k);
             Up::Skipped
         }
-        Outcome::Failed(_, m) | Outcome::Fatal(_, m) => {
+        Outcome::Failed(_, m) | Outcome::Refused(_, m) | Outcome::Fatal(_, m) => {
             shared.trip(&m);
             Up::Retry(m)
         }
@@ -975,11 +1021,15 @@ fn fetch_now(
         .iter()
         .map(|t| (t.crate_name.clone(), t.key.clone()))
         .collect();
-    crate::sync::retention::record_use(&remote, &live.prefix, &used);
+    if !live.read_only {
+        crate::sync::retention::record_use(&remote, &live.prefix, &used);
+    }
     let ctx = Ctx {
         store: &shared.store,
         remote: &remote,
+        prefix: &live.prefix,
         level: live.level,
+        trust: &live.trust,
         stop: AtomicBool::new(false),
     };
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -990,6 +1040,16 @@ fn fetch_now(
         match o {
             Outcome::Done(..) => imported += 1,
             Outcome::Skipped(..) => {}
+            // Not a failure of the remote (no pause): the build compiles
+            // what was refused.
+            Outcome::Refused(t, m) => {
+                add(&shared.counters.refused, 1);
+                log(&format!(
+                    "remote hit {}/{} {m}",
+                    t.crate_name,
+                    crate::sync::report::short(&t.key)
+                ));
+            }
             Outcome::Failed(_, m) | Outcome::Fatal(_, m) => failed = Some(m),
         }
     }
@@ -1044,7 +1104,11 @@ fn watch_config(shared: &Shared) {
         match live {
             Ok(l) => {
                 let l = Arc::new(l);
-                log(&format!("config file changed: now serving {}", l.shown));
+                log(&format!(
+                    "config file changed: now serving {} ({})",
+                    l.shown,
+                    l.trust_line()
+                ));
                 let old = std::mem::replace(&mut *lock(&shared.live), Arc::clone(&l));
                 if old.id != l.id {
                     // Their markers stay under the old remote's pending/.

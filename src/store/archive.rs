@@ -13,7 +13,12 @@ it:
 - each member's size equals the manifest's, and no more bytes than that
   are ever read (a decompression bomb stops at the manifest size);
 - each file's blake3 equals the manifest's hash;
-- the manifest's crate and key equal the object's name.
+- the manifest's crate and key equal the object's name;
+- with trusted keys, the signature frame in front of the zstd stream is
+  a trusted key's signature over the object's identity and the manifest
+  (see `trust`), checked before any file is staged.
+
+Packing with a signing key writes that frame first.
 
 Only then are the staged files moved into `blobs/` and the manifest
 published, under the store's writer lock. A failure leaves nothing but
@@ -27,7 +32,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{ENTRY_VERSION, Entry, Store, write_hashed};
+use super::entry::{Origin, Pulled};
+use super::{ENTRY_VERSION, Entry, Store, now_secs, write_hashed};
+use crate::trust::{self, Identity, SigningKey, TrustedKey};
 
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -39,6 +46,9 @@ pub(crate) enum Packed {
     Done(u64),
     /// The entry (or one of its blobs) disappeared: gc or purge ran.
     Vanished,
+    /// A signing key was given, but the entry was pulled from the remote
+    /// without verification: a writer never vouches for it.
+    Unverified,
 }
 
 /// Result of unpacking an archive into the store.
@@ -50,17 +60,34 @@ pub(crate) enum Unpacked {
     AlreadyPresent,
 }
 
-/// Writes the entry `crate_name/key` as a zstd tar to `w`.
+/// What `unpack` checks beyond the archive itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Check<'a> {
+    /// Import only entries signed by one of these (none: no check).
+    pub(crate) trusted: &'a [TrustedKey],
+    /// The origin the object's (long) name gives, which the signature
+    /// must be bound to.
+    pub(crate) origin: Option<&'a Origin>,
+}
+
+/// Writes the entry `crate_name/key` as a zstd tar to `w`, signed with
+/// `signer` if given (the signature frame first).
 pub(crate) fn pack(
     store: &Store,
     crate_name: &str,
     key: &str,
     w: impl Write,
     level: i32,
+    signer: Option<&SigningKey>,
 ) -> Result<Packed> {
-    let Some(entry) = store.get(crate_name, key)? else {
+    let Some(mut entry) = store.get(crate_name, key)? else {
         return Ok(Packed::Vanished);
     };
+    if signer.is_some() && entry.pulled.as_ref().is_some_and(|p| p.signed_by.is_none()) {
+        return Ok(Packed::Unverified);
+    }
+    // Provenance is this store's own record, not part of the entry.
+    entry.pulled = None;
     let mut blobs = Vec::with_capacity(entry.files.len());
     for f in &entry.files {
         match fs::File::open(store.blob_path(&f.hash)) {
@@ -69,11 +96,21 @@ pub(crate) fn pack(
             Err(e) => return Err(e).with_context(|| format!("cannot read blob {}", f.hash)),
         }
     }
-    let counter = CountingWriter { inner: w, count: 0 };
+    let manifest = serde_json::to_vec(&entry)?;
+    let mut counter = CountingWriter { inner: w, count: 0 };
+    if let Some(k) = signer {
+        // The manifest names every file's blake3, and each blob is
+        // checked against it below as it is streamed: what is signed is
+        // what is uploaded.
+        let id = Identity::new(&entry.crate_name, &entry.key, entry.origin.as_ref());
+        let hash = blake3::hash(&manifest).to_hex();
+        counter
+            .write_all(&k.frame(&id, hash.as_str()))
+            .context("cannot write archive")?;
+    }
     let mut enc = zstd::Encoder::new(counter, level).context("zstd init failed")?;
     {
         let mut tar = tar::Builder::new(&mut enc);
-        let manifest = serde_json::to_vec(&entry)?;
         let mut h = header(manifest.len() as u64, 0o644, entry.created);
         tar.append_data(&mut h, "manifest.json", &manifest[..])
             .context("cannot write archive")?;
@@ -196,12 +233,10 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// Checks the archive read from `r` and imports it as `crate_name/key`.
-/// Nothing is visible in the store unless every check passes.
 /// The manifest of an archive from its first bytes (the manifest is its
 /// first member); `None` if they do not hold all of it.
 pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
-    let dec = zstd::Decoder::new(head).ok()?;
+    let dec = zstd::Decoder::new(trust::skip_frame(head)).ok()?;
     let mut ar = tar::Archive::new(dec);
     let mut first = ar.entries().ok()?.next()?.ok()?;
     if first.path_bytes().as_ref() != b"manifest.json" || first.header().size().ok()? > MAX_MANIFEST
@@ -213,13 +248,22 @@ pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
     serde_json::from_slice(&json).ok()
 }
 
-pub(crate) fn unpack(store: &Store, crate_name: &str, key: &str, r: impl Read) -> Result<Unpacked> {
+/// Checks the archive read from `r` and imports it as `crate_name/key`.
+/// Nothing is visible in the store unless every check passes; an entry
+/// no trusted key signed is refused with a `trust::Refused` error.
+pub(crate) fn unpack(
+    store: &Store,
+    crate_name: &str,
+    key: &str,
+    r: impl Read,
+    check: &Check<'_>,
+) -> Result<Unpacked> {
     if store.contains(crate_name, key) {
         return Ok(Unpacked::AlreadyPresent);
     }
     let staging = store.tmp_path("pull");
     fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    let res = unpack_staged(store, crate_name, key, r, &staging);
+    let res = unpack_staged(store, crate_name, key, r, check, &staging);
     let _ = fs::remove_dir_all(&staging);
     res
 }
@@ -229,8 +273,10 @@ fn unpack_staged(
     crate_name: &str,
     key: &str,
     r: impl Read,
+    check: &Check<'_>,
     staging: &std::path::Path,
 ) -> Result<Unpacked> {
+    let (frame, r) = trust::read_frame(r).context("corrupt archive")?;
     let dec = zstd::Decoder::new(r).context("not a zstd stream")?;
     let mut ar = tar::Archive::new(dec);
     let mut members = ar.entries().context("not a tar archive")?;
@@ -251,8 +297,23 @@ fn unpack_staged(
         .take(MAX_MANIFEST + 1)
         .read_to_end(&mut buf)
         .context("corrupt archive")?;
-    let entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
+    let mut entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
+    let signed_by = if check.trusted.is_empty() {
+        None
+    } else {
+        // Before anything is staged, and bound to the name the object
+        // was found under, not to what its manifest claims.
+        let id = Identity::new(crate_name, key, check.origin);
+        let hash = blake3::hash(&buf).to_hex();
+        let k = trust::verify(check.trusted, &frame, &id, hash.as_str())?;
+        Some(k.to_string())
+    };
     check_manifest(&entry, crate_name, key)?;
+    // The archive's own claim, if any, is replaced by what was checked.
+    entry.pulled = Some(Pulled {
+        at: now_secs(),
+        signed_by,
+    });
 
     let wanted: HashMap<&str, usize> = entry
         .files
@@ -306,6 +367,9 @@ fn unpack_staged(
         store.adopt_blob(tmp, &rec.hash)?;
     }
     if store.publish(&entry)? {
+        if entry.pulled.as_ref().is_some_and(|p| p.signed_by.is_none()) {
+            store.mark_unverified();
+        }
         Ok(Unpacked::Imported(entry.size()))
     } else {
         Ok(Unpacked::AlreadyPresent)
@@ -366,9 +430,9 @@ mod tests {
 
     fn packed(s: &Store, e: &Entry) -> Vec<u8> {
         let mut out = Vec::new();
-        match pack(s, &e.crate_name, &e.key, &mut out, 3).unwrap() {
+        match pack(s, &e.crate_name, &e.key, &mut out, 3, None).unwrap() {
             Packed::Done(n) => assert_eq!(n as usize, out.len()),
-            Packed::Vanished => panic!("vanished"),
+            Packed::Vanished | Packed::Unverified => panic!("not packed"),
         }
         out
     }
@@ -380,7 +444,7 @@ mod tests {
         let s2 = Store::open(&d.path().join("b")).unwrap();
         let syncs = || crate::store::SYNCS.with(std::cell::Cell::get);
         let n0 = syncs();
-        let got = unpack(&s2, "foo", &e.key, &bytes[..]).unwrap();
+        let got = unpack(&s2, "foo", &e.key, &bytes[..], &Check::default()).unwrap();
         assert_eq!(got, Unpacked::Imported(e.size()));
         // An import syncs each file and the manifest, once each.
         assert_eq!(syncs() - n0, e.files.len() as u64 + 1);
@@ -392,7 +456,7 @@ mod tests {
             b"rlib bytes"
         );
         assert_eq!(
-            unpack(&s2, "foo", &e.key, &bytes[..]).unwrap(),
+            unpack(&s2, "foo", &e.key, &bytes[..], &Check::default()).unwrap(),
             Unpacked::AlreadyPresent
         );
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
@@ -403,11 +467,11 @@ mod tests {
         let (d, s, e) = store_with_entry();
         let bytes = packed(&s, &e);
         let s2 = Store::open(&d.path().join("b")).unwrap();
-        assert!(unpack(&s2, "bar", &e.key, &bytes[..]).is_err());
+        assert!(unpack(&s2, "bar", &e.key, &bytes[..], &Check::default()).is_err());
         let mut trunc = bytes.clone();
         trunc.truncate(bytes.len() / 2);
-        assert!(unpack(&s2, "foo", &e.key, &trunc[..]).is_err());
-        assert!(unpack(&s2, "foo", &e.key, &b"junk"[..]).is_err());
+        assert!(unpack(&s2, "foo", &e.key, &trunc[..], &Check::default()).is_err());
+        assert!(unpack(&s2, "foo", &e.key, &b"junk"[..], &Check::default()).is_err());
         assert!(s2.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(s2.root().join("blobs")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
@@ -428,7 +492,7 @@ mod tests {
             fs::set_permissions(&p, perm).unwrap();
             fs::write(&p, damage).unwrap();
             let mut out = Vec::new();
-            let err = pack(&s, "foo", &e.key, &mut out, 3).expect_err(why);
+            let err = pack(&s, "foo", &e.key, &mut out, 3, None).expect_err(why);
             let cb = err.downcast_ref::<CorruptBlob>().expect(why);
             assert_eq!(cb.name, "libfoo.rlib", "{why}");
         }
@@ -440,7 +504,7 @@ mod tests {
         s.remove("foo", &e.key).unwrap();
         let mut out = Vec::new();
         assert!(matches!(
-            pack(&s, "foo", &e.key, &mut out, 3).unwrap(),
+            pack(&s, "foo", &e.key, &mut out, 3, None).unwrap(),
             Packed::Vanished
         ));
     }
@@ -507,7 +571,7 @@ mod tests {
     fn assert_rejected(bytes: &[u8], key: &str, why: &str) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("s")).unwrap();
-        let err = unpack(&s, "evil", key, bytes).expect_err(why);
+        let err = unpack(&s, "evil", key, bytes, &Check::default()).expect_err(why);
         assert!(s.list().unwrap().is_empty(), "{why}: entry imported");
         assert_eq!(
             fs::read_dir(s.root().join("blobs")).unwrap().count(),
@@ -536,7 +600,7 @@ mod tests {
             let d = tempfile::tempdir().unwrap();
             let s = Store::open(d.path()).unwrap();
             assert!(matches!(
-                unpack(&s, "evil", &key, &ok[..]).unwrap(),
+                unpack(&s, "evil", &key, &ok[..], &Check::default()).unwrap(),
                 Unpacked::Imported(_)
             ));
         }

@@ -75,6 +75,29 @@ pub(crate) struct Entry {
     /// pull can skip what this build cannot use before downloading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) origin: Option<Origin>,
+    /// Local only (never packed into an archive): the entry came from
+    /// the remote, and which trusted key signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pulled: Option<Pulled>,
+}
+
+/// Provenance of an entry imported from the remote (a pull or a daemon
+/// remote hit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Pulled {
+    /// Seconds since the epoch when it was imported.
+    pub(crate) at: u64,
+    /// The trusted key that signed it (`NAME:BASE64` public key), `None`
+    /// when it was imported without verification (no trusted keys set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signed_by: Option<String>,
+}
+
+impl Pulled {
+    /// The signer's key name, if verified.
+    pub(crate) fn signer_name(&self) -> Option<&str> {
+        self.signed_by.as_deref().and_then(|s| s.split(':').next())
+    }
 }
 
 /// What an entry was built for. Each field is one safe path component
@@ -128,6 +151,7 @@ impl Entry {
             created: super::now_secs(),
             explain: std::collections::BTreeMap::new(),
             origin: None,
+            pulled: None,
         }
     }
 

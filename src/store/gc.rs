@@ -11,7 +11,10 @@ entry being published is about to reference is ever removed. One pass:
    One that cannot be read (EIO, EMFILE) is reported and kept, and then
    no blob is removed this pass: its references are unknown.
 3. With `verify`, every blob is re-hashed; corrupt blobs and the entries
-   whose files are missing, corrupt or of another size are removed.
+   whose files are missing, corrupt or of another size are removed. With
+   trusted keys too, so are entries pulled from the remote that none of
+   them signed (pulled before the keys were set, or by a key no longer
+   trusted); entries built here are kept.
 4. Eviction: by age, or least recently used first down to the size
    limit; then blobs no entry references, and index lists whose base has
    no entry left; `hashes/` (a cache of a cache) is cleared.
@@ -45,6 +48,9 @@ pub(crate) struct GcOptions {
     pub(crate) max_age: Option<u64>,
     pub(crate) max_size: u64,
     pub(crate) verify: bool,
+    /// With `verify`: the trusted keys (empty: none set, nothing
+    /// removed for provenance).
+    pub(crate) trusted: Option<Vec<crate::trust::TrustedKey>>,
 }
 
 /// What a gc pass did.
@@ -56,6 +62,10 @@ pub(crate) struct GcReport {
     pub(crate) tmp_removed: u64,
     pub(crate) corrupt_blobs: u64,
     pub(crate) corrupt_manifests: u64,
+    /// Pulled entries removed: no trusted key signed them.
+    pub(crate) untrusted_removed: u64,
+    /// Pulled entries kept unverified (no trusted keys are set).
+    pub(crate) unverified_kept: u64,
     pub(crate) locks_removed: u64,
     pub(crate) events_bytes_trimmed: u64,
     pub(crate) entries_kept: u64,
@@ -135,6 +145,45 @@ pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
             }
             ok
         });
+    }
+
+    if let Some(trusted) = &opts.trusted {
+        let names: HashSet<String> = trusted.iter().map(ToString::to_string).collect();
+        all.retain(|l| {
+            let Some(p) = &l.entry.pulled else {
+                return true;
+            };
+            let ok = p.signed_by.as_ref().is_some_and(|k| names.contains(k));
+            if ok {
+                return true;
+            }
+            if trusted.is_empty() {
+                rep.unverified_kept += 1;
+                return true;
+            }
+            rep.warnings.push(format!(
+                "entry {}/{} was pulled {}; removing it",
+                l.r.crate_name,
+                l.r.key,
+                match p.signer_name() {
+                    Some(n) => format!("signed by `{n}`, which is no longer trusted"),
+                    None => "without verification".to_string(),
+                }
+            ));
+            if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
+                rep.untrusted_removed += 1;
+                rep.entries_removed += 1;
+            }
+            false
+        });
+        if !trusted.is_empty() {
+            store.clear_unverified();
+        } else if rep.unverified_kept > 0 {
+            rep.warnings.push(format!(
+                "{} entries were pulled without verification; set KACHE_TRUSTED_KEYS and run `kache gc --verify` again to remove those no trusted key signed",
+                rep.unverified_kept
+            ));
+        }
     }
 
     // Oldest access first.

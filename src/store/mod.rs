@@ -12,6 +12,7 @@ tmp/                           staging; anything older than an hour is junk
 locks/<key>.lock               per-key compile locks (flock)
 gc.lock                        writers hold it shared, gc exclusive
 events.jsonl                   one JSON line per wrapper outcome
+unverified-pulls               present once an entry was pulled unverified
 ```
 
 Invariants:
@@ -593,6 +594,30 @@ impl Store {
         let t = fs::write(&p, b"").and_then(|()| fs::metadata(&p)?.modified());
         let _ = fs::remove_file(&p);
         t.ok()
+    }
+
+    /// Where the store notes that it imported an entry from the remote
+    /// without verifying a signature (no trusted keys were set).
+    fn unverified_path(&self) -> PathBuf {
+        self.root.join("unverified-pulls")
+    }
+
+    /// Notes an unverified import (best effort, one `stat` once noted).
+    pub(crate) fn mark_unverified(&self) {
+        let p = self.unverified_path();
+        if !p.exists() {
+            let _ = File::create(p);
+        }
+    }
+
+    /// Whether entries may have been pulled without verification.
+    pub(crate) fn has_unverified(&self) -> bool {
+        self.unverified_path().exists()
+    }
+
+    /// Every unverified pulled entry is gone (`kache gc --verify`).
+    pub(crate) fn clear_unverified(&self) {
+        let _ = fs::remove_file(self.unverified_path());
     }
 
     /// Appends one line to the event log. A single `write` on an

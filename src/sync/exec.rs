@@ -15,15 +15,20 @@ use rayon::prelude::*;
 
 use super::plan::{Direction, Transfer};
 use super::report::Outcome;
-use crate::remote::{ErrorKind, Listed, Remote, RemoteError};
+use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
 use crate::store::Store;
 use crate::store::archive::{self, Packed, Unpacked};
+use crate::trust::{Policy, Refused};
 
 /// What every transfer needs.
 pub(crate) struct Ctx<'a> {
     pub(crate) store: &'a Store,
     pub(crate) remote: &'a dyn Remote,
+    /// The bucket prefix (object names are parsed against it).
+    pub(crate) prefix: &'a str,
     pub(crate) level: i32,
+    /// Signing uploads, verifying downloads.
+    pub(crate) trust: &'a Policy,
     /// Set after a fatal error: the remaining transfers are not started.
     pub(crate) stop: AtomicBool,
 }
@@ -100,9 +105,15 @@ fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
     let file = File::open(tmp)
         .map_err(|e| Outcome::Failed(t.clone(), format!("cannot read {}: {e}", tmp.display())))?;
     let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-    match archive::unpack(ctx.store, &t.crate_name, &t.key, reader) {
+    let parsed = layout::parse(ctx.prefix, name);
+    let check = archive::Check {
+        trusted: &ctx.trust.trusted,
+        origin: parsed.as_ref().and_then(|p| p.origin.as_ref()),
+    };
+    match archive::unpack(ctx.store, &t.crate_name, &t.key, reader, &check) {
         Ok(Unpacked::Imported(_)) => Ok(Outcome::Done(t.clone(), n)),
         Ok(Unpacked::AlreadyPresent) => Ok(Outcome::Skipped(t.clone(), "appeared locally")),
+        Err(e) if e.is::<Refused>() => Err(Outcome::Refused(t.clone(), format!("refused: {e}"))),
         Err(e) if local_disk_failure(&e) => Err(Outcome::Fatal(
             t.clone(),
             format!(
@@ -155,7 +166,14 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
     let packed = (|| -> anyhow::Result<Packed> {
         let file = File::create(tmp)?;
         let mut w = BufWriter::with_capacity(256 * 1024, file);
-        let p = archive::pack(ctx.store, &t.crate_name, &t.key, &mut w, ctx.level)?;
+        let p = archive::pack(
+            ctx.store,
+            &t.crate_name,
+            &t.key,
+            &mut w,
+            ctx.level,
+            ctx.trust.signer.as_ref(),
+        )?;
         w.flush()?;
         Ok(p)
     })()
@@ -192,6 +210,12 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
     })?;
     let len = match packed {
         Packed::Vanished => return Ok(Outcome::Skipped(t.clone(), "vanished locally")),
+        Packed::Unverified => {
+            return Ok(Outcome::Skipped(
+                t.clone(),
+                "pulled without verification: not signed",
+            ));
+        }
         Packed::Done(n) => n,
     };
     let what = format!("cannot upload {}", ctx.remote.describe(name));
@@ -261,7 +285,9 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
+            prefix: "p",
             level: 3,
+            trust: &Policy::default(),
             stop: AtomicBool::new(false),
         };
         let out = run_all(&ctx, &pool(3), ts.clone());
@@ -273,7 +299,9 @@ mod tests {
         let ctx2 = Ctx {
             store: &s2,
             remote: &remote,
+            prefix: "p",
             level: 3,
+            trust: &Policy::default(),
             stop: AtomicBool::new(false),
         };
         let pulls: Vec<Transfer> = ts
@@ -300,7 +328,9 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
+            prefix: "p",
             level: 3,
+            trust: &Policy::default(),
             stop: AtomicBool::new(false),
         };
         run_all(&ctx, &pool(2), ts);
@@ -335,7 +365,9 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
+            prefix: "p",
             level: 3,
+            trust: &Policy::default(),
             stop: AtomicBool::new(false),
         };
         let out = run_all(&ctx, &pool(2), ts);
@@ -355,7 +387,9 @@ mod tests {
         let ctx = Ctx {
             store: &s,
             remote: &remote,
+            prefix: "p",
             level: 3,
+            trust: &Policy::default(),
             stop: AtomicBool::new(false),
         };
         let out = run_all(&ctx, &pool(2), ts);

@@ -40,6 +40,22 @@ use report::{ListingFailure, Progress, Reporter};
 
 pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let started = Instant::now();
+    if cfg.read_only.value && cmd.push {
+        // One CI script serves both kinds of job: a read-only runner's
+        // push is a success that uploads nothing.
+        report::note(&format!(
+            "read-only runner ({}): nothing pushed",
+            read_only_source(cfg)
+        ));
+        if cmd.json {
+            let summary = report::Summary {
+                read_only: true,
+                ..report::Summary::default()
+            };
+            report::print_summary(&summary, true)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut reporter = Reporter::new(Progress::from_env());
     let res = sync(cfg, cmd, &mut reporter);
     let (plan, error) = match res {
@@ -89,10 +105,19 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         bail!("{msg}");
     }
     let transfers = summary.failed.entries
+        + summary.refused.entries
         + summary.pulled.entries
         + summary.pushed.entries
         + summary.skipped.entries;
     let mut failed = Vec::new();
+    if summary.refused.entries > 0 {
+        failed.push(format!(
+            "{} {} refused: not signed by a trusted key (KACHE_TRUSTED_KEYS); the build compiles {}",
+            summary.refused.entries,
+            if summary.refused.entries == 1 { "entry" } else { "entries" },
+            if summary.refused.entries == 1 { "it" } else { "them" },
+        ));
+    }
     if summary.failed.entries > 0 {
         failed.push(format!(
             "{} of {transfers} transfers failed",
@@ -123,9 +148,16 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
 fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<Vec<Transfer>>> {
     let (do_pull, do_push) = if cmd.pull || cmd.push {
         (cmd.pull, cmd.push)
+    } else if cfg.read_only.value {
+        report::note(&format!(
+            "read-only runner ({}): pulling only",
+            read_only_source(cfg)
+        ));
+        (true, false)
     } else {
         (true, true)
     };
+    reporter.summary.read_only = cfg.read_only.value;
     if cfg.bucket.value.is_none() {
         let file = config_path().map_or_else(
             || "the config file".to_string(),
@@ -143,11 +175,17 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
             )
         })?;
     let remote = S3Remote::new(cfg, &creds)?;
+    let trust = cfg.trust_policy(do_push && !cmd.dry_run)?;
     let store = if cmd.dry_run {
         Store::at(&cfg.cache_dir.value)
     } else {
         Store::open(&cfg.cache_dir.value)?
     };
+    if do_pull && !trust.trusted.is_empty() && store.has_unverified() {
+        report::note(
+            "this store holds entries pulled without verification (before trusted keys were set); `kache gc --verify` removes them",
+        );
+    }
     let prefix = cfg.prefix.value.as_str();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.s3_concurrency.value)
@@ -170,7 +208,9 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
     let ctx = exec::Ctx {
         store: &store,
         remote: &remote,
+        prefix,
         level: cfg.compression_level.value,
+        trust: &trust,
         stop: AtomicBool::new(false),
     };
 
@@ -217,7 +257,10 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
                 .iter()
                 .map(|t| (t.crate_name.clone(), t.key.clone()))
                 .collect();
-            retention::record_use(&remote, prefix, &used);
+            // A read-only runner writes nothing, use records included.
+            if !cfg.read_only.value {
+                retention::record_use(&remote, prefix, &used);
+            }
             execute(&pool, &ctx, reporter, "pull", pull);
             if reporter.summary.fatal.is_none() {
                 local = local_entries(&store)?;
@@ -295,6 +338,15 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         }
     }
     Ok(cmd.dry_run.then_some(plan_all))
+}
+
+/// Where the read-only setting came from, for messages.
+fn read_only_source(cfg: &Config) -> String {
+    match &cfg.read_only.source {
+        crate::config::Source::Env(v) => format!("{v}=1"),
+        crate::config::Source::File(p) => format!("cache.remote.read_only in {}", p.display()),
+        crate::config::Source::Default => "default".to_string(),
+    }
 }
 
 /// What a pull of this workspace keeps: the crates and versions of its

@@ -27,6 +27,8 @@ pub(crate) enum Outcome {
     Skipped(Transfer, &'static str),
     /// Failed; the sync goes on with the others.
     Failed(Transfer, String),
+    /// Downloaded but not imported: no trusted key signed it.
+    Refused(Transfer, String),
     /// Failed in a way that dooms every other request (credentials,
     /// permissions, missing bucket, clock): the sync stops.
     Fatal(Transfer, String),
@@ -39,6 +41,7 @@ impl Outcome {
             Outcome::Done(t, _)
             | Outcome::Skipped(t, _)
             | Outcome::Failed(t, _)
+            | Outcome::Refused(t, _)
             | Outcome::Fatal(t, _) => t.size,
         }
     }
@@ -101,6 +104,8 @@ pub(crate) struct Summary {
     pub(crate) pushed: Count,
     pub(crate) skipped: Count,
     pub(crate) failed: Count,
+    /// Pulls refused: not signed by a trusted key (also in `failures`).
+    pub(crate) refused: Count,
     /// Transfers never started because a fatal error stopped the sync.
     pub(crate) not_started: Count,
     pub(crate) failures: Vec<Failure>,
@@ -114,6 +119,8 @@ pub(crate) struct Summary {
     /// Remote entries a pull left out because this build cannot use them
     /// (another toolchain, a version Cargo.lock does not name), by reason.
     pub(crate) filtered: BTreeMap<&'static str, Count>,
+    /// A read-only runner: nothing was (or would be) pushed.
+    pub(crate) read_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,24 +285,13 @@ impl Reporter {
                 0
             }
             Outcome::Failed(t, error) => {
-                if self.drawn {
-                    let mut err = std::io::stderr().lock();
-                    let _ = write!(err, "\r\x1b[2K");
-                    self.drawn = false;
-                }
                 s.failed.add(t.size);
-                eprintln!(
-                    "error: {} {}/{}: {error}",
-                    t.dir.as_str(),
-                    t.crate_name,
-                    short(&t.key)
-                );
-                s.failures.push(Failure {
-                    direction: t.dir,
-                    crate_name: t.crate_name,
-                    key: t.key,
-                    error,
-                });
+                self.failure(t, error);
+                0
+            }
+            Outcome::Refused(t, error) => {
+                s.refused.add(t.size);
+                self.failure(t, error);
                 0
             }
             Outcome::Fatal(t, error) => {
@@ -312,6 +308,27 @@ impl Reporter {
                 0
             }
         }
+    }
+
+    /// Prints one failed transfer's line and records it.
+    fn failure(&mut self, t: Transfer, error: String) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            self.drawn = false;
+        }
+        eprintln!(
+            "error: {} {}/{}: {error}",
+            t.dir.as_str(),
+            t.crate_name,
+            short(&t.key)
+        );
+        self.summary.failures.push(Failure {
+            direction: t.dir,
+            crate_name: t.crate_name,
+            key: t.key,
+            error,
+        });
     }
 
     fn draw(&mut self, label: &str, done: u64, total: (u64, u64), bytes: u64, el: Duration) {
@@ -460,6 +477,15 @@ pub(crate) fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
             c.entries,
             entries(c.entries),
             format_size(c.bytes)
+        )?;
+    }
+    if s.refused.entries > 0 {
+        writeln!(
+            out,
+            "refused  {:>6} {:<8} {:>10}",
+            s.refused.entries,
+            entries(s.refused.entries),
+            format_size(s.refused.bytes)
         )?;
     }
     if s.not_started.entries > 0 {
