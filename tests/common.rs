@@ -84,21 +84,54 @@ pub(crate) fn put_entry(
 }
 
 /// Runs a kache command and checks that nothing it printed holds a
-/// secret: the value of any SECRET/TOKEN variable it was given, or the
-/// signature parts of a presigned URL. Every sync test runs kache
-/// through this.
+/// secret: the value of any SECRET/TOKEN variable it was given, the
+/// signing key it was given (`KACHE_SIGNING_KEY`, or the text of the
+/// file `KACHE_SIGNING_KEY_FILE` names), or the signature parts of a
+/// presigned URL. Every sync test runs kache through this.
 pub(crate) fn run_checked(c: &mut Command) -> Output {
-    let secrets: Vec<String> = c
-        .get_envs()
-        .filter_map(|(k, v)| {
-            let k = k.to_string_lossy().to_ascii_uppercase();
-            let v = v?.to_string_lossy().into_owned();
-            ((k.contains("SECRET") || k.contains("TOKEN")) && v.len() >= 4).then_some(v)
-        })
-        .collect();
+    let secrets = secrets_of(c);
     let o = c.output().unwrap();
     assert_no_secrets(&o, &secrets);
     o
+}
+
+/// The secrets a command is given (see `run_checked`).
+pub(crate) fn secrets_of(c: &Command) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in c.get_envs() {
+        let k = k.to_string_lossy().to_ascii_uppercase();
+        let Some(v) = v.map(|v| v.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if (k.contains("SECRET") || k.contains("TOKEN")) && v.len() >= 4 {
+            out.push(v);
+        } else if k == "KACHE_SIGNING_KEY" {
+            out.extend(signing_key_secrets(&v));
+        } else if k == "KACHE_SIGNING_KEY_FILE"
+            && let Ok(text) = std::fs::read_to_string(&v)
+        {
+            out.extend(signing_key_secrets(&text));
+        }
+    }
+    out
+}
+
+/// A signing key's text, its base64 part (after the name), and every
+/// 16-character piece of the base64 of its first 48 bytes, which hold
+/// the secret seed (a partial leak is a leak; the rest of the PKCS#8
+/// document is the public key, which is printed on purpose).
+pub(crate) fn signing_key_secrets(text: &str) -> Vec<String> {
+    let t = text.trim();
+    let mut out = vec![t.to_string()];
+    if let Some((_, b64)) = t.split_once(':') {
+        out.push(b64.to_string());
+        let secret_part = &b64[..b64.len().min(64)];
+        for i in (0..secret_part.len().saturating_sub(16)).step_by(4) {
+            out.push(secret_part[i..i + 16].to_string());
+        }
+    }
+    out.retain(|s| s.len() >= 8);
+    out
 }
 
 /// Fails if stdout or stderr holds one of `secrets`, or

@@ -8,4 +8,5 @@ mod daemon;
 mod differential;
 mod s3server;
 mod sync;
+mod trust;
 mod wrapper;

@@ -1,0 +1,825 @@
+//! Trust (issue 14): signed entries, trusted keys, read-only runners,
+//! against the in-process S3 server (its bucket files are read and
+//! tampered with, as an attacker with the bucket's write credentials
+//! would) and real cargo builds of `tests/fixtures/trust` (`app` prints
+//! `dep::answer()`, 42).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{
+    assert_no_secrets, cargo_plain, cargo_through_kache, copy_tree, kache, put_entry, run_checked,
+    secrets_of, show,
+};
+use crate::s3server::S3;
+
+struct World {
+    s3: S3,
+    tmp: tempfile::TempDir,
+}
+
+/// A generated key pair: the secret key file and the public key line.
+struct Key {
+    file: PathBuf,
+    public: String,
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", show(o));
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(o)))
+}
+
+/// (crate, key) of every entry in a cache dir.
+fn entries(cache: &Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for c in fs::read_dir(cache.join("entries"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for e in fs::read_dir(c.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(k) = name.strip_suffix(".json") {
+                out.insert((c.file_name().to_string_lossy().to_string(), k.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Files under `dir` (recursively; 0 if it does not exist).
+fn files_under(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn crates(cache: &Path) -> BTreeSet<String> {
+    entries(cache).into_iter().map(|(c, _)| c).collect()
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            s3: S3::start_local(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    /// `kache key generate NAME --out FILE`.
+    fn key(&self, name: &str) -> Key {
+        let file = self.path(&format!("{name}.key"));
+        let mut c = kache(&self.path("unused-cache"));
+        let o = run_checked(c.args(["key", "generate", name, "--out"]).arg(&file));
+        ok(&o);
+        let public = stdout(&o).trim().to_string();
+        assert!(public.starts_with(&format!("{name}:")), "{}", show(&o));
+        assert_eq!(stdout(&o).lines().count(), 1, "{}", show(&o));
+        Key { file, public }
+    }
+
+    /// A copy of the fixture workspace at `name/ws`.
+    fn workspace(&self, name: &str) -> PathBuf {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trust");
+        let ws = self.path(name).join("ws");
+        copy_tree(&fixture, &ws);
+        ws
+    }
+
+    /// `kache ARGS` on `cache` with the remote under `prefix` (None: the
+    /// test's own) and `env`, checked for secrets.
+    fn kache(
+        &self,
+        cache: &Path,
+        prefix: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let mut c = kache(cache);
+        self.s3.configure(&mut c);
+        if let Some(p) = prefix {
+            c.env("KACHE_S3_PREFIX", p);
+        }
+        c.env("KACHE_PROGRESS", "0").current_dir(self.tmp.path());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_checked(c.args(args))
+    }
+
+    /// Every object file under `prefix` with its bytes.
+    fn bucket(&self, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let dir = self.s3.bucket_dir.as_ref().unwrap();
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.join(prefix)];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let name = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+                    if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                        out.insert(name, fs::read(&p).unwrap());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The object file of the one entry of `crate_name` under `prefix`.
+    fn object_of(&self, prefix: &str, crate_name: &str) -> PathBuf {
+        let names: Vec<String> = self
+            .bucket(prefix)
+            .into_keys()
+            .filter(|n| {
+                n.ends_with(".tar.zst")
+                    && n.strip_prefix(&format!("{prefix}/"))
+                        .is_some_and(|r| r.starts_with(&format!("{crate_name}/")))
+            })
+            .collect();
+        assert_eq!(names.len(), 1, "{crate_name}: {names:?}");
+        self.s3.object_file(&names[0]).unwrap()
+    }
+}
+
+/// `cargo build` of `ws` through kache on `cache` (no remote), then
+/// what the program prints.
+fn build_and_run(ws: &Path, cache: &Path) -> String {
+    let target = ws.with_file_name("target");
+    let o = cargo_through_kache(ws, &target, cache, &["build"])
+        .output()
+        .unwrap();
+    ok(&o);
+    run(&target)
+}
+
+fn run(target: &Path) -> String {
+    let o = Command::new(target.join("debug/app")).output().unwrap();
+    ok(&o);
+    stdout(&o).trim().to_string()
+}
+
+/// What plain cargo (no kache) makes the program print: the oracle.
+fn plain(w: &World) -> String {
+    let ws = w.workspace("plain");
+    let target = ws.with_file_name("target");
+    ok(&cargo_plain(&ws, &target, &["build"]).output().unwrap());
+    run(&target)
+}
+
+/// The archive's bytes with `dep`'s library files replaced by `with`'s
+/// (by extension) and the manifest's blake3 and size fixed to match:
+/// what an attacker holding only the bucket's write credentials does.
+/// The signature frame in front (if any) is kept as it was.
+fn tamper(archive: &[u8], with: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    // A zstd skippable frame: magic 0x184D2A5? then a 32-bit length.
+    let frame_len = if archive[1..4] == [0x2A, 0x4D, 0x18] && archive[0] & 0xF0 == 0x50 {
+        8 + u32::from_le_bytes(archive[4..8].try_into().unwrap()) as usize
+    } else {
+        0
+    };
+    let tar_bytes = zstd::decode_all(&archive[frame_len..]).unwrap();
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for m in ar.entries().unwrap() {
+        let mut m = m.unwrap();
+        let name = m.path().unwrap().to_string_lossy().to_string();
+        let mut data = Vec::new();
+        m.read_to_end(&mut data).unwrap();
+        members.push((name, data));
+    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(&members[0].1).unwrap();
+    let mut swapped = 0;
+    for (name, data) in &mut members[1..] {
+        let ext = name.rsplit('.').next().unwrap().to_string();
+        if let Some(new) = with.get(&ext) {
+            *data = new.clone();
+            swapped += 1;
+            let file = name.strip_prefix("files/").unwrap();
+            for f in manifest["files"].as_array_mut().unwrap() {
+                if f["name"] == file {
+                    f["hash"] = blake3::hash(new).to_hex().to_string().into();
+                    f["size"] = new.len().into();
+                }
+            }
+        }
+    }
+    assert!(swapped > 0, "nothing swapped");
+    members[0].1 = serde_json::to_vec(&manifest).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in &members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    let mut out = archive[..frame_len].to_vec();
+    out.extend(zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap());
+    out
+}
+
+/// The library files (by extension) of the `dep` entry in `cache`.
+fn dep_files(cache: &Path) -> BTreeMap<String, Vec<u8>> {
+    let dir = cache.join("entries/dep");
+    let e = fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(e.path()).unwrap()).unwrap();
+    let mut out = BTreeMap::new();
+    for f in m["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        let h = f["hash"].as_str().unwrap();
+        let ext = name.rsplit('.').next().unwrap().to_string();
+        if ext == "rlib" || ext == "rmeta" {
+            out.insert(
+                ext,
+                fs::read(cache.join("blobs").join(&h[..2]).join(h)).unwrap(),
+            );
+        }
+    }
+    assert!(!out.is_empty(), "{m}");
+    out
+}
+
+fn refused_lines(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.contains(": refused: not signed by a trusted key"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A signed push, then a pull that trusts the key, imports everything
+/// (provenance recorded); the attack of issue 14 (a file swapped for a
+/// patched build's, the manifest's blake3 and size fixed, the original
+/// signature kept, re-uploaded under the same name) is refused before
+/// anything reaches the store, and the program then prints what plain
+/// cargo's prints. Without trusted keys the same pull imports the
+/// forgery and the program prints 43: the attack is real.
+#[test]
+fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
+    let w = World::new();
+    let k = w.key("ci");
+    let key_file = k.file.to_str().unwrap();
+    let want = plain(&w);
+    assert_eq!(want, "answer=42");
+
+    // Runner A (the main-branch job) builds and pushes, signing.
+    let ws_a = w.workspace("a");
+    let cache_a = w.path("cache-a");
+    assert_eq!(build_and_run(&ws_a, &cache_a), want);
+    let o = w.kache(
+        &cache_a,
+        None,
+        &["sync", "--push", "--json"],
+        &[("KACHE_SIGNING_KEY_FILE", key_file)],
+    );
+    ok(&o);
+    let made = entries(&cache_a);
+    assert_eq!(
+        json(&o)["pushed"]["entries"],
+        made.len() as u64,
+        "{}",
+        show(&o)
+    );
+
+    // Runner B trusts the key: everything comes in, signed by `ci`.
+    let cache_b = w.path("cache-b");
+    let trusted = [("KACHE_TRUSTED_KEYS", k.public.as_str())];
+    let o = w.kache(
+        &cache_b,
+        None,
+        &["sync", "--pull", "--all", "--json"],
+        &trusted,
+    );
+    ok(&o);
+    let j = json(&o);
+    assert_eq!(j["pulled"]["entries"], made.len() as u64, "{}", show(&o));
+    assert_eq!(j["refused"]["entries"], 0, "{}", show(&o));
+    assert_eq!(entries(&cache_b), made);
+    let o = w.kache(&cache_b, None, &["list", "--json"], &trusted);
+    ok(&o);
+    for e in json(&o).as_array().unwrap() {
+        assert_eq!(e["source"], "remote", "{e}");
+        assert_eq!(e["signed_by"], k.public.as_str(), "{e}");
+    }
+    let o = w.kache(&cache_b, None, &["stats"], &trusted);
+    ok(&o);
+    assert!(
+        stdout(&o).contains(&format!(
+            "0 built here, {} pulled signed by `ci`",
+            made.len()
+        )),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(build_and_run(&w.workspace("b"), &cache_b), want);
+
+    // The attacker builds a patched dep (answers 43) and swaps its
+    // library files into A's dep archive, under the same object name.
+    let ws_x = w.workspace("x");
+    let lib = ws_x.join("dep/src/lib.rs");
+    fs::write(&lib, fs::read_to_string(&lib).unwrap().replace("42", "43")).unwrap();
+    let cache_x = w.path("cache-x");
+    assert_eq!(build_and_run(&ws_x, &cache_x), "answer=43");
+    let obj = w.object_of(&w.s3.prefix, "dep");
+    let forged = tamper(&fs::read(&obj).unwrap(), &dep_files(&cache_x));
+    fs::write(&obj, &forged).unwrap();
+
+    // Runner C trusts the key: dep is refused, one line, counted, exit 1.
+    let cache_c = w.path("cache-c");
+    let o = w.kache(
+        &cache_c,
+        None,
+        &["sync", "--pull", "--all", "--json"],
+        &trusted,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let lines = refused_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", show(&o));
+    assert!(lines[0].starts_with("error: pull dep/"), "{}", show(&o));
+    assert!(
+        lines[0].contains("does not match this entry"),
+        "{}",
+        show(&o)
+    );
+    let j = json(&o);
+    assert_eq!(j["refused"]["entries"], 1, "{}", show(&o));
+    assert_eq!(j["failed"]["entries"], 0, "{}", show(&o));
+    assert_eq!(
+        j["pulled"]["entries"],
+        made.len() as u64 - 1,
+        "{}",
+        show(&o)
+    );
+    assert!(!crates(&cache_c).contains("dep"), "refused but imported");
+    assert_eq!(fs::read_dir(cache_c.join("tmp")).unwrap().count(), 0);
+    // Text summary, and --allow-partial exits 0.
+    let cache_c2 = w.path("cache-c2");
+    let o = w.kache(
+        &cache_c2,
+        None,
+        &["sync", "--pull", "--all", "--allow-partial"],
+        &trusted,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("refused       1 entry"), "{}", show(&o));
+    // The build compiles what was refused: the right answer.
+    assert_eq!(build_and_run(&w.workspace("c"), &cache_c), want);
+
+    // Without trusted keys the forgery is imported and runs: what the
+    // checks above prevent. `kache config` says entries are unverified.
+    let cache_d = w.path("cache-d");
+    let o = w.kache(&cache_d, None, &["config"], &[]);
+    assert!(
+        stdout(&o).contains("(none: pulled entries are not verified)"),
+        "{}",
+        show(&o)
+    );
+    ok(&w.kache(&cache_d, None, &["sync", "--pull", "--all"], &[]));
+    assert_eq!(build_and_run(&w.workspace("d"), &cache_d), "answer=43");
+    // Switching trusted keys on says how to drop what came in unverified,
+    // and `kache gc --verify` drops exactly the pulled entries.
+    let o = w.kache(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
+    assert!(stderr(&o).contains("kache gc --verify"), "{}", show(&o));
+    let before = entries(&cache_d);
+    let o = w.kache(&cache_d, None, &["gc", "--verify", "--json"], &trusted);
+    ok(&o);
+    assert_eq!(
+        json(&o)["untrusted_removed"],
+        made.len() as u64,
+        "{}",
+        show(&o)
+    );
+    let after = entries(&cache_d);
+    // What the build on D compiled itself (dep's forged rlib made app
+    // miss) stays: it is this runner's own work.
+    assert!(after.iter().all(|e| !made.contains(e)), "{after:?}");
+    assert!(after.len() < before.len());
+    let o = w.kache(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
+    assert!(!stderr(&o).contains("kache gc --verify"), "{}", show(&o));
+}
+
+/// An unsigned push, a push signed by a key the reader does not trust,
+/// and a signed archive copied under another entry's object name are
+/// each refused; the build then prints what plain cargo's prints. Two
+/// trusted keys at once accept the entries of both.
+#[test]
+fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
+    let w = World::new();
+    let (ci, old, stranger) = (w.key("ci"), w.key("ci-2025"), w.key("stranger"));
+    let want = plain(&w);
+    let cache_a = w.path("cache-a");
+    assert_eq!(build_and_run(&w.workspace("a"), &cache_a), want);
+    let made = entries(&cache_a);
+    let prefix = |s: &str| format!("{}/{s}", w.s3.prefix);
+    let push = |p: &str, key: Option<&Key>| {
+        let env: Vec<(&str, &str)> = key
+            .map(|k| ("KACHE_SIGNING_KEY_FILE", k.file.to_str().unwrap()))
+            .into_iter()
+            .collect();
+        ok(&w.kache(&cache_a, Some(&prefix(p)), &["sync", "--push"], &env));
+    };
+    push("unsigned", None);
+    push("stranger", Some(&stranger));
+    push("moved", Some(&ci));
+    push("old", Some(&old));
+    // Moved: app's signed archive copied under dep's object name.
+    let app = fs::read(w.object_of(&prefix("moved"), "app")).unwrap();
+    fs::write(w.object_of(&prefix("moved"), "dep"), app).unwrap();
+
+    let trusted = format!("{},{}", ci.public, old.public);
+    let env = [("KACHE_TRUSTED_KEYS", trusted.as_str())];
+    for (p, refused, why) in [
+        ("unsigned", made.len(), "(the object is unsigned)"),
+        (
+            "stranger",
+            made.len(),
+            "(signed by `stranger`, which is not a trusted key)",
+        ),
+        (
+            "moved",
+            1,
+            "(the signature by `ci` does not match this entry",
+        ),
+    ] {
+        let cache = w.path(&format!("cache-{p}"));
+        let o = w.kache(
+            &cache,
+            Some(&prefix(p)),
+            &["sync", "--pull", "--all", "--json"],
+            &env,
+        );
+        assert_eq!(o.status.code(), Some(1), "{p}: {}", show(&o));
+        assert_eq!(
+            json(&o)["refused"]["entries"],
+            refused as u64,
+            "{p}: {}",
+            show(&o)
+        );
+        let lines = refused_lines(&o);
+        assert_eq!(lines.len(), refused, "{p}: {}", show(&o));
+        assert!(lines.iter().all(|l| l.contains(why)), "{p}: {}", show(&o));
+        assert_eq!(entries(&cache).len(), made.len() - refused, "{p}");
+        if p == "moved" {
+            assert!(!crates(&cache).contains("dep"), "moved archive imported");
+        }
+        assert_eq!(build_and_run(&w.workspace(p), &cache), want, "{p}");
+    }
+    // Both trusted keys' entries come in (rotation: old and new at once).
+    for p in ["old", "unsigned"] {
+        let cache = w.path(&format!("cache-both-{p}"));
+        let o = w.kache(&cache, Some(&prefix(p)), &["sync", "--pull", "--all"], &env);
+        if p == "old" {
+            ok(&o);
+            assert_eq!(entries(&cache), made);
+        } else {
+            assert!(entries(&cache).is_empty());
+        }
+    }
+    // Only the new key trusted: the old key's entries are refused.
+    let cache = w.path("cache-new-only");
+    let o = w.kache(
+        &cache,
+        Some(&prefix("old")),
+        &["sync", "--pull", "--all"],
+        &[("KACHE_TRUSTED_KEYS", ci.public.as_str())],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(refused_lines(&o).len(), made.len(), "{}", show(&o));
+    assert!(
+        stdout(&o).contains(&format!("refused  {:>6} entries", made.len())),
+        "{}",
+        show(&o)
+    );
+}
+
+/// A read-only runner: `kache sync --push` uploads nothing and says so
+/// in one line with exit 0; `kache sync` only pulls (and records no
+/// use); `kache gc --remote` refuses; the daemon never uploads. No
+/// object in the bucket changes.
+#[test]
+fn a_read_only_runner_changes_no_object_in_the_bucket() {
+    let w = World::new();
+    let writer = w.path("cache-writer");
+    let nowhere = w.path("nowhere");
+    fs::create_dir_all(&nowhere).unwrap();
+    for i in 0..3 {
+        put_entry(
+            &writer,
+            "foo",
+            &format!("w{i}"),
+            &[("libfoo.rlib", format!("w{i}").as_bytes())],
+        );
+    }
+    ok(&w.kache(&writer, None, &["sync", "--push"], &[]));
+    let before = w.bucket(&w.s3.prefix);
+    assert_eq!(before.len(), 3);
+
+    let ro = w.path("cache-ro");
+    for i in 0..2 {
+        put_entry(
+            &ro,
+            "bar",
+            &format!("r{i}"),
+            &[("libbar.rlib", format!("r{i}").as_bytes())],
+        );
+    }
+    let env = [("KACHE_REMOTE_READ_ONLY", "1")];
+    let o = w.kache(&ro, None, &["sync", "--push"], &env);
+    ok(&o);
+    assert_eq!(stdout(&o), "", "{}", show(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("read-only runner (KACHE_REMOTE_READ_ONLY=1): nothing pushed"),
+        "{}",
+        show(&o)
+    );
+    let o = w.kache(&ro, None, &["sync", "--push", "--json"], &env);
+    ok(&o);
+    assert_eq!(json(&o)["read_only"], true);
+    assert_eq!(json(&o)["pushed"]["entries"], 0);
+    let o = w.kache(&ro, None, &["sync", "--all", "--json"], &env);
+    ok(&o);
+    assert_eq!(json(&o)["pulled"]["entries"], 3, "{}", show(&o));
+    assert_eq!(json(&o)["pushed"]["entries"], 0, "{}", show(&o));
+    assert_eq!(entries(&ro).len(), 5);
+    let o = w.kache(&ro, None, &["gc", "--remote", "--max-age", "1s"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stderr(&o).starts_with(
+            "error: kache gc --remote deletes from the bucket, and this runner is read-only"
+        ),
+        "{}",
+        show(&o)
+    );
+    // The file setting too.
+    let cfg = w.path("ro.toml");
+    fs::write(&cfg, "[cache.remote]\nread_only = true\n").unwrap();
+    let o = w.kache(
+        &ro,
+        None,
+        &["sync", "--push"],
+        &[("KACHE_CONFIG", cfg.to_str().unwrap())],
+    );
+    ok(&o);
+    assert!(stderr(&o).contains("nothing pushed"), "{}", show(&o));
+    let o = w.kache(
+        &ro,
+        None,
+        &["config"],
+        &[("KACHE_CONFIG", cfg.to_str().unwrap())],
+    );
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("cache.remote.read_only") && l.contains("true")),
+        "{}",
+        show(&o)
+    );
+
+    // The daemon of a read-only runner: a build's misses are never
+    // recorded nor uploaded.
+    let ws = w.workspace("ro");
+    let dcache = w.path("cache-ro-daemon");
+    let o = w.kache(&dcache, None, &["daemon", "start"], &env);
+    ok(&o);
+    let mut c = cargo_through_kache(&ws, &ws.with_file_name("target"), &dcache, &["build"]);
+    w.s3.configure(&mut c);
+    c.env("KACHE_REMOTE_READ_ONLY", "1");
+    ok(&c.output().unwrap());
+    assert!(!entries(&dcache).is_empty());
+    let o = w.kache(&dcache, None, &["daemon", "stop", "--timeout", "30s"], &env);
+    ok(&o);
+    assert!(stdout(&o).contains("0 uploaded, 0 pending"), "{}", show(&o));
+    // Nothing recorded for a later daemon to upload either.
+    assert_eq!(files_under(&dcache.join("pending")), 0);
+    assert_eq!(w.bucket(&w.s3.prefix), before, "the bucket changed");
+}
+
+/// The daemon signs what it uploads, and its remote hits import only
+/// entries a trusted key signed: a tampered entry is refused (counted,
+/// logged), the build compiles it and the program prints what plain
+/// cargo's prints.
+#[test]
+fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
+    let w = World::new();
+    let k = w.key("ci");
+    let key_file = k.file.to_str().unwrap();
+    let want = plain(&w);
+    let daemon =
+        |cache: &Path, args: &[&str], env: &[(&str, &str)]| w.kache(cache, None, args, env);
+
+    // Runner A: the daemon uploads, signed.
+    let ws_a = w.workspace("a");
+    let cache_a = w.path("cache-a");
+    let sign = [("KACHE_SIGNING_KEY_FILE", key_file)];
+    ok(&daemon(&cache_a, &["daemon", "start"], &sign));
+    let mut c = cargo_through_kache(&ws_a, &ws_a.with_file_name("target"), &cache_a, &["build"]);
+    w.s3.configure(&mut c);
+    ok(&c.output().unwrap());
+    let o = daemon(&cache_a, &["daemon", "stop", "--timeout", "60s"], &sign);
+    ok(&o);
+    let made = entries(&cache_a);
+    assert!(
+        stdout(&o).contains(&format!("{} uploaded, 0 pending", made.len())),
+        "{}",
+        show(&o)
+    );
+    let log_a = fs::read_to_string(cache_a.join("daemon/log")).unwrap();
+    assert!(log_a.contains("uploads signed by `ci`"), "{log_a}");
+    // What it uploaded is signed by `ci`: a trusting pull takes it all.
+    let trusted = [("KACHE_TRUSTED_KEYS", k.public.as_str())];
+    let check = w.path("cache-check");
+    ok(&w.kache(&check, None, &["sync", "--pull", "--all"], &trusted));
+    assert_eq!(entries(&check), made);
+
+    // The attacker swaps dep's library for a patched build's.
+    let ws_x = w.workspace("x");
+    let lib = ws_x.join("dep/src/lib.rs");
+    fs::write(&lib, fs::read_to_string(&lib).unwrap().replace("42", "43")).unwrap();
+    let cache_x = w.path("cache-x");
+    assert_eq!(build_and_run(&ws_x, &cache_x), "answer=43");
+    let obj = w.object_of(&w.s3.prefix, "dep");
+    fs::write(&obj, tamper(&fs::read(&obj).unwrap(), &dep_files(&cache_x))).unwrap();
+
+    // Runner B: its daemon trusts `ci`; the build gets app's entry by a
+    // remote hit, dep's is refused and compiled.
+    let ws_b = w.workspace("b");
+    let cache_b = w.path("cache-b");
+    ok(&daemon(&cache_b, &["daemon", "start"], &trusted));
+    let mut c = cargo_through_kache(&ws_b, &ws_b.with_file_name("target"), &cache_b, &["build"]);
+    w.s3.configure(&mut c);
+    c.env("KACHE_DAEMON_WAIT", "10s")
+        .env("KACHE_TRUSTED_KEYS", &k.public);
+    let secrets = secrets_of(&c);
+    let o = c.output().unwrap();
+    ok(&o);
+    assert_no_secrets(&o, &secrets);
+    assert_eq!(run(&ws_b.with_file_name("target")), want);
+    let st = json(&daemon(&cache_b, &["daemon", "status", "--json"], &trusted));
+    assert!(st["refused"].as_u64().unwrap() >= 1, "{st}");
+    let log_b = fs::read_to_string(cache_b.join("daemon/log")).unwrap();
+    assert!(
+        log_b.contains("refused: not signed by a trusted key"),
+        "{log_b}"
+    );
+    let events = fs::read_to_string(cache_b.join("events.jsonl")).unwrap();
+    let dep_result: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["crate"] == "dep")
+        .map(|e| e["result"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dep_result, ["miss"], "{events}");
+    let pulled_dep = fs::read_dir(cache_b.join("entries/dep"))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&fs::read(e.unwrap().path()).unwrap())
+                .unwrap()
+        })
+        .filter(|m| m.get("pulled").is_some())
+        .count();
+    assert_eq!(pulled_dep, 0, "the refused dep entry reached the store");
+    ok(&daemon(
+        &cache_b,
+        &["daemon", "stop", "--timeout", "60s"],
+        &trusted,
+    ));
+    for log in [&log_a, &log_b] {
+        for s in crate::common::signing_key_secrets(&fs::read_to_string(&k.file).unwrap()) {
+            assert!(!log.contains(&s), "the signing key was logged");
+        }
+    }
+}
+
+/// The secret key is never printed: `kache key generate` writes it with
+/// mode 0600 and never over a file; `kache config` masks it (from the
+/// environment) and shows the public key; a broken key is an error that
+/// does not quote it; a push with it prints none of it.
+#[test]
+fn the_signing_key_is_never_printed() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let k = w.key("ci");
+    let text = fs::read_to_string(&k.file).unwrap();
+    assert_eq!(
+        fs::metadata(&k.file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never over an existing file.
+    let o = w.kache(
+        &w.path("c"),
+        None,
+        &["key", "generate", "ci", "--out", k.file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("already exists"), "{}", show(&o));
+    assert_eq!(fs::read_to_string(&k.file).unwrap(), text);
+
+    let cache = w.path("cache");
+    put_entry(&cache, "foo", "s", &[("libfoo.rlib", b"signed bytes")]);
+    for env in [
+        vec![("KACHE_SIGNING_KEY", text.as_str())],
+        vec![("KACHE_SIGNING_KEY_FILE", k.file.to_str().unwrap())],
+    ] {
+        for args in [&["config"][..], &["config", "--json"]] {
+            let o = w.kache(&cache, None, args, &env);
+            ok(&o);
+            assert!(
+                stdout(&o).contains(&format!("signs as {}", k.public)),
+                "{}",
+                show(&o)
+            );
+        }
+        let o = w.kache(&cache, None, &["config"], &env);
+        if env[0].0 == "KACHE_SIGNING_KEY" {
+            assert!(stdout(&o).contains("**** (signs as"), "{}", show(&o));
+        }
+    }
+    let o = w.kache(
+        &cache,
+        None,
+        &["sync", "--push"],
+        &[("KACHE_SIGNING_KEY", text.as_str())],
+    );
+    ok(&o);
+    // A damaged key: one error line that names the variable, not the key.
+    let broken = text.trim().replace('A', "B").replacen(':', ":x", 1);
+    let o = w.kache(
+        &cache,
+        None,
+        &["sync", "--push"],
+        &[("KACHE_SIGNING_KEY", broken.as_str())],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("KACHE_SIGNING_KEY does not hold a kache signing key"),
+        "{}",
+        show(&o)
+    );
+    let o = w.kache(
+        &cache,
+        None,
+        &["config"],
+        &[("KACHE_SIGNING_KEY", broken.as_str())],
+    );
+    assert!(
+        stdout(&o).contains("(error: KACHE_SIGNING_KEY does not hold"),
+        "{}",
+        show(&o)
+    );
+    // Both at once is an error, not a guess.
+    let o = w.kache(
+        &cache,
+        None,
+        &["config"],
+        &[
+            ("KACHE_SIGNING_KEY", text.as_str()),
+            ("KACHE_SIGNING_KEY_FILE", k.file.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // A bad trusted key names the setting and the form.
+    let o = w.kache(
+        &cache,
+        None,
+        &["config"],
+        &[("KACHE_TRUSTED_KEYS", "ci:AAAA")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("invalid trusted key in KACHE_TRUSTED_KEYS"),
+        "{}",
+        show(&o)
+    );
+}
