@@ -354,6 +354,8 @@ pub(crate) fn read_frame<R: Read>(mut r: R) -> io::Result<(Frame, Rest<R>)> {
     }
     let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     if len > MAX_FRAME {
+        // Not one of ours: skipped, as any zstd decoder skips it.
+        io::copy(&mut (&mut r).take(u64::from(len)), &mut io::sink())?;
         return Ok((Frame::Malformed, io::Cursor::new(Vec::new()).chain(r)));
     }
     let mut payload = vec![0u8; len as usize];
