@@ -10,7 +10,10 @@
 #     transfers) and aws s3 sync (both up and down), with wall time, peak
 #     memory (/usr/bin/time -v) and S3 requests (Garage's metrics);
 #   - planning at scale: a bucket of 10,000 entries over 500 crates,
-#     kache sync --dry-run --all.
+#     kache sync --dry-run --all;
+#   - trust: a signed push (KACHE_SIGNING_KEY_FILE) against an unsigned
+#     one and a verifying pull (KACHE_TRUSTED_KEYS) against a plain one,
+#     alternated over 3 rounds on fresh prefixes, medians compared.
 # Needs rclone, awscli, time and bc (Debian packages).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +74,20 @@ measure aws-push aws --endpoint-url "$GARAGE_ENDPOINT" s3 sync --only-show-error
 measure aws-pull aws --endpoint-url "$GARAGE_ENDPOINT" s3 sync --only-show-errors "s3://$GARAGE_BUCKET/aws" "$WORK/aws-pulled"
 PULLED=$(find "$WORK/pulled/entries" -name '*.json' | wc -l)
 
+echo "trust: signed vs unsigned push, verifying vs plain pull (3 rounds)..." >&2
+"$KACHE" key generate bench --out "$WORK/bench.key" >"$WORK/bench.pub"
+for i in 1 2 3; do
+  measure "push-unsigned-$i" env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX="unsigned-$i" "$KACHE" sync --push
+  measure "push-signed-$i" env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX="signed-$i" \
+    KACHE_SIGNING_KEY_FILE="$WORK/bench.key" "$KACHE" sync --push
+  measure "pull-plain-$i" env KACHE_CACHE_DIR="$WORK/plain-$i" KACHE_S3_PREFIX="signed-$i" "$KACHE" sync --pull --all
+  measure "pull-verified-$i" env KACHE_CACHE_DIR="$WORK/verified-$i" KACHE_S3_PREFIX="signed-$i" \
+    KACHE_TRUSTED_KEYS="$(cat "$WORK/bench.pub")" "$KACHE" sync --pull --all
+  n=$(find "$WORK/verified-$i/entries" -name '*.json' | wc -l)
+  [ "$n" -eq "$ENTRIES" ] || { echo "error: the verifying pull imported $n of $ENTRIES entries" >&2; exit 1; }
+done
+median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+
 echo "planning at scale: writing 10,000 entries over 500 crates..." >&2
 mkdir -p "$WORK/fake"
 for c in $(seq 1 500); do
@@ -95,5 +112,11 @@ for dir in push pull; do
   done
 done
 printf '\nkache pull imported %s of %s entries\n' "$PULLED" "$ENTRIES"
+for k in push-unsigned push-signed pull-plain pull-verified; do
+  eval "M_${k//-/_}=$(median3 "${WALL[$k-1]}" "${WALL[$k-2]}" "${WALL[$k-3]}")"
+done
+printf 'trust (median of 3): push %s s unsigned, %s s signed (%s); pull %s s plain, %s s verifying (%s)\n' \
+  "$M_push_unsigned" "$M_push_signed" "$(r "$M_push_signed" "$M_push_unsigned")" \
+  "$M_pull_plain" "$M_pull_verified" "$(r "$M_pull_verified" "$M_pull_plain")"
 printf 'planning: kache sync --pull --all --dry-run over 10,000 entries / 500 crates: %s s, %s MiB peak, %s requests, %s entries planned\n' \
   "${WALL[kache-plan]}" "${MEM[kache-plan]}" "${REQ[kache-plan]}" "$PLANNED"

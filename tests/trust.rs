@@ -823,3 +823,98 @@ fn the_signing_key_is_never_printed() {
         show(&o)
     );
 }
+
+/// Figure: a signed push against an unsigned one and a verifying pull
+/// against a plain one, alternated over 5 rounds on fresh prefixes,
+/// medians compared. `KACHE_BENCH_ENTRIES` (default 300 entries of
+/// 256 KiB over 20 crates), `KACHE_BENCH_BIN` (another kache binary,
+/// e.g. a release build). Run with
+/// `cargo test --test tests trust::bench_ -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_signed_push_and_verifying_pull() {
+    let w = World {
+        s3: S3::start(),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let k = w.key("bench");
+    let n: usize = std::env::var("KACHE_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let store = w.path("store");
+    for i in 0..n {
+        let mut d = vec![0u8; 256 << 10];
+        blake3::Hasher::new()
+            .update(format!("e{i}").as_bytes())
+            .finalize_xof()
+            .fill(&mut d);
+        put_entry(
+            &store,
+            &format!("c{}", i % 20),
+            &format!("s{i}"),
+            &[("lib.rlib", &d)],
+        );
+    }
+    let exe =
+        std::env::var("KACHE_BENCH_BIN").map_or_else(|_| crate::common::kache_bin(), PathBuf::from);
+    let time = |cache: &Path, prefix: &str, args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(&exe);
+        crate::common::clean_env(&mut c);
+        w.s3.configure(&mut c);
+        c.env("KACHE_CACHE_DIR", cache)
+            .env("KACHE_S3_PREFIX", format!("{}/{prefix}", w.s3.prefix))
+            .env("KACHE_PROGRESS", "0")
+            .current_dir(w.tmp.path())
+            .arg("sync")
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let t = std::time::Instant::now();
+        ok(&run_checked(&mut c));
+        t.elapsed().as_secs_f64()
+    };
+    let key = k.file.to_str().unwrap();
+    let mut m: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in 0..5 {
+        let (u, s) = (format!("u{r}"), format!("s{r}"));
+        m.entry("push unsigned")
+            .or_default()
+            .push(time(&store, &u, &["--push"], &[]));
+        m.entry("push signed").or_default().push(time(
+            &store,
+            &s,
+            &["--push"],
+            &[("KACHE_SIGNING_KEY_FILE", key)],
+        ));
+        let (pc, vc) = (
+            w.path(&format!("plain{r}")),
+            w.path(&format!("verified{r}")),
+        );
+        m.entry("pull plain")
+            .or_default()
+            .push(time(&pc, &s, &["--pull", "--all"], &[]));
+        m.entry("pull verifying").or_default().push(time(
+            &vc,
+            &s,
+            &["--pull", "--all"],
+            &[("KACHE_TRUSTED_KEYS", &k.public)],
+        ));
+        assert_eq!(entries(&vc).len(), n);
+    }
+    let med = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    eprintln!("{n} entries of 256 KiB; medians of 5 rounds:");
+    for (label, v) in &m {
+        eprintln!("  {label:<15} {:.3} s  {v:.3?}", med(v));
+    }
+    eprintln!(
+        "signed push / unsigned push = {:.3}; verifying pull / plain pull = {:.3}",
+        med(&m["push signed"]) / med(&m["push unsigned"]),
+        med(&m["pull verifying"]) / med(&m["pull plain"])
+    );
+}
