@@ -155,6 +155,16 @@ impl SigningKey {
     }
 
     pub(crate) fn load_file(p: &Path, whence: &str) -> Result<SigningKey> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(p)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: the signing key {} can be read by other users (mode {:o}); `chmod 600` it",
+                p.display(),
+                m.permissions().mode() & 0o777
+            );
+        }
         let text = std::fs::read_to_string(p).map_err(|e| {
             anyhow!(
                 "cannot read the signing key {} ({whence}): {e}",
