@@ -288,6 +288,11 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         from.push_str(&format!(", {unverified} pulled unverified"));
     }
     writeln!(out, "provenance:   {from}")?;
+    if unverified > 0 && !cfg.trusted_keys.value.is_empty() {
+        eprintln!(
+            "note: {unverified} entries were pulled without verification (before trusted keys were set); `kache gc --verify` removes them"
+        );
+    }
     writeln!(
         out,
         "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",

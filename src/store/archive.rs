@@ -463,6 +463,81 @@ mod tests {
     }
 
     #[test]
+    fn signed_archives_verify_peek_and_refuse_before_staging() {
+        let (d, s, e) = store_with_entry();
+        let (secret, public) = crate::trust::generate("ci").unwrap();
+        let key = SigningKey::parse(&secret, "test").unwrap();
+        let mut bytes = Vec::new();
+        assert!(matches!(
+            pack(&s, "foo", &e.key, &mut bytes, 3, Some(&key)).unwrap(),
+            Packed::Done(_)
+        ));
+        // The manifest is read past the signature frame.
+        assert_eq!(peek_manifest(&bytes).unwrap().key, e.key);
+        let trusted = vec![crate::trust::parse_trusted(&public).unwrap()];
+        let check = Check {
+            trusted: &trusted,
+            origin: None,
+        };
+        // Another key: refused, and nothing reaches the store.
+        let (_, other) = crate::trust::generate("other").unwrap();
+        let others = vec![crate::trust::parse_trusted(&other).unwrap()];
+        let s2 = Store::open(&d.path().join("b")).unwrap();
+        let err = unpack(
+            &s2,
+            "foo",
+            &e.key,
+            &bytes[..],
+            &Check {
+                trusted: &others,
+                origin: None,
+            },
+        )
+        .unwrap_err();
+        assert!(err.is::<crate::trust::Refused>(), "{err:#}");
+        assert!(s2.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(s2.root().join("blobs")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
+        // Bound to the name: a long name's origin it was not signed for.
+        let origin = crate::store::entry::Origin {
+            version: "1.0.0".into(),
+            target: "t".into(),
+            toolchain: "tc".into(),
+            deps: Vec::new(),
+        };
+        let moved = Check {
+            trusted: &trusted,
+            origin: Some(&origin),
+        };
+        assert!(unpack(&s2, "foo", &e.key, &bytes[..], &moved).is_err());
+        // The trusted key: imported, provenance recorded, not marked.
+        assert_eq!(
+            unpack(&s2, "foo", &e.key, &bytes[..], &check).unwrap(),
+            Unpacked::Imported(e.size())
+        );
+        let got = s2.get("foo", &e.key).unwrap().unwrap();
+        assert_eq!(
+            got.pulled.unwrap().signed_by.as_deref(),
+            Some(public.as_str())
+        );
+        assert!(!s2.has_unverified());
+        // Unsigned, without a check: imported and marked unverified; a
+        // signing writer never vouches for it.
+        let s3 = Store::open(&d.path().join("c")).unwrap();
+        unpack(&s3, "foo", &e.key, &bytes[..], &Check::default()).unwrap();
+        assert!(s3.has_unverified());
+        let mut out = Vec::new();
+        assert!(matches!(
+            pack(&s3, "foo", &e.key, &mut out, 3, Some(&key)).unwrap(),
+            Packed::Unverified
+        ));
+        // The provenance is never packed.
+        let mut out = Vec::new();
+        pack(&s2, "foo", &e.key, &mut out, 3, None).unwrap();
+        assert!(peek_manifest(&out).unwrap().pulled.is_none());
+    }
+
+    #[test]
     fn wrong_name_and_corruption_import_nothing() {
         let (d, s, e) = store_with_entry();
         let bytes = packed(&s, &e);
