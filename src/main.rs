@@ -2,7 +2,7 @@
 kache: a content-addressed build cache for Rust.
 
 The mode is decided from argv before anything else: when cargo runs us as
-`RUSTC_WRAPPER` (argv[1] is rustc or clippy-driver, or a workspace wrapper
+`RUSTC_WRAPPER` (`argv[1]` is rustc or clippy-driver, or a workspace wrapper
 followed by one) we go straight to the wrapper, which reads no more
 settings than it needs. Otherwise the command line is parsed by clap.
 */
