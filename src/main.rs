@@ -13,6 +13,8 @@ mod commands;
 mod config;
 mod daemon;
 mod debugmap;
+mod doctor;
+mod init;
 mod lockfile;
 mod remote;
 mod store;
@@ -45,6 +47,12 @@ fn main() -> ExitCode {
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     use cli::Command;
+    // These two must work whatever the config file holds.
+    match &cli.command {
+        Some(Command::Doctor(c)) => return doctor::doctor(config::Config::load(), c),
+        Some(Command::Init(c)) => return init::init(c),
+        _ => {}
+    }
     let cfg = config::Config::load()?;
     match cli.command {
         None => commands::status(&cfg, cli.json),
@@ -57,6 +65,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Daemon(c)) => daemon::run(cfg, &c),
         Some(Command::WhyMiss(c)) => why::why_miss(&cfg, &c),
         Some(Command::DebugMap(c)) => debugmap::debug_map(&c),
+        Some(Command::Init(_) | Command::Doctor(_)) => unreachable!("handled above"),
     }
 }
 

@@ -26,7 +26,7 @@ use super::args::is_rustc_like;
 
 /// kache's own subcommands (and clap's `help`): never a wrapper call.
 /// Kept equal to clap's list by a test.
-pub(crate) const SUBCOMMANDS: [&str; 10] = [
+pub(crate) const SUBCOMMANDS: [&str; 12] = [
     "sync",
     "list",
     "stats",
@@ -36,6 +36,8 @@ pub(crate) const SUBCOMMANDS: [&str; 10] = [
     "why-miss",
     "daemon",
     "debug-map",
+    "init",
+    "doctor",
     "help",
 ];
 
