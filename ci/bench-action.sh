@@ -25,6 +25,8 @@ cp "$ROOT/target/release/kache" "$WORK/home/.kache-bin/bin/kache"
 cd "$WORK/src"
 cargo fetch --quiet
 unset RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER KACHE_CACHE_DIR
+# The runs below get a HOME of their own: keep the toolchain where it is.
+export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$WORK/src/target"
 
 now() { date +%s.%N; }
@@ -41,13 +43,13 @@ run() {  # one CI run of the action on the default branch
   export HOME="$WORK/home" GITHUB_ENV="$gh/env" GITHUB_PATH="$gh/path" GITHUB_OUTPUT="$gh/out" \
     GITHUB_STEP_SUMMARY="$gh/summary" GITHUB_EVENT_NAME=push GITHUB_EVENT_PATH="$gh/event.json" \
     GITHUB_REF=refs/heads/main GITHUB_RUN_ID="$1"
-  bash "$ROOT/ci/github/kache-ci.sh" env
+  bash "$ROOT/ci/github/kache-ci.sh" env >&2
   set -a; . "$GITHUB_ENV"; set +a
   export PATH="$HOME/.kache-bin/bin:$PATH"
-  bash "$ROOT/ci/github/kache-ci.sh" pull >/dev/null
+  bash "$ROOT/ci/github/kache-ci.sh" pull >&2
   rm -rf target
   t=$(timed cargo build --offline --locked)
-  bash "$ROOT/ci/github/kache-ci.sh" finish
+  bash "$ROOT/ci/github/kache-ci.sh" finish >&2
   echo "$t"
 }
 t1=$(run 1)
