@@ -36,6 +36,11 @@ pub(crate) enum Command {
     /// Explain the last miss of a crate: which key inputs differ from the
     /// nearest stored entry.
     WhyMiss(WhyMissCmd),
+    /// Switch kache on for cargo (build.rustc-wrapper in
+    /// ~/.cargo/config.toml, or the project's).
+    Init(InitCmd),
+    /// Check the setup: wrapper, cc, store, config, remote, clock, daemon.
+    Doctor(DoctorCmd),
     /// Print the source-path mapping a debugger needs to find the sources
     /// of cached builds (for its init file).
     DebugMap(DebugMapCmd),
@@ -63,6 +68,26 @@ pub(crate) enum KeyAction {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitCmd {
+    /// Write the project's .cargo/config.toml (at the workspace root)
+    /// instead of $CARGO_HOME/config.toml.
+    #[arg(long)]
+    pub(crate) project: bool,
+    /// Change nothing; exit 1 if kache is not the wrapper cargo runs here.
+    #[arg(long)]
+    pub(crate) check: bool,
+    /// Replace another wrapper (such as sccache) set in that file.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorCmd {
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -168,8 +193,16 @@ pub(crate) struct ListCmd {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatsCmd {
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     pub(crate) json: bool,
+    /// A Markdown summary (for `$GITHUB_STEP_SUMMARY`): hits and misses
+    /// per language, time saved, bytes pulled and pushed, top misses.
+    #[arg(long)]
+    pub(crate) markdown: bool,
+    /// Count only events since this Unix time (seconds), or this long ago
+    /// (`30m`, `2h`).
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) since: Option<String>,
 }
 
 #[derive(Debug, Args)]

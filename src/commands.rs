@@ -50,7 +50,7 @@ fn load_all(store: &Store, only: Option<&str>) -> Result<Vec<Loaded>> {
 }
 
 /// Total bytes and count of the blobs on disk.
-fn blob_usage(store: &Store) -> (u64, u64) {
+pub(crate) fn blob_usage(store: &Store) -> (u64, u64) {
     let mut bytes = 0;
     let mut count = 0;
     for (_, meta) in store.walk_blobs() {
@@ -165,6 +165,14 @@ pub(crate) fn format_age(s: u64) -> String {
     }
 }
 
+/// Hits, misses and pass-throughs of one language.
+#[derive(Clone, Copy, Default, serde::Serialize)]
+struct LangCounts {
+    hits: u64,
+    misses: u64,
+    passthrough: u64,
+}
+
 /// Counts from the event log.
 #[derive(Default)]
 struct EventStats {
@@ -178,9 +186,18 @@ struct EventStats {
     hit_ms: u64,
     verified: u64,
     mismatches: u64,
+    /// By language (`rust`, `c`): events name theirs, Rust by default.
+    langs: BTreeMap<String, LangCounts>,
+    pulled: u64,
+    pulled_bytes: u64,
+    pushed: u64,
+    pushed_bytes: u64,
+    /// The misses and pass-throughs of named crates, for the summary's
+    /// top misses.
+    missed: Vec<serde_json::Value>,
 }
 
-fn read_events(store: &Store) -> EventStats {
+fn read_events(store: &Store, since: u64) -> EventStats {
     let mut s = EventStats::default();
     let Ok(f) = fs::File::open(store.events_path()) else {
         return s;
@@ -189,23 +206,42 @@ fn read_events(store: &Store) -> EventStats {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
+        if v["ts"].as_u64().unwrap_or(0) < since {
+            continue;
+        }
         let ms = v["ms"].as_u64().unwrap_or(0);
+        // Compiles of a crate only: cargo's own `rustc -vV` and
+        // `--print` queries name none.
+        let named = v["crate"].as_str().is_some_and(|c| !c.is_empty());
+        let lang = v["lang"].as_str().unwrap_or("rust").to_string();
         match v["result"].as_str() {
             Some("local_hit" | "remote_hit") => {
                 s.hits += 1;
                 s.hit_ms += ms;
                 s.saved_ms += v["compile_ms"].as_u64().unwrap_or(0).saturating_sub(ms);
+                s.langs.entry(lang).or_default().hits += 1;
             }
-            Some("miss") => s.misses += 1,
+            Some("miss") => {
+                s.misses += 1;
+                s.langs.entry(lang).or_default().misses += 1;
+                if named {
+                    s.missed.push(v);
+                }
+            }
             Some("passthrough") => {
                 s.passthrough += 1;
-                // Compiles of a crate only: cargo's own `rustc -vV` and
-                // `--print` queries name none.
-                if let Some(r) = v["reason"].as_str()
-                    && v["crate"].as_str().is_some_and(|c| !c.is_empty())
-                {
+                if let (Some(r), true) = (v["reason"].as_str(), named) {
                     *s.reasons.entry(r.to_string()).or_default() += 1;
+                    s.langs.entry(lang).or_default().passthrough += 1;
+                    s.missed.push(v);
                 }
+            }
+            Some("sync") => {
+                let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                s.pulled += n("pulled");
+                s.pulled_bytes += n("pulled_bytes");
+                s.pushed += n("pushed");
+                s.pushed_bytes += n("pushed_bytes");
             }
             Some("error") => s.errors += 1,
             Some("verified") => s.verified += 1,
@@ -216,20 +252,44 @@ fn read_events(store: &Store) -> EventStats {
     s
 }
 
+/// `--since`: a Unix time in seconds, or a duration ago.
+fn parse_since(s: Option<&str>) -> Result<u64> {
+    let Some(s) = s else { return Ok(0) };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map_err(|_| anyhow!("--since {s}: not a Unix time"));
+    }
+    let ago = parse_duration(s).ok_or_else(|| {
+        anyhow!("--since {s}: expected a Unix time in seconds or a duration such as 30m or 2h")
+    })?;
+    Ok(now_secs().saturating_sub(ago))
+}
+
+fn hit_rate(hits: u64, misses: u64) -> f64 {
+    let lookups = hits + misses;
+    if lookups == 0 {
+        0.0
+    } else {
+        #[allow(clippy::cast_precision_loss)]
+        let r = hits as f64 * 100.0 / lookups as f64;
+        r
+    }
+}
+
 /// `kache stats`.
 pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
     let store = Store::at(&cfg.cache_dir.value);
+    let since = parse_since(c.since.as_deref())?;
+    let ev = read_events(&store, since);
+    if c.markdown {
+        print_markdown(&store, &ev)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let all = load_all(&store, None)?;
     let logical: u64 = all.iter().map(|l| l.entry.size()).sum();
     let (stored, blobs) = blob_usage(&store);
-    let ev = read_events(&store);
-    let lookups = ev.hits + ev.misses;
-    #[allow(clippy::cast_precision_loss)]
-    let rate = if lookups == 0 {
-        0.0
-    } else {
-        ev.hits as f64 * 100.0 / lookups as f64
-    };
+    let rate = hit_rate(ev.hits, ev.misses);
     let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
     // Provenance: built here, or pulled (by the key that signed it, or
     // unverified).
@@ -268,6 +328,11 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
                 "pulled_signed_by": signed,
                 "pulled_unverified": unverified,
             },
+            "languages": ev.langs,
+            "pulled": ev.pulled,
+            "pulled_bytes": ev.pulled_bytes,
+            "pushed": ev.pushed,
+            "pushed_bytes": ev.pushed_bytes,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -308,6 +373,16 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "time saved:   {:.1}s",
         Duration::from_millis(ev.saved_ms).as_secs_f64()
     )?;
+    if ev.pulled + ev.pushed > 0 {
+        writeln!(
+            out,
+            "synced:       {} entries pulled ({}), {} pushed ({})",
+            ev.pulled,
+            format_size(ev.pulled_bytes),
+            ev.pushed,
+            format_size(ev.pushed_bytes)
+        )?;
+    }
     if ev.verified + ev.mismatches > 0 {
         writeln!(
             out,
@@ -316,6 +391,71 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The name a language goes by in the summary.
+fn lang_title(lang: &str) -> &str {
+    match lang {
+        "rust" => "Rust",
+        "c" => "C/C++",
+        other => other,
+    }
+}
+
+/// `kache stats --markdown`: the job summary.
+fn print_markdown(store: &Store, ev: &EventStats) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "### kache")?;
+    writeln!(out)?;
+    writeln!(out, "| language | hits | misses | not cached | hit rate |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    for (lang, n) in &ev.langs {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.1}% |",
+            lang_title(lang),
+            n.hits,
+            n.misses,
+            n.passthrough,
+            hit_rate(n.hits, n.misses)
+        )?;
+    }
+    writeln!(
+        out,
+        "| **all** | **{}** | **{}** | **{}** | **{:.1}%** |",
+        ev.hits,
+        ev.misses,
+        ev.reasons.values().sum::<u64>(),
+        hit_rate(ev.hits, ev.misses)
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Time saved: **{:.1} s**. Pulled: {} entries ({}). Pushed: {} entries ({}).",
+        Duration::from_millis(ev.saved_ms).as_secs_f64(),
+        ev.pulled,
+        format_size(ev.pulled_bytes),
+        ev.pushed,
+        format_size(ev.pushed_bytes)
+    )?;
+    let mut top: Vec<&serde_json::Value> = ev.missed.iter().collect();
+    top.sort_by_key(|v| std::cmp::Reverse(v["compile_ms"].as_u64().unwrap_or(0)));
+    top.truncate(10);
+    if !top.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "| top misses | compile time | why |")?;
+        writeln!(out, "|---|---:|---|")?;
+        for v in top {
+            let why = crate::why::reason(store, v).replace('|', "\\|");
+            writeln!(
+                out,
+                "| {} | {:.1} s | {why} |",
+                v["crate"].as_str().unwrap_or_default(),
+                Duration::from_millis(v["compile_ms"].as_u64().unwrap_or(0)).as_secs_f64()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `kache gc`: the store's own policy (`store::gc`) does the work; this

@@ -2,7 +2,7 @@
 kache: a content-addressed build cache for Rust.
 
 The mode is decided from argv before anything else: when cargo runs us as
-`RUSTC_WRAPPER` (argv[1] is rustc or clippy-driver, or a workspace wrapper
+`RUSTC_WRAPPER` (`argv[1]` is rustc or clippy-driver, or a workspace wrapper
 followed by one) we go straight to the wrapper, which reads no more
 settings than it needs. Otherwise the command line is parsed by clap.
 */
@@ -13,6 +13,8 @@ mod commands;
 mod config;
 mod daemon;
 mod debugmap;
+mod doctor;
+mod init;
 mod lockfile;
 mod remote;
 mod store;
@@ -46,6 +48,12 @@ fn main() -> ExitCode {
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     use cli::Command;
+    // These two must work whatever the config file holds.
+    match &cli.command {
+        Some(Command::Doctor(c)) => return doctor::doctor(config::Config::load(), c),
+        Some(Command::Init(c)) => return init::init(c),
+        _ => {}
+    }
     let cfg = config::Config::load()?;
     match cli.command {
         None => commands::status(&cfg, cli.json),
@@ -58,6 +66,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Daemon(c)) => daemon::run(cfg, &c),
         Some(Command::WhyMiss(c)) => why::why_miss(&cfg, &c),
         Some(Command::DebugMap(c)) => debugmap::debug_map(&c),
+        Some(Command::Init(_) | Command::Doctor(_)) => unreachable!("handled above"),
         Some(Command::Key(c)) => match &c.action {
             cli::KeyAction::Generate { name, out } => trust::generate_cmd(name, out),
         },

@@ -107,6 +107,74 @@ fn passed_through(name: &str, ev: &serde_json::Value, json_out: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// The key inputs that name a compile's target within its package.
+const SAME_TARGET: [&str; 4] = [
+    "arg --crate-name",
+    "arg --crate-type",
+    "arg input",
+    "arg --test",
+];
+
+/// The stored entry of `name` whose key inputs differ least from those
+/// of a logged miss, with the differences.
+fn nearest(
+    store: &Store,
+    name: &str,
+    miss: &serde_json::Value,
+) -> Result<Option<(Entry, Vec<Difference>)>> {
+    let miss_key = miss["key"].as_str().unwrap_or_default();
+    let miss_inputs: BTreeMap<String, String> =
+        serde_json::from_value(miss["inputs"].clone()).unwrap_or_default();
+    let mut best: Option<(Entry, Vec<Difference>)> = None;
+    for r in store.list_crate(name)? {
+        if r.key == miss_key {
+            continue;
+        }
+        let Ok(Some(e)) = store.get(name, &r.key) else {
+            continue;
+        };
+        // Only an entry of the same target (library, binary, test of
+        // the package) can tell what changed.
+        if e.explain.is_empty()
+            || SAME_TARGET
+                .iter()
+                .any(|k| miss_inputs.get(*k) != e.explain.get(*k))
+        {
+            continue;
+        }
+        let d = differences(&miss_inputs, &e.explain);
+        let better = best.as_ref().is_none_or(|(be, bd)| {
+            d.len() < bd.len() || (d.len() == bd.len() && e.created > be.created)
+        });
+        if better {
+            best = Some((e, d));
+        }
+    }
+    Ok(best)
+}
+
+/// One line on why a logged miss or pass-through was not a hit, for
+/// `kache stats --markdown`.
+pub(crate) fn reason(store: &Store, ev: &serde_json::Value) -> String {
+    if ev["result"] == "passthrough" {
+        return format!(
+            "not cached: {}",
+            ev["reason"].as_str().unwrap_or("passed through")
+        );
+    }
+    let name = ev["crate"].as_str().unwrap_or_default();
+    match nearest(store, name, ev) {
+        Ok(Some((_, d))) if !d.is_empty() => {
+            let mut kinds: Vec<&str> = d.iter().map(|x| kind(&x.input)).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            format!("changed: {} (`{}`)", kinds.join(", "), d[0].input)
+        }
+        Ok(Some(_)) => "an entry with the same inputs was stored meanwhile".to_string(),
+        Ok(None) | Err(_) => "first compile here".to_string(),
+    }
+}
+
 pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
     let store = Store::at(&cfg.cache_dir.value);
     let name = normalize_crate(&c.crate_name);
@@ -120,27 +188,7 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
         return passed_through(&name, &miss, c.json);
     }
     let miss_key = miss["key"].as_str().unwrap_or_default().to_string();
-    let miss_inputs: BTreeMap<String, String> =
-        serde_json::from_value(miss["inputs"].clone()).unwrap_or_default();
-    let mut best: Option<(Entry, Vec<Difference>)> = None;
-    for r in store.list_crate(&name)? {
-        if r.key == miss_key {
-            continue;
-        }
-        let Ok(Some(e)) = store.get(&name, &r.key) else {
-            continue;
-        };
-        if e.explain.is_empty() {
-            continue;
-        }
-        let d = differences(&miss_inputs, &e.explain);
-        let better = best.as_ref().is_none_or(|(be, bd)| {
-            d.len() < bd.len() || (d.len() == bd.len() && e.created > be.created)
-        });
-        if better {
-            best = Some((e, d));
-        }
-    }
+    let best = nearest(&store, &name, &miss)?;
     let short = |k: &str| k.get(..12).unwrap_or(k).to_string();
     if c.json {
         let nearest = best.as_ref().map(|(e, d)| {

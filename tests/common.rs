@@ -218,3 +218,13 @@ pub(crate) fn cargo_plain(ws: &Path, target: &Path, args: &[&str]) -> Command {
         .env("CARGO_BUILD_JOBS", "2");
     c
 }
+
+/// Asserts that a command succeeded, showing its output if not.
+pub(crate) fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", show(o));
+}
+
+/// Stdout as text.
+pub(crate) fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::{cargo_plain, cargo_through_kache, copy_tree, show};
 
+mod everyday;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/diff")

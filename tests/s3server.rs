@@ -309,6 +309,9 @@ struct ProxyState {
     injected: AtomicUsize,
     /// Send response bodies this many bytes at a time, pausing between.
     trickle: Mutex<Option<(usize, Duration)>>,
+    /// A `Date` header to answer with instead of the server's (a server
+    /// whose clock is off).
+    date: Mutex<Option<String>>,
 }
 
 /// A fault-injecting HTTP/1.1 proxy in front of a server.
@@ -349,6 +352,7 @@ impl Proxy {
             random: Mutex::new((0.0, 0x9e37_79b9_7f4a_7c15)),
             injected: AtomicUsize::new(0),
             trickle: Mutex::new(None),
+            date: Mutex::new(None),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -368,6 +372,11 @@ impl Proxy {
             state,
             addr,
         }
+    }
+
+    /// Answers with this `Date` header instead of the server's.
+    pub(crate) fn set_date(&self, date: &str) {
+        *self.state.date.lock().unwrap() = Some(date.to_string());
     }
 
     /// The next requests get these faults, in order.
@@ -603,6 +612,21 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             }
             (None, Some(resp)) => {
                 let (h, b) = resp?;
+                let h = match &*st.date.lock().unwrap() {
+                    Some(d) => String::from_utf8_lossy(&h)
+                        .split("\r\n")
+                        .map(|l| {
+                            if l.to_ascii_lowercase().starts_with("date:") {
+                                format!("Date: {d}")
+                            } else {
+                                l.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\r\n")
+                        .into_bytes(),
+                    None => h,
+                };
                 client.write_all(&h)?;
                 let trickle = *st.trickle.lock().unwrap();
                 match trickle {

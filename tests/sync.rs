@@ -840,13 +840,11 @@ fn aws_env_credentials_with_a_session_token() {
     );
     let all = format!("{}{}", stdout(&o), stderr(&o));
     assert!(!all.contains("tOkEn-that-must-not-leak"), "{all}");
-    if o.status.success() {
-        assert!(
-            stdout(&o).contains("pushed        2 entries"),
-            "{}",
-            show(&o)
-        );
-    }
+    assert!(
+        o.status.success() && stdout(&o).contains("pushed        2 entries"),
+        "{}",
+        show(&o)
+    );
 }
 
 #[test]
@@ -1498,6 +1496,15 @@ fn wait_for(proxy: &Proxy, n: usize, pred: impl Fn(&crate::s3server::Seen) -> bo
     }
 }
 
+/// Waits (at most a minute) until `cond` holds.
+fn wait_until(cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(60), "never got there");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn kill_9_mid_push_and_mid_pull_leaves_no_half_entry() {
     let w = World::new();
@@ -1510,7 +1517,7 @@ fn kill_9_mid_push_and_mid_pull_leaves_no_half_entry() {
     proxy.set_delay(Duration::from_millis(400));
     let mut child = spawn_sync(&w, &proxy, &a, &nowhere, &["--push"]);
     wait_for(&proxy, 3, |s| s.method == "PUT");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(|| tmp_files(&a) > 0);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let leftovers = tmp_files(&a);
@@ -1530,7 +1537,7 @@ fn kill_9_mid_push_and_mid_pull_leaves_no_half_entry() {
     let b = w.cache("b");
     let mut child = spawn_sync(&w, &proxy, &b, &nowhere, &["--pull"]);
     wait_for(&proxy, 4, |s| s.path.ends_with(".tar.zst"));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(|| tmp_files(&b) > 0);
     child.kill().unwrap();
     child.wait().unwrap();
     proxy.set_trickle(None);

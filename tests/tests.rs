@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)]
 
+mod adoption;
 mod commands;
 mod common;
 mod daemon;

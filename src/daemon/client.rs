@@ -227,6 +227,11 @@ fn ask(root: &Path, req: &Request, timeout: Duration) -> Result<String> {
     protocol::read_line(BufReader::new(&s)).context("the daemon did not answer")
 }
 
+/// Whether a daemon answers for the store at `root`.
+pub(crate) fn running(root: &Path) -> bool {
+    ask_status(root).is_ok()
+}
+
 fn ask_status(root: &Path) -> Result<Status> {
     let line = ask(root, &Request::Status, Duration::from_secs(5))?;
     serde_json::from_str(&line).map_err(|_| anyhow!("unexpected answer from the daemon"))

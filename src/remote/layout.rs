@@ -62,6 +62,17 @@ pub(crate) fn root_prefix(prefix: &str) -> String {
     }
 }
 
+/// The prefix of kache's own objects (use records, the gc lock, doctor
+/// probes), beside the crates: `{prefix}/.kache/`.
+pub(crate) fn meta_prefix(prefix: &str) -> String {
+    format!("{}.kache/", root_prefix(prefix))
+}
+
+/// The small object `kache doctor` writes, reads back and deletes.
+pub(crate) fn doctor_probe(prefix: &str, tag: &str) -> String {
+    format!("{}doctor/{tag}", meta_prefix(prefix))
+}
+
 /// The crate a listing prefix stands for (`None` for the root prefix,
 /// which holds every crate).
 pub(crate) fn prefix_crate(prefix: &str, listing: &str) -> Option<String> {

@@ -140,6 +140,9 @@ pub(crate) struct S3Remote {
     down: Mutex<Option<RemoteError>>,
     /// Strings that must never appear in a message.
     secrets: Vec<String>,
+    /// The server's clock less ours, in seconds, from the `Date` header
+    /// of the last answer (for `kache doctor`).
+    skew: Mutex<Option<i64>>,
 }
 
 impl S3Remote {
@@ -207,6 +210,7 @@ impl S3Remote {
             answered: AtomicBool::new(false),
             down: Mutex::new(None),
             secrets,
+            skew: Mutex::new(None),
         })
     }
 
@@ -333,6 +337,19 @@ impl S3Remote {
     /// (reading the S3 error XML, never echoing its `<Resource>`).
     fn check_status(&self, mut resp: Response<Body>) -> Result<Response<Body>, RemoteError> {
         self.answered.store(true, Ordering::SeqCst);
+        if let Some(server) = resp
+            .headers()
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+        {
+            let ours = i64::try_from(crate::store::now_secs()).unwrap_or(i64::MAX);
+            let server = i64::try_from(server).unwrap_or(i64::MAX);
+            *self
+                .skew
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(server - ours);
+        }
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(resp);
@@ -716,6 +733,29 @@ pub(crate) fn parse_http_time(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
+impl S3Remote {
+    /// The server's clock less ours, in seconds, as of the last answer
+    /// that carried a `Date` header.
+    pub(crate) fn clock_skew(&self) -> Option<i64> {
+        *self
+            .skew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An HTTP `Date` header (`Thu, 03 Dec 2026 22:27:15 GMT`) as seconds
+/// since the epoch.
+pub(crate) fn parse_http_date(s: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut f = s.split_whitespace().skip(1);
+    let (day, mon, year, time) = (f.next()?, f.next()?, f.next()?, f.next()?);
+    let m = MONTHS.iter().position(|x| *x == mon)? + 1;
+    parse_http_time(&format!("{year}-{m:02}-{day}T{time}Z"))
+}
+
 /// A failure to write a download to the local disk.
 fn local_error(dest: &Path, e: &io::Error) -> RemoteError {
     RemoteError::new(
@@ -936,6 +976,16 @@ mod tests {
             ErrorKind::BadSignature
         );
         assert!(ErrorKind::BadSignature.is_fatal() && !ErrorKind::Transient.is_fatal());
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:01:40 GMT"), Some(100));
+        assert_eq!(
+            parse_http_date("Thu, 03 Dec 2026 22:27:15 GMT"),
+            parse_http_time("2026-12-03T22:27:15Z")
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     });
     // `fatal` in --json: whatever stopped the sync, this included.
     summary.fatal.clone_from(&stopped);
+    if !cmd.dry_run {
+        log_sync(cfg, &summary);
+    }
     if cmd.dry_run {
         if let Some(plan) = &plan {
             report::print_plan(plan, &summary.failed_listings, &summary.filtered, cmd.json)?;
@@ -139,6 +142,23 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records what a sync moved in the event log, for `kache stats`.
+fn log_sync(cfg: &Config, s: &report::Summary) {
+    if s.pulled.entries + s.pushed.entries == 0 {
+        return;
+    }
+    let line = serde_json::json!({
+        "ts": crate::store::now_secs(),
+        "crate": "",
+        "result": "sync",
+        "pulled": s.pulled.entries,
+        "pulled_bytes": s.pulled.bytes,
+        "pushed": s.pushed.entries,
+        "pushed_bytes": s.pushed.bytes,
+    });
+    Store::at(&cfg.cache_dir.value).log_event(&line.to_string());
 }
 
 /// The sync itself, filling the reporter's summary. Returns the plan for

@@ -63,7 +63,7 @@ struct UseRecord {
 }
 
 fn meta_prefix(prefix: &str) -> String {
-    format!("{}.kache/", layout::root_prefix(prefix))
+    layout::meta_prefix(prefix)
 }
 
 fn uses_prefix(prefix: &str) -> String {

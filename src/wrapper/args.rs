@@ -178,6 +178,15 @@ pub(crate) fn classify(
     cache_executables: bool,
     out_dir_env: Option<&str>,
 ) -> Verdict {
+    match parse(args).and_then(|(c, inputs)| complete(c, inputs, cache_executables, out_dir_env)) {
+        Ok(c) => Verdict::Cache(Box::new(c)),
+        Err(reason) => Verdict::Pass(reason),
+    }
+}
+
+/// Reads the arguments into a `Compile` and its inputs, or the reason a
+/// flag makes the call uncacheable.
+fn parse(args: &[String]) -> Result<(Compile, Vec<String>), &'static str> {
     let mut c = Compile::default();
     let mut inputs: Vec<String> = Vec::new();
     let mut emit_seen = false;
@@ -185,29 +194,21 @@ pub(crate) fn classify(
     for t in tokenize(args) {
         let v = t.value.clone();
         match t.flag.as_str() {
-            "-vV" | "-V" | "--version" | "--help" | "-h" => return Verdict::Pass("not a compile"),
-            "-o" => return Verdict::Pass("-o"),
-            "--print" => return Verdict::Pass("--print"),
-            "--explain" | "--pretty" | "--unpretty" => return Verdict::Pass("not a compile"),
-            "-Z" if v.starts_with("unpretty") => return Verdict::Pass("not a compile"),
-            "--sysroot" => return Verdict::Pass("--sysroot"),
+            "-vV" | "-V" | "--version" | "--help" | "-h" => return Err("not a compile"),
+            "-o" => return Err("-o"),
+            "--print" => return Err("--print"),
+            "--explain" | "--pretty" | "--unpretty" => return Err("not a compile"),
+            "-Z" if v.starts_with("unpretty") => return Err("not a compile"),
+            "--sysroot" => return Err("--sysroot"),
             "--test" => c.test = true,
             "--crate-name" => c.crate_name = v,
             "--out-dir" => c.out_dir = PathBuf::from(v),
             "--emit" => {
                 if emit_seen {
-                    return Verdict::Pass("--emit twice");
+                    return Err("--emit twice");
                 }
                 emit_seen = true;
-                for k in v.split(',') {
-                    if k.contains('=') {
-                        return Verdict::Pass("--emit with a path");
-                    }
-                    match k {
-                        "link" | "metadata" | "dep-info" => c.emit.push(k.to_string()),
-                        _ => return Verdict::Pass("unsupported emit kind"),
-                    }
-                }
+                c.emit = emit_kinds(&v)?;
             }
             "--crate-type" => c.crate_types.extend(v.split(',').map(String::from)),
             "--extern" => match v.split_once('=') {
@@ -230,86 +231,116 @@ pub(crate) fn classify(
                 let n = n.split(':').next().unwrap_or("").to_string();
                 c.libs.push((k, n));
             }
-            "-C" => {
-                let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
-                match k {
-                    // Dropped from the argv we run.
-                    "incremental" => continue,
-                    "extra-filename" => c.extra_filename = val.to_string(),
-                    "linker" => c.linker = Some(val.to_string()),
-                    "instrument-coverage" => c.coverage = switch_on(val),
-                    "split-debuginfo" if val != "off" => {
-                        return Verdict::Pass("split debuginfo");
-                    }
-                    "save-temps" => return Verdict::Pass("-C save-temps"),
-                    // The linker writes a file beside the output that a
-                    // hit would not produce (a map, an import library).
-                    "link-arg" | "link-args" if writes_file(val) => {
-                        return Verdict::Pass("link argument writes a file");
-                    }
-                    _ => {}
-                }
-            }
+            // Dropped from the argv we run.
+            "-C" if v.split('=').next() == Some("incremental") => continue,
+            "-C" => codegen_option(&mut c, &v)?,
             "-Z" if v.starts_with("instrument-coverage") => {
                 c.coverage = switch_on(v.split_once('=').map_or("", |(_, x)| x));
             }
-            "" if v == "-" => return Verdict::Pass("stdin input"),
+            "" if v == "-" => return Err("stdin input"),
             "" => inputs.push(v),
             _ => {}
         }
         run_args.extend(args[t.raw].iter().cloned());
     }
     c.run_args = run_args;
+    Ok((c, inputs))
+}
+
+/// The kinds of one `--emit`: `link`, `metadata` and `dep-info` only,
+/// each to its default path.
+fn emit_kinds(v: &str) -> Result<Vec<String>, &'static str> {
+    v.split(',')
+        .map(|k| {
+            if k.contains('=') {
+                return Err("--emit with a path");
+            }
+            match k {
+                "link" | "metadata" | "dep-info" => Ok(k.to_string()),
+                _ => Err("unsupported emit kind"),
+            }
+        })
+        .collect()
+}
+
+/// One `-C` option: what kache needs to know of it, or why it makes the
+/// compile uncacheable.
+fn codegen_option(c: &mut Compile, v: &str) -> Result<(), &'static str> {
+    let (k, val) = v.split_once('=').unwrap_or((v, ""));
+    match k {
+        "extra-filename" => c.extra_filename = val.to_string(),
+        "linker" => c.linker = Some(val.to_string()),
+        "instrument-coverage" => c.coverage = switch_on(val),
+        "split-debuginfo" if val != "off" => return Err("split debuginfo"),
+        "save-temps" => return Err("-C save-temps"),
+        // The linker writes a file beside the output that a hit would
+        // not produce (a map, an import library).
+        "link-arg" | "link-args" if writes_file(val) => {
+            return Err("link argument writes a file");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks a parsed compile is one kache caches: one input, an out dir,
+/// link or metadata with dep-info, known crate types, not a build-script
+/// probe, every `--extern` with a path.
+fn complete(
+    mut c: Compile,
+    mut inputs: Vec<String>,
+    cache_executables: bool,
+    out_dir_env: Option<&str>,
+) -> Result<Compile, &'static str> {
     if c.crate_name.is_empty() {
-        return Verdict::Pass("no --crate-name");
+        return Err("no --crate-name");
     }
     match inputs.len() {
-        0 => return Verdict::Pass("no input"),
+        0 => return Err("no input"),
         1 => c.input = inputs.remove(0),
-        _ => return Verdict::Pass("several inputs"),
+        _ => return Err("several inputs"),
     }
     if c.out_dir.as_os_str().is_empty() {
-        return Verdict::Pass("no --out-dir");
+        return Err("no --out-dir");
     }
-    let has = |k: &str| c.emit.iter().any(|e| e == k);
-    if !has("link") && !has("metadata") {
-        return Verdict::Pass("no link or metadata emit");
+    if !c.emits("link") && !c.emits("metadata") {
+        return Err("no link or metadata emit");
     }
-    if !has("dep-info") {
-        return Verdict::Pass("no dep-info emit");
+    if !c.emits("dep-info") {
+        return Err("no dep-info emit");
     }
     if c.test {
         c.crate_types = vec!["bin".to_string()];
     }
     if c.crate_types.is_empty() {
-        return Verdict::Pass("no --crate-type");
+        return Err("no --crate-type");
     }
     for t in &c.crate_types {
         if !matches!(
             t.as_str(),
             "lib" | "rlib" | "staticlib" | "bin" | "proc-macro" | "dylib" | "cdylib"
         ) {
-            return Verdict::Pass("unknown crate type");
+            return Err("unknown crate type");
         }
     }
     if !cache_executables && c.links() {
-        return Verdict::Pass("executables not cached");
+        return Err("executables not cached");
     }
     if let Some(od) = out_dir_env
-        && !has("link")
+        && !c.emits("link")
         && !od.is_empty()
         && c.out_dir.starts_with(od)
     {
-        return Verdict::Pass("build-script probe");
+        return Err("build-script probe");
     }
     const SYSROOT: [&str; 5] = ["proc_macro", "std", "core", "alloc", "test"];
     if c.externs
         .iter()
         .any(|(n, p)| p.is_none() && !SYSROOT.contains(&n.as_str()))
     {
-        return Verdict::Pass("--extern without a path");
+        return Err("--extern without a path");
     }
-    Verdict::Cache(Box::new(c))
+    Ok(c)
 }
 
 impl Compile {

@@ -8,7 +8,7 @@ wrapper call; every other argv goes to clap, so a typo such as
 - cargo's `RUSTC_WRAPPER`: `kache /path/to/rustc ARGS` (also
   clippy-driver), recognised by the program's file stem;
 - with `RUSTC_WORKSPACE_WRAPPER` too: `kache WRAPPER rustc ARGS`, and
-  `kache clippy-driver rustc ARGS` (argv[2] names rustc);
+  `kache clippy-driver rustc ARGS` (`argv[2]` names rustc);
 - the `cc` crate (1.x, `rustc_wrapper_fallback`) runs C/C++ compilers
   through `RUSTC_WRAPPER` when its file stem is `kache` (as for sccache):
   `kache COMPILER ARGS`, where COMPILER is `$CC`/`$CXX` (a path to an
@@ -26,7 +26,7 @@ use super::args::is_rustc_like;
 
 /// kache's own subcommands (and clap's `help`): never a wrapper call.
 /// Kept equal to clap's list by a test.
-pub(crate) const SUBCOMMANDS: [&str; 11] = [
+pub(crate) const SUBCOMMANDS: [&str; 13] = [
     "sync",
     "list",
     "stats",
@@ -37,6 +37,8 @@ pub(crate) const SUBCOMMANDS: [&str; 11] = [
     "daemon",
     "debug-map",
     "key",
+    "init",
+    "doctor",
     "help",
 ];
 

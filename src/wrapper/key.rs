@@ -565,7 +565,6 @@ pub(crate) fn base_key(
         "compiler-content",
         &probe.program_hash(rustc).unwrap_or_default(),
     );
-
     if c.coverage {
         // Not remapped: the coverage map names the real source paths,
         // compressed, where no scan of the outputs would see them.
@@ -573,7 +572,37 @@ pub(crate) fn base_key(
             h.field("coverage-root", &format!("{sentinel}={real}"));
         }
     }
+    hash_args(&mut h, rustc, args, paths, probe)?;
+    hash_native_libs(&mut h, c, paths, probe)?;
+    if c.links() {
+        hash_linker(&mut h, c, paths, probe)?;
+    }
+    if rustc_name.starts_with("clippy-driver") {
+        hash_clippy_config(&mut h, probe);
+    }
+    let mut vars: Vec<(String, String)> = probe
+        .vars()
+        .into_iter()
+        .filter(|(k, _)| keyed_cargo_var(k))
+        .collect();
+    vars.sort();
+    for (k, v) in vars {
+        h.field(&format!("env:{k}"), &paths.normalize(&v));
+    }
+    hash_declared_inputs(&mut h, declared, paths, probe)?;
+    Ok(h.finish_explained())
+}
 
+/// The arguments: `--cfg`s sorted, `--extern`s by content (and a proc
+/// macro's runtime libraries), a target JSON by content, everything
+/// else by its normalised value (link arguments by their real one).
+fn hash_args(
+    h: &mut KeyHasher,
+    rustc: &str,
+    args: &[String],
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Result<()> {
     let mut cfgs = Vec::new();
     let mut check_cfgs = Vec::new();
     let mut externs: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -585,30 +614,9 @@ pub(crate) fn base_key(
             "--cfg" => cfgs.push(value),
             "--check-cfg" => check_cfgs.push(value),
             "--extern" => {
-                let (name, path) = value.split_once('=').unwrap_or((value.as_str(), ""));
-                let digest = if path.is_empty() {
-                    String::new()
-                } else {
-                    let p = paths.absolute(path);
-                    let d = probe
-                        .hash(&p)
-                        .with_context(|| format!("cannot read --extern {}", p.display()))?;
-                    // A proc macro runs inside this compile: the shared
-                    // libraries it loads are inputs too.
-                    if path.ends_with(".so") {
-                        for lib in probe.runtime_libs(&d) {
-                            let got = probe.hash(&paths.resolve(&lib)).unwrap_or_default();
-                            h.field("runtime-lib", &format!("{lib}:{got}"));
-                        }
-                    }
-                    d
-                };
-                let file = Path::new(path)
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let (name, file, digest) = extern_digest(h, &value, paths, probe)?;
                 externs
-                    .entry(name.to_string())
+                    .entry(name)
                     .or_default()
                     .push(format!("{file}:{digest}"));
             }
@@ -644,11 +652,51 @@ pub(crate) fn base_key(
         files.sort();
         h.field("--extern", &format!("{name}={}", files.join(",")));
     }
+    Ok(())
+}
 
-    // Native libraries on the search paths: `-l static=` ones by name,
-    // and every static library there, since `#[link(kind = "static")]`
-    // in the source bundles one that no argument names; and every crate
-    // there, since `extern crate x;` loads one from them.
+/// One `--extern name=path`: (name, file name, content digest). A proc
+/// macro runs inside the compile: the shared libraries it loads are
+/// keyed too.
+fn extern_digest(
+    h: &mut KeyHasher,
+    value: &str,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Result<(String, String, String)> {
+    let (name, path) = value.split_once('=').unwrap_or((value, ""));
+    let digest = if path.is_empty() {
+        String::new()
+    } else {
+        let p = paths.absolute(path);
+        let d = probe
+            .hash(&p)
+            .with_context(|| format!("cannot read --extern {}", p.display()))?;
+        if path.ends_with(".so") {
+            for lib in probe.runtime_libs(&d) {
+                let got = probe.hash(&paths.resolve(&lib)).unwrap_or_default();
+                h.field("runtime-lib", &format!("{lib}:{got}"));
+            }
+        }
+        d
+    };
+    let file = Path::new(path)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((name.to_string(), file, digest))
+}
+
+/// Native libraries on the search paths: `-l static=` ones by name, and
+/// every static library there, since `#[link(kind = "static")]` in the
+/// source bundles one that no argument names; and every crate there,
+/// since `extern crate x;` loads one from them.
+fn hash_native_libs(
+    h: &mut KeyHasher,
+    c: &Compile,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Result<()> {
     let search: Vec<PathBuf> = c
         .lib_paths
         .iter()
@@ -677,58 +725,60 @@ pub(crate) fn base_key(
             }
         }
     }
+    Ok(())
+}
 
-    if c.links() {
-        let linker = c.linker.clone().unwrap_or_else(|| "cc".to_string());
-        h.field("linker", &paths.normalize(&linker));
-        h.field("linker-version", &probe.identity(&linker, &["--version"])?);
-        // Its content too: a wrapper script that adds flags, or another
-        // `cc` first on PATH, answers `--version` the same.
-        h.field(
-            "linker-content",
-            &probe.program_hash(&linker).unwrap_or_default(),
-        );
-        // Where the driver looks for libraries and its own parts: keyed
-        // by value when set (unset leaves the key as it was).
-        for v in LINKER_ENV {
-            if let Some(x) = probe.var(v) {
-                h.field(&format!("linker-env:{v}"), &x);
+/// For a linked output: the linker's name, `--version`, content, and the
+/// variables that tell the driver where to look.
+fn hash_linker(h: &mut KeyHasher, c: &Compile, paths: &Paths, probe: &dyn Probe) -> Result<()> {
+    let linker = c.linker.clone().unwrap_or_else(|| "cc".to_string());
+    h.field("linker", &paths.normalize(&linker));
+    h.field("linker-version", &probe.identity(&linker, &["--version"])?);
+    // Its content too: a wrapper script that adds flags, or another
+    // `cc` first on PATH, answers `--version` the same.
+    h.field(
+        "linker-content",
+        &probe.program_hash(&linker).unwrap_or_default(),
+    );
+    // Where the driver looks for libraries and its own parts: keyed by
+    // value when set (unset leaves the key as it was).
+    for v in LINKER_ENV {
+        if let Some(x) = probe.var(v) {
+            h.field(&format!("linker-env:{v}"), &x);
+        }
+    }
+    Ok(())
+}
+
+/// clippy-driver reads its configuration from clippy.toml and CLIPPY_ARGS.
+fn hash_clippy_config(h: &mut KeyHasher, probe: &dyn Probe) {
+    h.field("clippy-args", &probe.var("CLIPPY_ARGS").unwrap_or_default());
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = probe.var("CLIPPY_CONF_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(d) = probe.var("CARGO_MANIFEST_DIR") {
+        dirs.extend(Path::new(&d).ancestors().map(Path::to_path_buf));
+    }
+    for d in dirs {
+        for n in ["clippy.toml", ".clippy.toml"] {
+            if let Some(d) = probe.hash(&d.join(n)) {
+                h.field("clippy-toml", &d);
             }
         }
     }
+}
 
-    // clippy-driver reads its configuration from clippy.toml and CLIPPY_ARGS.
-    if rustc_name.starts_with("clippy-driver") {
-        h.field("clippy-args", &probe.var("CLIPPY_ARGS").unwrap_or_default());
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        if let Some(d) = probe.var("CLIPPY_CONF_DIR") {
-            dirs.push(PathBuf::from(d));
-        }
-        if let Some(d) = probe.var("CARGO_MANIFEST_DIR") {
-            dirs.extend(Path::new(&d).ancestors().map(Path::to_path_buf));
-        }
-        for d in dirs {
-            for n in ["clippy.toml", ".clippy.toml"] {
-                if let Some(d) = probe.hash(&d.join(n)) {
-                    h.field("clippy-toml", &d);
-                }
-            }
-        }
-    }
-
-    let mut vars: Vec<(String, String)> = probe
-        .vars()
-        .into_iter()
-        .filter(|(k, _)| keyed_cargo_var(k))
-        .collect();
-    vars.sort();
-    for (k, v) in vars {
-        h.field(&format!("env:{k}"), &paths.normalize(&v));
-    }
-
-    // What the package's build script declared: cargo reruns it (and
-    // recompiles the package) when these change, so a proc macro that
-    // reads them is keyed by them too.
+/// What the package's build script declared (cargo reruns it, and
+/// recompiles the package, when these change, so a proc macro that
+/// reads them is keyed by them too), and what the user declared for
+/// the crate.
+fn hash_declared_inputs(
+    h: &mut KeyHasher,
+    declared: &Declared,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Result<()> {
     let pkg_root = probe.var("CARGO_MANIFEST_DIR").map(PathBuf::from);
     if let Some(out_dir) = probe.var("OUT_DIR") {
         let output = Path::new(&out_dir).with_file_name("output");
@@ -737,7 +787,7 @@ pub(crate) fn base_key(
             let root = pkg_root.clone().unwrap_or_else(|| paths.cwd.clone());
             for f in files {
                 let pat = rel_or_abs(&root, &f);
-                hash_declared(&mut h, "rerun-if-changed", &root, &pat, paths, probe)
+                hash_declared(h, "rerun-if-changed", &root, &pat, paths, probe)
                     .with_context(|| format!("build script input {f}"))?;
             }
             for v in env {
@@ -752,9 +802,9 @@ pub(crate) fn base_key(
     }
     let root = pkg_root.unwrap_or_else(|| paths.cwd.clone());
     for f in &declared.files {
-        hash_declared(&mut h, "declared-file", &root, f, paths, probe)?;
+        hash_declared(h, "declared-file", &root, f, paths, probe)?;
     }
-    Ok(h.finish_explained())
+    Ok(())
 }
 
 /// A declared path as a pattern relative to `root` when it lies under it

@@ -118,75 +118,168 @@ pub(crate) fn link_inputs(
     is_file: &dyn Fn(&Path) -> bool,
     default_dirs: &dyn Fn() -> Vec<PathBuf>,
 ) -> LinkInputs {
-    let ws = words(text.trim());
-    let mut args: Vec<String> = Vec::new();
-    for w in ws.iter().skip_while(|w| is_assignment(w)).skip(1) {
-        match w.strip_prefix("-Wl,") {
-            // The linker's own options, one by one.
-            Some(parts) => args.extend(parts.split(',').map(|p| format!("\u{0}{p}"))),
-            None => args.push(w.clone()),
-        }
-    }
-    let abs = |p: &str| -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            cwd.join(p)
-        }
+    let mut line = LinkLine::parse(text, cwd, is_file);
+    let finder = Finder {
+        cwd,
+        search: &line.search,
+        is_file,
     };
-    let mut search: Vec<PathBuf> = Vec::new();
-    let mut libs: Vec<String> = Vec::new();
-    let mut scripts: Vec<String> = Vec::new();
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut output: Option<PathBuf> = None;
-    let mut i = 0;
-    while i < args.len() {
-        // `\0` marks a word that came from inside `-Wl,`.
-        let (wl, a) = match args[i].strip_prefix('\u{0}') {
-            Some(a) => (true, a.to_string()),
-            None => (false, args[i].clone()),
-        };
-        i += 1;
-        let next = |i: &mut usize| -> Option<String> {
-            let v = args.get(*i)?.trim_start_matches('\u{0}').to_string();
-            *i += 1;
-            Some(v)
-        };
-        match a.as_str() {
-            "-o" => output = next(&mut i).map(|v| abs(&v)),
-            "-L" => search.extend(next(&mut i).map(|v| abs(&v))),
-            "-l" => libs.extend(next(&mut i)),
-            "-T" | "--script" => scripts.extend(next(&mut i)),
-            _ if a.starts_with("-L") => search.push(abs(&a[2..])),
-            _ if a.starts_with("-l") => libs.push(a[2..].to_string()),
-            _ if a.starts_with("-T") => scripts.push(a[2..].to_string()),
-            _ if a.starts_with("--script=") => scripts.push(a["--script=".len()..].to_string()),
-            _ if a.starts_with('@') => files.push(abs(&a[1..])),
-            _ if !a.starts_with('-') => files.push(abs(&a)),
-            _ if wl => {
-                // `--version-script=x`, `--dynamic-list=x`, ...: a value
-                // that names a file is an input.
-                if let Some((_, v)) = a.split_once('=')
-                    && is_file(&abs(v))
-                {
-                    files.push(abs(v));
-                }
-            }
-            _ => {}
-        }
-    }
     let mut absent: Vec<PathBuf> = Vec::new();
-    // Found the way the linker finds them: the search dirs in order.
-    let find_in = |dirs: &[PathBuf], names: &[String], absent: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+    let libs = finder.libraries(&line.libs, default_dirs, &mut absent);
+    line.files.extend(libs);
+    // Any small text input is a linker script to ld (named by -T, or
+    // given as a plain input): follow its INCLUDEs, searched like -T.
+    for f in &line.files {
+        line.scripts.extend(scripts_of(f));
+    }
+    let scripts = finder.scripts(std::mem::take(&mut line.scripts), &mut absent);
+    line.files.extend(scripts);
+    line.finish(absent, is_file)
+}
+
+/// What one link line names: the search dirs, libraries, linker
+/// scripts and input files, and the output.
+struct LinkLine {
+    search: Vec<PathBuf>,
+    libs: Vec<String>,
+    scripts: Vec<String>,
+    files: Vec<PathBuf>,
+    output: Option<PathBuf>,
+}
+
+impl LinkLine {
+    fn parse(text: &str, cwd: &Path, is_file: &dyn Fn(&Path) -> bool) -> LinkLine {
+        let ws = words(text.trim());
+        let mut args: Vec<String> = Vec::new();
+        for w in ws.iter().skip_while(|w| is_assignment(w)).skip(1) {
+            match w.strip_prefix("-Wl,") {
+                // The linker's own options, one by one.
+                Some(parts) => args.extend(parts.split(',').map(|p| format!("\u{0}{p}"))),
+                None => args.push(w.clone()),
+            }
+        }
+        let abs = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
+        };
+        let mut l = LinkLine {
+            search: Vec::new(),
+            libs: Vec::new(),
+            scripts: Vec::new(),
+            files: Vec::new(),
+            output: None,
+        };
+        let mut i = 0;
+        while i < args.len() {
+            // `\0` marks a word that came from inside `-Wl,`.
+            let (wl, a) = match args[i].strip_prefix('\u{0}') {
+                Some(a) => (true, a.to_string()),
+                None => (false, args[i].clone()),
+            };
+            i += 1;
+            let next = |i: &mut usize| -> Option<String> {
+                let v = args.get(*i)?.trim_start_matches('\u{0}').to_string();
+                *i += 1;
+                Some(v)
+            };
+            match a.as_str() {
+                "-o" => l.output = next(&mut i).map(|v| abs(&v)),
+                "-L" => l.search.extend(next(&mut i).map(|v| abs(&v))),
+                "-l" => l.libs.extend(next(&mut i)),
+                "-T" | "--script" => l.scripts.extend(next(&mut i)),
+                _ if a.starts_with("-L") => l.search.push(abs(&a[2..])),
+                _ if a.starts_with("-l") => l.libs.push(a[2..].to_string()),
+                _ if a.starts_with("-T") => l.scripts.push(a[2..].to_string()),
+                _ if a.starts_with("--script=") => {
+                    l.scripts.push(a["--script=".len()..].to_string());
+                }
+                _ if a.starts_with('@') => l.files.push(abs(&a[1..])),
+                _ if !a.starts_with('-') => l.files.push(abs(&a)),
+                _ if wl => {
+                    // `--version-script=x`, `--dynamic-list=x`, ...: a
+                    // value that names a file is an input.
+                    if let Some((_, v)) = a.split_once('=')
+                        && is_file(&abs(v))
+                    {
+                        l.files.push(abs(v));
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    /// The inputs that exist (less the output and the toolchain's own
+    /// files), and the absent paths that would have been taken instead.
+    fn finish(self, absent: Vec<PathBuf>, is_file: &dyn Fn(&Path) -> bool) -> LinkInputs {
+        let mut out = LinkInputs::default();
+        for f in self.files {
+            let toolchain = f.to_string_lossy().contains("/lib/rustlib/");
+            if toolchain
+                || Some(&f) == self.output.as_ref()
+                || !is_file(&f)
+                || out.files.contains(&f)
+            {
+                continue;
+            }
+            out.files.push(f);
+        }
+        // rustc's own temporary dir beside the output (`rustcXXXXXX`,
+        // gone after the link, never the same name twice) can hold
+        // nothing later.
+        let temp = |a: &Path| {
+            let dir = self.output.as_ref().and_then(|o| o.parent());
+            dir.and_then(|d| a.strip_prefix(d).ok())
+                .and_then(|rest| rest.components().next())
+                .is_some_and(|c| {
+                    let c = c.as_os_str().to_string_lossy();
+                    c.len() == 11
+                        && c.starts_with("rustc")
+                        && c[5..].bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+        };
+        for a in absent {
+            if !is_file(&a)
+                && !temp(&a)
+                && !out.absent.contains(&a)
+                && !a.to_string_lossy().contains("/lib/rustlib/")
+            {
+                out.absent.push(a);
+            }
+        }
+        out
+    }
+}
+
+/// Finds files the way the linker does: in the search dirs in order.
+struct Finder<'a> {
+    cwd: &'a Path,
+    search: &'a [PathBuf],
+    is_file: &'a dyn Fn(&Path) -> bool,
+}
+
+impl Finder<'_> {
+    /// The first dir holding any of `names`: what it holds of them. The
+    /// names not found in the dirs searched up to it go to `absent` (the
+    /// other spelling in the same dir would be taken too).
+    fn find_in(
+        &self,
+        dirs: &[PathBuf],
+        names: &[String],
+        absent: &mut Vec<PathBuf>,
+    ) -> Vec<PathBuf> {
         for d in dirs {
             let found: Vec<PathBuf> = names
                 .iter()
                 .map(|n| d.join(n))
-                .filter(|p| is_file(p))
+                .filter(|p| (self.is_file)(p))
                 .collect();
             if !found.is_empty() {
-                // The other spelling in the same dir would be taken too.
                 absent.extend(
                     names
                         .iter()
@@ -198,92 +291,68 @@ pub(crate) fn link_inputs(
             absent.extend(names.iter().map(|n| d.join(n)));
         }
         Vec::new()
-    };
-    let find = |names: &[String], also_cwd: bool, absent: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+    }
+
+    /// `find_in` the `-L` dirs (after the working dir, for scripts).
+    fn find(&self, names: &[String], also_cwd: bool, absent: &mut Vec<PathBuf>) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         if also_cwd {
-            dirs.push(cwd.to_path_buf());
+            dirs.push(self.cwd.to_path_buf());
         }
-        dirs.extend(search.iter().cloned());
-        find_in(&dirs, names, absent)
-    };
-    let mut defaults: Option<Vec<PathBuf>> = None;
-    for l in libs {
-        let names = match l.strip_prefix(':') {
-            Some(f) => vec![f.to_string()],
-            None => vec![format!("lib{l}.so"), format!("lib{l}.a")],
-        };
-        let mut a = Vec::new();
-        let mut found = find(&names, false, &mut a);
-        if found.is_empty() {
-            // On the linker's own path (libc, or a library found
-            // through LIBRARY_PATH). One the driver does not report
-            // (ld's built-in dirs) is keyed by the linker's identity.
-            let d = defaults.get_or_insert_with(default_dirs);
-            found = find_in(d, &names, &mut a);
-        }
-        if !found.is_empty() {
-            absent.extend(a);
-            files.extend(found);
-        }
+        dirs.extend(self.search.iter().cloned());
+        self.find_in(&dirs, names, absent)
     }
-    // Any small text input is a linker script to ld (named by -T, or
-    // given as a plain input): follow its INCLUDEs, searched like -T.
-    for f in &files {
-        if !scripts_of(f).is_empty() {
-            scripts.extend(scripts_of(f));
-        }
-    }
-    let mut seen_scripts: Vec<PathBuf> = Vec::new();
-    while let Some(sc) = scripts.pop() {
-        let p = if Path::new(&sc).is_absolute() {
-            vec![PathBuf::from(&sc)]
-        } else {
+
+    /// The files of `-l` libraries: on the `-L` dirs, else on the
+    /// linker's own path (libc, or a library found through
+    /// LIBRARY_PATH). One the driver does not report (ld's built-in
+    /// dirs) is keyed by the linker's identity.
+    fn libraries(
+        &self,
+        libs: &[String],
+        default_dirs: &dyn Fn() -> Vec<PathBuf>,
+        absent: &mut Vec<PathBuf>,
+    ) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut defaults: Option<Vec<PathBuf>> = None;
+        for l in libs {
+            let names = match l.strip_prefix(':') {
+                Some(f) => vec![f.to_string()],
+                None => vec![format!("lib{l}.so"), format!("lib{l}.a")],
+            };
             let mut a = Vec::new();
-            let f = find(std::slice::from_ref(&sc), true, &mut a);
-            absent.extend(a);
-            f
-        };
-        for p in p {
-            if seen_scripts.contains(&p) {
-                continue;
+            let mut found = self.find(&names, false, &mut a);
+            if found.is_empty() {
+                let d = defaults.get_or_insert_with(default_dirs);
+                found = self.find_in(d, &names, &mut a);
             }
-            seen_scripts.push(p.clone());
-            scripts.extend(scripts_of(&p));
-            files.push(p);
+            if !found.is_empty() {
+                absent.extend(a);
+                files.extend(found);
+            }
         }
+        files
     }
-    let mut out = LinkInputs::default();
-    for f in files {
-        let toolchain = f.to_string_lossy().contains("/lib/rustlib/");
-        if toolchain || Some(&f) == output.as_ref() || !is_file(&f) || out.files.contains(&f) {
-            continue;
+
+    /// Linker scripts and everything they INCLUDE, each once.
+    fn scripts(&self, mut pending: Vec<String>, absent: &mut Vec<PathBuf>) -> Vec<PathBuf> {
+        let mut seen: Vec<PathBuf> = Vec::new();
+        while let Some(sc) = pending.pop() {
+            let found = if Path::new(&sc).is_absolute() {
+                vec![PathBuf::from(&sc)]
+            } else {
+                self.find(std::slice::from_ref(&sc), true, absent)
+            };
+            for p in found {
+                if seen.contains(&p) {
+                    continue;
+                }
+                pending.extend(scripts_of(&p));
+                seen.push(p);
+            }
         }
-        out.files.push(f);
+        seen
     }
-    // rustc's own temporary dir beside the output (`rustcXXXXXX`, gone
-    // after the link, never the same name twice) can hold nothing later.
-    let temp = |a: &Path| {
-        let dir = output.as_ref().and_then(|o| o.parent());
-        dir.and_then(|d| a.strip_prefix(d).ok())
-            .and_then(|rest| rest.components().next())
-            .is_some_and(|c| {
-                let c = c.as_os_str().to_string_lossy();
-                c.len() == 11
-                    && c.starts_with("rustc")
-                    && c[5..].bytes().all(|b| b.is_ascii_alphanumeric())
-            })
-    };
-    for a in absent {
-        if !is_file(&a)
-            && !temp(&a)
-            && !out.absent.contains(&a)
-            && !a.to_string_lossy().contains("/lib/rustlib/")
-        {
-            out.absent.push(a);
-        }
-    }
-    out
 }
 
 /// The library dirs the linking driver searches after the `-L` ones

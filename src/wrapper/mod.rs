@@ -402,6 +402,32 @@ fn declared(cfg: &WrapperConfig, crate_name: &str, compile: &Compile) -> Declare
     d
 }
 
+/// What one cacheable compile works with.
+struct Job<'a> {
+    cfg: &'a WrapperConfig,
+    compile: &'a Compile,
+    rustc: &'a str,
+    store: &'a Store,
+    crate_name: String,
+    paths: Paths,
+    probe: RealProbe<'a>,
+    /// The out dir, absolute.
+    out_dir: std::path::PathBuf,
+    start: Instant,
+}
+
+/// What a real compile left.
+struct Ran {
+    code: i32,
+    compile_ms: u64,
+    out_raw: Vec<u8>,
+    err_raw: Vec<u8>,
+    /// The link line rustc printed, for a linked output.
+    link_text: Option<std::io::Result<String>>,
+    /// The filesystem's clock before the compile started.
+    before: Option<std::time::SystemTime>,
+}
+
 fn cached(
     cfg: &WrapperConfig,
     rustc: &OsString,
@@ -414,21 +440,26 @@ fn cached(
         .to_str()
         .ok_or_else(|| anyhow!("rustc path is not UTF-8"))?;
     let store = Store::open(&cfg.cache_dir)?;
-    let crate_name = entry_crate(compile);
     let paths = Paths::detect(&compile.out_dir)?;
-    let probe = RealProbe::new(&store);
-    let out_dir = if compile.out_dir.is_absolute() {
-        compile.out_dir.clone()
-    } else {
-        paths.cwd.join(&compile.out_dir)
+    let out_dir = paths.absolute(&compile.out_dir.to_string_lossy());
+    let job = Job {
+        cfg,
+        compile,
+        rustc: rustc_str,
+        crate_name: entry_crate(compile),
+        probe: RealProbe::new(&store),
+        store: &store,
+        paths,
+        out_dir,
+        start,
     };
-    let decl = declared(cfg, &crate_name, compile);
-    let (base, base_why) = key::base_key(rustc_str, compile, args, &paths, &decl, &probe)?;
+    let decl = declared(cfg, &job.crate_name, compile);
+    let (base, base_why) = key::base_key(rustc_str, compile, args, &job.paths, &decl, &job.probe)?;
     let verify = truthy("KACHE_VERIFY");
-    let mut found = lookup(&store, &crate_name, &base, &paths, &probe)?;
+    let mut found = job.lookup(&base)?;
     let _guard = if found.is_none() {
-        let g = store.compile_lock(&base);
-        found = lookup(&store, &crate_name, &base, &paths, &probe)?;
+        let g = job.store.compile_lock(&base);
+        found = job.lookup(&base)?;
         g
     } else {
         None
@@ -436,170 +467,221 @@ fn cached(
     if let Some(e) = &found
         && !verify
     {
-        return hit(&store, e, compile, &paths, start, false);
+        return hit(job.store, e, compile, &job.paths, start, false);
     }
     if found.is_none()
-        && crate::daemon::client::remote_fetch(
-            cfg,
-            &store,
-            &crate_name,
-            key::Probe::identity(&probe, rustc_str, &["-vV"])
-                .ok()
-                .map(|vv| crate::store::toolchain_id(&vv)),
-        )
-        && let Some(e) = lookup(&store, &crate_name, &base, &paths, &probe)?
+        && job.remote_fetch()
+        && let Some(e) = job.lookup(&base)?
     {
-        return hit(&store, &e, compile, &paths, start, true);
+        return hit(job.store, &e, compile, &job.paths, start, true);
     }
 
     // Miss (or a hit to verify): compile for real.
-    let outputs = compile.outputs();
-    unlink_outputs(compile);
-    // The link line goes beside the outputs, never into the store: a
-    // full or broken store must not fail the compile.
-    let link_args = (compile.links() && compile.emit.iter().any(|e| e == "link")).then(|| {
-        out_dir.join(format!(
-            ".{}.kache-link-args.{}",
-            compile.dep_info_name(),
-            std::process::id()
-        ))
-    });
-    let mut cmd = Command::new(rustc);
-    cmd.args(rustc_args(compile, &paths))
-        .env("KACHE_ACTIVE", "1")
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(p) = &link_args {
-        cmd.arg(format!("--print=link-args={}", p.display()));
-    }
-    let before = store.fs_clock();
-    let t0 = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {rustc_str}"))?;
-    let child_out = child.stdout.take().expect("piped stdout");
-    let child_err = child.stderr.take().expect("piped stderr");
-    let p2 = paths.clone();
-    let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
-    let err_raw = pump(child_err, &paths, true);
-    let out_raw = out_thread.join().unwrap_or_default();
-    let status = child.wait().context("waiting for rustc")?;
-    let compile_ms = t0.elapsed().as_millis() as u64;
-    let code = exit_code(status);
-    *ran = Some(code);
-    let link_text = link_args.as_ref().map(|p| {
-        let t = fs::read_to_string(p);
-        let _ = fs::remove_file(p);
-        t
-    });
-    if code != 0 {
+    let run = job.compile(rustc)?;
+    *ran = Some(run.code);
+    if run.code != 0 {
         progress(&compile.crate_name, "miss (failed)", start, 0);
-        unstored_miss(&store, &crate_name, start, compile_ms);
-        return Ok(code);
+        unstored_miss(job.store, &job.crate_name, start, run.compile_ms);
+        return Ok(run.code);
     }
     if let Some(e) = &found {
-        return verify_hit(&store, e, &out_dir, start, compile_ms);
+        return verify_hit(job.store, e, &job.out_dir, start, run.compile_ms);
+    }
+    job.record(base, base_why, run)
+}
+
+impl Job<'_> {
+    fn lookup(&self, base: &str) -> Result<Option<Entry>> {
+        lookup(self.store, &self.crate_name, base, &self.paths, &self.probe)
     }
 
-    // Store what rustc produced, keyed by what it actually read.
-    let dep_path = out_dir.join(compile.dep_info_name());
-    let dep_text = fs::read_to_string(&dep_path)
-        .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
-    let deps = key::parse_dep_info(&dep_text);
-    let (link, absent) = match link_text {
-        None => (Vec::new(), Vec::new()),
-        Some(t) => {
-            let t = t.context("rustc wrote no link line")?;
-            let outs: Vec<std::path::PathBuf> =
-                outputs.iter().map(|(n, _)| out_dir.join(n)).collect();
-            let li = link::link_inputs(&t, &paths.cwd, &|p: &std::path::Path| p.is_file(), &|| {
-                link::default_lib_dirs(&t)
-            });
-            let norm = |v: Vec<std::path::PathBuf>| -> Vec<String> {
-                v.into_iter()
-                    .filter(|p| !outs.contains(p))
-                    .map(|p| paths.normalize_input(&p.to_string_lossy()))
-                    .collect()
-            };
-            (norm(li.files), norm(li.absent))
-        }
-    };
-    let mut inputs = Inputs {
-        base: base.clone(),
-        files: deps
-            .files
-            .iter()
-            .map(|f| paths.normalize_input(f))
-            .collect(),
-        env: deps.env,
-        link,
-        absent,
-        roots: Vec::new(),
-    };
-    let _w = store.writer_lock()?;
-    // The outputs go into the store, scanned on the way for the
-    // machine-local roots they contain (which then join the key).
-    let mut files = Vec::with_capacity(outputs.len());
-    let mut roots = Vec::new();
-    for (name, executable) in &outputs {
-        let p = out_dir.join(name);
-        let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let (hash, size) = store
-            .put_blob_reader(RootScan::new(f, paths.rules(), &mut roots), None)
-            .with_context(|| format!("cannot store {}", p.display()))?;
-        files.push(FileRecord {
-            name: name.clone(),
-            hash,
-            size,
-            executable: *executable,
+    /// Asks the daemon for a remote hit; true if it fetched one.
+    fn remote_fetch(&self) -> bool {
+        crate::daemon::client::remote_fetch(
+            self.cfg,
+            self.store,
+            &self.crate_name,
+            key::Probe::identity(&self.probe, self.rustc, &["-vV"])
+                .ok()
+                .map(|vv| crate::store::toolchain_id(&vv)),
+        )
+    }
+
+    /// Runs rustc, its output passing through live.
+    fn compile(&self, rustc: &OsString) -> Result<Ran> {
+        let compile = self.compile;
+        unlink_outputs(compile);
+        // The link line goes beside the outputs, never into the store: a
+        // full or broken store must not fail the compile.
+        let link_args = (compile.links() && compile.emit.iter().any(|e| e == "link")).then(|| {
+            self.out_dir.join(format!(
+                ".{}.kache-link-args.{}",
+                compile.dep_info_name(),
+                std::process::id()
+            ))
         });
+        let mut cmd = Command::new(rustc);
+        cmd.args(rustc_args(compile, &self.paths))
+            .env("KACHE_ACTIVE", "1")
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = &link_args {
+            cmd.arg(format!("--print=link-args={}", p.display()));
+        }
+        let before = self.store.fs_clock();
+        let t0 = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.rustc))?;
+        let child_out = child.stdout.take().expect("piped stdout");
+        let child_err = child.stderr.take().expect("piped stderr");
+        let p2 = self.paths.clone();
+        let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
+        let err_raw = pump(child_err, &self.paths, true);
+        let out_raw = out_thread.join().unwrap_or_default();
+        let status = child.wait().context("waiting for rustc")?;
+        let link_text = link_args.as_ref().map(|p| {
+            let t = fs::read_to_string(p);
+            let _ = fs::remove_file(p);
+            t
+        });
+        Ok(Ran {
+            code: exit_code(status),
+            compile_ms: t0.elapsed().as_millis() as u64,
+            out_raw,
+            err_raw,
+            link_text,
+            before,
+        })
     }
-    roots.sort();
-    inputs.roots = roots;
-    let (full, full_why) = key::full_key_explained(&inputs, &paths, &probe)
-        .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
-    let mut why = base_why;
-    why.extend(full_why);
-    if before.is_none_or(|b| probe::changed_since(&probe.files_read(), b)) {
-        // An input changed while rustc ran: its outputs may not match
-        // the content the key was computed from. Not an error; not stored
-        // (the blobs just written are unreferenced; gc removes them).
-        unstored_miss(&store, &crate_name, start, compile_ms);
-        return Ok(code);
+
+    /// The files the link read and the paths it would have taken before
+    /// them, normalised for the input list (the outputs left out).
+    fn link_inputs(
+        &self,
+        link_text: Option<std::io::Result<String>>,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let Some(t) = link_text else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let t = t.context("rustc wrote no link line")?;
+        let outs: Vec<std::path::PathBuf> = self
+            .compile
+            .outputs()
+            .iter()
+            .map(|(n, _)| self.out_dir.join(n))
+            .collect();
+        let li = link::link_inputs(
+            &t,
+            &self.paths.cwd,
+            &|p: &std::path::Path| p.is_file(),
+            &|| link::default_lib_dirs(&t),
+        );
+        let norm = |v: Vec<std::path::PathBuf>| -> Vec<String> {
+            v.into_iter()
+                .filter(|p| !outs.contains(p))
+                .map(|p| self.paths.normalize_input(&p.to_string_lossy()))
+                .collect()
+        };
+        Ok((norm(li.files), norm(li.absent)))
     }
-    let size = files.iter().map(|f| f.size).sum();
-    let mut entry = Entry::new(&crate_name, &full, files);
-    entry.stdout = paths.normalize(&String::from_utf8_lossy(&out_raw));
-    entry.stderr = paths.normalize(&String::from_utf8_lossy(&err_raw));
-    entry.dep_info = Some(DepInfo {
-        name: compile.dep_info_name(),
-        text: paths.normalize_dep_info(&dep_text),
-    });
-    entry.inputs = Some(inputs);
-    entry.compile_ms = compile_ms;
-    entry.explain = why;
-    entry.origin = origin(rustc_str, compile, &probe).map(|mut o| {
-        o.deps = extern_origins(&store, compile, &paths, &probe);
-        o
-    });
-    record_runtime_libs(&store, &entry);
-    store.set_origins(&entry);
-    store.publish(&entry)?;
-    crate::daemon::client::after_store(cfg, &store, &crate_name, &full);
-    progress(&compile.crate_name, "miss", start, size);
-    let line = serde_json::json!({
-        "ts": now_secs(),
-        "crate": crate_name,
-        "result": "miss",
-        "ms": start.elapsed().as_millis() as u64,
-        "size": size,
-        "key": full,
-        "compile_ms": compile_ms,
-        "inputs": entry.explain,
-    });
-    store.log_event(&line.to_string());
-    Ok(code)
+
+    /// Puts the outputs into the store, scanned on the way for the
+    /// machine-local roots they contain (which then join the key).
+    fn store_outputs(&self) -> Result<(Vec<FileRecord>, Vec<String>)> {
+        let outputs = self.compile.outputs();
+        let mut files = Vec::with_capacity(outputs.len());
+        let mut roots = Vec::new();
+        for (name, executable) in &outputs {
+            let p = self.out_dir.join(name);
+            let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            let (hash, size) = self
+                .store
+                .put_blob_reader(RootScan::new(f, self.paths.rules(), &mut roots), None)
+                .with_context(|| format!("cannot store {}", p.display()))?;
+            files.push(FileRecord {
+                name: name.clone(),
+                hash,
+                size,
+                executable: *executable,
+            });
+        }
+        roots.sort();
+        Ok((files, roots))
+    }
+
+    /// Stores what rustc produced, keyed by what it actually read.
+    fn record(&self, base: String, base_why: key::Explain, run: Ran) -> Result<i32> {
+        let compile = self.compile;
+        let dep_path = self.out_dir.join(compile.dep_info_name());
+        let dep_text = fs::read_to_string(&dep_path)
+            .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
+        let deps = key::parse_dep_info(&dep_text);
+        let (link, absent) = self.link_inputs(run.link_text)?;
+        let mut inputs = Inputs {
+            base,
+            files: deps
+                .files
+                .iter()
+                .map(|f| self.paths.normalize_input(f))
+                .collect(),
+            env: deps.env,
+            link,
+            absent,
+            roots: Vec::new(),
+        };
+        let _w = self.store.writer_lock()?;
+        let (files, roots) = self.store_outputs()?;
+        inputs.roots = roots;
+        let (full, full_why) = key::full_key_explained(&inputs, &self.paths, &self.probe)
+            .ok_or_else(|| anyhow!("an input listed in {} is gone", dep_path.display()))?;
+        let mut why = base_why;
+        why.extend(full_why);
+        if run
+            .before
+            .is_none_or(|b| probe::changed_since(&self.probe.files_read(), b))
+        {
+            // An input changed while rustc ran: its outputs may not match
+            // the content the key was computed from. Not an error; not
+            // stored (the blobs just written are unreferenced; gc
+            // removes them).
+            unstored_miss(self.store, &self.crate_name, self.start, run.compile_ms);
+            return Ok(run.code);
+        }
+        let size = files.iter().map(|f| f.size).sum();
+        let mut entry = Entry::new(&self.crate_name, &full, files);
+        entry.stdout = self.paths.normalize(&String::from_utf8_lossy(&run.out_raw));
+        entry.stderr = self.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
+        entry.dep_info = Some(DepInfo {
+            name: compile.dep_info_name(),
+            text: self.paths.normalize_dep_info(&dep_text),
+        });
+        entry.inputs = Some(inputs);
+        entry.compile_ms = run.compile_ms;
+        entry.explain = why;
+        entry.origin = origin(self.rustc, compile, &self.probe).map(|mut o| {
+            o.deps = extern_origins(self.store, compile, &self.paths, &self.probe);
+            o
+        });
+        record_runtime_libs(self.store, &entry);
+        self.store.set_origins(&entry);
+        self.store.publish(&entry)?;
+        crate::daemon::client::after_store(self.cfg, self.store, &self.crate_name, &full);
+        progress(&compile.crate_name, "miss", self.start, size);
+        let line = serde_json::json!({
+            "ts": now_secs(),
+            "crate": self.crate_name,
+            "result": "miss",
+            "ms": self.start.elapsed().as_millis() as u64,
+            "size": size,
+            "key": full,
+            "compile_ms": run.compile_ms,
+            "inputs": entry.explain,
+        });
+        self.store.log_event(&line.to_string());
+        Ok(run.code)
+    }
 }
 
 /// The argv rustc (or the workspace wrapper) runs with: cargo's

@@ -41,6 +41,22 @@ fn clone_file(src: &Path, dst: &Path, mode: u32) -> io::Result<u64> {
     Ok(to.metadata()?.len())
 }
 
+/// Whether files in `dir` can be reflinked (a hit then restores by
+/// copy-on-write clones, else by copies). For `kache doctor`.
+pub(crate) fn reflinks_in(dir: &Path) -> io::Result<bool> {
+    let a = dir.join(format!(".kache-reflink-probe-{}", std::process::id()));
+    let b = a.with_extension("clone");
+    let result = (|| {
+        fs::write(&a, b"probe")?;
+        let from = File::open(&a)?;
+        let to = File::create(&b)?;
+        Ok(reflink(&from, &to).is_ok())
+    })();
+    let _ = fs::remove_file(&a);
+    let _ = fs::remove_file(&b);
+    result
+}
+
 /// Restores every file of `entry` into `out_dir`, then writes its dep-info.
 /// Returns the bytes restored.
 pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Paths) -> Result<u64> {
