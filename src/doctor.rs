@@ -245,6 +245,14 @@ fn check_remote(cfg: &Config) -> Vec<Check> {
             return out;
         }
     }
+    if cfg.read_only.value {
+        out.push(skip(
+            "read-write",
+            "read-only runner (cache.remote.read_only): nothing is written, no probe either",
+        ));
+        out.extend(clock(&remote));
+        return out;
+    }
     let probe = crate::remote::layout::doctor_probe(prefix, &probe_tag());
     let body = b"kache doctor probe: safe to delete\n";
     match remote.put_bytes(&probe, body, false) {
@@ -315,6 +323,49 @@ fn probe_tag() -> String {
     format!("{:x}-{}", nanos, std::process::id())
 }
 
+/// Signing and verification: the signing key loads, trusted keys are
+/// set, and no unverified pulled entry is left once they are.
+fn check_trust(cfg: &Config) -> Check {
+    let signer = if cfg.read_only.value {
+        Ok("read-only: never uploads".to_string())
+    } else {
+        match cfg.signer() {
+            Ok(Some(k)) => Ok(format!("uploads signed as {}", k.public())),
+            Ok(None) => Ok("uploads unsigned".to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    };
+    let signer = match signer {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                "trust",
+                e,
+                "write the key with `kache key generate NAME --out FILE` and point KACHE_SIGNING_KEY_FILE at it",
+            );
+        }
+    };
+    let n = cfg.trusted_keys.value.len();
+    if n == 0 {
+        return ok(
+            "trust",
+            format!(
+                "{signer}; pulled entries are not verified (set KACHE_TRUSTED_KEYS to import only signed entries)"
+            ),
+        );
+    }
+    let detail = format!("{signer}; pulls and remote hits verified against {n} trusted key(s)");
+    if Store::at(&cfg.cache_dir.value).has_unverified() {
+        fail(
+            "trust",
+            format!("{detail}, but the store holds entries pulled without verification"),
+            "run `kache gc --verify`",
+        )
+    } else {
+        ok("trust", detail)
+    }
+}
+
 fn check_daemon(cfg: &Config) -> Check {
     let running = crate::daemon::client::running(&cfg.cache_dir.value);
     match (
@@ -340,6 +391,7 @@ pub(crate) fn doctor(loaded: Result<Config>, c: &DoctorCmd) -> Result<ExitCode> 
     if let Ok(cfg) = &loaded {
         checks.push(check_store(cfg));
         checks.extend(check_remote(cfg));
+        checks.push(check_trust(cfg));
         checks.push(check_daemon(cfg));
     }
     let failed = checks.iter().any(|c| c.status == Status::Fail);

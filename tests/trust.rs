@@ -406,10 +406,17 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     );
     ok(&w.kache(&cache_d, None, &["sync", "--pull", "--all"], &[]));
     assert_eq!(build_and_run(&w.workspace("d"), &cache_d), "answer=43");
-    // Switching trusted keys on says how to drop what came in unverified,
-    // and `kache gc --verify` drops exactly the pulled entries.
+    // Switching trusted keys on says how to drop what came in unverified
+    // (sync and doctor), and `kache gc --verify` drops exactly the
+    // pulled entries.
     let o = w.kache(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
     assert!(stderr(&o).contains("kache gc --verify"), "{}", show(&o));
+    let o = w.kache(&cache_d, None, &["doctor"], &trusted);
+    let l = doctor_line(&o, "trust");
+    assert!(
+        l.starts_with("FAIL") && l.contains("fix: run `kache gc --verify`"),
+        "{l}"
+    );
     let before = entries(&cache_d);
     let o = w.kache(&cache_d, None, &["gc", "--verify", "--json"], &trusted);
     ok(&o);
@@ -426,6 +433,17 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     assert!(after.len() < before.len());
     let o = w.kache(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
     assert!(!stderr(&o).contains("kache gc --verify"), "{}", show(&o));
+    let o = w.kache(&cache_d, None, &["doctor"], &trusted);
+    assert!(doctor_line(&o, "trust").starts_with("ok"), "{}", show(&o));
+}
+
+/// The line of one `kache doctor` check.
+fn doctor_line(o: &Output, name: &str) -> String {
+    stdout(o)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} line: {}", show(o)))
+        .to_string()
 }
 
 /// An unsigned push, a push signed by a key the reader does not trust,
@@ -572,6 +590,17 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
     assert_eq!(json(&o)["pulled"]["entries"], 3, "{}", show(&o));
     assert_eq!(json(&o)["pushed"]["entries"], 0, "{}", show(&o));
     assert_eq!(entries(&ro).len(), 5);
+    let o = w.kache(&ro, None, &["doctor"], &env);
+    assert!(
+        doctor_line(&o, "read-write").starts_with("skip"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        doctor_line(&o, "trust").contains("read-only: never uploads"),
+        "{}",
+        show(&o)
+    );
     let o = w.kache(&ro, None, &["gc", "--remote", "--max-age", "1s"], &env);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
@@ -792,6 +821,17 @@ fn the_signing_key_is_never_printed() {
         None,
         &["config"],
         &[("KACHE_SIGNING_KEY", broken.as_str())],
+    );
+    let o2 = w.kache(
+        &cache,
+        None,
+        &["doctor"],
+        &[("KACHE_SIGNING_KEY", broken.as_str())],
+    );
+    assert!(
+        doctor_line(&o2, "trust").starts_with("FAIL"),
+        "{}",
+        show(&o2)
     );
     assert!(
         stdout(&o).contains("(error: KACHE_SIGNING_KEY does not hold"),
