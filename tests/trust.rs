@@ -716,6 +716,10 @@ fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
     assert_eq!(run(&ws_b.with_file_name("target")), want);
     let st = json(&daemon(&cache_b, &["daemon", "status", "--json"], &trusted));
     assert!(st["refused"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(
+        st["trust"], "uploads unsigned; remote hits verified against 1 trusted key(s)",
+        "{st}"
+    );
     let log_b = fs::read_to_string(cache_b.join("daemon/log")).unwrap();
     assert!(
         log_b.contains("refused: not signed by a trusted key"),

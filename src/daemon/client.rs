@@ -368,6 +368,9 @@ pub(crate) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     )?;
     writeln!(out, "store:     {}", st.store)?;
     writeln!(out, "remote:    {}", st.remote)?;
+    if !st.trust.is_empty() {
+        writeln!(out, "trust:     {}", st.trust)?;
+    }
     writeln!(
         out,
         "uploads:   {} queued ({} running), {} done, {} skipped, {} failed ({} failed attempts)",

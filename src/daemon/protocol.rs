@@ -136,6 +136,9 @@ pub(crate) struct Status {
     pub(crate) pid: u32,
     pub(crate) store: String,
     pub(crate) remote: String,
+    /// How uploads are signed and remote hits verified (never a key).
+    #[serde(default)]
+    pub(crate) trust: String,
     pub(crate) uptime_secs: u64,
     pub(crate) s3_concurrency: usize,
     /// Uploads waiting or running.

@@ -577,6 +577,7 @@ fn status(shared: &Shared) -> Status {
         pid: std::process::id(),
         store: shared.store.root().display().to_string(),
         remote: live.shown.clone(),
+        trust: live.trust_line(),
         uptime_secs: shared.started.elapsed().as_secs(),
         s3_concurrency: shared.conc,
         queue: queued + running,
