@@ -545,6 +545,32 @@ mod tests {
         assert!(generate("bad/name").is_err());
     }
 
+    /// What signing and verifying cost per entry (run with `cargo test
+    /// --release --bin kache bench_sign -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "benchmark"]
+    fn bench_sign_and_verify() {
+        let (secret, public) = generate("ci").unwrap();
+        let sk = SigningKey::parse(&secret, "test").unwrap();
+        let trusted = vec![parse_trusted(&public).unwrap()];
+        let k = "a".repeat(64);
+        let manifest = vec![b'x'; 4096];
+        let n = 2000;
+        let t = std::time::Instant::now();
+        let frames: Vec<Vec<u8>> = (0..n)
+            .map(|_| sk.frame(&id("dep", &k), blake3::hash(&manifest).to_hex().as_str()))
+            .collect();
+        let sign = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for f in &frames {
+            let (frame, _) = read_frame(&f[..]).unwrap();
+            let h = blake3::hash(&manifest).to_hex();
+            verify(&trusted, &frame, &id("dep", &k), h.as_str()).unwrap();
+        }
+        let check = t.elapsed() / n;
+        eprintln!("per entry: sign {sign:?}, verify {check:?} (4 KiB manifest)");
+    }
+
     #[test]
     fn zstd_skips_the_signature_frame() {
         // Older kache (and any zstd decoder) read a signed archive as if
