@@ -147,7 +147,7 @@ impl SigningKey {
             return Err(bad());
         }
         let der = b64_decode(b64).ok_or_else(bad)?;
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| bad())?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| bad())?;
         Ok(SigningKey {
             name: name.to_string(),
             pair,
