@@ -367,64 +367,112 @@ fn event(root: &Path, fork: bool) -> PathBuf {
     p
 }
 
+/// The signing key reaches `kache sync --push` on the default branch and
+/// nothing else: never `$GITHUB_ENV` (the build would see it); what the
+/// main branch pushed is signed (a runner trusting the key imports it);
+/// a fork's pull request, and an event named read-only, write nothing.
 #[test]
 fn action_is_read_only_on_a_fork_pull_request_and_signs_only_on_the_default_branch() {
     let t = tempfile::tempdir().unwrap();
     let s3 = S3::start_local();
     let push = event(t.path(), false);
     let pr = event(t.path(), true);
-    let secret = "kache-test-SECRET-signing-key-material";
-    let main = Runner::new(t.path(), "main");
-    ok(&main.step(
-        "env",
-        &[
-            ("GITHUB_EVENT_NAME", "push"),
-            ("GITHUB_EVENT_PATH", push.to_str().unwrap()),
-            ("GITHUB_REF", "refs/heads/main"),
-            ("INPUT_SIGNING_KEY", secret),
-        ],
-        Some(&s3),
-    ));
-    let env = main.env();
+    let keyfile = t.path().join("signing.key");
+    let g = kache(&t.path().join("k"))
+        .args(["key", "generate", "ci-main", "--out"])
+        .arg(&keyfile)
+        .output()
+        .unwrap();
+    ok(&g);
+    let public = stdout(&g).trim().to_string();
+    let secret = fs::read_to_string(&keyfile).unwrap();
     let get = |env: &[(String, String)], k: &str| {
         env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     };
-    assert_eq!(get(&env, "KACHE_SIGNING_KEY").as_deref(), Some(secret));
+    let main_gh = [
+        ("GITHUB_EVENT_NAME", "push"),
+        ("GITHUB_EVENT_PATH", push.to_str().unwrap()),
+        ("GITHUB_REF", "refs/heads/main"),
+        ("INPUT_SIGNING_KEY", secret.as_str()),
+    ];
+    let main = Runner::new(t.path(), "main");
+    for step in ["env", "pull"] {
+        ok(&main.step(step, &main_gh, Some(&s3)));
+    }
+    let env = main.env();
+    assert_eq!(
+        get(&env, "KACHE_SIGNING_KEY"),
+        None,
+        "the key went to $GITHUB_ENV"
+    );
     assert_eq!(get(&env, "KACHE_REMOTE_READ_ONLY"), None);
     assert_eq!(get(&env, "RUSTC_WRAPPER").as_deref(), Some("kache"));
     assert!(main.outputs().contains("read-only=false") && main.outputs().contains("mode=bucket"));
+    ok(&main.build());
+    ok(&main.step("finish", &main_gh, Some(&s3)));
+    let pushed = s3.names();
+    assert!(pushed.iter().any(|n| n.contains("/fixme/")), "{pushed:?}");
+
+    // A runner that trusts only that key imports all of it.
+    let trusting = Runner::new(t.path(), "trusting");
+    let trust_gh = [
+        ("GITHUB_EVENT_NAME", "push"),
+        ("GITHUB_EVENT_PATH", push.to_str().unwrap()),
+        ("GITHUB_REF", "refs/heads/other"),
+        ("INPUT_TRUSTED_KEYS", public.as_str()),
+    ];
+    ok(&trusting.step("env", &trust_gh, Some(&s3)));
+    let o = trusting.step("pull", &trust_gh, Some(&s3));
+    ok(&o);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("refused"),
+        "the main branch's push was not signed: {}",
+        show(&o)
+    );
+    let st = trusting.kache_stats(&["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(v["entries"].as_u64().unwrap() > 0, "nothing imported: {v}");
 
     for (name, ev, path, extra) in [
         ("fork", "pull_request", &pr, ""),
         ("named", "workflow_dispatch", &push, "workflow_dispatch"),
     ] {
+        let gh = [
+            ("GITHUB_EVENT_NAME", ev),
+            ("GITHUB_EVENT_PATH", path.to_str().unwrap()),
+            ("GITHUB_REF", "refs/heads/main"),
+            ("INPUT_SIGNING_KEY", secret.as_str()),
+            ("INPUT_READ_ONLY_EVENTS", extra),
+        ];
+        let before = s3.names();
         let r = Runner::new(t.path(), name);
-        ok(&r.step(
-            "env",
-            &[
-                ("GITHUB_EVENT_NAME", ev),
-                ("GITHUB_EVENT_PATH", path.to_str().unwrap()),
-                ("GITHUB_REF", "refs/heads/main"),
-                ("INPUT_SIGNING_KEY", secret),
-                ("INPUT_READ_ONLY_EVENTS", extra),
-            ],
-            Some(&s3),
-        ));
+        for step in ["env", "pull"] {
+            ok(&r.step(step, &gh, Some(&s3)));
+        }
         let env = r.env();
         assert_eq!(
             get(&env, "KACHE_REMOTE_READ_ONLY").as_deref(),
             Some("1"),
             "{name}"
         );
-        assert_eq!(
-            get(&env, "KACHE_SIGNING_KEY"),
-            None,
-            "{name}: a read-only job got the signing key"
-        );
+        assert_eq!(get(&env, "KACHE_SIGNING_KEY"), None, "{name}");
         assert!(
             r.outputs().contains("read-only=true"),
             "{name}: {}",
             r.outputs()
+        );
+        // Its own change: a build with something new to push.
+        fs::write(
+            r.ws.join("src/lib.rs"),
+            format!("pub fn f() -> i32 {{ 1 }}\npub fn g() -> i32 {{ 2 }} // {name}\n"),
+        )
+        .unwrap();
+        ok(&r.build());
+        ok(&r.step("finish", &gh, Some(&s3)));
+        assert_eq!(
+            s3.names(),
+            before,
+            "{name}: a read-only job wrote to the bucket"
         );
     }
 }

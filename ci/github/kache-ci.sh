@@ -8,10 +8,10 @@
 #   env     PATH, RUSTC_WRAPPER, the store and the remote settings ->
 #           $GITHUB_PATH, $GITHUB_ENV; mode, read-only, store keys ->
 #           $GITHUB_OUTPUT. Read-only on a pull request from a fork and on
-#           the events in INPUT_READ_ONLY_EVENTS; signing only on the
-#           default branch.
+#           the events in INPUT_READ_ONLY_EVENTS.
 #   pull    bucket mode: kache sync --pull (a failure never fails the job)
-#   finish  bucket mode: kache sync --push (read-only: nothing); no-bucket
+#   finish  bucket mode: kache sync --push (read-only: nothing; signed with
+#           INPUT_SIGNING_KEY on the default branch only); no-bucket
 #           mode: kache gc to what this job used, and whether to save;
 #           then kache stats --markdown >> $GITHUB_STEP_SUMMARY
 set -euo pipefail
@@ -31,6 +31,17 @@ for k in sys.argv[2].split("."):
     v = v.get(k) if isinstance(v, dict) else None
 print("" if v is None else (str(v).lower() if isinstance(v, bool) else v))
 PY
+}
+
+# "true" when this job runs on the repository's default branch.
+on_default_branch() {
+  local default_branch
+  default_branch=$(event_field repository.default_branch)
+  if [ -n "$default_branch" ] && [ "${GITHUB_REF:-}" = "refs/heads/$default_branch" ]; then
+    echo true
+  else
+    echo false
+  fi
 }
 
 case "$step" in
@@ -66,11 +77,7 @@ env)
   out read-only "$read_only"
   [ "$read_only" = true ] && setenv KACHE_REMOTE_READ_ONLY 1
 
-  default_branch=$(event_field repository.default_branch)
-  on_default=false
-  if [ -n "$default_branch" ] && [ "${GITHUB_REF:-}" = "refs/heads/$default_branch" ]; then
-    on_default=true
-  fi
+  on_default=$(on_default_branch)
 
   if [ -n "${INPUT_TRUSTED_KEYS:-}" ]; then
     setenv KACHE_TRUSTED_KEYS "$INPUT_TRUSTED_KEYS"
@@ -85,12 +92,6 @@ env)
     if [ -n "${INPUT_ACCESS_KEY_ID:-}" ]; then
       setenv KACHE_S3_ACCESS_KEY "$INPUT_ACCESS_KEY_ID"
       setenv KACHE_S3_SECRET_KEY "${INPUT_SECRET_ACCESS_KEY:-}"
-    fi
-    if [ -n "${INPUT_SIGNING_KEY:-}" ] && [ "$on_default" = true ] && [ "$read_only" = false ]; then
-      # A multi-line secret goes into $GITHUB_ENV with a delimiter.
-      delim="KACHE_EOF_$RANDOM$RANDOM"
-      { echo "KACHE_SIGNING_KEY<<$delim"; echo "$INPUT_SIGNING_KEY"; echo "$delim"; } >> "${GITHUB_ENV:-/dev/null}"
-      export KACHE_SIGNING_KEY="$INPUT_SIGNING_KEY"
     fi
   else
     out mode actions-cache
@@ -118,7 +119,16 @@ pull)
 finish)
   start=${KACHE_CI_START:-0}
   if [ "${KACHE_CI_MODE:-}" = bucket ]; then
-    kache sync --push --allow-partial || echo "::warning::kache sync --push failed"
+    # The signing key reaches the push alone (never the build, whose
+    # build scripts and proc macros run the project's code), and only on
+    # the default branch of a job that may write.
+    if [ -n "${INPUT_SIGNING_KEY:-}" ] && [ "$(on_default_branch)" = true ] &&
+      [ -z "${KACHE_REMOTE_READ_ONLY:-}" ]; then
+      KACHE_SIGNING_KEY="$INPUT_SIGNING_KEY" kache sync --push --allow-partial ||
+        echo "::warning::kache sync --push failed"
+    else
+      kache sync --push --allow-partial || echo "::warning::kache sync --push failed"
+    fi
   else
     out store "${KACHE_CACHE_DIR:-$HOME/.cache/kache}"
     out store-key "${KACHE_CI_STORE_KEY:-}"
