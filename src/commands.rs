@@ -16,8 +16,9 @@ use anyhow::{Result, anyhow};
 use serde_json::json;
 
 use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, SortBy, StatsCmd};
-use crate::config::{Config, format_size, parse_duration};
+use crate::config::Config;
 use crate::store::{self, Entry, EntryRef, Store, now_secs};
+use crate::units::{format_age, format_size, parse_duration};
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -154,15 +155,6 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
     let total: u64 = all.iter().map(|l| l.entry.size()).sum();
     writeln!(out, "{} entries, {}", all.len(), format_size(total))?;
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn format_age(s: u64) -> String {
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
 }
 
 /// Hits, misses and pass-throughs of one language.

@@ -19,11 +19,12 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::DoctorCmd;
-use crate::config::{Config, Credentials, format_size};
+use crate::config::Config;
 use crate::init::{effective_wrapper, is_kache};
 use crate::remote::Remote;
 use crate::remote::s3::S3Remote;
 use crate::store::Store;
+use crate::units::format_size;
 
 /// The cc crate release from which `RUSTC_WRAPPER=kache` reaches the C
 /// compiler (its known-wrapper list names kache).
@@ -196,32 +197,27 @@ fn check_config(loaded: &Result<Config>) -> Check {
 
 /// Reachable, credentials, read, write, clock.
 fn check_remote(cfg: &Config) -> Vec<Check> {
-    let Some(bucket) = &cfg.bucket.value else {
+    if cfg.bucket.value.is_none() {
         return vec![skip(
             "remote",
             "no remote configured (set KACHE_S3_BUCKET to share entries)",
         )];
-    };
-    let creds = match Credentials::resolve(cfg) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            return vec![fail(
-                "remote",
-                format!("bucket {bucket} is set but no S3 credentials were found"),
-                "set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials",
-            )];
-        }
-        Err(e) => {
-            return vec![fail(
-                "remote",
-                format!("cannot load S3 credentials: {e:#}"),
-                "fix the credentials",
-            )];
-        }
-    };
-    let remote = match S3Remote::new(cfg, &creds) {
+    }
+    let remote = match S3Remote::from_config(cfg) {
         Ok(r) => r,
-        Err(e) => return vec![fail("remote", format!("{e:#}"), "fix the remote settings")],
+        Err(e) => {
+            let (detail, fix) = match format!("{e:#}").split_once(" (set ") {
+                Some((what, how)) => (
+                    what.to_string(),
+                    format!("set {}", how.trim_end_matches(')')),
+                ),
+                None => (
+                    format!("{e:#}"),
+                    "fix the remote settings (`kache config`)".to_string(),
+                ),
+            };
+            return vec![fail("remote", detail, fix)];
+        }
     };
     let prefix = &cfg.prefix.value;
     let mut out = Vec::new();
@@ -232,7 +228,7 @@ fn check_remote(cfg: &Config) -> Vec<Check> {
             format!(
                 "{} is reachable; credentials from {} may list it",
                 remote.describe(&crate::remote::layout::root_prefix(prefix)),
-                creds.source
+                remote.credentials_source()
             ),
         )),
         Err(e) => {

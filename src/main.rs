@@ -19,7 +19,9 @@ mod lockfile;
 mod remote;
 mod store;
 mod sync;
+mod transfer;
 mod trust;
+mod units;
 mod why;
 mod wrapper;
 

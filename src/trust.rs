@@ -297,22 +297,6 @@ pub(crate) struct Identity<'a> {
     pub(crate) origin: Option<(&'a str, &'a str, &'a str)>,
 }
 
-impl<'a> Identity<'a> {
-    pub(crate) fn new(
-        crate_name: &'a str,
-        key: &'a str,
-        origin: Option<&'a crate::store::entry::Origin>,
-    ) -> Identity<'a> {
-        Identity {
-            crate_name,
-            key,
-            origin: origin
-                .filter(|o| o.is_valid())
-                .map(|o| (o.version.as_str(), o.target.as_str(), o.toolchain.as_str())),
-        }
-    }
-}
-
 fn message(id: &Identity<'_>, manifest_hash: &str, signer: &str) -> Vec<u8> {
     let (v, t, tc) = id.origin.unwrap_or(("", "", ""));
     format!(

@@ -228,3 +228,54 @@ pub(crate) fn ok(o: &Output) {
 pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Stderr as text.
+pub(crate) fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A test's world: a bucket and a temp dir for caches and workspaces.
+/// Each test module adds the methods it needs in its own `impl World`.
+pub(crate) struct World {
+    pub(crate) s3: crate::s3server::S3,
+    pub(crate) tmp: tempfile::TempDir,
+}
+
+impl World {
+    /// An external server if configured, else a fresh s3s-fs.
+    pub(crate) fn new() -> World {
+        World {
+            s3: crate::s3server::S3::start(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Always the in-process s3s-fs, whatever `KACHE_TEST_S3_*` says:
+    /// for tests that read or damage the bucket's files directly, or
+    /// need session tokens.
+    pub(crate) fn local() -> World {
+        World {
+            s3: crate::s3server::S3::start_local(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    /// A cache (store) dir of this world.
+    pub(crate) fn cache(&self, name: &str) -> PathBuf {
+        self.path(name)
+    }
+
+    /// A copy of `tests/fixtures/FIXTURE` at `NAME/ws`.
+    pub(crate) fn fixture(&self, fixture: &str, name: &str) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        let ws = self.path(name).join("ws");
+        copy_tree(&src, &ws);
+        ws
+    }
+}

@@ -11,14 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_no_secrets, cargo_through_kache, copy_tree, kache, kache_bin, show};
-use crate::s3server::{Proxy, S3};
-
-/// A test's world: a bucket and a temp dir.
-struct World {
-    s3: S3,
-    tmp: tempfile::TempDir,
-}
+use crate::common::{
+    World, assert_no_secrets, cargo_through_kache, copy_tree, kache, kache_bin, ok, show,
+};
+use crate::s3server::Proxy;
 
 /// A started daemon, killed by pid on drop unless stopped.
 struct Daemon {
@@ -49,36 +45,13 @@ fn kill9(pid: u32) {
     }
 }
 
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", show(o));
-}
-
 impl World {
-    fn new() -> World {
-        World {
-            s3: S3::start(),
-            tmp: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.tmp.path().join(p)
-    }
-
-    /// A copy of the fixture workspace at `name/ws`.
-    fn workspace(&self, name: &str) -> PathBuf {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
-        let ws = self.path(name).join("ws");
-        copy_tree(&fixture, &ws);
-        ws
-    }
-
     fn secrets(&self) -> Vec<String> {
         vec![self.s3.secret_key.clone()]
     }
 
     /// `kache ARGS` for `cache`, remote through `endpoint`.
-    fn kache(&self, cache: &Path, endpoint: &str, args: &[&str]) -> Output {
+    fn kache_at(&self, cache: &Path, endpoint: &str, args: &[&str]) -> Output {
         let mut c = kache(cache);
         self.s3.configure_at(&mut c, endpoint);
         let o = c.args(args).output().unwrap();
@@ -87,7 +60,7 @@ impl World {
     }
 
     fn start(&self, cache: &Path, endpoint: &str) -> Daemon {
-        let o = self.kache(cache, endpoint, &["daemon", "start"]);
+        let o = self.kache_at(cache, endpoint, &["daemon", "start"]);
         ok(&o);
         let st = self.status(cache, endpoint);
         assert_eq!(st["running"], true, "{st}");
@@ -97,13 +70,13 @@ impl World {
     }
 
     fn status(&self, cache: &Path, endpoint: &str) -> serde_json::Value {
-        let o = self.kache(cache, endpoint, &["daemon", "status", "--json"]);
+        let o = self.kache_at(cache, endpoint, &["daemon", "status", "--json"]);
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&o)))
     }
 
     /// `kache daemon stop`; the process is gone afterwards.
     fn stop(&self, d: &Daemon, cache: &Path, endpoint: &str, timeout: &str) -> Output {
-        let o = self.kache(cache, endpoint, &["daemon", "stop", "--timeout", timeout]);
+        let o = self.kache_at(cache, endpoint, &["daemon", "stop", "--timeout", timeout]);
         let deadline = Instant::now() + Duration::from_secs(15);
         while alive(d.pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -212,7 +185,7 @@ fn daemon_log(cache: &Path) -> String {
 fn uploads_without_sync_and_remote_hits_on_an_empty_runner() {
     let w = World::new();
     let ep = w.s3.endpoint.clone();
-    let (ws_a, cache_a) = (w.workspace("a"), w.path("cache-a"));
+    let (ws_a, cache_a) = (w.fixture("ws", "a"), w.path("cache-a"));
     let d = w.start(&cache_a, &ep);
     let o = w.build(&ws_a, &cache_a, &ep, &[]).output().unwrap();
     ok(&o);
@@ -233,9 +206,9 @@ fn uploads_without_sync_and_remote_hits_on_an_empty_runner() {
     assert_eq!(w.bucket_entries(), stored, "{}", daemon_log(&cache_a));
     assert_eq!(pending(&cache_a), 0);
     // A second stop finds nothing running and nothing pending.
-    ok(&w.kache(&cache_a, &ep, &["daemon", "stop"]));
+    ok(&w.kache_at(&cache_a, &ep, &["daemon", "stop"]));
 
-    let (ws_b, cache_b) = (w.workspace("b"), w.path("cache-b"));
+    let (ws_b, cache_b) = (w.fixture("ws", "b"), w.path("cache-b"));
     let d = w.start(&cache_b, &ep);
     let t0 = Instant::now();
     let o = w
@@ -279,7 +252,7 @@ fn kill_9_mid_build_loses_no_upload() {
     let w = World::new();
     let proxy = Proxy::start(&w.s3.endpoint);
     proxy.set_delay(Duration::from_millis(1500));
-    let (ws, cache) = (w.workspace("a"), w.path("cache"));
+    let (ws, cache) = (w.fixture("ws", "a"), w.path("cache"));
     let d = w.start(&cache, &proxy.endpoint);
     let mut child = w
         .build(&ws, &cache, &proxy.endpoint, &[("KACHE_DAEMON_WAIT", "0s")])
@@ -318,7 +291,7 @@ fn kill_9_mid_build_loses_no_upload() {
 fn s3_down_or_slow_builds_succeed_within_the_deadlines() {
     let w = World::new();
     // Baseline: the same build without kache's remote.
-    let ws0 = w.workspace("base");
+    let ws0 = w.fixture("ws", "base");
     let t0 = Instant::now();
     let mut c = cargo_through_kache(
         &ws0,
@@ -334,7 +307,7 @@ fn s3_down_or_slow_builds_succeed_within_the_deadlines() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let (ws, cache) = (w.workspace("down"), w.path("cache-down"));
+    let (ws, cache) = (w.fixture("ws", "down"), w.path("cache-down"));
     let d = w.start(&cache, &dead);
     let t0 = Instant::now();
     let o = w
@@ -359,7 +332,7 @@ fn s3_down_or_slow_builds_succeed_within_the_deadlines() {
     // Slow: every request waits 3 s, longer than builds wait (1 s).
     let proxy = Proxy::start(&w.s3.endpoint);
     proxy.set_delay(Duration::from_secs(3));
-    let (ws, cache) = (w.workspace("slow"), w.path("cache-slow"));
+    let (ws, cache) = (w.fixture("ws", "slow"), w.path("cache-slow"));
     let d = w.start(&cache, &proxy.endpoint);
     let t0 = Instant::now();
     let o = w
@@ -460,7 +433,7 @@ fn another_uid_cannot_use_the_socket_and_bad_requests_are_refused() {
     assert_eq!(st["running"], true);
     assert_eq!(st["queue"], 0);
     // A second daemon for the same store refuses to start.
-    let o = w.kache(&cache, &ep, &["daemon"]);
+    let o = w.kache_at(&cache, &ep, &["daemon"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("already runs"),
@@ -487,7 +460,7 @@ fn autostart_two_builds_at_once_within_the_concurrency_bound() {
         ("KACHE_DAEMON_WAIT", "1s"),
         ("KACHE_CACHE_EXECUTABLES", "true"),
     ];
-    let (ws1, ws2) = (w.workspace("one"), w.workspace("two"));
+    let (ws1, ws2) = (w.fixture("ws", "one"), w.fixture("ws", "two"));
     let mut b1 = w.build(&ws1, &cache, &ep, &env).spawn().unwrap();
     let mut b2 = w.build(&ws2, &cache, &ep, &env).spawn().unwrap();
     assert!(b1.wait().unwrap().success());
@@ -691,12 +664,12 @@ fn bench_daemon() {
 fn a_hung_daemon_costs_one_wait() {
     let w = World::new();
     let ep = w.s3.endpoint.clone();
-    let ws0 = w.workspace("base");
+    let ws0 = w.fixture("ws", "base");
     let t0 = Instant::now();
     ok(&w.build(&ws0, &w.path("cache0"), &ep, &[]).output().unwrap());
     let base = t0.elapsed();
 
-    let (ws, cache) = (w.workspace("a"), w.path("cache"));
+    let (ws, cache) = (w.fixture("ws", "a"), w.path("cache"));
     let d = w.start(&cache, &ep);
     let signal = |sig: &str| {
         assert!(
@@ -737,7 +710,7 @@ fn a_hung_daemon_costs_one_wait() {
 #[test]
 fn sync_push_clears_upload_markers() {
     let w = World::new();
-    let ws = w.workspace("a");
+    let ws = w.fixture("ws", "a");
     let cache = w.path("ca");
     let ep = w.s3.endpoint.clone();
     ok(&w.build(&ws, &cache, &ep, &[]).output().unwrap());

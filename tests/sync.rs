@@ -9,37 +9,12 @@ use std::process::Output;
 
 use std::time::{Duration, Instant};
 
-use crate::common::{cargo_through_kache, copy_tree, kache, put_entry, run_checked, show};
-use crate::s3server::{Fault, Proxy, S3};
-
-/// A test's world: a bucket, caches, and a workspace dir.
-struct World {
-    s3: S3,
-    tmp: tempfile::TempDir,
-}
+use crate::common::{
+    World, cargo_through_kache, copy_tree, kache, ok, put_entry, run_checked, show, stderr, stdout,
+};
+use crate::s3server::{Fault, Proxy};
 
 impl World {
-    fn new() -> World {
-        World {
-            s3: S3::start(),
-            tmp: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// A world on the in-process s3s-fs server whatever
-    /// `KACHE_TEST_S3_*` says: for tests that read or damage the
-    /// bucket's files directly, or need session tokens.
-    fn local() -> World {
-        World {
-            s3: S3::start_local(),
-            tmp: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cache(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
     /// A workspace dir with a Cargo.lock naming `packages`.
     fn workspace(&self, name: &str, packages: &[&str]) -> PathBuf {
         let d = self.tmp.path().join(name);
@@ -94,18 +69,6 @@ impl World {
         c.current_dir(cwd).arg("sync").args(args);
         run_checked(&mut c)
     }
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", show(o));
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn json(o: &Output) -> serde_json::Value {

@@ -11,32 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::common::{
-    assert_no_secrets, cargo_plain, cargo_through_kache, copy_tree, kache, put_entry, run_checked,
-    secrets_of, show,
+    World, assert_no_secrets, cargo_plain, cargo_through_kache, kache, ok, put_entry, run_checked,
+    secrets_of, show, stderr, stdout,
 };
 use crate::s3server::S3;
-
-struct World {
-    s3: S3,
-    tmp: tempfile::TempDir,
-}
 
 /// A generated key pair: the secret key file and the public key line.
 struct Key {
     file: PathBuf,
     public: String,
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", show(o));
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -82,17 +65,6 @@ fn crates(cache: &Path) -> BTreeSet<String> {
 }
 
 impl World {
-    fn new() -> World {
-        World {
-            s3: S3::start_local(),
-            tmp: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.tmp.path().join(p)
-    }
-
     /// `kache key generate NAME --out FILE`.
     fn key(&self, name: &str) -> Key {
         let file = self.path(&format!("{name}.key"));
@@ -105,17 +77,9 @@ impl World {
         Key { file, public }
     }
 
-    /// A copy of the fixture workspace at `name/ws`.
-    fn workspace(&self, name: &str) -> PathBuf {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trust");
-        let ws = self.path(name).join("ws");
-        copy_tree(&fixture, &ws);
-        ws
-    }
-
     /// `kache ARGS` on `cache` with the remote under `prefix` (None: the
     /// test's own) and `env`, checked for secrets.
-    fn kache(
+    fn kache_trusting(
         &self,
         cache: &Path,
         prefix: Option<&str>,
@@ -190,7 +154,7 @@ fn run(target: &Path) -> String {
 
 /// What plain cargo (no kache) makes the program print: the oracle.
 fn plain(w: &World) -> String {
-    let ws = w.workspace("plain");
+    let ws = w.fixture("trust", "plain");
     let target = ws.with_file_name("target");
     ok(&cargo_plain(&ws, &target, &["build"]).output().unwrap());
     run(&target)
@@ -286,17 +250,17 @@ fn refused_lines(o: &Output) -> Vec<String> {
 /// forgery and the program prints 43: the attack is real.
 #[test]
 fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
-    let w = World::new();
+    let w = World::local();
     let k = w.key("ci");
     let key_file = k.file.to_str().unwrap();
     let want = plain(&w);
     assert_eq!(want, "answer=42");
 
     // Runner A (the main-branch job) builds and pushes, signing.
-    let ws_a = w.workspace("a");
+    let ws_a = w.fixture("trust", "a");
     let cache_a = w.path("cache-a");
     assert_eq!(build_and_run(&ws_a, &cache_a), want);
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache_a,
         None,
         &["sync", "--push", "--json"],
@@ -314,7 +278,7 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     // Runner B trusts the key: everything comes in, signed by `ci`.
     let cache_b = w.path("cache-b");
     let trusted = [("KACHE_TRUSTED_KEYS", k.public.as_str())];
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache_b,
         None,
         &["sync", "--pull", "--all", "--json"],
@@ -325,13 +289,13 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     assert_eq!(j["pulled"]["entries"], made.len() as u64, "{}", show(&o));
     assert_eq!(j["refused"]["entries"], 0, "{}", show(&o));
     assert_eq!(entries(&cache_b), made);
-    let o = w.kache(&cache_b, None, &["list", "--json"], &trusted);
+    let o = w.kache_trusting(&cache_b, None, &["list", "--json"], &trusted);
     ok(&o);
     for e in json(&o).as_array().unwrap() {
         assert_eq!(e["source"], "remote", "{e}");
         assert_eq!(e["signed_by"], k.public.as_str(), "{e}");
     }
-    let o = w.kache(&cache_b, None, &["stats"], &trusted);
+    let o = w.kache_trusting(&cache_b, None, &["stats"], &trusted);
     ok(&o);
     assert!(
         stdout(&o).contains(&format!(
@@ -341,11 +305,11 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
         "{}",
         show(&o)
     );
-    assert_eq!(build_and_run(&w.workspace("b"), &cache_b), want);
+    assert_eq!(build_and_run(&w.fixture("trust", "b"), &cache_b), want);
 
     // The attacker builds a patched dep (answers 43) and swaps its
     // library files into A's dep archive, under the same object name.
-    let ws_x = w.workspace("x");
+    let ws_x = w.fixture("trust", "x");
     let lib = ws_x.join("dep/src/lib.rs");
     fs::write(&lib, fs::read_to_string(&lib).unwrap().replace("42", "43")).unwrap();
     let cache_x = w.path("cache-x");
@@ -356,7 +320,7 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
 
     // Runner C trusts the key: dep is refused, one line, counted, exit 1.
     let cache_c = w.path("cache-c");
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache_c,
         None,
         &["sync", "--pull", "--all", "--json"],
@@ -384,7 +348,7 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     assert_eq!(fs::read_dir(cache_c.join("tmp")).unwrap().count(), 0);
     // Text summary, and --allow-partial exits 0.
     let cache_c2 = w.path("cache-c2");
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache_c2,
         None,
         &["sync", "--pull", "--all", "--allow-partial"],
@@ -393,32 +357,35 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(stdout(&o).contains("refused       1 entry"), "{}", show(&o));
     // The build compiles what was refused: the right answer.
-    assert_eq!(build_and_run(&w.workspace("c"), &cache_c), want);
+    assert_eq!(build_and_run(&w.fixture("trust", "c"), &cache_c), want);
 
     // Without trusted keys the forgery is imported and runs: what the
     // checks above prevent. `kache config` says entries are unverified.
     let cache_d = w.path("cache-d");
-    let o = w.kache(&cache_d, None, &["config"], &[]);
+    let o = w.kache_trusting(&cache_d, None, &["config"], &[]);
     assert!(
         stdout(&o).contains("(none: pulled entries are not verified)"),
         "{}",
         show(&o)
     );
-    ok(&w.kache(&cache_d, None, &["sync", "--pull", "--all"], &[]));
-    assert_eq!(build_and_run(&w.workspace("d"), &cache_d), "answer=43");
+    ok(&w.kache_trusting(&cache_d, None, &["sync", "--pull", "--all"], &[]));
+    assert_eq!(
+        build_and_run(&w.fixture("trust", "d"), &cache_d),
+        "answer=43"
+    );
     // Switching trusted keys on says how to drop what came in unverified
     // (sync and doctor), and `kache gc --verify` drops exactly the
     // pulled entries.
-    let o = w.kache(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
+    let o = w.kache_trusting(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
     assert!(stderr(&o).contains("kache gc --verify"), "{}", show(&o));
-    let o = w.kache(&cache_d, None, &["doctor"], &trusted);
+    let o = w.kache_trusting(&cache_d, None, &["doctor"], &trusted);
     let l = doctor_line(&o, "trust");
     assert!(
         l.starts_with("FAIL") && l.contains("fix: run `kache gc --verify`"),
         "{l}"
     );
     let before = entries(&cache_d);
-    let o = w.kache(&cache_d, None, &["gc", "--verify", "--json"], &trusted);
+    let o = w.kache_trusting(&cache_d, None, &["gc", "--verify", "--json"], &trusted);
     ok(&o);
     assert_eq!(
         json(&o)["untrusted_removed"],
@@ -431,9 +398,9 @@ fn signed_push_trusted_pull_and_the_tampered_entry_is_refused() {
     // miss) stays: it is this runner's own work.
     assert!(after.iter().all(|e| !made.contains(e)), "{after:?}");
     assert!(after.len() < before.len());
-    let o = w.kache(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
+    let o = w.kache_trusting(&cache_d, None, &["sync", "--pull", "--all"], &trusted);
     assert!(!stderr(&o).contains("kache gc --verify"), "{}", show(&o));
-    let o = w.kache(&cache_d, None, &["doctor"], &trusted);
+    let o = w.kache_trusting(&cache_d, None, &["doctor"], &trusted);
     assert!(doctor_line(&o, "trust").starts_with("ok"), "{}", show(&o));
 }
 
@@ -452,11 +419,11 @@ fn doctor_line(o: &Output, name: &str) -> String {
 /// trusted keys at once accept the entries of both.
 #[test]
 fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
-    let w = World::new();
+    let w = World::local();
     let (ci, old, stranger) = (w.key("ci"), w.key("ci-2025"), w.key("stranger"));
     let want = plain(&w);
     let cache_a = w.path("cache-a");
-    assert_eq!(build_and_run(&w.workspace("a"), &cache_a), want);
+    assert_eq!(build_and_run(&w.fixture("trust", "a"), &cache_a), want);
     let made = entries(&cache_a);
     let prefix = |s: &str| format!("{}/{s}", w.s3.prefix);
     let push = |p: &str, key: Option<&Key>| {
@@ -464,7 +431,7 @@ fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
             .map(|k| ("KACHE_SIGNING_KEY_FILE", k.file.to_str().unwrap()))
             .into_iter()
             .collect();
-        ok(&w.kache(&cache_a, Some(&prefix(p)), &["sync", "--push"], &env));
+        ok(&w.kache_trusting(&cache_a, Some(&prefix(p)), &["sync", "--push"], &env));
     };
     push("unsigned", None);
     push("stranger", Some(&stranger));
@@ -490,7 +457,7 @@ fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
         ),
     ] {
         let cache = w.path(&format!("cache-{p}"));
-        let o = w.kache(
+        let o = w.kache_trusting(
             &cache,
             Some(&prefix(p)),
             &["sync", "--pull", "--all", "--json"],
@@ -510,12 +477,12 @@ fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
         if p == "moved" {
             assert!(!crates(&cache).contains("dep"), "moved archive imported");
         }
-        assert_eq!(build_and_run(&w.workspace(p), &cache), want, "{p}");
+        assert_eq!(build_and_run(&w.fixture("trust", p), &cache), want, "{p}");
     }
     // Both trusted keys' entries come in (rotation: old and new at once).
     for p in ["old", "unsigned"] {
         let cache = w.path(&format!("cache-both-{p}"));
-        let o = w.kache(&cache, Some(&prefix(p)), &["sync", "--pull", "--all"], &env);
+        let o = w.kache_trusting(&cache, Some(&prefix(p)), &["sync", "--pull", "--all"], &env);
         if p == "old" {
             ok(&o);
             assert_eq!(entries(&cache), made);
@@ -525,7 +492,7 @@ fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
     }
     // Only the new key trusted: the old key's entries are refused.
     let cache = w.path("cache-new-only");
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache,
         Some(&prefix("old")),
         &["sync", "--pull", "--all"],
@@ -546,7 +513,7 @@ fn unsigned_untrusted_and_moved_entries_are_refused_and_two_keys_are_trusted() {
 /// object in the bucket changes.
 #[test]
 fn a_read_only_runner_changes_no_object_in_the_bucket() {
-    let w = World::new();
+    let w = World::local();
     let writer = w.path("cache-writer");
     let nowhere = w.path("nowhere");
     fs::create_dir_all(&nowhere).unwrap();
@@ -558,7 +525,7 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
             &[("libfoo.rlib", format!("w{i}").as_bytes())],
         );
     }
-    ok(&w.kache(&writer, None, &["sync", "--push"], &[]));
+    ok(&w.kache_trusting(&writer, None, &["sync", "--push"], &[]));
     let before = w.bucket(&w.s3.prefix);
     assert_eq!(before.len(), 3);
 
@@ -572,7 +539,7 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
         );
     }
     let env = [("KACHE_REMOTE_READ_ONLY", "1")];
-    let o = w.kache(&ro, None, &["sync", "--push"], &env);
+    let o = w.kache_trusting(&ro, None, &["sync", "--push"], &env);
     ok(&o);
     assert_eq!(stdout(&o), "", "{}", show(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", show(&o));
@@ -581,16 +548,16 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
         "{}",
         show(&o)
     );
-    let o = w.kache(&ro, None, &["sync", "--push", "--json"], &env);
+    let o = w.kache_trusting(&ro, None, &["sync", "--push", "--json"], &env);
     ok(&o);
     assert_eq!(json(&o)["read_only"], true);
     assert_eq!(json(&o)["pushed"]["entries"], 0);
-    let o = w.kache(&ro, None, &["sync", "--all", "--json"], &env);
+    let o = w.kache_trusting(&ro, None, &["sync", "--all", "--json"], &env);
     ok(&o);
     assert_eq!(json(&o)["pulled"]["entries"], 3, "{}", show(&o));
     assert_eq!(json(&o)["pushed"]["entries"], 0, "{}", show(&o));
     assert_eq!(entries(&ro).len(), 5);
-    let o = w.kache(&ro, None, &["doctor"], &env);
+    let o = w.kache_trusting(&ro, None, &["doctor"], &env);
     assert!(
         doctor_line(&o, "read-write").starts_with("skip"),
         "{}",
@@ -601,7 +568,7 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
         "{}",
         show(&o)
     );
-    let o = w.kache(&ro, None, &["gc", "--remote", "--max-age", "1s"], &env);
+    let o = w.kache_trusting(&ro, None, &["gc", "--remote", "--max-age", "1s"], &env);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
         stderr(&o).starts_with(
@@ -613,7 +580,7 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
     // The file setting too.
     let cfg = w.path("ro.toml");
     fs::write(&cfg, "[cache.remote]\nread_only = true\n").unwrap();
-    let o = w.kache(
+    let o = w.kache_trusting(
         &ro,
         None,
         &["sync", "--push"],
@@ -621,7 +588,7 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
     );
     ok(&o);
     assert!(stderr(&o).contains("nothing pushed"), "{}", show(&o));
-    let o = w.kache(
+    let o = w.kache_trusting(
         &ro,
         None,
         &["config"],
@@ -637,16 +604,16 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
 
     // The daemon of a read-only runner: a build's misses are never
     // recorded nor uploaded.
-    let ws = w.workspace("ro");
+    let ws = w.fixture("trust", "ro");
     let dcache = w.path("cache-ro-daemon");
-    let o = w.kache(&dcache, None, &["daemon", "start"], &env);
+    let o = w.kache_trusting(&dcache, None, &["daemon", "start"], &env);
     ok(&o);
     let mut c = cargo_through_kache(&ws, &ws.with_file_name("target"), &dcache, &["build"]);
     w.s3.configure(&mut c);
     c.env("KACHE_REMOTE_READ_ONLY", "1");
     ok(&c.output().unwrap());
     assert!(!entries(&dcache).is_empty());
-    let o = w.kache(&dcache, None, &["daemon", "stop", "--timeout", "30s"], &env);
+    let o = w.kache_trusting(&dcache, None, &["daemon", "stop", "--timeout", "30s"], &env);
     ok(&o);
     assert!(stdout(&o).contains("0 uploaded, 0 pending"), "{}", show(&o));
     // Nothing recorded for a later daemon to upload either.
@@ -660,15 +627,16 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
 /// cargo's prints.
 #[test]
 fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
-    let w = World::new();
+    let w = World::local();
     let k = w.key("ci");
     let key_file = k.file.to_str().unwrap();
     let want = plain(&w);
-    let daemon =
-        |cache: &Path, args: &[&str], env: &[(&str, &str)]| w.kache(cache, None, args, env);
+    let daemon = |cache: &Path, args: &[&str], env: &[(&str, &str)]| {
+        w.kache_trusting(cache, None, args, env)
+    };
 
     // Runner A: the daemon uploads, signed.
-    let ws_a = w.workspace("a");
+    let ws_a = w.fixture("trust", "a");
     let cache_a = w.path("cache-a");
     let sign = [("KACHE_SIGNING_KEY_FILE", key_file)];
     ok(&daemon(&cache_a, &["daemon", "start"], &sign));
@@ -688,11 +656,11 @@ fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
     // What it uploaded is signed by `ci`: a trusting pull takes it all.
     let trusted = [("KACHE_TRUSTED_KEYS", k.public.as_str())];
     let check = w.path("cache-check");
-    ok(&w.kache(&check, None, &["sync", "--pull", "--all"], &trusted));
+    ok(&w.kache_trusting(&check, None, &["sync", "--pull", "--all"], &trusted));
     assert_eq!(entries(&check), made);
 
     // The attacker swaps dep's library for a patched build's.
-    let ws_x = w.workspace("x");
+    let ws_x = w.fixture("trust", "x");
     let lib = ws_x.join("dep/src/lib.rs");
     fs::write(&lib, fs::read_to_string(&lib).unwrap().replace("42", "43")).unwrap();
     let cache_x = w.path("cache-x");
@@ -702,7 +670,7 @@ fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
 
     // Runner B: its daemon trusts `ci`; the build gets app's entry by a
     // remote hit, dep's is refused and compiled.
-    let ws_b = w.workspace("b");
+    let ws_b = w.fixture("trust", "b");
     let cache_b = w.path("cache-b");
     ok(&daemon(&cache_b, &["daemon", "start"], &trusted));
     let mut c = cargo_through_kache(&ws_b, &ws_b.with_file_name("target"), &cache_b, &["build"]);
@@ -761,7 +729,7 @@ fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
 #[test]
 fn the_signing_key_is_never_printed() {
     use std::os::unix::fs::PermissionsExt;
-    let w = World::new();
+    let w = World::local();
     let k = w.key("ci");
     let text = fs::read_to_string(&k.file).unwrap();
     assert_eq!(
@@ -769,7 +737,7 @@ fn the_signing_key_is_never_printed() {
         0o600
     );
     // Never over an existing file.
-    let o = w.kache(
+    let o = w.kache_trusting(
         &w.path("c"),
         None,
         &["key", "generate", "ci", "--out", k.file.to_str().unwrap()],
@@ -786,7 +754,7 @@ fn the_signing_key_is_never_printed() {
         vec![("KACHE_SIGNING_KEY_FILE", k.file.to_str().unwrap())],
     ] {
         for args in [&["config"][..], &["config", "--json"]] {
-            let o = w.kache(&cache, None, args, &env);
+            let o = w.kache_trusting(&cache, None, args, &env);
             ok(&o);
             assert!(
                 stdout(&o).contains(&format!("signs as {}", k.public)),
@@ -794,12 +762,12 @@ fn the_signing_key_is_never_printed() {
                 show(&o)
             );
         }
-        let o = w.kache(&cache, None, &["config"], &env);
+        let o = w.kache_trusting(&cache, None, &["config"], &env);
         if env[0].0 == "KACHE_SIGNING_KEY" {
             assert!(stdout(&o).contains("**** (signs as"), "{}", show(&o));
         }
     }
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache,
         None,
         &["sync", "--push"],
@@ -808,7 +776,7 @@ fn the_signing_key_is_never_printed() {
     ok(&o);
     // A damaged key: one error line that names the variable, not the key.
     let broken = text.trim().replace('A', "B").replacen(':', ":x", 1);
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache,
         None,
         &["sync", "--push"],
@@ -820,13 +788,13 @@ fn the_signing_key_is_never_printed() {
         "{}",
         show(&o)
     );
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache,
         None,
         &["config"],
         &[("KACHE_SIGNING_KEY", broken.as_str())],
     );
-    let o2 = w.kache(
+    let o2 = w.kache_trusting(
         &cache,
         None,
         &["doctor"],
@@ -843,7 +811,7 @@ fn the_signing_key_is_never_printed() {
         show(&o)
     );
     // Both at once is an error, not a guess.
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache,
         None,
         &["config"],
@@ -854,7 +822,7 @@ fn the_signing_key_is_never_printed() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     // A bad trusted key names the setting and the form.
-    let o = w.kache(
+    let o = w.kache_trusting(
         &cache,
         None,
         &["config"],

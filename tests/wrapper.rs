@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{cargo_through_kache, clean_env, copy_tree, kache, kache_bin, show};
+use crate::common::{cargo_through_kache, clean_env, copy_tree, kache, kache_bin, show, stderr};
 
 /// Compiles a cold build of the fixture runs through kache.
 const COMPILES: usize = 6;
@@ -221,10 +221,6 @@ fn assert_store_sound(cache: &Path) -> serde_json::Value {
         .collect();
     assert_eq!(left, Vec::<String>::new(), "gc left tmp files {owners:?}");
     rep
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

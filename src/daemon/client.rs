@@ -24,9 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::protocol::{self, FetchReply, Request, Status, StopReply};
-use super::{paths, pending_dir, pending_markers, private_dir};
-use crate::config::{Config, WrapperConfig, parse_duration};
+use super::{paths, private_dir};
+use crate::config::{Config, WrapperConfig};
 use crate::store::Store;
+use crate::store::pending::{pending_dir, pending_markers};
+use crate::units::parse_duration;
 
 /// Autostart is tried at most this often per store.
 const AUTOSTART_EVERY: Duration = Duration::from_secs(10);

@@ -20,7 +20,7 @@ store, blocking threads throughout.
 - Remote hits: on a local miss the wrapper asks for the crate (within
   `cache.daemon_wait`, 2 s by default); the daemon lists
   `{prefix}/{crate}/` and pulls what the store lacks exactly as
-  `kache sync --pull` does (`sync::exec`: verified, imported atomically),
+  `kache sync --pull` does (`transfer::exec`: verified, imported atomically),
   and the wrapper looks up again. A fresh runner has no input lists, and
   the crate is what it knows before compiling, so the crate prefix is the
   unit; the layout is unchanged, old buckets stay readable. The first
@@ -99,12 +99,6 @@ pub(crate) fn paths(root: &Path) -> Paths {
     }
 }
 
-/// `<store>/pending/<remote id hash>`: uploads recorded for that remote.
-pub(crate) fn pending_dir(root: &Path, remote: &str) -> PathBuf {
-    let h = blake3::hash(remote.as_bytes()).to_hex();
-    root.join("pending").join(&h[..16])
-}
-
 /// Creates `d` (mode 0700) or checks that it is ours and tightens it.
 pub(crate) fn private_dir(d: &Path) -> Result<()> {
     fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -122,27 +116,6 @@ pub(crate) fn private_dir(d: &Path) -> Result<()> {
             .with_context(|| format!("cannot make {} private", d.display()))?;
     }
     Ok(())
-}
-
-/// The pending markers under `dir` (crate, key), valid names only.
-pub(crate) fn pending_markers(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for c in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(crate_name) = c.file_name().into_string() else {
-            continue;
-        };
-        if !crate::store::valid_crate(&crate_name) {
-            continue;
-        }
-        for k in fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            if let Ok(key) = k.file_name().into_string()
-                && crate::store::valid_key(&key)
-            {
-                out.push((crate_name.clone(), key));
-            }
-        }
-    }
-    out
 }
 
 pub(crate) fn run(cfg: Config, cmd: &DaemonCmd) -> Result<ExitCode> {

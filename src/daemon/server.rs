@@ -26,15 +26,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
 
 use super::protocol::{self, FetchReply, Request, Status, StopReply};
-use super::{Paths, paths, peer, pending_dir, pending_markers, private_dir};
-use crate::config::{Config, Credentials, config_path};
+use super::{Paths, paths, peer, private_dir};
+use crate::config::{Config, config_path};
 use crate::lockfile;
 use crate::remote::s3::S3Remote;
 use crate::remote::{Listed, Remote, RemoteError, layout};
+use crate::store::pending::{pending_dir, pending_markers};
 use crate::store::{Store, now_secs};
-use crate::sync::exec::{self, Ctx};
-use crate::sync::plan::{self, Direction, Transfer};
-use crate::sync::report::Outcome;
+use crate::transfer::exec::{self, Ctx};
+use crate::transfer::plan::{self, Direction, Transfer};
+use crate::transfer::report::Outcome;
 use crate::trust::Policy;
 
 /// Connections handled at once; more are closed unanswered.
@@ -85,10 +86,7 @@ impl Live {
         let id = cfg.remote_identity().ok_or_else(|| {
             anyhow!("no remote configured: the daemon needs an S3 bucket (KACHE_S3_BUCKET or cache.remote.bucket)")
         })?;
-        let creds = Credentials::resolve(cfg)
-            .context("cannot load S3 credentials")?
-            .ok_or_else(|| anyhow!("no S3 credentials found (set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials)"))?;
-        let remote = S3Remote::new(cfg, &creds)?;
+        let remote = S3Remote::from_config(cfg)?;
         let trust = cfg.trust_policy(true)?;
         let endpoint = id.split('|').next().unwrap_or_default();
         let shown = format!(
@@ -1023,7 +1021,7 @@ fn fetch_now(
         .map(|t| (t.crate_name.clone(), t.key.clone()))
         .collect();
     if !live.read_only {
-        crate::sync::retention::record_use(&remote, &live.prefix, &used);
+        crate::transfer::uses::record_use(&remote, &live.prefix, &used);
     }
     let ctx = Ctx {
         store: &shared.store,
@@ -1048,7 +1046,7 @@ fn fetch_now(
                 log(&format!(
                     "remote hit {}/{} {m}",
                     t.crate_name,
-                    crate::sync::report::short(&t.key)
+                    crate::transfer::report::short(&t.key)
                 ));
             }
             Outcome::Failed(_, m) | Outcome::Fatal(_, m) => failed = Some(m),

@@ -68,6 +68,25 @@ pub(crate) fn meta_prefix(prefix: &str) -> String {
     format!("{}.kache/", root_prefix(prefix))
 }
 
+/// The listing prefix of the use records (`kache gc --remote`).
+pub(crate) fn uses_prefix(prefix: &str) -> String {
+    format!("{}uses/", meta_prefix(prefix))
+}
+
+/// One use record: its time (seconds, zero-padded so names sort by
+/// time), an optional tag (`compact`), and a nonce.
+pub(crate) fn use_record(prefix: &str, ts: u64, tag: Option<&str>, nonce: &str) -> String {
+    match tag {
+        Some(t) => format!("{}{ts:012}-{t}-{nonce}.json", uses_prefix(prefix)),
+        None => format!("{}{ts:012}-{nonce}.json", uses_prefix(prefix)),
+    }
+}
+
+/// The lock `kache gc --remote` holds while it works.
+pub(crate) fn gc_lock(prefix: &str) -> String {
+    format!("{}gc.lock", meta_prefix(prefix))
+}
+
 /// The small object `kache doctor` writes, reads back and deletes.
 pub(crate) fn doctor_probe(prefix: &str, tag: &str) -> String {
     format!("{}doctor/{tag}", meta_prefix(prefix))

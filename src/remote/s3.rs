@@ -146,6 +146,35 @@ pub(crate) struct S3Remote {
 }
 
 impl S3Remote {
+    /// The remote of the settings, for every command that uses it
+    /// (sync, gc --remote, the daemon, doctor): a bucket must be set and
+    /// credentials found, each failure named with its fix.
+    pub(crate) fn from_config(cfg: &Config) -> Result<S3Remote> {
+        if cfg.bucket.value.is_none() {
+            let file = crate::config::config_path().map_or_else(
+                || "the config file".to_string(),
+                |p| p.display().to_string(),
+            );
+            anyhow::bail!(
+                "no remote configured: no S3 bucket is set (set KACHE_S3_BUCKET, or cache.remote.bucket in {file})"
+            );
+        }
+        let creds = Credentials::resolve(cfg)
+            .context("cannot load S3 credentials")?
+            .ok_or_else(|| {
+                anyhow!(
+                    "no S3 credentials found (set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials)"
+                )
+            })?;
+        S3Remote::new(cfg, &creds)
+    }
+
+    /// Where the credentials came from (`KACHE_S3_ACCESS_KEY`, a
+    /// profile, ...), never the credentials themselves.
+    pub(crate) fn credentials_source(&self) -> &str {
+        &self.creds_source
+    }
+
     /// Builds the remote from the settings. Fails if no bucket is
     /// configured or the endpoint is unusable.
     pub(crate) fn new(cfg: &Config, creds: &Credentials) -> Result<S3Remote> {

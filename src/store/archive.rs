@@ -34,7 +34,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::entry::{Origin, Pulled};
 use super::{ENTRY_VERSION, Entry, Store, now_secs, write_hashed};
-use crate::trust::{self, Identity, SigningKey, TrustedKey};
+use crate::trust::{self, SigningKey, TrustedKey};
 
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -102,7 +102,7 @@ pub(crate) fn pack(
         // The manifest names every file's blake3, and each blob is
         // checked against it below as it is streamed: what is signed is
         // what is uploaded.
-        let id = Identity::new(&entry.crate_name, &entry.key, entry.origin.as_ref());
+        let id = Origin::identity(entry.origin.as_ref(), &entry.crate_name, &entry.key);
         let hash = blake3::hash(&manifest).to_hex();
         counter
             .write_all(&k.frame(&id, hash.as_str()))
@@ -303,7 +303,7 @@ fn unpack_staged(
     } else {
         // Before anything is staged, and bound to the name the object
         // was found under, not to what its manifest claims.
-        let id = Identity::new(crate_name, key, check.origin);
+        let id = Origin::identity(check.origin, crate_name, key);
         let hash = blake3::hash(&buf).to_hex();
         let k = trust::verify(check.trusted, &frame, &id, hash.as_str())?;
         Some(k.to_string())

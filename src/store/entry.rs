@@ -203,3 +203,21 @@ impl Entry {
         self.files.iter().map(|f| f.size).sum()
     }
 }
+
+impl Origin {
+    /// The entry's identity as a signature binds it (its long object
+    /// name's parts, when the origin is valid).
+    pub(crate) fn identity<'a>(
+        origin: Option<&'a Origin>,
+        crate_name: &'a str,
+        key: &'a str,
+    ) -> crate::trust::Identity<'a> {
+        crate::trust::Identity {
+            crate_name,
+            key,
+            origin: origin
+                .filter(|o| o.is_valid())
+                .map(|o| (o.version.as_str(), o.target.as_str(), o.toolchain.as_str())),
+        }
+    }
+}

@@ -7,11 +7,17 @@ Layout under the cache dir (documented in the README):
 blobs/ab/<blake3 hex>          one file per distinct content, mode 0444
 entries/<crate>/<key>.json     one manifest per entry; mtime = last access
 index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::key)
+toolchains/<id>                cached `rustc -vV` / `cc --version` answers
 hashes/<id>                    remembered file hashes (Store::hash_file_cached)
+dylibs/<so blake3>             the shared libraries a proc macro or dylib loads
+origins/<blake3>               `name@version` of an rlib/rmeta/so, for the pull
+                               filter's dependency versions
+pending/<remote>/<crate>/<key> uploads recorded for the daemon (`pending`)
+daemon/                        mode 0700: the daemon's socket, pid, lock, log
 tmp/                           staging; anything older than an hour is junk
 locks/<key>.lock               per-key compile locks (flock)
 gc.lock                        writers hold it shared, gc exclusive
-events.jsonl                   one JSON line per wrapper outcome
+events.jsonl                   one JSON line per wrapper outcome (and sync)
 unverified-pulls               present once an entry was pulled unverified
 ```
 
@@ -36,6 +42,7 @@ Invariants:
 pub(crate) mod archive;
 pub(crate) mod entry;
 pub(crate) mod gc;
+pub(crate) mod pending;
 mod sys;
 
 use std::fs::{self, File, OpenOptions};

@@ -16,9 +16,6 @@ reported as one line. `--allow-partial` turns every one of these into
 exit 0: the cache never fails the build job.
 */
 
-pub(crate) mod exec;
-pub(crate) mod plan;
-pub(crate) mod report;
 pub(crate) mod retention;
 
 use std::collections::{BTreeSet, HashSet};
@@ -26,17 +23,18 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use rayon::ThreadPool;
 
 use crate::cli::SyncCmd;
-use crate::config::{Config, Credentials, config_path};
+use crate::config::Config;
 use crate::lockfile;
 use crate::remote::s3::S3Remote;
 use crate::remote::{Remote, layout};
 use crate::store::Store;
-use plan::{Direction, EntryId, RemoteIndex, Transfer};
-use report::{ListingFailure, Progress, Reporter};
+use crate::transfer::plan::{self, Direction, EntryId, RemoteIndex, Transfer};
+use crate::transfer::report::{self, ListingFailure, Progress, Reporter};
+use crate::transfer::{exec, uses};
 
 pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let started = Instant::now();
@@ -178,23 +176,7 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         (true, true)
     };
     reporter.summary.read_only = cfg.read_only.value;
-    if cfg.bucket.value.is_none() {
-        let file = config_path().map_or_else(
-            || "the config file".to_string(),
-            |p| p.display().to_string(),
-        );
-        bail!(
-            "no remote configured: no S3 bucket is set (set KACHE_S3_BUCKET, or cache.remote.bucket in {file})"
-        );
-    }
-    let creds = Credentials::resolve(cfg)
-        .context("cannot load S3 credentials")?
-        .ok_or_else(|| {
-            anyhow!(
-                "no S3 credentials found (set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials)"
-            )
-        })?;
-    let remote = S3Remote::new(cfg, &creds)?;
+    let remote = S3Remote::from_config(cfg)?;
     let trust = cfg.trust_policy(do_push && !cmd.dry_run)?;
     let store = if cmd.dry_run {
         Store::at(&cfg.cache_dir.value)
@@ -279,7 +261,7 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
                 .collect();
             // A read-only runner writes nothing, use records included.
             if !cfg.read_only.value {
-                retention::record_use(&remote, prefix, &used);
+                uses::record_use(&remote, prefix, &used);
             }
             execute(&pool, &ctx, reporter, "pull", pull);
             if reporter.summary.fatal.is_none() {
@@ -346,8 +328,8 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
                     .iter()
                     .map(|f| (f.crate_name.clone(), f.key.clone()))
                     .collect();
-                let dir = crate::daemon::pending_dir(store.root(), &id);
-                for (c, k) in crate::daemon::pending_markers(&dir) {
+                let dir = crate::store::pending::pending_dir(store.root(), &id);
+                for (c, k) in crate::store::pending::pending_markers(&dir) {
                     let id = (c, k);
                     let there = idx.get(&id.0).is_some_and(|keys| keys.contains_key(&id.1));
                     if there || (planned.contains(&id) && !failed.contains(&id)) {

@@ -33,12 +33,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::config::{Config, Credentials, format_size, parse_size};
+use crate::config::Config;
 use crate::remote::s3::S3Remote;
 use crate::remote::{ErrorKind, Remote, layout};
 use crate::store::now_secs;
+use crate::transfer::uses::{UseRecord, nonce};
+use crate::units::{format_size, parse_size};
 
 /// A lock older than this belongs to a gc that died.
 const STALE_LOCK_SECS: u64 = 3600;
@@ -49,58 +51,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 const BATCH: usize = 1000;
 /// The largest use record read.
 const MAX_RECORD: u64 = 64 << 20;
-
-/// One use record: entries used at `ts`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct UseRecord {
-    ts: u64,
-    /// (crate, key) pairs used at `ts`.
-    #[serde(default)]
-    entries: Vec<(String, String)>,
-    /// A compacted record: (crate, key) -> last use.
-    #[serde(default)]
-    last_use: Vec<(String, String, u64)>,
-}
-
-fn meta_prefix(prefix: &str) -> String {
-    layout::meta_prefix(prefix)
-}
-
-fn uses_prefix(prefix: &str) -> String {
-    format!("{}uses/", meta_prefix(prefix))
-}
-
-fn nonce() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    blake3::hash(format!("{t}-{}", std::process::id()).as_bytes()).to_hex()[..12].to_string()
-}
-
-/// Records that `entries` were used now: one small object per call.
-/// Best effort: a failure is a warning, never a failed sync.
-pub(crate) fn record_use(remote: &dyn Remote, prefix: &str, entries: &[(String, String)]) {
-    if entries.is_empty() {
-        return;
-    }
-    let ts = now_secs();
-    let rec = UseRecord {
-        ts,
-        entries: entries.to_vec(),
-        last_use: Vec::new(),
-    };
-    let Ok(body) = serde_json::to_vec(&rec) else {
-        return;
-    };
-    let name = format!("{}{ts:012}-{}.json", uses_prefix(prefix), nonce());
-    if let Err(e) = remote.put_bytes(&name, &body, false) {
-        crate::sync::report::warning(&format!(
-            "cannot record use of {} entries in {}: {e} (kache gc --remote may then treat them as unused)",
-            entries.len(),
-            remote.describe(&name)
-        ));
-    }
-}
 
 /// An entry object with its last use.
 #[derive(Clone, Debug, Serialize)]
@@ -122,10 +72,10 @@ fn read_records(
     seen: &BTreeSet<String>,
     last: &mut BTreeMap<(String, String), u64>,
 ) -> Result<Vec<String>> {
-    let listed = remote.list(&uses_prefix(prefix)).map_err(|e| {
+    let listed = remote.list(&layout::uses_prefix(prefix)).map_err(|e| {
         anyhow!(
             "cannot list the use records {}: {e}",
-            remote.describe(&uses_prefix(prefix))
+            remote.describe(&layout::uses_prefix(prefix))
         )
     })?;
     let names: Vec<String> = listed
@@ -206,7 +156,7 @@ fn live(held: &[u8]) -> bool {
 /// The same wait follows taking over a stale lock, since two runs may
 /// both have removed it.
 fn take_lock(remote: &dyn Remote, prefix: &str) -> Result<Option<Lock>> {
-    let name = format!("{}gc.lock", meta_prefix(prefix));
+    let name = layout::gc_lock(prefix);
     let me = format!("{{\"ts\":{},\"nonce\":\"{}\"}}", now_secs(), nonce()).into_bytes();
     let put = |if_absent| remote.put_bytes(&name, &me, if_absent);
     for _ in 0..3 {
@@ -280,17 +230,7 @@ pub(crate) fn gc_remote(
     if max_age.is_none() && max_size.is_none() {
         bail!("kache gc --remote needs --max-age DUR or --max-size SIZE (or both)");
     }
-    if cfg.bucket.value.is_none() {
-        bail!(
-            "no remote configured: no S3 bucket is set (set KACHE_S3_BUCKET or cache.remote.bucket)"
-        );
-    }
-    let creds = Credentials::resolve(cfg)
-        .context("cannot load S3 credentials")?
-        .ok_or_else(|| {
-            anyhow!("no S3 credentials found (set KACHE_S3_ACCESS_KEY and KACHE_S3_SECRET_KEY)")
-        })?;
-    let remote = S3Remote::new(cfg, &creds)?;
+    let remote = S3Remote::from_config(cfg)?;
     let prefix = cfg.prefix.value.as_str();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.s3_concurrency.value)
@@ -304,7 +244,7 @@ pub(crate) fn gc_remote(
         match take_lock(&remote, prefix)? {
             Some(l) => Some(l),
             None => {
-                crate::sync::report::warning(
+                crate::transfer::report::warning(
                     "another kache gc --remote holds the lock on this bucket; nothing done",
                 );
                 return Ok(ExitCode::SUCCESS);
@@ -398,7 +338,7 @@ fn run(
         && !doomed.is_empty()
         && !l.still_ours(remote)?
     {
-        crate::sync::report::warning(
+        crate::transfer::report::warning(
             "another kache gc --remote took the lock on this bucket while this one planned; nothing deleted",
         );
         return Ok(ExitCode::SUCCESS);
@@ -440,7 +380,7 @@ fn run(
                 entries: Vec::new(),
                 last_use: keep,
             };
-            let name = format!("{}{now:012}-compact-{}.json", uses_prefix(prefix), nonce());
+            let name = layout::use_record(prefix, now, Some("compact"), &nonce());
             let body = serde_json::to_vec(&rec)?;
             remote
                 .put_bytes(&name, &body, false)
@@ -473,7 +413,7 @@ fn run(
                     c.crate_name,
                     &c.key[..12],
                     format_size(c.size),
-                    crate::commands::format_age(now.saturating_sub(c.last_use))
+                    crate::units::format_age(now.saturating_sub(c.last_use))
                 )?;
             }
         }

@@ -89,7 +89,7 @@ fn progress(crate_name: &str, what: &str, start: Instant, size: u64) {
         eprintln!(
             "[kache] {crate_name}: {what} ({}ms, {})",
             start.elapsed().as_millis(),
-            crate::config::format_size(size)
+            crate::units::format_size(size)
         );
     }
 }

@@ -16,7 +16,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::Serialize;
 
 use super::plan::{Direction, Filtered, Transfer, totals};
-use crate::config::{env_nonempty, format_size};
+use crate::config::env_nonempty;
+use crate::units::format_size;
 
 /// What happened to one transfer.
 #[derive(Debug)]
