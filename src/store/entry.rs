@@ -75,6 +75,10 @@ pub(crate) struct Entry {
     /// pull can skip what this build cannot use before downloading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) origin: Option<Origin>,
+    /// The language compiled: `None` for Rust (every entry kache made
+    /// before C caching), `Some("c")` for a C, C++ or assembler object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lang: Option<String>,
 }
 
 /// What an entry was built for. Each field is one safe path component
@@ -128,6 +132,7 @@ impl Entry {
             created: super::now_secs(),
             explain: std::collections::BTreeMap::new(),
             origin: None,
+            lang: None,
         }
     }
 
