@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)]
 
+mod cc;
 mod commands;
 mod common;
 mod daemon;
