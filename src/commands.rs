@@ -176,6 +176,8 @@ struct EventStats {
     hit_ms: u64,
     verified: u64,
     mismatches: u64,
+    /// Per language (`rust`, `c`): (hits, misses).
+    by_lang: BTreeMap<String, (u64, u64)>,
 }
 
 fn read_events(store: &Store) -> EventStats {
@@ -188,13 +190,20 @@ fn read_events(store: &Store) -> EventStats {
             continue;
         };
         let ms = v["ms"].as_u64().unwrap_or(0);
+        // C, C++ and assembler compiles carry `"lang": "c"`; Rust ones
+        // (and every event of an older kache) none.
+        let lang = v["lang"].as_str().unwrap_or("rust").to_string();
         match v["result"].as_str() {
             Some("local_hit" | "remote_hit") => {
+                s.by_lang.entry(lang).or_default().0 += 1;
                 s.hits += 1;
                 s.hit_ms += ms;
                 s.saved_ms += v["compile_ms"].as_u64().unwrap_or(0).saturating_sub(ms);
             }
-            Some("miss") => s.misses += 1,
+            Some("miss") => {
+                s.by_lang.entry(lang).or_default().1 += 1;
+                s.misses += 1;
+            }
             Some("passthrough") => {
                 s.passthrough += 1;
                 // Compiles of a crate only: cargo's own `rustc -vV` and
@@ -247,6 +256,9 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
             "verified": ev.verified,
             "verify_mismatches": ev.mismatches,
+            "by_language": ev.by_lang.iter().map(|(l, (h, m))| {
+                (l.clone(), json!({"hits": h, "misses": m}))
+            }).collect::<serde_json::Map<String, serde_json::Value>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -264,6 +276,10 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
         ev.hits, ev.misses, ev.passthrough, ev.errors
     )?;
+    for (lang, (h, m)) in &ev.by_lang {
+        let name = if lang == "c" { "C/C++/asm" } else { lang.as_str() };
+        writeln!(out, "  {name:<10}  {h} hits, {m} misses")?;
+    }
     let mut reasons: Vec<(&String, &u64)> = ev.reasons.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (reason, n) in reasons {

@@ -130,7 +130,8 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
         let Ok(Some(e)) = store.get(&name, &r.key) else {
             continue;
         };
-        if e.explain.is_empty() {
+        // A C miss is explained by C entries, a Rust miss by Rust ones.
+        if e.explain.is_empty() || e.lang.as_deref() != miss["lang"].as_str() {
             continue;
         }
         let d = differences(&miss_inputs, &e.explain);

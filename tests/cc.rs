@@ -553,6 +553,7 @@ fn cmake_launcher() {
         c.arg("--build").arg(&b).env("KACHE_CACHE_DIR", &cache);
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", show(&o));
+        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
         let o = Command::new(b.join("k")).output().unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned()
     };

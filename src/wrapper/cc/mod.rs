@@ -75,12 +75,19 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         }
     };
     let crate_name = entry_crate();
+    // A call that compiles nothing (cc-rs's `-E` probes, links) names no
+    // crate, so `kache stats` does not count it as a compile passed by.
+    let named = if rest.iter().any(|a| a == "-c") {
+        crate_name.as_str()
+    } else {
+        ""
+    };
     let c = match verdict {
         Verdict::Cache(c) if cfg.cache_c => c,
         Verdict::Cache(_) => {
             return pass_through(&cfg, &crate_name, "C caching is off", compiler, rest, start);
         }
-        Verdict::Pass(why) => return pass_through(&cfg, &crate_name, &why, compiler, rest, start),
+        Verdict::Pass(why) => return pass_through(&cfg, named, &why, compiler, rest, start),
     };
     if let Some(why) = refuse(&c) {
         return pass_through(&cfg, &crate_name, &why, compiler, rest, start);
