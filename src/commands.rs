@@ -277,7 +277,11 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         ev.hits, ev.misses, ev.passthrough, ev.errors
     )?;
     for (lang, (h, m)) in &ev.by_lang {
-        let name = if lang == "c" { "C/C++/asm" } else { lang.as_str() };
+        let name = if lang == "c" {
+            "C/C++/asm"
+        } else {
+            lang.as_str()
+        };
         writeln!(out, "  {name:<10}  {h} hits, {m} misses")?;
     }
     let mut reasons: Vec<(&String, &u64)> = ev.reasons.iter().collect();

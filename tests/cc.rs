@@ -198,6 +198,17 @@ fn shadowing_header_beside_the_source() {
     );
 }
 
+/// A header that only `__has_include` asked for, and did not find,
+/// appears.
+#[test]
+fn has_include_header_appears() {
+    change_case(
+        |a| a.write("include/optional.h", "#define OPTIONAL_VALUE 5\n"),
+        &[],
+        "optional=5",
+    );
+}
+
 /// A header the build script generates in OUT_DIR.
 #[test]
 fn generated_header_in_out_dir() {

@@ -258,11 +258,15 @@ fn join(dir: &str, name: &str) -> String {
 /// it was found in (and in the directory of every file that may have
 /// included it). `Err` names a header found in no directory kache knows
 /// of: then kache cannot tell what could shadow it.
+///
+/// `probed` are the names `__has_include` asked for: the file by that
+/// name in every directory is keyed too (present or absent).
 pub(crate) fn shadow_candidates(
     source: &str,
     headers: &[String],
     search: &[String],
     forced: bool,
+    probed: &[String],
 ) -> Result<Vec<String>, String> {
     // Every file may have included any header with `"..."`.
     let mut includer: BTreeSet<&str> = BTreeSet::new();
@@ -274,6 +278,15 @@ pub(crate) fn shadow_candidates(
         includer.insert(dir_of(h));
     }
     let mut out = BTreeSet::new();
+    for name in probed {
+        for e in includer
+            .iter()
+            .copied()
+            .chain(search.iter().map(String::as_str))
+        {
+            out.insert(join(e, name));
+        }
+    }
     for p in headers {
         let mut located = false;
         for (j, d) in search.iter().enumerate() {
@@ -309,6 +322,44 @@ pub(crate) fn shadow_candidates(
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// The names `__has_include(...)` and `__has_include_next(...)` ask for
+/// in `text`; `Err` if one is not a literal `<name>` or `"name"` (a
+/// macro), whose name kache cannot know without preprocessing.
+pub(crate) fn has_include_names(text: &[u8]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for at in memchr::memmem::find_iter(text, b"__has_include") {
+        let mut rest = &text[at + b"__has_include".len()..];
+        if let Some(r) = rest.strip_prefix(b"_next") {
+            rest = r;
+        }
+        let skip_ws =
+            |r: &[u8]| -> usize { r.iter().take_while(|c| c.is_ascii_whitespace()).count() };
+        rest = &rest[skip_ws(rest)..];
+        // `defined(__has_include)`, `#ifdef __has_include`: no question.
+        let Some(r) = rest.strip_prefix(b"(") else {
+            continue;
+        };
+        let r = &r[skip_ws(r)..];
+        let close = match r.first() {
+            Some(b'<') => b'>',
+            Some(b'"') => b'"',
+            _ => return Err("a __has_include of a macro".into()),
+        };
+        let body = &r[1..];
+        let Some(end) = body.iter().position(|&c| c == close || c == b'\n') else {
+            return Err("an unterminated __has_include".into());
+        };
+        let name = String::from_utf8_lossy(&body[..end]).into_owned();
+        if body[end] != close || name.is_empty() {
+            return Err("an unterminated __has_include".into());
+        }
+        out.push(name);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// The compiler's built-in search directories from `CC -E -v` output:
@@ -393,7 +444,7 @@ mod tests {
     fn shadowing_candidates() {
         let search = s(&["include", "include2", "/out", "/usr/include"]);
         let headers = s(&["include2/shadow.h", "/out/gen.h", "/usr/include/stdio.h"]);
-        let c = shadow_candidates("csrc/v.c", &headers, &search, false).unwrap();
+        let c = shadow_candidates("csrc/v.c", &headers, &search, false, &[]).unwrap();
         // The shadowing file that matters most: the same name earlier on
         // the include path, and beside the source.
         for want in [
@@ -409,12 +460,21 @@ mod tests {
         }
         assert!(!c.contains(&"include2/shadow.h".to_string()));
         // Beside the source: found first, nothing shadows it.
-        let c = shadow_candidates("csrc/v.c", &s(&["csrc/local.h"]), &search, false).unwrap();
+        let c = shadow_candidates("csrc/v.c", &s(&["csrc/local.h"]), &search, false, &[]).unwrap();
         assert!(c.is_empty(), "{c:?}");
         // A relative header in no known directory: cannot tell.
-        assert!(shadow_candidates("csrc/v.c", &s(&["weird/x.h"]), &search, false).is_err());
+        assert!(shadow_candidates("csrc/v.c", &s(&["weird/x.h"]), &search, false, &[]).is_err());
         // An absolute include names its file; nothing shadows it.
-        assert!(shadow_candidates("csrc/v.c", &s(&["/abs/x.h"]), &search, false).is_ok());
+        assert!(shadow_candidates("csrc/v.c", &s(&["/abs/x.h"]), &search, false, &[]).is_ok());
+    }
+
+    #[test]
+    fn has_include() {
+        let t = b"#if defined(__has_include)\n#if __has_include (<sys/x.h>) && __has_include_next(\"y.h\")\n#endif\n#ifdef __has_include\n";
+        assert_eq!(has_include_names(t).unwrap(), s(&["sys/x.h", "y.h"]));
+        assert!(has_include_names(b"#define H(x) __has_include(x)").is_err());
+        let c = shadow_candidates("a.c", &[], &s(&["inc"]), false, &s(&["y.h"])).unwrap();
+        assert_eq!(c, s(&["inc/y.h", "y.h"]));
     }
 
     #[test]

@@ -376,23 +376,36 @@ fn cached(
     headers.sort();
     headers.dedup();
     // Clock macros make the object depend on when it was compiled.
+    // `__has_include` asks about files that may not exist: their names
+    // are keyed in every directory.
     let epoch = probe.var("SOURCE_DATE_EPOCH").is_some();
+    let mut probed = Vec::new();
     for f in std::iter::once(&c.source).chain(&headers) {
         let bytes = fs::read(paths.absolute(f)).with_context(|| format!("cannot read {f}"))?;
         if let Some(m) = key::clock_macro(&bytes, epoch) {
             unstored(&format!("{f} expands {m}"));
             return Ok(code);
         }
+        match key::has_include_names(&bytes) {
+            Ok(names) => probed.extend(names),
+            Err(why) => {
+                unstored(&format!("{f} has {why}"));
+                return Ok(code);
+            }
+        }
     }
+    probed.sort();
+    probed.dedup();
     let builtin = builtin_dirs(&store, compiler_str, c)?;
     let search = key::search_dirs(c, &builtin, &|v| probe.var(v));
-    let absent = match key::shadow_candidates(&c.source, &headers, &search, !c.forced.is_empty()) {
-        Ok(a) => a,
-        Err(why) => {
-            unstored(&why);
-            return Ok(code);
-        }
-    };
+    let absent =
+        match key::shadow_candidates(&c.source, &headers, &search, !c.forced.is_empty(), &probed) {
+            Ok(a) => a,
+            Err(why) => {
+                unstored(&why);
+                return Ok(code);
+            }
+        };
     let mut inputs = Inputs {
         base: base.clone(),
         files: headers.iter().map(|h| paths.normalize(h)).collect(),
