@@ -238,9 +238,14 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         ev.hits as f64 * 100.0 / lookups as f64
     };
     let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
+    let c_entries = all
+        .iter()
+        .filter(|l| l.entry.lang.as_deref() == Some("c"))
+        .count();
     if c.json {
         print_json(&json!({
             "entries": all.len(),
+            "c_entries": c_entries,
             "crates": crates.len(),
             "blobs": blobs,
             "logical_bytes": logical,
@@ -263,7 +268,12 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "entries:      {} ({} crates)", all.len(), crates.len())?;
+    writeln!(
+        out,
+        "entries:      {} ({} crates; {c_entries} of them C/C++/asm objects)",
+        all.len(),
+        crates.len()
+    )?;
     writeln!(
         out,
         "size:         {} stored in {blobs} blobs ({} before dedup, {} saved)",

@@ -445,6 +445,15 @@ fn two_checkouts_share_objects() {
     a.same("checkout A", &[]);
     a.take_c_events();
     b.same("checkout B", &[]);
+    // `kache stats` tells the languages apart.
+    let o = crate::common::kache(&b.cache)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["by_language"]["c"]["hits"], 3, "{st}");
+    assert_eq!(st["c_entries"], 3, "{st}");
+    assert!(st["by_language"]["rust"]["hits"].as_u64() > Some(0), "{st}");
     assert_eq!(b.c_hits(), 3, "B's C compiles hit A's entries");
     let a_root = r.path().join("first");
     let a_root = a_root.to_string_lossy();
@@ -462,6 +471,40 @@ fn two_checkouts_share_objects() {
         }
     }
     assert!(objects >= 5, "B's objects were looked at: {objects}");
+}
+
+/// An object that holds a real path (`__FILE__` of a header found
+/// through an absolute `-I`) is keyed by it: the second checkout compiles
+/// its own, and prints its own path as plain cargo does.
+#[test]
+fn object_holding_its_path_is_not_shared() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "first");
+    let b = App::new(r.path(), "second");
+    let env: Env<'_> = &[("FILE_TEST", "1")];
+    // The path names the target dir, which differs between the kache
+    // and the plain build of one checkout: compared with it blanked.
+    let same = |x: &App, what: &str| {
+        let k = x.kache(env);
+        let p = x.plain(env);
+        assert!(
+            k.status.success() && p.status.success(),
+            "{what}: {}",
+            show(&k)
+        );
+        let ks = stdout(&k);
+        assert!(ks.contains(&*x.kt.to_string_lossy()), "{what}: {ks}");
+        assert_eq!(
+            ks.replace(&*x.kt.to_string_lossy(), "TARGET"),
+            stdout(&p).replace(&*x.pt.to_string_lossy(), "TARGET"),
+            "{what}"
+        );
+    };
+    same(&a, "checkout A");
+    a.take_c_events();
+    same(&b, "checkout B");
+    // The objects that hold no path are still shared.
+    assert_eq!(b.c_hits(), 3);
 }
 
 /// A dependency file the caller asks for (`-MD -MF`, as CMake and make
