@@ -297,9 +297,14 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             },
         }
     }
+    let c_entries = all
+        .iter()
+        .filter(|l| l.entry.lang.as_deref() == Some("c"))
+        .count();
     if c.json {
         print_json(&json!({
             "entries": all.len(),
+            "c_entries": c_entries,
             "crates": crates.len(),
             "blobs": blobs,
             "logical_bytes": logical,
@@ -320,7 +325,7 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
                 "pulled_signed_by": signed,
                 "pulled_unverified": unverified,
             },
-            "languages": ev.langs,
+            "by_language": ev.langs,
             "pulled": ev.pulled,
             "pulled_bytes": ev.pulled_bytes,
             "pushed": ev.pushed,
@@ -329,7 +334,12 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "entries:      {} ({} crates)", all.len(), crates.len())?;
+    writeln!(
+        out,
+        "entries:      {} ({} crates; {c_entries} of them C/C++/asm objects)",
+        all.len(),
+        crates.len()
+    )?;
     writeln!(
         out,
         "size:         {} stored in {blobs} blobs ({} before dedup, {} saved)",
@@ -355,6 +365,15 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
         ev.hits, ev.misses, ev.passthrough, ev.errors
     )?;
+    for (lang, n) in &ev.langs {
+        writeln!(
+            out,
+            "  {:<10}  {} hits, {} misses",
+            lang_title(lang),
+            n.hits,
+            n.misses
+        )?;
+    }
     let mut reasons: Vec<(&String, &u64)> = ev.reasons.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (reason, n) in reasons {
@@ -389,7 +408,7 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
 fn lang_title(lang: &str) -> &str {
     match lang {
         "rust" => "Rust",
-        "c" => "C/C++",
+        "c" => "C/C++/asm",
         other => other,
     }
 }

@@ -61,6 +61,8 @@ pub(crate) struct Config {
     pub(crate) s3_concurrency: Setting<usize>,
     pub(crate) compression_level: Setting<i32>,
     pub(crate) cache_executables: Setting<bool>,
+    /// C, C++ and assembler compiles are cached.
+    pub(crate) cache_c: Setting<bool>,
     /// The first wrapper call of a build starts `kache daemon`.
     pub(crate) daemon_autostart: Setting<bool>,
     /// How long a wrapper waits for the daemon to fetch a remote hit.
@@ -120,6 +122,7 @@ struct FileCache {
     s3_concurrency: Option<toml::Value>,
     compression_level: Option<toml::Value>,
     cache_executables: Option<bool>,
+    cache_c: Option<bool>,
     daemon_autostart: Option<bool>,
     daemon_wait: Option<toml::Value>,
     never_cache: Option<Vec<String>>,
@@ -191,6 +194,9 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
+    /// C, C++ and assembler compiles are cached (`KACHE_CACHE_C`,
+    /// `cache.cache_c`).
+    pub(crate) cache_c: bool,
     /// The remote identity (see `remote_identity`), `None` without a
     /// bucket: the daemon serves a wrapper of the same remote only.
     pub(crate) remote: Option<String>,
@@ -229,6 +235,17 @@ impl WrapperConfig {
             Some(v) => {
                 return Err(invalid(
                     &file_key("cache_executables"),
+                    &v.to_string(),
+                    "true or false",
+                ));
+            }
+        };
+        let cache_c = match key("cache_c") {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(b),
+            Some(v) => {
+                return Err(invalid(
+                    &file_key("cache_c"),
                     &v.to_string(),
                     "true or false",
                 ));
@@ -316,6 +333,7 @@ impl WrapperConfig {
         Ok(WrapperConfig {
             cache_dir: cache_dir_setting(local_store, &fsrc)?.value,
             cache_executables: cache_executables_setting(cache_executables, &fsrc)?.value,
+            cache_c: cache_c_setting(cache_c, &fsrc)?.value,
             never_cache: never_cache_setting(never_cache, &fsrc)?.value,
             inputs: inputs_setting(inputs, &fsrc)?.value,
             remote,
@@ -479,6 +497,14 @@ fn cache_executables_setting(
         fsrc,
         |s| parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", s, BOOL_FORM)),
     )
+}
+
+/// `cache.cache_c` / `KACHE_CACHE_C`: cache C, C++ and assembler
+/// compiles (on by default).
+fn cache_c_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Setting<bool>> {
+    pick("KACHE_CACHE_C", file, true, fsrc, |s| {
+        parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_C", s, BOOL_FORM))
+    })
 }
 
 /// A crate name as the user wrote it, normalised and checked.
@@ -708,6 +734,7 @@ impl Config {
             return Err(invalid("KACHE_LOG", &v, LOG_FORM));
         }
         let cache_executables = cache_executables_setting(c.cache_executables, &fsrc)?;
+        let cache_c = cache_c_setting(c.cache_c, &fsrc)?;
         let never_cache = never_cache_setting(c.never_cache, &fsrc)?;
         let inputs = inputs_setting(c.inputs, &fsrc)?;
         let opt = |name: &'static str, f: Option<String>| -> Result<Setting<Option<String>>> {
@@ -780,6 +807,7 @@ impl Config {
             s3_concurrency,
             compression_level,
             cache_executables,
+            cache_c,
             daemon_autostart,
             daemon_wait,
             never_cache,
@@ -901,6 +929,12 @@ impl Config {
                 "KACHE_CACHE_EXECUTABLES",
                 self.cache_executables.value.to_string(),
                 self.cache_executables.source.to_string(),
+            ),
+            (
+                "cache.cache_c",
+                "KACHE_CACHE_C",
+                self.cache_c.value.to_string(),
+                self.cache_c.source.to_string(),
             ),
             (
                 "cache.daemon_autostart",

@@ -135,7 +135,9 @@ fn nearest(
         };
         // Only an entry of the same target (library, binary, test of
         // the package) can tell what changed.
+        // A C miss is explained by C entries, a Rust miss by Rust ones.
         if e.explain.is_empty()
+            || e.lang.as_deref() != miss["lang"].as_str()
             || SAME_TARGET
                 .iter()
                 .any(|k| miss_inputs.get(*k) != e.explain.get(*k))

@@ -661,7 +661,7 @@ fn stats_markdown_agrees_with_json() {
     assert!(
         rust.starts_with(&format!(
             "| Rust | {} | {} |",
-            v["languages"]["rust"]["hits"], v["languages"]["rust"]["misses"]
+            v["by_language"]["rust"]["hits"], v["by_language"]["rust"]["misses"]
         )),
         "{rust} against {v}"
     );

@@ -55,6 +55,7 @@ fn invalid_values_name_the_setting_and_the_form() {
         ("KACHE_MAX_SIZE", "12XB", "KACHE_MAX_SIZE"),
         ("KACHE_COMPRESSION_LEVEL", "23", "1 to 22"),
         ("KACHE_CACHE_EXECUTABLES", "maybe", "true or false"),
+        ("KACHE_CACHE_C", "maybe", "true or false"),
         ("KACHE_S3_ENDPOINT", "localhost:9000", "http://"),
         ("KACHE_LOG", "loud", "one of off, error"),
         ("KACHE_S3_ENDPOINT", "localhost:9000", "localhost:9000"),

@@ -3,6 +3,7 @@
 #![allow(unreachable_pub)]
 
 mod adoption;
+mod cc;
 mod commands;
 mod common;
 mod daemon;

@@ -420,6 +420,7 @@ mod tests {
         let mut cfg = WrapperConfig {
             cache_dir: d.path().to_path_buf(),
             cache_executables: true,
+            cache_c: true,
             remote: None,
             daemon_autostart: false,
             daemon_wait: Duration::from_secs(2),

@@ -79,6 +79,10 @@ pub(crate) struct Entry {
     /// the remote, and which trusted key signed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pulled: Option<Pulled>,
+    /// The language compiled: `None` for Rust (every entry kache made
+    /// before C caching), `Some("c")` for a C, C++ or assembler object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lang: Option<String>,
 }
 
 /// Provenance of an entry imported from the remote (a pull or a daemon
@@ -152,6 +156,7 @@ impl Entry {
             explain: std::collections::BTreeMap::new(),
             origin: None,
             pulled: None,
+            lang: None,
         }
     }
 

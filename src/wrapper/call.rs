@@ -70,7 +70,7 @@ pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
 /// A C/C++ compiler the `cc` crate would run through the wrapper: a
 /// compiler name, or a path (with a `/`) to an existing file (`$CC` given
 /// as a path is run as is).
-fn is_c_compiler(p: &std::ffi::OsStr) -> bool {
+pub(crate) fn is_c_compiler(p: &std::ffi::OsStr) -> bool {
     let path = Path::new(p);
     if path.components().count() > 1 {
         return path.is_file();

@@ -36,7 +36,7 @@ use crate::store::entry::Inputs;
 const KEY_VERSION: &str = "kache-wrapper-key-4";
 
 /// Marks an unset env var (distinct from an empty one).
-const UNSET: &str = "\u{0}unset";
+pub(crate) const UNSET: &str = "\u{0}unset";
 
 /// Machine-local path prefixes and the sentinel each one becomes. The
 /// sentinels are absolute paths so they also serve as
@@ -51,6 +51,13 @@ pub(crate) struct Paths {
 impl Paths {
     pub(crate) fn detect(out_dir: &Path) -> Result<Paths> {
         let cwd = std::env::current_dir().context("no current directory")?;
+        Ok(Paths::detect_rooted(out_dir, cwd.clone(), cwd))
+    }
+
+    /// Like [`Paths::detect`] for a compile that runs in `cwd` inside
+    /// the workspace `ws` (a build script's C compile runs in its
+    /// package's directory): `ws` is the `/kache-ws` root.
+    pub(crate) fn detect_rooted(out_dir: &Path, cwd: PathBuf, ws: PathBuf) -> Paths {
         let out_abs = if out_dir.is_absolute() {
             out_dir.to_path_buf()
         } else {
@@ -79,14 +86,14 @@ impl Paths {
         // under CARGO_HOME: that folder is named through CARGO_HOME, so a
         // debugger maps every dependency with the one CARGO_HOME rule
         // (`kache debug-map`) and `/kache-ws` always means the workspace.
-        let under_cargo_home = cargo_home.as_ref().is_some_and(|h| cwd.starts_with(h));
+        let under_cargo_home = cargo_home.as_ref().is_some_and(|h| ws.starts_with(h));
         if !under_cargo_home {
-            add(Some(cwd.clone()), "/kache-ws");
+            add(Some(ws), "/kache-ws");
         }
         add(cargo_home, "/kache-cargo-home");
         add(home, "/kache-home");
         rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
-        Ok(Paths { rules, cwd })
+        Paths { rules, cwd }
     }
 
     #[cfg(test)]
@@ -293,7 +300,7 @@ impl KeyHasher {
     }
 
     /// The hash and a readable account of what went into it.
-    fn finish_explained(self) -> (String, Explain) {
+    pub(crate) fn finish_explained(self) -> (String, Explain) {
         let e = explain(&self.fields);
         (self.finish(), e)
     }

@@ -1,6 +1,9 @@
 /*!
 RUSTC_WRAPPER mode.
 
+C, C++ and assembler compiles (`kache CC ARGS...`, from the `cc` crate,
+CMake's compiler launcher or `CC="kache gcc"`) are handled in `cc`.
+
 Cargo runs `kache RUSTC ARGS...` (or `kache WORKSPACE_WRAPPER RUSTC
 ARGS...`). A cacheable compile is looked up by its key (see `key`); a hit
 restores the stored outputs and replays rustc's output without running
@@ -11,6 +14,7 @@ to running rustc exactly as without kache, with one warning line.
 
 pub(crate) mod args;
 mod call;
+mod cc;
 pub(crate) mod key;
 mod link;
 mod probe;
@@ -97,6 +101,9 @@ fn progress(crate_name: &str, what: &str, start: Instant, size: u64) {
 /// Runs the wrapper; returns the exit code to exit with.
 pub(crate) fn main(argv: &[OsString]) -> i32 {
     let start = Instant::now();
+    if std::env::var_os("KACHE_ACTIVE").is_none() && cc::is_cc_call(argv) {
+        return cc::main(argv);
+    }
     if std::env::var_os("KACHE_ACTIVE").is_some() || !args::is_rustc_like(&argv[1]) {
         // A nested call, or the RUSTC_WORKSPACE_WRAPPER shape
         // (`kache WRAPPER rustc ARGS`): run argv[1] uncached.

@@ -172,7 +172,7 @@ fn cached_identity(store: &Store, program: &str, args: &[&str]) -> Result<String
 }
 
 /// A program name resolved through `PATH` (a path is returned as is).
-fn resolve_program(program: &str) -> PathBuf {
+pub(crate) fn resolve_program(program: &str) -> PathBuf {
     let p = Path::new(program);
     if p.components().count() > 1 {
         return p.to_path_buf();

@@ -1,0 +1,469 @@
+/*!
+Which C, C++ and assembler compiler calls are cached, read from argv.
+
+Only a one-source `-c` compile to an object named by `-o`, with flags
+kache understands, is cached. Everything else (a link, `-E`, `-S`,
+`-M`/`-MM` alone, several sources, precompiled headers, profile data,
+`-save-temps`, a response file that cannot be read, any flag not in the
+lists below) is a [`Verdict::Pass`] with the reason, and runs unchanged.
+
+Pure: no I/O beyond reading response files, which the caller does.
+*/
+
+/// The language of the source, as the compiler driver picks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lang {
+    C,
+    Cxx,
+    /// `.S`: assembler run through the preprocessor.
+    AsmCpp,
+    /// `.s`: plain assembler, no preprocessor.
+    Asm,
+}
+
+impl Lang {
+    /// The driver's `-x` name.
+    pub(crate) fn x_name(self) -> &'static str {
+        match self {
+            Lang::C => "c",
+            Lang::Cxx => "c++",
+            Lang::AsmCpp => "assembler-with-cpp",
+            Lang::Asm => "assembler",
+        }
+    }
+
+    fn from_x(x: &str) -> Option<Lang> {
+        Some(match x {
+            "c" => Lang::C,
+            "c++" => Lang::Cxx,
+            "assembler-with-cpp" => Lang::AsmCpp,
+            "assembler" => Lang::Asm,
+            _ => return None,
+        })
+    }
+
+    fn from_ext(path: &str) -> Option<Lang> {
+        let ext = path.rsplit_once('.').map(|(_, e)| e)?;
+        Some(match ext {
+            "c" => Lang::C,
+            "cc" | "cpp" | "cxx" | "C" | "c++" | "cp" | "CPP" => Lang::Cxx,
+            "S" | "sx" => Lang::AsmCpp,
+            "s" => Lang::Asm,
+            _ => return None,
+        })
+    }
+}
+
+/// A cacheable compile.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CcCompile {
+    /// The arguments as given (response files expanded).
+    pub(crate) args: Vec<String>,
+    pub(crate) source: String,
+    pub(crate) lang: Option<Lang>,
+    /// The object (`-o`), as given.
+    pub(crate) output: String,
+    /// The dependency file the caller asked for (`-MD [-MF path]`).
+    pub(crate) dep_file: Option<String>,
+    /// The caller gave its own `-f*-prefix-map`: kache adds none.
+    pub(crate) own_prefix_map: bool,
+    /// Search directories, in the driver's order, by kind.
+    pub(crate) iquote: Vec<String>,
+    pub(crate) include: Vec<String>,
+    pub(crate) isystem: Vec<String>,
+    pub(crate) idirafter: Vec<String>,
+    /// `-include` / `-imacros` files (looked up from the working
+    /// directory first).
+    pub(crate) forced: Vec<String>,
+    /// The flags that change the compiler's built-in search directories
+    /// (`--sysroot`, `-nostdinc`, `-m32`, `--target`, ...).
+    pub(crate) search_flags: Vec<String>,
+}
+
+impl CcCompile {
+    pub(crate) fn lang(&self) -> Lang {
+        self.lang.unwrap_or(Lang::C)
+    }
+}
+
+/// Whether a compile is cached, and why not.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    Cache(Box<CcCompile>),
+    Pass(String),
+}
+
+/// Flags that take their value as the next argument (or glued on).
+const WITH_VALUE: [&str; 15] = [
+    "-o",
+    "-I",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-include",
+    "-imacros",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-x",
+    "-D",
+    "-U",
+    "-isysroot",
+    "-target",
+];
+
+/// `-f` flags that write more than the object, or need files kache does
+/// not key: never cached.
+const F_REFUSED: [&str; 16] = [
+    "-fprofile-",
+    "-fauto-profile",
+    "-fdump-",
+    "-fstack-usage",
+    "-fcallgraph-info",
+    "-fsyntax-only",
+    "-fpch-",
+    "-fplugin",
+    "-fcreate-profile",
+    "-ftest-coverage",
+    "-fsave-optimization-record",
+    "-fopt-info",
+    "-fmodules",
+    "-fcoverage",
+    "-fsanitize-coverage-",
+    "-fbranch-probabilities",
+];
+
+/// Exact flags without a value that are understood.
+const PLAIN: [&str; 14] = [
+    "-c",
+    "-w",
+    "-pipe",
+    "-pedantic",
+    "-pedantic-errors",
+    "-ansi",
+    "-pthread",
+    "-MD",
+    "-MP",
+    "-nostdinc",
+    "-nostdinc++",
+    "-nostdlibinc",
+    "-no-canonical-prefixes",
+    "-static",
+];
+
+/// Splits a gcc response file: whitespace separates, `'`, `"` and `\`
+/// quote. `None` if a nested `@file` appears.
+pub(crate) fn split_response(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut have = false;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                    have = true;
+                }
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                have = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if have {
+                    out.push(std::mem::take(&mut cur));
+                    have = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                have = true;
+            }
+        }
+    }
+    if have {
+        out.push(cur);
+    }
+    if out.iter().any(|a| a.starts_with('@')) {
+        return None;
+    }
+    Some(out)
+}
+
+/// Classifies a compiler call's arguments (response files already
+/// expanded).
+pub(crate) fn classify(args: &[String]) -> Verdict {
+    match parse(args) {
+        Ok(c) => Verdict::Cache(Box::new(c)),
+        Err(why) => Verdict::Pass(why),
+    }
+}
+
+fn parse(args: &[String]) -> Result<CcCompile, String> {
+    let mut c = CcCompile {
+        args: args.to_vec(),
+        ..CcCompile::default()
+    };
+    let mut compile_only = false;
+    let mut md = false;
+    let mut sources = Vec::new();
+    let mut x_lang: Option<Lang> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        i += 1;
+        if a == "-" {
+            return Err("reads the source from stdin".into());
+        }
+        if !a.starts_with('-') || a.len() == 1 {
+            if a.starts_with('@') {
+                return Err("a response file that cannot be read".into());
+            }
+            sources.push((a.to_string(), x_lang));
+            continue;
+        }
+        // A flag with a value: `-I dir`, `-Idir`, `-I=dir` is `-I` `=dir`.
+        if let Some(flag) = WITH_VALUE
+            .iter()
+            .find(|f| a == **f || ((f.len() == 2 || f.starts_with("-M")) && a.starts_with(**f)))
+        {
+            let value = if a == *flag {
+                let Some(v) = args.get(i) else {
+                    return Err(format!("{flag} without a value"));
+                };
+                i += 1;
+                v.clone()
+            } else {
+                a[flag.len()..].to_string()
+            };
+            match *flag {
+                "-o" => {
+                    if value == "-" {
+                        return Err("writes the object to stdout".into());
+                    }
+                    c.output = value;
+                }
+                "-I" => {
+                    if value == "-" {
+                        return Err("-I- not understood".into());
+                    }
+                    c.include.push(value);
+                }
+                "-isystem" => c.isystem.push(value),
+                "-iquote" => c.iquote.push(value),
+                "-idirafter" => c.idirafter.push(value),
+                "-include" | "-imacros" => c.forced.push(value),
+                "-MF" => c.dep_file = Some(value),
+                "-x" => {
+                    x_lang =
+                        Some(Lang::from_x(&value).ok_or_else(|| format!("language -x {value}"))?);
+                }
+                "-isysroot" | "-target" => {
+                    c.search_flags.push(flag.to_string());
+                    c.search_flags.push(value);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if PLAIN.contains(&a) {
+            match a {
+                "-c" => compile_only = true,
+                "-MD" => md = true,
+                "-nostdinc" | "-nostdinc++" | "-nostdlibinc" | "-no-canonical-prefixes" => {
+                    c.search_flags.push(a.to_string());
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match a {
+            "-E" | "-S" | "-M" | "-MM" => return Err(format!("{a}: no object")),
+            "-MMD" => return Err("-MMD (a dependency file without system headers)".into()),
+            "-v" | "-###" => return Err(format!("{a}: prints the driver's commands")),
+            _ => {}
+        }
+        if a.starts_with("-save-temps") || a == "--coverage" {
+            return Err(format!("{a} writes more than the object"));
+        }
+        if let Some(f) = a.strip_prefix("-f") {
+            if F_REFUSED.iter().any(|r| a.starts_with(r)) {
+                return Err(format!("{a} is not cached"));
+            }
+            if f.starts_with("debug-prefix-map=")
+                || f.starts_with("file-prefix-map=")
+                || f.starts_with("macro-prefix-map=")
+            {
+                c.own_prefix_map = true;
+            }
+            continue;
+        }
+        if a.starts_with("-g") {
+            if a.contains("split-dwarf") {
+                return Err(format!("{a} writes a .dwo beside the object"));
+            }
+            continue;
+        }
+        if a.starts_with("-m") || a.starts_with("--target=") || a.starts_with("-stdlib=") {
+            // Also changes the built-in search directories (multilib).
+            c.search_flags.push(a.to_string());
+            continue;
+        }
+        if a.starts_with("--sysroot=") {
+            c.search_flags.push(a.to_string());
+            continue;
+        }
+        if a == "--sysroot" {
+            let Some(v) = args.get(i) else {
+                return Err("--sysroot without a value".into());
+            };
+            i += 1;
+            c.search_flags.push(format!("--sysroot={v}"));
+            continue;
+        }
+        if a.starts_with("-O") || a.starts_with("-std=") {
+            continue;
+        }
+        if let Some(w) = a.strip_prefix("-W") {
+            if w.starts_with("p,") {
+                return Err(format!("{a}: preprocessor options not understood"));
+            }
+            if w.starts_with("a,") && w.contains("-a") {
+                return Err(format!("{a}: an assembler listing"));
+            }
+            continue;
+        }
+        return Err(format!("flag {a} not understood"));
+    }
+    if !compile_only {
+        return Err("not a -c compile (a link, or no object)".into());
+    }
+    let [(source, x)] = sources.as_slice() else {
+        return Err(if sources.is_empty() {
+            "no source file".into()
+        } else {
+            "several inputs".into()
+        });
+    };
+    c.lang = Some(
+        x.or_else(|| Lang::from_ext(source))
+            .ok_or_else(|| format!("source {source} of an unknown language"))?,
+    );
+    c.source = source.clone();
+    if c.output.is_empty() {
+        return Err("no -o".into());
+    }
+    if c.output.ends_with(".gch") || c.output.ends_with(".pch") {
+        return Err("a precompiled header".into());
+    }
+    if md {
+        if c.dep_file.is_none() {
+            // gcc: the object's name with `.d` for its suffix.
+            let stem = match c.output.rsplit_once('.') {
+                Some((s, _)) if !s.ends_with('/') && !s.is_empty() => s.to_string(),
+                _ => c.output.clone(),
+            };
+            c.dep_file = Some(format!("{stem}.d"));
+        }
+    } else if c.dep_file.is_some() {
+        return Err("-MF without -MD".into());
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn cached(s: &str) -> CcCompile {
+        match classify(&v(s)) {
+            Verdict::Cache(c) => *c,
+            Verdict::Pass(why) => panic!("{s}: passed ({why})"),
+        }
+    }
+
+    fn passed(s: &str) -> String {
+        match classify(&v(s)) {
+            Verdict::Cache(_) => panic!("{s}: cached"),
+            Verdict::Pass(why) => why,
+        }
+    }
+
+    #[test]
+    fn cc_rs_compiles_are_cached() {
+        let c = cached(
+            "-O0 -ffunction-sections -fdata-sections -fPIC -g -gdwarf-4 -fno-omit-frame-pointer \
+             -mno-omit-leaf-frame-pointer -m64 -march=x86-64 -I include -I/abs/inc \
+             -isystem /sys -iquote q -Wall -Wextra -DFOO=1 -U BAR -o /t/out/1-values.o -c csrc/values.c",
+        );
+        assert_eq!(c.source, "csrc/values.c");
+        assert_eq!(c.output, "/t/out/1-values.o");
+        assert_eq!(c.lang(), Lang::C);
+        assert_eq!(c.include, vec!["include", "/abs/inc"]);
+        assert_eq!(c.isystem, vec!["/sys"]);
+        assert_eq!(c.iquote, vec!["q"]);
+        assert!(c.dep_file.is_none());
+        assert_eq!(
+            c.search_flags,
+            vec!["-mno-omit-leaf-frame-pointer", "-m64", "-march=x86-64"]
+        );
+        assert_eq!(cached("-c x.cpp -o x.o").lang(), Lang::Cxx);
+        assert_eq!(cached("-c x.S -o x.o").lang(), Lang::AsmCpp);
+        assert_eq!(cached("-c x.s -o x.o").lang(), Lang::Asm);
+        assert_eq!(cached("-x c++ -c x.h2 -o x.o").lang(), Lang::Cxx);
+        // CMake's dependency files.
+        let c = cached("-MD -MT a.o -MF a.o.d -o a.o -c a.c");
+        assert_eq!(c.dep_file.as_deref(), Some("a.o.d"));
+        assert_eq!(
+            cached("-MD -o dir/a.o -c a.c").dep_file.as_deref(),
+            Some("dir/a.d")
+        );
+        assert!(cached("-ffile-prefix-map=/a=/b -c a.c -o a.o").own_prefix_map);
+    }
+
+    #[test]
+    fn everything_else_passes() {
+        for s in [
+            "-E detect_compiler_family.c",
+            "-o app a.o b.o",
+            "-c a.c b.c",
+            "-M a.c",
+            "-MM a.c",
+            "-MMD -c a.c -o a.o",
+            "-S a.c -o a.s",
+            "-c a.c",
+            "-c - -o a.o",
+            "-c a.h -o a.h.gch",
+            "-fprofile-use -c a.c -o a.o",
+            "-fprofile-generate -c a.c -o a.o",
+            "-save-temps -c a.c -o a.o",
+            "--coverage -c a.c -o a.o",
+            "-gsplit-dwarf -c a.c -o a.o",
+            "-Xclang -foo -c a.c -o a.o",
+            "-Wp,-MD,x.d -c a.c -o a.o",
+            "-c a.rs -o a.o",
+            "-c @args -o a.o",
+            "-B/x -c a.c -o a.o",
+        ] {
+            passed(s);
+        }
+        assert!(passed("--frobnicate -c a.c -o a.o").contains("--frobnicate"));
+    }
+
+    #[test]
+    fn response_files() {
+        assert_eq!(
+            split_response("-c 'a b.c' \"-DX=\\\"y\\\"\"\n-o\tx.o").unwrap(),
+            vec!["-c", "a b.c", "-DX=\"y\"", "-o", "x.o"]
+        );
+        assert!(split_response("-c @more").is_none());
+    }
+}

@@ -1,0 +1,487 @@
+/*!
+The key of a C, C++ or assembler compile, in the two levels of the Rust
+side (see `wrapper::key`), so a hit runs neither the compiler nor the
+preprocessor.
+
+- The *base key*: the compiler's identity (its content and `--version`),
+  the language, the working directory, every argument (machine-local
+  paths as sentinels; the object and dependency-file paths left out
+  unless the caller's dependency file names them), the source's path and
+  content, and every environment variable that changes a compile.
+- The *full key* (an `Inputs` list recorded under the base key): every
+  header the compile read, by path and content (from the compiler's own
+  dependency output), the *absence* of every file that would have
+  shadowed one of them (the same name in each directory searched before
+  the one it was found in), and the real value of any machine-local root
+  the object contains.
+
+The header search order (gcc and clang): the including file's directory
+(for `"x.h"`), `-iquote`, `-I`, `CPATH`, `-isystem`, `C_INCLUDE_PATH`
+(or the C++ one), the compiler's built-in directories, `-idirafter`.
+The compiler writes each header's path as `DIR/NAME` with DIR spelled as
+given, so the directory a header was found in, and its name there, are
+read straight off its path.
+*/
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::args::{CcCompile, Lang};
+use crate::wrapper::key::{Explain, KeyHasher, Paths, Probe, UNSET};
+
+/// Bumped whenever the key scheme changes.
+const KEY_VERSION: &str = "kache-cc-key-1";
+
+/// Environment variables that change what a compile produces or prints
+/// (gcc's and clang's manuals).
+pub(crate) const KEYED_ENV: [&str; 15] = [
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "SOURCE_DATE_EPOCH",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+    "DEPENDENCIES_OUTPUT",
+    "SUNPRO_DEPENDENCIES",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "GCC_COLORS",
+    "CCC_OVERRIDE_OPTIONS",
+];
+
+/// Flags whose value is a path to a file or directory.
+fn path_flag(flag: &str) -> bool {
+    matches!(
+        flag,
+        "-I" | "-isystem"
+            | "-iquote"
+            | "-idirafter"
+            | "-include"
+            | "-imacros"
+            | "-o"
+            | "-MT"
+            | "-MQ"
+            | "-isysroot"
+    )
+}
+
+/// The base key of a compile and an account of its inputs.
+pub(crate) fn base_key(
+    compiler: &str,
+    c: &CcCompile,
+    paths: &Paths,
+    probe: &dyn Probe,
+) -> Result<(String, Explain)> {
+    let mut h = KeyHasher::new(KEY_VERSION);
+    let name = Path::new(compiler)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    h.field("compiler-name", &name);
+    h.field(
+        "compiler-version",
+        &probe.identity(compiler, &["--version"])?,
+    );
+    // A wrapper script that adds flags answers `--version` like the
+    // compiler it runs.
+    h.field(
+        "compiler-content",
+        &probe
+            .program_hash(compiler)
+            .with_context(|| format!("cannot read the compiler {compiler}"))?,
+    );
+    h.field("lang", c.lang().x_name());
+    h.field("cwd", &paths.normalize(&paths.cwd.to_string_lossy()));
+    let mut i = 0;
+    let args = &c.args;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        // The object's and the dependency file's paths: the object does
+        // not depend on them; the dependency file names the object.
+        let value_flag = ["-o", "-MF", "-MT", "-MQ", "-I", "-isystem", "-iquote"]
+            .iter()
+            .chain(&["-idirafter", "-include", "-imacros", "-x", "-D", "-U"])
+            .chain(&["-isysroot", "-target", "--sysroot"])
+            .find(|f| *a == **f || ((f.len() == 2 || f.starts_with("-M")) && a.starts_with(**f)));
+        if let Some(flag) = value_flag {
+            let value = if a == flag {
+                i += 1;
+                args.get(i - 1).cloned().unwrap_or_default()
+            } else {
+                a[flag.len()..].to_string()
+            };
+            match *flag {
+                "-MF" => continue,
+                "-o" if c.dep_file.is_none() => continue,
+                f if path_flag(f) || f == "--sysroot" => h.field(f, &paths.normalize(&value)),
+                f => h.field(f, &value),
+            }
+            continue;
+        }
+        if *a == c.source {
+            let p = paths.absolute(a);
+            let digest = probe
+                .hash(&p)
+                .with_context(|| format!("cannot read the source {}", p.display()))?;
+            h.field("file", &paths.normalize(a));
+            h.field("content", &digest);
+            continue;
+        }
+        match a.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => h.field(f, &paths.normalize(v)),
+            _ => h.field(a, ""),
+        }
+    }
+    for v in KEYED_ENV {
+        h.field("env", v);
+        h.field(
+            "value",
+            &probe
+                .var(v)
+                .map_or_else(|| UNSET.to_string(), |x| paths.normalize(&x)),
+        );
+    }
+    Ok(h.finish_explained())
+}
+
+/// The prerequisites of the first rule of a make dependency file, as the
+/// compiler wrote them (`\ `, `\#` and `$$` unescaped).
+pub(crate) fn parse_make_deps(text: &str) -> Vec<String> {
+    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
+    let Some(line) = joined.lines().find(|l| !l.trim().is_empty()) else {
+        return Vec::new();
+    };
+    // The target ends at the first `:` followed by white space or the end.
+    let b = line.as_bytes();
+    let Some(colon) = (0..b.len()).find(|&i| {
+        b[i] == b':'
+            && (i == 0 || b[i - 1] != b'\\')
+            && b.get(i + 1).is_none_or(|c| c.is_ascii_whitespace())
+    }) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line[colon + 1..].chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' if matches!(chars.peek(), Some(' ' | '#' | '\\')) => {
+                cur.push(chars.next().unwrap_or(' '));
+            }
+            '$' if chars.peek() == Some(&'$') => {
+                chars.next();
+                cur.push('$');
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The directories a compile searches for `#include <...>`, in order,
+/// as spelled on the command line (trailing `/` removed). `builtin` are
+/// the compiler's own; `var` reads the environment.
+pub(crate) fn search_dirs(
+    c: &CcCompile,
+    builtin: &[String],
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let env_dirs = |name: &str| -> Vec<String> {
+        var(name)
+            .map(|v| {
+                v.split(':')
+                    .map(|d| if d.is_empty() { "." } else { d }.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let lang_var = match c.lang() {
+        Lang::Cxx => "CPLUS_INCLUDE_PATH",
+        _ => "C_INCLUDE_PATH",
+    };
+    let mut out: Vec<String> = Vec::new();
+    out.extend(c.iquote.iter().cloned());
+    out.extend(c.include.iter().cloned());
+    out.extend(env_dirs("CPATH"));
+    out.extend(c.isystem.iter().cloned());
+    out.extend(env_dirs(lang_var));
+    out.extend(builtin.iter().cloned());
+    out.extend(c.idirafter.iter().cloned());
+    for d in &mut out {
+        while d.len() > 1 && d.ends_with('/') {
+            d.pop();
+        }
+    }
+    out
+}
+
+/// `rest` if `p` is `dir/rest` (any relative `p` is under the empty
+/// directory, the working directory).
+fn under<'a>(p: &'a str, dir: &str) -> Option<&'a str> {
+    if dir.is_empty() {
+        return (!p.starts_with('/')).then_some(p);
+    }
+    p.strip_prefix(dir)?.strip_prefix('/')
+}
+
+fn dir_of(p: &str) -> &str {
+    p.rsplit_once('/')
+        .map_or("", |(d, _)| if d.is_empty() { "/" } else { d })
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The files whose appearance would change which header a compile reads:
+/// for every header, its name in each directory searched before the one
+/// it was found in (and in the directory of every file that may have
+/// included it). `Err` names a header found in no directory kache knows
+/// of: then kache cannot tell what could shadow it.
+///
+/// `probed` are the names `__has_include` asked for: the file by that
+/// name in every directory is keyed too (present or absent).
+pub(crate) fn shadow_candidates(
+    source: &str,
+    headers: &[String],
+    search: &[String],
+    forced: bool,
+    probed: &[String],
+) -> Result<Vec<String>, String> {
+    // Every file may have included any header with `"..."`.
+    let mut includer: BTreeSet<&str> = BTreeSet::new();
+    includer.insert(dir_of(source));
+    if forced {
+        includer.insert("");
+    }
+    for h in headers {
+        includer.insert(dir_of(h));
+    }
+    let mut out = BTreeSet::new();
+    for name in probed {
+        for e in includer
+            .iter()
+            .copied()
+            .chain(search.iter().map(String::as_str))
+        {
+            out.insert(join(e, name));
+        }
+    }
+    for p in headers {
+        let mut located = false;
+        for (j, d) in search.iter().enumerate() {
+            let Some(name) = under(p, d) else { continue };
+            located = true;
+            for e in includer
+                .iter()
+                .copied()
+                .chain(search[..j].iter().map(String::as_str))
+            {
+                let cand = join(e, name);
+                if cand != *p {
+                    out.insert(cand);
+                }
+            }
+        }
+        if located {
+            continue;
+        }
+        // Found beside a file that includes it (the source, a forced
+        // include from the working directory, another header): nothing
+        // is searched before that directory. Its own directory does not
+        // count: nothing says another file there included it.
+        let beside = std::iter::once(source)
+            .chain(headers.iter().map(String::as_str).filter(|h| *h != p))
+            .map(dir_of)
+            .chain(forced.then_some(""))
+            .any(|d| under(p, d).is_some());
+        // An absolute name in no search directory was named as such
+        // (`#include "/abs/x.h"`): nothing shadows it.
+        if !beside && !p.starts_with('/') {
+            return Err(format!("header {p} found in no directory kache knows"));
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The names `__has_include(...)` and `__has_include_next(...)` ask for
+/// in `text`; `Err` if one is not a literal `<name>` or `"name"` (a
+/// macro), whose name kache cannot know without preprocessing.
+pub(crate) fn has_include_names(text: &[u8]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for at in memchr::memmem::find_iter(text, b"__has_include") {
+        let mut rest = &text[at + b"__has_include".len()..];
+        if let Some(r) = rest.strip_prefix(b"_next") {
+            rest = r;
+        }
+        let skip_ws =
+            |r: &[u8]| -> usize { r.iter().take_while(|c| c.is_ascii_whitespace()).count() };
+        rest = &rest[skip_ws(rest)..];
+        // `defined(__has_include)`, `#ifdef __has_include`: no question.
+        let Some(r) = rest.strip_prefix(b"(") else {
+            continue;
+        };
+        let r = &r[skip_ws(r)..];
+        let close = match r.first() {
+            Some(b'<') => b'>',
+            Some(b'"') => b'"',
+            _ => return Err("a __has_include of a macro".into()),
+        };
+        let body = &r[1..];
+        let Some(end) = body.iter().position(|&c| c == close || c == b'\n') else {
+            return Err("an unterminated __has_include".into());
+        };
+        let name = String::from_utf8_lossy(&body[..end]).into_owned();
+        if body[end] != close || name.is_empty() {
+            return Err("an unterminated __has_include".into());
+        }
+        out.push(name);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The compiler's built-in search directories from `CC -E -v` output:
+/// the listed ones and those it ignored as missing (which would be
+/// searched once created), missing ones first.
+pub(crate) fn parse_builtin_dirs(text: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut listed = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("ignoring nonexistent directory \"") {
+            missing.push(rest.trim_end_matches('"').to_string());
+        } else if line.starts_with("#include ") && line.contains("search starts here") {
+            inside = true;
+        } else if line.starts_with("End of search list") {
+            inside = false;
+        } else if inside && line.starts_with(' ') {
+            let d = line.trim().trim_end_matches(" (framework directory)");
+            listed.push(d.to_string());
+        }
+    }
+    missing.extend(listed);
+    missing
+}
+
+/// A clock macro in `text` that makes the object depend on when it was
+/// compiled, unless `SOURCE_DATE_EPOCH` pins `__DATE__` and `__TIME__`.
+pub(crate) fn clock_macro(text: &[u8], epoch_set: bool) -> Option<&'static str> {
+    let find = |m: &str| memchr::memmem::find(text, m.as_bytes()).is_some();
+    if find("__TIMESTAMP__") {
+        return Some("__TIMESTAMP__");
+    }
+    if !epoch_set {
+        for m in ["__DATE__", "__TIME__"] {
+            if find(m) {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn make_deps() {
+        let text = "/t/a.o: src/a.c /usr/include/stdio.h \\\n inc/x\\ y.h gen/$$d.h \\\n /o/g.h\n\ninc/x\\ y.h:\n";
+        assert_eq!(
+            parse_make_deps(text),
+            s(&[
+                "src/a.c",
+                "/usr/include/stdio.h",
+                "inc/x y.h",
+                "gen/$d.h",
+                "/o/g.h"
+            ])
+        );
+    }
+
+    #[test]
+    fn builtin_dirs() {
+        let text = "ignoring nonexistent directory \"/usr/local/include/x86_64-linux-gnu\"\n\
+            #include \"...\" search starts here:\n#include <...> search starts here:\n \
+            /usr/lib/gcc/x86_64-linux-gnu/12/include\n /usr/include\nEnd of search list.\n";
+        assert_eq!(
+            parse_builtin_dirs(text),
+            s(&[
+                "/usr/local/include/x86_64-linux-gnu",
+                "/usr/lib/gcc/x86_64-linux-gnu/12/include",
+                "/usr/include"
+            ])
+        );
+    }
+
+    #[test]
+    fn shadowing_candidates() {
+        let search = s(&["include", "include2", "/out", "/usr/include"]);
+        let headers = s(&["include2/shadow.h", "/out/gen.h", "/usr/include/stdio.h"]);
+        let c = shadow_candidates("csrc/v.c", &headers, &search, false, &[]).unwrap();
+        // The shadowing file that matters most: the same name earlier on
+        // the include path, and beside the source.
+        for want in [
+            "include/shadow.h",
+            "csrc/shadow.h",
+            "include/gen.h",
+            "include2/gen.h",
+            "include/stdio.h",
+            "/out/stdio.h",
+            "csrc/stdio.h",
+        ] {
+            assert!(c.contains(&want.to_string()), "{want} in {c:?}");
+        }
+        assert!(!c.contains(&"include2/shadow.h".to_string()));
+        // Beside the source: found first, nothing shadows it.
+        let c = shadow_candidates("csrc/v.c", &s(&["csrc/local.h"]), &search, false, &[]).unwrap();
+        assert!(c.is_empty(), "{c:?}");
+        // A relative header in no known directory: cannot tell.
+        assert!(shadow_candidates("csrc/v.c", &s(&["weird/x.h"]), &search, false, &[]).is_err());
+        // An absolute include names its file; nothing shadows it.
+        assert!(shadow_candidates("csrc/v.c", &s(&["/abs/x.h"]), &search, false, &[]).is_ok());
+    }
+
+    #[test]
+    fn has_include() {
+        let t = b"#if defined(__has_include)\n#if __has_include (<sys/x.h>) && __has_include_next(\"y.h\")\n#endif\n#ifdef __has_include\n";
+        assert_eq!(has_include_names(t).unwrap(), s(&["sys/x.h", "y.h"]));
+        assert!(has_include_names(b"#define H(x) __has_include(x)").is_err());
+        let c = shadow_candidates("a.c", &[], &s(&["inc"]), false, &s(&["y.h"])).unwrap();
+        assert_eq!(c, s(&["inc/y.h", "y.h"]));
+    }
+
+    #[test]
+    fn clock() {
+        assert_eq!(clock_macro(b"x __DATE__ y", false), Some("__DATE__"));
+        assert_eq!(clock_macro(b"x __DATE__ y", true), None);
+        assert_eq!(clock_macro(b"__TIMESTAMP__", true), Some("__TIMESTAMP__"));
+        assert_eq!(clock_macro(b"int x;", false), None);
+    }
+}

@@ -1,0 +1,661 @@
+//! C, C++ and assembler compiles cached (issue 16): real cargo builds
+//! through the `cc` crate (which runs the compiler through
+//! RUSTC_WRAPPER=kache), real gcc. Plain cargo is the oracle: what the
+//! program prints under kache must equal what it prints under plain
+//! cargo, after every change. A hit is asserted only to show that a test
+//! really exercised the cache.
+//!
+//! The fixture `tests/fixtures/cc/app` compiles `csrc/values.c`,
+//! `csrc/asm.S` and `csrc/tmpl.cpp` with `-I include -I include2 -I
+//! $OUT_DIR`; optional sources are switched on by variables.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{cargo_plain, cargo_through_kache, clean_env, copy_tree, kache_bin, show};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cc/app")
+}
+
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// One checkout of the fixture, with a kache target dir, a plain target
+/// dir and a cache dir (shared by checkouts under the same root).
+struct App {
+    ws: PathBuf,
+    kt: PathBuf,
+    pt: PathBuf,
+    cache: PathBuf,
+}
+
+impl App {
+    fn new(root: &Path, name: &str) -> App {
+        let base = root.join(name);
+        let ws = base.join("ws");
+        copy_tree(&fixture(), &ws);
+        App {
+            ws,
+            kt: base.join("kt"),
+            pt: base.join("pt"),
+            cache: root.join("cache"),
+        }
+    }
+
+    fn kache(&self, env: Env<'_>) -> Output {
+        self.kache_args(&["run", "-q"], env)
+    }
+
+    fn plain(&self, env: Env<'_>) -> Output {
+        self.plain_args(&["run", "-q"], env)
+    }
+
+    fn kache_args(&self, args: &[&str], env: Env<'_>) -> Output {
+        let mut c = cargo_through_kache(&self.ws, &self.kt, &self.cache, args);
+        c.envs(env.iter().copied());
+        c.output().unwrap()
+    }
+
+    fn plain_args(&self, args: &[&str], env: Env<'_>) -> Output {
+        let mut c = cargo_plain(&self.ws, &self.pt, args);
+        c.envs(env.iter().copied());
+        c.output().unwrap()
+    }
+
+    /// `cargo run` under kache and plain: the same stdout and status, and
+    /// no fallback warning from kache. Returns the kache output.
+    fn same(&self, what: &str, env: Env<'_>) -> Output {
+        let k = self.kache(env);
+        let p = self.plain(env);
+        assert!(
+            p.status.success(),
+            "{what}: plain cargo failed (a test bug)\n{}",
+            show(&p)
+        );
+        let (ks, ps) = (
+            String::from_utf8_lossy(&k.stdout),
+            String::from_utf8_lossy(&p.stdout),
+        );
+        assert!(
+            ks == ps && k.status.code() == p.status.code(),
+            "{what}: kache differs from plain cargo\n--- kache ({})\n{ks}\n--- plain ({})\n{ps}\n=== kache stderr\n{}",
+            k.status,
+            p.status,
+            String::from_utf8_lossy(&k.stderr)
+        );
+        let warned: Vec<String> = String::from_utf8_lossy(&k.stderr)
+            .lines()
+            .filter(|l| l.contains("warning: kache:"))
+            .map(String::from)
+            .collect();
+        assert!(warned.is_empty(), "{what}: kache fell back: {warned:?}");
+        k
+    }
+
+    /// `rm -rf` both target dirs, then `same`: every C compile is looked
+    /// up again (cargo would not rerun the build script otherwise).
+    fn same_fresh(&self, what: &str, env: Env<'_>) -> Output {
+        let _ = fs::remove_dir_all(&self.kt);
+        let _ = fs::remove_dir_all(&self.pt);
+        self.same(what, env)
+    }
+
+    /// The C events logged since the last call: (result, reason).
+    fn take_c_events(&self) -> Vec<(String, String)> {
+        let p = self.cache.join("events.jsonl");
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let _ = fs::remove_file(&p);
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["lang"] == "c")
+            .map(|e| {
+                (
+                    e["result"].as_str().unwrap_or("").to_string(),
+                    e["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn c_hits(&self) -> usize {
+        self.take_c_events()
+            .iter()
+            .filter(|(r, _)| r == "local_hit")
+            .count()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.ws.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let p = self.ws.join(rel);
+        let s = fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{rel} has no {from:?}");
+        fs::write(&p, s.replace(from, to)).unwrap();
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The lines of `o`'s stderr that mention `needle`.
+fn lines_with(o: &Output, needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// The common case, then a change, each checked against plain cargo both
+/// right after the change and from the store (after `rm -rf target`).
+fn change_case(change: impl FnOnce(&App), env: Env<'_>, want: &str) {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let before = stdout(&a.same("cold build", &[]));
+    a.take_c_events();
+    a.same_fresh("unchanged, from the store", &[]);
+    assert_eq!(a.c_hits(), 3, "the three C compiles are hits");
+    change(&a);
+    let after = stdout(&a.same("after the change", env));
+    assert!(after.contains(want), "plain cargo: {after}");
+    assert_ne!(before, after, "plain cargo saw no change (a test bug)");
+    a.same_fresh("after the change, from the store", env);
+}
+
+#[test]
+fn header_edit() {
+    change_case(
+        |a| a.edit("include/config.h", "VALUE 1", "VALUE 2"),
+        &[],
+        "config=2",
+    );
+}
+
+/// A header created earlier on the include path (`-I include` comes
+/// before `-I include2`) than the one the last compile read.
+#[test]
+fn shadowing_header_earlier_on_the_include_path() {
+    change_case(
+        |a| a.write("include/shadow.h", "#define SHADOW_VALUE 200\n"),
+        &[],
+        "shadow=200",
+    );
+}
+
+/// The same, beside the source (searched first for `#include "..."`).
+#[test]
+fn shadowing_header_beside_the_source() {
+    change_case(
+        |a| a.write("csrc/shadow.h", "#define SHADOW_VALUE 300\n"),
+        &[],
+        "shadow=300",
+    );
+}
+
+/// A header that only `__has_include` asked for, and did not find,
+/// appears.
+#[test]
+fn has_include_header_appears() {
+    change_case(
+        |a| a.write("include/optional.h", "#define OPTIONAL_VALUE 5\n"),
+        &[],
+        "optional=5",
+    );
+}
+
+/// A header the build script generates in OUT_DIR.
+#[test]
+fn generated_header_in_out_dir() {
+    change_case(|_| {}, &[("GEN_VALUE", "9")], "gen=9");
+}
+
+/// `cpathval.h` is found only through CPATH: pointing it elsewhere must
+/// recompile (cargo reruns nothing, so both target dirs are wiped).
+#[test]
+fn cpath_change() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let dir = |d: &str| a.ws.join(d).to_string_lossy().into_owned();
+    let (ca, cb) = (dir("cpath_a"), dir("cpath_b"));
+    let one = stdout(&a.same_fresh("CPATH=a", &[("CPATH_TEST", "1"), ("CPATH", &ca)]));
+    assert!(one.contains("cpath=1"), "{one}");
+    a.take_c_events();
+    let two = stdout(&a.same_fresh("CPATH=b", &[("CPATH_TEST", "1"), ("CPATH", &cb)]));
+    assert!(two.contains("cpath=2"), "{two}");
+    a.take_c_events();
+    a.same_fresh("CPATH=a again", &[("CPATH_TEST", "1"), ("CPATH", &ca)]);
+    assert_eq!(a.c_hits(), 4, "every compile of the first build hits");
+}
+
+#[test]
+fn define_change() {
+    change_case(|_| {}, &[("APP_DEFINE", "APP_FLAG")], "define=1");
+}
+
+#[test]
+fn cflags_change() {
+    change_case(|_| {}, &[("CFLAGS", "-DAPP_FLAG")], "define=1");
+}
+
+#[test]
+fn cpp_template_header() {
+    change_case(
+        |a| a.edit("include/tmpl.hpp", "N * 2", "N * 3"),
+        &[],
+        "tmpl=63",
+    );
+}
+
+#[test]
+fn assembler_include() {
+    change_case(
+        |a| a.edit("include/asmconst.h", "ASM_VALUE 5", "ASM_VALUE 6"),
+        &[],
+        "asm=6",
+    );
+}
+
+/// The compiler replaced at the same name and path: a `cc` script that
+/// adds `-DAPP_FLAG`, then the same script without it. `--version`
+/// answers the same each time; only the program's content differs.
+#[test]
+fn compiler_replaced() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let bin = r.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let cc = bin.join("cc");
+    let script = |extra: &str| {
+        fs::write(&cc, format!("#!/bin/sh\nexec /usr/bin/cc {extra} \"$@\"\n")).unwrap();
+        Command::new("chmod").arg("755").arg(&cc).status().unwrap();
+    };
+    let ccs = cc.to_string_lossy().into_owned();
+    script("-DAPP_FLAG");
+    let one = stdout(&a.same_fresh("cc adds -DAPP_FLAG", &[("CC", &ccs)]));
+    assert!(one.contains("define=1"), "{one}");
+    script("");
+    let two = stdout(&a.same_fresh("cc adds nothing", &[("CC", &ccs)]));
+    assert!(two.contains("define=0"), "{two}");
+}
+
+/// A source that expands `__DATE__`/`__TIME__` is compiled every time:
+/// two builds a second apart print different times.
+#[test]
+fn date_never_stale() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let env: Env<'_> = &[("CLOCK_TEST", "1")];
+    let clock = |o: &Output| {
+        assert!(o.status.success(), "{}", show(o));
+        stdout(o)
+            .lines()
+            .find(|l| l.starts_with("clock="))
+            .unwrap()
+            .to_string()
+    };
+    let one = clock(&a.kache(env));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let _ = fs::remove_dir_all(&a.kt);
+    let two = clock(&a.kache(env));
+    assert_ne!(one, two, "a stale __TIME__ was served");
+    let ev = a.take_c_events();
+    assert!(
+        ev.iter().any(|(_, why)| why.contains("__DATE__")),
+        "the clock compile is named as not stored: {ev:?}"
+    );
+    // With SOURCE_DATE_EPOCH the clock is pinned, and the object cached.
+    let env: Env<'_> = &[("CLOCK_TEST", "1"), ("SOURCE_DATE_EPOCH", "1700000000")];
+    let p = a.same_fresh("SOURCE_DATE_EPOCH", env);
+    a.take_c_events();
+    assert_eq!(clock(&p), "clock=Nov 14 2023 22:13:20");
+    a.same_fresh("SOURCE_DATE_EPOCH, from the store", env);
+    assert_eq!(a.c_hits(), 4);
+}
+
+/// A failing compile: the same error as plain cargo, every time, and
+/// nothing stored.
+#[test]
+fn failing_compile_not_stored_and_its_error_replayed() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let env: Env<'_> = &[("FAIL_TEST", "1")];
+    let p = a.plain(env);
+    assert!(!p.status.success());
+    let want = lines_with(&p, "broken.c:");
+    assert!(
+        want.iter().any(|l| l.contains("error")),
+        "plain cargo: {}",
+        show(&p)
+    );
+    for round in ["first", "second"] {
+        let k = a.kache(env);
+        assert_eq!(k.status.code(), p.status.code(), "{round}: {}", show(&k));
+        assert_eq!(lines_with(&k, "broken.c:"), want, "{round}");
+    }
+    let ev = a.take_c_events();
+    let failed = ev
+        .iter()
+        .filter(|(r, why)| r == "miss" && why == "the compile failed")
+        .count();
+    assert_eq!(failed, 2, "both failing compiles ran: {ev:?}");
+}
+
+/// A warning (cc-rs forwards it as `cargo:warning`) is shown on a hit
+/// exactly as plain cargo shows it.
+#[test]
+fn warnings_replayed_on_a_hit() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let env: Env<'_> = &[("WARN_TEST", "1")];
+    // `cargo build` shows a build script's warnings (`run -q` hides them).
+    let p = a.plain_args(&["build"], env);
+    assert!(p.status.success(), "{}", show(&p));
+    let want = lines_with(&p, "warn.c");
+    assert!(
+        want.iter().any(|l| l.contains("unused_here")),
+        "plain cargo: {}",
+        show(&p)
+    );
+    let k = a.kache_args(&["build"], env);
+    assert!(k.status.success(), "{}", show(&k));
+    assert_eq!(lines_with(&k, "warn.c"), want, "on the miss");
+    a.take_c_events();
+    let _ = fs::remove_dir_all(&a.kt);
+    let k = a.kache_args(&["build"], env);
+    assert!(k.status.success(), "{}", show(&k));
+    assert_eq!(a.c_hits(), 4);
+    assert_eq!(lines_with(&k, "warn.c"), want, "on the hit");
+    a.same("the program", env);
+}
+
+/// `rm -rf target`, then a rebuild: the real compiler runs zero times
+/// (counted by a `cc` script that logs each compile). The `cc` crate's
+/// own flag probes (`flag_check.c`) run the compiler directly, never
+/// through the wrapper, and are not counted.
+#[test]
+fn rebuild_after_rm_rf_target_runs_no_compiler() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let bin = r.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let log = r.path().join("cc.log");
+    for (name, real) in [("cc", "/usr/bin/cc"), ("c++", "/usr/bin/c++")] {
+        let p = bin.join(name);
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\ncase \" $* \" in *flag_check*) ;; *\" -c \"*) echo \"$*\" >> {} ;; esac\nexec {real} \"$@\"\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod").arg("755").arg(&p).status().unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let env: Env<'_> = &[("PATH", &path)];
+    let compiles = || fs::read_to_string(&log).unwrap_or_default().lines().count();
+    // The plain builds use the same script: count around kache's only.
+    let kache_run = |what: &str, env: Env<'_>| {
+        let n = compiles();
+        let o = a.kache(env);
+        assert!(o.status.success(), "{what}: {}", show(&o));
+        compiles() - n
+    };
+    let cold = kache_run("cold", env);
+    assert!(cold >= 3, "the script saw the compiles: {cold}");
+    a.same("cold, against plain cargo", env);
+    let _ = fs::remove_dir_all(&a.kt);
+    assert_eq!(kache_run("after rm -rf target", env), 0, "the compiler ran");
+    a.same("after rm -rf target, against plain cargo", env);
+    // The control: with C caching off, the same rebuild compiles.
+    let off: Env<'_> = &[("PATH", &path), ("KACHE_CACHE_C", "0")];
+    a.take_c_events();
+    let _ = fs::remove_dir_all(&a.kt);
+    assert_eq!(
+        kache_run("KACHE_CACHE_C=0", off),
+        3,
+        "KACHE_CACHE_C=0 passes through"
+    );
+    a.same("KACHE_CACHE_C=0, against plain cargo", off);
+    let ev = a.take_c_events();
+    assert!(
+        ev.iter()
+            .filter(|(r, _)| r == "passthrough")
+            .all(|(_, why)| why == "C caching is off"
+                || why.contains("no object")
+                || why.contains("-c compile")),
+        "{ev:?}"
+    );
+    assert!(!ev.iter().any(|(r, _)| r.contains("hit")), "{ev:?}");
+}
+
+/// Two checkouts at different paths: the second's C compiles are hits,
+/// and its objects hold nothing of the first checkout's path.
+#[test]
+fn two_checkouts_share_objects() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "first");
+    let b = App::new(r.path(), "second-at-another-path");
+    a.same("checkout A", &[]);
+    a.take_c_events();
+    b.same("checkout B", &[]);
+    // `kache stats` tells the languages apart.
+    let o = crate::common::kache(&b.cache)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["by_language"]["c"]["hits"], 3, "{st}");
+    assert_eq!(st["c_entries"], 3, "{st}");
+    assert!(st["by_language"]["rust"]["hits"].as_u64() > Some(0), "{st}");
+    assert_eq!(b.c_hits(), 3, "B's C compiles hit A's entries");
+    let a_root = r.path().join("first");
+    let a_root = a_root.to_string_lossy();
+    let mut objects = 0;
+    for f in walk(&b.kt) {
+        let name = f.to_string_lossy();
+        if name.ends_with(".o") || name.ends_with(".a") {
+            objects += 1;
+            let bytes = fs::read(&f).unwrap();
+            assert!(
+                memmem(&bytes, a_root.as_bytes()).is_none(),
+                "{} holds checkout A's path {a_root}",
+                f.display()
+            );
+        }
+    }
+    assert!(objects >= 5, "B's objects were looked at: {objects}");
+}
+
+/// An object that holds a real path (`__FILE__` of a header found
+/// through an absolute `-I`) is keyed by it: the second checkout compiles
+/// its own, and prints its own path as plain cargo does.
+#[test]
+fn object_holding_its_path_is_not_shared() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "first");
+    let b = App::new(r.path(), "second");
+    let env: Env<'_> = &[("FILE_TEST", "1")];
+    // The path names the target dir, which differs between the kache
+    // and the plain build of one checkout: compared with it blanked.
+    let same = |x: &App, what: &str| {
+        let k = x.kache(env);
+        let p = x.plain(env);
+        assert!(
+            k.status.success() && p.status.success(),
+            "{what}: {}",
+            show(&k)
+        );
+        let ks = stdout(&k);
+        assert!(ks.contains(&*x.kt.to_string_lossy()), "{what}: {ks}");
+        assert_eq!(
+            ks.replace(&*x.kt.to_string_lossy(), "TARGET"),
+            stdout(&p).replace(&*x.pt.to_string_lossy(), "TARGET"),
+            "{what}"
+        );
+    };
+    same(&a, "checkout A");
+    a.take_c_events();
+    same(&b, "checkout B");
+    // The objects that hold no path are still shared.
+    assert_eq!(b.c_hits(), 3);
+}
+
+/// A dependency file the caller asks for (`-MD -MF`, as CMake and make
+/// do) is written on a hit with this checkout's paths, exactly as the
+/// compiler writes it there.
+#[test]
+fn dep_file_written_with_this_checkouts_paths() {
+    let r = tempfile::tempdir().unwrap();
+    let cache = r.path().join("cache");
+    let make = |name: &str| {
+        let ws = r.path().join(name);
+        fs::create_dir_all(ws.join("src")).unwrap();
+        fs::create_dir_all(ws.join("inc")).unwrap();
+        fs::write(ws.join("inc/v.h"), "#define V 4\n").unwrap();
+        fs::write(
+            ws.join("src/a.c"),
+            "#include <v.h>\n#include <stdio.h>\nint a(void) { return V; }\n",
+        )
+        .unwrap();
+        ws
+    };
+    let compile = |ws: &Path, kache: bool, dep: &str| {
+        let inc = format!("-I{}", ws.join("inc").display());
+        let args = ["-g", &inc, "-MD", "-MF", dep, "-c", "src/a.c", "-o", "a.o"];
+        let mut c = if kache {
+            let mut c = Command::new(kache_bin());
+            c.arg("gcc");
+            c
+        } else {
+            Command::new("gcc")
+        };
+        clean_env(&mut c);
+        c.args(args)
+            .current_dir(ws)
+            .env("KACHE_CACHE_DIR", &cache)
+            .env_remove("CARGO_MANIFEST_DIR");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        fs::read_to_string(ws.join(dep)).unwrap()
+    };
+    let a = make("a");
+    let b = make("b-elsewhere");
+    compile(&a, true, "a.d");
+    let got = compile(&b, true, "a.d");
+    let events = fs::read_to_string(cache.join("events.jsonl")).unwrap();
+    assert!(events.contains("local_hit"), "B hit A's entry: {events}");
+    let want = compile(&b, false, "plain.d");
+    // gcc names the object, never the dependency file, in it; it wraps
+    // long lines where the paths of this checkout make them long, which
+    // make and ninja read the same.
+    let rules = |t: &str| {
+        t.replace("\\\n", " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(rules(&got), rules(&want));
+    assert!(got.contains(&*b.join("inc/v.h").to_string_lossy()), "{got}");
+    assert!(!got.contains(&*a.to_string_lossy()), "{got}");
+}
+
+/// CMake through `CMAKE_C_COMPILER_LAUNCHER=kache`, if cmake is here.
+#[test]
+fn cmake_launcher() {
+    if Command::new("cmake").arg("--version").output().is_err() {
+        eprintln!("note: cmake is not installed; skipping the CMake launcher test");
+        return;
+    }
+    let r = tempfile::tempdir().unwrap();
+    let src = r.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("CMakeLists.txt"),
+        "cmake_minimum_required(VERSION 3.17)\nproject(k C)\ninclude_directories(inc)\nadd_executable(k main.c)\n",
+    )
+    .unwrap();
+    fs::create_dir_all(src.join("inc")).unwrap();
+    fs::write(src.join("inc/v.h"), "#define V 5\n").unwrap();
+    fs::write(
+        src.join("main.c"),
+        "#include <stdio.h>\n#include \"v.h\"\nint main(void) { printf(\"v=%d\\n\", V); return 0; }\n",
+    )
+    .unwrap();
+    let cache = r.path().join("cache");
+    let build = |dir: &str| -> String {
+        let b = r.path().join(dir);
+        let _ = fs::remove_dir_all(&b);
+        let mut c = Command::new("cmake");
+        clean_env(&mut c);
+        c.arg("-S")
+            .arg(&src)
+            .arg("-B")
+            .arg(&b)
+            .env("CMAKE_C_COMPILER_LAUNCHER", kache_bin())
+            .env("KACHE_CACHE_DIR", &cache);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let mut c = Command::new("cmake");
+        clean_env(&mut c);
+        c.arg("--build").arg(&b).env("KACHE_CACHE_DIR", &cache);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
+        let o = Command::new(b.join("k")).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(build("b1"), "v=5\n");
+    let _ = fs::remove_file(cache.join("events.jsonl"));
+    assert_eq!(build("b2"), "v=5\n");
+    let ev = fs::read_to_string(cache.join("events.jsonl")).unwrap_or_default();
+    assert!(ev.contains("local_hit"), "the second build hit: {ev}");
+    fs::write(src.join("inc/v.h"), "#define V 6\n").unwrap();
+    assert_eq!(build("b3"), "v=6\n");
+}
+
+/// The header edit again with clang as CC, if clang is here.
+#[test]
+fn clang_header_edit() {
+    if Command::new("clang").arg("--version").output().is_err() {
+        eprintln!("note: clang is not installed; skipping the clang test");
+        return;
+    }
+    let env: Env<'_> = &[("CC", "clang"), ("CXX", "clang++")];
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    a.same("cold build", env);
+    a.take_c_events();
+    a.same_fresh("from the store", env);
+    assert_eq!(a.c_hits(), 3);
+    a.edit("include/config.h", "VALUE 1", "VALUE 2");
+    let o = a.same("after the edit", env);
+    assert!(stdout(&o).contains("config=2"));
+    a.same_fresh("after the edit, from the store", env);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn memmem(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
