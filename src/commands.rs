@@ -637,3 +637,24 @@ pub(crate) fn config(cfg: &Config, c: &ConfigCmd) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_reads_a_unix_time_or_a_duration_ago() {
+        assert_eq!(parse_since(None).unwrap(), 0);
+        assert_eq!(parse_since(Some("1700000000")).unwrap(), 1_700_000_000);
+        let t = parse_since(Some("2h")).unwrap();
+        assert!((now_secs() - 7200).abs_diff(t) <= 2, "{t}");
+        let e = parse_since(Some("yesterday")).unwrap_err().to_string();
+        assert!(e.contains("--since yesterday") && e.contains("30m"), "{e}");
+    }
+
+    #[test]
+    fn hit_rates() {
+        assert!((hit_rate(0, 0) - 0.0).abs() < f64::EPSILON);
+        assert!((hit_rate(3, 1) - 75.0).abs() < 1e-9);
+    }
+}

@@ -251,3 +251,40 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_changed_added_and_removed_inputs() {
+        let m = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
+            v.iter()
+                .map(|(k, x)| (k.to_string(), x.to_string()))
+                .collect()
+        };
+        let miss = m(&[
+            ("file src/lib.rs", "aa"),
+            ("toolchain", "t1"),
+            ("env:X", "1"),
+        ]);
+        let entry = m(&[
+            ("file src/lib.rs", "bb"),
+            ("toolchain", "t1"),
+            ("arg --cfg", "x"),
+        ]);
+        let d = differences(&miss, &entry);
+        let names: Vec<&str> = d.iter().map(|x| x.input.as_str()).collect();
+        assert_eq!(names, ["env:X", "file src/lib.rs", "arg --cfg"]);
+        assert_eq!(d[0].entry, None);
+        assert_eq!(d[2].miss, None);
+        assert_eq!(kind("file src/lib.rs"), "a source or link input");
+        assert_eq!(kind("toolchain"), "the toolchain");
+        assert_eq!(kind("arg --cfg"), "an argument");
+        assert_eq!(kind("env:X"), "an environment variable");
+        assert_eq!(
+            kind("root /kache-ws"),
+            "a machine-local path baked into the output"
+        );
+    }
+}

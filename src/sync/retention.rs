@@ -251,16 +251,18 @@ pub(crate) fn gc_remote(
             }
         }
     };
-    let res = run(
-        &pool,
-        &remote,
+    let gc = Gc {
+        pool: &pool,
+        remote: &remote,
         prefix,
-        max_age,
-        max_size,
-        lock.as_ref(),
-        json,
-        (started, now),
-    );
+        now,
+        started,
+    };
+    let mode = match &lock {
+        Some(l) => Mode::Delete(l),
+        None => Mode::DryRun,
+    };
+    let res = gc.run(max_age, max_size, mode, json);
     // Remove the lock only while it is ours (a run that lost it to a
     // stale takeover leaves the new holder's alone).
     if let Some(l) = lock
@@ -271,87 +273,146 @@ pub(crate) fn gc_remote(
     res
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    pool: &rayon::ThreadPool,
-    remote: &dyn Remote,
-    prefix: &str,
-    max_age: Option<u64>,
-    max_size: Option<u64>,
-    lock: Option<&Lock>,
-    json: bool,
-    (started, now): (Instant, u64),
-) -> Result<ExitCode> {
-    let dry_run = lock.is_none();
-    let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut records = read_records(pool, remote, prefix, &BTreeSet::new(), &mut last)?;
-    let root = layout::root_prefix(prefix);
-    let listed = remote
-        .list(&root)
-        .map_err(|e| anyhow!("cannot list {}: {e}", remote.describe(&root)))?;
-    let mut all: Vec<Candidate> = listed
-        .into_iter()
-        .filter_map(|l| {
-            let p = layout::parse(prefix, &l.name)?;
-            let pushed = l.modified.unwrap_or(now);
-            let used = last
-                .get(&(p.crate_name.clone(), p.key.clone()))
-                .copied()
-                .unwrap_or(0);
-            Some(Candidate {
-                crate_name: p.crate_name,
-                key: p.key,
-                object: l.name,
-                size: l.size,
-                last_use: pushed.max(used),
-            })
-        })
-        .collect();
-    // Least recently used first.
-    all.sort_by(|a, b| (a.last_use, &a.object).cmp(&(b.last_use, &b.object)));
-    let total: u64 = all.iter().map(|c| c.size).sum();
-    let mut doomed: Vec<Candidate> = Vec::new();
-    let mut remaining = total;
-    for c in &all {
-        let old = max_age.is_some_and(|a| now.saturating_sub(c.last_use) > a);
-        let over = max_size.is_some_and(|m| remaining > m);
-        if old || over {
-            remaining -= c.size;
-            doomed.push(c.clone());
+/// One `gc --remote` run: the bucket, and the time its ages count from.
+struct Gc<'a> {
+    pool: &'a rayon::ThreadPool,
+    remote: &'a dyn Remote,
+    prefix: &'a str,
+    now: u64,
+    started: Instant,
+}
+
+/// Whether a run deletes (holding the lock) or only plans.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    DryRun,
+    Delete(&'a Lock),
+}
+
+/// What a run decided and did, for the report.
+struct Outcome {
+    all: Vec<Candidate>,
+    doomed: Vec<Candidate>,
+    spared: u64,
+    failed: Vec<(String, String)>,
+    records_compacted: usize,
+}
+
+impl Gc<'_> {
+    fn run(
+        &self,
+        max_age: Option<u64>,
+        max_size: Option<u64>,
+        mode: Mode<'_>,
+        json: bool,
+    ) -> Result<ExitCode> {
+        let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut records = read_records(
+            self.pool,
+            self.remote,
+            self.prefix,
+            &BTreeSet::new(),
+            &mut last,
+        )?;
+        let all = self.candidates(&last)?;
+        let mut doomed = pick(&all, max_age, max_size, self.now);
+        let mut out = Outcome {
+            all: Vec::new(),
+            doomed: Vec::new(),
+            spared: 0,
+            failed: Vec::new(),
+            records_compacted: 0,
+        };
+        if let Mode::Delete(lock) = mode {
+            if !doomed.is_empty() {
+                out.spared = self.spare_fresh(&mut records, &mut doomed, &mut last)?;
+            }
+            if !doomed.is_empty() && !lock.still_ours(self.remote)? {
+                crate::transfer::report::warning(
+                    "another kache gc --remote took the lock on this bucket while this one planned; nothing deleted",
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            out.failed = self.delete(&doomed)?;
+            if !records.is_empty() {
+                self.compact(&records, last, &all, &doomed)?;
+                out.records_compacted = records.len();
+            }
         }
+        out.all = all;
+        out.doomed = doomed;
+        self.report(&out, matches!(mode, Mode::DryRun), json)
     }
-    let mut spared = 0u64;
-    if !dry_run && !doomed.is_empty() {
-        // Spare what a sync used since the records were read.
+
+    /// Every entry object with its last use (the newer of its push and
+    /// the use records naming it), least recently used first.
+    fn candidates(&self, last: &BTreeMap<(String, String), u64>) -> Result<Vec<Candidate>> {
+        let root = layout::root_prefix(self.prefix);
+        let listed = self
+            .remote
+            .list(&root)
+            .map_err(|e| anyhow!("cannot list {}: {e}", self.remote.describe(&root)))?;
+        let mut all: Vec<Candidate> = listed
+            .into_iter()
+            .filter_map(|l| {
+                let p = layout::parse(self.prefix, &l.name)?;
+                let pushed = l.modified.unwrap_or(self.now);
+                let used = last
+                    .get(&(p.crate_name.clone(), p.key.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                Some(Candidate {
+                    crate_name: p.crate_name,
+                    key: p.key,
+                    object: l.name,
+                    size: l.size,
+                    last_use: pushed.max(used),
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (a.last_use, &a.object).cmp(&(b.last_use, &b.object)));
+        Ok(all)
+    }
+
+    /// Spares what a sync used since the records were read; returns how
+    /// many were spared.
+    fn spare_fresh(
+        &self,
+        records: &mut Vec<String>,
+        doomed: &mut Vec<Candidate>,
+        last: &mut BTreeMap<(String, String), u64>,
+    ) -> Result<u64> {
         let seen: BTreeSet<String> = records.iter().cloned().collect();
         let mut fresh = BTreeMap::new();
-        records.extend(read_records(pool, remote, prefix, &seen, &mut fresh)?);
+        records.extend(read_records(
+            self.pool,
+            self.remote,
+            self.prefix,
+            &seen,
+            &mut fresh,
+        )?);
         let before = doomed.len();
         doomed.retain(|c| !fresh.contains_key(&(c.crate_name.clone(), c.key.clone())));
-        spared = (before - doomed.len()) as u64;
         for ((c, k), t) in fresh {
             let v = last.entry((c, k)).or_default();
             *v = (*v).max(t);
         }
+        Ok((before - doomed.len()) as u64)
     }
-    if let Some(l) = lock
-        && !doomed.is_empty()
-        && !l.still_ours(remote)?
-    {
-        crate::transfer::report::warning(
-            "another kache gc --remote took the lock on this bucket while this one planned; nothing deleted",
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let deleted_bytes: u64 = doomed.iter().map(|c| c.size).sum();
-    let mut failed: Vec<(String, String)> = Vec::new();
-    if !dry_run {
+
+    /// Deletes in batches, at most `s3_concurrency` at once; returns what
+    /// could not be deleted.
+    fn delete(&self, doomed: &[Candidate]) -> Result<Vec<(String, String)>> {
         let names: Vec<String> = doomed.iter().map(|c| c.object.clone()).collect();
         let results: Vec<Result<Vec<(String, String)>, crate::remote::RemoteError>> =
-            pool.install(|| {
+            self.pool.install(|| {
                 use rayon::prelude::*;
-                names.par_chunks(BATCH).map(|b| remote.delete(b)).collect()
+                names
+                    .par_chunks(BATCH)
+                    .map(|b| self.remote.delete(b))
+                    .collect()
             });
+        let mut failed = Vec::new();
         for r in results {
             match r {
                 Ok(f) => failed.extend(f),
@@ -359,8 +420,18 @@ fn run(
                 Err(e) => failed.push((String::new(), e.message)),
             }
         }
-        // Compact: one record of the survivors' last uses replaces the
-        // records read (entries gone from the bucket are dropped).
+        Ok(failed)
+    }
+
+    /// One record of the survivors' last uses replaces the records read
+    /// (entries gone from the bucket are dropped).
+    fn compact(
+        &self,
+        records: &[String],
+        last: BTreeMap<(String, String), u64>,
+        all: &[Candidate],
+        doomed: &[Candidate],
+    ) -> Result<()> {
         let gone: BTreeSet<(String, String)> = doomed
             .iter()
             .map(|c| (c.crate_name.clone(), c.key.clone()))
@@ -374,68 +445,127 @@ fn run(
             .filter(|(id, _)| alive.contains(id) && !gone.contains(id))
             .map(|((c, k), t)| (c, k, t))
             .collect();
-        if !records.is_empty() {
-            let rec = UseRecord {
-                ts: now,
-                entries: Vec::new(),
-                last_use: keep,
-            };
-            let name = layout::use_record(prefix, now, Some("compact"), &nonce());
-            let body = serde_json::to_vec(&rec)?;
-            remote
-                .put_bytes(&name, &body, false)
-                .map_err(|e| anyhow!("cannot write the compacted use record: {e}"))?;
-            let _ = remote.delete(&records);
-        }
+        let rec = UseRecord {
+            ts: self.now,
+            entries: Vec::new(),
+            last_use: keep,
+        };
+        let name = layout::use_record(self.prefix, self.now, Some("compact"), &nonce());
+        let body = serde_json::to_vec(&rec)?;
+        self.remote
+            .put_bytes(&name, &body, false)
+            .map_err(|e| anyhow!("cannot write the compacted use record: {e}"))?;
+        let _ = self.remote.delete(records);
+        Ok(())
     }
-    let kept = all.len() - doomed.len();
-    let out = &mut std::io::stdout().lock();
-    if json {
-        let v = serde_json::json!({
-            "dry_run": dry_run,
-            "entries": all.len(),
-            "bytes": total,
-            "deleted": {"entries": doomed.len(), "bytes": deleted_bytes},
-            "kept": {"entries": kept, "bytes": total - deleted_bytes},
-            "spared_by_concurrent_use": spared,
-            "failed": failed.len(),
-            "use_records_compacted": if dry_run { 0 } else { records.len() },
-            "candidates": if dry_run { serde_json::to_value(&doomed)? } else { serde_json::Value::Null },
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-    } else {
-        if dry_run {
-            for c in &doomed {
-                writeln!(
-                    out,
-                    "delete  {:<24} {}  {:>10}  last used {} ago",
-                    c.crate_name,
-                    &c.key[..12],
-                    format_size(c.size),
-                    crate::units::format_age(now.saturating_sub(c.last_use))
-                )?;
+
+    fn report(&self, o: &Outcome, dry_run: bool, json: bool) -> Result<ExitCode> {
+        let total: u64 = o.all.iter().map(|c| c.size).sum();
+        let deleted_bytes: u64 = o.doomed.iter().map(|c| c.size).sum();
+        let kept = o.all.len() - o.doomed.len();
+        let out = &mut std::io::stdout().lock();
+        if json {
+            let v = serde_json::json!({
+                "dry_run": dry_run,
+                "entries": o.all.len(),
+                "bytes": total,
+                "deleted": {"entries": o.doomed.len(), "bytes": deleted_bytes},
+                "kept": {"entries": kept, "bytes": total - deleted_bytes},
+                "spared_by_concurrent_use": o.spared,
+                "failed": o.failed.len(),
+                "use_records_compacted": o.records_compacted,
+                "candidates": if dry_run { serde_json::to_value(&o.doomed)? } else { serde_json::Value::Null },
+                "seconds": self.started.elapsed().as_secs_f64(),
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        } else {
+            if dry_run {
+                for c in &o.doomed {
+                    writeln!(
+                        out,
+                        "delete  {:<24} {}  {:>10}  last used {} ago",
+                        c.crate_name,
+                        &c.key[..12],
+                        format_size(c.size),
+                        crate::units::format_age(self.now.saturating_sub(c.last_use))
+                    )?;
+                }
+            }
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            writeln!(
+                out,
+                "{verb} {} entries ({}), kept {} ({}) of {} in the bucket",
+                o.doomed.len(),
+                format_size(deleted_bytes),
+                kept,
+                format_size(total - deleted_bytes),
+                o.all.len()
+            )?;
+            if o.spared > 0 {
+                writeln!(out, "spared {} entries a sync used during the gc", o.spared)?;
             }
         }
-        let verb = if dry_run { "would delete" } else { "deleted" };
-        writeln!(
-            out,
-            "{verb} {} entries ({}), kept {} ({}) of {} in the bucket",
-            doomed.len(),
-            format_size(deleted_bytes),
-            kept,
-            format_size(total - deleted_bytes),
-            all.len()
-        )?;
-        if spared > 0 {
-            writeln!(out, "spared {spared} entries a sync used during the gc")?;
+        if !o.failed.is_empty() {
+            for (n, e) in o.failed.iter().take(10) {
+                eprintln!("error: cannot delete {}: {e}", self.remote.describe(n));
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The entries to delete: unused for longer than `max_age`, or the least
+/// recently used (`all` is sorted so) until the rest fit `max_size`.
+fn pick(
+    all: &[Candidate],
+    max_age: Option<u64>,
+    max_size: Option<u64>,
+    now: u64,
+) -> Vec<Candidate> {
+    let mut remaining: u64 = all.iter().map(|c| c.size).sum();
+    let mut doomed = Vec::new();
+    for c in all {
+        let old = max_age.is_some_and(|a| now.saturating_sub(c.last_use) > a);
+        let over = max_size.is_some_and(|m| remaining > m);
+        if old || over {
+            remaining -= c.size;
+            doomed.push(c.clone());
         }
     }
-    if !failed.is_empty() {
-        for (n, e) in failed.iter().take(10) {
-            eprintln!("error: cannot delete {}: {e}", remote.describe(n));
+    doomed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(name: &str, size: u64, last_use: u64) -> Candidate {
+        Candidate {
+            crate_name: name.to_string(),
+            key: "k".repeat(64),
+            object: format!("p/{name}/x.tar.zst"),
+            size,
+            last_use,
         }
-        return Ok(ExitCode::from(1));
     }
-    Ok(ExitCode::SUCCESS)
+
+    #[test]
+    fn picks_by_age_and_by_size_least_recently_used_first() {
+        let now = 1_000_000;
+        // Sorted least recently used first, as `candidates` returns them.
+        let all = vec![
+            cand("a", 10, now - 900),
+            cand("b", 20, now - 500),
+            cand("c", 30, now - 100),
+        ];
+        let names =
+            |v: Vec<Candidate>| -> Vec<String> { v.into_iter().map(|c| c.crate_name).collect() };
+        assert_eq!(names(pick(&all, Some(600), None, now)), ["a"]);
+        assert_eq!(names(pick(&all, None, Some(30), now)), ["a", "b"]);
+        assert_eq!(names(pick(&all, None, Some(60), now)), Vec::<String>::new());
+        // Both: either rule dooms an entry.
+        assert_eq!(names(pick(&all, Some(200), Some(60), now)), ["a", "b"]);
+        assert!(pick(&all, Some(0), None, now).len() == 3);
+    }
 }
