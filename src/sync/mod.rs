@@ -164,17 +164,7 @@ fn log_sync(cfg: &Config, s: &report::Summary) {
 /// credentials, a fatal listing failure); failed transfers and listings
 /// are counted in the summary instead.
 fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<Vec<Transfer>>> {
-    let (do_pull, do_push) = if cmd.pull || cmd.push {
-        (cmd.pull, cmd.push)
-    } else if cfg.read_only.value {
-        report::note(&format!(
-            "read-only runner ({}): pulling only",
-            read_only_source(cfg)
-        ));
-        (true, false)
-    } else {
-        (true, true)
-    };
+    let (do_pull, do_push) = directions(cfg, cmd);
     reporter.summary.read_only = cfg.read_only.value;
     let remote = S3Remote::from_config(cfg)?;
     let trust = cfg.trust_policy(do_push && !cmd.dry_run)?;
@@ -194,48 +184,103 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
         .thread_name(|i| format!("kache-sync-{i}"))
         .build()
         .context("cannot start the sync threads")?;
-
-    let pull_filter = if do_pull && !cmd.all {
-        workspace_filter(cmd)?
-    } else {
-        plan::PullFilter::default()
-    };
-    let filter = pull_filter.crates.clone();
-
-    let mut local: HashSet<EntryId> = local_entries(&store)?;
-    let mut idx = RemoteIndex::new();
-    // Crates whose remote prefix is already listed (`None`: all of them).
-    let mut listed: Option<BTreeSet<String>> = Some(BTreeSet::new());
-    let mut plan_all: Vec<Transfer> = Vec::new();
-    let ctx = exec::Ctx {
-        store: &store,
+    let run = Run {
+        cfg,
+        cmd,
+        pool: &pool,
         remote: &remote,
+        store: &store,
         prefix,
-        level: cfg.compression_level.value,
-        trust: &trust,
-        stop: AtomicBool::new(false),
-    };
-
-    if do_pull {
-        let prefixes = plan::pull_prefixes(prefix, filter.as_ref());
-        let (found, failed) = list(
-            &pool,
-            &remote,
+        ctx: exec::Ctx {
+            store: &store,
+            remote: &remote,
             prefix,
+            level: cfg.compression_level.value,
+            trust: &trust,
+            stop: AtomicBool::new(false),
+        },
+    };
+    let mut known = Known {
+        local: local_entries(&store)?,
+        idx: RemoteIndex::new(),
+        listed: Some(BTreeSet::new()),
+        plan: Vec::new(),
+    };
+    if do_pull {
+        run.pull(&mut known, reporter)?;
+    }
+    if do_push && reporter.summary.fatal.is_none() {
+        run.push(&mut known, reporter)?;
+    }
+    Ok(cmd.dry_run.then_some(known.plan))
+}
+
+/// Pull, push or both: the flags, else both, or pull only on a
+/// read-only runner.
+fn directions(cfg: &Config, cmd: &SyncCmd) -> (bool, bool) {
+    if cmd.pull || cmd.push {
+        (cmd.pull, cmd.push)
+    } else if cfg.read_only.value {
+        report::note(&format!(
+            "read-only runner ({}): pulling only",
+            read_only_source(cfg)
+        ));
+        (true, false)
+    } else {
+        (true, true)
+    }
+}
+
+/// What one sync works with.
+struct Run<'a> {
+    cfg: &'a Config,
+    cmd: &'a SyncCmd,
+    pool: &'a ThreadPool,
+    remote: &'a S3Remote,
+    store: &'a Store,
+    prefix: &'a str,
+    ctx: exec::Ctx<'a>,
+}
+
+/// What a sync knows so far: the local entries, the remote's (by the
+/// listings made), which crates are listed (`None`: all of them), and
+/// for a dry run the plan.
+struct Known {
+    local: HashSet<EntryId>,
+    idx: RemoteIndex,
+    listed: Option<BTreeSet<String>>,
+    plan: Vec<Transfer>,
+}
+
+impl Run<'_> {
+    /// Lists what the build can use, plans and fetches what is missing.
+    fn pull(&self, k: &mut Known, reporter: &mut Reporter) -> Result<()> {
+        let pull_filter = if self.cmd.all {
+            plan::PullFilter::default()
+        } else {
+            workspace_filter(self.cmd)?
+        };
+        let filter = pull_filter.crates.clone();
+        let prefixes = plan::pull_prefixes(self.prefix, filter.as_ref());
+        let (found, failed) = list(
+            self.pool,
+            self.remote,
+            self.prefix,
             &prefixes,
             Direction::Pull,
             &|_| None,
             reporter,
         )?;
-        idx = plan::index(prefix, found);
-        listed = match (&filter, failed.is_empty()) {
+        k.idx = plan::index(self.prefix, found);
+        k.listed = match (&filter, failed.is_empty()) {
             (None, true) => None,
             (None, false) => Some(BTreeSet::new()),
             (Some(f), _) => Some(f.difference(&failed).cloned().collect()),
         };
-        let (mut pull, mut left) = plan::plan_pull(&local, &idx, &pull_filter);
+        let (mut pull, mut left) = plan::plan_pull(&k.local, &k.idx, &pull_filter);
         if let Some(versions) = &pull_filter.versions {
-            let unusable = built_against_other_versions(&pool, &remote, &pull, &idx, versions);
+            let unusable =
+                built_against_other_versions(self.pool, self.remote, &pull, &k.idx, versions);
             pull.retain(|t| {
                 if unusable.contains(&(t.crate_name.clone(), t.key.clone())) {
                     left.push(plan::Filtered {
@@ -251,95 +296,120 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
             });
         }
         reporter.filtered(left);
-        if cmd.dry_run {
-            plan_all.extend(pull);
-        } else {
-            // Recorded before fetching, so a gc running now spares them.
+        if self.cmd.dry_run {
+            k.plan.extend(pull);
+            return Ok(());
+        }
+        // Recorded before fetching, so a gc running now spares them. A
+        // read-only runner writes nothing, use records included.
+        if !self.cfg.read_only.value {
             let used: Vec<(String, String)> = pull
                 .iter()
                 .map(|t| (t.crate_name.clone(), t.key.clone()))
                 .collect();
-            // A read-only runner writes nothing, use records included.
-            if !cfg.read_only.value {
-                uses::record_use(&remote, prefix, &used);
-            }
-            execute(&pool, &ctx, reporter, "pull", pull);
-            if reporter.summary.fatal.is_none() {
-                local = local_entries(&store)?;
-            }
+            uses::record_use(self.remote, self.prefix, &used);
         }
+        execute(self.pool, &self.ctx, reporter, "pull", pull);
+        if reporter.summary.fatal.is_none() {
+            k.local = local_entries(self.store)?;
+        }
+        Ok(())
     }
 
-    if do_push && reporter.summary.fatal.is_none() {
-        let crates = plan::push_crates(local.iter());
-        let missing: Vec<String> = match &listed {
+    /// Lists the crates it is about to push that the pull did not list,
+    /// and uploads every local entry the bucket lacks.
+    fn push(&self, k: &mut Known, reporter: &mut Reporter) -> Result<()> {
+        let crates = plan::push_crates(k.local.iter());
+        let missing: Vec<String> = match &k.listed {
             None => Vec::new(),
             Some(done) => crates
                 .iter()
                 .filter(|c| !done.contains(*c))
-                .map(|c| layout::crate_prefix(prefix, c))
+                .map(|c| layout::crate_prefix(self.prefix, c))
                 .collect(),
         };
+        let local = &k.local;
         let count = |c: &str| Some(local.iter().filter(|(lc, _)| lc == c).count() as u64);
         // Crates whose listing failed are not pushed: what the bucket
         // holds for them is unknown, and an object is never uploaded twice.
         let (found, unlisted) = list(
-            &pool,
-            &remote,
-            prefix,
+            self.pool,
+            self.remote,
+            self.prefix,
             &missing,
             Direction::Push,
             &count,
             reporter,
         )?;
-        for (c, keys) in plan::index(prefix, found) {
-            idx.entry(c).or_default().extend(keys);
+        for (c, keys) in plan::index(self.prefix, found) {
+            k.idx.entry(c).or_default().extend(keys);
         }
-        let candidates: Vec<(EntryId, u64, String)> = local
+        let push = plan::plan_push(&self.push_candidates(k, &unlisted), &k.idx);
+        if self.cmd.dry_run {
+            k.plan.extend(push);
+            return Ok(());
+        }
+        let planned: Vec<EntryId> = push
+            .iter()
+            .map(|t| (t.crate_name.clone(), t.key.clone()))
+            .collect();
+        execute(self.pool, &self.ctx, reporter, "push", push);
+        self.clear_pending(k, &planned, reporter);
+        Ok(())
+    }
+
+    /// Local entries of listed crates that the bucket lacks, with size
+    /// and object name.
+    fn push_candidates(
+        &self,
+        k: &Known,
+        unlisted: &BTreeSet<String>,
+    ) -> Vec<(EntryId, u64, String)> {
+        k.local
             .iter()
             .filter(|(c, _)| !unlisted.contains(c))
-            .filter(|(c, k)| !idx.get(c).is_some_and(|keys| keys.contains_key(k)))
-            .filter_map(|(c, k)| match store.get(c, k) {
+            .filter(|(c, key)| !k.idx.get(c).is_some_and(|keys| keys.contains_key(key)))
+            .filter_map(|(c, key)| match self.store.get(c, key) {
                 Ok(e) => {
                     let e = e?;
-                    let object = layout::entry_object(prefix, c, k, e.origin.as_ref());
-                    Some(((c.clone(), k.clone()), e.size(), object))
+                    let object = layout::entry_object(self.prefix, c, key, e.origin.as_ref());
+                    Some(((c.clone(), key.clone()), e.size(), object))
                 }
                 // Corrupt or unreadable: planned anyway, so the push
                 // reports it (packing fails it) rather than skipping it
                 // silently.
-                Err(_) => Some(((c.clone(), k.clone()), 0, layout::object_name(prefix, c, k))),
+                Err(_) => Some((
+                    (c.clone(), key.clone()),
+                    0,
+                    layout::object_name(self.prefix, c, key),
+                )),
             })
+            .collect()
+    }
+
+    /// Clears the daemon's upload markers of what the bucket now holds.
+    fn clear_pending(&self, k: &Known, planned: &[EntryId], reporter: &Reporter) {
+        let Some(id) = self.cfg.remote_identity() else {
+            return;
+        };
+        let failed: HashSet<EntryId> = reporter
+            .summary
+            .failures
+            .iter()
+            .map(|f| (f.crate_name.clone(), f.key.clone()))
             .collect();
-        let push = plan::plan_push(&candidates, &idx);
-        if cmd.dry_run {
-            plan_all.extend(push);
-        } else {
-            let planned: Vec<EntryId> = push
-                .iter()
-                .map(|t| (t.crate_name.clone(), t.key.clone()))
-                .collect();
-            execute(&pool, &ctx, reporter, "push", push);
-            // The daemon's upload markers of what the bucket now holds.
-            if let Some(id) = cfg.remote_identity() {
-                let failed: HashSet<EntryId> = reporter
-                    .summary
-                    .failures
-                    .iter()
-                    .map(|f| (f.crate_name.clone(), f.key.clone()))
-                    .collect();
-                let dir = crate::store::pending::pending_dir(store.root(), &id);
-                for (c, k) in crate::store::pending::pending_markers(&dir) {
-                    let id = (c, k);
-                    let there = idx.get(&id.0).is_some_and(|keys| keys.contains_key(&id.1));
-                    if there || (planned.contains(&id) && !failed.contains(&id)) {
-                        let _ = std::fs::remove_file(dir.join(&id.0).join(&id.1));
-                    }
-                }
+        let dir = crate::store::pending::pending_dir(self.store.root(), &id);
+        for (c, key) in crate::store::pending::pending_markers(&dir) {
+            let id = (c, key);
+            let there = k
+                .idx
+                .get(&id.0)
+                .is_some_and(|keys| keys.contains_key(&id.1));
+            if there || (planned.contains(&id) && !failed.contains(&id)) {
+                let _ = std::fs::remove_file(dir.join(&id.0).join(&id.1));
             }
         }
     }
-    Ok(cmd.dry_run.then_some(plan_all))
 }
 
 /// Where the read-only setting came from, for messages.
