@@ -87,13 +87,48 @@ pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         tmp_removed: clean_tmp(store),
         ..GcReport::default()
     };
+    let (mut all, unreadable) = load_entries(store, &mut rep)?;
+    let blobs = store.walk_blobs();
+    let blob_size: HashMap<String, u64> = blobs
+        .iter()
+        .filter_map(|(p, m)| Some((p.file_name()?.to_str()?.to_string(), m.len())))
+        .collect();
+    if opts.verify {
+        verify_blobs(store, &blobs, &blob_size, &mut all, &mut rep);
+    }
+    if let Some(trusted) = &opts.trusted {
+        drop_untrusted(store, trusted, &mut all, &mut rep);
+    }
+    // Oldest access first.
+    all.sort_by_key(|l| l.r.accessed);
+    let plan = plan_evictions(&all, &blob_size, opts, now_secs());
+    for &i in &plan.evict {
+        let l = &all[i];
+        if store.remove(&l.r.crate_name, &l.r.key)? {
+            rep.entries_removed += 1;
+        }
+    }
+    if !unreadable {
+        remove_unreferenced(store, &blobs, &all, &plan, &mut rep);
+    }
+    // Remembered file hashes: a cache of a cache, rebuilt on demand.
+    let _ = fs::remove_dir_all(store.root().join("hashes"));
+    rep.locks_removed = clean_locks(store, STALE_LOCK);
+    rep.events_bytes_trimmed = trim_events(store, EVENTS_MAX, EVENTS_KEEP)?;
+    rep.entries_kept = (all.len() - plan.evict.len()) as u64;
+    rep.bytes_kept = plan.live;
+    Ok(rep)
+}
 
+/// Every entry that can be read. A corrupt manifest is removed; one that
+/// cannot be read (another format, an I/O error) is kept, and then no
+/// blob may be removed (`true`): its references are unknown.
+fn load_entries(store: &Store, rep: &mut GcReport) -> Result<(Vec<Loaded>, bool)> {
     let mut all = Vec::new();
     let mut unreadable = false;
     for r in store.list()? {
         match store.get(&r.crate_name, &r.key) {
             Ok(Some(entry)) => all.push(Loaded { r, entry }),
-            // Another format version: its references are unknown.
             Ok(None) => unreadable = true,
             Err(e) if is_corrupt(&e) => {
                 rep.warnings.push(format!("{e:#}; removing it"));
@@ -109,88 +144,112 @@ pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
             }
         }
     }
-    let blobs = store.walk_blobs();
-    let blob_size: HashMap<String, u64> = blobs
-        .iter()
-        .filter_map(|(p, m)| Some((p.file_name()?.to_str()?.to_string(), m.len())))
-        .collect();
+    Ok((all, unreadable))
+}
 
-    if opts.verify {
-        let mut bad = HashSet::new();
-        for (p, _) in &blobs {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            match hash_file(p) {
-                Ok(h) if h == name => {}
-                _ => {
-                    rep.warnings
-                        .push(format!("blob {} is corrupt; removing it", p.display()));
-                    bad.insert(name.to_string());
-                    rep.corrupt_blobs += 1;
-                    let _ = fs::remove_file(p);
-                }
+/// `--verify`: re-hashes every blob, removes corrupt ones, and drops the
+/// entries whose files are missing, corrupt or of the wrong size.
+fn verify_blobs(
+    store: &Store,
+    blobs: &[(std::path::PathBuf, fs::Metadata)],
+    blob_size: &HashMap<String, u64>,
+    all: &mut Vec<Loaded>,
+    rep: &mut GcReport,
+) {
+    let mut bad = HashSet::new();
+    for (p, _) in blobs {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match hash_file(p) {
+            Ok(h) if h == name => {}
+            _ => {
+                rep.warnings
+                    .push(format!("blob {} is corrupt; removing it", p.display()));
+                bad.insert(name.to_string());
+                rep.corrupt_blobs += 1;
+                let _ = fs::remove_file(p);
             }
         }
-        all.retain(|l| {
-            let ok = l.entry.files.iter().all(|f| {
-                !bad.contains(f.hash.as_str()) && blob_size.get(f.hash.as_str()) == Some(&f.size)
-            });
-            if !ok {
-                rep.warnings.push(format!(
-                    "entry {}/{} has missing or corrupt files; removing it",
-                    l.r.crate_name, l.r.key
-                ));
-                if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
-                    rep.entries_removed += 1;
-                }
-            }
-            ok
-        });
     }
-
-    if let Some(trusted) = &opts.trusted {
-        let names: HashSet<String> = trusted.iter().map(ToString::to_string).collect();
-        all.retain(|l| {
-            let Some(p) = &l.entry.pulled else {
-                return true;
-            };
-            let ok = p.signed_by.as_ref().is_some_and(|k| names.contains(k));
-            if ok {
-                return true;
-            }
-            if trusted.is_empty() {
-                rep.unverified_kept += 1;
-                return true;
-            }
+    all.retain(|l| {
+        let ok = l.entry.files.iter().all(|f| {
+            !bad.contains(f.hash.as_str()) && blob_size.get(f.hash.as_str()) == Some(&f.size)
+        });
+        if !ok {
             rep.warnings.push(format!(
-                "entry {}/{} was pulled {}; removing it",
-                l.r.crate_name,
-                l.r.key,
-                match p.signer_name() {
-                    Some(n) => format!("signed by `{n}`, which is no longer trusted"),
-                    None => "without verification".to_string(),
-                }
+                "entry {}/{} has missing or corrupt files; removing it",
+                l.r.crate_name, l.r.key
             ));
             if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
-                rep.untrusted_removed += 1;
                 rep.entries_removed += 1;
             }
-            false
-        });
-        if !trusted.is_empty() {
-            store.clear_unverified();
-        } else if rep.unverified_kept > 0 {
-            rep.warnings.push(format!(
-                "{} entries were pulled without verification; set KACHE_TRUSTED_KEYS and run `kache gc --verify` again to remove those no trusted key signed",
-                rep.unverified_kept
-            ));
         }
-    }
+        ok
+    });
+}
 
-    // Oldest access first.
-    all.sort_by_key(|l| l.r.accessed);
-    let now = now_secs();
+/// With trusted keys: removes pulled entries no trusted key signed.
+/// Without: keeps them and says how many there are.
+fn drop_untrusted(
+    store: &Store,
+    trusted: &[crate::trust::TrustedKey],
+    all: &mut Vec<Loaded>,
+    rep: &mut GcReport,
+) {
+    let names: HashSet<String> = trusted.iter().map(ToString::to_string).collect();
+    all.retain(|l| {
+        let Some(p) = &l.entry.pulled else {
+            return true;
+        };
+        let ok = p.signed_by.as_ref().is_some_and(|k| names.contains(k));
+        if ok {
+            return true;
+        }
+        if trusted.is_empty() {
+            rep.unverified_kept += 1;
+            return true;
+        }
+        rep.warnings.push(format!(
+            "entry {}/{} was pulled {}; removing it",
+            l.r.crate_name,
+            l.r.key,
+            match p.signer_name() {
+                Some(n) => format!("signed by `{n}`, which is no longer trusted"),
+                None => "without verification".to_string(),
+            }
+        ));
+        if store.remove(&l.r.crate_name, &l.r.key).unwrap_or(false) {
+            rep.untrusted_removed += 1;
+            rep.entries_removed += 1;
+        }
+        false
+    });
+    if !trusted.is_empty() {
+        store.clear_unverified();
+    } else if rep.unverified_kept > 0 {
+        rep.warnings.push(format!(
+            "{} entries were pulled without verification; set KACHE_TRUSTED_KEYS and run `kache gc --verify` again to remove those no trusted key signed",
+            rep.unverified_kept
+        ));
+    }
+}
+
+/// Which entries go, oldest access first: those unused for longer than
+/// `--max-age`, else until the blobs still referenced fit the size
+/// limit; with the references and bytes left.
+struct Evictions<'a> {
+    evict: Vec<usize>,
+    refs: HashMap<&'a str, u32>,
+    live: u64,
+}
+
+fn plan_evictions<'a>(
+    all: &'a [Loaded],
+    blob_size: &HashMap<String, u64>,
+    opts: &GcOptions,
+    now: u64,
+) -> Evictions<'a> {
     let mut refs: HashMap<&str, u32> = HashMap::new();
-    for l in &all {
+    for l in all {
         for f in &l.entry.files {
             *refs.entry(f.hash.as_str()).or_default() += 1;
         }
@@ -217,48 +276,45 @@ pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
             }
         }
     }
-    for &i in &evict {
-        let l = &all[i];
-        if store.remove(&l.r.crate_name, &l.r.key)? {
-            rep.entries_removed += 1;
+    Evictions { evict, refs, live }
+}
+
+/// Removes the blobs no kept entry references, and the input lists
+/// whose base no longer has any entry.
+fn remove_unreferenced(
+    store: &Store,
+    blobs: &[(std::path::PathBuf, fs::Metadata)],
+    all: &[Loaded],
+    plan: &Evictions<'_>,
+    rep: &mut GcReport,
+) {
+    let keep: HashSet<&str> = plan
+        .refs
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(h, _)| *h)
+        .collect();
+    for (p, m) in blobs {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !keep.contains(name) && p.exists() && fs::remove_file(p).is_ok() {
+            rep.blobs_removed += 1;
+            rep.bytes_freed += m.len();
         }
     }
-    if !unreadable {
-        let keep: HashSet<&str> = refs
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(h, _)| *h)
-            .collect();
-        for (p, m) in &blobs {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !keep.contains(name) && p.exists() && fs::remove_file(p).is_ok() {
-                rep.blobs_removed += 1;
-                rep.bytes_freed += m.len();
-            }
-        }
-        // Input lists whose base no longer has any entry.
-        let bases: HashSet<&str> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !evict.contains(i))
-            .filter_map(|(_, l)| l.entry.inputs.as_ref().map(|i| i.base.as_str()))
-            .collect();
-        if let Ok(rd) = fs::read_dir(store.root().join("index")) {
-            for d in rd.flatten() {
-                let name = d.file_name();
-                if !bases.contains(name.to_str().unwrap_or("")) {
-                    let _ = fs::remove_dir_all(d.path());
-                }
+    let bases: HashSet<&str> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !plan.evict.contains(i))
+        .filter_map(|(_, l)| l.entry.inputs.as_ref().map(|i| i.base.as_str()))
+        .collect();
+    if let Ok(rd) = fs::read_dir(store.root().join("index")) {
+        for d in rd.flatten() {
+            let name = d.file_name();
+            if !bases.contains(name.to_str().unwrap_or("")) {
+                let _ = fs::remove_dir_all(d.path());
             }
         }
     }
-    // Remembered file hashes: a cache of a cache, rebuilt on demand.
-    let _ = fs::remove_dir_all(store.root().join("hashes"));
-    rep.locks_removed = clean_locks(store, STALE_LOCK);
-    rep.events_bytes_trimmed = trim_events(store, EVENTS_MAX, EVENTS_KEEP)?;
-    rep.entries_kept = (all.len() - evict.len()) as u64;
-    rep.bytes_kept = live;
-    Ok(rep)
 }
 
 /// Removes temp files and staging dirs left by crashed writers: those
