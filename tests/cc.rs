@@ -659,3 +659,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn memmem(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// `KACHE_VERIFY=1`: every C hit also compiles for real and matches the
+/// stored object byte for byte.
+#[test]
+fn verify_compares_c_hits_with_a_real_compile() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    a.same("cold", &[]);
+    a.take_c_events();
+    let _ = fs::remove_dir_all(&a.kt);
+    let o = a.kache(&[("KACHE_VERIFY", "1")]);
+    assert!(o.status.success(), "{}", show(&o));
+    let ev = a.take_c_events();
+    let verified = ev.iter().filter(|(r, _)| r == "verified").count();
+    assert_eq!(verified, 3, "{ev:?}");
+    assert!(!ev.iter().any(|(r, _)| r == "verify_mismatch"), "{ev:?}");
+}
