@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// A content-addressed build cache for Rust (run as RUSTC_WRAPPER), with
+/// A content-addressed build cache for Rust (run as `RUSTC_WRAPPER`), with
 /// S3 sync.
 #[derive(Debug, Parser)]
 #[command(name = "kache", version, about, long_about = None)]
@@ -58,7 +58,7 @@ pub(crate) struct KeyCmd {
 pub(crate) enum KeyAction {
     /// Write a new ed25519 secret key to FILE (mode 0600, never over an
     /// existing file) and print its public key, `NAME:BASE64`, for
-    /// KACHE_TRUSTED_KEYS.
+    /// `KACHE_TRUSTED_KEYS`.
     Generate {
         /// The key's name (letters, digits, `.`, `_`, `-`), recorded in
         /// every signature it makes.
@@ -73,7 +73,7 @@ pub(crate) enum KeyAction {
 #[derive(Debug, Args)]
 pub(crate) struct InitCmd {
     /// Write the project's .cargo/config.toml (at the workspace root)
-    /// instead of $CARGO_HOME/config.toml.
+    /// instead of $`CARGO_HOME/config.toml`.
     #[arg(long)]
     pub(crate) project: bool,
     /// Change nothing; exit 1 if kache is not the wrapper cargo runs here.

@@ -110,7 +110,7 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
     let mut all = load_all(&store, only.as_deref())?;
     match c.sort {
         SortBy::Name => {
-            all.sort_by(|a, b| (&a.r.crate_name, &a.r.key).cmp(&(&b.r.crate_name, &b.r.key)))
+            all.sort_by(|a, b| (&a.r.crate_name, &a.r.key).cmp(&(&b.r.crate_name, &b.r.key)));
         }
         SortBy::Size => all.sort_by_key(|l| std::cmp::Reverse(l.entry.size())),
         SortBy::Age => all.sort_by_key(|l| std::cmp::Reverse(l.r.accessed)),
@@ -269,7 +269,48 @@ fn hit_rate(hits: u64, misses: u64) -> f64 {
     }
 }
 
+/// Provenance: (built here, pulled by the key that signed them, pulled
+/// unverified).
+fn provenance(all: &[Loaded]) -> (u64, BTreeMap<String, u64>, u64) {
+    let mut built = 0u64;
+    let mut unverified = 0u64;
+    let mut signed: BTreeMap<String, u64> = BTreeMap::new();
+    for l in all {
+        match &l.entry.pulled {
+            None => built += 1,
+            Some(p) => match p.signer_name() {
+                Some(n) => *signed.entry(n.to_string()).or_default() += 1,
+                None => unverified += 1,
+            },
+        }
+    }
+    (built, signed, unverified)
+}
+
+/// The per-language and pass-through lines of `kache stats`.
+fn print_breakdown(out: &mut impl Write, ev: &EventStats) -> Result<()> {
+    for (lang, n) in &ev.langs {
+        writeln!(
+            out,
+            "  {:<10}  {} hits, {} misses",
+            lang_title(lang),
+            n.hits,
+            n.misses
+        )?;
+    }
+    let mut reasons: Vec<(&String, &u64)> = ev.reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (reason, n) in reasons {
+        writeln!(out, "passed through: {n} ({reason})")?;
+    }
+    Ok(())
+}
+
 /// `kache stats`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one table of numbers, printed as JSON or as text"
+)]
 pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
     let store = Store::at(&cfg.cache_dir.value);
     let since = parse_since(c.since.as_deref())?;
@@ -283,20 +324,7 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
     let (stored, blobs) = blob_usage(&store);
     let rate = hit_rate(ev.hits, ev.misses);
     let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
-    // Provenance: built here, or pulled (by the key that signed it, or
-    // unverified).
-    let mut built = 0u64;
-    let mut unverified = 0u64;
-    let mut signed: BTreeMap<String, u64> = BTreeMap::new();
-    for l in &all {
-        match &l.entry.pulled {
-            None => built += 1,
-            Some(p) => match p.signer_name() {
-                Some(n) => *signed.entry(n.to_string()).or_default() += 1,
-                None => unverified += 1,
-            },
-        }
-    }
+    let (built, signed, unverified) = provenance(&all);
     let c_entries = all
         .iter()
         .filter(|l| l.entry.lang.as_deref() == Some("c"))
@@ -347,14 +375,16 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         format_size(logical),
         format_size(logical.saturating_sub(stored))
     )?;
-    let mut from = format!("{built} built here");
-    for (name, n) in &signed {
-        from.push_str(&format!(", {n} pulled signed by `{name}`"));
-    }
+    let mut from = vec![format!("{built} built here")];
+    from.extend(
+        signed
+            .iter()
+            .map(|(name, n)| format!("{n} pulled signed by `{name}`")),
+    );
     if unverified > 0 {
-        from.push_str(&format!(", {unverified} pulled unverified"));
+        from.push(format!("{unverified} pulled unverified"));
     }
-    writeln!(out, "provenance:   {from}")?;
+    writeln!(out, "provenance:   {}", from.join(", "))?;
     if unverified > 0 && !cfg.trusted_keys.value.is_empty() {
         eprintln!(
             "note: {unverified} entries were pulled without verification (before trusted keys were set); `kache gc --verify` removes them"
@@ -365,20 +395,7 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
         ev.hits, ev.misses, ev.passthrough, ev.errors
     )?;
-    for (lang, n) in &ev.langs {
-        writeln!(
-            out,
-            "  {:<10}  {} hits, {} misses",
-            lang_title(lang),
-            n.hits,
-            n.misses
-        )?;
-    }
-    let mut reasons: Vec<(&String, &u64)> = ev.reasons.iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    for (reason, n) in reasons {
-        writeln!(out, "passed through: {n} ({reason})")?;
-    }
+    print_breakdown(&mut out, &ev)?;
     writeln!(
         out,
         "time saved:   {:.1}s",

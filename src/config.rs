@@ -211,6 +211,10 @@ pub(crate) struct WrapperConfig {
 }
 
 impl WrapperConfig {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the wrapper's settings, read one by one from the file's table (see issue 13: one config model is left to do)"
+    )]
     pub(crate) fn load() -> Result<WrapperConfig> {
         let path = config_path();
         let table = match &path {
@@ -448,7 +452,7 @@ fn parse_wait(s: &str) -> Option<Duration> {
         Some(ms) => Duration::from_millis(ms.parse().ok()?),
         None => Duration::from_secs(parse_duration(s)?),
     };
-    (d <= Duration::from_secs(60)).then_some(d)
+    (d <= Duration::from_mins(1)).then_some(d)
 }
 
 /// The default `cache.daemon_wait`.
@@ -670,7 +674,7 @@ fn match_one(p: &[u8], s: &[u8]) -> bool {
 const BOOL_FORM: &str = "true or false (also 1/0, yes/no, on/off)";
 const SIZE_FORM: &str = "a size such as 512MiB, 10GB or 50GiB";
 /// The default `cache.remote.timeout`.
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_mins(1);
 const CONC_FORM: &str = "a whole number from 1 to 1024";
 const TIMEOUT_FORM: &str = "a duration of at least 1s, such as 30s or 2m";
 const LEVEL_FORM: &str = "a zstd level from 1 to 22";
@@ -686,6 +690,10 @@ fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
 
 impl Config {
     /// Loads the file (if any) and the environment and validates both.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "every setting, in the order of the README's table"
+    )]
     pub(crate) fn load() -> Result<Config> {
         let path = config_path();
         let file = match &path {
@@ -857,9 +865,13 @@ impl Config {
     }
 
     /// Every setting as (name, env var, value, source), secrets masked.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one row per setting, in the order of the README's table"
+    )]
     pub(crate) fn rows(&self) -> Vec<(&'static str, &'static str, String, String)> {
-        fn o(v: &Option<String>) -> String {
-            v.clone().unwrap_or_else(|| "(none)".into())
+        fn o(v: Option<&String>) -> String {
+            v.map_or_else(|| "(none)".into(), Clone::clone)
         }
         let mut rows = vec![
             (
@@ -877,7 +889,7 @@ impl Config {
             (
                 "cache.remote.bucket",
                 "KACHE_S3_BUCKET",
-                o(&self.bucket.value),
+                o(self.bucket.value.as_ref()),
                 self.bucket.source.to_string(),
             ),
             (
@@ -903,7 +915,7 @@ impl Config {
             (
                 "cache.remote.profile",
                 "KACHE_S3_PROFILE",
-                o(&self.profile.value),
+                o(self.profile.value.as_ref()),
                 self.profile.source.to_string(),
             ),
             (
@@ -1235,7 +1247,7 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// First match wins: KACHE_S3_* pair, AWS_* pair (+ session token),
+    /// First match wins: `KACHE_S3`_* pair, AWS_* pair (+ session token),
     /// then a profile in the shared credentials file. Half a pair is an
     /// error.
     pub(crate) fn resolve(cfg: &Config) -> Result<Option<Credentials>> {

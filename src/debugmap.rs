@@ -44,7 +44,8 @@ fn render(style: Debugger, pairs: &[(&str, PathBuf)]) -> String {
         Debugger::Gdb => pairs
             .iter()
             .map(|(s, p)| format!("set substitute-path {s} {}\n", q(p)))
-            .collect(),
+            .collect::<Vec<_>>()
+            .concat(),
         Debugger::Lldb => {
             let args: Vec<String> = pairs
                 .iter()

@@ -68,6 +68,12 @@ pub(crate) fn format_size(n: u64) -> String {
     }
 }
 
+/// A duration in whole milliseconds (a duration too long for a u64 of
+/// them, half a billion years, is the largest).
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// An age in seconds as `42s`, `5m`, `3h`, `7d` (rounded down).
 pub(crate) fn format_age(s: u64) -> String {
     match s {

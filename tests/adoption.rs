@@ -19,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 // kache init
 // ---------------------------------------------------------------------
 
-/// `kache init` with its own HOME and CARGO_HOME.
+/// `kache init` with its own HOME and `CARGO_HOME`.
 fn init(home: &Path, cwd: &Path, args: &[&str]) -> Output {
     let mut c = kache(&home.join("store"));
     c.arg("init")
@@ -88,7 +88,7 @@ fn init_switches_kache_on_idempotently_and_check_tells() {
 }
 
 /// `kache init --project`, then a plain `cargo build` in that project
-/// (no RUSTC_WRAPPER in the environment) goes through kache.
+/// (no `RUSTC_WRAPPER` in the environment) goes through kache.
 #[test]
 fn init_project_makes_cargo_use_kache() {
     let t = tempfile::tempdir().unwrap();
@@ -186,7 +186,7 @@ fn doctor_passes_on_a_good_setup_and_names_each_failure() {
 
     // A server whose clock is two hours ahead of ours.
     let proxy = Proxy::start(&s3.endpoint);
-    let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(7200);
+    let ahead = std::time::SystemTime::now() + std::time::Duration::from_hours(2);
     proxy.set_date(&http_date(ahead));
     let o = doctor(t.path(), &s3, &proxy.endpoint, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
@@ -587,7 +587,7 @@ fn action_without_a_bucket_trims_the_store_to_what_the_job_used() {
     // A stale entry from an earlier job, last used a week ago.
     let key = crate::common::put_entry(&store, "stale", "old", &[("libstale.rlib", b"old bytes")]);
     let manifest = store.join("entries/stale").join(format!("{key}.json"));
-    let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 86_400);
+    let week_ago = std::time::SystemTime::now() - std::time::Duration::from_hours(168);
     fs::File::options()
         .append(true)
         .open(&manifest)

@@ -1,6 +1,6 @@
 //! C, C++ and assembler compiles cached (issue 16): real cargo builds
 //! through the `cc` crate (which runs the compiler through
-//! RUSTC_WRAPPER=kache), real gcc. Plain cargo is the oracle: what the
+//! `RUSTC_WRAPPER=kache`), real gcc. Plain cargo is the oracle: what the
 //! program prints under kache must equal what it prints under plain
 //! cargo, after every change. A hit is asserted only to show that a test
 //! really exercised the cache.
@@ -209,7 +209,7 @@ fn has_include_header_appears() {
     );
 }
 
-/// A header the build script generates in OUT_DIR.
+/// A header the build script generates in `OUT_DIR`.
 #[test]
 fn generated_header_in_out_dir() {
     change_case(|_| {}, &[("GEN_VALUE", "9")], "gen=9");
@@ -507,7 +507,7 @@ fn object_holding_its_path_is_not_shared() {
     assert_eq!(b.c_hits(), 3);
 }
 
-/// A dependency file the caller asks for (`-MD -MF`, as CMake and make
+/// A dependency file the caller asks for (`-MD -MF`, as `CMake` and make
 /// do) is written on a hit with this checkout's paths, exactly as the
 /// compiler writes it there.
 #[test]
@@ -566,7 +566,7 @@ fn dep_file_written_with_this_checkouts_paths() {
     assert!(!got.contains(&*a.to_string_lossy()), "{got}");
 }
 
-/// CMake through `CMAKE_C_COMPILER_LAUNCHER=kache`, if cmake is here.
+/// `CMake` through `CMAKE_C_COMPILER_LAUNCHER=kache`, if cmake is here.
 #[test]
 fn cmake_launcher() {
     if Command::new("cmake").arg("--version").output().is_err() {

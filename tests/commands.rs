@@ -353,9 +353,8 @@ fn c_compiler_calls_from_cc_rs_pass_through() {
         "{}",
         show(&o)
     );
-    let entries = fs::read_dir(d.path().join("cache/entries"))
-        .map(|r| r.count())
-        .unwrap_or(0);
+    let entries =
+        fs::read_dir(d.path().join("cache/entries")).map_or(0, std::iter::Iterator::count);
     assert_eq!(entries, 0, "a failing compile was stored");
 }
 
@@ -497,7 +496,7 @@ fn invalid_never_cache_and_inputs_are_one_line_errors() {
     }
 }
 
-/// Issue 7: a relative KACHE_CACHE_DIR made a store in each crate's
+/// Issue 7: a relative `KACHE_CACHE_DIR` made a store in each crate's
 /// directory. Every command rejects it with one line.
 #[test]
 fn a_relative_cache_dir_is_rejected_by_every_command() {
@@ -553,7 +552,7 @@ fn gc_bounds_locks_and_the_event_log() {
     put_entry(&cache, "good", "a", &[("libgood.rlib", b"good bytes")]);
     let locks = cache.join("locks");
     fs::create_dir_all(&locks).unwrap();
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_hours(1);
     for i in 0..50 {
         let p = locks.join(format!("{i:064x}.lock"));
         fs::write(&p, b"").unwrap();

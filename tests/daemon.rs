@@ -1,6 +1,6 @@
 //! `kache daemon` with real cargo builds of the fixture workspace and a
 //! real S3 server (s3s-fs in-process, or the external one named by
-//! KACHE_TEST_S3_*), through a fault-injecting proxy where needed.
+//! `KACHE_TEST_S3`_*), through a fault-injecting proxy where needed.
 //!
 //! Every daemon a test starts is stopped by its pid (a drop guard kills
 //! it if the test fails half way); nothing is left running.
@@ -261,7 +261,7 @@ fn kill_9_mid_build_loses_no_upload() {
         .spawn()
         .unwrap();
     // Kill once the first entry is stored.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     while entries(&cache).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -629,7 +629,7 @@ fn bench_daemon() {
     };
     eprintln!(
         "{n} entries; {server} on loopback; {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     eprintln!("| run | wall s | ratio |");
     eprintln!("|---|---:|---:|");

@@ -81,7 +81,7 @@ impl Diff {
         c.output().unwrap()
     }
 
-    /// Plain cargo (kache removed from RUSTC_WRAPPER) on kache's target dir.
+    /// Plain cargo (kache removed from `RUSTC_WRAPPER`) on kache's target dir.
     fn plain_on_kache_target(&self, args: &[&str], env: Env<'_>) -> Output {
         let mut c = cargo_plain(&self.cwd, &self.kt, args);
         c.envs(env.iter().copied());
@@ -450,7 +450,7 @@ fn declared_inputs_rerun_if_changed_dir() {
     d.same_restored("after adding migrations/002_more.sql", &run, &[]);
 }
 
-/// The proc macro reads DIFF_SOME_VAR with std::env::var; the user's
+/// The proc macro reads `DIFF_SOME_VAR` with `std::env::var`; the user's
 /// build script declares `rerun-if-env-changed=DIFF_SOME_VAR`.
 #[test]
 fn declared_inputs_rerun_if_env_changed() {
@@ -492,7 +492,7 @@ fn declared_inputs_user_setting_files() {
     d.same_restored("after adding data/b.txt", &run, &env);
 }
 
-/// The same proc macro reads DIFF_DATA_VAR; declared with
+/// The same proc macro reads `DIFF_DATA_VAR`; declared with
 /// `KACHE_INPUTS="datauser:env=DIFF_DATA_VAR"`.
 #[test]
 fn declared_inputs_user_setting_env() {
@@ -634,7 +634,7 @@ fn mtime_source_replaced_during_compile() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_mins(3);
     while !sync.join("started").exists() {
         assert!(Instant::now() < deadline, "the compile never started");
         std::thread::sleep(Duration::from_millis(10));
@@ -743,7 +743,7 @@ fn restored_then_clippy_fix_disabled() {
 }
 
 /// kache restores `cargo check` and `cargo build` outputs; then kache is
-/// removed from RUSTC_WRAPPER and the next build (after an edit) must
+/// removed from `RUSTC_WRAPPER` and the next build (after an edit) must
 /// succeed on the same target dir, without `cargo clean`.
 #[test]
 fn restored_then_wrapper_removed() {
@@ -799,7 +799,7 @@ fn assert_blobs_intact(cache: &Path) {
     assert!(n > 0, "no blobs in the store");
 }
 
-/// As root, writing in place (O_TRUNC) into a restored rlib in target/
+/// As root, writing in place (`O_TRUNC`) into a restored rlib in target/
 /// must not change the store: a second project on the same cache then
 /// builds and runs right.
 #[test]
@@ -1306,7 +1306,7 @@ fn static_answer_lib(d: &Diff, dir: &str, value: i32) {
 #[test]
 fn attack_link_files_response_file() {
     link_file_case(r#""-C", "link-arg=-Wl,@link.rsp""#, |d, n| {
-        d.write("link.rsp", &format!("--defsym=answer=answer_{n}\n"))
+        d.write("link.rsp", &format!("--defsym=answer=answer_{n}\n"));
     });
 }
 
@@ -1324,7 +1324,7 @@ fn attack_link_files_script_include() {
 #[test]
 fn attack_link_files_script_option() {
     link_file_case(r#""-C", "link-arg=-Wl,--script=defs.lds""#, |d, n| {
-        d.write("defs.lds", &format!("answer = answer_{n};\n"))
+        d.write("defs.lds", &format!("answer = answer_{n};\n"));
     });
 }
 
@@ -1345,9 +1345,9 @@ fn attack_link_files_earlier_on_search_path() {
         r#""-C", "link-arg=-Lfirst", "-C", "link-arg=-Lsecond", "-C", "link-arg=-lanswer""#,
         |d, n| {
             if n == "one" {
-                static_answer_lib(d, "second", 11)
+                static_answer_lib(d, "second", 11);
             } else {
-                static_answer_lib(d, "first", 12)
+                static_answer_lib(d, "first", 12);
             }
         },
     );
@@ -1462,7 +1462,7 @@ fn attack_proc_macro_loading_a_shared_lib() {
     d.same_restored("after editing pm/val.c", &run, &[]);
 }
 
-/// F6: `extern crate helper;` loaded from an rlib in OUT_DIR found
+/// F6: `extern crate helper;` loaded from an rlib in `OUT_DIR` found
 /// through `cargo:rustc-link-search`, not `--extern`.
 #[test]
 fn attack_extern_crate_from_link_search_dir() {
@@ -1559,7 +1559,7 @@ fn attack_index_list_naming_dev_zero() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     loop {
         if child.try_wait().unwrap().is_some() {
             break;

@@ -1,5 +1,5 @@
 //! A real S3 server for the sync tests: s3s-fs in-process (signatures
-//! checked with `SimpleAuth`), or an external server (Garage, MinIO, AWS)
+//! checked with `SimpleAuth`), or an external server (Garage, `MinIO`, AWS)
 //! named by `KACHE_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`,
 //! `_SECRET_KEY`, `_REGION`. Plus a fault-injecting HTTP proxy to put
 //! between kache and the server.
@@ -125,7 +125,7 @@ impl S3 {
 
 impl S3 {
     /// Every object name under this test's prefix, sorted: the files of
-    /// s3s-fs, or a ListObjectsV2 of an external server.
+    /// s3s-fs, or a `ListObjectsV2` of an external server.
     pub(crate) fn names(&self) -> Vec<String> {
         if let Some(o) = self.objects() {
             return o;
@@ -146,7 +146,7 @@ impl S3 {
             if let Some(t) = &token {
                 a.with_continuation_token(t.clone());
             }
-            let url = rusty_s3::S3Action::sign(&a, std::time::Duration::from_secs(600));
+            let url = rusty_s3::S3Action::sign(&a, std::time::Duration::from_mins(10));
             let text = ureq::get(url.as_str())
                 .call()
                 .expect("listing")
@@ -545,7 +545,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
         if matches!(fault, Some(Fault::Hang)) {
-            let until = Instant::now() + Duration::from_secs(60);
+            let until = Instant::now() + Duration::from_mins(1);
             while Instant::now() < until && !st.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -570,9 +570,8 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 return Ok(());
             }
             (Some(f @ (Fault::Status(..) | Fault::RetryAfter(..))), _) => {
-                let (code, s3code) = match f {
-                    Fault::Status(c, s) | Fault::RetryAfter(c, s, _) => (c, s),
-                    _ => unreachable!(),
+                let (Fault::Status(code, s3code) | Fault::RetryAfter(code, s3code, _)) = f else {
+                    unreachable!()
                 };
                 let xml = format!(
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3code}</Code><Message>injected fault</Message><Resource>{target}</Resource></Error>"
@@ -603,7 +602,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 client.write_all(&h)?;
                 client.write_all(&b[..b.len() / 2])?;
                 client.flush()?;
-                let until = Instant::now() + Duration::from_secs(60);
+                let until = Instant::now() + Duration::from_mins(1);
                 while Instant::now() < until && !st.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -740,7 +739,9 @@ fn forward(
     }
     let status_no_body = rhead[0].contains(" 204 ") || rhead[0].contains(" 304 ");
     if !status_no_body {
-        h.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        h.push_str("Content-Length: ");
+        h.push_str(&body.len().to_string());
+        h.push_str("\r\n");
     }
     h.push_str("\r\n");
     Ok((h.into_bytes(), body))

@@ -1,5 +1,5 @@
 //! `kache sync` against a real S3 server (s3s-fs in-process, or the
-//! external one named by KACHE_TEST_S3_*), through a fault-injecting
+//! external one named by `KACHE_TEST_S3`_*), through a fault-injecting
 //! proxy where the test needs one.
 
 use std::collections::BTreeSet;
@@ -26,9 +26,9 @@ impl World {
         .unwrap();
         let mut lock = String::from("version = 3\n");
         for p in packages {
-            lock.push_str(&format!(
-                "\n[[package]]\nname = \"{p}\"\nversion = \"0.1.0\"\n"
-            ));
+            lock.push_str("\n[[package]]\nname = \"");
+            lock.push_str(p);
+            lock.push_str("\"\nversion = \"0.1.0\"\n");
         }
         fs::write(d.join("Cargo.lock"), lock).unwrap();
         d
@@ -757,7 +757,7 @@ fn bench_push_pull() {
     let b = w.cache("b");
     let down = run("pull", &b, &["--pull"]);
     #[allow(clippy::cast_precision_loss)]
-    let mib = bytes as f64 / (1 << 20) as f64;
+    let mib = bytes as f64 / f64::from(1 << 20);
     eprintln!(
         "push {:.1} MiB/s, pull {:.1} MiB/s",
         mib / up.as_secs_f64(),
@@ -829,7 +829,7 @@ fn an_object_deleted_after_listing_is_skipped() {
 }
 
 /// Progress on a terminal (under `script`, when installed): one line
-/// rewritten in place; none with KACHE_PROGRESS=0. The summary goes to
+/// rewritten in place; none with `KACHE_PROGRESS=0`. The summary goes to
 /// stdout either way.
 #[test]
 fn progress_on_a_terminal() {
@@ -1454,7 +1454,7 @@ fn spawn_sync(
 fn wait_for(proxy: &Proxy, n: usize, pred: impl Fn(&crate::s3server::Seen) -> bool) {
     let t = Instant::now();
     while proxy.seen().iter().filter(|s| pred(s)).count() < n {
-        assert!(t.elapsed() < Duration::from_secs(60), "never got there");
+        assert!(t.elapsed() < Duration::from_mins(1), "never got there");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -1463,7 +1463,7 @@ fn wait_for(proxy: &Proxy, n: usize, pred: impl Fn(&crate::s3server::Seen) -> bo
 fn wait_until(cond: impl Fn() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(60), "never got there");
+        assert!(t.elapsed() < Duration::from_mins(1), "never got there");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -1970,7 +1970,7 @@ fn faults_at_28_percent_lose_nothing(seed: u64, concurrency: &str) {
     assert_eq!(entries(&b), made);
     assert_eq!(blobs(&a), blobs(&b), "every file arrives intact");
     verify(&b);
-    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_mins(1), "{:?}", t.elapsed());
 }
 
 // With 5 attempts per request (before issue 9) each of these seeds lost
@@ -2510,8 +2510,7 @@ fn gc_remote_keeps_what_runners_used() {
     });
     let deleted = |o: &Output| {
         serde_json::from_slice::<serde_json::Value>(&o.stdout)
-            .map(|v| v["deleted"]["entries"].as_u64().unwrap_or(0))
-            .unwrap_or(0)
+            .map_or(0, |v| v["deleted"]["entries"].as_u64().unwrap_or(0))
     };
     let all: String = runs.iter().map(show).collect::<Vec<_>>().join("\n");
     for o in &runs {

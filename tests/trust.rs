@@ -186,7 +186,7 @@ fn tamper(archive: &[u8], with: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
     for (name, data) in &mut members[1..] {
         let ext = name.rsplit('.').next().unwrap().to_string();
         if let Some(new) = with.get(&ext) {
-            *data = new.clone();
+            data.clone_from(new);
             swapped += 1;
             let file = name.strip_prefix("files/").unwrap();
             for f in manifest["files"].as_array_mut().unwrap() {

@@ -3,7 +3,7 @@
 //!
 //! The workspace: `alpha` (lib, a feature, an `option_env!`), `beta`
 //! (lib on alpha), `macros` (proc-macro), `genlib` (build script that sets
-//! a rustc-env and writes into OUT_DIR) and `app` (bin printing a value
+//! a rustc-env and writes into `OUT_DIR`) and `app` (bin printing a value
 //! computed through all of them).
 
 use std::collections::BTreeSet;
@@ -239,7 +239,7 @@ fn cold_clean_warm_fresh_edit_and_second_checkout() {
         .collect();
     let want: BTreeSet<String> = ["alpha", "app", "beta", "genlib", "macros"]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert_eq!(dirs, want);
     // Incremental compilation is switched off under kache.
@@ -680,7 +680,7 @@ fn killed_while_storing_leaves_no_half_entry() {
             .process_group(0)
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_mins(5);
         let mut killed = false;
         while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
             if tmp_files(&sb.cache).iter().any(|n| n.starts_with("blob.")) {
@@ -709,7 +709,7 @@ fn killed_while_storing_leaves_no_half_entry() {
             for _ in 0..500 {
                 match fs::read_to_string(&stat) {
                     Ok(s) if !s.contains(") Z") => {
-                        std::thread::sleep(std::time::Duration::from_millis(10))
+                        std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                     _ => break,
                 }
@@ -900,7 +900,7 @@ fn source_edited_while_rustc_runs_is_not_stored_under_the_new_content() {
             .stderr(std::process::Stdio::piped());
         cmd.spawn().unwrap()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(2);
     while !sync.join("started").exists() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1087,7 +1087,7 @@ fn wrapper_needs_only_its_own_settings() {
     }
 }
 
-/// Issue 7: a relative KACHE_CACHE_DIR made a store in each crate's
+/// Issue 7: a relative `KACHE_CACHE_DIR` made a store in each crate's
 /// directory; the wrapper now warns once per compile and runs rustc.
 #[test]
 fn a_relative_cache_dir_is_a_warning_and_plain_rustc() {

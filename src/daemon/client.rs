@@ -105,7 +105,7 @@ pub(crate) fn remote_fetch(
             .ok()
             .filter(|v| crate::store::entry::valid_component(v)),
         toolchain,
-        wait_ms: cfg.daemon_wait.as_millis() as u64,
+        wait_ms: crate::units::millis(cfg.daemon_wait),
     };
     let _ = s.set_write_timeout(Some(cfg.daemon_wait));
     if send(&mut s, &req).is_err() {
@@ -157,15 +157,14 @@ fn connect(cfg: &WrapperConfig, store: &Store) -> Option<UnixStream> {
         return None;
     }
     let p = paths(store.root());
-    match UnixStream::connect(&p.sock) {
-        Ok(s) => Some(s),
-        Err(_) => {
-            ABSENT.store(true, Ordering::Relaxed);
-            if cfg.daemon_autostart {
-                autostart(store);
-            }
-            None
+    if let Ok(s) = UnixStream::connect(&p.sock) {
+        Some(s)
+    } else {
+        ABSENT.store(true, Ordering::Relaxed);
+        if cfg.daemon_autostart {
+            autostart(store);
         }
+        None
     }
 }
 
@@ -298,7 +297,7 @@ pub(crate) fn stop(cfg: &Config, timeout: &str) -> Result<ExitCode> {
     let line = match ask(
         root,
         &Request::Stop {
-            timeout_ms: t.as_millis() as u64,
+            timeout_ms: crate::units::millis(t),
         },
         t + Duration::from_secs(30),
     ) {

@@ -43,11 +43,11 @@ const MAX_CONNS: usize = 256;
 /// A crate fetched this recently is not listed again.
 const FRESH: Duration = Duration::from_secs(30);
 /// What the bucket holds for a crate is listed again after this long.
-const KNOWN_TTL: Duration = Duration::from_secs(600);
+const KNOWN_TTL: Duration = Duration::from_mins(10);
 /// Attempts per upload (each after the S3 layer's own retries).
 const UPLOAD_ATTEMPTS: u32 = 4;
 const PAUSE_MIN: Duration = Duration::from_secs(30);
-const PAUSE_MAX: Duration = Duration::from_secs(300);
+const PAUSE_MAX: Duration = Duration::from_mins(5);
 /// How often the config file is checked.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// How often `pending/` is read again for uploads nobody announced.
@@ -358,6 +358,10 @@ impl Shared {
 }
 
 /// Runs the daemon in the foreground until `kache daemon stop`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the daemon's start-up, threads and shutdown in the order they happen"
+)]
 pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
     let store = Store::open(&cfg.cache_dir.value)?;
     let live = Live::new(&cfg, store.root())?;
@@ -933,7 +937,7 @@ fn fetch_crate(
             if mine.is_none() {
                 return Ok(());
             }
-            if mine.is_some_and(|d| d < now) || asked.elapsed() > Duration::from_secs(600) {
+            if mine.is_some_and(|d| d < now) || asked.elapsed() > Duration::from_mins(10) {
                 return Err("timed out waiting for the fetch under way".into());
             }
             let left = mine.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
@@ -1035,7 +1039,7 @@ fn fetch_now(
     exec::run(&shared.pool, &ctx, pulls, tx);
     let mut imported = 0;
     let mut failed = None;
-    for o in rx.iter() {
+    for o in &rx {
         match o {
             Outcome::Done(..) => imported += 1,
             Outcome::Skipped(..) => {}

@@ -18,13 +18,13 @@ use std::time::Duration;
 /// What went wrong with one remote request, after retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ErrorKind {
-    /// 404 / NoSuchKey.
+    /// 404 / `NoSuchKey`.
     NotFound,
     /// The access key id is unknown to the server.
     UnknownKey,
     /// The secret does not match the access key id.
     BadSignature,
-    /// 403 AccessDenied and other permission failures.
+    /// 403 `AccessDenied` and other permission failures.
     AccessDenied,
     /// The bucket does not exist.
     NoSuchBucket,
@@ -40,7 +40,7 @@ pub(crate) enum ErrorKind {
     Local,
     /// 412: a conditional write found the object already there.
     Precondition,
-    /// 501: the service does not implement the request (DeleteObjects
+    /// 501: the service does not implement the request (`DeleteObjects`
     /// on some stores).
     Unsupported,
     /// Anything else (a 4xx we do not know, an unreadable listing).
@@ -134,7 +134,7 @@ pub(crate) trait Remote: Send + Sync {
         Err(RemoteError::new(ErrorKind::Unsupported, "not supported"))
     }
     /// Deletes objects (a missing one is not an error): one batched
-    /// request where the service has DeleteObjects, else one each.
+    /// request where the service has `DeleteObjects`, else one each.
     /// Returns the names that could not be deleted, with the reason.
     fn delete(&self, names: &[String]) -> Result<Vec<(String, String)>, RemoteError> {
         let _ = names;

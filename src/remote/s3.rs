@@ -42,7 +42,7 @@ use super::{ErrorKind, Listed, Remote, RemoteError};
 use crate::config::{Config, Credentials};
 
 /// How long a presigned URL is valid. Each attempt signs anew.
-const SIGN_EXPIRY: Duration = Duration::from_secs(3600);
+const SIGN_EXPIRY: Duration = Duration::from_hours(1);
 /// Largest error or listing body we read.
 const MAX_ERROR_BODY: u64 = 1 << 20;
 const MAX_LIST_BODY: u64 = 64 << 20;
@@ -77,7 +77,7 @@ impl Default for Retry {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(2),
             retry_after_max: Duration::from_secs(30),
-            window: Duration::from_secs(120),
+            window: Duration::from_mins(2),
             first_contact: Duration::from_secs(3),
         }
     }
@@ -218,7 +218,7 @@ impl S3Remote {
             .timeout_recv_response(Some(t))
             .timeout_per_read(Some(t))
             .timeout_per_write(Some(t))
-            .timeout_per_call(Some(Duration::from_secs(30 * 60)))
+            .timeout_per_call(Some(Duration::from_mins(30)))
             .user_agent(concat!("kache/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
@@ -248,7 +248,11 @@ impl S3Remote {
         mut op: impl FnMut() -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
         if !self.answered.load(Ordering::SeqCst)
-            && let Some(e) = self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            && let Some(e) = self
+                .down
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
         {
             return Err(e);
         }
@@ -298,7 +302,10 @@ impl S3Remote {
             };
             e.message = scrub(&e.message, &self.secrets);
             if absent {
-                let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+                let mut down = self
+                    .down
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if down.is_none() {
                     *down = Some(e.clone());
                 }
@@ -585,7 +592,7 @@ impl Remote for S3Remote {
                     format!("cannot read {}: {e}", src.display()),
                 )
             })?;
-            let actual = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            let actual = file.metadata().map_or(u64::MAX, |m| m.len());
             if actual != len {
                 return Err(RemoteError::new(
                     ErrorKind::Other,
@@ -1075,7 +1082,7 @@ mod tests {
             Duration::from_secs(12)
         );
         assert_eq!(
-            backoff(r, 1, Some(Duration::from_secs(120))),
+            backoff(r, 1, Some(Duration::from_mins(2))),
             r.retry_after_max
         );
         assert_eq!(r.retry_after_max, Duration::from_secs(30));
@@ -1105,7 +1112,7 @@ mod tests {
         assert_eq!(attempts(false, ms(5), None), (10, GiveUp::Attempts));
         // Retry-After: 30 s (MinIO's 120 s, capped): four attempts in
         // the two minutes (five only if each took no time at all).
-        let (n, why) = attempts(false, ms(5), Some(Duration::from_secs(120)));
+        let (n, why) = attempts(false, ms(5), Some(Duration::from_mins(2)));
         assert_eq!(
             (n, why),
             (4, GiveUp::Window),
@@ -1118,7 +1125,7 @@ mod tests {
         );
         // Attempts that each time out after 60 s: two.
         assert_eq!(
-            attempts(false, Duration::from_secs(60), None),
+            attempts(false, Duration::from_mins(1), None),
             (2, GiveUp::Window)
         );
         // Nobody listening, never answered: about 3 s of retries.

@@ -667,6 +667,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one hostile archive per case, in a row"
+    )]
     fn hostile_archives_are_rejected_before_anything_is_written() {
         let data: &[u8] = b"payload";
         let (key, m) = manifest(&[("libx.rlib", data)]);

@@ -34,7 +34,7 @@ use anyhow::Result;
 use super::{Entry, EntryRef, STALE_TMP, Store, hash_file, is_corrupt, now_secs, tmp_owner};
 
 /// A lock file no process holds and older than this is removed.
-pub(crate) const STALE_LOCK: Duration = Duration::from_secs(10 * 60);
+pub(crate) const STALE_LOCK: Duration = Duration::from_mins(10);
 /// `events.jsonl` larger than this is trimmed...
 pub(crate) const EVENTS_MAX: u64 = 16 << 20;
 /// ... to its newest this many bytes (whole lines).

@@ -59,7 +59,7 @@ pub(crate) use entry::{Entry, FileRecord};
 pub(crate) const ENTRY_VERSION: u32 = 1;
 
 /// Temp files older than this are leftovers of a crashed writer.
-pub(crate) const STALE_TMP: Duration = Duration::from_secs(3600);
+pub(crate) const STALE_TMP: Duration = Duration::from_hours(1);
 
 /// A handle on the local store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -101,7 +101,8 @@ impl std::error::Error for CorruptManifest {}
 
 /// Whether `e` says a manifest is corrupt (as opposed to unreadable).
 pub(crate) fn is_corrupt(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<CorruptManifest>())
+    e.chain()
+        .any(<dyn std::error::Error + 'static>::is::<CorruptManifest>)
 }
 
 /// Normalises a package or crate name the way the remote layout does:
@@ -582,7 +583,7 @@ impl Store {
             .write(true)
             .open(p)
             .ok()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        let deadline = std::time::Instant::now() + Duration::from_mins(10);
         loop {
             match f.try_lock() {
                 Ok(()) => return Some(f),

@@ -429,25 +429,22 @@ fn workspace_filter(cmd: &SyncCmd) -> Result<plan::PullFilter> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let start = lockfile::start_dir(cmd.manifest_path.as_deref(), &cwd)?;
     let toolchain = local_toolchain(&start);
-    match lockfile::find_from(&start) {
-        Some(p) => {
-            let versions = lockfile::versions(&p)?;
-            Ok(plan::PullFilter {
-                crates: Some(versions.keys().cloned().collect()),
-                versions: Some(versions),
-                toolchain,
-            })
-        }
-        None => {
-            report::note(&format!(
-                "no Cargo.lock found in {} or above; pulling every crate",
-                start.display()
-            ));
-            Ok(plan::PullFilter {
-                toolchain,
-                ..plan::PullFilter::default()
-            })
-        }
+    if let Some(p) = lockfile::find_from(&start) {
+        let versions = lockfile::versions(&p)?;
+        Ok(plan::PullFilter {
+            crates: Some(versions.keys().cloned().collect()),
+            versions: Some(versions),
+            toolchain,
+        })
+    } else {
+        report::note(&format!(
+            "no Cargo.lock found in {} or above; pulling every crate",
+            start.display()
+        ));
+        Ok(plan::PullFilter {
+            toolchain,
+            ..plan::PullFilter::default()
+        })
     }
 }
 

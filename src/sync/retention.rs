@@ -5,7 +5,7 @@ S3 does not record reads, so kache records use itself, cheaply: every
 sync run that pulls or pushes entries writes one small *use record*,
 `{prefix}/.kache/uses/{time}-{nonce}.json` (the entries it moved), and
 never rewrites an entry object. An entry's last use is the newest of
-its object's LastModified (its push) and the use records naming it.
+its object's `LastModified` (its push) and the use records naming it.
 
 `kache gc --remote --max-age DUR | --max-size SIZE`:
 1. takes the gc lock, `{prefix}/.kache/gc.lock`, so two gc runs never
@@ -20,7 +20,7 @@ its object's LastModified (its push) and the use records naming it.
    recently used until the rest fit `--max-size`;
 4. reads the use records again and spares any entry a sync used in the
    meantime (a pull records what it is about to fetch before fetching
-   it), then deletes in batches (DeleteObjects, one request per object
+   it), then deletes in batches (`DeleteObjects`, one request per object
    where the service lacks it), at most `s3_concurrency` at once;
 5. compacts: one record of the survivors' last uses replaces the
    records it read, so the records never grow beyond one per sync run
@@ -47,7 +47,7 @@ const STALE_LOCK_SECS: u64 = 3600;
 /// How long a lock taken without `If-None-Match` waits for a competing
 /// run's write to land before reading its own back.
 const SETTLE: Duration = Duration::from_secs(2);
-/// Objects per DeleteObjects request (the S3 maximum).
+/// Objects per `DeleteObjects` request (the S3 maximum).
 const BATCH: usize = 1000;
 /// The largest use record read.
 const MAX_RECORD: u64 = 64 << 20;
@@ -145,7 +145,7 @@ fn live(held: &[u8]) -> bool {
 
 /// Takes the gc lock; `None` when another live gc holds it.
 ///
-/// Where the service honours `If-None-Match: *` (AWS S3, MinIO) the
+/// Where the service honours `If-None-Match: *` (AWS S3, `MinIO`) the
 /// conditional PUT is the lock; a second conditional PUT of the same
 /// bytes answering 412 proves the service checks. Where it does not
 /// (Garage, where the last writer wins), the lock is: no live lock seen,
@@ -240,16 +240,13 @@ pub(crate) fn gc_remote(
 
     let lock = if dry_run {
         None
+    } else if let Some(l) = take_lock(&remote, prefix)? {
+        Some(l)
     } else {
-        match take_lock(&remote, prefix)? {
-            Some(l) => Some(l),
-            None => {
-                crate::transfer::report::warning(
-                    "another kache gc --remote holds the lock on this bucket; nothing done",
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
+        crate::transfer::report::warning(
+            "another kache gc --remote holds the lock on this bucket; nothing done",
+        );
+        return Ok(ExitCode::SUCCESS);
     };
     let gc = Gc {
         pool: &pool,

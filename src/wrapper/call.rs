@@ -154,7 +154,7 @@ mod tests {
     fn subcommands_match_clap() {
         use clap::CommandFactory;
         let cmd = crate::cli::Cli::command();
-        let mut names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        let mut names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
         names.push("help");
         names.sort_unstable();
         let mut ours = SUBCOMMANDS.to_vec();

@@ -394,7 +394,7 @@ pub(crate) trait Probe {
     fn var(&self, name: &str) -> Option<String>;
     /// Every environment variable (lossy UTF-8).
     fn vars(&self) -> Vec<(String, String)>;
-    /// A directory's entries as (name, is_dir), sorted; empty if unreadable.
+    /// A directory's entries as (name, `is_dir`), sorted; empty if unreadable.
     fn list_dir(&self, dir: &Path) -> Vec<(String, bool)>;
     /// A small text file; `None` if absent.
     fn read_text(&self, p: &Path) -> Option<String>;
@@ -757,7 +757,7 @@ fn hash_linker(h: &mut KeyHasher, c: &Compile, paths: &Paths, probe: &dyn Probe)
     Ok(())
 }
 
-/// clippy-driver reads its configuration from clippy.toml and CLIPPY_ARGS.
+/// clippy-driver reads its configuration from clippy.toml and `CLIPPY_ARGS`.
 fn hash_clippy_config(h: &mut KeyHasher, probe: &dyn Probe) {
     h.field("clippy-args", &probe.var("CLIPPY_ARGS").unwrap_or_default());
     let mut dirs: Vec<PathBuf> = Vec::new();

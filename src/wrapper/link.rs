@@ -305,7 +305,7 @@ impl Finder<'_> {
 
     /// The files of `-l` libraries: on the `-L` dirs, else on the
     /// linker's own path (libc, or a library found through
-    /// LIBRARY_PATH). One the driver does not report (ld's built-in
+    /// `LIBRARY_PATH`). One the driver does not report (ld's built-in
     /// dirs) is keyed by the linker's identity.
     fn libraries(
         &self,

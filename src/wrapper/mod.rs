@@ -1,8 +1,8 @@
 /*!
-RUSTC_WRAPPER mode.
+`RUSTC_WRAPPER` mode.
 
 C, C++ and assembler compiles (`kache CC ARGS...`, from the `cc` crate,
-CMake's compiler launcher or `CC="kache gcc"`) are handled in `cc`.
+`CMake`'s compiler launcher or `CC="kache gcc"`) are handled in `cc`.
 
 Cargo runs `kache RUSTC ARGS...` (or `kache WORKSPACE_WRAPPER RUSTC
 ARGS...`). A cacheable compile is looked up by its key (see `key`); a hit
@@ -80,7 +80,7 @@ fn log(store: &Store, e: &Event<'_>) {
         "ts": now_secs(),
         "crate": e.crate_name,
         "result": e.result,
-        "ms": e.start.elapsed().as_millis() as u64,
+        "ms": crate::units::millis(e.start.elapsed()),
         "size": e.size,
         "key": e.key,
         "compile_ms": e.compile_ms,
@@ -209,7 +209,7 @@ fn pass_through(
         "crate": crate_name,
         "result": "passthrough",
         "reason": reason,
-        "ms": start.elapsed().as_millis() as u64,
+        "ms": crate::units::millis(start.elapsed()),
         "size": 0,
         "key": "",
         "compile_ms": 0,
@@ -555,7 +555,7 @@ impl Job<'_> {
         });
         Ok(Ran {
             code: exit_code(status),
-            compile_ms: t0.elapsed().as_millis() as u64,
+            compile_ms: crate::units::millis(t0.elapsed()),
             out_raw,
             err_raw,
             link_text,
@@ -680,7 +680,7 @@ impl Job<'_> {
             "ts": now_secs(),
             "crate": self.crate_name,
             "result": "miss",
-            "ms": self.start.elapsed().as_millis() as u64,
+            "ms": crate::units::millis(self.start.elapsed()),
             "size": size,
             "key": full,
             "compile_ms": run.compile_ms,
@@ -857,7 +857,7 @@ fn verify_hit(
         "ts": now_secs(),
         "crate": e.crate_name,
         "result": result,
-        "ms": start.elapsed().as_millis() as u64,
+        "ms": crate::units::millis(start.elapsed()),
         "size": e.size(),
         "key": e.key,
         "compile_ms": compile_ms,

@@ -111,7 +111,12 @@ fn os_text(v: std::ffi::OsString) -> String {
     match v.into_string() {
         Ok(s) => s,
         Err(v) => {
-            let hex: String = v.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            let hex = v
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .concat();
             format!("\u{0}bytes:{hex}")
         }
     }

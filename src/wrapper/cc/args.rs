@@ -203,6 +203,10 @@ pub(crate) fn classify(args: &[String]) -> Verdict {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per compiler flag, as the wrapper's rustc classifier was before it was split"
+)]
 fn parse(args: &[String]) -> Result<CcCompile, String> {
     let mut c = CcCompile {
         args: args.to_vec(),
@@ -353,7 +357,7 @@ fn parse(args: &[String]) -> Result<CcCompile, String> {
         x.or_else(|| Lang::from_ext(source))
             .ok_or_else(|| format!("source {source} of an unknown language"))?,
     );
-    c.source = source.clone();
+    c.source.clone_from(source);
     if c.output.is_empty() {
         return Err("no -o".into());
     }

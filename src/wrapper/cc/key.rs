@@ -162,7 +162,7 @@ pub(crate) fn parse_make_deps(text: &str) -> Vec<String> {
     let Some(colon) = (0..b.len()).find(|&i| {
         b[i] == b':'
             && (i == 0 || b[i - 1] != b'\\')
-            && b.get(i + 1).is_none_or(|c| c.is_ascii_whitespace())
+            && b.get(i + 1).is_none_or(u8::is_ascii_whitespace)
     }) else {
         return Vec::new();
     };
@@ -407,7 +407,7 @@ mod tests {
     use super::*;
 
     fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
+        v.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]

@@ -2,7 +2,7 @@
 C, C++ and assembler compiles: `kache CC ARGS...`.
 
 The `cc` crate runs `RUSTC_WRAPPER COMPILER ARGS` when the wrapper is
-kache; CMake does the same through `CMAKE_<LANG>_COMPILER_LAUNCHER`,
+kache; `CMake` does the same through `CMAKE_<LANG>_COMPILER_LAUNCHER`,
 make through `CC="kache gcc"`. A one-source `-c` compile (see `args`) is
 looked up by its key (see `key`): a hit restores the object (and the
 dependency file the caller asked for, with this checkout's paths) and
@@ -42,7 +42,7 @@ use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
 const OUTSIDE_CARGO: &str = "kache_c";
 
 /// Whether `argv` (`kache PROGRAM ...`) is a C/C++ compiler call rather
-/// than a RUSTC_WORKSPACE_WRAPPER one.
+/// than a `RUSTC_WORKSPACE_WRAPPER` one.
 pub(crate) fn is_cc_call(argv: &[OsString]) -> bool {
     argv.len() > 1
         && !super::args::is_rustc_like(&argv[1])
@@ -101,7 +101,7 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
                     &store,
                     serde_json::json!({
                         "crate": crate_name, "result": "error", "size": 0, "key": "",
-                        "compile_ms": 0, "ms": start.elapsed().as_millis() as u64,
+                        "compile_ms": 0, "ms": crate::units::millis(start.elapsed()),
                     }),
                 );
             }
@@ -192,7 +192,7 @@ fn pass_through(
         &Store::at(&cfg.cache_dir),
         serde_json::json!({
             "crate": crate_name, "result": "passthrough", "reason": reason,
-            "ms": start.elapsed().as_millis() as u64, "size": 0, "key": "", "compile_ms": 0,
+            "ms": crate::units::millis(start.elapsed()), "size": 0, "key": "", "compile_ms": 0,
         }),
     );
     code
@@ -267,6 +267,10 @@ struct Places {
     dep_file: Option<PathBuf>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the C compile's miss path, still to be split into steps like the Rust one"
+)]
 fn cached(
     cfg: &WrapperConfig,
     compiler: &OsString,
@@ -350,7 +354,7 @@ fn cached(
     let err_raw = pump(child_err, &paths, true);
     let out_raw = out_thread.join().unwrap_or_default();
     let status = child.wait().context("waiting for the compiler")?;
-    let compile_ms = t0.elapsed().as_millis() as u64;
+    let compile_ms = crate::units::millis(t0.elapsed());
     let code = super::exit_code(status);
     *ran = Some(code);
     let dep_path = own_deps.clone().or_else(|| places.dep_file.clone());
@@ -363,7 +367,7 @@ fn cached(
             &store,
             serde_json::json!({
                 "crate": crate_name, "result": "miss", "reason": reason, "size": 0,
-                "key": "", "compile_ms": compile_ms, "ms": start.elapsed().as_millis() as u64,
+                "key": "", "compile_ms": compile_ms, "ms": crate::units::millis(start.elapsed()),
             }),
         );
     };
@@ -471,7 +475,7 @@ fn cached(
         &store,
         serde_json::json!({
             "crate": crate_name, "result": "miss", "size": size, "key": full,
-            "compile_ms": compile_ms, "ms": start.elapsed().as_millis() as u64,
+            "compile_ms": compile_ms, "ms": crate::units::millis(start.elapsed()),
             "inputs": entry.explain,
         }),
     );
@@ -528,7 +532,7 @@ fn hit(
         store,
         serde_json::json!({
             "crate": entry.crate_name, "result": result, "size": size, "key": entry.key,
-            "compile_ms": entry.compile_ms, "ms": start.elapsed().as_millis() as u64,
+            "compile_ms": entry.compile_ms, "ms": crate::units::millis(start.elapsed()),
         }),
     );
     Ok(0)
@@ -557,7 +561,7 @@ fn verify_hit(
         serde_json::json!({
             "crate": e.crate_name, "result": if ok { "verified" } else { "verify_mismatch" },
             "size": e.size(), "key": e.key, "compile_ms": compile_ms,
-            "ms": start.elapsed().as_millis() as u64,
+            "ms": crate::units::millis(start.elapsed()),
         }),
     );
     Ok(0)
@@ -601,32 +605,31 @@ fn builtin_dirs(store: &Store, compiler: &str, c: &CcCompile) -> Result<Vec<Stri
     }
     let dir = store.root().join("toolchains");
     let file = dir.join(h.finish());
-    let text = match fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(_) => {
-            let mut cmd = Command::new(&resolved);
-            cmd.args(&c.search_flags)
-                .args(["-E", "-v", "-x", c.lang().x_name(), "/dev/null"])
-                .env("KACHE_ACTIVE", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
-            for v in INCLUDE_ENV {
-                cmd.env_remove(v);
-            }
-            let out = cmd
-                .output()
-                .with_context(|| format!("cannot run {} -E -v", resolved.display()))?;
-            if !out.status.success() {
-                bail!("{} -E -v failed", resolved.display());
-            }
-            let t = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !t.contains("End of search list") {
-                bail!("{} -E -v printed no search list", resolved.display());
-            }
-            let _ = fs::create_dir_all(&dir);
-            let _ = store.write_atomic("cc-dirs", &file, t.as_bytes());
-            t
+    let text = if let Ok(t) = fs::read_to_string(&file) {
+        t
+    } else {
+        let mut cmd = Command::new(&resolved);
+        cmd.args(&c.search_flags)
+            .args(["-E", "-v", "-x", c.lang().x_name(), "/dev/null"])
+            .env("KACHE_ACTIVE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for v in INCLUDE_ENV {
+            cmd.env_remove(v);
         }
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {} -E -v", resolved.display()))?;
+        if !out.status.success() {
+            bail!("{} -E -v failed", resolved.display());
+        }
+        let t = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !t.contains("End of search list") {
+            bail!("{} -E -v printed no search list", resolved.display());
+        }
+        let _ = fs::create_dir_all(&dir);
+        let _ = store.write_atomic("cc-dirs", &file, t.as_bytes());
+        t
     };
     Ok(key::parse_builtin_dirs(&text))
 }
