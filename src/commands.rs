@@ -125,6 +125,7 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
                     "files": l.entry.files.iter().map(|f| &f.name).collect::<Vec<_>>(),
                     "created": l.entry.created,
                     "accessed": l.r.accessed,
+                    "lang": l.entry.lang.as_deref().unwrap_or("rust"),
                 })
             })
             .collect();

@@ -454,6 +454,18 @@ fn two_checkouts_share_objects() {
     assert_eq!(st["by_language"]["c"]["hits"], 3, "{st}");
     assert_eq!(st["c_entries"], 3, "{st}");
     assert!(st["by_language"]["rust"]["hits"].as_u64() > Some(0), "{st}");
+    let o = crate::common::kache(&b.cache)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c_listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["lang"] == "c" && e["crate"] == "ccapp")
+        .count();
+    assert_eq!(c_listed, 3, "{list}");
     assert_eq!(b.c_hits(), 3, "B's C compiles hit A's entries");
     let a_root = r.path().join("first");
     let a_root = a_root.to_string_lossy();
