@@ -128,6 +128,7 @@ pub(crate) fn list(cfg: &Config, c: &ListCmd) -> Result<ExitCode> {
                     "accessed": l.r.accessed,
                     "source": if l.entry.pulled.is_some() { "remote" } else { "local" },
                     "signed_by": l.entry.pulled.as_ref().and_then(|p| p.signed_by.as_deref()),
+                    "lang": l.entry.lang.as_deref().unwrap_or("rust"),
                 })
             })
             .collect();

@@ -454,6 +454,18 @@ fn two_checkouts_share_objects() {
     assert_eq!(st["by_language"]["c"]["hits"], 3, "{st}");
     assert_eq!(st["c_entries"], 3, "{st}");
     assert!(st["by_language"]["rust"]["hits"].as_u64() > Some(0), "{st}");
+    let o = crate::common::kache(&b.cache)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c_listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["lang"] == "c" && e["crate"] == "ccapp")
+        .count();
+    assert_eq!(c_listed, 3, "{list}");
     assert_eq!(b.c_hits(), 3, "B's C compiles hit A's entries");
     let a_root = r.path().join("first");
     let a_root = a_root.to_string_lossy();
@@ -675,4 +687,39 @@ fn verify_compares_c_hits_with_a_real_compile() {
     let verified = ev.iter().filter(|(r, _)| r == "verified").count();
     assert_eq!(verified, 3, "{ev:?}");
     assert!(!ev.iter().any(|(r, _)| r == "verify_mismatch"), "{ev:?}");
+}
+
+/// C entries go through the remote like Rust ones: pushed from one
+/// runner, pulled by another through its Cargo.lock (they are stored
+/// under the package whose build script compiled them, with its version,
+/// target and Rust toolchain), and served there as hits.
+#[test]
+fn c_entries_sync_through_s3() {
+    let s3 = crate::s3server::S3::start();
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "runner-a");
+    let mut b = App::new(r.path(), "runner-b");
+    b.cache = r.path().join("cache-b");
+    a.same("runner A, cold", &[]);
+    let sync = |app: &App, args: &[&str]| {
+        let mut c = crate::common::kache(&app.cache);
+        s3.configure(&mut c);
+        c.env("KACHE_PROGRESS", "0")
+            .current_dir(&app.ws)
+            .arg("sync")
+            .args(args);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "sync {args:?}: {}", show(&o));
+        o
+    };
+    sync(&a, &["--push"]);
+    sync(&b, &["--pull"]);
+    let o = crate::common::kache(&b.cache)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["c_entries"], 3, "the pull brought the C entries: {st}");
+    b.same("runner B, from the pulled store", &[]);
+    assert_eq!(b.c_hits(), 3);
 }

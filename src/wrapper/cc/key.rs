@@ -138,6 +138,14 @@ pub(crate) fn base_key(
             _ => h.field(a, ""),
         }
     }
+    // `-march=native` and the like mean this machine's CPU: another CPU
+    // must never get this code.
+    if args
+        .iter()
+        .any(|a| a.starts_with('-') && a.ends_with("=native"))
+    {
+        h.field("native-cpu", &native_cpu());
+    }
     for v in KEYED_ENV {
         h.field("env", v);
         h.field(
@@ -148,6 +156,29 @@ pub(crate) fn base_key(
         );
     }
     Ok(h.finish_explained())
+}
+
+/// What `-march=native` resolves from: the CPU's model and flags.
+fn native_cpu() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut lines: Vec<&str> = cpu
+        .lines()
+        .filter(|l| {
+            [
+                "vendor_id",
+                "cpu family",
+                "model",
+                "model name",
+                "flags",
+                "Features",
+            ]
+            .iter()
+            .any(|k| l.split(':').next().is_some_and(|n| n.trim() == *k))
+        })
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    lines.join("\n")
 }
 
 /// The prerequisites of the first rule of a make dependency file, as the
@@ -466,6 +497,74 @@ mod tests {
         assert!(shadow_candidates("csrc/v.c", &s(&["weird/x.h"]), &search, false, &[]).is_err());
         // An absolute include names its file; nothing shadows it.
         assert!(shadow_candidates("csrc/v.c", &s(&["/abs/x.h"]), &search, false, &[]).is_ok());
+    }
+
+    /// A probe with fixed answers: a file's "content" is its name.
+    struct Fixed;
+
+    impl Probe for Fixed {
+        fn hash(&self, p: &Path) -> Option<String> {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            Some(blake3::hash(name.as_bytes()).to_hex().to_string())
+        }
+        fn identity(&self, program: &str, args: &[&str]) -> Result<String> {
+            Ok(format!("{program} {}", args.join(" ")))
+        }
+        fn var(&self, _name: &str) -> Option<String> {
+            None
+        }
+        fn vars(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn list_dir(&self, _dir: &Path) -> Vec<(String, bool)> {
+            Vec::new()
+        }
+        fn read_text(&self, _p: &Path) -> Option<String> {
+            None
+        }
+        fn program_hash(&self, program: &str) -> Option<String> {
+            Some(program.to_string())
+        }
+        fn runtime_libs(&self, _so_hash: &str) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn base(args: &str, ws: &str) -> (String, Explain) {
+        let args: Vec<String> = args
+            .replace("WS", ws)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let super::super::args::Verdict::Cache(c) = super::super::args::classify(&args) else {
+            panic!("not cached: {args:?}")
+        };
+        let t = format!("{ws}/target");
+        let paths = Paths::from_rules(&[(ws, "/kache-ws"), (t.as_str(), "/kache-target")], ws);
+        base_key("cc", &c, &paths, &Fixed).unwrap()
+    }
+
+    #[test]
+    fn base_key_is_the_same_in_every_checkout() {
+        let args = "-O2 -IWS/inc -I WS/target/out -o WS/target/out/1-a.o -c src/a.c";
+        let (a, why) = base(args, "/a");
+        assert_eq!(base(args, "/b/c").0, a);
+        assert_eq!(why["arg -I"], "/kache-ws/inc; /kache-target/out");
+        assert!(!why.contains_key("arg -o"), "{why:?}");
+        // The object's name alone changes nothing; a flag does.
+        assert_eq!(base(&args.replace("1-a.o", "2-a.o"), "/a").0, a);
+        assert_ne!(base(&args.replace("-O2", "-O3"), "/a").0, a);
+        // With a dependency file, the object it names is keyed.
+        let dep = format!("{args} -MD -MF WS/target/out/a.d");
+        let (d, why) = base(&dep, "/a");
+        assert_ne!(d, a);
+        assert_eq!(why["arg -o"], "/kache-target/out/1-a.o");
+        assert_ne!(base(&dep.replace("1-a.o", "2-a.o"), "/a").0, d);
+        assert_eq!(base(&dep.replace("a.d", "b.d"), "/a").0, d);
+        // `-march=native` is keyed by this machine's CPU.
+        let (_, why) = base(&format!("{args} -march=native"), "/a");
+        assert!(why.contains_key("native-cpu"), "{why:?}");
+        assert!(!base(args, "/a").1.contains_key("native-cpu"));
     }
 
     #[test]
