@@ -105,28 +105,38 @@ pub(crate) struct CrateInputs {
     pub(crate) files: Vec<String>,
 }
 
-/// The raw config file, as TOML. Unknown keys are rejected so a typo is
-/// not silently ignored.
+/// The config file: one typed model, read once, for every command and
+/// for the wrapper. Each key holds its value, or the value as written when
+/// it has the wrong type, so that reading a setting (not reading the
+/// file) is what fails: the wrapper reads only its own settings, and an
+/// invalid value of another must not change how a compile runs. Unknown
+/// keys are ignored here; the commands reject them (`deny_unknown`), the
+/// wrapper does not look.
 #[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
+struct FileDoc {
     #[serde(default)]
     cache: FileCache,
 }
 
+/// The `[cache]` table.
 #[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileCache {
-    local_store: Option<String>,
+    #[serde(default)]
+    local_store: Key<String>,
     local_max_size: Option<toml::Value>,
     s3_concurrency: Option<toml::Value>,
     compression_level: Option<toml::Value>,
-    cache_executables: Option<bool>,
-    cache_c: Option<bool>,
-    daemon_autostart: Option<bool>,
+    #[serde(default)]
+    cache_executables: Key<bool>,
+    #[serde(default)]
+    cache_c: Key<bool>,
+    #[serde(default)]
+    daemon_autostart: Key<bool>,
     daemon_wait: Option<toml::Value>,
-    never_cache: Option<Vec<String>>,
-    inputs: Option<BTreeMap<String, FileInputs>>,
+    #[serde(default)]
+    never_cache: Key<Vec<String>>,
+    #[serde(default)]
+    inputs: Key<BTreeMap<String, FileInputs>>,
     #[serde(default)]
     remote: FileRemote,
 }
@@ -141,18 +151,187 @@ struct FileInputs {
     files: Vec<String>,
 }
 
+/// The `[cache.remote]` table.
 #[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileRemote {
-    bucket: Option<String>,
-    endpoint: Option<String>,
-    region: Option<String>,
-    prefix: Option<String>,
-    profile: Option<String>,
+    #[serde(default)]
+    bucket: Key<String>,
+    #[serde(default)]
+    endpoint: Key<String>,
+    #[serde(default)]
+    region: Key<String>,
+    #[serde(default)]
+    prefix: Key<String>,
+    #[serde(default)]
+    profile: Key<String>,
     timeout: Option<toml::Value>,
-    signing_key_file: Option<String>,
-    trusted_keys: Option<Vec<String>>,
-    read_only: Option<bool>,
+    #[serde(default)]
+    signing_key_file: Key<String>,
+    #[serde(default)]
+    trusted_keys: Key<Vec<String>>,
+    #[serde(default)]
+    read_only: Key<bool>,
+}
+
+/// The keys of each table, for the error a typo gets.
+const CACHE_KEYS: [&str; 11] = [
+    "local_store",
+    "local_max_size",
+    "s3_concurrency",
+    "compression_level",
+    "cache_executables",
+    "cache_c",
+    "daemon_autostart",
+    "daemon_wait",
+    "never_cache",
+    "inputs",
+    "remote",
+];
+const REMOTE_KEYS: [&str; 9] = [
+    "bucket",
+    "endpoint",
+    "region",
+    "prefix",
+    "profile",
+    "timeout",
+    "signing_key_file",
+    "trusted_keys",
+    "read_only",
+];
+
+/// One key of the file: absent, given with the key's type, or given with
+/// another type (kept as written, with the reason it does not fit).
+#[derive(Default)]
+enum Key<T> {
+    #[default]
+    Absent,
+    Given(T),
+    Wrong(toml::Value, String),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for Key<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = <toml::Value as serde::Deserialize>::deserialize(d)?;
+        Ok(match v.clone().try_into::<T>() {
+            Ok(t) => Key::Given(t),
+            Err(e) => Key::Wrong(v, e.message().trim().replace('\n', " ")),
+        })
+    }
+}
+
+impl<T> Key<T> {
+    /// The value, `None` if absent; a wrong type is an error that names
+    /// the key (`cache.x in FILE`) and the accepted form.
+    fn get(self, key: &str, form: &str) -> Result<Option<T>> {
+        match self {
+            Key::Absent => Ok(None),
+            Key::Given(t) => Ok(Some(t)),
+            Key::Wrong(v, _) => Err(invalid(key, &v.to_string(), form)),
+        }
+    }
+
+    /// The value if it has the key's type (the wrapper's view of keys it
+    /// only passes on: the daemon's remote identity).
+    fn lenient(self) -> Option<T> {
+        match self {
+            Key::Given(t) => Some(t),
+            Key::Absent | Key::Wrong(..) => None,
+        }
+    }
+}
+
+/// Where the config file is (if anywhere), for sources and errors.
+struct ConfigFile {
+    path: Option<PathBuf>,
+    /// The file's text (empty without a file), for `deny_unknown`.
+    text: String,
+}
+
+impl ConfigFile {
+    /// Reads the file at `config_path()`; a missing file is an empty one,
+    /// a file that is not TOML is an error.
+    fn read() -> Result<(ConfigFile, FileDoc)> {
+        let path = config_path();
+        let text = match &path {
+            Some(p) => read_text(p)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        ConfigFile::parse(path, text)
+    }
+
+    fn parse(path: Option<PathBuf>, text: String) -> Result<(ConfigFile, FileDoc)> {
+        let doc = toml::from_str::<FileDoc>(&text)
+            .map_err(|e| malformed(path.as_deref().unwrap_or(Path::new("")), &text, &e))?;
+        Ok((ConfigFile { path, text }, doc))
+    }
+
+    fn source(&self) -> Source {
+        Source::File(self.path.clone().unwrap_or_default())
+    }
+
+    fn name(&self) -> String {
+        self.path
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display()
+            .to_string()
+    }
+
+    /// `cache.<k> in FILE`, as errors name a key.
+    fn key(&self, k: &str) -> String {
+        format!("cache.{k} in {}", self.name())
+    }
+
+    /// `cache.remote.<k> in FILE`.
+    fn remote_key(&self, k: &str) -> String {
+        format!("cache.remote.{k} in {}", self.name())
+    }
+
+    /// Unknown keys (a typo) are an error for the commands. The
+    /// wrapper never calls this: it reads the file once, without them.
+    fn deny_unknown(&self) -> Result<()> {
+        let Ok(top) = self.text.parse::<toml::Table>() else {
+            return Ok(()); // read() already parsed it
+        };
+        let table = |v: Option<&toml::Value>| v.and_then(toml::Value::as_table).cloned();
+        let cache = table(top.get("cache")).unwrap_or_default();
+        let remote = table(cache.get("remote")).unwrap_or_default();
+        let unknown = |t: &toml::Table, known: &[&str]| {
+            t.keys().find(|k| !known.contains(&k.as_str())).cloned()
+        };
+        let found = unknown(&top, &["cache"])
+            .map(|k| (k, "[cache] (every setting is in it)".to_string()))
+            .or_else(|| {
+                unknown(&cache, &CACHE_KEYS).map(|k| (format!("cache.{k}"), CACHE_KEYS.join(", ")))
+            })
+            .or_else(|| {
+                unknown(&remote, &REMOTE_KEYS)
+                    .map(|k| (format!("cache.remote.{k}"), REMOTE_KEYS.join(", ")))
+            });
+        match found {
+            Some((key, expected)) => bail!(
+                "unknown key `{key}` in config file {}{}: expected one of {expected}",
+                self.name(),
+                self.line_of(key.rsplit('.').next().unwrap_or(&key))
+                    .map(|n| format!(", line {n}"))
+                    .unwrap_or_default()
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// The line (from 1) where `key` is set, for an error to point at.
+    fn line_of(&self, key: &str) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(['=', '.']))
+                    || l.trim() == format!("[{key}]")
+            })
+            .map(|i| i + 1)
+    }
 }
 
 /// The config file path: `$KACHE_CONFIG`, else
@@ -211,147 +390,221 @@ pub(crate) struct WrapperConfig {
 }
 
 impl WrapperConfig {
-    #[allow(
-        clippy::too_many_lines,
-        reason = "the wrapper's settings, read one by one from the file's table (see issue 13: one config model is left to do)"
-    )]
+    /// The wrapper's settings, from the same model and through the same
+    /// setting functions as `Config::load`, but only these keys are read:
+    /// an invalid value of any other (or an unknown key) changes nothing
+    /// here.
     pub(crate) fn load() -> Result<WrapperConfig> {
-        let path = config_path();
-        let table = match &path {
-            Some(p) => read_table(p)?,
-            None => None,
-        };
-        let fsrc = || Source::File(path.clone().unwrap_or_default());
-        let cache = table
-            .as_ref()
-            .and_then(|t| t.get("cache"))
-            .and_then(toml::Value::as_table);
-        let key = |k: &str| cache.and_then(|c| c.get(k)).cloned();
-        let file_key = |k: &'static str| format!("cache.{k} in {}", fsrc_path(&fsrc));
-        let local_store = match key("local_store") {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s),
-            Some(v) => return Err(invalid(&file_key("local_store"), &v.to_string(), PATH_FORM)),
-        };
-        let cache_executables = match key("cache_executables") {
-            None => None,
-            Some(toml::Value::Boolean(b)) => Some(b),
-            Some(v) => {
-                return Err(invalid(
-                    &file_key("cache_executables"),
-                    &v.to_string(),
-                    "true or false",
-                ));
-            }
-        };
-        let cache_c = match key("cache_c") {
-            None => None,
-            Some(toml::Value::Boolean(b)) => Some(b),
-            Some(v) => {
-                return Err(invalid(
-                    &file_key("cache_c"),
-                    &v.to_string(),
-                    "true or false",
-                ));
-            }
-        };
-        let never_cache = match key("never_cache") {
-            None => None,
-            Some(v) => Some(
-                v.clone()
-                    .try_into::<Vec<String>>()
-                    .map_err(|_| invalid(&file_key("never_cache"), &v.to_string(), NEVER_FORM))?,
-            ),
-        };
-        let inputs = match key("inputs") {
-            None => None,
-            Some(v) => Some(
-                v.clone()
-                    .try_into::<BTreeMap<String, FileInputs>>()
-                    .map_err(|e| {
-                        anyhow!(
-                            "invalid cache.inputs in {}: {}; expected [cache.inputs.<crate>] tables with env = [..] and files = [..]",
-                            fsrc_path(&fsrc),
-                            e.message().trim()
-                        )
-                    })?,
-            ),
-        };
-        // The daemon's: which remote (compared with the daemon's), whether
-        // to start it, how long to wait for it.
-        let remote_key = |k: &str| {
-            cache
-                .and_then(|c| c.get("remote"))
-                .and_then(toml::Value::as_table)
-                .and_then(|r| r.get(k))
-                .and_then(toml::Value::as_str)
-                .map(str::to_string)
-        };
-        let or_file = |var: &str, k: &str| env_nonempty(var).or_else(|| remote_key(k));
-        let file_read_only = match cache
-            .and_then(|c| c.get("remote"))
-            .and_then(toml::Value::as_table)
-            .and_then(|r| r.get("read_only"))
-        {
-            None => None,
-            Some(toml::Value::Boolean(b)) => Some(*b),
-            Some(v) => {
-                return Err(invalid(
-                    &format!("cache.remote.read_only in {}", fsrc_path(&fsrc)),
-                    &v.to_string(),
-                    "true or false",
-                ));
-            }
-        };
-        let read_only = read_only_setting(file_read_only, &fsrc)?.value;
-        let remote = or_file("KACHE_S3_BUCKET", "bucket").map(|b| {
-            let region = or_file("KACHE_S3_REGION", "region").unwrap_or_else(|| "us-east-1".into());
-            let prefix = or_file("KACHE_S3_PREFIX", "prefix").unwrap_or_else(|| "artifacts".into());
-            let endpoint = or_file("KACHE_S3_ENDPOINT", "endpoint");
-            remote_identity(endpoint.as_deref(), &region, &b, &prefix)
-        });
-        let autostart = match key("daemon_autostart") {
-            None => None,
-            Some(toml::Value::Boolean(b)) => Some(b),
-            Some(v) => {
-                return Err(invalid(
-                    &file_key("daemon_autostart"),
-                    &v.to_string(),
-                    "true or false",
-                ));
-            }
-        };
-        let daemon_autostart = pick("KACHE_DAEMON_AUTOSTART", autostart, false, &fsrc, |s| {
-            parse_bool(s).ok_or_else(|| invalid("KACHE_DAEMON_AUTOSTART", s, BOOL_FORM))
-        })?
-        .value;
-        let daemon_wait = pick_value(
-            "KACHE_DAEMON_WAIT",
-            "cache.daemon_wait",
-            key("daemon_wait"),
-            DEFAULT_DAEMON_WAIT,
-            &fsrc,
-            |s| parse_wait(s).ok_or_else(|| WAIT_FORM.to_string()),
-        )?
-        .value;
+        let (f, doc) = ConfigFile::read()?;
+        let fsrc = || f.source();
+        let c = doc.cache;
+        let r = c.remote;
+        let remote = RemoteId {
+            bucket: r.bucket.lenient(),
+            endpoint: r.endpoint.lenient(),
+            region: r.region.lenient(),
+            prefix: r.prefix.lenient(),
+        }
+        .resolve(&fsrc)?;
+        let read_only = r.read_only.get(&f.remote_key("read_only"), TF_FORM)?;
         Ok(WrapperConfig {
-            cache_dir: cache_dir_setting(local_store, &fsrc)?.value,
-            cache_executables: cache_executables_setting(cache_executables, &fsrc)?.value,
-            cache_c: cache_c_setting(cache_c, &fsrc)?.value,
-            never_cache: never_cache_setting(never_cache, &fsrc)?.value,
-            inputs: inputs_setting(inputs, &fsrc)?.value,
-            remote,
-            daemon_autostart,
-            daemon_wait,
-            read_only,
+            cache_dir: cache_dir_setting(
+                c.local_store.get(&f.key("local_store"), PATH_FORM)?,
+                &fsrc,
+            )?
+            .value,
+            cache_executables: cache_executables_setting(
+                c.cache_executables
+                    .get(&f.key("cache_executables"), TF_FORM)?,
+                &fsrc,
+            )?
+            .value,
+            cache_c: cache_c_setting(c.cache_c.get(&f.key("cache_c"), TF_FORM)?, &fsrc)?.value,
+            never_cache: never_cache_setting(
+                c.never_cache.get(&f.key("never_cache"), NEVER_FORM)?,
+                &fsrc,
+            )?
+            .value,
+            inputs: inputs_setting(file_inputs(c.inputs, &f)?, &fsrc)?.value,
+            remote: remote.identity(),
+            daemon_autostart: daemon_autostart_setting(
+                c.daemon_autostart
+                    .get(&f.key("daemon_autostart"), TF_FORM)?,
+                &fsrc,
+            )?
+            .value,
+            daemon_wait: daemon_wait_setting(c.daemon_wait, &fsrc)?.value,
+            read_only: read_only_setting(read_only, &fsrc)?.value,
         })
     }
 }
 
-fn read_only_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Setting<bool>> {
-    pick("KACHE_REMOTE_READ_ONLY", file, false, fsrc, |s| {
-        parse_bool(s).ok_or_else(|| invalid("KACHE_REMOTE_READ_ONLY", s, BOOL_FORM))
+/// `[cache.inputs]` from the file: its own error names what does not fit.
+fn file_inputs(
+    k: Key<BTreeMap<String, FileInputs>>,
+    f: &ConfigFile,
+) -> Result<Option<BTreeMap<String, FileInputs>>> {
+    match k {
+        Key::Wrong(_, why) => bail!(
+            "invalid cache.inputs in {}: {why}; expected [cache.inputs.<crate>] tables with env = [..] and files = [..]",
+            f.name()
+        ),
+        k => k.get("cache.inputs", ""),
+    }
+}
+
+/// The settings that name the remote (bucket, endpoint, region, prefix),
+/// as the file gives them.
+struct RemoteId {
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    prefix: Option<String>,
+}
+
+/// The same, resolved against the environment and the defaults.
+struct RemoteSettings {
+    bucket: Setting<Option<String>>,
+    endpoint: Setting<Option<String>>,
+    region: Setting<String>,
+    prefix: Setting<String>,
+}
+
+impl RemoteId {
+    fn resolve(self, fsrc: &dyn Fn() -> Source) -> Result<RemoteSettings> {
+        let opt = |name: &'static str, v: Option<String>| {
+            pick(name, v.map(Some), None, fsrc, |s| Ok(Some(s.to_string())))
+        };
+        let text = |name: &'static str, v: Option<String>, default: &str| {
+            pick(name, v, default.to_string(), fsrc, |s| Ok(s.to_string()))
+        };
+        let prefix = text("KACHE_S3_PREFIX", self.prefix, "artifacts")?;
+        Ok(RemoteSettings {
+            bucket: opt("KACHE_S3_BUCKET", self.bucket)?,
+            endpoint: opt("KACHE_S3_ENDPOINT", self.endpoint)?,
+            region: text("KACHE_S3_REGION", self.region, "us-east-1")?,
+            prefix: Setting {
+                value: prefix.value.trim_matches('/').to_string(),
+                source: prefix.source,
+            },
+        })
+    }
+}
+
+impl RemoteSettings {
+    /// See `remote_identity`; `None` without a bucket.
+    fn identity(&self) -> Option<String> {
+        let bucket = self.bucket.value.as_deref()?;
+        Some(remote_identity(
+            self.endpoint.value.as_deref(),
+            &self.region.value,
+            bucket,
+            &self.prefix.value,
+        ))
+    }
+}
+
+/// `cache.daemon_autostart` / `KACHE_DAEMON_AUTOSTART`.
+fn daemon_autostart_setting(
+    file: Option<bool>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<bool>> {
+    flag_setting("KACHE_DAEMON_AUTOSTART", file, false, fsrc)
+}
+
+/// A true-or-false setting.
+fn flag_setting(
+    var: &'static str,
+    file: Option<bool>,
+    default: bool,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<bool>> {
+    pick(var, file, default, fsrc, |s| {
+        parse_bool(s).ok_or_else(|| invalid(var, s, BOOL_FORM))
     })
+}
+
+/// `cache.daemon_wait` / `KACHE_DAEMON_WAIT`.
+fn daemon_wait_setting(
+    file: Option<toml::Value>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<Duration>> {
+    pick_value(
+        "KACHE_DAEMON_WAIT",
+        "cache.daemon_wait",
+        file,
+        DEFAULT_DAEMON_WAIT,
+        fsrc,
+        |s| parse_wait(s).ok_or_else(|| WAIT_FORM.to_string()),
+    )
+}
+
+/// `cache.local_max_size` / `KACHE_MAX_SIZE`.
+fn max_size_setting(file: Option<toml::Value>, fsrc: &dyn Fn() -> Source) -> Result<Setting<u64>> {
+    pick_value(
+        "KACHE_MAX_SIZE",
+        "cache.local_max_size",
+        file,
+        50 << 30,
+        fsrc,
+        |s| parse_size(s).ok_or_else(|| SIZE_FORM.to_string()),
+    )
+}
+
+/// `cache.s3_concurrency` / `KACHE_S3_CONCURRENCY`.
+fn concurrency_setting(
+    file: Option<toml::Value>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<usize>> {
+    pick_value(
+        "KACHE_S3_CONCURRENCY",
+        "cache.s3_concurrency",
+        file,
+        16,
+        fsrc,
+        |s| match s.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(CONC_FORM.to_string()),
+        },
+    )
+}
+
+/// `cache.compression_level` / `KACHE_COMPRESSION_LEVEL`.
+fn level_setting(file: Option<toml::Value>, fsrc: &dyn Fn() -> Source) -> Result<Setting<i32>> {
+    pick_value(
+        "KACHE_COMPRESSION_LEVEL",
+        "cache.compression_level",
+        file,
+        3,
+        fsrc,
+        |s| match s.trim().parse::<i32>() {
+            Ok(n) if (1..=22).contains(&n) => Ok(n),
+            _ => Err(LEVEL_FORM.to_string()),
+        },
+    )
+}
+
+/// `cache.remote.timeout` / `KACHE_S3_TIMEOUT`.
+fn timeout_setting(
+    file: Option<toml::Value>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<Duration>> {
+    pick_value(
+        "KACHE_S3_TIMEOUT",
+        "cache.remote.timeout",
+        file,
+        DEFAULT_TIMEOUT,
+        fsrc,
+        |s| match parse_duration(s) {
+            Some(n) if n >= 1 => Ok(Duration::from_secs(n)),
+            _ => Err(TIMEOUT_FORM.to_string()),
+        },
+    )
+}
+
+/// `cache.remote.read_only` / `KACHE_REMOTE_READ_ONLY`.
+fn read_only_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Setting<bool>> {
+    flag_setting("KACHE_REMOTE_READ_ONLY", file, false, fsrc)
 }
 
 /// `KACHE_SIGNING_KEY` (the key's text), `KACHE_SIGNING_KEY_FILE`, or
@@ -494,21 +747,18 @@ fn cache_executables_setting(
     file: Option<bool>,
     fsrc: &dyn Fn() -> Source,
 ) -> Result<Setting<bool>> {
-    pick(
+    flag_setting(
         "KACHE_CACHE_EXECUTABLES",
         file,
         cfg!(target_os = "linux"),
         fsrc,
-        |s| parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_EXECUTABLES", s, BOOL_FORM)),
     )
 }
 
 /// `cache.cache_c` / `KACHE_CACHE_C`: cache C, C++ and assembler
 /// compiles (on by default).
 fn cache_c_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Setting<bool>> {
-    pick("KACHE_CACHE_C", file, true, fsrc, |s| {
-        parse_bool(s).ok_or_else(|| invalid("KACHE_CACHE_C", s, BOOL_FORM))
-    })
+    flag_setting("KACHE_CACHE_C", file, true, fsrc)
 }
 
 /// A crate name as the user wrote it, normalised and checked.
@@ -681,6 +931,9 @@ const LEVEL_FORM: &str = "a zstd level from 1 to 22";
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 const LOG_FORM: &str = "one of off, error, warn, info, debug, trace";
 const PATH_FORM: &str = "an absolute path as a string";
+const TF_FORM: &str = "true or false";
+const STRING_FORM: &str = "a string in quotes";
+const TRUSTED_LIST_FORM: &str = "a list of keys such as [\"ci:BASE64\"]";
 const NEVER_FORM: &str = "a list of crate names such as [\"my_crate\"]";
 const INPUTS_FORM: &str = "`crate:env=VAR` or `crate:files=GLOB` items separated by `;`";
 
@@ -689,140 +942,84 @@ fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
 }
 
 impl Config {
-    /// Loads the file (if any) and the environment and validates both.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "every setting, in the order of the README's table"
-    )]
+    /// Loads the file (if any) and the environment and validates both:
+    /// every key, unknown keys included.
     pub(crate) fn load() -> Result<Config> {
-        let path = config_path();
-        let file = match &path {
-            Some(p) => read_file(p)?,
-            None => None,
-        };
-        let fsrc = || Source::File(path.clone().unwrap_or_default());
-        let fc = file.unwrap_or_default();
-        let c = fc.cache;
+        let (f, doc) = ConfigFile::read()?;
+        let fsrc = || f.source();
+        f.deny_unknown()?;
+        let c = doc.cache;
         let r = c.remote;
-
-        let cache_dir = cache_dir_setting(c.local_store, &fsrc)?;
-        let max_size = pick_value(
-            "KACHE_MAX_SIZE",
-            "cache.local_max_size",
-            c.local_max_size,
-            50 << 30,
-            &fsrc,
-            |s| parse_size(s).ok_or_else(|| SIZE_FORM.to_string()),
-        )?;
-        let s3_concurrency = pick_value(
-            "KACHE_S3_CONCURRENCY",
-            "cache.s3_concurrency",
-            c.s3_concurrency,
-            16,
-            &fsrc,
-            |s| match s.trim().parse::<usize>() {
-                Ok(n) if (1..=1024).contains(&n) => Ok(n),
-                _ => Err(CONC_FORM.to_string()),
-            },
-        )?;
-        let compression_level = pick_value(
-            "KACHE_COMPRESSION_LEVEL",
-            "cache.compression_level",
-            c.compression_level,
-            3,
-            &fsrc,
-            |s| match s.trim().parse::<i32>() {
-                Ok(n) if (1..=22).contains(&n) => Ok(n),
-                _ => Err(LEVEL_FORM.to_string()),
-            },
-        )?;
         if let Some(v) = env_nonempty("KACHE_LOG")
             && !LOG_LEVELS.contains(&v.trim().to_ascii_lowercase().as_str())
         {
             return Err(invalid("KACHE_LOG", &v, LOG_FORM));
         }
-        let cache_executables = cache_executables_setting(c.cache_executables, &fsrc)?;
-        let cache_c = cache_c_setting(c.cache_c, &fsrc)?;
-        let never_cache = never_cache_setting(c.never_cache, &fsrc)?;
-        let inputs = inputs_setting(c.inputs, &fsrc)?;
-        let opt = |name: &'static str, f: Option<String>| -> Result<Setting<Option<String>>> {
-            pick(name, f.map(Some), None, &fsrc, |s| Ok(Some(s.to_string())))
-        };
-        let bucket = opt("KACHE_S3_BUCKET", r.bucket)?;
-        let endpoint = opt("KACHE_S3_ENDPOINT", r.endpoint)?;
-        if let Some(e) = &endpoint.value {
-            validate_endpoint(e)
-                .with_context(|| format!("invalid S3 endpoint `{e}` (from {})", endpoint.source))?;
+        let text = |k: Key<String>, name: &str| k.get(&f.remote_key(name), STRING_FORM);
+        let remote = RemoteId {
+            bucket: text(r.bucket, "bucket")?,
+            endpoint: text(r.endpoint, "endpoint")?,
+            region: text(r.region, "region")?,
+            prefix: text(r.prefix, "prefix")?,
         }
-        let profile = opt("KACHE_S3_PROFILE", r.profile)?;
-        let timeout = pick_value(
-            "KACHE_S3_TIMEOUT",
-            "cache.remote.timeout",
-            r.timeout,
-            DEFAULT_TIMEOUT,
-            &fsrc,
-            |s| match parse_duration(s) {
-                Some(n) if n >= 1 => Ok(Duration::from_secs(n)),
-                _ => Err(TIMEOUT_FORM.to_string()),
-            },
-        )?;
-        let signing_key = signing_key_setting(r.signing_key_file, &fsrc)?;
-        let trusted_keys = trusted_keys_setting(r.trusted_keys, &fsrc)?;
-        let read_only = read_only_setting(r.read_only, &fsrc)?;
-        let region = pick(
-            "KACHE_S3_REGION",
-            r.region,
-            "us-east-1".to_string(),
-            &fsrc,
-            |s| Ok(s.to_string()),
-        )?;
-        let prefix = pick(
-            "KACHE_S3_PREFIX",
-            r.prefix,
-            "artifacts".to_string(),
-            &fsrc,
-            |s| Ok(s.to_string()),
-        )?;
-        let prefix = Setting {
-            value: prefix.value.trim_matches('/').to_string(),
-            source: prefix.source,
-        };
-        let daemon_autostart = pick(
-            "KACHE_DAEMON_AUTOSTART",
-            c.daemon_autostart,
-            false,
-            &fsrc,
-            |s| parse_bool(s).ok_or_else(|| invalid("KACHE_DAEMON_AUTOSTART", s, BOOL_FORM)),
-        )?;
-        let daemon_wait = pick_value(
-            "KACHE_DAEMON_WAIT",
-            "cache.daemon_wait",
-            c.daemon_wait,
-            DEFAULT_DAEMON_WAIT,
-            &fsrc,
-            |s| parse_wait(s).ok_or_else(|| WAIT_FORM.to_string()),
-        )?;
+        .resolve(&fsrc)?;
+        if let Some(e) = &remote.endpoint.value {
+            validate_endpoint(e).with_context(|| {
+                format!(
+                    "invalid S3 endpoint `{e}` (from {})",
+                    remote.endpoint.source
+                )
+            })?;
+        }
+        let profile = text(r.profile, "profile")?;
         Ok(Config {
-            file: path.filter(|p| p.exists()),
-            cache_dir,
-            max_size,
-            bucket,
-            endpoint,
-            region,
-            prefix,
-            profile,
-            timeout,
-            s3_concurrency,
-            compression_level,
-            cache_executables,
-            cache_c,
-            daemon_autostart,
-            daemon_wait,
-            never_cache,
-            inputs,
-            signing_key,
-            trusted_keys,
-            read_only,
+            file: f.path.clone().filter(|p| p.exists()),
+            cache_dir: cache_dir_setting(
+                c.local_store.get(&f.key("local_store"), PATH_FORM)?,
+                &fsrc,
+            )?,
+            max_size: max_size_setting(c.local_max_size, &fsrc)?,
+            bucket: remote.bucket,
+            endpoint: remote.endpoint,
+            region: remote.region,
+            prefix: remote.prefix,
+            profile: pick("KACHE_S3_PROFILE", profile.map(Some), None, &fsrc, |s| {
+                Ok(Some(s.to_string()))
+            })?,
+            timeout: timeout_setting(r.timeout, &fsrc)?,
+            s3_concurrency: concurrency_setting(c.s3_concurrency, &fsrc)?,
+            compression_level: level_setting(c.compression_level, &fsrc)?,
+            cache_executables: cache_executables_setting(
+                c.cache_executables
+                    .get(&f.key("cache_executables"), TF_FORM)?,
+                &fsrc,
+            )?,
+            cache_c: cache_c_setting(c.cache_c.get(&f.key("cache_c"), TF_FORM)?, &fsrc)?,
+            daemon_autostart: daemon_autostart_setting(
+                c.daemon_autostart
+                    .get(&f.key("daemon_autostart"), TF_FORM)?,
+                &fsrc,
+            )?,
+            daemon_wait: daemon_wait_setting(c.daemon_wait, &fsrc)?,
+            never_cache: never_cache_setting(
+                c.never_cache.get(&f.key("never_cache"), NEVER_FORM)?,
+                &fsrc,
+            )?,
+            inputs: inputs_setting(file_inputs(c.inputs, &f)?, &fsrc)?,
+            signing_key: signing_key_setting(
+                r.signing_key_file
+                    .get(&f.remote_key("signing_key_file"), STRING_FORM)?,
+                &fsrc,
+            )?,
+            trusted_keys: trusted_keys_setting(
+                r.trusted_keys
+                    .get(&f.remote_key("trusted_keys"), TRUSTED_LIST_FORM)?,
+                &fsrc,
+            )?,
+            read_only: read_only_setting(
+                r.read_only.get(&f.remote_key("read_only"), TF_FORM)?,
+                &fsrc,
+            )?,
         })
     }
 
@@ -865,118 +1062,107 @@ impl Config {
     }
 
     /// Every setting as (name, env var, value, source), secrets masked.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one row per setting, in the order of the README's table"
-    )]
-    pub(crate) fn rows(&self) -> Vec<(&'static str, &'static str, String, String)> {
+    pub(crate) fn rows(&self) -> Vec<Row> {
         fn o(v: Option<&String>) -> String {
             v.map_or_else(|| "(none)".into(), Clone::clone)
         }
+        fn row<T>(name: &'static str, var: &'static str, value: String, s: &Setting<T>) -> Row {
+            (name, var, value, s.source.to_string())
+        }
+        fn shown<T: fmt::Display>(name: &'static str, var: &'static str, s: &Setting<T>) -> Row {
+            row(name, var, s.value.to_string(), s)
+        }
+        let dir = self.cache_dir.value.display().to_string();
+        let size = format_size(self.max_size.value);
+        let endpoint =
+            self.endpoint.value.clone().unwrap_or_else(|| {
+                format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)
+            });
+        let timeout = format!("{}s", self.timeout.value.as_secs());
+        let wait = format!("{}ms", self.daemon_wait.value.as_millis());
+        let never = if self.never_cache.value.is_empty() {
+            "(none)".to_string()
+        } else {
+            self.never_cache.value.join(",")
+        };
+        let inputs = format_inputs(&self.inputs.value);
         let mut rows = vec![
-            (
-                "cache.local_store",
-                "KACHE_CACHE_DIR",
-                self.cache_dir.value.display().to_string(),
-                self.cache_dir.source.to_string(),
-            ),
-            (
+            row("cache.local_store", "KACHE_CACHE_DIR", dir, &self.cache_dir),
+            row(
                 "cache.local_max_size",
                 "KACHE_MAX_SIZE",
-                format_size(self.max_size.value),
-                self.max_size.source.to_string(),
+                size,
+                &self.max_size,
             ),
-            (
+            row(
                 "cache.remote.bucket",
                 "KACHE_S3_BUCKET",
                 o(self.bucket.value.as_ref()),
-                self.bucket.source.to_string(),
+                &self.bucket,
             ),
-            (
+            row(
                 "cache.remote.endpoint",
                 "KACHE_S3_ENDPOINT",
-                self.endpoint.value.clone().unwrap_or_else(|| {
-                    format!("(AWS: https://s3.{}.amazonaws.com)", self.region.value)
-                }),
-                self.endpoint.source.to_string(),
+                endpoint,
+                &self.endpoint,
             ),
-            (
-                "cache.remote.region",
-                "KACHE_S3_REGION",
-                self.region.value.clone(),
-                self.region.source.to_string(),
-            ),
-            (
-                "cache.remote.prefix",
-                "KACHE_S3_PREFIX",
-                self.prefix.value.clone(),
-                self.prefix.source.to_string(),
-            ),
-            (
+            shown("cache.remote.region", "KACHE_S3_REGION", &self.region),
+            shown("cache.remote.prefix", "KACHE_S3_PREFIX", &self.prefix),
+            row(
                 "cache.remote.profile",
                 "KACHE_S3_PROFILE",
                 o(self.profile.value.as_ref()),
-                self.profile.source.to_string(),
+                &self.profile,
             ),
-            (
+            row(
                 "cache.remote.timeout",
                 "KACHE_S3_TIMEOUT",
-                format!("{}s", self.timeout.value.as_secs()),
-                self.timeout.source.to_string(),
+                timeout,
+                &self.timeout,
             ),
-            (
+            shown(
                 "cache.s3_concurrency",
                 "KACHE_S3_CONCURRENCY",
-                self.s3_concurrency.value.to_string(),
-                self.s3_concurrency.source.to_string(),
+                &self.s3_concurrency,
             ),
-            (
+            shown(
                 "cache.compression_level",
                 "KACHE_COMPRESSION_LEVEL",
-                self.compression_level.value.to_string(),
-                self.compression_level.source.to_string(),
+                &self.compression_level,
             ),
-            (
+            shown(
                 "cache.cache_executables",
                 "KACHE_CACHE_EXECUTABLES",
-                self.cache_executables.value.to_string(),
-                self.cache_executables.source.to_string(),
+                &self.cache_executables,
             ),
-            (
-                "cache.cache_c",
-                "KACHE_CACHE_C",
-                self.cache_c.value.to_string(),
-                self.cache_c.source.to_string(),
-            ),
-            (
+            shown("cache.cache_c", "KACHE_CACHE_C", &self.cache_c),
+            shown(
                 "cache.daemon_autostart",
                 "KACHE_DAEMON_AUTOSTART",
-                self.daemon_autostart.value.to_string(),
-                self.daemon_autostart.source.to_string(),
+                &self.daemon_autostart,
             ),
-            (
+            row(
                 "cache.daemon_wait",
                 "KACHE_DAEMON_WAIT",
-                format!("{}ms", self.daemon_wait.value.as_millis()),
-                self.daemon_wait.source.to_string(),
+                wait,
+                &self.daemon_wait,
             ),
-            (
+            row(
                 "cache.never_cache",
                 "KACHE_NEVER_CACHE",
-                if self.never_cache.value.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    self.never_cache.value.join(",")
-                },
-                self.never_cache.source.to_string(),
+                never,
+                &self.never_cache,
             ),
-            (
-                "cache.inputs",
-                "KACHE_INPUTS",
-                format_inputs(&self.inputs.value),
-                self.inputs.source.to_string(),
-            ),
+            row("cache.inputs", "KACHE_INPUTS", inputs, &self.inputs),
         ];
+        rows.extend(self.trust_rows());
+        rows.extend(env_rows());
+        rows
+    }
+
+    /// Credentials, the signing key and the trusted keys, masked.
+    fn trust_rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
         let (cred, src) = match Credentials::resolve(self) {
             Ok(Some(c)) => (
                 format!("{} / {}", mask(&c.access_key), "****"),
@@ -1034,27 +1220,36 @@ impl Config {
             self.read_only.value.to_string(),
             self.read_only.source.to_string(),
         ));
-        for (name, var) in [
-            ("disabled", "KACHE_DISABLED"),
-            ("progress", "KACHE_PROGRESS"),
-            ("log", "KACHE_LOG"),
-        ] {
-            let (v, s) = match env_nonempty(var) {
-                Some(v) => (v, format!("env {var}")),
-                None => (
-                    match name {
-                        "disabled" => "off",
-                        "progress" => "auto",
-                        _ => "warn",
-                    }
-                    .to_string(),
-                    "default".to_string(),
-                ),
-            };
-            rows.push((name, var, v, s));
-        }
         rows
     }
+}
+
+/// A row of `kache config`: (name, env var, value, source).
+pub(crate) type Row = (&'static str, &'static str, String, String);
+
+/// The settings only the environment holds.
+fn env_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (name, var) in [
+        ("disabled", "KACHE_DISABLED"),
+        ("progress", "KACHE_PROGRESS"),
+        ("log", "KACHE_LOG"),
+    ] {
+        let (v, s) = match env_nonempty(var) {
+            Some(v) => (v, format!("env {var}")),
+            None => (
+                match name {
+                    "disabled" => "off",
+                    "progress" => "auto",
+                    _ => "warn",
+                }
+                .to_string(),
+                "default".to_string(),
+            ),
+        };
+        rows.push((name, var, v, s));
+    }
+    rows
 }
 
 /// The declared inputs in `KACHE_INPUTS` form, or `(none)`.
@@ -1101,26 +1296,6 @@ fn malformed(p: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
         (Some(l), None) => anyhow!("malformed config file {}, line {l}: {msg}", p.display()),
         (None, _) => anyhow!("malformed config file {}: {msg}", p.display()),
     }
-}
-
-/// The file, strictly: unknown keys and wrong types are errors.
-fn read_file(p: &Path) -> Result<Option<FileConfig>> {
-    let Some(text) = read_text(p)? else {
-        return Ok(None);
-    };
-    toml::from_str::<FileConfig>(&text)
-        .map(Some)
-        .map_err(|e| malformed(p, &text, &e))
-}
-
-/// The file as a plain TOML table (the wrapper picks its keys from it).
-fn read_table(p: &Path) -> Result<Option<toml::Table>> {
-    let Some(text) = read_text(p)? else {
-        return Ok(None);
-    };
-    text.parse::<toml::Table>()
-        .map(Some)
-        .map_err(|e| malformed(p, &text, &e))
 }
 
 fn expand_tilde(s: &str) -> String {
@@ -1370,6 +1545,56 @@ mod tests {
         );
     }
 
+    fn parsed(text: &str) -> (ConfigFile, FileDoc) {
+        ConfigFile::parse(Some(PathBuf::from("/c.toml")), text.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_wrong_type_fails_only_the_setting_that_reads_it() {
+        let (f, doc) = parsed(
+            "[cache]\ncache_c = \"yes\"\nlocal_store = \"/s\"\n[cache.remote]\nbucket = 7\n",
+        );
+        let c = doc.cache;
+        assert_eq!(
+            c.local_store.get(&f.key("local_store"), PATH_FORM).unwrap(),
+            Some("/s".to_string())
+        );
+        let e = c.cache_c.get(&f.key("cache_c"), TF_FORM).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value `\"yes\"` for cache.cache_c in /c.toml: expected true or false"
+        );
+        assert!(c.remote.bucket.lenient().is_none());
+        assert!(c.cache_executables.get("x", TF_FORM).unwrap().is_none());
+        f.deny_unknown().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_keys_expected() {
+        for (text, key) in [
+            ("[cache]\nlocal_stor = \"/s\"\n", "`cache.local_stor`"),
+            ("[cache.remote]\nbuckit = \"b\"\n", "`cache.remote.buckit`"),
+            ("[cahce]\nlocal_store = \"/s\"\n", "`cahce`"),
+        ] {
+            let (f, _) = parsed(text);
+            let e = f.deny_unknown().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("unknown key {key} in config file /c.toml, line ")),
+                "{e}"
+            );
+        }
+        let (f, _) = parsed("[cache]\ncache_c = true\n  local_stor = 1\n");
+        let e = f.deny_unknown().unwrap_err().to_string();
+        assert!(
+            e.contains(", line 3: expected one of local_store, local_max_size"),
+            "{e}"
+        );
+        assert!(ConfigFile::parse(None, "[cache\n".into()).is_err());
+        let (f, doc) = parsed("");
+        f.deny_unknown().unwrap();
+        assert!(matches!(doc.cache.local_store, Key::Absent));
+    }
+
     #[test]
     fn ini_profiles() {
         let m =
@@ -1416,5 +1641,25 @@ mod tests {
         };
         let d = format!("{c:?}");
         assert!(!d.contains("supersecret") && !d.contains("tok3n") && !d.contains("AKIAEXAMPLE"));
+    }
+}
+
+/// What the wrapper pays for its settings on every compile: run by
+/// `ci/bench-config.sh`, which writes the config file and points
+/// `KACHE_CONFIG` at it.
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    #[test]
+    #[ignore = "a timing, run by ci/bench-config.sh"]
+    fn bench_wrapper_config_load() {
+        let n = 20_000u32;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(WrapperConfig::load().unwrap());
+        }
+        let per = t.elapsed() / n;
+        println!("wrapper config load: {} ns", per.as_nanos());
     }
 }
