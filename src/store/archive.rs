@@ -685,6 +685,13 @@ mod tests {
         }
     }
 
+    /// An archive of the manifest `m`, then `members`.
+    fn after_manifest(m: &[u8], members: Vec<Member<'_>>) -> Vec<u8> {
+        let mut all = vec![reg("manifest.json", m)];
+        all.extend(members);
+        raw_archive(&all)
+    }
+
     /// Each case is rejected, and leaves nothing behind.
     fn assert_all_rejected(cases: &[(&str, Vec<u8>)], key: &str) {
         for (why, bytes) in cases {
@@ -697,7 +704,7 @@ mod tests {
     #[test]
     fn the_well_formed_archive_is_imported() {
         let (key, m) = libx_manifest();
-        let ok = raw_archive(&[reg("manifest.json", &m), reg("files/libx.rlib", PAYLOAD)]);
+        let ok = after_manifest(&m, vec![reg("files/libx.rlib", PAYLOAD)]);
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
         assert!(matches!(
@@ -713,14 +720,11 @@ mod tests {
             &[
                 (
                     "dot-dot name",
-                    raw_archive(&[
-                        reg("manifest.json", &m),
-                        reg("files/../../libx.rlib", PAYLOAD),
-                    ]),
+                    after_manifest(&m, vec![reg("files/../../libx.rlib", PAYLOAD)]),
                 ),
                 (
                     "absolute name",
-                    raw_archive(&[reg("manifest.json", &m), reg("/tmp/libx.rlib", PAYLOAD)]),
+                    after_manifest(&m, vec![reg("/tmp/libx.rlib", PAYLOAD)]),
                 ),
             ],
             &key,
@@ -734,24 +738,21 @@ mod tests {
             &[
                 (
                     "symlink",
-                    raw_archive(&[
-                        reg("manifest.json", &m),
-                        special(tar::EntryType::Symlink, Some("/etc/passwd")),
-                    ]),
+                    after_manifest(
+                        &m,
+                        vec![special(tar::EntryType::Symlink, Some("/etc/passwd"))],
+                    ),
                 ),
                 (
                     "hard link",
-                    raw_archive(&[
-                        reg("manifest.json", &m),
-                        special(tar::EntryType::Link, Some("manifest.json")),
-                    ]),
+                    after_manifest(
+                        &m,
+                        vec![special(tar::EntryType::Link, Some("manifest.json"))],
+                    ),
                 ),
                 (
                     "device",
-                    raw_archive(&[
-                        reg("manifest.json", &m),
-                        special(tar::EntryType::Char, None),
-                    ]),
+                    after_manifest(&m, vec![special(tar::EntryType::Char, None)]),
                 ),
             ],
             &key,
@@ -765,24 +766,25 @@ mod tests {
             &[
                 (
                     "duplicate",
-                    raw_archive(&[
-                        reg("manifest.json", &m),
-                        reg("files/libx.rlib", PAYLOAD),
-                        reg("files/libx.rlib", PAYLOAD),
-                    ]),
+                    after_manifest(
+                        &m,
+                        vec![
+                            reg("files/libx.rlib", PAYLOAD),
+                            reg("files/libx.rlib", PAYLOAD),
+                        ],
+                    ),
                 ),
                 (
                     "extra member",
-                    raw_archive(&[
-                        reg("manifest.json", &m),
-                        reg("files/libx.rlib", PAYLOAD),
-                        reg("files/other", PAYLOAD),
-                    ]),
+                    after_manifest(
+                        &m,
+                        vec![reg("files/libx.rlib", PAYLOAD), reg("files/other", PAYLOAD)],
+                    ),
                 ),
                 ("missing member", raw_archive(&[reg("manifest.json", &m)])),
                 (
                     "wrong content",
-                    raw_archive(&[reg("manifest.json", &m), reg("files/libx.rlib", b"PAYLOAD")]),
+                    after_manifest(&m, vec![reg("files/libx.rlib", b"PAYLOAD")]),
                 ),
                 (
                     "manifest not first",
