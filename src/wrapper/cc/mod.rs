@@ -33,7 +33,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use self::args::{CcCompile, Lang, Verdict};
 use super::key::{Explain, KeyHasher, Paths, Probe};
 use super::probe::RealProbe;
-use super::{RootScan, pump, restore, run_plain, truthy, warn};
+use super::{RootScan, restore, run_plain, run_pumped, truthy, warn};
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs, Origin};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
@@ -429,16 +429,8 @@ impl<'a> Job<'a> {
             .stderr(Stdio::piped());
         let before = self.store.fs_clock();
         let t0 = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.compiler))?;
-        let child_out = child.stdout.take().expect("piped stdout");
-        let child_err = child.stderr.take().expect("piped stderr");
-        let p2 = self.paths.clone();
-        let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
-        let err_raw = pump(child_err, &self.paths, true);
-        let out_raw = out_thread.join().unwrap_or_default();
-        let status = child.wait().context("waiting for the compiler")?;
+        let (status, out_raw, err_raw) =
+            run_pumped(&mut cmd, &self.paths, self.compiler, "the compiler")?;
         let compile_ms = crate::units::millis(t0.elapsed());
         let code = super::exit_code(status);
         let dep_path = own_deps.clone().or_else(|| self.places.dep_file.clone());
