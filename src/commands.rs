@@ -307,11 +307,48 @@ fn print_breakdown(out: &mut impl Write, ev: &EventStats) -> Result<()> {
     Ok(())
 }
 
+/// What the store holds, for `kache stats`.
+struct StoreSummary {
+    entries: usize,
+    /// Entries of C, C++ or assembler objects.
+    c_entries: usize,
+    crates: usize,
+    blobs: u64,
+    /// Bytes the entries name, before dedup.
+    logical: u64,
+    /// Bytes the blobs take on disk.
+    stored: u64,
+    built: u64,
+    signed: BTreeMap<String, u64>,
+    unverified: u64,
+}
+
+impl StoreSummary {
+    fn read(store: &Store) -> Result<Self> {
+        let all = load_all(store, None)?;
+        let logical: u64 = all.iter().map(|l| l.entry.size()).sum();
+        let (stored, blobs) = blob_usage(store);
+        let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
+        let (built, signed, unverified) = provenance(&all);
+        let c_entries = all
+            .iter()
+            .filter(|l| l.entry.lang.as_deref() == Some("c"))
+            .count();
+        Ok(Self {
+            entries: all.len(),
+            c_entries,
+            crates: crates.len(),
+            blobs,
+            logical,
+            stored,
+            built,
+            signed,
+            unverified,
+        })
+    }
+}
+
 /// `kache stats`.
-#[allow(
-    clippy::too_many_lines,
-    reason = "one table of numbers, printed as JSON or as text"
-)]
 pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
     let store = Store::at(&cfg.cache_dir.value);
     let since = parse_since(c.since.as_deref())?;
@@ -320,83 +357,63 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
         print_markdown(&store, &ev)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let all = load_all(&store, None)?;
-    let logical: u64 = all.iter().map(|l| l.entry.size()).sum();
-    let (stored, blobs) = blob_usage(&store);
-    let rate = hit_rate(ev.hits, ev.misses);
-    let crates: HashSet<&str> = all.iter().map(|l| l.r.crate_name.as_str()).collect();
-    let (built, signed, unverified) = provenance(&all);
-    let c_entries = all
-        .iter()
-        .filter(|l| l.entry.lang.as_deref() == Some("c"))
-        .count();
+    let sum = StoreSummary::read(&store)?;
     if c.json {
-        print_json(&json!({
-            "entries": all.len(),
-            "c_entries": c_entries,
-            "crates": crates.len(),
-            "blobs": blobs,
-            "logical_bytes": logical,
-            "stored_bytes": stored,
-            "dedup_saved_bytes": logical.saturating_sub(stored),
-            "hits": ev.hits,
-            "misses": ev.misses,
-            "passthrough": ev.passthrough,
-            "passthrough_reasons": ev.reasons,
-            "errors": ev.errors,
-            "hit_rate": rate,
-            "time_saved_ms": ev.saved_ms,
-            "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
-            "verified": ev.verified,
-            "verify_mismatches": ev.mismatches,
-            "provenance": {
-                "built_here": built,
-                "pulled_signed_by": signed,
-                "pulled_unverified": unverified,
-            },
-            "by_language": ev.langs,
-            "pulled": ev.pulled,
-            "pulled_bytes": ev.pulled_bytes,
-            "pushed": ev.pushed,
-            "pushed_bytes": ev.pushed_bytes,
-        }))?;
+        print_json(&stats_json(&sum, &ev))?;
         return Ok(ExitCode::SUCCESS);
     }
+    print_stats_text(cfg, &sum, &ev)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kache stats --json`.
+fn stats_json(sum: &StoreSummary, ev: &EventStats) -> serde_json::Value {
+    json!({
+        "entries": sum.entries,
+        "c_entries": sum.c_entries,
+        "crates": sum.crates,
+        "blobs": sum.blobs,
+        "logical_bytes": sum.logical,
+        "stored_bytes": sum.stored,
+        "dedup_saved_bytes": sum.logical.saturating_sub(sum.stored),
+        "hits": ev.hits,
+        "misses": ev.misses,
+        "passthrough": ev.passthrough,
+        "passthrough_reasons": ev.reasons,
+        "errors": ev.errors,
+        "hit_rate": hit_rate(ev.hits, ev.misses),
+        "time_saved_ms": ev.saved_ms,
+        "mean_hit_ms": ev.hit_ms.checked_div(ev.hits).unwrap_or(0),
+        "verified": ev.verified,
+        "verify_mismatches": ev.mismatches,
+        "provenance": {
+            "built_here": sum.built,
+            "pulled_signed_by": sum.signed,
+            "pulled_unverified": sum.unverified,
+        },
+        "by_language": ev.langs,
+        "pulled": ev.pulled,
+        "pulled_bytes": ev.pulled_bytes,
+        "pushed": ev.pushed,
+        "pushed_bytes": ev.pushed_bytes,
+    })
+}
+
+/// `kache stats` as text: the store, then the compiles, then sync and
+/// verification where there were any.
+fn print_stats_text(cfg: &Config, sum: &StoreSummary, ev: &EventStats) -> Result<()> {
     let mut out = std::io::stdout().lock();
+    print_store_lines(&mut out, cfg, sum)?;
     writeln!(
         out,
-        "entries:      {} ({} crates; {c_entries} of them C/C++/asm objects)",
-        all.len(),
-        crates.len()
+        "compiles:     {} hits, {} misses ({:.1}% hit rate), {} passed through, {} errors",
+        ev.hits,
+        ev.misses,
+        hit_rate(ev.hits, ev.misses),
+        ev.passthrough,
+        ev.errors
     )?;
-    writeln!(
-        out,
-        "size:         {} stored in {blobs} blobs ({} before dedup, {} saved)",
-        format_size(stored),
-        format_size(logical),
-        format_size(logical.saturating_sub(stored))
-    )?;
-    let mut from = vec![format!("{built} built here")];
-    from.extend(
-        signed
-            .iter()
-            .map(|(name, n)| format!("{n} pulled signed by `{name}`")),
-    );
-    if unverified > 0 {
-        from.push(format!("{unverified} pulled unverified"));
-    }
-    writeln!(out, "provenance:   {}", from.join(", "))?;
-    if unverified > 0 && !cfg.trusted_keys.value.is_empty() {
-        eprintln!(
-            "note: {unverified} entries were pulled without verification (before trusted keys were set); `kache gc --verify` removes them"
-        );
-    }
-    writeln!(
-        out,
-        "compiles:     {} hits, {} misses ({rate:.1}% hit rate), {} passed through, {} errors",
-        ev.hits, ev.misses, ev.passthrough, ev.errors
-    )?;
-    print_breakdown(&mut out, &ev)?;
+    print_breakdown(&mut out, ev)?;
     writeln!(
         out,
         "time saved:   {:.1}s",
@@ -419,7 +436,42 @@ pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
             ev.verified, ev.mismatches
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// The entries, size and provenance lines of `kache stats`, with the note
+/// on stderr about entries pulled unverified.
+fn print_store_lines(out: &mut impl Write, cfg: &Config, sum: &StoreSummary) -> Result<()> {
+    writeln!(
+        out,
+        "entries:      {} ({} crates; {} of them C/C++/asm objects)",
+        sum.entries, sum.crates, sum.c_entries
+    )?;
+    writeln!(
+        out,
+        "size:         {} stored in {} blobs ({} before dedup, {} saved)",
+        format_size(sum.stored),
+        sum.blobs,
+        format_size(sum.logical),
+        format_size(sum.logical.saturating_sub(sum.stored))
+    )?;
+    let unverified = sum.unverified;
+    let mut from = vec![format!("{} built here", sum.built)];
+    from.extend(
+        sum.signed
+            .iter()
+            .map(|(name, n)| format!("{n} pulled signed by `{name}`")),
+    );
+    if unverified > 0 {
+        from.push(format!("{unverified} pulled unverified"));
+    }
+    writeln!(out, "provenance:   {}", from.join(", "))?;
+    if unverified > 0 && !cfg.trusted_keys.value.is_empty() {
+        eprintln!(
+            "note: {unverified} entries were pulled without verification (before trusted keys were set); `kache gc --verify` removes them"
+        );
+    }
+    Ok(())
 }
 
 /// The name a language goes by in the summary.

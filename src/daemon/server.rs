@@ -280,6 +280,35 @@ fn get(c: &AtomicU64) -> u64 {
 }
 
 impl Shared {
+    fn new(store: Store, paths: Paths, live: Live, pool: rayon::ThreadPool, conc: usize) -> Self {
+        Self {
+            store,
+            paths,
+            uid: peer::euid(),
+            started: Instant::now(),
+            conc,
+            live: Mutex::new(Arc::new(live)),
+            permits: Permits::new(conc),
+            pool,
+            queue: Mutex::default(),
+            queue_cv: Condvar::new(),
+            breaker: Mutex::default(),
+            slots: Mutex::default(),
+            slots_cv: Condvar::new(),
+            prefetched: Mutex::default(),
+            toolchain: Mutex::default(),
+            conns: AtomicUsize::new(0),
+            counters: Counters::default(),
+            quit: AtomicBool::new(false),
+        }
+    }
+
+    /// Uploads still queued or running.
+    fn uploads_left(&self) -> bool {
+        let q = lock(&self.queue);
+        !q.jobs.is_empty() || q.running > 0
+    }
+
     fn live(&self) -> Arc<Live> {
         Arc::clone(&lock(&self.live))
     }
@@ -358,43 +387,13 @@ impl Shared {
 }
 
 /// Runs the daemon in the foreground until `kache daemon stop`.
-#[allow(
-    clippy::too_many_lines,
-    reason = "the daemon's start-up, threads and shutdown in the order they happen"
-)]
 pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
     let store = Store::open(&cfg.cache_dir.value)?;
     let live = Live::new(&cfg, store.root())?;
     let p = paths(store.root());
     private_dir(&p.dir)?;
-    let lock_file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p.lock)
-        .with_context(|| format!("cannot open {}", p.lock.display()))?;
-    match lock_file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let pid = fs::read_to_string(&p.pid).unwrap_or_default();
-            bail!(
-                "a daemon already runs for the store {} (pid {})",
-                store.root().display(),
-                pid.trim()
-            );
-        }
-        Err(fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", p.lock.display()));
-        }
-    }
-    // We hold the lock: a socket file left behind is stale.
-    let _ = fs::remove_file(&p.sock);
-    let listener = UnixListener::bind(&p.sock)
-        .with_context(|| format!("cannot listen on {}", p.sock.display()))?;
-    fs::set_permissions(&p.sock, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", p.sock.display()))?;
-    fs::write(&p.pid, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write {}", p.pid.display()))?;
+    let lock_file = lock_store(&p, &store)?;
+    let listener = listen(&p)?;
     let conc = cfg.s3_concurrency.value;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(conc)
@@ -413,43 +412,81 @@ pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
             "this store holds entries pulled without verification (before trusted keys were set); `kache gc --verify` removes them",
         );
     }
-    let shared = Arc::new(Shared {
-        store,
-        paths: p,
-        uid: peer::euid(),
-        started: Instant::now(),
-        conc,
-        live: Mutex::new(Arc::new(live)),
-        permits: Permits::new(conc),
-        pool,
-        queue: Mutex::default(),
-        queue_cv: Condvar::new(),
-        breaker: Mutex::default(),
-        slots: Mutex::default(),
-        slots_cv: Condvar::new(),
-        prefetched: Mutex::default(),
-        toolchain: Mutex::default(),
-        conns: AtomicUsize::new(0),
-        counters: Counters::default(),
-        quit: AtomicBool::new(false),
-    });
-    for i in 0..conc {
-        let s = Arc::clone(&shared);
+    let shared = Arc::new(Shared::new(store, p, live, pool, conc));
+    start_workers(&shared)?;
+    shared.replay(&shared.live());
+    accept(&shared, &listener);
+    let code = if shared.uploads_left() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
+    let _ = fs::remove_file(&shared.paths.sock);
+    let _ = fs::remove_file(&shared.paths.pid);
+    log("stopped");
+    drop(lock_file);
+    Ok(code)
+}
+
+/// Takes the store's daemon lock, held for as long as the returned file
+/// is open; fails when another daemon holds it.
+fn lock_store(p: &Paths, store: &Store) -> Result<File> {
+    let lock_file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p.lock)
+        .with_context(|| format!("cannot open {}", p.lock.display()))?;
+    match lock_file.try_lock() {
+        Ok(()) => Ok(lock_file),
+        Err(fs::TryLockError::WouldBlock) => {
+            let pid = fs::read_to_string(&p.pid).unwrap_or_default();
+            bail!(
+                "a daemon already runs for the store {} (pid {})",
+                store.root().display(),
+                pid.trim()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", p.lock.display()))
+        }
+    }
+}
+
+/// Binds the socket, open to this user only, and writes the pid file.
+/// Called with the lock held: a socket file left behind is stale.
+fn listen(p: &Paths) -> Result<UnixListener> {
+    let _ = fs::remove_file(&p.sock);
+    let listener = UnixListener::bind(&p.sock)
+        .with_context(|| format!("cannot listen on {}", p.sock.display()))?;
+    fs::set_permissions(&p.sock, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", p.sock.display()))?;
+    fs::write(&p.pid, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", p.pid.display()))?;
+    Ok(listener)
+}
+
+/// Starts the upload threads, one a unit of `s3_concurrency`, and the
+/// config watcher.
+fn start_workers(shared: &Arc<Shared>) -> Result<()> {
+    for i in 0..shared.conc {
+        let s = Arc::clone(shared);
         std::thread::Builder::new()
             .name(format!("kache-upload-{i}"))
             .spawn(move || upload_worker(&s))
             .context("cannot start the upload threads")?;
     }
-    {
-        let s = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("kache-watch".into())
-            .spawn(move || watch_config(&s))
-            .context("cannot start the config watcher")?;
-    }
-    shared.replay(&shared.live());
+    let s = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("kache-watch".into())
+        .spawn(move || watch_config(&s))
+        .context("cannot start the config watcher")?;
+    Ok(())
+}
 
-    let mut code = ExitCode::SUCCESS;
+/// Serves each connection on a thread of its own, up to `MAX_CONNS` at
+/// once, until a stop request sets `quit`.
+fn accept(shared: &Arc<Shared>, listener: &UnixListener) {
     for conn in listener.incoming() {
         if shared.quit.load(Ordering::SeqCst) {
             break;
@@ -466,7 +503,7 @@ pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
             shared.conns.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
-        let sh = Arc::clone(&shared);
+        let sh = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name("kache-conn".into())
             .spawn(move || {
@@ -477,17 +514,6 @@ pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
             shared.conns.fetch_sub(1, Ordering::SeqCst);
         }
     }
-    {
-        let q = lock(&shared.queue);
-        if !q.jobs.is_empty() || q.running > 0 {
-            code = ExitCode::from(1);
-        }
-    }
-    let _ = fs::remove_file(&shared.paths.sock);
-    let _ = fs::remove_file(&shared.paths.pid);
-    log("stopped");
-    drop(lock_file);
-    Ok(code)
 }
 
 fn reply(s: &mut UnixStream, v: &impl serde::Serialize) {

@@ -666,118 +666,165 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("s")], "{why}: {err:#}");
     }
 
+    /// The payload of the one file the hostile archives' manifest names.
+    const PAYLOAD: &[u8] = b"payload";
+
+    /// The key and manifest of an entry of one file, `libx.rlib`.
+    fn libx_manifest() -> (String, Vec<u8>) {
+        manifest(&[("libx.rlib", PAYLOAD)])
+    }
+
+    /// `files/libx.rlib` as a member of another type: a link or a device.
+    fn special(kind: tar::EntryType, link: Option<&str>) -> Member<'_> {
+        Member {
+            name: b"files/libx.rlib",
+            kind,
+            size: 0,
+            data: b"",
+            link,
+        }
+    }
+
+    /// An archive of the manifest `m`, then `members`.
+    fn after_manifest(m: &[u8], members: Vec<Member<'_>>) -> Vec<u8> {
+        let mut all = vec![reg("manifest.json", m)];
+        all.extend(members);
+        raw_archive(&all)
+    }
+
+    /// Each case is rejected, and leaves nothing behind.
+    fn assert_all_rejected(cases: &[(&str, Vec<u8>)], key: &str) {
+        for (why, bytes) in cases {
+            assert_rejected(bytes, key, why);
+        }
+    }
+
+    /// The control for the hostile archives: the same manifest, packed
+    /// right, is imported.
     #[test]
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one hostile archive per case, in a row"
-    )]
-    fn hostile_archives_are_rejected_before_anything_is_written() {
-        let data: &[u8] = b"payload";
-        let (key, m) = manifest(&[("libx.rlib", data)]);
-        let ok = raw_archive(&[reg("manifest.json", &m), reg("files/libx.rlib", data)]);
-        {
-            let d = tempfile::tempdir().unwrap();
-            let s = Store::open(d.path()).unwrap();
-            assert!(matches!(
-                unpack(&s, "evil", &key, &ok[..], &Check::default()).unwrap(),
-                Unpacked::Imported(_)
-            ));
-        }
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            (
-                "dot-dot name",
-                raw_archive(&[reg("manifest.json", &m), reg("files/../../libx.rlib", data)]),
-            ),
-            (
-                "absolute name",
-                raw_archive(&[reg("manifest.json", &m), reg("/tmp/libx.rlib", data)]),
-            ),
-            (
-                "symlink",
-                raw_archive(&[
-                    reg("manifest.json", &m),
-                    Member {
-                        name: b"files/libx.rlib",
-                        kind: tar::EntryType::Symlink,
-                        size: 0,
-                        data: b"",
-                        link: Some("/etc/passwd"),
-                    },
-                ]),
-            ),
-            (
-                "hard link",
-                raw_archive(&[
-                    reg("manifest.json", &m),
-                    Member {
-                        name: b"files/libx.rlib",
-                        kind: tar::EntryType::Link,
-                        size: 0,
-                        data: b"",
-                        link: Some("manifest.json"),
-                    },
-                ]),
-            ),
-            (
-                "device",
-                raw_archive(&[
-                    reg("manifest.json", &m),
-                    Member {
-                        name: b"files/libx.rlib",
-                        kind: tar::EntryType::Char,
-                        size: 0,
-                        data: b"",
-                        link: None,
-                    },
-                ]),
-            ),
-            (
-                "duplicate",
-                raw_archive(&[
-                    reg("manifest.json", &m),
-                    reg("files/libx.rlib", data),
-                    reg("files/libx.rlib", data),
-                ]),
-            ),
-            (
-                "extra member",
-                raw_archive(&[
-                    reg("manifest.json", &m),
-                    reg("files/libx.rlib", data),
-                    reg("files/other", data),
-                ]),
-            ),
-            ("missing member", raw_archive(&[reg("manifest.json", &m)])),
-            (
-                "wrong content",
-                raw_archive(&[reg("manifest.json", &m), reg("files/libx.rlib", b"PAYLOAD")]),
-            ),
-            (
-                "manifest not first",
-                raw_archive(&[reg("files/libx.rlib", data), reg("manifest.json", &m)]),
-            ),
-            ("junk", b"this is not zstd".to_vec()),
-            (
-                "zstd of junk",
-                zstd::encode_all(&b"not a tar archive at all"[..], 3).unwrap(),
-            ),
-        ];
-        for (why, bytes) in &cases {
-            assert_rejected(bytes, &key, why);
-        }
+    fn the_well_formed_archive_is_imported() {
+        let (key, m) = libx_manifest();
+        let ok = after_manifest(&m, vec![reg("files/libx.rlib", PAYLOAD)]);
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert!(matches!(
+            unpack(&s, "evil", &key, &ok[..], &Check::default()).unwrap(),
+            Unpacked::Imported(_)
+        ));
+    }
+
+    #[test]
+    fn members_named_outside_files_are_rejected() {
+        let (key, m) = libx_manifest();
+        assert_all_rejected(
+            &[
+                (
+                    "dot-dot name",
+                    after_manifest(&m, vec![reg("files/../../libx.rlib", PAYLOAD)]),
+                ),
+                (
+                    "absolute name",
+                    after_manifest(&m, vec![reg("/tmp/libx.rlib", PAYLOAD)]),
+                ),
+            ],
+            &key,
+        );
+    }
+
+    #[test]
+    fn links_and_devices_are_rejected() {
+        let (key, m) = libx_manifest();
+        assert_all_rejected(
+            &[
+                (
+                    "symlink",
+                    after_manifest(
+                        &m,
+                        vec![special(tar::EntryType::Symlink, Some("/etc/passwd"))],
+                    ),
+                ),
+                (
+                    "hard link",
+                    after_manifest(
+                        &m,
+                        vec![special(tar::EntryType::Link, Some("manifest.json"))],
+                    ),
+                ),
+                (
+                    "device",
+                    after_manifest(&m, vec![special(tar::EntryType::Char, None)]),
+                ),
+            ],
+            &key,
+        );
+    }
+
+    #[test]
+    fn members_that_disagree_with_the_manifest_are_rejected() {
+        let (key, m) = libx_manifest();
+        assert_all_rejected(
+            &[
+                (
+                    "duplicate",
+                    after_manifest(
+                        &m,
+                        vec![
+                            reg("files/libx.rlib", PAYLOAD),
+                            reg("files/libx.rlib", PAYLOAD),
+                        ],
+                    ),
+                ),
+                (
+                    "extra member",
+                    after_manifest(
+                        &m,
+                        vec![reg("files/libx.rlib", PAYLOAD), reg("files/other", PAYLOAD)],
+                    ),
+                ),
+                ("missing member", raw_archive(&[reg("manifest.json", &m)])),
+                (
+                    "wrong content",
+                    after_manifest(&m, vec![reg("files/libx.rlib", b"PAYLOAD")]),
+                ),
+                (
+                    "manifest not first",
+                    raw_archive(&[reg("files/libx.rlib", PAYLOAD), reg("manifest.json", &m)]),
+                ),
+            ],
+            &key,
+        );
+    }
+
+    #[test]
+    fn junk_is_rejected() {
+        let (key, _) = libx_manifest();
+        assert_all_rejected(
+            &[
+                ("junk", b"this is not zstd".to_vec()),
+                (
+                    "zstd of junk",
+                    zstd::encode_all(&b"not a tar archive at all"[..], 3).unwrap(),
+                ),
+            ],
+            &key,
+        );
+    }
+
+    #[test]
+    fn hostile_manifests_are_rejected() {
         // Manifest naming a path, not a file.
-        let (k2, m2) = manifest(&[("../escape", data)]);
+        let (k2, m2) = manifest(&[("../escape", PAYLOAD)]);
         assert_rejected(
-            &raw_archive(&[reg("manifest.json", &m2), reg("files/../escape", data)]),
+            &raw_archive(&[reg("manifest.json", &m2), reg("files/../escape", PAYLOAD)]),
             &k2,
             "manifest dot-dot",
         );
-        let (k3, m3) = manifest(&[("a", data), ("a", data)]);
+        let (k3, m3) = manifest(&[("a", PAYLOAD), ("a", PAYLOAD)]);
         assert_rejected(
             &raw_archive(&[
                 reg("manifest.json", &m3),
-                reg("files/a", data),
-                reg("files/a", data),
+                reg("files/a", PAYLOAD),
+                reg("files/a", PAYLOAD),
             ]),
             &k3,
             "manifest dup",

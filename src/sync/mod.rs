@@ -39,20 +39,7 @@ use crate::transfer::{exec, uses};
 pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let started = Instant::now();
     if cfg.read_only.value && cmd.push {
-        // One CI script serves both kinds of job: a read-only runner's
-        // push is a success that uploads nothing.
-        report::note(&format!(
-            "read-only runner ({}): nothing pushed",
-            read_only_source(cfg)
-        ));
-        if cmd.json {
-            let summary = report::Summary {
-                read_only: true,
-                ..report::Summary::default()
-            };
-            report::print_summary(&summary, true)?;
-        }
-        return Ok(ExitCode::SUCCESS);
+        return read_only_push(cfg, cmd);
     }
     let mut reporter = Reporter::new(Progress::from_env());
     let res = sync(cfg, cmd, &mut reporter);
@@ -69,21 +56,7 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     if error.is_some() {
         summary.fatal = error;
     }
-    // The one line for a sync that could not use the cache at all: a
-    // fatal error (credentials, permissions, missing bucket, settings),
-    // or every listing failed (the endpoint cannot be reached).
-    let stopped = summary.fatal.clone().or_else(|| {
-        nothing_listed.then(|| {
-            let fl = &summary.failed_listings;
-            let first = &fl[0];
-            let all = if fl.len() > 1 {
-                format!("all {} listings failed; the first: ", fl.len())
-            } else {
-                String::new()
-            };
-            format!("cannot use the cache: {all}{}", first.error)
-        })
-    });
+    let stopped = stop_reason(&summary, nothing_listed);
     // `fatal` in --json: whatever stopped the sync, this included.
     summary.fatal.clone_from(&stopped);
     if !cmd.dry_run {
@@ -105,6 +78,55 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
         }
         bail!("{msg}");
     }
+    let failed = partial_failures(&summary);
+    if !failed.is_empty() && !cmd.allow_partial {
+        eprintln!(
+            "error: {} (--allow-partial exits 0 anyway)",
+            failed.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--push` on a read-only runner: one CI script serves both kinds of
+/// job, so the push is a success that uploads nothing.
+fn read_only_push(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
+    report::note(&format!(
+        "read-only runner ({}): nothing pushed",
+        read_only_source(cfg)
+    ));
+    if cmd.json {
+        let summary = report::Summary {
+            read_only: true,
+            ..report::Summary::default()
+        };
+        report::print_summary(&summary, true)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The one line for a sync that could not use the cache at all: a fatal
+/// error (credentials, permissions, missing bucket, settings), or every
+/// listing failed (the endpoint cannot be reached).
+fn stop_reason(summary: &report::Summary, nothing_listed: bool) -> Option<String> {
+    summary.fatal.clone().or_else(|| {
+        nothing_listed.then(|| {
+            let fl = &summary.failed_listings;
+            let first = &fl[0];
+            let all = if fl.len() > 1 {
+                format!("all {} listings failed; the first: ", fl.len())
+            } else {
+                String::new()
+            };
+            format!("cannot use the cache: {all}{}", first.error)
+        })
+    })
+}
+
+/// What a sync that went on failed to do, one phrase each: refused
+/// entries, failed transfers, failed listings. Empty if nothing failed.
+fn partial_failures(summary: &report::Summary) -> Vec<String> {
     let transfers = summary.failed.entries
         + summary.refused.entries
         + summary.pulled.entries
@@ -132,14 +154,7 @@ pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
             summary.listings
         ));
     }
-    if !failed.is_empty() && !cmd.allow_partial {
-        eprintln!(
-            "error: {} (--allow-partial exits 0 anyway)",
-            failed.join(", ")
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    failed
 }
 
 /// Records what a sync moved in the event log, for `kache stats`.
@@ -581,4 +596,504 @@ fn execute(
         s.spawn(move || exec::run(pool, ctx, transfers, tx));
         reporter.phase(label, total, &rx);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Setting, Source};
+    use crate::remote::dir::DirRemote;
+    use crate::remote::{ErrorKind, Listed, RemoteError};
+    use crate::store::entry::Origin;
+    use crate::store::{Entry, FileRecord};
+    use crate::transfer::plan::RemoteObject;
+    use crate::transfer::report::{Count, Summary};
+
+    fn default<T>(value: T) -> Setting<T> {
+        Setting {
+            value,
+            source: Source::Default,
+        }
+    }
+
+    /// Settings as with no file and no environment, the store at
+    /// `cache_dir`.
+    fn config(cache_dir: &Path) -> Config {
+        Config {
+            file: None,
+            cache_dir: default(cache_dir.to_path_buf()),
+            max_size: default(10 << 30),
+            bucket: default(None),
+            endpoint: default(None),
+            region: default("us-east-1".into()),
+            prefix: default("p".into()),
+            profile: default(None),
+            timeout: default(Duration::from_secs(30)),
+            s3_concurrency: default(2),
+            compression_level: default(3),
+            cache_executables: default(false),
+            cache_c: default(true),
+            daemon_autostart: default(false),
+            daemon_wait: default(Duration::from_millis(500)),
+            never_cache: default(Vec::new()),
+            inputs: default(BTreeMap::new()),
+            signing_key: default(None),
+            trusted_keys: default(Vec::new()),
+            read_only: default(false),
+        }
+    }
+
+    fn read_only(source: Source) -> Config {
+        let mut cfg = config(Path::new("/nonexistent/kache"));
+        cfg.read_only = Setting {
+            value: true,
+            source,
+        };
+        cfg
+    }
+
+    fn cmd(pull: bool, push: bool) -> SyncCmd {
+        SyncCmd {
+            pull,
+            push,
+            all: false,
+            dry_run: false,
+            manifest_path: None,
+            allow_partial: false,
+            json: false,
+        }
+    }
+
+    fn pool() -> ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn directions_follow_the_flags_else_both_or_pull_only_when_read_only() {
+        let rw = config(Path::new("/nonexistent/kache"));
+        let ro = read_only(Source::Env("KACHE_READ_ONLY"));
+        assert_eq!(directions(&rw, &cmd(false, false)), (true, true));
+        assert_eq!(directions(&rw, &cmd(true, false)), (true, false));
+        assert_eq!(directions(&rw, &cmd(false, true)), (false, true));
+        assert_eq!(directions(&ro, &cmd(false, false)), (true, false));
+        assert_eq!(directions(&ro, &cmd(true, false)), (true, false));
+        // `run` answers a read-only push before asking; the flags still
+        // say what was asked.
+        assert_eq!(directions(&ro, &cmd(false, true)), (false, true));
+    }
+
+    #[test]
+    fn read_only_source_names_the_variable_or_the_file() {
+        assert_eq!(
+            read_only_source(&read_only(Source::Env("KACHE_READ_ONLY"))),
+            "KACHE_READ_ONLY=1"
+        );
+        assert_eq!(
+            read_only_source(&read_only(Source::File(PathBuf::from("/etc/kache.toml")))),
+            "cache.remote.read_only in /etc/kache.toml"
+        );
+        assert_eq!(read_only_source(&read_only(Source::Default)), "default");
+    }
+
+    #[test]
+    fn a_read_only_push_succeeds_without_touching_the_remote() {
+        // No bucket is configured: any attempt to reach one would fail.
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(&d.path().join("store"));
+        cfg.read_only.value = true;
+        let code = run(&cfg, &cmd(false, true)).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert!(!d.path().join("store").exists(), "a store was created");
+    }
+
+    const LOCK: &str = r#"version = 4
+
+[[package]]
+name = "demo"
+version = "0.1.0"
+dependencies = ["Foo-Bar", "baz 1.0.0", "baz 2.1.0"]
+
+[[package]]
+name = "Foo-Bar"
+version = "0.3.0"
+
+[[package]]
+name = "baz"
+version = "1.0.0"
+
+[[package]]
+name = "baz"
+version = "2.1.0"
+"#;
+
+    fn workspace(lock: Option<&str>) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs_write(&d.path().join("Cargo.toml"), "[package]\nname = \"demo\"\n");
+        if let Some(l) = lock {
+            fs_write(&d.path().join("Cargo.lock"), l);
+        }
+        d
+    }
+
+    fn fs_write(p: &Path, text: &str) {
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn with_manifest(dir: &Path) -> SyncCmd {
+        SyncCmd {
+            manifest_path: Some(dir.join("Cargo.toml")),
+            ..cmd(true, false)
+        }
+    }
+
+    #[test]
+    fn workspace_filter_keeps_the_crates_and_versions_of_cargo_lock() {
+        let ws = workspace(Some(LOCK));
+        let f = workspace_filter(&with_manifest(ws.path())).unwrap();
+        let crates: Vec<&str> = f
+            .crates
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(crates, ["baz", "demo", "foo_bar"]);
+        let versions = f.versions.unwrap();
+        let of = |c: &str| -> Vec<&str> { versions[c].iter().map(String::as_str).collect() };
+        assert_eq!(of("baz"), ["1.0.0", "2.1.0"]);
+        assert_eq!(of("foo_bar"), ["0.3.0"]);
+        assert_eq!(of("demo"), ["0.1.0"]);
+        assert_eq!(f.toolchain, local_toolchain(ws.path()));
+    }
+
+    #[test]
+    fn workspace_filter_without_cargo_lock_keeps_every_crate() {
+        let ws = workspace(None);
+        if lockfile::find_from(ws.path()).is_some() {
+            // A Cargo.lock above the temporary directory: not this case.
+            return;
+        }
+        let f = workspace_filter(&with_manifest(ws.path())).unwrap();
+        assert!(f.crates.is_none());
+        assert!(f.versions.is_none());
+        assert_eq!(f.toolchain, local_toolchain(ws.path()));
+    }
+
+    #[test]
+    fn workspace_filter_fails_on_a_missing_manifest_or_a_bad_lock() {
+        let ws = workspace(None);
+        let missing = SyncCmd {
+            manifest_path: Some(ws.path().join("nope/Cargo.toml")),
+            ..cmd(true, false)
+        };
+        let err = workspace_filter(&missing).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        fs_write(&ws.path().join("Cargo.lock"), "[[package]\n");
+        let err = workspace_filter(&with_manifest(ws.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("malformed "), "{err}");
+    }
+
+    #[test]
+    fn local_toolchain_is_the_compilers_short_id_or_none() {
+        let d = tempfile::tempdir().unwrap();
+        let id = local_toolchain(d.path()).expect("rustc runs");
+        assert_eq!(id.len(), 12);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        // The same compiler from another directory.
+        assert_eq!(
+            local_toolchain(Path::new(env!("CARGO_MANIFEST_DIR"))),
+            Some(id)
+        );
+        // A directory it cannot run in.
+        assert_eq!(local_toolchain(&d.path().join("gone")), None);
+    }
+
+    #[test]
+    fn local_entries_lists_the_store() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert!(local_entries(&s).unwrap().is_empty());
+        let (hash, size) = s.put_blob_reader(&b"rlib"[..], None).unwrap();
+        let key = "1".repeat(64);
+        let file = FileRecord {
+            name: "libfoo.rlib".into(),
+            hash,
+            size,
+            executable: false,
+        };
+        s.publish(&Entry::new("foo", &key, vec![file])).unwrap();
+        let want: HashSet<EntryId> = [("foo".to_string(), key)].into();
+        assert_eq!(local_entries(&s).unwrap(), want);
+    }
+
+    #[test]
+    fn log_sync_records_only_syncs_that_moved_something() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        let s = Store::open(d.path()).unwrap();
+        log_sync(&cfg, &Summary::default());
+        assert!(!s.events_path().exists());
+        let sum = Summary {
+            pulled: Count {
+                entries: 2,
+                bytes: 300,
+            },
+            pushed: Count {
+                entries: 1,
+                bytes: 40,
+            },
+            ..Summary::default()
+        };
+        log_sync(&cfg, &sum);
+        let text = std::fs::read_to_string(s.events_path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["result"], "sync");
+        assert_eq!(v["crate"], "");
+        assert_eq!(v["pulled"], 2);
+        assert_eq!(v["pulled_bytes"], 300);
+        assert_eq!(v["pushed"], 1);
+        assert_eq!(v["pushed_bytes"], 40);
+        assert!(v["ts"].as_u64().unwrap() > 0);
+    }
+
+    fn listing_failure(crate_name: &str, error: &str) -> ListingFailure {
+        ListingFailure {
+            direction: Direction::Pull,
+            crate_name: Some(crate_name.into()),
+            prefix: format!("p/{crate_name}/"),
+            entries: None,
+            error: error.into(),
+            fatal: false,
+        }
+    }
+
+    #[test]
+    fn stop_reason_is_the_fatal_error_or_every_listing_failing() {
+        let mut sum = Summary::default();
+        assert_eq!(stop_reason(&sum, false), None);
+        sum.failed_listings
+            .push(listing_failure("a", "cannot list a: down"));
+        assert_eq!(stop_reason(&sum, false), None);
+        assert_eq!(
+            stop_reason(&sum, true).as_deref(),
+            Some("cannot use the cache: cannot list a: down")
+        );
+        sum.failed_listings
+            .push(listing_failure("b", "cannot list b: down"));
+        assert_eq!(
+            stop_reason(&sum, true).as_deref(),
+            Some("cannot use the cache: all 2 listings failed; the first: cannot list a: down")
+        );
+        sum.fatal = Some("access denied".into());
+        assert_eq!(stop_reason(&sum, true).as_deref(), Some("access denied"));
+        assert_eq!(stop_reason(&sum, false).as_deref(), Some("access denied"));
+    }
+
+    #[test]
+    fn partial_failures_name_refusals_transfers_and_listings() {
+        let count = |entries| Count { entries, bytes: 0 };
+        let mut sum = Summary {
+            pulled: count(5),
+            skipped: count(1),
+            ..Summary::default()
+        };
+        assert!(partial_failures(&sum).is_empty());
+        sum.refused = count(1);
+        assert_eq!(
+            partial_failures(&sum),
+            [
+                "1 entry refused: not signed by a trusted key (KACHE_TRUSTED_KEYS); the build compiles it"
+            ]
+        );
+        sum.refused = count(2);
+        sum.failed = count(3);
+        sum.pushed = count(4);
+        sum.listings = 7;
+        sum.failed_listings.push(listing_failure("a", "x"));
+        assert_eq!(
+            partial_failures(&sum),
+            [
+                "2 entries refused: not signed by a trusted key (KACHE_TRUSTED_KEYS); the build compiles them",
+                // failed + refused + pulled + pushed + skipped
+                "3 of 15 transfers failed",
+                "1 of 7 listings failed",
+            ]
+        );
+    }
+
+    /// Makes every listing of `prefix` fail with `kind`.
+    fn fail(remote: &DirRemote, prefix: &str, kind: ErrorKind) {
+        remote.fail.lock().unwrap().insert(prefix.to_string(), kind);
+    }
+
+    #[test]
+    fn list_fails_only_the_crates_whose_listing_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let remote = DirRemote::new(d.path());
+        let ka = "a".repeat(64);
+        for (c, k) in [("a", &ka), ("b", &"b".repeat(64))] {
+            let name = layout::object_name("p", c, k);
+            let p = d.path().join(&name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs_write(&p, "archive");
+        }
+        let prefixes = vec![
+            layout::crate_prefix("p", "a"),
+            layout::crate_prefix("p", "b"),
+        ];
+        fail(&remote, &prefixes[1], ErrorKind::Transient);
+        let mut reporter = Reporter::new(Progress::Off);
+        let (found, failed) = list(
+            &pool(),
+            &remote,
+            "p",
+            &prefixes,
+            Direction::Push,
+            &|c| (c == "b").then_some(3),
+            &mut reporter,
+        )
+        .unwrap();
+        let names: Vec<&str> = found.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, [layout::object_name("p", "a", &ka)]);
+        assert_eq!(failed, BTreeSet::from(["b".to_string()]));
+        assert_eq!(reporter.summary.listings, 2);
+        let fl = &reporter.summary.failed_listings;
+        assert_eq!(fl.len(), 1);
+        assert_eq!(fl[0].crate_name.as_deref(), Some("b"));
+        assert_eq!(fl[0].prefix, "p/b/");
+        assert_eq!(fl[0].entries, Some(3));
+        assert_eq!(fl[0].direction, Direction::Push);
+        assert_eq!(fl[0].error, "cannot list dir://p/b/: injected Transient");
+        assert!(!fl[0].fatal);
+    }
+
+    #[test]
+    fn a_fatal_listing_failure_stops_the_sync() {
+        let d = tempfile::tempdir().unwrap();
+        let remote = DirRemote::new(d.path());
+        let prefixes = vec![layout::root_prefix("p")];
+        fail(&remote, &prefixes[0], ErrorKind::AccessDenied);
+        let mut reporter = Reporter::new(Progress::Off);
+        let err = list(
+            &pool(),
+            &remote,
+            "p",
+            &prefixes,
+            Direction::Pull,
+            &|_| None,
+            &mut reporter,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot list dir://p/: injected AccessDenied"
+        );
+        let fl = &reporter.summary.failed_listings;
+        assert_eq!(fl.len(), 1);
+        assert!(fl[0].fatal);
+        // The root prefix is every crate's.
+        assert_eq!(fl[0].crate_name, None);
+        assert!(reporter.nothing_listed());
+    }
+
+    /// A remote that serves the heads of chosen objects.
+    struct Heads(HashMap<String, Vec<u8>>);
+
+    impl Remote for Heads {
+        fn list(&self, _: &str) -> Result<Vec<Listed>, RemoteError> {
+            unreachable!("only heads are read")
+        }
+        fn get(&self, _: &str, _: &Path) -> Result<u64, RemoteError> {
+            unreachable!("only heads are read")
+        }
+        fn put(&self, _: &str, _: &Path, _: u64) -> Result<(), RemoteError> {
+            unreachable!("only heads are read")
+        }
+        fn describe(&self, name: &str) -> String {
+            format!("heads://{name}")
+        }
+        fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
+            let bytes = self
+                .0
+                .get(name)
+                .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, name))?;
+            Ok(bytes[..bytes.len().min(usize::try_from(n).unwrap())].to_vec())
+        }
+    }
+
+    fn origin(deps: &[&str]) -> Origin {
+        Origin {
+            version: "1.0.0".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            toolchain: "0123456789ab".into(),
+            deps: deps.iter().map(|d| (*d).to_string()).collect(),
+        }
+    }
+
+    /// The start of an archive: its manifest, the first member.
+    fn head(crate_name: &str, key: &str, deps: &[&str]) -> Vec<u8> {
+        let mut e = Entry::new(crate_name, key, Vec::new());
+        e.origin = Some(origin(deps));
+        let json = serde_json::to_vec(&e).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(json.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &json[..]).unwrap();
+        zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
+    }
+
+    #[test]
+    fn built_against_other_versions_reads_only_ambiguous_manifests() {
+        let key = |c: char| c.to_string().repeat(64);
+        // foo has three entries of one version, target and toolchain: one
+        // built against baz 1.0.0 (in Cargo.lock), one against baz 9.9.9
+        // (not), one whose head cannot be read. bar has one entry, built
+        // against baz 9.9.9 too, but nothing else could serve it.
+        let pulls = [
+            ("foo", key('1'), Some(&["baz@1.0.0"][..])),
+            ("foo", key('2'), Some(&["baz@9.9.9"][..])),
+            ("foo", key('3'), None),
+            ("bar", key('4'), Some(&["baz@9.9.9"][..])),
+        ];
+        let mut idx = RemoteIndex::new();
+        let mut heads = HashMap::new();
+        let mut plan = Vec::new();
+        for (c, k, deps) in &pulls {
+            let object = format!("p/{c}/{k}.tar.zst");
+            if let Some(deps) = deps {
+                heads.insert(object.clone(), head(c, k, deps));
+            }
+            idx.entry((*c).to_string()).or_default().insert(
+                k.clone(),
+                RemoteObject {
+                    size: 10,
+                    name: object.clone(),
+                    origin: Some(origin(&[])),
+                },
+            );
+            plan.push(Transfer {
+                dir: Direction::Pull,
+                crate_name: (*c).to_string(),
+                key: k.clone(),
+                size: 10,
+                object,
+            });
+        }
+        let versions = BTreeMap::from([("baz".to_string(), BTreeSet::from(["1.0.0".to_string()]))]);
+        let unusable = built_against_other_versions(&pool(), &Heads(heads), &plan, &idx, &versions);
+        let want: HashSet<EntryId> = [("foo".to_string(), key('2'))].into();
+        assert_eq!(unusable, want);
+    }
 }

@@ -538,16 +538,7 @@ impl Job<'_> {
         }
         let before = self.store.fs_clock();
         let t0 = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.rustc))?;
-        let child_out = child.stdout.take().expect("piped stdout");
-        let child_err = child.stderr.take().expect("piped stderr");
-        let p2 = self.paths.clone();
-        let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
-        let err_raw = pump(child_err, &self.paths, true);
-        let out_raw = out_thread.join().unwrap_or_default();
-        let status = child.wait().context("waiting for rustc")?;
+        let (status, out_raw, err_raw) = run_pumped(&mut cmd, &self.paths, self.rustc, "rustc")?;
         let link_text = link_args.as_ref().map(|p| {
             let t = fs::read_to_string(p);
             let _ = fs::remove_file(p);
@@ -865,6 +856,30 @@ fn verify_hit(
     });
     store.log_event(&line.to_string());
     Ok(0)
+}
+
+/// Runs `cmd`, its stdout and stderr piped, passing them through live
+/// (see `pump`); returns how it exited and what it printed on each.
+/// `program` is its path, `waiting_for` how a wait error names it.
+fn run_pumped(
+    cmd: &mut Command,
+    paths: &Paths,
+    program: &str,
+    waiting_for: &str,
+) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>)> {
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let child_out = child.stdout.take().expect("piped stdout");
+    let child_err = child.stderr.take().expect("piped stderr");
+    let p2 = paths.clone();
+    let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
+    let err_raw = pump(child_err, paths, true);
+    let out_raw = out_thread.join().unwrap_or_default();
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {waiting_for}"))?;
+    Ok((status, out_raw, err_raw))
 }
 
 /// Copies a child's output to ours line by line (sentinels from the

@@ -203,23 +203,52 @@ pub(crate) fn classify(args: &[String]) -> Verdict {
     }
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one arm per compiler flag, as the wrapper's rustc classifier was before it was split"
-)]
 fn parse(args: &[String]) -> Result<CcCompile, String> {
-    let mut c = CcCompile {
-        args: args.to_vec(),
-        ..CcCompile::default()
-    };
-    let mut compile_only = false;
-    let mut md = false;
-    let mut sources = Vec::new();
-    let mut x_lang: Option<Lang> = None;
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        i += 1;
+    let mut p = Parser::new(args);
+    while let Some(a) = p.next_arg() {
+        p.arg(a)?;
+    }
+    p.finish()
+}
+
+/// The walk over a compiler call's arguments: what [`parse`] has read so
+/// far.
+struct Parser<'a> {
+    args: &'a [String],
+    /// The next argument to read.
+    i: usize,
+    c: CcCompile,
+    compile_only: bool,
+    md: bool,
+    /// The inputs, each with the `-x` language in force before it.
+    sources: Vec<(String, Option<Lang>)>,
+    x_lang: Option<Lang>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(args: &'a [String]) -> Self {
+        Parser {
+            args,
+            i: 0,
+            c: CcCompile {
+                args: args.to_vec(),
+                ..CcCompile::default()
+            },
+            compile_only: false,
+            md: false,
+            sources: Vec::new(),
+            x_lang: None,
+        }
+    }
+
+    fn next_arg(&mut self) -> Option<&'a str> {
+        let a = self.args.get(self.i)?;
+        self.i += 1;
+        Some(a.as_str())
+    }
+
+    /// One argument: an input, or a flag with the value it takes.
+    fn arg(&mut self, a: &'a str) -> Result<(), String> {
         if a == "-" {
             return Err("reads the source from stdin".into());
         }
@@ -227,64 +256,81 @@ fn parse(args: &[String]) -> Result<CcCompile, String> {
             if a.starts_with('@') {
                 return Err("a response file that cannot be read".into());
             }
-            sources.push((a.to_string(), x_lang));
-            continue;
+            self.sources.push((a.to_string(), self.x_lang));
+            return Ok(());
         }
         // A flag with a value: `-I dir`, `-Idir`, `-I=dir` is `-I` `=dir`.
         if let Some(flag) = WITH_VALUE
             .iter()
             .find(|f| a == **f || ((f.len() == 2 || f.starts_with("-M")) && a.starts_with(**f)))
         {
-            let value = if a == *flag {
-                let Some(v) = args.get(i) else {
-                    return Err(format!("{flag} without a value"));
-                };
-                i += 1;
-                v.clone()
-            } else {
-                a[flag.len()..].to_string()
-            };
-            match *flag {
-                "-o" => {
-                    if value == "-" {
-                        return Err("writes the object to stdout".into());
-                    }
-                    c.output = value;
-                }
-                "-I" => {
-                    if value == "-" {
-                        return Err("-I- not understood".into());
-                    }
-                    c.include.push(value);
-                }
-                "-isystem" => c.isystem.push(value),
-                "-iquote" => c.iquote.push(value),
-                "-idirafter" => c.idirafter.push(value),
-                "-include" | "-imacros" => c.forced.push(value),
-                "-MF" => c.dep_file = Some(value),
-                "-x" => {
-                    x_lang =
-                        Some(Lang::from_x(&value).ok_or_else(|| format!("language -x {value}"))?);
-                }
-                "-isysroot" | "-target" => {
-                    c.search_flags.push(flag.to_string());
-                    c.search_flags.push(value);
-                }
-                _ => {}
-            }
-            continue;
+            return self.with_value(flag, a);
         }
         if PLAIN.contains(&a) {
-            match a {
-                "-c" => compile_only = true,
-                "-MD" => md = true,
-                "-nostdinc" | "-nostdinc++" | "-nostdlibinc" | "-no-canonical-prefixes" => {
-                    c.search_flags.push(a.to_string());
-                }
-                _ => {}
-            }
-            continue;
+            self.plain(a);
+            return Ok(());
         }
+        self.other(a)
+    }
+
+    /// A flag of [`WITH_VALUE`], its value joined to it or the next
+    /// argument.
+    fn with_value(&mut self, flag: &str, a: &str) -> Result<(), String> {
+        let value = if a == flag {
+            let Some(v) = self.next_arg() else {
+                return Err(format!("{flag} without a value"));
+            };
+            v.to_string()
+        } else {
+            a[flag.len()..].to_string()
+        };
+        let c = &mut self.c;
+        match flag {
+            "-o" => {
+                if value == "-" {
+                    return Err("writes the object to stdout".into());
+                }
+                c.output = value;
+            }
+            "-I" => {
+                if value == "-" {
+                    return Err("-I- not understood".into());
+                }
+                c.include.push(value);
+            }
+            "-isystem" => c.isystem.push(value),
+            "-iquote" => c.iquote.push(value),
+            "-idirafter" => c.idirafter.push(value),
+            "-include" | "-imacros" => c.forced.push(value),
+            "-MF" => c.dep_file = Some(value),
+            "-x" => {
+                self.x_lang =
+                    Some(Lang::from_x(&value).ok_or_else(|| format!("language -x {value}"))?);
+            }
+            "-isysroot" | "-target" => {
+                c.search_flags.push(flag.to_string());
+                c.search_flags.push(value);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A flag of [`PLAIN`]: no value.
+    fn plain(&mut self, a: &str) {
+        match a {
+            "-c" => self.compile_only = true,
+            "-MD" => self.md = true,
+            "-nostdinc" | "-nostdinc++" | "-nostdlibinc" | "-no-canonical-prefixes" => {
+                self.c.search_flags.push(a.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    /// Any other flag: refused, kept for the search directories, or known
+    /// not to matter.
+    fn other(&mut self, a: &str) -> Result<(), String> {
         match a {
             "-E" | "-S" | "-M" | "-MM" => return Err(format!("{a}: no object")),
             "-MMD" => return Err("-MMD (a dependency file without system headers)".into()),
@@ -302,35 +348,34 @@ fn parse(args: &[String]) -> Result<CcCompile, String> {
                 || f.starts_with("file-prefix-map=")
                 || f.starts_with("macro-prefix-map=")
             {
-                c.own_prefix_map = true;
+                self.c.own_prefix_map = true;
             }
-            continue;
+            return Ok(());
         }
         if a.starts_with("-g") {
             if a.contains("split-dwarf") {
                 return Err(format!("{a} writes a .dwo beside the object"));
             }
-            continue;
+            return Ok(());
         }
         if a.starts_with("-m") || a.starts_with("--target=") || a.starts_with("-stdlib=") {
             // Also changes the built-in search directories (multilib).
-            c.search_flags.push(a.to_string());
-            continue;
+            self.c.search_flags.push(a.to_string());
+            return Ok(());
         }
         if a.starts_with("--sysroot=") {
-            c.search_flags.push(a.to_string());
-            continue;
+            self.c.search_flags.push(a.to_string());
+            return Ok(());
         }
         if a == "--sysroot" {
-            let Some(v) = args.get(i) else {
+            let Some(v) = self.next_arg() else {
                 return Err("--sysroot without a value".into());
             };
-            i += 1;
-            c.search_flags.push(format!("--sysroot={v}"));
-            continue;
+            self.c.search_flags.push(format!("--sysroot={v}"));
+            return Ok(());
         }
         if a.starts_with("-O") || a.starts_with("-std=") {
-            continue;
+            return Ok(());
         }
         if let Some(w) = a.strip_prefix("-W") {
             if w.starts_with("p,") {
@@ -339,44 +384,50 @@ fn parse(args: &[String]) -> Result<CcCompile, String> {
             if w.starts_with("a,") && w.contains("-a") {
                 return Err(format!("{a}: an assembler listing"));
             }
-            continue;
+            return Ok(());
         }
-        return Err(format!("flag {a} not understood"));
+        Err(format!("flag {a} not understood"))
     }
-    if !compile_only {
-        return Err("not a -c compile (a link, or no object)".into());
-    }
-    let [(source, x)] = sources.as_slice() else {
-        return Err(if sources.is_empty() {
-            "no source file".into()
-        } else {
-            "several inputs".into()
-        });
-    };
-    c.lang = Some(
-        x.or_else(|| Lang::from_ext(source))
-            .ok_or_else(|| format!("source {source} of an unknown language"))?,
-    );
-    c.source.clone_from(source);
-    if c.output.is_empty() {
-        return Err("no -o".into());
-    }
-    if c.output.ends_with(".gch") || c.output.ends_with(".pch") {
-        return Err("a precompiled header".into());
-    }
-    if md {
-        if c.dep_file.is_none() {
-            // gcc: the object's name with `.d` for its suffix.
-            let stem = match c.output.rsplit_once('.') {
-                Some((s, _)) if !s.ends_with('/') && !s.is_empty() => s.to_string(),
-                _ => c.output.clone(),
-            };
-            c.dep_file = Some(format!("{stem}.d"));
+
+    /// After the last argument: one source, an object named, and the
+    /// dependency file `-MD` writes.
+    fn finish(self) -> Result<CcCompile, String> {
+        let mut c = self.c;
+        if !self.compile_only {
+            return Err("not a -c compile (a link, or no object)".into());
         }
-    } else if c.dep_file.is_some() {
-        return Err("-MF without -MD".into());
+        let [(source, x)] = self.sources.as_slice() else {
+            return Err(if self.sources.is_empty() {
+                "no source file".into()
+            } else {
+                "several inputs".into()
+            });
+        };
+        c.lang = Some(
+            x.or_else(|| Lang::from_ext(source))
+                .ok_or_else(|| format!("source {source} of an unknown language"))?,
+        );
+        c.source.clone_from(source);
+        if c.output.is_empty() {
+            return Err("no -o".into());
+        }
+        if c.output.ends_with(".gch") || c.output.ends_with(".pch") {
+            return Err("a precompiled header".into());
+        }
+        if self.md {
+            if c.dep_file.is_none() {
+                // gcc: the object's name with `.d` for its suffix.
+                let stem = match c.output.rsplit_once('.') {
+                    Some((s, _)) if !s.ends_with('/') && !s.is_empty() => s.to_string(),
+                    _ => c.output.clone(),
+                };
+                c.dep_file = Some(format!("{stem}.d"));
+            }
+        } else if c.dep_file.is_some() {
+            return Err("-MF without -MD".into());
+        }
+        Ok(c)
     }
-    Ok(c)
 }
 
 #[cfg(test)]

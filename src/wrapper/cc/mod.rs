@@ -31,9 +31,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 
 use self::args::{CcCompile, Lang, Verdict};
-use super::key::{KeyHasher, Paths, Probe};
+use super::key::{Explain, KeyHasher, Paths, Probe};
 use super::probe::RealProbe;
-use super::{RootScan, pump, restore, run_plain, truthy, warn};
+use super::{RootScan, restore, run_plain, run_pumped, truthy, warn};
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs, Origin};
 use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
@@ -267,10 +267,33 @@ struct Places {
     dep_file: Option<PathBuf>,
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "the C compile's miss path, still to be split into steps like the Rust one"
-)]
+/// What one cacheable C compile works with.
+struct Job<'a> {
+    cfg: &'a WrapperConfig,
+    c: &'a CcCompile,
+    compiler: &'a str,
+    store: &'a Store,
+    crate_name: &'a str,
+    places: Places,
+    paths: Paths,
+    probe: RealProbe<'a>,
+    start: Instant,
+}
+
+/// What a real compile left.
+struct Ran {
+    code: i32,
+    compile_ms: u64,
+    out_raw: Vec<u8>,
+    err_raw: Vec<u8>,
+    /// The dependency file the compiler wrote, read.
+    dep_text: Option<std::io::Result<String>>,
+    /// Whether that file was kache's own (the caller asked for none).
+    own_deps: bool,
+    /// The filesystem's clock before the compile started.
+    before: Option<std::time::SystemTime>,
+}
+
 fn cached(
     cfg: &WrapperConfig,
     compiler: &OsString,
@@ -283,25 +306,13 @@ fn cached(
         .to_str()
         .ok_or_else(|| anyhow!("the compiler path is not UTF-8"))?;
     let store = Store::open(&cfg.cache_dir)?;
-    let cwd = std::env::current_dir().context("no current directory")?;
-    let places = Places {
-        object: cwd.join(&c.output),
-        dep_file: c.dep_file.as_ref().map(|d| cwd.join(d)),
-    };
-    let out_dir = places
-        .object
-        .parent()
-        .ok_or_else(|| anyhow!("object {} has no directory", places.object.display()))?
-        .to_path_buf();
-    let ws = workspace_root(&cwd);
-    let paths = Paths::detect_rooted(&out_dir, cwd, ws);
-    let probe = RealProbe::new(&store);
-    let (base, base_why) = key::base_key(compiler_str, c, &paths, &probe)?;
+    let job = Job::new(cfg, c, compiler_str, &store, crate_name, start)?;
+    let (base, base_why) = key::base_key(compiler_str, c, &job.paths, &job.probe)?;
     let verify = truthy("KACHE_VERIFY");
-    let mut found = lookup(&store, crate_name, &base, &paths, &probe);
+    let mut found = job.lookup(&base);
     let _guard = if found.is_none() {
         let g = store.compile_lock(&base);
-        found = lookup(&store, crate_name, &base, &paths, &probe);
+        found = job.lookup(&base);
         g
     } else {
         None
@@ -309,177 +320,280 @@ fn cached(
     if let Some(e) = &found
         && !verify
     {
-        return hit(&store, e, c, &places, &paths, start, false);
+        return hit(&store, e, c, &job.places, &job.paths, start, false);
     }
     if found.is_none()
-        && crate::daemon::client::remote_fetch(
-            cfg,
-            &store,
-            crate_name,
-            origin(&probe).map(|o| o.toolchain),
-        )
-        && let Some(e) = lookup(&store, crate_name, &base, &paths, &probe)
+        && job.remote_fetch()
+        && let Some(e) = job.lookup(&base)
     {
-        return hit(&store, &e, c, &places, &paths, start, true);
+        return hit(&store, &e, c, &job.places, &job.paths, start, true);
     }
 
     // Miss (or a hit to verify): compile for real.
-    let own_deps = c.dep_file.is_none().then(|| store.tmp_path("cc-deps.d"));
-    let mut cmd = Command::new(compiler);
-    cmd.args(&c.args);
-    if let Some(d) = &own_deps {
-        cmd.arg("-MD").arg("-MF").arg(d);
-    }
-    if !c.own_prefix_map {
-        // Debug info names the sentinels, not this checkout (least
-        // specific first: the last matching map wins). `__FILE__` keeps
-        // the real path: an object holding it is keyed by it.
-        for (real, sent) in paths.rules().iter().rev() {
-            cmd.arg(format!("-fdebug-prefix-map={real}={sent}"));
-        }
-    }
-    cmd.env("KACHE_ACTIVE", "1")
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let before = store.fs_clock();
-    let t0 = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {compiler_str}"))?;
-    let child_out = child.stdout.take().expect("piped stdout");
-    let child_err = child.stderr.take().expect("piped stderr");
-    let p2 = paths.clone();
-    let out_thread = std::thread::spawn(move || pump(child_out, &p2, false));
-    let err_raw = pump(child_err, &paths, true);
-    let out_raw = out_thread.join().unwrap_or_default();
-    let status = child.wait().context("waiting for the compiler")?;
-    let compile_ms = crate::units::millis(t0.elapsed());
-    let code = super::exit_code(status);
-    *ran = Some(code);
-    let dep_path = own_deps.clone().or_else(|| places.dep_file.clone());
-    let dep_text = dep_path.as_ref().map(fs::read_to_string);
-    if let Some(d) = &own_deps {
-        let _ = fs::remove_file(d);
-    }
-    let unstored = |reason: &str| {
-        log(
-            &store,
-            serde_json::json!({
-                "crate": crate_name, "result": "miss", "reason": reason, "size": 0,
-                "key": "", "compile_ms": compile_ms, "ms": crate::units::millis(start.elapsed()),
-            }),
-        );
-    };
-    if code != 0 {
-        unstored("the compile failed");
-        return Ok(code);
+    let run = job.compile(compiler)?;
+    *ran = Some(run.code);
+    if run.code != 0 {
+        job.unstored("the compile failed", run.compile_ms);
+        return Ok(run.code);
     }
     if let Some(e) = &found {
-        return verify_hit(&store, e, &places, start, compile_ms);
+        return verify_hit(&store, e, &job.places, start, run.compile_ms);
+    }
+    job.record(base, base_why, run)
+}
+
+impl<'a> Job<'a> {
+    /// The compile's places, from the working directory.
+    fn new(
+        cfg: &'a WrapperConfig,
+        c: &'a CcCompile,
+        compiler: &'a str,
+        store: &'a Store,
+        crate_name: &'a str,
+        start: Instant,
+    ) -> Result<Self> {
+        let cwd = std::env::current_dir().context("no current directory")?;
+        let places = Places {
+            object: cwd.join(&c.output),
+            dep_file: c.dep_file.as_ref().map(|d| cwd.join(d)),
+        };
+        let out_dir = places
+            .object
+            .parent()
+            .ok_or_else(|| anyhow!("object {} has no directory", places.object.display()))?
+            .to_path_buf();
+        let ws = workspace_root(&cwd);
+        let paths = Paths::detect_rooted(&out_dir, cwd, ws);
+        Ok(Job {
+            cfg,
+            c,
+            compiler,
+            store,
+            crate_name,
+            places,
+            paths,
+            probe: RealProbe::new(store),
+            start,
+        })
     }
 
-    let dep_text = match dep_text {
-        Some(Ok(t)) => t,
-        _ if c.lang() == Lang::Asm && own_deps.is_some() => String::new(),
-        _ => bail!("the compiler wrote no dependency file"),
-    };
-    let mut headers = key::parse_make_deps(&dep_text);
-    headers.retain(|h| *h != c.source);
-    headers.sort();
-    headers.dedup();
-    // Clock macros make the object depend on when it was compiled.
-    // `__has_include` asks about files that may not exist: their names
-    // are keyed in every directory.
-    let epoch = probe.var("SOURCE_DATE_EPOCH").is_some();
-    let mut probed = Vec::new();
-    for f in std::iter::once(&c.source).chain(&headers) {
-        let bytes = fs::read(paths.absolute(f)).with_context(|| format!("cannot read {f}"))?;
-        if let Some(m) = key::clock_macro(&bytes, epoch) {
-            unstored(&format!("{f} expands {m}"));
-            return Ok(code);
-        }
-        match key::has_include_names(&bytes) {
-            Ok(names) => probed.extend(names),
-            Err(why) => {
-                unstored(&format!("{f} has {why}"));
-                return Ok(code);
-            }
-        }
+    fn lookup(&self, base: &str) -> Option<Entry> {
+        lookup(self.store, self.crate_name, base, &self.paths, &self.probe)
     }
-    probed.sort();
-    probed.dedup();
-    let builtin = builtin_dirs(&store, compiler_str, c)?;
-    let search = key::search_dirs(c, &builtin, &|v| probe.var(v));
-    let absent =
-        match key::shadow_candidates(&c.source, &headers, &search, !c.forced.is_empty(), &probed) {
-            Ok(a) => a,
-            Err(why) => {
-                unstored(&why);
-                return Ok(code);
+
+    /// Asks the daemon for a remote hit; true if it fetched one.
+    fn remote_fetch(&self) -> bool {
+        crate::daemon::client::remote_fetch(
+            self.cfg,
+            self.store,
+            self.crate_name,
+            origin(&self.probe).map(|o| o.toolchain),
+        )
+    }
+
+    /// Logs a miss that is not stored, and why.
+    fn unstored(&self, reason: &str, compile_ms: u64) {
+        log(
+            self.store,
+            serde_json::json!({
+                "crate": self.crate_name, "result": "miss", "reason": reason, "size": 0,
+                "key": "", "compile_ms": compile_ms, "ms": crate::units::millis(self.start.elapsed()),
+            }),
+        );
+    }
+
+    /// Runs the compiler with kache's additions, its output passing
+    /// through live, and reads the dependency file it wrote.
+    fn compile(&self, compiler: &OsString) -> Result<Ran> {
+        let c = self.c;
+        let own_deps = c
+            .dep_file
+            .is_none()
+            .then(|| self.store.tmp_path("cc-deps.d"));
+        let mut cmd = Command::new(compiler);
+        cmd.args(&c.args);
+        if let Some(d) = &own_deps {
+            cmd.arg("-MD").arg("-MF").arg(d);
+        }
+        if !c.own_prefix_map {
+            // Debug info names the sentinels, not this checkout (least
+            // specific first: the last matching map wins). `__FILE__` keeps
+            // the real path: an object holding it is keyed by it.
+            for (real, sent) in self.paths.rules().iter().rev() {
+                cmd.arg(format!("-fdebug-prefix-map={real}={sent}"));
             }
+        }
+        cmd.env("KACHE_ACTIVE", "1")
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let before = self.store.fs_clock();
+        let t0 = Instant::now();
+        let (status, out_raw, err_raw) =
+            run_pumped(&mut cmd, &self.paths, self.compiler, "the compiler")?;
+        let compile_ms = crate::units::millis(t0.elapsed());
+        let code = super::exit_code(status);
+        let dep_path = own_deps.clone().or_else(|| self.places.dep_file.clone());
+        let dep_text = dep_path.as_ref().map(fs::read_to_string);
+        if let Some(d) = &own_deps {
+            let _ = fs::remove_file(d);
+        }
+        Ok(Ran {
+            code,
+            compile_ms,
+            out_raw,
+            err_raw,
+            dep_text,
+            own_deps: own_deps.is_some(),
+            before,
+        })
+    }
+
+    /// Stores the object the compiler produced, keyed by the headers it
+    /// read and the ones that could have shadowed them.
+    fn record(&self, base: String, base_why: Explain, run: Ran) -> Result<i32> {
+        let c = self.c;
+        let dep_text = match run.dep_text {
+            Some(Ok(t)) => t,
+            _ if c.lang() == Lang::Asm && run.own_deps => String::new(),
+            _ => bail!("the compiler wrote no dependency file"),
         };
-    let mut inputs = Inputs {
-        base: base.clone(),
-        files: headers.iter().map(|h| paths.normalize(h)).collect(),
-        env: Vec::new(),
-        link: Vec::new(),
-        absent: absent.iter().map(|h| paths.normalize(h)).collect(),
-        roots: Vec::new(),
-    };
-    let _w = store.writer_lock()?;
-    let mut roots = Vec::new();
-    let f = File::open(&places.object)
-        .with_context(|| format!("cannot read {}", places.object.display()))?;
-    let (hash, size) = store
-        .put_blob_reader(RootScan::new(f, paths.rules(), &mut roots), None)
-        .with_context(|| format!("cannot store {}", places.object.display()))?;
-    roots.sort();
-    inputs.roots = roots;
-    let (full, full_why) = super::key::full_key_explained(&inputs, &paths, &probe)
-        .ok_or_else(|| anyhow!("a header the compile read is gone"))?;
-    if before.is_none_or(|b| super::probe::changed_since(&probe.files_read(), b)) {
-        unstored("an input changed while the compiler ran");
-        return Ok(code);
-    }
-    let mut why = base_why;
-    why.extend(full_why);
-    let name = file_name(&places.object)?;
-    let mut entry = Entry::new(
-        crate_name,
-        &full,
-        vec![FileRecord {
-            name,
+        let mut headers = key::parse_make_deps(&dep_text);
+        headers.retain(|h| *h != c.source);
+        headers.sort();
+        headers.dedup();
+        let Some(probed) = self.scan_sources(&headers, run.compile_ms)? else {
+            return Ok(run.code);
+        };
+        let Some(absent) = self.absent(&headers, &probed, run.compile_ms)? else {
+            return Ok(run.code);
+        };
+        let mut inputs = Inputs {
+            base,
+            files: headers.iter().map(|h| self.paths.normalize(h)).collect(),
+            env: Vec::new(),
+            link: Vec::new(),
+            absent: absent.iter().map(|h| self.paths.normalize(h)).collect(),
+            roots: Vec::new(),
+        };
+        let _w = self.store.writer_lock()?;
+        let (hash, size, roots) = self.store_object()?;
+        inputs.roots = roots;
+        let (full, full_why) = super::key::full_key_explained(&inputs, &self.paths, &self.probe)
+            .ok_or_else(|| anyhow!("a header the compile read is gone"))?;
+        if run
+            .before
+            .is_none_or(|b| super::probe::changed_since(&self.probe.files_read(), b))
+        {
+            self.unstored("an input changed while the compiler ran", run.compile_ms);
+            return Ok(run.code);
+        }
+        let mut why = base_why;
+        why.extend(full_why);
+        let object = FileRecord {
+            name: file_name(&self.places.object)?,
             hash,
             size,
             executable: false,
-        }],
-    );
-    entry.stdout = paths.normalize(&String::from_utf8_lossy(&out_raw));
-    entry.stderr = paths.normalize(&String::from_utf8_lossy(&err_raw));
-    if let Some(d) = &places.dep_file {
-        entry.dep_info = Some(DepInfo {
-            name: file_name(d)?,
-            text: paths.normalize_dep_info(&dep_text),
-        });
+        };
+        let mut entry = Entry::new(self.crate_name, &full, vec![object]);
+        entry.stdout = self.paths.normalize(&String::from_utf8_lossy(&run.out_raw));
+        entry.stderr = self.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
+        if let Some(d) = &self.places.dep_file {
+            entry.dep_info = Some(DepInfo {
+                name: file_name(d)?,
+                text: self.paths.normalize_dep_info(&dep_text),
+            });
+        }
+        entry.inputs = Some(inputs);
+        entry.compile_ms = run.compile_ms;
+        entry.explain = why;
+        entry.origin = origin(&self.probe);
+        entry.lang = Some("c".into());
+        self.publish(&entry, size)?;
+        Ok(run.code)
     }
-    entry.inputs = Some(inputs);
-    entry.compile_ms = compile_ms;
-    entry.explain = why;
-    entry.origin = origin(&probe);
-    entry.lang = Some("c".into());
-    store.publish(&entry)?;
-    crate::daemon::client::after_store(cfg, &store, crate_name, &full);
-    super::progress(crate_name, "C miss", start, size);
-    log(
-        &store,
-        serde_json::json!({
-            "crate": crate_name, "result": "miss", "size": size, "key": full,
-            "compile_ms": compile_ms, "ms": crate::units::millis(start.elapsed()),
-            "inputs": entry.explain,
-        }),
-    );
-    Ok(code)
+
+    /// The names `__has_include` asks for in the source and its headers;
+    /// `None` (the miss logged) when one expands a clock macro or asks in
+    /// a way kache cannot key.
+    fn scan_sources(&self, headers: &[String], compile_ms: u64) -> Result<Option<Vec<String>>> {
+        // Clock macros make the object depend on when it was compiled.
+        // `__has_include` asks about files that may not exist: their names
+        // are keyed in every directory.
+        let epoch = self.probe.var("SOURCE_DATE_EPOCH").is_some();
+        let mut probed = Vec::new();
+        for f in std::iter::once(&self.c.source).chain(headers) {
+            let bytes =
+                fs::read(self.paths.absolute(f)).with_context(|| format!("cannot read {f}"))?;
+            if let Some(m) = key::clock_macro(&bytes, epoch) {
+                self.unstored(&format!("{f} expands {m}"), compile_ms);
+                return Ok(None);
+            }
+            match key::has_include_names(&bytes) {
+                Ok(names) => probed.extend(names),
+                Err(why) => {
+                    self.unstored(&format!("{f} has {why}"), compile_ms);
+                    return Ok(None);
+                }
+            }
+        }
+        probed.sort();
+        probed.dedup();
+        Ok(Some(probed))
+    }
+
+    /// The headers that are absent but would have shadowed those read;
+    /// `None` (the miss logged) when a header was found where kache does
+    /// not search.
+    fn absent(
+        &self,
+        headers: &[String],
+        probed: &[String],
+        compile_ms: u64,
+    ) -> Result<Option<Vec<String>>> {
+        let c = self.c;
+        let builtin = builtin_dirs(self.store, self.compiler, c)?;
+        let search = key::search_dirs(c, &builtin, &|v| self.probe.var(v));
+        match key::shadow_candidates(&c.source, headers, &search, !c.forced.is_empty(), probed) {
+            Ok(a) => Ok(Some(a)),
+            Err(why) => {
+                self.unstored(&why, compile_ms);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Puts the object into the store, scanned on the way for the
+    /// machine-local roots it contains: its hash, size and roots.
+    fn store_object(&self) -> Result<(String, u64, Vec<String>)> {
+        let object = &self.places.object;
+        let mut roots = Vec::new();
+        let f = File::open(object).with_context(|| format!("cannot read {}", object.display()))?;
+        let (hash, size) = self
+            .store
+            .put_blob_reader(RootScan::new(f, self.paths.rules(), &mut roots), None)
+            .with_context(|| format!("cannot store {}", object.display()))?;
+        roots.sort();
+        Ok((hash, size, roots))
+    }
+
+    /// Publishes the entry, hands it to the daemon to upload and logs the
+    /// miss.
+    fn publish(&self, entry: &Entry, size: u64) -> Result<()> {
+        self.store.publish(entry)?;
+        crate::daemon::client::after_store(self.cfg, self.store, self.crate_name, &entry.key);
+        super::progress(self.crate_name, "C miss", self.start, size);
+        log(
+            self.store,
+            serde_json::json!({
+                "crate": self.crate_name, "result": "miss", "size": size, "key": entry.key,
+                "compile_ms": entry.compile_ms, "ms": crate::units::millis(self.start.elapsed()),
+                "inputs": entry.explain,
+            }),
+        );
+        Ok(())
+    }
 }
 
 fn file_name(p: &Path) -> Result<String> {
