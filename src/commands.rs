@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, SortBy, StatsCmd};
 use crate::config::Config;
-use crate::store::{self, Entry, EntryRef, Store, now_secs};
+use crate::store::{self, CrateName, Entry, EntryRef, Store, now_secs};
 use crate::units::{format_age, format_size, parse_duration};
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -36,7 +36,10 @@ struct Loaded {
 /// Loads every readable manifest; unreadable ones are reported once.
 fn load_all(store: &Store, only: Option<&str>) -> Result<Vec<Loaded>> {
     let refs = match only {
-        Some(c) => store.list_crate(c)?,
+        Some(c) => match CrateName::normalize(c) {
+            Some(c) => store.list_crate(&c)?,
+            None => Vec::new(),
+        },
         None => store.list()?,
     };
     let mut out = Vec::with_capacity(refs.len());
@@ -631,9 +634,11 @@ pub(crate) fn purge(cfg: &Config, c: &PurgeCmd) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let store = Store::open(root)?;
-    let only = c.crate_name.as_deref().map(store::normalize_crate);
-    let refs = match &only {
-        Some(n) => store.list_crate(n)?,
+    let refs = match c.crate_name.as_deref() {
+        Some(n) => match CrateName::normalize(n) {
+            Some(n) => store.list_crate(&n)?,
+            None => Vec::new(),
+        },
         None => store.list()?,
     };
     let mut removed = 0u64;
@@ -648,7 +653,7 @@ pub(crate) fn purge(cfg: &Config, c: &PurgeCmd) -> Result<ExitCode> {
         let all = load_all(&store, None)?;
         let keep: HashSet<String> = all
             .iter()
-            .flat_map(|l| l.entry.files.iter().map(|f| f.hash.clone()))
+            .flat_map(|l| l.entry.files.iter().map(|f| f.hash.to_string()))
             .collect();
         let mut freed = 0u64;
         for (p, m) in store.walk_blobs() {
@@ -657,7 +662,7 @@ pub(crate) fn purge(cfg: &Config, c: &PurgeCmd) -> Result<ExitCode> {
                 freed += m.len();
             }
         }
-        if only.is_none() {
+        if c.crate_name.is_none() {
             remove_children(&store.root().join("index"));
         }
         freed

@@ -763,13 +763,12 @@ fn cache_c_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Sett
 
 /// A crate name as the user wrote it, normalised and checked.
 fn crate_name(name: &str, whence: &str) -> Result<String> {
-    let n = crate::store::normalize_crate(name.trim());
-    if !crate::store::valid_crate(&n) {
-        bail!(
+    match crate::store::CrateName::normalize(name.trim()) {
+        Some(n) => Ok(n.into()),
+        None => bail!(
             "invalid crate name `{name}` in {whence}: expected a package name such as my_crate (letters, digits, `-`, `_`)"
-        );
+        ),
     }
-    Ok(n)
 }
 
 /// `cache.never_cache` / `KACHE_NEVER_CACHE` (comma-separated; replaces

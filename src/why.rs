@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::cli::WhyMissCmd;
 use crate::config::Config;
-use crate::store::{Entry, Store, normalize_crate};
+use crate::store::{CrateName, Entry, Store, normalize_crate};
 
 /// One input that differs between the miss and the nearest entry.
 struct Difference {
@@ -126,7 +126,10 @@ fn nearest(
     let miss_inputs: BTreeMap<String, String> =
         serde_json::from_value(miss["inputs"].clone()).unwrap_or_default();
     let mut best: Option<(Entry, Vec<Difference>)> = None;
-    for r in store.list_crate(name)? {
+    let Some(crate_name) = CrateName::normalize(name) else {
+        return Ok(None);
+    };
+    for r in store.list_crate(&crate_name)? {
         if r.key == miss_key {
             continue;
         }

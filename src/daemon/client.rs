@@ -26,8 +26,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use super::protocol::{self, FetchReply, Request, Status, StopReply};
 use super::{paths, private_dir};
 use crate::config::{Config, WrapperConfig};
-use crate::store::Store;
 use crate::store::pending::{pending_dir, pending_markers};
+use crate::store::{CacheKey, CrateName, Store};
 use crate::units::parse_duration;
 
 /// Autostart is tried at most this often per store.
@@ -45,7 +45,12 @@ static ABSENT: AtomicBool = AtomicBool::new(false);
 
 /// After a miss's entry is published: records the upload under
 /// `pending/` and tells the daemon, without waiting for it.
-pub(crate) fn after_store(cfg: &WrapperConfig, store: &Store, crate_name: &str, key: &str) {
+pub(crate) fn after_store(
+    cfg: &WrapperConfig,
+    store: &Store,
+    crate_name: &CrateName,
+    key: &CacheKey,
+) {
     let Some(remote) = &cfg.remote else {
         return;
     };
@@ -63,8 +68,8 @@ pub(crate) fn after_store(cfg: &WrapperConfig, store: &Store, crate_name: &str, 
     let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
     let req = Request::Upload {
         remote: remote.clone(),
-        crate_name: crate_name.to_string(),
-        key: key.to_string(),
+        crate_name: crate_name.clone(),
+        key: key.clone(),
     };
     let _ = send(&mut s, &req);
 }
@@ -75,7 +80,7 @@ pub(crate) fn after_store(cfg: &WrapperConfig, store: &Store, crate_name: &str, 
 pub(crate) fn remote_fetch(
     cfg: &WrapperConfig,
     store: &Store,
-    crate_name: &str,
+    crate_name: &CrateName,
     toolchain: Option<String>,
 ) -> bool {
     let Some(remote) = &cfg.remote else {
@@ -99,7 +104,7 @@ pub(crate) fn remote_fetch(
         .filter(|d| d.starts_with('/'));
     let req = Request::Fetch {
         remote: remote.clone(),
-        crate_name: crate_name.to_string(),
+        crate_name: crate_name.clone(),
         workspace,
         version: std::env::var("CARGO_PKG_VERSION")
             .ok()
@@ -428,7 +433,7 @@ mod tests {
             read_only: false,
         };
         let n = 2000u32;
-        let key = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+        let key = |i: u32| CacheKey::of(&blake3::hash(&i.to_le_bytes()));
         let time = |f: &mut dyn FnMut(u32)| {
             let t0 = Instant::now();
             for i in 0..n {
@@ -437,11 +442,12 @@ mod tests {
             }
             t0.elapsed() / n
         };
-        let none_fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo", None)));
-        let none_store = time(&mut |i| after_store(&cfg, &store, "foo", &key(i)));
+        let foo = CrateName::parse("foo").unwrap();
+        let none_fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, &foo, None)));
+        let none_store = time(&mut |i| after_store(&cfg, &store, &foo, &key(i)));
         cfg.remote = Some("http://127.0.0.1:1|r|b|p".into());
-        let fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, "foo", None)));
-        let store_ = time(&mut |i| after_store(&cfg, &store, "foo", &key(i)));
+        let fetch = time(&mut |_| assert!(!remote_fetch(&cfg, &store, &foo, None)));
+        let store_ = time(&mut |i| after_store(&cfg, &store, &foo, &key(i)));
         eprintln!(
             "per call without a daemon: no remote: fetch {none_fetch:?}, store {none_store:?}; \
              remote configured: fetch {fetch:?} (one failed connect), store {store_:?} \

@@ -3,16 +3,17 @@ What wrappers and `kache daemon` commands say to the daemon: one JSON
 line each way over the Unix socket, then the connection closes.
 
 Every request is read with a hard size bound (`MAX_LINE`) and validated
-before anything acts on it: crate names and keys must be what the store
-itself accepts (`valid_crate`, `valid_key`), so no request can name a
-path outside the store; the remote identity is compared, not used.
+before anything acts on it: crate names and keys are the store's own
+types (`CrateName`, `CacheKey`), checked as the line is decoded, so no
+request can name a path outside the store; the remote identity is
+compared, not used.
 */
 
 use std::io::{self, BufRead};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{valid_crate, valid_key};
+use crate::store::{CacheKey, CrateName};
 
 /// The longest request or reply line, in bytes.
 pub(crate) const MAX_LINE: u64 = 16 * 1024;
@@ -25,8 +26,8 @@ pub(crate) enum Request {
     Upload {
         remote: String,
         #[serde(rename = "crate")]
-        crate_name: String,
-        key: String,
+        crate_name: CrateName,
+        key: CacheKey,
     },
     /// A local miss: bring the crate's entries in from the remote. The
     /// wrapper waits at most `wait_ms` for the reply. `workspace` (the
@@ -35,7 +36,7 @@ pub(crate) enum Request {
     Fetch {
         remote: String,
         #[serde(rename = "crate")]
-        crate_name: String,
+        crate_name: CrateName,
         #[serde(default)]
         workspace: Option<String>,
         /// The package version (`CARGO_PKG_VERSION`): entries named for
@@ -58,36 +59,22 @@ pub(crate) enum Request {
 impl Request {
     /// Refuses anything that could name a path or is out of bounds.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let entry = |remote: &str, c: &str| {
+        let entry = |remote: &str| {
             if remote.is_empty() || remote.len() > 2048 {
                 return Err("bad remote identity".to_string());
-            }
-            if !valid_crate(c) {
-                return Err("bad crate name".to_string());
             }
             Ok(())
         };
         match self {
-            Request::Upload {
-                remote,
-                crate_name,
-                key,
-            } => {
-                entry(remote, crate_name)?;
-                if !valid_key(key) {
-                    return Err("bad key".to_string());
-                }
-                Ok(())
-            }
+            Request::Upload { remote, .. } => entry(remote),
             Request::Fetch {
                 remote,
-                crate_name,
                 workspace,
                 version,
                 toolchain,
                 ..
             } => {
-                entry(remote, crate_name)?;
+                entry(remote)?;
                 for (what, v) in [("version", version), ("toolchain", toolchain)] {
                     if v.as_deref()
                         .is_some_and(|v| !crate::store::entry::valid_component(v))
@@ -206,8 +193,8 @@ mod tests {
     fn round_trip_and_validation() {
         let r = Request::Upload {
             remote: "e|r|b|p".into(),
-            crate_name: "serde_json".into(),
-            key: key(),
+            crate_name: crate::store::ids::test::krate("serde_json"),
+            key: crate::store::ids::test::key(&key()),
         };
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.contains(r#""op":"upload""#) && line.contains(r#""crate":"serde_json""#));

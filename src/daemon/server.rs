@@ -32,7 +32,7 @@ use crate::lockfile;
 use crate::remote::s3::S3Remote;
 use crate::remote::{Listed, Remote, RemoteError, layout};
 use crate::store::pending::{pending_dir, pending_markers};
-use crate::store::{Store, now_secs};
+use crate::store::{CacheKey, CrateName, Store, now_secs};
 use crate::transfer::exec::{self, Ctx};
 use crate::transfer::plan::{self, Direction, Transfer};
 use crate::transfer::report::Outcome;
@@ -72,9 +72,9 @@ struct Live {
     level: i32,
     pending: PathBuf,
     /// What the bucket holds, by crate (listed at most every `KNOWN_TTL`).
-    known: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
+    known: Mutex<HashMap<CrateName, (Instant, HashSet<CacheKey>)>>,
     /// Entries brought in, by crate.
-    fetched: Mutex<HashMap<String, u64>>,
+    fetched: Mutex<HashMap<CrateName, u64>>,
     /// Signing uploads, verifying remote hits.
     trust: Policy,
     /// Never upload (pull-request runners).
@@ -206,8 +206,8 @@ impl Remote for Bounded<'_> {
 }
 
 struct Job {
-    crate_name: String,
-    key: String,
+    crate_name: CrateName,
+    key: CacheKey,
     attempts: u32,
     not_before: Instant,
 }
@@ -216,7 +216,7 @@ struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     /// Queued or running, so a repeated notice is not queued twice.
-    known: HashSet<(String, String)>,
+    known: HashSet<(CrateName, CacheKey)>,
     running: usize,
 }
 
@@ -351,7 +351,7 @@ impl Shared {
         *lock(&self.breaker) = Breaker::default();
     }
 
-    fn enqueue(&self, crate_name: String, key: String) {
+    fn enqueue(&self, crate_name: CrateName, key: CacheKey) {
         if self.live().read_only {
             return;
         }
@@ -755,24 +755,24 @@ fn remove_marker(live: &Live, crate_name: &str, key: &str) {
 fn remote_keys(
     live: &Live,
     remote: &dyn Remote,
-    crate_name: &str,
-) -> Result<HashSet<String>, RemoteError> {
+    crate_name: &CrateName,
+) -> Result<HashSet<CacheKey>, RemoteError> {
     if let Some((t, keys)) = lock(&live.known).get(crate_name)
         && t.elapsed() < KNOWN_TTL
     {
         return Ok(keys.clone());
     }
     let listed = remote.list(&layout::crate_prefix(&live.prefix, crate_name))?;
-    let keys: HashSet<String> = plan::index(&live.prefix, listed)
+    let keys: HashSet<CacheKey> = plan::index(&live.prefix, listed)
         .remove(crate_name)
         .map(|m| m.into_keys().collect())
         .unwrap_or_default();
-    lock(&live.known).insert(crate_name.to_string(), (Instant::now(), keys.clone()));
+    lock(&live.known).insert(crate_name.clone(), (Instant::now(), keys.clone()));
     Ok(keys)
 }
 
 fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
-    let (c, k) = (job.crate_name.as_str(), job.key.as_str());
+    let (c, k) = (&job.crate_name, &job.key);
     if live.read_only {
         return Up::Skipped;
     }
@@ -816,8 +816,8 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
     };
     let t = Transfer {
         dir: Direction::Push,
-        crate_name: c.to_string(),
-        key: k.to_string(),
+        crate_name: c.clone(),
+        key: k.clone(),
         size: 0,
         object,
     };
@@ -825,7 +825,7 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
         Outcome::Done(..) => {
             shared.remote_ok();
             if let Some((_, keys)) = lock(&live.known).get_mut(c) {
-                keys.insert(k.to_string());
+                keys.insert(k.clone());
             }
             remove_marker(live, c, k);
             Up::Done
@@ -844,7 +844,7 @@ fn upload(shared: &Shared, live: &Live, job: &Job) -> Up {
 fn fetch_request(
     shared: &Arc<Shared>,
     remote: &str,
-    crate_name: &str,
+    crate_name: &CrateName,
     workspace: Option<String>,
     version: Option<&str>,
     wait_ms: u64,
@@ -889,9 +889,10 @@ fn prefetch(shared: &Arc<Shared>, live: &Arc<Live>, dir: &Path) {
     let _ = std::thread::Builder::new()
         .name("kache-prefetch".into())
         .spawn(move || {
-            let crates: Vec<(String, String)> = match lockfile::versions(&lock_path) {
+            let crates: Vec<(CrateName, String)> = match lockfile::versions(&lock_path) {
                 Ok(m) => m
                     .into_iter()
+                    .filter_map(|(c, vs)| Some((CrateName::parse(&c)?, vs)))
                     .flat_map(|(c, vs)| vs.into_iter().map(move |v| (c.clone(), v)))
                     .collect(),
                 Err(e) => {
@@ -921,7 +922,7 @@ fn prefetch(shared: &Arc<Shared>, live: &Arc<Live>, dir: &Path) {
 fn fetch_crate(
     shared: &Shared,
     live: &Live,
-    crate_name: &str,
+    crate_name: &CrateName,
     version: Option<&str>,
     wait: Duration,
 ) -> Result<(), String> {
@@ -1002,7 +1003,7 @@ fn fetch_crate(
 fn fetch_now(
     shared: &Shared,
     live: &Live,
-    crate_name: &str,
+    crate_name: &CrateName,
     version: Option<&str>,
 ) -> Result<(), String> {
     let remote = Bounded {
@@ -1017,7 +1018,7 @@ fn fetch_now(
     let idx = plan::index(&live.prefix, listed);
     if let Some(keys) = idx.get(crate_name) {
         lock(&live.known).insert(
-            crate_name.to_string(),
+            crate_name.clone(),
             (Instant::now(), keys.keys().cloned().collect()),
         );
     }
@@ -1046,7 +1047,7 @@ fn fetch_now(
     }
     // Recorded before fetching (as `kache sync --pull` does), so a
     // `kache gc --remote` running now spares them.
-    let used: Vec<(String, String)> = pulls
+    let used: Vec<plan::EntryId> = pulls
         .iter()
         .map(|t| (t.crate_name.clone(), t.key.clone()))
         .collect();
@@ -1084,9 +1085,7 @@ fn fetch_now(
     }
     if imported > 0 {
         add(&shared.counters.entries_fetched, imported);
-        *lock(&live.fetched)
-            .entry(crate_name.to_string())
-            .or_default() += imported;
+        *lock(&live.fetched).entry(crate_name.clone()).or_default() += imported;
     }
     match failed {
         Some(m) => Err(m),

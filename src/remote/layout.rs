@@ -16,7 +16,7 @@ short name. An empty prefix means objects sit at the bucket root.
 */
 
 use crate::store::entry::{Origin, valid_component};
-use crate::store::{normalize_crate, valid_crate, valid_key};
+use crate::store::{CacheKey, CrateName, normalize_crate};
 
 /// The suffix of every entry object.
 pub(crate) const SUFFIX: &str = ".tar.zst";
@@ -104,8 +104,8 @@ pub(crate) fn prefix_crate(prefix: &str, listing: &str) -> Option<String> {
 /// A listed entry object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Parsed {
-    pub(crate) crate_name: String,
-    pub(crate) key: String,
+    pub(crate) crate_name: CrateName,
+    pub(crate) key: CacheKey,
     /// `None` for a short (kache 0.1) name.
     pub(crate) origin: Option<Origin>,
 }
@@ -132,13 +132,9 @@ pub(crate) fn parse(prefix: &str, name: &str) -> Option<Parsed> {
         }
         _ => return None,
     };
-    let key = file.strip_suffix(SUFFIX)?;
-    if !valid_crate(crate_name) || !valid_key(key) {
-        return None;
-    }
     Some(Parsed {
-        crate_name: crate_name.to_string(),
-        key: key.to_string(),
+        crate_name: CrateName::parse(crate_name)?,
+        key: CacheKey::parse(file.strip_suffix(SUFFIX)?)?,
         origin,
     })
 }
@@ -148,7 +144,7 @@ mod tests {
     use super::*;
 
     fn parse_object(prefix: &str, name: &str) -> Option<(String, String)> {
-        parse(prefix, name).map(|p| (p.crate_name, p.key))
+        parse(prefix, name).map(|p| (p.crate_name.into(), p.key.into()))
     }
 
     fn key() -> String {

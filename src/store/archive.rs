@@ -145,7 +145,7 @@ pub(crate) fn pack(
                 )
                 .into());
             }
-            if r.hasher.finalize().to_hex().as_str() != f.hash {
+            if f.hash != r.hasher.finalize().to_hex().as_str() {
                 return Err(
                     CorruptBlob::new(f, "its content does not match its hash".into()).into(),
                 );
@@ -172,7 +172,7 @@ fn header(size: u64, mode: u32, mtime: u64) -> tar::Header {
 /// entry must not be uploaded (see `Store::drop_corrupt_entry`).
 #[derive(Debug)]
 pub(crate) struct CorruptBlob {
-    pub(crate) hash: String,
+    pub(crate) hash: super::BlobHash,
     pub(crate) name: String,
     pub(crate) why: String,
 }
@@ -398,7 +398,7 @@ fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FileRecord;
+    use crate::store::{BlobHash, FileRecord};
 
     fn store_with_entry() -> (tempfile::TempDir, Store, Entry) {
         let d = tempfile::tempdir().unwrap();
@@ -406,8 +406,8 @@ mod tests {
         let (h, n) = s.put_blob_reader(&b"rlib bytes"[..], None).unwrap();
         let (h2, n2) = s.put_blob_reader(&b"#!bin"[..], None).unwrap();
         let mut e = Entry::new(
-            "foo",
-            &"1".repeat(64),
+            crate::store::ids::test::krate("foo"),
+            crate::store::ids::test::key(&"1".repeat(64)),
             vec![
                 FileRecord {
                     name: "libfoo.rlib".into(),
@@ -634,12 +634,16 @@ mod tests {
             .iter()
             .map(|(n, d)| FileRecord {
                 name: (*n).to_string(),
-                hash: blake3::hash(d).to_hex().to_string(),
+                hash: BlobHash::of(&blake3::hash(d)),
                 size: d.len() as u64,
                 executable: false,
             })
             .collect();
-        let e = Entry::new("evil", &key, recs);
+        let e = Entry::new(
+            crate::store::ids::test::krate("evil"),
+            crate::store::ids::test::key(&key),
+            recs,
+        );
         (key, serde_json::to_vec(&e).unwrap())
     }
 

@@ -3,14 +3,15 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{ENTRY_VERSION, valid_crate, valid_file_name, valid_key};
+use super::ids::{BlobHash, CacheKey, CrateName};
+use super::{ENTRY_VERSION, valid_file_name};
 
 /// One output file of an entry. `name` is a plain file name (no `/`),
 /// relative to the compile's output directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FileRecord {
     pub(crate) name: String,
-    pub(crate) hash: String,
+    pub(crate) hash: BlobHash,
     pub(crate) size: u64,
     pub(crate) executable: bool,
 }
@@ -28,7 +29,7 @@ pub(crate) struct DepInfo {
 /// the compile read beyond it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Inputs {
-    pub(crate) base: String,
+    pub(crate) base: CacheKey,
     pub(crate) files: Vec<String>,
     pub(crate) env: Vec<String>,
     /// Every file the link read (rlibs of the whole crate graph, native
@@ -46,12 +47,14 @@ pub(crate) struct Inputs {
 }
 
 /// An entry manifest. Serialised as JSON in the store and as
-/// `manifest.json` in a remote archive.
+/// `manifest.json` in a remote archive. Decoding checks every identifier
+/// (crate name, key, blob hashes, the base key): a manifest with a bad
+/// one does not decode, so no `Entry` holds one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Entry {
     pub(crate) version: u32,
-    pub(crate) crate_name: String,
-    pub(crate) key: String,
+    pub(crate) crate_name: CrateName,
+    pub(crate) key: CacheKey,
     pub(crate) files: Vec<FileRecord>,
     #[serde(default)]
     pub(crate) stdout: String,
@@ -141,11 +144,11 @@ impl Origin {
 }
 
 impl Entry {
-    pub(crate) fn new(crate_name: &str, key: &str, files: Vec<FileRecord>) -> Entry {
+    pub(crate) fn new(crate_name: CrateName, key: CacheKey, files: Vec<FileRecord>) -> Entry {
         Entry {
             version: ENTRY_VERSION,
-            crate_name: crate_name.to_string(),
-            key: key.to_string(),
+            crate_name,
+            key,
             files,
             stdout: String::new(),
             stderr: String::new(),
@@ -160,11 +163,12 @@ impl Entry {
         }
     }
 
-    /// Checks what a hand-edited or corrupt manifest could get wrong: it
-    /// names `crate_name/key` (the place it was found under), its files
-    /// are plain names listed once with 64-hex-digit hashes, its dep-info
-    /// name is a plain name. Every manifest read from disk or from an
-    /// archive passes here before anything uses its names or hashes.
+    /// Checks what a hand-edited or corrupt manifest could get wrong
+    /// beyond its identifiers (which decoding checked): it names
+    /// `crate_name/key` (the place it was found under), its files are
+    /// plain names listed once, its dep-info name is a plain name. Every
+    /// manifest read from disk or from an archive passes here before
+    /// anything uses its names.
     pub(crate) fn validate(&self, crate_name: &str, key: &str) -> Result<()> {
         if self.crate_name != crate_name || self.key != key {
             bail!(
@@ -173,9 +177,6 @@ impl Entry {
                 self.key
             );
         }
-        if !valid_crate(&self.crate_name) || !valid_key(&self.key) {
-            bail!("it has an invalid crate name or key");
-        }
         if self.origin.as_ref().is_some_and(|o| !o.is_valid()) {
             bail!("it has an invalid origin (version, target or toolchain)");
         }
@@ -183,13 +184,6 @@ impl Entry {
         for f in &self.files {
             if !valid_file_name(&f.name) {
                 bail!("it names a bad file `{}`", f.name.escape_debug());
-            }
-            if !valid_key(&f.hash) {
-                bail!(
-                    "it has a bad blob hash `{}` for `{}`",
-                    f.hash.escape_debug(),
-                    f.name
-                );
             }
             if !seen.insert(f.name.as_str()) {
                 bail!("it lists `{}` twice", f.name);

@@ -31,7 +31,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 
-use super::{Entry, EntryRef, STALE_TMP, Store, hash_file, is_corrupt, now_secs, tmp_owner};
+use super::{
+    BlobHash, Entry, EntryRef, STALE_TMP, Store, hash_file, is_corrupt, now_secs, tmp_owner,
+};
 
 /// A lock file no process holds and older than this is removed.
 pub(crate) const STALE_LOCK: Duration = Duration::from_mins(10);
@@ -89,9 +91,9 @@ pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     };
     let (mut all, unreadable) = load_entries(store, &mut rep)?;
     let blobs = store.walk_blobs();
-    let blob_size: HashMap<String, u64> = blobs
+    let blob_size: HashMap<BlobHash, u64> = blobs
         .iter()
-        .filter_map(|(p, m)| Some((p.file_name()?.to_str()?.to_string(), m.len())))
+        .filter_map(|(p, m)| Some((BlobHash::parse(p.file_name()?.to_str()?)?, m.len())))
         .collect();
     if opts.verify {
         verify_blobs(store, &blobs, &blob_size, &mut all, &mut rep);
@@ -152,7 +154,7 @@ fn load_entries(store: &Store, rep: &mut GcReport) -> Result<(Vec<Loaded>, bool)
 fn verify_blobs(
     store: &Store,
     blobs: &[(std::path::PathBuf, fs::Metadata)],
-    blob_size: &HashMap<String, u64>,
+    blob_size: &HashMap<BlobHash, u64>,
     all: &mut Vec<Loaded>,
     rep: &mut GcReport,
 ) {
@@ -244,7 +246,7 @@ struct Evictions<'a> {
 
 fn plan_evictions<'a>(
     all: &'a [Loaded],
-    blob_size: &HashMap<String, u64>,
+    blob_size: &HashMap<BlobHash, u64>,
     opts: &GcOptions,
     now: u64,
 ) -> Evictions<'a> {

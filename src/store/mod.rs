@@ -42,6 +42,7 @@ Invariants:
 pub(crate) mod archive;
 pub(crate) mod entry;
 pub(crate) mod gc;
+pub(crate) mod ids;
 pub(crate) mod pending;
 mod sys;
 
@@ -54,6 +55,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 pub(crate) use entry::{Entry, FileRecord};
+pub(crate) use ids::{BlobHash, CacheKey, CrateName};
 
 /// Current manifest format. Entries of another version are ignored.
 pub(crate) const ENTRY_VERSION: u32 = 1;
@@ -70,8 +72,8 @@ pub(crate) struct Store {
 /// A reference to a stored entry, as listed from disk.
 #[derive(Clone, Debug)]
 pub(crate) struct EntryRef {
-    pub(crate) crate_name: String,
-    pub(crate) key: String,
+    pub(crate) crate_name: CrateName,
+    pub(crate) key: CacheKey,
     /// Last access (manifest mtime), seconds since the epoch.
     pub(crate) accessed: u64,
 }
@@ -111,26 +113,11 @@ pub(crate) fn normalize_crate(name: &str) -> String {
     name.to_ascii_lowercase().replace('-', "_")
 }
 
-/// A crate directory name we accept: the normalised form of a cargo
-/// package name.
-pub(crate) fn valid_crate(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 /// The short id of a toolchain: 12 hex digits of the blake3 of its
 /// `rustc -vV` output. Entries and remote objects carry it so a pull can
 /// skip another compiler's entries.
 pub(crate) fn toolchain_id(version_verbose: &str) -> String {
     blake3::hash(version_verbose.as_bytes()).to_hex()[..12].to_string()
-}
-
-/// A cache key: 64 lowercase hex digits (a blake3 hash).
-pub(crate) fn valid_key(key: &str) -> bool {
-    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A file name inside an entry: one plain path component.
@@ -188,16 +175,10 @@ impl Store {
         &self.root
     }
 
-    /// Where blob `hash` lives. Never panics: a hash that is not 64 hex
-    /// digits (only a corrupt manifest has one, and those are refused
-    /// where manifests are read) maps to a path that never exists, never
-    /// to one outside `blobs/`.
-    pub(crate) fn blob_path(&self, hash: &str) -> PathBuf {
-        let blobs = self.root.join("blobs");
-        if !valid_key(hash) {
-            return blobs.join("invalid-hash");
-        }
-        blobs.join(&hash[..2]).join(hash)
+    /// Where blob `hash` lives (always under `blobs/`: a `BlobHash` is
+    /// 64 hex digits).
+    pub(crate) fn blob_path(&self, hash: &BlobHash) -> PathBuf {
+        self.root.join("blobs").join(&hash[..2]).join(hash.as_str())
     }
 
     pub(crate) fn entry_path(&self, crate_name: &str, key: &str) -> PathBuf {
@@ -293,7 +274,7 @@ impl Store {
         &self,
         r: impl Read,
         limit: Option<u64>,
-    ) -> Result<(String, u64)> {
+    ) -> Result<(BlobHash, u64)> {
         let tmp = self.tmp_path("blob");
         let res = (|| {
             let (hash, size) = write_hashed(r, &tmp, limit)?;
@@ -307,10 +288,7 @@ impl Store {
     /// Moves an already hashed file at `tmp` into place as blob `hash`.
     /// The file is made read-only. If the blob exists, `tmp` is left for
     /// the caller to remove.
-    pub(crate) fn adopt_blob(&self, tmp: &Path, hash: &str) -> Result<()> {
-        if !valid_key(hash) {
-            bail!("refusing to store a blob under the bad hash `{hash}`");
-        }
+    pub(crate) fn adopt_blob(&self, tmp: &Path, hash: &BlobHash) -> Result<()> {
         let dst = self.blob_path(hash);
         if dst.exists() {
             return Ok(());
@@ -331,13 +309,6 @@ impl Store {
     /// Publishes an entry whose blobs are already in place. Returns false
     /// if the entry already existed (it is left untouched).
     pub(crate) fn publish(&self, entry: &Entry) -> Result<bool> {
-        if !valid_crate(&entry.crate_name) || !valid_key(&entry.key) {
-            bail!(
-                "refusing to publish entry with bad name {}/{}",
-                entry.crate_name,
-                entry.key
-            );
-        }
         entry
             .validate(&entry.crate_name, &entry.key)
             .context("refusing to publish entry")?;
@@ -403,9 +374,6 @@ impl Store {
     /// Records an input list under its base key so the wrapper can find
     /// entries of that base without running rustc. Idempotent.
     pub(crate) fn add_inputs(&self, inputs: &entry::Inputs) -> Result<()> {
-        if !valid_key(&inputs.base) {
-            bail!("bad base key {}", inputs.base);
-        }
         let json = serde_json::to_vec(inputs)?;
         let list_hash = blake3::hash(&json).to_hex();
         let dir = self.index_dir(&inputs.base);
@@ -435,11 +403,9 @@ impl Store {
     /// which no entry can use and which would otherwise be trusted by
     /// the next writer of the same content (blobs are deduplicated by
     /// name). Best effort.
-    pub(crate) fn drop_corrupt_entry(&self, crate_name: &str, key: &str, hash: &str) {
+    pub(crate) fn drop_corrupt_entry(&self, crate_name: &str, key: &str, hash: &BlobHash) {
         let _ = self.remove(crate_name, key);
-        if valid_key(hash) {
-            let _ = fs::remove_file(self.blob_path(hash));
-        }
+        let _ = fs::remove_file(self.blob_path(hash));
     }
 
     /// Removes an entry's manifest (its blobs go at the next gc).
@@ -464,26 +430,23 @@ impl Store {
         };
         for c in crates {
             let c = c?;
-            let Ok(crate_name) = c.file_name().into_string() else {
+            let Some(crate_name) = c.file_name().to_str().and_then(CrateName::parse) else {
                 continue;
             };
-            if !valid_crate(&crate_name) {
-                continue;
-            }
             self.list_crate_into(&crate_name, &mut out)?;
         }
         Ok(out)
     }
 
     /// The entries of one crate (normalised name).
-    pub(crate) fn list_crate(&self, crate_name: &str) -> Result<Vec<EntryRef>> {
+    pub(crate) fn list_crate(&self, crate_name: &CrateName) -> Result<Vec<EntryRef>> {
         let mut out = Vec::new();
         self.list_crate_into(crate_name, &mut out)?;
         Ok(out)
     }
 
-    fn list_crate_into(&self, crate_name: &str, out: &mut Vec<EntryRef>) -> Result<()> {
-        let dir = self.root.join("entries").join(crate_name);
+    fn list_crate_into(&self, crate_name: &CrateName, out: &mut Vec<EntryRef>) -> Result<()> {
+        let dir = self.root.join("entries").join(crate_name.as_str());
         let rd = match fs::read_dir(&dir) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -492,16 +455,17 @@ impl Store {
         for e in rd {
             let e = e?;
             let name = e.file_name();
-            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            let Some(key) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(CacheKey::parse)
+            else {
                 continue;
             };
-            if !valid_key(key) {
-                continue;
-            }
             let Ok(meta) = e.metadata() else { continue };
             out.push(EntryRef {
-                crate_name: crate_name.to_string(),
-                key: key.to_string(),
+                crate_name: crate_name.clone(),
+                key,
                 accessed: mtime_secs(&meta),
             });
         }
@@ -512,7 +476,7 @@ impl Store {
     /// of its `.so`) was linked against (normalised paths), recorded when
     /// it was built or restored.
     pub(crate) fn runtime_libs(&self, so_hash: &str) -> Vec<String> {
-        if !valid_key(so_hash) {
+        if !ids::is_hash_form(so_hash) {
             return Vec::new();
         }
         fs::read(self.root.join("dylibs").join(so_hash))
@@ -524,7 +488,7 @@ impl Store {
     /// Records `libs` as the runtime libraries of the `.so` with content
     /// hash `so_hash` (best effort; the first record stays).
     pub(crate) fn set_runtime_libs(&self, so_hash: &str, libs: &[String]) {
-        if !valid_key(so_hash) || libs.is_empty() {
+        if !ids::is_hash_form(so_hash) || libs.is_empty() {
             return;
         }
         let dir = self.root.join("dylibs");
@@ -541,7 +505,7 @@ impl Store {
     /// `name@version` of the entry whose output has content hash `hash`,
     /// as recorded when it was stored or restored here.
     pub(crate) fn origin_of(&self, hash: &str) -> Option<String> {
-        if !valid_key(hash) {
+        if !ids::is_hash_form(hash) {
             return None;
         }
         let s = fs::read_to_string(self.root.join("origins").join(hash)).ok()?;
@@ -558,8 +522,8 @@ impl Store {
             let lib = [".rlib", ".rmeta", ".so"]
                 .iter()
                 .any(|e| f.name.ends_with(e));
-            let p = dir.join(&f.hash);
-            if !lib || !valid_key(&f.hash) || p.exists() {
+            let p = dir.join(f.hash.as_str());
+            if !lib || p.exists() {
                 continue;
             }
             let _ = fs::create_dir_all(&dir);
@@ -643,7 +607,11 @@ impl Store {
 
 /// Copies `r` to a new file at `dst` while hashing; returns (hash, size).
 /// With `limit`, errors out once more than `limit` bytes arrive.
-pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Result<(String, u64)> {
+pub(crate) fn write_hashed(
+    r: impl Read,
+    dst: &Path,
+    limit: Option<u64>,
+) -> Result<(BlobHash, u64)> {
     let mut out = File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
@@ -674,7 +642,7 @@ pub(crate) fn write_hashed(r: impl Read, dst: &Path, limit: Option<u64>) -> Resu
         }
     }
     out.flush()?;
-    Ok((hasher.finalize().to_hex().to_string(), size))
+    Ok((BlobHash::of(&hasher.finalize()), size))
 }
 
 /// Writes `bytes` to a new file at `p` and syncs it to disk.
@@ -744,7 +712,7 @@ impl Store {
             .join("hashes")
             .join(blake3::hash(fp.as_bytes()).to_hex().as_str());
         if let Ok(h) = fs::read_to_string(&rec)
-            && valid_key(&h)
+            && ids::is_hash_form(&h)
         {
             return Ok(h);
         }
@@ -794,8 +762,8 @@ mod tests {
         assert_eq!(n1, 5);
         assert_eq!(fs::read(s.blob_path(&h1)).unwrap(), b"hello");
         let e = Entry::new(
-            "foo",
-            &"a".repeat(64),
+            crate::store::ids::test::krate("foo"),
+            crate::store::ids::test::key(&"a".repeat(64)),
             vec![FileRecord {
                 name: "libfoo.rlib".into(),
                 hash: h1,
@@ -818,8 +786,8 @@ mod tests {
         let (h, n) = s.put_blob_reader(&b"race"[..], None).unwrap();
         for i in 0..20u8 {
             let e = Entry::new(
-                "foo",
-                &blake3::hash(&[i]).to_hex(),
+                ids::test::krate("foo"),
+                CacheKey::of(&blake3::hash(&[i])),
                 vec![FileRecord {
                     name: "libfoo.rlib".into(),
                     hash: h.clone(),
@@ -846,8 +814,8 @@ mod tests {
         let (h, n) = s.put_blob_reader(&b"durable"[..], None).unwrap();
         assert_eq!(syncs() - n0, 1, "one sync per blob");
         let e = Entry::new(
-            "foo",
-            &"d".repeat(64),
+            crate::store::ids::test::krate("foo"),
+            crate::store::ids::test::key(&"d".repeat(64)),
             vec![FileRecord {
                 name: "libfoo.rlib".into(),
                 hash: h,
@@ -875,11 +843,11 @@ mod tests {
     fn publish_refuses_missing_blob() {
         let (_d, s) = tmpstore();
         let e = Entry::new(
-            "foo",
-            &"b".repeat(64),
+            crate::store::ids::test::krate("foo"),
+            crate::store::ids::test::key(&"b".repeat(64)),
             vec![FileRecord {
                 name: "x".into(),
-                hash: "c".repeat(64),
+                hash: crate::store::ids::test::blob(&"c".repeat(64)),
                 size: 1,
                 executable: false,
             }],
@@ -930,6 +898,6 @@ mod tests {
         assert!(!valid_file_name("../x"));
         assert!(!valid_file_name("a/b"));
         assert!(!valid_file_name(".."));
-        assert!(!valid_key("ABC"));
+        assert!(CacheKey::parse("ABC").is_none());
     }
 }

@@ -6,6 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::{CacheKey, CrateName};
+
 /// `<store>/pending/<remote id hash>`: uploads recorded for that remote.
 pub(crate) fn pending_dir(root: &Path, remote: &str) -> PathBuf {
     let h = blake3::hash(remote.as_bytes()).to_hex();
@@ -13,19 +15,14 @@ pub(crate) fn pending_dir(root: &Path, remote: &str) -> PathBuf {
 }
 
 /// The pending markers under `dir` (crate, key), valid names only.
-pub(crate) fn pending_markers(dir: &Path) -> Vec<(String, String)> {
+pub(crate) fn pending_markers(dir: &Path) -> Vec<(CrateName, CacheKey)> {
     let mut out = Vec::new();
     for c in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(crate_name) = c.file_name().into_string() else {
+        let Some(crate_name) = c.file_name().to_str().and_then(CrateName::parse) else {
             continue;
         };
-        if !super::valid_crate(&crate_name) {
-            continue;
-        }
         for k in fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            if let Ok(key) = k.file_name().into_string()
-                && super::valid_key(&key)
-            {
+            if let Some(key) = k.file_name().to_str().and_then(CacheKey::parse) {
                 out.push((crate_name.clone(), key));
             }
         }

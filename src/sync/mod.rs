@@ -318,7 +318,7 @@ impl Run<'_> {
         // Recorded before fetching, so a gc running now spares them. A
         // read-only runner writes nothing, use records included.
         if !self.cfg.read_only.value {
-            let used: Vec<(String, String)> = pull
+            let used: Vec<EntryId> = pull
                 .iter()
                 .map(|t| (t.crate_name.clone(), t.key.clone()))
                 .collect();
@@ -339,7 +339,7 @@ impl Run<'_> {
             None => Vec::new(),
             Some(done) => crates
                 .iter()
-                .filter(|c| !done.contains(*c))
+                .filter(|c| !done.contains(c.as_str()))
                 .map(|c| layout::crate_prefix(self.prefix, c))
                 .collect(),
         };
@@ -382,7 +382,7 @@ impl Run<'_> {
     ) -> Vec<(EntryId, u64, String)> {
         k.local
             .iter()
-            .filter(|(c, _)| !unlisted.contains(c))
+            .filter(|(c, _)| !unlisted.contains(c.as_str()))
             .filter(|(c, key)| !k.idx.get(c).is_some_and(|keys| keys.contains_key(key)))
             .filter_map(|(c, key)| match self.store.get(c, key) {
                 Ok(e) => {
@@ -823,15 +823,17 @@ version = "2.1.0"
         let s = Store::open(d.path()).unwrap();
         assert!(local_entries(&s).unwrap().is_empty());
         let (hash, size) = s.put_blob_reader(&b"rlib"[..], None).unwrap();
-        let key = "1".repeat(64);
+        let key = crate::store::ids::test::key(&"1".repeat(64));
+        let foo = crate::store::ids::test::krate("foo");
         let file = FileRecord {
             name: "libfoo.rlib".into(),
             hash,
             size,
             executable: false,
         };
-        s.publish(&Entry::new("foo", &key, vec![file])).unwrap();
-        let want: HashSet<EntryId> = [("foo".to_string(), key)].into();
+        s.publish(&Entry::new(foo.clone(), key.clone(), vec![file]))
+            .unwrap();
+        let want: HashSet<EntryId> = [(foo, key)].into();
         assert_eq!(local_entries(&s).unwrap(), want);
     }
 
@@ -1043,7 +1045,11 @@ version = "2.1.0"
 
     /// The start of an archive: its manifest, the first member.
     fn head(crate_name: &str, key: &str, deps: &[&str]) -> Vec<u8> {
-        let mut e = Entry::new(crate_name, key, Vec::new());
+        let mut e = Entry::new(
+            crate::store::ids::test::krate(crate_name),
+            crate::store::ids::test::key(key),
+            Vec::new(),
+        );
         e.origin = Some(origin(deps));
         let json = serde_json::to_vec(&e).unwrap();
         let mut b = tar::Builder::new(Vec::new());
@@ -1056,7 +1062,7 @@ version = "2.1.0"
 
     #[test]
     fn built_against_other_versions_reads_only_ambiguous_manifests() {
-        let key = |c: char| c.to_string().repeat(64);
+        let key = |c: char| crate::store::ids::test::key(&c.to_string().repeat(64));
         // foo has three entries of one version, target and toolchain: one
         // built against baz 1.0.0 (in Cargo.lock), one against baz 9.9.9
         // (not), one whose head cannot be read. bar has one entry, built
@@ -1075,17 +1081,19 @@ version = "2.1.0"
             if let Some(deps) = deps {
                 heads.insert(object.clone(), head(c, k, deps));
             }
-            idx.entry((*c).to_string()).or_default().insert(
-                k.clone(),
-                RemoteObject {
-                    size: 10,
-                    name: object.clone(),
-                    origin: Some(origin(&[])),
-                },
-            );
+            idx.entry(crate::store::ids::test::krate(c))
+                .or_default()
+                .insert(
+                    k.clone(),
+                    RemoteObject {
+                        size: 10,
+                        name: object.clone(),
+                        origin: Some(origin(&[])),
+                    },
+                );
             plan.push(Transfer {
                 dir: Direction::Pull,
-                crate_name: (*c).to_string(),
+                crate_name: crate::store::ids::test::krate(c),
                 key: k.clone(),
                 size: 10,
                 object,
@@ -1093,7 +1101,7 @@ version = "2.1.0"
         }
         let versions = BTreeMap::from([("baz".to_string(), BTreeSet::from(["1.0.0".to_string()]))]);
         let unusable = built_against_other_versions(&pool(), &Heads(heads), &plan, &idx, &versions);
-        let want: HashSet<EntryId> = [("foo".to_string(), key('2'))].into();
+        let want: HashSet<EntryId> = [(crate::store::ids::test::krate("foo"), key('2'))].into();
         assert_eq!(unusable, want);
     }
 }

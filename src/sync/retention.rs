@@ -38,7 +38,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::remote::s3::S3Remote;
 use crate::remote::{ErrorKind, Remote, layout};
-use crate::store::now_secs;
+use crate::store::{CacheKey, CrateName, now_secs};
 use crate::transfer::uses::{UseRecord, nonce};
 use crate::units::{format_size, parse_size};
 
@@ -56,8 +56,8 @@ const MAX_RECORD: u64 = 64 << 20;
 #[derive(Clone, Debug, Serialize)]
 struct Candidate {
     #[serde(rename = "crate")]
-    crate_name: String,
-    key: String,
+    crate_name: CrateName,
+    key: CacheKey,
     object: String,
     size: u64,
     last_use: u64,
@@ -355,7 +355,7 @@ impl Gc<'_> {
                 let p = layout::parse(self.prefix, &l.name)?;
                 let pushed = l.modified.unwrap_or(self.now);
                 let used = last
-                    .get(&(p.crate_name.clone(), p.key.clone()))
+                    .get(&(p.crate_name.to_string(), p.key.to_string()))
                     .copied()
                     .unwrap_or(0);
                 Some(Candidate {
@@ -389,7 +389,7 @@ impl Gc<'_> {
             &mut fresh,
         )?);
         let before = doomed.len();
-        doomed.retain(|c| !fresh.contains_key(&(c.crate_name.clone(), c.key.clone())));
+        doomed.retain(|c| !fresh.contains_key(&(c.crate_name.to_string(), c.key.to_string())));
         for ((c, k), t) in fresh {
             let v = last.entry((c, k)).or_default();
             *v = (*v).max(t);
@@ -429,14 +429,9 @@ impl Gc<'_> {
         all: &[Candidate],
         doomed: &[Candidate],
     ) -> Result<()> {
-        let gone: BTreeSet<(String, String)> = doomed
-            .iter()
-            .map(|c| (c.crate_name.clone(), c.key.clone()))
-            .collect();
-        let alive: BTreeSet<(String, String)> = all
-            .iter()
-            .map(|c| (c.crate_name.clone(), c.key.clone()))
-            .collect();
+        let id = |c: &Candidate| (c.crate_name.to_string(), c.key.to_string());
+        let gone: BTreeSet<(String, String)> = doomed.iter().map(id).collect();
+        let alive: BTreeSet<(String, String)> = all.iter().map(id).collect();
         let keep: Vec<(String, String, u64)> = last
             .into_iter()
             .filter(|(id, _)| alive.contains(id) && !gone.contains(id))
@@ -539,8 +534,8 @@ mod tests {
 
     fn cand(name: &str, size: u64, last_use: u64) -> Candidate {
         Candidate {
-            crate_name: name.to_string(),
-            key: "k".repeat(64),
+            crate_name: crate::store::ids::test::krate(name),
+            key: crate::store::ids::test::key(&"e".repeat(64)),
             object: format!("p/{name}/x.tar.zst"),
             size,
             last_use,
@@ -556,8 +551,9 @@ mod tests {
             cand("b", 20, now - 500),
             cand("c", 30, now - 100),
         ];
-        let names =
-            |v: Vec<Candidate>| -> Vec<String> { v.into_iter().map(|c| c.crate_name).collect() };
+        let names = |v: Vec<Candidate>| -> Vec<String> {
+            v.into_iter().map(|c| c.crate_name.into()).collect()
+        };
         assert_eq!(names(pick(&all, Some(600), None, now)), ["a"]);
         assert_eq!(names(pick(&all, None, Some(30), now)), ["a", "b"]);
         assert_eq!(names(pick(&all, None, Some(60), now)), Vec::<String>::new());

@@ -232,7 +232,7 @@ mod tests {
     use super::*;
     use crate::remote::dir::DirRemote;
     use crate::remote::{ErrorKind, layout};
-    use crate::store::{Entry, FileRecord};
+    use crate::store::{CacheKey, Entry, FileRecord};
 
     fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
         let d = tempfile::tempdir().unwrap();
@@ -242,10 +242,11 @@ mod tests {
             let (h, size) = s
                 .put_blob_reader(format!("blob {i}").as_bytes(), None)
                 .unwrap();
-            let key = blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+            let key = CacheKey::of(&blake3::hash(&i.to_le_bytes()));
+            let foo = crate::store::ids::test::krate("foo");
             let e = Entry::new(
-                "foo",
-                &key,
+                foo.clone(),
+                key.clone(),
                 vec![FileRecord {
                     name: "libfoo.rlib".into(),
                     hash: h,
@@ -256,7 +257,7 @@ mod tests {
             s.publish(&e).unwrap();
             ts.push(Transfer {
                 dir: Direction::Push,
-                crate_name: "foo".into(),
+                crate_name: foo,
                 object: layout::object_name("p", "foo", &key),
                 key,
                 size,

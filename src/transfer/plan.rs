@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::remote::{Listed, layout};
 use crate::store::entry::Origin;
+use crate::store::{CacheKey, CrateName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,8 +33,8 @@ pub(crate) struct Transfer {
     #[serde(rename = "direction")]
     pub(crate) dir: Direction,
     #[serde(rename = "crate")]
-    pub(crate) crate_name: String,
-    pub(crate) key: String,
+    pub(crate) crate_name: CrateName,
+    pub(crate) key: CacheKey,
     /// Remote object size for pulls; the entry's file sizes for pushes.
     pub(crate) size: u64,
     /// The object name in the bucket.
@@ -63,8 +64,8 @@ pub(crate) struct PullFilter {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Filtered {
     #[serde(rename = "crate")]
-    pub(crate) crate_name: String,
-    pub(crate) key: String,
+    pub(crate) crate_name: CrateName,
+    pub(crate) key: CacheKey,
     pub(crate) size: u64,
     pub(crate) reason: &'static str,
 }
@@ -81,10 +82,10 @@ fn filtered_out(f: &PullFilter, crate_name: &str, origin: Option<&Origin>) -> Op
 }
 
 /// A local entry: (crate, key).
-pub(crate) type EntryId = (String, String);
+pub(crate) type EntryId = (CrateName, CacheKey);
 
 /// What the remote holds, by crate: key -> object.
-pub(crate) type RemoteIndex = BTreeMap<String, BTreeMap<String, RemoteObject>>;
+pub(crate) type RemoteIndex = BTreeMap<CrateName, BTreeMap<CacheKey, RemoteObject>>;
 
 /// Which crate prefixes a pull lists: `None` = the whole prefix (no
 /// filter), else one per crate.
@@ -99,7 +100,7 @@ pub(crate) fn pull_prefixes(prefix: &str, filter: Option<&BTreeSet<String>>) -> 
 }
 
 /// The crates a push lists: those with local entries, each once.
-pub(crate) fn push_crates<'a>(local: impl IntoIterator<Item = &'a EntryId>) -> BTreeSet<String> {
+pub(crate) fn push_crates<'a>(local: impl IntoIterator<Item = &'a EntryId>) -> BTreeSet<CrateName> {
     local.into_iter().map(|(c, _)| c.clone()).collect()
 }
 
@@ -144,7 +145,7 @@ pub(crate) fn ambiguous<'a>(plan: &'a [Transfer], remote: &RemoteIndex) -> Vec<&
             .and_then(|o| o.origin.clone())
             .map(|o| (t.crate_name.clone(), o.version, o.target, o.toolchain))
     };
-    let mut count: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    let mut count: BTreeMap<(CrateName, String, String, String), usize> = BTreeMap::new();
     for t in plan {
         if let Some(g) = origin(t) {
             *count.entry(g).or_default() += 1;
@@ -165,7 +166,11 @@ pub(crate) fn plan_pull(
     let mut out = Vec::new();
     let mut left = Vec::new();
     for (c, keys) in remote {
-        if filter.crates.as_ref().is_some_and(|f| !f.contains(c)) {
+        if filter
+            .crates
+            .as_ref()
+            .is_some_and(|f| !f.contains(c.as_str()))
+        {
             continue;
         }
         for (k, o) in keys {
@@ -223,8 +228,10 @@ pub(crate) fn totals(plan: &[Transfer], dir: Direction) -> (u64, u64) {
 mod tests {
     use super::*;
 
-    fn k(c: char) -> String {
-        c.to_string().repeat(64)
+    use crate::store::ids::test::krate;
+
+    fn k(c: char) -> CacheKey {
+        crate::store::ids::test::key(&c.to_string().repeat(64))
     }
 
     fn listed(prefix: &str, c: &str, key: &str, size: u64) -> Listed {
@@ -250,7 +257,7 @@ mod tests {
                 },
             ],
         );
-        let local: HashSet<EntryId> = [("serde".to_string(), k('a'))].into_iter().collect();
+        let local: HashSet<EntryId> = [(krate("serde"), k('a'))].into_iter().collect();
         let filter = PullFilter {
             crates: Some(["serde".to_string()].into_iter().collect()),
             ..PullFilter::default()
@@ -261,7 +268,7 @@ mod tests {
             plan,
             vec![Transfer {
                 dir: Direction::Pull,
-                crate_name: "serde".into(),
+                crate_name: krate("serde"),
                 key: k('b'),
                 size: 20,
                 object: layout::object_name("p", "serde", &k('b')),
@@ -277,9 +284,9 @@ mod tests {
     fn push_skips_what_remote_has() {
         let remote = index("p", vec![listed("p", "serde", &k('a'), 10)]);
         let local = vec![
-            (("serde".to_string(), k('a')), 100, String::new()),
-            (("serde".to_string(), k('b')), 200, String::new()),
-            (("foo".to_string(), k('c')), 300, String::new()),
+            ((krate("serde"), k('a')), 100, String::new()),
+            ((krate("serde"), k('b')), 200, String::new()),
+            ((krate("foo"), k('c')), 300, String::new()),
         ];
         let plan = plan_push(&local, &remote);
         let keys: Vec<_> = plan

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::plan::{Direction, Filtered, Transfer, totals};
 use crate::config::env_nonempty;
+use crate::store::{CacheKey, CrateName};
 use crate::units::format_size;
 
 /// What happened to one transfer.
@@ -65,8 +66,8 @@ impl Count {
 pub(crate) struct Failure {
     pub(crate) direction: Direction,
     #[serde(rename = "crate")]
-    pub(crate) crate_name: String,
-    pub(crate) key: String,
+    pub(crate) crate_name: CrateName,
+    pub(crate) key: CacheKey,
     pub(crate) error: String,
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::remote::{Remote, layout};
 use crate::store::now_secs;
+use crate::transfer::plan::EntryId;
 
 /// One use record: entries used at `ts`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -28,14 +29,17 @@ pub(crate) fn nonce() -> String {
 
 /// Records that `entries` were used now: one small object per call.
 /// Best effort: a failure is a warning, never a failed sync.
-pub(crate) fn record_use(remote: &dyn Remote, prefix: &str, entries: &[(String, String)]) {
+pub(crate) fn record_use(remote: &dyn Remote, prefix: &str, entries: &[EntryId]) {
     if entries.is_empty() {
         return;
     }
     let ts = now_secs();
     let rec = UseRecord {
         ts,
-        entries: entries.to_vec(),
+        entries: entries
+            .iter()
+            .map(|(c, k)| (c.to_string(), k.to_string()))
+            .collect(),
         last_use: Vec::new(),
     };
     let Ok(body) = serde_json::to_vec(&rec) else {

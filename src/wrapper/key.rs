@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::args::{Arg, Compile, tokenize};
+use crate::store::CacheKey;
 use crate::store::entry::Inputs;
 
 /// Bumped whenever the key scheme changes.
@@ -295,12 +296,12 @@ impl KeyHasher {
         self.fields.push((label.to_string(), value.to_string()));
     }
 
-    pub(crate) fn finish(self) -> String {
-        self.h.finalize().to_hex().to_string()
+    pub(crate) fn finish(self) -> CacheKey {
+        CacheKey::of(&self.h.finalize())
     }
 
     /// The hash and a readable account of what went into it.
-    pub(crate) fn finish_explained(self) -> (String, Explain) {
+    pub(crate) fn finish_explained(self) -> (CacheKey, Explain) {
         let e = explain(&self.fields);
         (self.finish(), e)
     }
@@ -558,7 +559,7 @@ pub(crate) fn base_key(
     paths: &Paths,
     declared: &Declared,
     probe: &dyn Probe,
-) -> Result<(String, Explain)> {
+) -> Result<(CacheKey, Explain)> {
     let mut h = KeyHasher::new(KEY_VERSION);
     let rustc_name = Path::new(rustc)
         .file_name()
@@ -825,7 +826,7 @@ fn rel_or_abs(root: &Path, p: &str) -> String {
 }
 
 /// The full key of an input list, or `None` if a listed file is missing.
-pub(crate) fn full_key(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<String> {
+pub(crate) fn full_key(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<CacheKey> {
     full_hasher(inputs, paths, probe).map(KeyHasher::finish)
 }
 
@@ -834,7 +835,7 @@ pub(crate) fn full_key_explained(
     inputs: &Inputs,
     paths: &Paths,
     probe: &dyn Probe,
-) -> Option<(String, Explain)> {
+) -> Option<(CacheKey, Explain)> {
     full_hasher(inputs, paths, probe).map(KeyHasher::finish_explained)
 }
 

@@ -36,7 +36,7 @@ use self::key::{Declared, Paths};
 use self::probe::RealProbe;
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs, Origin};
-use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
+use crate::store::{CacheKey, CrateName, Entry, FileRecord, Store, normalize_crate, now_secs};
 
 fn truthy(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| {
@@ -159,10 +159,11 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         compile.run_args.insert(0, l);
     }
     let crate_name = entry_crate(&compile);
-    if cfg.never_cache.contains(&crate_name)
-        || cfg
-            .never_cache
-            .contains(&normalize_crate(&compile.crate_name))
+    let rustc_name = normalize_crate(&compile.crate_name);
+    if cfg
+        .never_cache
+        .iter()
+        .any(|n| *n == *crate_name || *n == rustc_name)
     {
         return pass_through(&cfg, &crate_name, "never_cache", rustc, rest, start);
     }
@@ -257,12 +258,12 @@ fn side_effect_macro(compile: &Compile) -> Option<&'static str> {
 /// package name, normalised, so that build scripts, binaries and tests
 /// sit with their package and `kache sync --pull` finds them through
 /// Cargo.lock; rustc's `--crate-name` outside cargo.
-fn entry_crate(compile: &Compile) -> String {
+fn entry_crate(compile: &Compile) -> CrateName {
     std::env::var("CARGO_PKG_NAME")
         .ok()
-        .map(|n| normalize_crate(&n))
-        .filter(|n| crate::store::valid_crate(n))
-        .unwrap_or_else(|| normalize_crate(&compile.crate_name))
+        .and_then(|n| CrateName::normalize(&n))
+        .or_else(|| CrateName::normalize(&compile.crate_name))
+        .unwrap_or_else(CrateName::unnamed)
 }
 
 /// Logs a miss whose outputs were not stored (a failed compile, or
@@ -415,7 +416,7 @@ struct Job<'a> {
     compile: &'a Compile,
     rustc: &'a str,
     store: &'a Store,
-    crate_name: String,
+    crate_name: CrateName,
     paths: Paths,
     probe: RealProbe<'a>,
     /// The out dir, absolute.
@@ -610,7 +611,7 @@ impl Job<'_> {
     }
 
     /// Stores what rustc produced, keyed by what it actually read.
-    fn record(&self, base: String, base_why: key::Explain, run: Ran) -> Result<i32> {
+    fn record(&self, base: CacheKey, base_why: key::Explain, run: Ran) -> Result<i32> {
         let compile = self.compile;
         let dep_path = self.out_dir.join(compile.dep_info_name());
         let dep_text = fs::read_to_string(&dep_path)
@@ -648,7 +649,7 @@ impl Job<'_> {
             return Ok(run.code);
         }
         let size = files.iter().map(|f| f.size).sum();
-        let mut entry = Entry::new(&self.crate_name, &full, files);
+        let mut entry = Entry::new(self.crate_name.clone(), full.clone(), files);
         entry.stdout = self.paths.normalize(&String::from_utf8_lossy(&run.out_raw));
         entry.stderr = self.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
         entry.dep_info = Some(DepInfo {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use super::key::Paths;
 use super::stamp::{reflink, touch_now};
-use crate::store::{Entry, Store, valid_file_name, valid_key};
+use crate::store::{Entry, Store, valid_file_name};
 
 fn tmp_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.kache-{}.tmp", std::process::id()))
@@ -62,7 +62,7 @@ pub(crate) fn reflinks_in(dir: &Path) -> io::Result<bool> {
 pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Paths) -> Result<u64> {
     let mut total = 0;
     for f in &entry.files {
-        if !valid_file_name(&f.name) || !valid_key(&f.hash) {
+        if !valid_file_name(&f.name) {
             bail!("bad file {} in entry", f.name);
         }
         let blob = store.blob_path(&f.hash);

@@ -76,7 +76,7 @@ pub(crate) fn base_key(
     c: &CcCompile,
     paths: &Paths,
     probe: &dyn Probe,
-) -> Result<(String, Explain)> {
+) -> Result<(crate::store::CacheKey, Explain)> {
     let mut h = KeyHasher::new(KEY_VERSION);
     let name = Path::new(compiler)
         .file_name()
@@ -530,7 +530,7 @@ mod tests {
         }
     }
 
-    fn base(args: &str, ws: &str) -> (String, Explain) {
+    fn base(args: &str, ws: &str) -> (crate::store::CacheKey, Explain) {
         let args: Vec<String> = args
             .replace("WS", ws)
             .split_whitespace()

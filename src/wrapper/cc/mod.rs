@@ -36,7 +36,7 @@ use super::probe::RealProbe;
 use super::{RootScan, restore, run_plain, run_pumped, truthy, warn};
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs, Origin};
-use crate::store::{Entry, FileRecord, Store, normalize_crate, now_secs};
+use crate::store::{BlobHash, CacheKey, CrateName, Entry, FileRecord, Store, now_secs};
 
 /// The store folder of compiles made outside cargo.
 const OUTSIDE_CARGO: &str = "kache_c";
@@ -164,12 +164,12 @@ fn refuse(c: &CcCompile) -> Option<String> {
 /// script runs the compiler (cargo sets `CARGO_PKG_NAME` for it),
 /// normalised, so that sync and the Cargo.lock pull filter see it with
 /// the package; one folder of its own outside cargo.
-fn entry_crate() -> String {
+fn entry_crate() -> CrateName {
     std::env::var("CARGO_PKG_NAME")
         .ok()
-        .map(|n| normalize_crate(&n))
-        .filter(|n| crate::store::valid_crate(n))
-        .unwrap_or_else(|| OUTSIDE_CARGO.to_string())
+        .and_then(|n| CrateName::normalize(&n))
+        .or_else(|| CrateName::parse(OUTSIDE_CARGO))
+        .unwrap_or_else(CrateName::unnamed)
 }
 
 /// Appends an event (with `ts` and `lang`) to the log.
@@ -273,7 +273,7 @@ struct Job<'a> {
     c: &'a CcCompile,
     compiler: &'a str,
     store: &'a Store,
-    crate_name: &'a str,
+    crate_name: &'a CrateName,
     places: Places,
     paths: Paths,
     probe: RealProbe<'a>,
@@ -298,7 +298,7 @@ fn cached(
     cfg: &WrapperConfig,
     compiler: &OsString,
     c: &CcCompile,
-    crate_name: &str,
+    crate_name: &CrateName,
     start: Instant,
     ran: &mut Option<i32>,
 ) -> Result<i32> {
@@ -349,7 +349,7 @@ impl<'a> Job<'a> {
         c: &'a CcCompile,
         compiler: &'a str,
         store: &'a Store,
-        crate_name: &'a str,
+        crate_name: &'a CrateName,
         start: Instant,
     ) -> Result<Self> {
         let cwd = std::env::current_dir().context("no current directory")?;
@@ -451,7 +451,7 @@ impl<'a> Job<'a> {
 
     /// Stores the object the compiler produced, keyed by the headers it
     /// read and the ones that could have shadowed them.
-    fn record(&self, base: String, base_why: Explain, run: Ran) -> Result<i32> {
+    fn record(&self, base: CacheKey, base_why: Explain, run: Ran) -> Result<i32> {
         let c = self.c;
         let dep_text = match run.dep_text {
             Some(Ok(t)) => t,
@@ -496,7 +496,7 @@ impl<'a> Job<'a> {
             size,
             executable: false,
         };
-        let mut entry = Entry::new(self.crate_name, &full, vec![object]);
+        let mut entry = Entry::new(self.crate_name.clone(), full, vec![object]);
         entry.stdout = self.paths.normalize(&String::from_utf8_lossy(&run.out_raw));
         entry.stderr = self.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
         if let Some(d) = &self.places.dep_file {
@@ -566,7 +566,7 @@ impl<'a> Job<'a> {
 
     /// Puts the object into the store, scanned on the way for the
     /// machine-local roots it contains: its hash, size and roots.
-    fn store_object(&self) -> Result<(String, u64, Vec<String>)> {
+    fn store_object(&self) -> Result<(BlobHash, u64, Vec<String>)> {
         let object = &self.places.object;
         let mut roots = Vec::new();
         let f = File::open(object).with_context(|| format!("cannot read {}", object.display()))?;
