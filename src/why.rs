@@ -133,7 +133,7 @@ fn nearest(
         if r.key == miss_key {
             continue;
         }
-        let Ok(Some(e)) = store.get(name, &r.key) else {
+        let Ok(Some(e)) = store.get(&crate_name, &r.key) else {
             continue;
         };
         // Only an entry of the same target (library, binary, test of

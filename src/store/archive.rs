@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::entry::{Origin, Pulled};
-use super::{ENTRY_VERSION, Entry, Store, now_secs, write_hashed};
+use super::{CacheKey, CrateName, ENTRY_VERSION, Entry, Store, now_secs, write_hashed};
 use crate::trust::{self, SigningKey, TrustedKey};
 
 /// Largest manifest we accept (it holds captured compiler output).
@@ -74,8 +74,8 @@ pub(crate) struct Check<'a> {
 /// `signer` if given (the signature frame first).
 pub(crate) fn pack(
     store: &Store,
-    crate_name: &str,
-    key: &str,
+    crate_name: &CrateName,
+    key: &CacheKey,
     w: impl Write,
     level: i32,
     signer: Option<&SigningKey>,
@@ -253,8 +253,8 @@ pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
 /// no trusted key signed is refused with a `trust::Refused` error.
 pub(crate) fn unpack(
     store: &Store,
-    crate_name: &str,
-    key: &str,
+    crate_name: &CrateName,
+    key: &CacheKey,
     r: impl Read,
     check: &Check<'_>,
 ) -> Result<Unpacked> {
@@ -270,8 +270,8 @@ pub(crate) fn unpack(
 
 fn unpack_staged(
     store: &Store,
-    crate_name: &str,
-    key: &str,
+    crate_name: &CrateName,
+    key: &CacheKey,
     r: impl Read,
     check: &Check<'_>,
     staging: &std::path::Path,
@@ -398,7 +398,7 @@ fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BlobHash, FileRecord};
+    use crate::store::{BlobHash, FileRecord, ids};
 
     fn store_with_entry() -> (tempfile::TempDir, Store, Entry) {
         let d = tempfile::tempdir().unwrap();
@@ -444,11 +444,11 @@ mod tests {
         let s2 = Store::open(&d.path().join("b")).unwrap();
         let syncs = || crate::store::SYNCS.with(std::cell::Cell::get);
         let n0 = syncs();
-        let got = unpack(&s2, "foo", &e.key, &bytes[..], &Check::default()).unwrap();
+        let got = unpack(&s2, &e.crate_name, &e.key, &bytes[..], &Check::default()).unwrap();
         assert_eq!(got, Unpacked::Imported(e.size()));
         // An import syncs each file and the manifest, once each.
         assert_eq!(syncs() - n0, e.files.len() as u64 + 1);
-        let e2 = s2.get("foo", &e.key).unwrap().unwrap();
+        let e2 = s2.get(&e.crate_name, &e.key).unwrap().unwrap();
         assert_eq!(e2.files, e.files);
         assert_eq!(e2.stderr, "warning: x");
         assert_eq!(
@@ -456,7 +456,7 @@ mod tests {
             b"rlib bytes"
         );
         assert_eq!(
-            unpack(&s2, "foo", &e.key, &bytes[..], &Check::default()).unwrap(),
+            unpack(&s2, &e.crate_name, &e.key, &bytes[..], &Check::default()).unwrap(),
             Unpacked::AlreadyPresent
         );
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
@@ -469,7 +469,7 @@ mod tests {
         let key = SigningKey::parse(&secret, "test").unwrap();
         let mut bytes = Vec::new();
         assert!(matches!(
-            pack(&s, "foo", &e.key, &mut bytes, 3, Some(&key)).unwrap(),
+            pack(&s, &e.crate_name, &e.key, &mut bytes, 3, Some(&key)).unwrap(),
             Packed::Done(_)
         ));
         // The manifest is read past the signature frame.
@@ -485,7 +485,7 @@ mod tests {
         let s2 = Store::open(&d.path().join("b")).unwrap();
         let err = unpack(
             &s2,
-            "foo",
+            &e.crate_name,
             &e.key,
             &bytes[..],
             &Check {
@@ -509,13 +509,13 @@ mod tests {
             trusted: &trusted,
             origin: Some(&origin),
         };
-        assert!(unpack(&s2, "foo", &e.key, &bytes[..], &moved).is_err());
+        assert!(unpack(&s2, &e.crate_name, &e.key, &bytes[..], &moved).is_err());
         // The trusted key: imported, provenance recorded, not marked.
         assert_eq!(
-            unpack(&s2, "foo", &e.key, &bytes[..], &check).unwrap(),
+            unpack(&s2, &e.crate_name, &e.key, &bytes[..], &check).unwrap(),
             Unpacked::Imported(e.size())
         );
-        let got = s2.get("foo", &e.key).unwrap().unwrap();
+        let got = s2.get(&e.crate_name, &e.key).unwrap().unwrap();
         assert_eq!(
             got.pulled.unwrap().signed_by.as_deref(),
             Some(public.as_str())
@@ -524,16 +524,16 @@ mod tests {
         // Unsigned, without a check: imported and marked unverified; a
         // signing writer never vouches for it.
         let s3 = Store::open(&d.path().join("c")).unwrap();
-        unpack(&s3, "foo", &e.key, &bytes[..], &Check::default()).unwrap();
+        unpack(&s3, &e.crate_name, &e.key, &bytes[..], &Check::default()).unwrap();
         assert!(s3.has_unverified());
         let mut out = Vec::new();
         assert!(matches!(
-            pack(&s3, "foo", &e.key, &mut out, 3, Some(&key)).unwrap(),
+            pack(&s3, &e.crate_name, &e.key, &mut out, 3, Some(&key)).unwrap(),
             Packed::Unverified
         ));
         // The provenance is never packed.
         let mut out = Vec::new();
-        pack(&s2, "foo", &e.key, &mut out, 3, None).unwrap();
+        pack(&s2, &e.crate_name, &e.key, &mut out, 3, None).unwrap();
         assert!(peek_manifest(&out).unwrap().pulled.is_none());
     }
 
@@ -542,11 +542,20 @@ mod tests {
         let (d, s, e) = store_with_entry();
         let bytes = packed(&s, &e);
         let s2 = Store::open(&d.path().join("b")).unwrap();
-        assert!(unpack(&s2, "bar", &e.key, &bytes[..], &Check::default()).is_err());
+        assert!(
+            unpack(
+                &s2,
+                &ids::test::krate("bar"),
+                &e.key,
+                &bytes[..],
+                &Check::default()
+            )
+            .is_err()
+        );
         let mut trunc = bytes.clone();
         trunc.truncate(bytes.len() / 2);
-        assert!(unpack(&s2, "foo", &e.key, &trunc[..], &Check::default()).is_err());
-        assert!(unpack(&s2, "foo", &e.key, &b"junk"[..], &Check::default()).is_err());
+        assert!(unpack(&s2, &e.crate_name, &e.key, &trunc[..], &Check::default()).is_err());
+        assert!(unpack(&s2, &e.crate_name, &e.key, &b"junk"[..], &Check::default()).is_err());
         assert!(s2.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(s2.root().join("blobs")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
@@ -567,7 +576,7 @@ mod tests {
             fs::set_permissions(&p, perm).unwrap();
             fs::write(&p, damage).unwrap();
             let mut out = Vec::new();
-            let err = pack(&s, "foo", &e.key, &mut out, 3, None).expect_err(why);
+            let err = pack(&s, &e.crate_name, &e.key, &mut out, 3, None).expect_err(why);
             let cb = err.downcast_ref::<CorruptBlob>().expect(why);
             assert_eq!(cb.name, "libfoo.rlib", "{why}");
         }
@@ -576,10 +585,10 @@ mod tests {
     #[test]
     fn vanished_entry() {
         let (_d, s, e) = store_with_entry();
-        s.remove("foo", &e.key).unwrap();
+        s.remove(&e.crate_name, &e.key).unwrap();
         let mut out = Vec::new();
         assert!(matches!(
-            pack(&s, "foo", &e.key, &mut out, 3, None).unwrap(),
+            pack(&s, &e.crate_name, &e.key, &mut out, 3, None).unwrap(),
             Packed::Vanished
         ));
     }
@@ -647,10 +656,15 @@ mod tests {
         (key, serde_json::to_vec(&e).unwrap())
     }
 
+    fn evil() -> CrateName {
+        ids::test::krate("evil")
+    }
+
     fn assert_rejected(bytes: &[u8], key: &str, why: &str) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("s")).unwrap();
-        let err = unpack(&s, "evil", key, bytes, &Check::default()).expect_err(why);
+        let err =
+            unpack(&s, &evil(), &ids::test::key(key), bytes, &Check::default()).expect_err(why);
         assert!(s.list().unwrap().is_empty(), "{why}: entry imported");
         assert_eq!(
             fs::read_dir(s.root().join("blobs")).unwrap().count(),
@@ -712,7 +726,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
         assert!(matches!(
-            unpack(&s, "evil", &key, &ok[..], &Check::default()).unwrap(),
+            unpack(
+                &s,
+                &evil(),
+                &ids::test::key(&key),
+                &ok[..],
+                &Check::default()
+            )
+            .unwrap(),
             Unpacked::Imported(_)
         ));
     }

@@ -202,7 +202,10 @@ mod tests {
         let k: CacheKey = serde_json::from_str(&format!("\"{hex}\"")).unwrap();
         assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{hex}\""));
         let e = serde_json::from_str::<BlobHash>("\"../../etc/passwd\"").unwrap_err();
-        assert!(e.to_string().contains("bad blob hash `../../etc/passwd`"), "{e}");
+        assert!(
+            e.to_string().contains("bad blob hash `../../etc/passwd`"),
+            "{e}"
+        );
         assert!(serde_json::from_str::<CrateName>("\"Bad\"").is_err());
         let h = blake3::hash(b"x");
         assert_eq!(CacheKey::of(&h).as_str(), h.to_hex().as_str());

@@ -181,14 +181,14 @@ impl Store {
         self.root.join("blobs").join(&hash[..2]).join(hash.as_str())
     }
 
-    pub(crate) fn entry_path(&self, crate_name: &str, key: &str) -> PathBuf {
+    pub(crate) fn entry_path(&self, crate_name: &CrateName, key: &CacheKey) -> PathBuf {
         self.root
             .join("entries")
             .join(crate_name)
             .join(format!("{key}.json"))
     }
 
-    pub(crate) fn index_dir(&self, base: &str) -> PathBuf {
+    pub(crate) fn index_dir(&self, base: &CacheKey) -> PathBuf {
         self.root.join("index").join(base)
     }
 
@@ -196,7 +196,7 @@ impl Store {
         self.root.join("events.jsonl")
     }
 
-    pub(crate) fn contains(&self, crate_name: &str, key: &str) -> bool {
+    pub(crate) fn contains(&self, crate_name: &CrateName, key: &CacheKey) -> bool {
         self.entry_path(crate_name, key).is_file()
     }
 
@@ -213,7 +213,7 @@ impl Store {
 
     /// Reads an entry's manifest. `Ok(None)` if absent or of another
     /// format version.
-    pub(crate) fn get(&self, crate_name: &str, key: &str) -> Result<Option<Entry>> {
+    pub(crate) fn get(&self, crate_name: &CrateName, key: &CacheKey) -> Result<Option<Entry>> {
         let p = self.entry_path(crate_name, key);
         let bytes = match fs::read(&p) {
             Ok(b) => b,
@@ -237,7 +237,7 @@ impl Store {
     }
 
     /// Records an access (for LRU) by setting the manifest's mtime.
-    pub(crate) fn touch(&self, crate_name: &str, key: &str) {
+    pub(crate) fn touch(&self, crate_name: &CrateName, key: &CacheKey) {
         let p = self.entry_path(crate_name, key);
         if let Ok(f) = OpenOptions::new().append(true).open(&p) {
             let _ = f.set_modified(SystemTime::now());
@@ -386,7 +386,7 @@ impl Store {
     }
 
     /// The input lists recorded under a base key (empty if none).
-    pub(crate) fn inputs_for(&self, base: &str) -> Vec<entry::Inputs> {
+    pub(crate) fn inputs_for(&self, base: &CacheKey) -> Vec<entry::Inputs> {
         let Ok(rd) = fs::read_dir(self.index_dir(base)) else {
             return Vec::new();
         };
@@ -403,13 +403,18 @@ impl Store {
     /// which no entry can use and which would otherwise be trusted by
     /// the next writer of the same content (blobs are deduplicated by
     /// name). Best effort.
-    pub(crate) fn drop_corrupt_entry(&self, crate_name: &str, key: &str, hash: &BlobHash) {
+    pub(crate) fn drop_corrupt_entry(
+        &self,
+        crate_name: &CrateName,
+        key: &CacheKey,
+        hash: &BlobHash,
+    ) {
         let _ = self.remove(crate_name, key);
         let _ = fs::remove_file(self.blob_path(hash));
     }
 
     /// Removes an entry's manifest (its blobs go at the next gc).
-    pub(crate) fn remove(&self, crate_name: &str, key: &str) -> Result<bool> {
+    pub(crate) fn remove(&self, crate_name: &CrateName, key: &CacheKey) -> Result<bool> {
         let p = self.entry_path(crate_name, key);
         match fs::remove_file(&p) {
             Ok(()) => Ok(true),
@@ -539,7 +544,7 @@ impl Store {
     /// compiles racing compile once; the others wait (up to 10 minutes)
     /// and then find the entry. `None` if the lock cannot be had (the
     /// compile then goes ahead unlocked).
-    pub(crate) fn compile_lock(&self, key: &str) -> Option<File> {
+    pub(crate) fn compile_lock(&self, key: &CacheKey) -> Option<File> {
         let p = self.root.join("locks").join(format!("{key}.lock"));
         let f = OpenOptions::new()
             .create(true)
@@ -773,7 +778,7 @@ mod tests {
         );
         assert!(s.publish(&e).unwrap());
         assert!(!s.publish(&e).unwrap());
-        let got = s.get("foo", &e.key).unwrap().unwrap();
+        let got = s.get(&e.crate_name, &e.key).unwrap().unwrap();
         assert_eq!(got.files, e.files);
         assert_eq!(s.list().unwrap().len(), 1);
         // nothing left in tmp
@@ -853,7 +858,7 @@ mod tests {
             }],
         );
         assert!(s.publish(&e).is_err());
-        assert!(!s.contains("foo", &e.key));
+        assert!(!s.contains(&e.crate_name, &e.key));
     }
 
     #[test]

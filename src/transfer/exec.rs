@@ -379,7 +379,7 @@ mod tests {
     #[test]
     fn vanished_entries_are_skipped_and_failures_reported() {
         let (d, s, ts) = store_with(4);
-        s.remove("foo", &ts[0].key).unwrap();
+        s.remove(&ts[0].crate_name, &ts[0].key).unwrap();
         let remote = DirRemote::new(&d.path().join("bucket"));
         remote.fail.lock().unwrap().insert(
             layout::object_name("p", "foo", &ts[1].key),

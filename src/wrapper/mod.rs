@@ -318,8 +318,8 @@ fn unlink_outputs(c: &Compile) {
 /// has an entry.
 fn lookup(
     store: &Store,
-    crate_name: &str,
-    base: &str,
+    crate_name: &CrateName,
+    base: &CacheKey,
     paths: &Paths,
     probe: &RealProbe<'_>,
 ) -> Result<Option<Entry>> {
@@ -499,7 +499,7 @@ fn cached(
 }
 
 impl Job<'_> {
-    fn lookup(&self, base: &str) -> Result<Option<Entry>> {
+    fn lookup(&self, base: &CacheKey) -> Result<Option<Entry>> {
         lookup(self.store, &self.crate_name, base, &self.paths, &self.probe)
     }
 

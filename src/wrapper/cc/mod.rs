@@ -241,8 +241,8 @@ fn origin(probe: &RealProbe<'_>) -> Option<Origin> {
 /// full key is in the store.
 fn lookup(
     store: &Store,
-    crate_name: &str,
-    base: &str,
+    crate_name: &CrateName,
+    base: &CacheKey,
     paths: &Paths,
     probe: &RealProbe<'_>,
 ) -> Option<Entry> {
@@ -377,7 +377,7 @@ impl<'a> Job<'a> {
         })
     }
 
-    fn lookup(&self, base: &str) -> Option<Entry> {
+    fn lookup(&self, base: &CacheKey) -> Option<Entry> {
         lookup(self.store, self.crate_name, base, &self.paths, &self.probe)
     }
 
