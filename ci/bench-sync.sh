@@ -13,7 +13,9 @@
 #     kache sync --dry-run --all;
 #   - trust: a signed push (KACHE_SIGNING_KEY_FILE) against an unsigned
 #     one and a verifying pull (KACHE_TRUSTED_KEYS) against a plain one,
-#     alternated over 3 rounds on fresh prefixes, medians compared.
+#     alternated over TRUST_ROUNDS (default 3) rounds on fresh prefixes,
+#     medians compared. TRUST_ONLY=1 runs only this part (no rclone, aws
+#     or planning).
 # Needs rclone, awscli, time and bc (Debian packages).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,6 +67,38 @@ measure() {  # LABEL CMD...
   REQ[$label]=$((r1 - r0))
 }
 
+TRUST_ROUNDS=${TRUST_ROUNDS:-3}
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+trust() {
+  echo "trust: signed vs unsigned push, verifying vs plain pull ($TRUST_ROUNDS rounds)..." >&2
+  "$KACHE" key generate bench --out "$WORK/bench.key" >"$WORK/bench.pub"
+  for i in $(seq 1 "$TRUST_ROUNDS"); do
+    measure "push-unsigned-$i" env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX="unsigned-$i" "$KACHE" sync --push
+    measure "push-signed-$i" env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX="signed-$i" \
+      KACHE_SIGNING_KEY_FILE="$WORK/bench.key" "$KACHE" sync --push
+    measure "pull-plain-$i" env KACHE_CACHE_DIR="$WORK/plain-$i" KACHE_S3_PREFIX="signed-$i" "$KACHE" sync --pull --all
+    measure "pull-verified-$i" env KACHE_CACHE_DIR="$WORK/verified-$i" KACHE_S3_PREFIX="signed-$i" \
+      KACHE_TRUSTED_KEYS="$(cat "$WORK/bench.pub")" "$KACHE" sync --pull --all
+    n=$(find "$WORK/verified-$i/entries" -name '*.json' | wc -l)
+    [ "$n" -eq "$ENTRIES" ] || { echo "error: the verifying pull imported $n of $ENTRIES entries" >&2; exit 1; }
+  done
+  for k in push-unsigned push-signed pull-plain pull-verified; do
+    local times=()
+    for i in $(seq 1 "$TRUST_ROUNDS"); do times+=("${WALL[$k-$i]}"); done
+    eval "M_${k//-/_}=$(median "${times[@]}")"
+  done
+  printf 'trust (median of %s): push %s s unsigned, %s s signed (%s); pull %s s plain, %s s verifying (%s)\n' \
+    "$TRUST_ROUNDS" "$M_push_unsigned" "$M_push_signed" "$(r "$M_push_signed" "$M_push_unsigned")" \
+    "$M_pull_plain" "$M_pull_verified" "$(r "$M_pull_verified" "$M_pull_plain")"
+}
+r() { echo "scale=2; $1 / $2" | bc -l; }
+if [ "${TRUST_ONLY:-}" = 1 ]; then
+  printf '%s entries (%s MiB of blobs) from a build of %s; Garage 1 node on loopback; %s cores\n' \
+    "$ENTRIES" "$((BYTES / 1048576))" "$PROJECT" "$(nproc)"
+  trust
+  exit 0
+fi
+
 echo "push and pull: $ENTRIES entries, $BYTES bytes of blobs" >&2
 measure kache-push env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX=kache "$KACHE" sync --push
 measure kache-pull env KACHE_CACHE_DIR="$WORK/pulled" KACHE_S3_PREFIX=kache "$KACHE" sync --pull --all
@@ -73,20 +107,6 @@ measure rclone-pull rclone copy "g:$GARAGE_BUCKET/rclone" "$WORK/rclone-pulled" 
 measure aws-push aws --endpoint-url "$GARAGE_ENDPOINT" s3 sync --only-show-errors "$WORK/store" "s3://$GARAGE_BUCKET/aws"
 measure aws-pull aws --endpoint-url "$GARAGE_ENDPOINT" s3 sync --only-show-errors "s3://$GARAGE_BUCKET/aws" "$WORK/aws-pulled"
 PULLED=$(find "$WORK/pulled/entries" -name '*.json' | wc -l)
-
-echo "trust: signed vs unsigned push, verifying vs plain pull (3 rounds)..." >&2
-"$KACHE" key generate bench --out "$WORK/bench.key" >"$WORK/bench.pub"
-for i in 1 2 3; do
-  measure "push-unsigned-$i" env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX="unsigned-$i" "$KACHE" sync --push
-  measure "push-signed-$i" env KACHE_CACHE_DIR="$WORK/store" KACHE_S3_PREFIX="signed-$i" \
-    KACHE_SIGNING_KEY_FILE="$WORK/bench.key" "$KACHE" sync --push
-  measure "pull-plain-$i" env KACHE_CACHE_DIR="$WORK/plain-$i" KACHE_S3_PREFIX="signed-$i" "$KACHE" sync --pull --all
-  measure "pull-verified-$i" env KACHE_CACHE_DIR="$WORK/verified-$i" KACHE_S3_PREFIX="signed-$i" \
-    KACHE_TRUSTED_KEYS="$(cat "$WORK/bench.pub")" "$KACHE" sync --pull --all
-  n=$(find "$WORK/verified-$i/entries" -name '*.json' | wc -l)
-  [ "$n" -eq "$ENTRIES" ] || { echo "error: the verifying pull imported $n of $ENTRIES entries" >&2; exit 1; }
-done
-median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 
 echo "planning at scale: writing 10,000 entries over 500 crates..." >&2
 mkdir -p "$WORK/fake"
@@ -100,7 +120,6 @@ rclone copy "$WORK/fake" "g:$GARAGE_BUCKET/scale" --transfers 32 --checkers 32 >
 measure kache-plan env KACHE_CACHE_DIR="$WORK/empty" KACHE_S3_PREFIX=scale "$KACHE" sync --pull --all --dry-run
 PLANNED=$(grep -c '^pull' "$WORK/kache-plan.log" || true)
 
-r() { echo "scale=2; $1 / $2" | bc -l; }
 printf '\n%s entries (%s MiB of blobs) from a build of %s; Garage 1 node on loopback; %s cores\n\n' \
   "$ENTRIES" "$((BYTES / 1048576))" "$PROJECT" "$(nproc)"
 printf '| %-12s | %8s | %10s | %9s | %13s |\n' run "wall s" "peak MiB" requests "time / rclone"
@@ -112,11 +131,6 @@ for dir in push pull; do
   done
 done
 printf '\nkache pull imported %s of %s entries\n' "$PULLED" "$ENTRIES"
-for k in push-unsigned push-signed pull-plain pull-verified; do
-  eval "M_${k//-/_}=$(median3 "${WALL[$k-1]}" "${WALL[$k-2]}" "${WALL[$k-3]}")"
-done
-printf 'trust (median of 3): push %s s unsigned, %s s signed (%s); pull %s s plain, %s s verifying (%s)\n' \
-  "$M_push_unsigned" "$M_push_signed" "$(r "$M_push_signed" "$M_push_unsigned")" \
-  "$M_pull_plain" "$M_pull_verified" "$(r "$M_pull_verified" "$M_pull_plain")"
+trust
 printf 'planning: kache sync --pull --all --dry-run over 10,000 entries / 500 crates: %s s, %s MiB peak, %s requests, %s entries planned\n' \
   "${WALL[kache-plan]}" "${MEM[kache-plan]}" "${REQ[kache-plan]}" "$PLANNED"
