@@ -273,6 +273,20 @@ mod tests {
             .unwrap()
     }
 
+    /// A context on prefix `p`, level 3, no signing or verifying.
+    fn ctx_on<'a>(store: &'a Store, remote: &'a dyn Remote) -> Ctx<'a> {
+        Ctx {
+            store,
+            remote,
+            prefix: "p",
+            level: 3,
+            trust: &NO_TRUST,
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    static NO_TRUST: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
     fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
         let (tx, rx) = crossbeam_channel::unbounded();
         run(pool, ctx, ts, tx);
@@ -283,28 +297,14 @@ mod tests {
     fn push_then_pull_within_the_bound() {
         let (d, s, ts) = store_with(12);
         let remote = DirRemote::new(&d.path().join("bucket"));
-        let ctx = Ctx {
-            store: &s,
-            remote: &remote,
-            prefix: "p",
-            level: 3,
-            trust: &Policy::default(),
-            stop: AtomicBool::new(false),
-        };
+        let ctx = ctx_on(&s, &remote);
         let out = run_all(&ctx, &pool(3), ts.clone());
         assert_eq!(out.len(), 12);
         assert!(out.iter().all(|o| matches!(o, Outcome::Done(..))));
         assert_eq!(remote.max_inflight.load(Ordering::SeqCst), 3);
 
         let s2 = Store::open(&d.path().join("store2")).unwrap();
-        let ctx2 = Ctx {
-            store: &s2,
-            remote: &remote,
-            prefix: "p",
-            level: 3,
-            trust: &Policy::default(),
-            stop: AtomicBool::new(false),
-        };
+        let ctx2 = ctx_on(&s2, &remote);
         let pulls: Vec<Transfer> = ts
             .iter()
             .map(|t| Transfer {
@@ -326,14 +326,7 @@ mod tests {
     fn a_failed_listing_fails_only_its_prefix() {
         let (d, s, ts) = store_with(3);
         let remote = DirRemote::new(&d.path().join("bucket"));
-        let ctx = Ctx {
-            store: &s,
-            remote: &remote,
-            prefix: "p",
-            level: 3,
-            trust: &Policy::default(),
-            stop: AtomicBool::new(false),
-        };
+        let ctx = ctx_on(&s, &remote);
         run_all(&ctx, &pool(2), ts);
         remote
             .fail
@@ -363,14 +356,7 @@ mod tests {
                 ErrorKind::BadSignature,
             );
         }
-        let ctx = Ctx {
-            store: &s,
-            remote: &remote,
-            prefix: "p",
-            level: 3,
-            trust: &Policy::default(),
-            stop: AtomicBool::new(false),
-        };
+        let ctx = ctx_on(&s, &remote);
         let out = run_all(&ctx, &pool(2), ts);
         assert!(out.len() < 20, "{} outcomes", out.len());
         assert!(out.iter().all(|o| matches!(o, Outcome::Fatal(..))));
@@ -385,14 +371,7 @@ mod tests {
             layout::object_name("p", "foo", &ts[1].key),
             ErrorKind::Transient,
         );
-        let ctx = Ctx {
-            store: &s,
-            remote: &remote,
-            prefix: "p",
-            level: 3,
-            trust: &Policy::default(),
-            stop: AtomicBool::new(false),
-        };
+        let ctx = ctx_on(&s, &remote);
         let out = run_all(&ctx, &pool(2), ts);
         let skipped = out
             .iter()
