@@ -7,7 +7,7 @@ nothing else; warnings go to stderr.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, SortBy, StatsCmd};
 use crate::config::Config;
+use crate::store::events::{self, Event, Outcome};
 use crate::store::{self, CrateName, Entry, EntryRef, Store, now_secs};
 use crate::units::{format_age, format_size, parse_duration};
 
@@ -190,59 +191,51 @@ struct EventStats {
     pushed_bytes: u64,
     /// The misses and pass-throughs of named crates, for the summary's
     /// top misses.
-    missed: Vec<serde_json::Value>,
+    missed: Vec<Event>,
 }
 
 fn read_events(store: &Store, since: u64) -> EventStats {
     let mut s = EventStats::default();
-    let Ok(f) = fs::File::open(store.events_path()) else {
-        return s;
-    };
-    for line in BufReader::new(f).lines().map_while(Result::ok) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["ts"].as_u64().unwrap_or(0) < since {
+    for v in events::read(store, |_| true) {
+        if v.ts < since {
             continue;
         }
-        let ms = v["ms"].as_u64().unwrap_or(0);
         // Compiles of a crate only: cargo's own `rustc -vV` and
         // `--print` queries name none.
-        let named = v["crate"].as_str().is_some_and(|c| !c.is_empty());
-        let lang = v["lang"].as_str().unwrap_or("rust").to_string();
-        match v["result"].as_str() {
-            Some("local_hit" | "remote_hit") => {
+        let named = v.named();
+        let lang = v.lang_name().to_string();
+        match v.result {
+            Outcome::LocalHit | Outcome::RemoteHit => {
                 s.hits += 1;
-                s.hit_ms += ms;
-                s.saved_ms += v["compile_ms"].as_u64().unwrap_or(0).saturating_sub(ms);
+                s.hit_ms += v.ms;
+                s.saved_ms += v.compile_ms.saturating_sub(v.ms);
                 s.langs.entry(lang).or_default().hits += 1;
             }
-            Some("miss") => {
+            Outcome::Miss => {
                 s.misses += 1;
                 s.langs.entry(lang).or_default().misses += 1;
                 if named {
                     s.missed.push(v);
                 }
             }
-            Some("passthrough") => {
+            Outcome::Passthrough => {
                 s.passthrough += 1;
-                if let (Some(r), true) = (v["reason"].as_str(), named) {
-                    *s.reasons.entry(r.to_string()).or_default() += 1;
+                if let (Some(r), true) = (&v.reason, named) {
+                    *s.reasons.entry(r.clone()).or_default() += 1;
                     s.langs.entry(lang).or_default().passthrough += 1;
                     s.missed.push(v);
                 }
             }
-            Some("sync") => {
-                let n = |k: &str| v[k].as_u64().unwrap_or(0);
-                s.pulled += n("pulled");
-                s.pulled_bytes += n("pulled_bytes");
-                s.pushed += n("pushed");
-                s.pushed_bytes += n("pushed_bytes");
+            Outcome::Sync => {
+                s.pulled += v.pulled;
+                s.pulled_bytes += v.pulled_bytes;
+                s.pushed += v.pushed;
+                s.pushed_bytes += v.pushed_bytes;
             }
-            Some("error") => s.errors += 1,
-            Some("verified") => s.verified += 1,
-            Some("verify_mismatch") => s.mismatches += 1,
-            _ => {}
+            Outcome::Error => s.errors += 1,
+            Outcome::Verified => s.verified += 1,
+            Outcome::VerifyMismatch => s.mismatches += 1,
+            Outcome::Unknown => {}
         }
     }
     s
@@ -522,8 +515,8 @@ fn print_markdown(store: &Store, ev: &EventStats) -> Result<()> {
         ev.pushed,
         format_size(ev.pushed_bytes)
     )?;
-    let mut top: Vec<&serde_json::Value> = ev.missed.iter().collect();
-    top.sort_by_key(|v| std::cmp::Reverse(v["compile_ms"].as_u64().unwrap_or(0)));
+    let mut top: Vec<&Event> = ev.missed.iter().collect();
+    top.sort_by_key(|v| std::cmp::Reverse(v.compile_ms));
     top.truncate(10);
     if !top.is_empty() {
         writeln!(out)?;
@@ -534,8 +527,8 @@ fn print_markdown(store: &Store, ev: &EventStats) -> Result<()> {
             writeln!(
                 out,
                 "| {} | {:.1} s | {why} |",
-                v["crate"].as_str().unwrap_or_default(),
-                Duration::from_millis(v["compile_ms"].as_u64().unwrap_or(0)).as_secs_f64()
+                v.crate_name,
+                Duration::from_millis(v.compile_ms).as_secs_f64()
             )?;
         }
     }

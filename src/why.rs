@@ -11,8 +11,7 @@ matter).
 */
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -20,6 +19,7 @@ use serde_json::json;
 
 use crate::cli::WhyMissCmd;
 use crate::config::Config;
+use crate::store::events::{self, Event, Outcome};
 use crate::store::{CrateName, Entry, Store, normalize_crate};
 
 /// One input that differs between the miss and the nearest entry.
@@ -69,36 +69,28 @@ fn kind(input: &str) -> &'static str {
 /// The last logged outcome of `crate_name` that explains a miss: a
 /// miss that recorded its inputs, or a compile passed through uncached
 /// with its reason.
-fn last_miss(store: &Store, crate_name: &str) -> Option<serde_json::Value> {
-    let f = fs::File::open(store.events_path()).ok()?;
-    let mut last = None;
-    for line in BufReader::new(f).lines().map_while(Result::ok) {
-        if !line.contains("\"miss\"") && !line.contains("\"passthrough\"") {
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["crate"] != crate_name {
-            continue;
-        }
-        let miss = v["result"] == "miss" && v["inputs"].is_object();
-        let passed = v["result"] == "passthrough" && v["reason"].is_string();
-        if miss || passed {
-            last = Some(v);
-        }
-    }
-    last
+fn last_miss(store: &Store, crate_name: &str) -> Option<Event> {
+    let lines = events::read(store, |l| {
+        l.contains("\"miss\"") || l.contains("\"passthrough\"")
+    });
+    lines.into_iter().rev().find(|v| {
+        v.crate_name == crate_name
+            && match v.result {
+                Outcome::Miss => v.inputs.is_some(),
+                Outcome::Passthrough => v.reason.is_some(),
+                _ => false,
+            }
+    })
 }
 
 /// Prints why a compile was passed through uncached.
-fn passed_through(name: &str, ev: &serde_json::Value, json_out: bool) -> Result<ExitCode> {
-    let reason = ev["reason"].as_str().unwrap_or_default();
+fn passed_through(name: &str, ev: &Event, json_out: bool) -> Result<ExitCode> {
+    let reason = ev.reason.as_deref().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if json_out {
         let v = json!({
             "crate": name,
-            "passthrough": {"ts": ev["ts"], "reason": reason},
+            "passthrough": {"ts": ev.ts, "reason": reason},
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
@@ -117,14 +109,10 @@ const SAME_TARGET: [&str; 4] = [
 
 /// The stored entry of `name` whose key inputs differ least from those
 /// of a logged miss, with the differences.
-fn nearest(
-    store: &Store,
-    name: &str,
-    miss: &serde_json::Value,
-) -> Result<Option<(Entry, Vec<Difference>)>> {
-    let miss_key = miss["key"].as_str().unwrap_or_default();
-    let miss_inputs: BTreeMap<String, String> =
-        serde_json::from_value(miss["inputs"].clone()).unwrap_or_default();
+fn nearest(store: &Store, name: &str, miss: &Event) -> Result<Option<(Entry, Vec<Difference>)>> {
+    let miss_key = miss.key.as_str();
+    let empty = BTreeMap::new();
+    let miss_inputs = miss.inputs.as_ref().unwrap_or(&empty);
     let mut best: Option<(Entry, Vec<Difference>)> = None;
     let Some(crate_name) = CrateName::normalize(name) else {
         return Ok(None);
@@ -140,14 +128,14 @@ fn nearest(
         // the package) can tell what changed.
         // A C miss is explained by C entries, a Rust miss by Rust ones.
         if e.explain.is_empty()
-            || e.lang.as_deref() != miss["lang"].as_str()
+            || e.lang != miss.lang
             || SAME_TARGET
                 .iter()
                 .any(|k| miss_inputs.get(*k) != e.explain.get(*k))
         {
             continue;
         }
-        let d = differences(&miss_inputs, &e.explain);
+        let d = differences(miss_inputs, &e.explain);
         let better = best.as_ref().is_none_or(|(be, bd)| {
             d.len() < bd.len() || (d.len() == bd.len() && e.created > be.created)
         });
@@ -160,14 +148,14 @@ fn nearest(
 
 /// One line on why a logged miss or pass-through was not a hit, for
 /// `kache stats --markdown`.
-pub(crate) fn reason(store: &Store, ev: &serde_json::Value) -> String {
-    if ev["result"] == "passthrough" {
+pub(crate) fn reason(store: &Store, ev: &Event) -> String {
+    if ev.result == Outcome::Passthrough {
         return format!(
             "not cached: {}",
-            ev["reason"].as_str().unwrap_or("passed through")
+            ev.reason.as_deref().unwrap_or("passed through")
         );
     }
-    let name = ev["crate"].as_str().unwrap_or_default();
+    let name = ev.crate_name.as_str();
     match nearest(store, name, ev) {
         Ok(Some((_, d))) if !d.is_empty() => {
             let mut kinds: Vec<&str> = d.iter().map(|x| kind(&x.input)).collect();
@@ -189,10 +177,10 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
             store.events_path().display()
         );
     };
-    if miss["result"] == "passthrough" {
+    if miss.result == Outcome::Passthrough {
         return passed_through(&name, &miss, c.json);
     }
-    let miss_key = miss["key"].as_str().unwrap_or_default().to_string();
+    let miss_key = miss.key.clone();
     let best = nearest(&store, &name, &miss)?;
     let short = |k: &str| k.get(..12).unwrap_or(k).to_string();
     if c.json {
@@ -210,7 +198,7 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
         });
         let v = json!({
             "crate": name,
-            "miss": {"ts": miss["ts"], "key": miss_key},
+            "miss": {"ts": miss.ts, "key": miss_key},
             "nearest": nearest,
         });
         writeln!(

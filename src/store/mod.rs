@@ -17,7 +17,7 @@ daemon/                        mode 0700: the daemon's socket, pid, lock, log
 tmp/                           staging; anything older than an hour is junk
 locks/<key>.lock               per-key compile locks (flock)
 gc.lock                        writers hold it shared, gc exclusive
-events.jsonl                   one JSON line per wrapper outcome (and sync)
+events.jsonl                   one JSON line per wrapper outcome (and sync); see `events`
 unverified-pulls               present once an entry was pulled unverified
 ```
 
@@ -41,6 +41,7 @@ Invariants:
 
 pub(crate) mod archive;
 pub(crate) mod entry;
+pub(crate) mod events;
 pub(crate) mod gc;
 pub(crate) mod ids;
 pub(crate) mod pending;

@@ -32,6 +32,7 @@ use crate::lockfile;
 use crate::remote::s3::S3Remote;
 use crate::remote::{Remote, layout};
 use crate::store::Store;
+use crate::store::events::{Event, Outcome};
 use crate::transfer::plan::{self, Direction, EntryId, RemoteIndex, Transfer};
 use crate::transfer::report::{self, ListingFailure, Progress, Reporter};
 use crate::transfer::{exec, uses};
@@ -162,16 +163,12 @@ fn log_sync(cfg: &Config, s: &report::Summary) {
     if s.pulled.entries + s.pushed.entries == 0 {
         return;
     }
-    let line = serde_json::json!({
-        "ts": crate::store::now_secs(),
-        "crate": "",
-        "result": "sync",
-        "pulled": s.pulled.entries,
-        "pulled_bytes": s.pulled.bytes,
-        "pushed": s.pushed.entries,
-        "pushed_bytes": s.pushed.bytes,
-    });
-    Store::at(&cfg.cache_dir.value).log_event(&line.to_string());
+    let mut ev = Event::new(Outcome::Sync, "");
+    ev.pulled = s.pulled.entries;
+    ev.pulled_bytes = s.pulled.bytes;
+    ev.pushed = s.pushed.entries;
+    ev.pushed_bytes = s.pushed.bytes;
+    ev.write(&Store::at(&cfg.cache_dir.value));
 }
 
 /// The sync itself, filling the reporter's summary. Returns the plan for

@@ -22,7 +22,14 @@ wrapper call; every other argv goes to clap, so a typo such as
 use std::ffi::OsString;
 use std::path::Path;
 
-use super::args::is_rustc_like;
+/// Whether a program path names rustc or clippy-driver.
+pub(crate) fn is_rustc_like(p: &std::ffi::OsStr) -> bool {
+    let stem = Path::new(p)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("");
+    stem == "rustc" || stem == "clippy-driver"
+}
 
 /// kache's own subcommands (and clap's `help`): never a wrapper call.
 /// Kept equal to clap's list by a test.

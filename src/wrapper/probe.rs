@@ -1,7 +1,12 @@
-//! The real [`Probe`]: file hashes remembered by the store, toolchain
-//! identities cached in it, the process environment. Every file it hashes
-//! is remembered, so a miss can check afterwards that none of them changed
-//! while rustc ran.
+/*!
+What a key reads of the machine: the [`Probe`] trait, and the real one.
+
+Key code does no I/O of its own: files, programs and the environment are
+read through a [`Probe`], so a golden test can pin a key. [`RealProbe`]
+remembers file hashes in the store, caches toolchain identities there and
+reads the process environment. Every file it hashes is remembered, so a
+miss can check afterwards that none of them changed while the action ran.
+*/
 
 use std::cell::RefCell;
 use std::fs;
@@ -12,8 +17,32 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result, bail};
 
-use super::key::{KeyHasher, Probe};
+use super::hasher::KeyHasher;
 use crate::store::Store;
+
+/// The wrapper's window on the machine: every file hash, program output
+/// and environment read that goes into a key.
+pub(crate) trait Probe {
+    /// The blake3 hash of a file's content; `None` if it cannot be read.
+    fn hash(&self, p: &Path) -> Option<String>;
+    /// The output of `program args...` (a toolchain identity).
+    fn identity(&self, program: &str, args: &[&str]) -> Result<String>;
+    /// One environment variable (lossy UTF-8).
+    fn var(&self, name: &str) -> Option<String>;
+    /// Every environment variable (lossy UTF-8).
+    fn vars(&self) -> Vec<(String, String)>;
+    /// A directory's entries as (name, `is_dir`), sorted; empty if unreadable.
+    fn list_dir(&self, dir: &Path) -> Vec<(String, bool)>;
+    /// A small text file; `None` if absent.
+    fn read_text(&self, p: &Path) -> Option<String>;
+    /// The content hash of a program, found through `PATH` like a
+    /// command (`None` if it cannot be found or read).
+    fn program_hash(&self, program: &str) -> Option<String>;
+    /// The shared libraries a proc macro or dylib (by its content hash)
+    /// was linked against, as recorded when it was built (normalised
+    /// paths): it loads them while it runs inside rustc.
+    fn runtime_libs(&self, so_hash: &str) -> Vec<String>;
+}
 
 pub(crate) struct RealProbe<'a> {
     store: &'a Store,

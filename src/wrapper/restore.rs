@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::key::Paths;
+use super::paths::Paths;
 use super::stamp::{reflink, touch_now};
 use crate::store::{Entry, Store, valid_file_name};
 

@@ -29,7 +29,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::args::{CcCompile, Lang};
-use crate::wrapper::key::{Explain, KeyHasher, Paths, Probe, UNSET};
+use crate::wrapper::explain::Explain;
+use crate::wrapper::hasher::{KeyHasher, UNSET};
+use crate::wrapper::paths::Paths;
+use crate::wrapper::probe::Probe;
 
 /// Bumped whenever the key scheme changes.
 const KEY_VERSION: &str = "kache-cc-key-1";

@@ -23,7 +23,7 @@ mod args;
 mod key;
 
 use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -31,12 +31,20 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 
 use self::args::{CcCompile, Lang, Verdict};
-use super::key::{Explain, KeyHasher, Paths, Probe};
-use super::probe::RealProbe;
-use super::{RootScan, restore, run_plain, run_pumped, truthy, warn};
+use super::action::{self, Action, Call, Ctx, Ran};
+use super::call::is_rustc_like;
+use super::explain::Explain;
+use super::hasher::KeyHasher;
+use super::paths::Paths;
+use super::probe::{Probe, RealProbe};
+use super::process::{exit_code, run_plain, run_pumped, truthy};
+use super::restore;
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs, Origin};
-use crate::store::{BlobHash, CacheKey, CrateName, Entry, FileRecord, Store, now_secs};
+use crate::store::{CacheKey, CrateName, Entry, FileRecord, Store};
+
+/// The kind, as events and entries name it.
+const LANG: Option<&str> = Some("c");
 
 /// The store folder of compiles made outside cargo.
 const OUTSIDE_CARGO: &str = "kache_c";
@@ -45,8 +53,8 @@ const OUTSIDE_CARGO: &str = "kache_c";
 /// than a `RUSTC_WORKSPACE_WRAPPER` one.
 pub(crate) fn is_cc_call(argv: &[OsString]) -> bool {
     argv.len() > 1
-        && !super::args::is_rustc_like(&argv[1])
-        && !argv.get(2).is_some_and(|a| super::args::is_rustc_like(a))
+        && !is_rustc_like(&argv[1])
+        && !argv.get(2).is_some_and(|a| is_rustc_like(a))
         && super::call::is_c_compiler(&argv[1])
 }
 
@@ -65,13 +73,10 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
     let cfg = match WrapperConfig::load() {
         Ok(c) => c,
         Err(e) => {
-            return match verdict {
-                Verdict::Cache(_) => {
-                    warn(&e, "running the compiler uncached");
-                    run_plain(compiler, rest)
-                }
-                Verdict::Pass(_) => run_plain(compiler, rest),
-            };
+            if let Verdict::Cache(_) = verdict {
+                super::process::warn(&e, "running the compiler uncached");
+            }
+            return run_plain(compiler, rest);
         }
     };
     let crate_name = entry_crate();
@@ -82,41 +87,35 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
     } else {
         ""
     };
+    let call = Call {
+        cfg: &cfg,
+        crate_name: &crate_name,
+        lang: LANG,
+        start,
+    };
     let c = match verdict {
         Verdict::Cache(c) if cfg.cache_c => c,
-        Verdict::Cache(_) => {
-            return pass_through(&cfg, &crate_name, "C caching is off", compiler, rest, start);
+        Verdict::Cache(_) => return call.pass_through("C caching is off", compiler, rest),
+        Verdict::Pass(why) => {
+            let unnamed = Call {
+                crate_name: named,
+                ..call
+            };
+            return unnamed.pass_through(&why, compiler, rest);
         }
-        Verdict::Pass(why) => return pass_through(&cfg, named, &why, compiler, rest, start),
     };
     if let Some(why) = refuse(&c) {
-        return pass_through(&cfg, &crate_name, &why, compiler, rest, start);
+        return call.pass_through(&why, compiler, rest);
     }
     let mut ran = None;
     match cached(&cfg, compiler, &c, &crate_name, start, &mut ran) {
         Ok(code) => code,
-        Err(e) => {
-            if let Ok(store) = Store::open(&cfg.cache_dir) {
-                log(
-                    &store,
-                    serde_json::json!({
-                        "crate": crate_name, "result": "error", "size": 0, "key": "",
-                        "compile_ms": 0, "ms": crate::units::millis(start.elapsed()),
-                    }),
-                );
-            }
-            match ran {
-                // The compiler already ran: never run it twice.
-                Some(code) => {
-                    warn(&e, "object not cached");
-                    code
-                }
-                None => {
-                    warn(&e, "running the compiler uncached");
-                    run_plain(compiler, rest)
-                }
-            }
-        }
+        Err(e) => call.failed(
+            &e,
+            ran,
+            ("object not cached", "running the compiler uncached"),
+            || run_plain(compiler, rest),
+        ),
     }
 }
 
@@ -172,32 +171,6 @@ fn entry_crate() -> CrateName {
         .unwrap_or_else(CrateName::unnamed)
 }
 
-/// Appends an event (with `ts` and `lang`) to the log.
-fn log(store: &Store, mut v: serde_json::Value) {
-    v["ts"] = now_secs().into();
-    v["lang"] = "c".into();
-    store.log_event(&v.to_string());
-}
-
-fn pass_through(
-    cfg: &WrapperConfig,
-    crate_name: &str,
-    reason: &str,
-    compiler: &OsString,
-    rest: &[OsString],
-    start: Instant,
-) -> i32 {
-    let code = run_plain(compiler, rest);
-    log(
-        &Store::at(&cfg.cache_dir),
-        serde_json::json!({
-            "crate": crate_name, "result": "passthrough", "reason": reason,
-            "ms": crate::units::millis(start.elapsed()), "size": 0, "key": "", "compile_ms": 0,
-        }),
-    );
-    code
-}
-
 /// The workspace a compile belongs to: the nearest directory with a
 /// Cargo.lock above the package (`CARGO_MANIFEST_DIR`), when the compile
 /// runs inside that package (the package itself under `CARGO_HOME`);
@@ -237,30 +210,6 @@ fn origin(probe: &RealProbe<'_>) -> Option<Origin> {
     o.is_valid().then_some(o)
 }
 
-/// The first entry, among the recorded input lists of `base`, whose
-/// full key is in the store.
-fn lookup(
-    store: &Store,
-    crate_name: &CrateName,
-    base: &CacheKey,
-    paths: &Paths,
-    probe: &RealProbe<'_>,
-) -> Option<Entry> {
-    for inputs in store.inputs_for(base) {
-        let Some(full) = super::key::full_key(&inputs, paths, probe) else {
-            continue;
-        };
-        match store.get(crate_name, &full) {
-            Ok(Some(e)) if e.files.len() == 1 => return Some(e),
-            Err(e) if crate::store::is_corrupt(&e) => {
-                let _ = store.remove(crate_name, &full);
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
 /// The compile's paths made absolute.
 struct Places {
     object: PathBuf,
@@ -269,29 +218,19 @@ struct Places {
 
 /// What one cacheable C compile works with.
 struct Job<'a> {
-    cfg: &'a WrapperConfig,
+    ctx: Ctx<'a>,
     c: &'a CcCompile,
-    compiler: &'a str,
-    store: &'a Store,
-    crate_name: &'a CrateName,
+    compiler: &'a OsString,
+    compiler_str: &'a str,
     places: Places,
-    paths: Paths,
-    probe: RealProbe<'a>,
-    start: Instant,
 }
 
-/// What a real compile left.
-struct Ran {
-    code: i32,
-    compile_ms: u64,
-    out_raw: Vec<u8>,
-    err_raw: Vec<u8>,
+/// What a C compile leaves beyond [`Ran`].
+struct DepOutput {
     /// The dependency file the compiler wrote, read.
     dep_text: Option<std::io::Result<String>>,
     /// Whether that file was kache's own (the caller asked for none).
     own_deps: bool,
-    /// The filesystem's clock before the compile started.
-    before: Option<std::time::SystemTime>,
 }
 
 fn cached(
@@ -306,111 +245,65 @@ fn cached(
         .to_str()
         .ok_or_else(|| anyhow!("the compiler path is not UTF-8"))?;
     let store = Store::open(&cfg.cache_dir)?;
-    let job = Job::new(cfg, c, compiler_str, &store, crate_name, start)?;
-    let (base, base_why) = key::base_key(compiler_str, c, &job.paths, &job.probe)?;
-    let verify = truthy("KACHE_VERIFY");
-    let mut found = job.lookup(&base);
-    let _guard = if found.is_none() {
-        let g = store.compile_lock(&base);
-        found = job.lookup(&base);
-        g
-    } else {
-        None
+    let cwd = std::env::current_dir().context("no current directory")?;
+    let places = Places {
+        object: cwd.join(&c.output),
+        dep_file: c.dep_file.as_ref().map(|d| cwd.join(d)),
     };
-    if let Some(e) = &found
-        && !verify
-    {
-        return hit(&store, e, c, &job.places, &job.paths, start, false);
-    }
-    if found.is_none()
-        && job.remote_fetch()
-        && let Some(e) = job.lookup(&base)
-    {
-        return hit(&store, &e, c, &job.places, &job.paths, start, true);
-    }
-
-    // Miss (or a hit to verify): compile for real.
-    let run = job.compile(compiler)?;
-    *ran = Some(run.code);
-    if run.code != 0 {
-        job.unstored("the compile failed", run.compile_ms);
-        return Ok(run.code);
-    }
-    if let Some(e) = &found {
-        return verify_hit(&store, e, &job.places, start, run.compile_ms);
-    }
-    job.record(base, base_why, run)
+    let out_dir = places
+        .object
+        .parent()
+        .ok_or_else(|| anyhow!("object {} has no directory", places.object.display()))?
+        .to_path_buf();
+    let ws = workspace_root(&cwd);
+    let job = Job {
+        ctx: Ctx {
+            cfg,
+            store: &store,
+            crate_name: crate_name.clone(),
+            paths: Paths::detect_rooted(&out_dir, cwd, ws),
+            probe: RealProbe::new(&store),
+            start,
+            lang: LANG,
+        },
+        c,
+        compiler,
+        compiler_str,
+        places,
+    };
+    let (base, base_why) = key::base_key(compiler_str, c, &job.ctx.paths, &job.ctx.probe)?;
+    action::cached(&job, base, base_why, ran)
 }
 
-impl<'a> Job<'a> {
-    /// The compile's places, from the working directory.
-    fn new(
-        cfg: &'a WrapperConfig,
-        c: &'a CcCompile,
-        compiler: &'a str,
-        store: &'a Store,
-        crate_name: &'a CrateName,
-        start: Instant,
-    ) -> Result<Self> {
-        let cwd = std::env::current_dir().context("no current directory")?;
-        let places = Places {
-            object: cwd.join(&c.output),
-            dep_file: c.dep_file.as_ref().map(|d| cwd.join(d)),
-        };
-        let out_dir = places
-            .object
-            .parent()
-            .ok_or_else(|| anyhow!("object {} has no directory", places.object.display()))?
-            .to_path_buf();
-        let ws = workspace_root(&cwd);
-        let paths = Paths::detect_rooted(&out_dir, cwd, ws);
-        Ok(Job {
-            cfg,
-            c,
-            compiler,
-            store,
-            crate_name,
-            places,
-            paths,
-            probe: RealProbe::new(store),
-            start,
-        })
+impl<'a> Action<'a> for Job<'a> {
+    type Extra = DepOutput;
+
+    fn ctx(&self) -> &Ctx<'a> {
+        &self.ctx
     }
 
-    fn lookup(&self, base: &CacheKey) -> Option<Entry> {
-        lookup(self.store, self.crate_name, base, &self.paths, &self.probe)
+    /// One object per entry.
+    fn fits(&self, entry: &Entry) -> bool {
+        entry.files.len() == 1
     }
 
-    /// Asks the daemon for a remote hit; true if it fetched one.
-    fn remote_fetch(&self) -> bool {
-        crate::daemon::client::remote_fetch(
-            self.cfg,
-            self.store,
-            self.crate_name,
-            origin(&self.probe).map(|o| o.toolchain),
-        )
+    fn toolchain(&self) -> Option<String> {
+        origin(&self.ctx.probe).map(|o| o.toolchain)
     }
 
-    /// Logs a miss that is not stored, and why.
-    fn unstored(&self, reason: &str, compile_ms: u64) {
-        log(
-            self.store,
-            serde_json::json!({
-                "crate": self.crate_name, "result": "miss", "reason": reason, "size": 0,
-                "key": "", "compile_ms": compile_ms, "ms": crate::units::millis(self.start.elapsed()),
-            }),
-        );
+    fn label(&self) -> String {
+        format!("C ({})", self.c.source)
     }
 
     /// Runs the compiler with kache's additions, its output passing
     /// through live, and reads the dependency file it wrote.
-    fn compile(&self, compiler: &OsString) -> Result<Ran> {
+    fn run(&self) -> Result<(Ran, DepOutput)> {
         let c = self.c;
         let own_deps = c
             .dep_file
             .is_none()
-            .then(|| self.store.tmp_path("cc-deps.d"));
-        let mut cmd = Command::new(compiler);
+            .then(|| self.ctx.store.tmp_path("cc-deps.d"));
+        let mut cmd = Command::new(self.compiler);
         cmd.args(&c.args);
         if let Some(d) = &own_deps {
             cmd.arg("-MD").arg("-MF").arg(d);
@@ -419,7 +312,7 @@ impl<'a> Job<'a> {
             // Debug info names the sentinels, not this checkout (least
             // specific first: the last matching map wins). `__FILE__` keeps
             // the real path: an object holding it is keyed by it.
-            for (real, sent) in self.paths.rules().iter().rev() {
+            for (real, sent) in self.ctx.paths.rules().iter().rev() {
                 cmd.arg(format!("-fdebug-prefix-map={real}={sent}"));
             }
         }
@@ -427,35 +320,67 @@ impl<'a> Job<'a> {
             .stdin(Stdio::inherit())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let before = self.store.fs_clock();
+        let before = self.ctx.store.fs_clock();
         let t0 = Instant::now();
         let (status, out_raw, err_raw) =
-            run_pumped(&mut cmd, &self.paths, self.compiler, "the compiler")?;
+            run_pumped(&mut cmd, &self.ctx.paths, self.compiler_str, "the compiler")?;
         let compile_ms = crate::units::millis(t0.elapsed());
-        let code = super::exit_code(status);
+        let code = exit_code(status);
         let dep_path = own_deps.clone().or_else(|| self.places.dep_file.clone());
         let dep_text = dep_path.as_ref().map(fs::read_to_string);
         if let Some(d) = &own_deps {
             let _ = fs::remove_file(d);
         }
-        Ok(Ran {
-            code,
-            compile_ms,
-            out_raw,
-            err_raw,
-            dep_text,
-            own_deps: own_deps.is_some(),
-            before,
-        })
+        Ok((
+            Ran {
+                code,
+                compile_ms,
+                out_raw,
+                err_raw,
+                before,
+            },
+            DepOutput {
+                dep_text,
+                own_deps: own_deps.is_some(),
+            },
+        ))
+    }
+
+    /// Restores the object (under this compile's name) and the dependency
+    /// file the caller asked for.
+    fn restore(&self, entry: &Entry) -> Result<u64> {
+        let paths = &self.ctx.paths;
+        let dep_text = match (&self.places.dep_file, &entry.dep_info) {
+            (Some(p), Some(d)) => Some((p, paths.expand_dep_info(&d.text))),
+            (Some(_), None) => bail!("entry {} has no dependency file", entry.key),
+            (None, _) => None,
+        };
+        let mut e = entry.clone();
+        e.dep_info = None;
+        e.files[0].name = file_name(&self.places.object)?;
+        let out_dir = self.places.object.parent().unwrap_or(Path::new("."));
+        let size = restore::restore(self.ctx.store, &e, out_dir, paths)?;
+        if let Some((p, text)) = dep_text {
+            restore::write_fresh(p, text.as_bytes())?;
+        }
+        Ok(size)
+    }
+
+    fn differ(&self, entry: &Entry) -> Vec<String> {
+        if action::same_as_blob(self.ctx.store, &self.places.object, &entry.files[0].hash) {
+            Vec::new()
+        } else {
+            vec![self.places.object.display().to_string()]
+        }
     }
 
     /// Stores the object the compiler produced, keyed by the headers it
     /// read and the ones that could have shadowed them.
-    fn record(&self, base: CacheKey, base_why: Explain, run: Ran) -> Result<i32> {
-        let c = self.c;
-        let dep_text = match run.dep_text {
+    fn record(&self, base: CacheKey, base_why: Explain, run: Ran, deps: DepOutput) -> Result<i32> {
+        let (c, ctx) = (self.c, &self.ctx);
+        let dep_text = match deps.dep_text {
             Some(Ok(t)) => t,
-            _ if c.lang() == Lang::Asm && run.own_deps => String::new(),
+            _ if c.lang() == Lang::Asm && deps.own_deps => String::new(),
             _ => bail!("the compiler wrote no dependency file"),
         };
         let mut headers = key::parse_make_deps(&dep_text);
@@ -470,50 +395,50 @@ impl<'a> Job<'a> {
         };
         let mut inputs = Inputs {
             base,
-            files: headers.iter().map(|h| self.paths.normalize(h)).collect(),
+            files: headers.iter().map(|h| ctx.paths.normalize(h)).collect(),
             env: Vec::new(),
             link: Vec::new(),
-            absent: absent.iter().map(|h| self.paths.normalize(h)).collect(),
+            absent: absent.iter().map(|h| ctx.paths.normalize(h)).collect(),
             roots: Vec::new(),
         };
-        let _w = self.store.writer_lock()?;
-        let (hash, size, roots) = self.store_object()?;
+        let _w = ctx.store.writer_lock()?;
+        let mut roots = Vec::new();
+        let (hash, size) = ctx.store_output(&self.places.object, &mut roots)?;
+        roots.sort();
         inputs.roots = roots;
-        let (full, full_why) = super::key::full_key_explained(&inputs, &self.paths, &self.probe)
+        let (full, why) = ctx
+            .full_key(&inputs, base_why)
             .ok_or_else(|| anyhow!("a header the compile read is gone"))?;
-        if run
-            .before
-            .is_none_or(|b| super::probe::changed_since(&self.probe.files_read(), b))
-        {
-            self.unstored("an input changed while the compiler ran", run.compile_ms);
+        if ctx.inputs_changed(run.before) {
+            ctx.unstored("an input changed while the compiler ran", run.compile_ms);
             return Ok(run.code);
         }
-        let mut why = base_why;
-        why.extend(full_why);
         let object = FileRecord {
             name: file_name(&self.places.object)?,
             hash,
             size,
             executable: false,
         };
-        let mut entry = Entry::new(self.crate_name.clone(), full, vec![object]);
-        entry.stdout = self.paths.normalize(&String::from_utf8_lossy(&run.out_raw));
-        entry.stderr = self.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
+        let mut entry = Entry::new(ctx.crate_name.clone(), full, vec![object]);
+        entry.stdout = ctx.paths.normalize(&String::from_utf8_lossy(&run.out_raw));
+        entry.stderr = ctx.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
         if let Some(d) = &self.places.dep_file {
             entry.dep_info = Some(DepInfo {
                 name: file_name(d)?,
-                text: self.paths.normalize_dep_info(&dep_text),
+                text: ctx.paths.normalize_dep_info(&dep_text),
             });
         }
         entry.inputs = Some(inputs);
         entry.compile_ms = run.compile_ms;
         entry.explain = why;
-        entry.origin = origin(&self.probe);
-        entry.lang = Some("c".into());
-        self.publish(&entry, size)?;
+        entry.origin = origin(&ctx.probe);
+        entry.lang = LANG.map(str::to_string);
+        ctx.publish(&entry, "C")?;
         Ok(run.code)
     }
+}
 
+impl Job<'_> {
     /// The names `__has_include` asks for in the source and its headers;
     /// `None` (the miss logged) when one expands a clock macro or asks in
     /// a way kache cannot key.
@@ -521,19 +446,19 @@ impl<'a> Job<'a> {
         // Clock macros make the object depend on when it was compiled.
         // `__has_include` asks about files that may not exist: their names
         // are keyed in every directory.
-        let epoch = self.probe.var("SOURCE_DATE_EPOCH").is_some();
+        let epoch = self.ctx.probe.var("SOURCE_DATE_EPOCH").is_some();
         let mut probed = Vec::new();
         for f in std::iter::once(&self.c.source).chain(headers) {
             let bytes =
-                fs::read(self.paths.absolute(f)).with_context(|| format!("cannot read {f}"))?;
+                fs::read(self.ctx.paths.absolute(f)).with_context(|| format!("cannot read {f}"))?;
             if let Some(m) = key::clock_macro(&bytes, epoch) {
-                self.unstored(&format!("{f} expands {m}"), compile_ms);
+                self.ctx.unstored(&format!("{f} expands {m}"), compile_ms);
                 return Ok(None);
             }
             match key::has_include_names(&bytes) {
                 Ok(names) => probed.extend(names),
                 Err(why) => {
-                    self.unstored(&format!("{f} has {why}"), compile_ms);
+                    self.ctx.unstored(&format!("{f} has {why}"), compile_ms);
                     return Ok(None);
                 }
             }
@@ -553,46 +478,15 @@ impl<'a> Job<'a> {
         compile_ms: u64,
     ) -> Result<Option<Vec<String>>> {
         let c = self.c;
-        let builtin = builtin_dirs(self.store, self.compiler, c)?;
-        let search = key::search_dirs(c, &builtin, &|v| self.probe.var(v));
+        let builtin = builtin_dirs(self.ctx.store, self.compiler_str, c)?;
+        let search = key::search_dirs(c, &builtin, &|v| self.ctx.probe.var(v));
         match key::shadow_candidates(&c.source, headers, &search, !c.forced.is_empty(), probed) {
             Ok(a) => Ok(Some(a)),
             Err(why) => {
-                self.unstored(&why, compile_ms);
+                self.ctx.unstored(&why, compile_ms);
                 Ok(None)
             }
         }
-    }
-
-    /// Puts the object into the store, scanned on the way for the
-    /// machine-local roots it contains: its hash, size and roots.
-    fn store_object(&self) -> Result<(BlobHash, u64, Vec<String>)> {
-        let object = &self.places.object;
-        let mut roots = Vec::new();
-        let f = File::open(object).with_context(|| format!("cannot read {}", object.display()))?;
-        let (hash, size) = self
-            .store
-            .put_blob_reader(RootScan::new(f, self.paths.rules(), &mut roots), None)
-            .with_context(|| format!("cannot store {}", object.display()))?;
-        roots.sort();
-        Ok((hash, size, roots))
-    }
-
-    /// Publishes the entry, hands it to the daemon to upload and logs the
-    /// miss.
-    fn publish(&self, entry: &Entry, size: u64) -> Result<()> {
-        self.store.publish(entry)?;
-        crate::daemon::client::after_store(self.cfg, self.store, self.crate_name, &entry.key);
-        super::progress(self.crate_name, "C miss", self.start, size);
-        log(
-            self.store,
-            serde_json::json!({
-                "crate": self.crate_name, "result": "miss", "size": size, "key": entry.key,
-                "compile_ms": entry.compile_ms, "ms": crate::units::millis(self.start.elapsed()),
-                "inputs": entry.explain,
-            }),
-        );
-        Ok(())
     }
 }
 
@@ -601,84 +495,6 @@ fn file_name(p: &Path) -> Result<String> {
         .and_then(|s| s.to_str())
         .map(str::to_string)
         .ok_or_else(|| anyhow!("{} has no file name", p.display()))
-}
-
-/// Restores the object (under this compile's name) and the dependency
-/// file the caller asked for, then replays the compiler's output.
-fn hit(
-    store: &Store,
-    entry: &Entry,
-    c: &CcCompile,
-    places: &Places,
-    paths: &Paths,
-    start: Instant,
-    remote: bool,
-) -> Result<i32> {
-    use std::io::Write;
-    let dep_text = match (&places.dep_file, &entry.dep_info) {
-        (Some(p), Some(d)) => Some((p, paths.expand_dep_info(&d.text))),
-        (Some(_), None) => bail!("entry {} has no dependency file", entry.key),
-        (None, _) => None,
-    };
-    let mut e = entry.clone();
-    e.dep_info = None;
-    e.files[0].name = file_name(&places.object)?;
-    let out_dir = places.object.parent().unwrap_or(Path::new("."));
-    let size = restore::restore(store, &e, out_dir, paths)?;
-    if let Some((p, text)) = dep_text {
-        restore::write_fresh(p, text.as_bytes())?;
-    }
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(paths.expand(&entry.stdout).as_bytes());
-    let _ = out.flush();
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(paths.expand(&entry.stderr).as_bytes());
-    let _ = err.flush();
-    store.touch(&entry.crate_name, &entry.key);
-    let result = if remote { "remote_hit" } else { "local_hit" };
-    super::progress(
-        &entry.crate_name,
-        &format!("C {result} ({})", c.source),
-        start,
-        size,
-    );
-    log(
-        store,
-        serde_json::json!({
-            "crate": entry.crate_name, "result": result, "size": size, "key": entry.key,
-            "compile_ms": entry.compile_ms, "ms": crate::units::millis(start.elapsed()),
-        }),
-    );
-    Ok(0)
-}
-
-/// `KACHE_VERIFY=1`: the hit was compiled for real; compares the object.
-fn verify_hit(
-    store: &Store,
-    e: &Entry,
-    places: &Places,
-    start: Instant,
-    compile_ms: u64,
-) -> Result<i32> {
-    let compiled = crate::store::hash_file(&places.object).ok();
-    let ok = compiled.as_deref() == Some(e.files[0].hash.as_str());
-    if !ok {
-        eprintln!(
-            "warning: kache: verify mismatch: {} key {}: {} differs from the stored entry; keeping the compiled object",
-            e.crate_name,
-            e.key,
-            places.object.display()
-        );
-    }
-    log(
-        store,
-        serde_json::json!({
-            "crate": e.crate_name, "result": if ok { "verified" } else { "verify_mismatch" },
-            "size": e.size(), "key": e.key, "compile_ms": compile_ms,
-            "ms": crate::units::millis(start.elapsed()),
-        }),
-    );
-    Ok(0)
 }
 
 /// The variables through which the environment adds search directories:

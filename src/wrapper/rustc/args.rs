@@ -3,7 +3,7 @@
 //! expansion.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What one rustc command line asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,15 +58,6 @@ pub(crate) fn expand_argfiles(args: &[OsString]) -> Option<Vec<String>> {
         }
     }
     Some(out)
-}
-
-/// Whether a program path names rustc or clippy-driver.
-pub(crate) fn is_rustc_like(p: &std::ffi::OsStr) -> bool {
-    let stem = Path::new(p)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("");
-    stem == "rustc" || stem == "clippy-driver"
 }
 
 const LINKED_TYPES: [&str; 4] = ["bin", "proc-macro", "dylib", "cdylib"];
