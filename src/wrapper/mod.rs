@@ -36,6 +36,7 @@ pub(crate) mod restore;
 mod rustc;
 mod scan;
 mod stamp;
+mod trace;
 
 use std::ffi::OsString;
 

@@ -1,0 +1,569 @@
+/*!
+Which files a process tree opens, executes and writes: a seccomp
+user-notification filter (Linux 5.5 and later, no privileges needed).
+
+A build script's output can depend on anything it or its children read:
+a data file in the package, a system header the C compiler includes, a
+`.pc` file, a program on `PATH`. Cargo never reuses a run across target
+dirs, so it does not need to know; kache does, so it must. The child
+installs a filter before it executes the program; every `open`,
+`openat`, `openat2`, `creat`, `execve`, `execveat` and every call that
+creates, renames or removes a path, in it and in every process it
+starts, stops until a thread of ours has read the path from the
+process's memory and let the call go on unchanged
+(`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). The program sees no difference
+beyond a few microseconds per such call.
+
+What it cannot see, and where a run is then not cached: a kernel or an
+architecture without the filter (the spawn reports it; the caller runs
+the program untraced and stores nothing), and a system call of another
+ABI (x32, 32-bit compat), which marks the trace incomplete. Reads through
+`io_uring`, and stat-only existence checks, are not seen: documented in
+the README.
+
+Process helpers outliving the program keep the filter; once we stop
+listening their watched calls fail (`ENOSYS`).
+*/
+
+#![allow(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// What the traced processes did to paths (absolute, lexically clean).
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    /// Opened for reading, or executed.
+    pub(crate) read: BTreeSet<PathBuf>,
+    /// Opened for writing, created, renamed, linked or removed.
+    pub(crate) written: BTreeSet<PathBuf>,
+    /// Why the trace cannot be trusted to be complete, if it cannot.
+    pub(crate) incomplete: Option<String>,
+}
+
+/// A trace being taken: join it once the program exited.
+pub(crate) struct Tracer {
+    thread: Option<JoinHandle<Trace>>,
+    stop: Arc<AtomicBool>,
+    /// The child's end of the socket that carries the listener back;
+    /// closed once the child is spawned.
+    child_end: Option<OwnedFd>,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    pub(super) const AUDIT_ARCH: u32 = 0xC000_003E;
+    /// Syscalls of another ABI (x32) carry this bit.
+    pub(super) const FOREIGN_BIT: u32 = 0x4000_0000;
+}
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    pub(super) const AUDIT_ARCH: u32 = 0xC000_00B7;
+    pub(super) const FOREIGN_BIT: u32 = 0;
+}
+
+/// How a watched call names its paths: (syscall, [(path arg, dirfd arg,
+/// is a write)], flags arg for an open).
+struct Watched {
+    nr: i64,
+    paths: &'static [(usize, Option<usize>, bool)],
+    /// Where the open flags are: `Some(i)` an argument, for `openat2`
+    /// the `open_how` the argument points to.
+    flags: Flags,
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    None,
+    Arg(usize),
+    How(usize),
+}
+
+const fn w(nr: i64, paths: &'static [(usize, Option<usize>, bool)], flags: Flags) -> Watched {
+    Watched { nr, paths, flags }
+}
+
+#[cfg(target_arch = "x86_64")]
+const WATCHED: &[Watched] = &[
+    w(libc::SYS_open, &[(0, None, false)], Flags::Arg(1)),
+    w(libc::SYS_creat, &[(0, None, true)], Flags::None),
+    w(libc::SYS_openat, &[(1, Some(0), false)], Flags::Arg(2)),
+    w(libc::SYS_openat2, &[(1, Some(0), false)], Flags::How(2)),
+    w(libc::SYS_execve, &[(0, None, false)], Flags::None),
+    w(libc::SYS_execveat, &[(1, Some(0), false)], Flags::None),
+    w(libc::SYS_mkdir, &[(0, None, true)], Flags::None),
+    w(libc::SYS_mkdirat, &[(1, Some(0), true)], Flags::None),
+    w(libc::SYS_rename, &[(0, None, true), (1, None, true)], Flags::None),
+    w(libc::SYS_renameat, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
+    w(libc::SYS_renameat2, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
+    w(libc::SYS_unlink, &[(0, None, true)], Flags::None),
+    w(libc::SYS_unlinkat, &[(1, Some(0), true)], Flags::None),
+    w(libc::SYS_rmdir, &[(0, None, true)], Flags::None),
+    w(libc::SYS_link, &[(1, None, true)], Flags::None),
+    w(libc::SYS_linkat, &[(3, Some(2), true)], Flags::None),
+    w(libc::SYS_symlink, &[(1, None, true)], Flags::None),
+    w(libc::SYS_symlinkat, &[(2, Some(1), true)], Flags::None),
+    w(libc::SYS_truncate, &[(0, None, true)], Flags::None),
+];
+
+#[cfg(target_arch = "aarch64")]
+const WATCHED: &[Watched] = &[
+    w(libc::SYS_openat, &[(1, Some(0), false)], Flags::Arg(2)),
+    w(libc::SYS_openat2, &[(1, Some(0), false)], Flags::How(2)),
+    w(libc::SYS_execve, &[(0, None, false)], Flags::None),
+    w(libc::SYS_execveat, &[(1, Some(0), false)], Flags::None),
+    w(libc::SYS_mkdirat, &[(1, Some(0), true)], Flags::None),
+    w(libc::SYS_renameat, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
+    w(libc::SYS_renameat2, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
+    w(libc::SYS_unlinkat, &[(1, Some(0), true)], Flags::None),
+    w(libc::SYS_linkat, &[(3, Some(2), true)], Flags::None),
+    w(libc::SYS_symlinkat, &[(2, Some(1), true)], Flags::None),
+    w(libc::SYS_truncate, &[(0, None, true)], Flags::None),
+];
+
+/// Whether this build of kache can trace at all.
+pub(crate) const SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// The filter: the watched calls (and any call of another ABI or
+/// architecture) notify; everything else runs.
+fn program() -> Vec<libc::sock_filter> {
+    const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let n = WATCHED.len();
+    let mut p = vec![
+        // arch at offset 4, nr at offset 0 of seccomp_data.
+        stmt(LD_ABS_W, 4),
+        jump(JEQ_K, arch::AUDIT_ARCH, 1, 0),
+        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+        stmt(LD_ABS_W, 0),
+    ];
+    if arch::FOREIGN_BIT != 0 {
+        // Jump straight to the notify at the end.
+        p.push(jump(JSET_K, arch::FOREIGN_BIT, (n + 1) as u8, 0));
+    }
+    for (i, c) in WATCHED.iter().enumerate() {
+        // Equal: skip the rest of the list and the allow.
+        p.push(jump(JEQ_K, c.nr as u32, (n - i) as u8, 0));
+    }
+    p.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+    p.push(stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF));
+    p
+}
+
+impl Tracer {
+    /// Arranges for `cmd`'s process tree to be traced once spawned.
+    /// After spawning (whether it worked or not) call [`Tracer::spawned`];
+    /// after the program exited, [`Tracer::finish`].
+    pub(crate) fn attach(cmd: &mut Command) -> io::Result<Tracer> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds is a valid array of two ints.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: socketpair just returned these two fds, owned by us.
+        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let child_fd = theirs.as_raw_fd();
+        let filter = program();
+        // SAFETY: the closure runs in the forked child before exec and
+        // makes only async-signal-safe system calls on memory allocated
+        // before the fork (the filter) or on its own stack.
+        unsafe {
+            cmd.pre_exec(move || install_in_child(&filter, child_fd));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || listen(&ours, &stop2));
+        Ok(Tracer {
+            thread: Some(thread),
+            stop,
+            child_end: Some(theirs),
+        })
+    }
+
+    /// The child was spawned (or failed to be): our copy of its end of
+    /// the socket goes, so a child that never sent the listener ends the
+    /// wait for it.
+    pub(crate) fn spawned(&mut self) {
+        self.child_end = None;
+    }
+
+    /// The program exited: stops listening once no watched call is
+    /// pending; what the process tree did.
+    pub(crate) fn finish(mut self) -> Trace {
+        self.child_end = None;
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_else(|| Trace {
+                incomplete: Some("the tracer thread failed".into()),
+                ..Trace::default()
+            })
+    }
+}
+
+/// In the child: no new privileges, the filter with a listener, the
+/// listener sent to the parent.
+fn install_in_child(filter: &[libc::sock_filter], sock: RawFd) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: plain system calls with valid arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &raw const prog,
+        );
+        if listener < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = listener as RawFd;
+        send_fd(sock, listener)?;
+        libc::close(listener);
+        libc::close(sock);
+    }
+    Ok(())
+}
+
+/// Sends one fd over a unix socket (`SCM_RIGHTS`), allocating nothing.
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    // Room for one cmsghdr carrying one int, aligned.
+    let mut cbuf = [0u64; 4];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: zeroed msghdr is valid; the pointers set below outlive the
+    // sendmsg call; CMSG_* compute within cbuf, sized for one int.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        if libc::sendmsg(sock, &raw const msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one fd sent by [`send_fd`]; `None` once the other end closed
+/// without sending.
+fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut cbuf = [0u64; 4];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: as in send_fd; the fd read out of the control message is
+    // new in this process and owned by the returned OwnedFd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&cbuf);
+        let n = libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n <= 0 {
+            return None;
+        }
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+        Some(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The tracer thread: waits for the listener, then answers every
+/// notification until no traced process is left (or the program exited
+/// and nothing is pending).
+fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
+    let mut trace = Trace::default();
+    let Some(listener) = recv_fd(sock) else {
+        trace.incomplete = Some("the program was not traced".into());
+        return trace;
+    };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&raw mut pfd, 1, 100) };
+        if rc < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if rc == 0 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            continue;
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            answer_one(&listener, &mut trace);
+        } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            // Every traced process is gone.
+            break;
+        }
+    }
+    trace
+}
+
+/// Receives one notification, records what it names, lets it go on.
+fn answer_one(listener: &OwnedFd, trace: &mut Trace) {
+    // SAFETY: zeroed notification structs are valid; the ioctls take
+    // pointers to them.
+    let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &raw mut req,
+        )
+    };
+    if rc != 0 {
+        return;
+    }
+    record(listener, &req, trace);
+    let mut resp = libc::seccomp_notif_resp {
+        id: req.id,
+        val: 0,
+        error: 0,
+        flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+    };
+    // SAFETY: as above. A process that died meanwhile makes this fail:
+    // nothing to do.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &raw mut resp,
+        );
+    }
+}
+
+fn record(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
+    let d = &req.data;
+    if d.arch != arch::AUDIT_ARCH || (arch::FOREIGN_BIT != 0 && d.nr as u32 & arch::FOREIGN_BIT != 0)
+    {
+        trace.incomplete = Some("a process made system calls of another ABI".into());
+        return;
+    }
+    let Some(c) = WATCHED.iter().find(|c| c.nr == i64::from(d.nr)) else {
+        return;
+    };
+    let pid = req.pid;
+    let write_flags = match c.flags {
+        Flags::None => false,
+        Flags::Arg(i) => open_writes(d.args[i]),
+        Flags::How(i) => read_u64(pid, d.args[i]).is_some_and(open_writes),
+    };
+    for &(arg, dirfd, writes) in c.paths {
+        let Some(raw) = read_cstr(pid, d.args[arg]) else {
+            continue;
+        };
+        // The path was read while the call still waited: check it is
+        // the same call (the process may have died and its pid be reused).
+        if !id_valid(listener, req.id) {
+            return;
+        }
+        let Some(path) = resolve(pid, dirfd.map(|i| d.args[i] as i32), raw) else {
+            continue;
+        };
+        if writes || write_flags {
+            trace.written.insert(path);
+        } else {
+            trace.read.insert(path);
+        }
+    }
+}
+
+fn open_writes(flags: u64) -> bool {
+    let f = flags as i32;
+    f & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) != 0
+}
+
+fn id_valid(listener: &OwnedFd, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: the ioctl reads one u64.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+            &raw mut id,
+        ) == 0
+    }
+}
+
+/// Reads from another process's memory, at most to the end of the page
+/// `addr` is in (a read across into an unmapped page would fail whole).
+fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
+    let page = 4096u64;
+    let room = (page - addr % page) as usize;
+    let len = buf.len().min(room);
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: local points into buf (len bytes); the kernel checks remote.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &raw const local, 1, &raw const remote, 1, 0) };
+    (n > 0).then_some(n as usize)
+}
+
+fn read_u64(pid: u32, addr: u64) -> Option<u64> {
+    let mut b = [0u8; 8];
+    let mut got = 0;
+    while got < 8 {
+        got += read_mem(pid, addr + got as u64, &mut b[got..])?;
+    }
+    Some(u64::from_ne_bytes(b))
+}
+
+/// A NUL-terminated string of another process (at most `PATH_MAX`).
+fn read_cstr(pid: u32, addr: u64) -> Option<Vec<u8>> {
+    if addr == 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    while out.len() < libc::PATH_MAX as usize {
+        let n = read_mem(pid, addr + out.len() as u64, &mut buf)?;
+        if let Some(end) = buf[..n].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&buf[..end]);
+            return Some(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    None
+}
+
+/// The absolute, lexically clean path a call names: relative paths are
+/// taken from the process's working directory or the directory fd.
+fn resolve(pid: u32, dirfd: Option<i32>, raw: Vec<u8>) -> Option<PathBuf> {
+    let p = PathBuf::from(OsString::from_vec(raw));
+    if p.as_os_str().is_empty() {
+        return None;
+    }
+    let abs = if p.is_absolute() {
+        p
+    } else {
+        let base = match dirfd {
+            Some(fd) if fd != libc::AT_FDCWD => format!("/proc/{pid}/fd/{fd}"),
+            _ => format!("/proc/{pid}/cwd"),
+        };
+        std::fs::read_link(base).ok()?.join(p)
+    };
+    Some(clean(&abs))
+}
+
+/// Removes `.` and `..` components without looking at the filesystem.
+pub(crate) fn clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `sh -c script` traced; what it did.
+    fn traced(script: &str, cwd: &Path) -> Trace {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).current_dir(cwd);
+        let mut t = Tracer::attach(&mut cmd).unwrap();
+        let child = cmd.spawn();
+        t.spawned();
+        let status = child.unwrap().wait().unwrap();
+        assert!(status.success());
+        t.finish()
+    }
+
+    #[test]
+    fn reads_writes_and_execs_of_a_process_tree_are_seen() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::write(root.join("in.txt"), "x").unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        let t = traced(
+            "cat in.txt > out.txt; (cd sub && cat ../in.txt missing 2>/dev/null); mkdir made; rm out.txt; true",
+            &root,
+        );
+        assert!(t.incomplete.is_none(), "{:?}", t.incomplete);
+        assert!(t.read.contains(&root.join("in.txt")), "{t:?}");
+        assert!(t.read.contains(&root.join("sub/missing")), "{t:?}");
+        assert!(t.read.iter().any(|p| p.ends_with("cat")), "exec seen: {t:?}");
+        assert!(t.written.contains(&root.join("out.txt")), "{t:?}");
+        assert!(t.written.contains(&root.join("made")), "{t:?}");
+        assert!(!t.read.contains(&root.join("out.txt")), "{t:?}");
+    }
+
+    #[test]
+    fn clean_paths() {
+        assert_eq!(clean(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    }
+}
