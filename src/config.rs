@@ -63,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) cache_executables: Setting<bool>,
     /// C, C++ and assembler compiles are cached.
     pub(crate) cache_c: Setting<bool>,
+    /// Build-script runs are cached.
+    pub(crate) cache_build_scripts: Setting<bool>,
     /// The first wrapper call of a build starts `kache daemon`.
     pub(crate) daemon_autostart: Setting<bool>,
     /// How long a wrapper waits for the daemon to fetch a remote hit.
@@ -131,6 +133,8 @@ struct FileCache {
     #[serde(default)]
     cache_c: Key<bool>,
     #[serde(default)]
+    cache_build_scripts: Key<bool>,
+    #[serde(default)]
     daemon_autostart: Key<bool>,
     daemon_wait: Option<toml::Value>,
     #[serde(default)]
@@ -174,13 +178,14 @@ struct FileRemote {
 }
 
 /// The keys of each table, for the error a typo gets.
-const CACHE_KEYS: [&str; 11] = [
+const CACHE_KEYS: [&str; 12] = [
     "local_store",
     "local_max_size",
     "s3_concurrency",
     "compression_level",
     "cache_executables",
     "cache_c",
+    "cache_build_scripts",
     "daemon_autostart",
     "daemon_wait",
     "never_cache",
@@ -376,6 +381,9 @@ pub(crate) struct WrapperConfig {
     /// C, C++ and assembler compiles are cached (`KACHE_CACHE_C`,
     /// `cache.cache_c`).
     pub(crate) cache_c: bool,
+    /// Build-script runs are cached (`KACHE_CACHE_BUILD_SCRIPTS`,
+    /// `cache.cache_build_scripts`).
+    pub(crate) cache_build_scripts: bool,
     /// The remote identity (see `remote_identity`), `None` without a
     /// bucket: the daemon serves a wrapper of the same remote only.
     pub(crate) remote: Option<String>,
@@ -420,6 +428,12 @@ impl WrapperConfig {
             )?
             .value,
             cache_c: cache_c_setting(c.cache_c.get(&f.key("cache_c"), TF_FORM)?, &fsrc)?.value,
+            cache_build_scripts: cache_build_scripts_setting(
+                c.cache_build_scripts
+                    .get(&f.key("cache_build_scripts"), TF_FORM)?,
+                &fsrc,
+            )?
+            .value,
             never_cache: never_cache_setting(
                 c.never_cache.get(&f.key("never_cache"), NEVER_FORM)?,
                 &fsrc,
@@ -755,6 +769,15 @@ fn cache_executables_setting(
     )
 }
 
+/// `cache.cache_build_scripts` / `KACHE_CACHE_BUILD_SCRIPTS`: cache
+/// build-script runs (on by default).
+fn cache_build_scripts_setting(
+    file: Option<bool>,
+    fsrc: &dyn Fn() -> Source,
+) -> Result<Setting<bool>> {
+    flag_setting("KACHE_CACHE_BUILD_SCRIPTS", file, true, fsrc)
+}
+
 /// `cache.cache_c` / `KACHE_CACHE_C`: cache C, C++ and assembler
 /// compiles (on by default).
 fn cache_c_setting(file: Option<bool>, fsrc: &dyn Fn() -> Source) -> Result<Setting<bool>> {
@@ -994,6 +1017,11 @@ impl Config {
                 &fsrc,
             )?,
             cache_c: cache_c_setting(c.cache_c.get(&f.key("cache_c"), TF_FORM)?, &fsrc)?,
+            cache_build_scripts: cache_build_scripts_setting(
+                c.cache_build_scripts
+                    .get(&f.key("cache_build_scripts"), TF_FORM)?,
+                &fsrc,
+            )?,
             daemon_autostart: daemon_autostart_setting(
                 c.daemon_autostart
                     .get(&f.key("daemon_autostart"), TF_FORM)?,
@@ -1135,6 +1163,11 @@ impl Config {
                 &self.cache_executables,
             ),
             shown("cache.cache_c", "KACHE_CACHE_C", &self.cache_c),
+            shown(
+                "cache.cache_build_scripts",
+                "KACHE_CACHE_BUILD_SCRIPTS",
+                &self.cache_build_scripts,
+            ),
             shown(
                 "cache.daemon_autostart",
                 "KACHE_DAEMON_AUTOSTART",

@@ -425,6 +425,7 @@ mod tests {
             cache_dir: d.path().to_path_buf(),
             cache_executables: true,
             cache_c: true,
+            cache_build_scripts: true,
             remote: None,
             daemon_autostart: false,
             daemon_wait: Duration::from_secs(2),

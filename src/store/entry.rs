@@ -44,6 +44,10 @@ pub(crate) struct Inputs {
     /// contain: the entry is keyed by their real value.
     #[serde(default)]
     pub(crate) roots: Vec<String>,
+    /// Directories whose listing a build script read: keyed by the
+    /// names (and kinds) of their entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) dirs: Vec<String>,
 }
 
 /// An entry manifest. Serialised as JSON in the store and as

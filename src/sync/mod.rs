@@ -634,6 +634,7 @@ mod tests {
             compression_level: default(3),
             cache_executables: default(false),
             cache_c: default(true),
+            cache_build_scripts: default(true),
             daemon_autostart: default(false),
             daemon_wait: default(Duration::from_millis(500)),
             never_cache: default(Vec::new()),

@@ -31,11 +31,12 @@ use anyhow::{Context, Result};
 use super::explain::Explain;
 use super::hasher;
 use super::paths::Paths;
+use super::probe::Probe;
 use super::probe::{self, RealProbe};
 use super::process::{run_plain, truthy, warn};
 use super::scan::RootScan;
 use crate::config::WrapperConfig;
-use crate::store::entry::Inputs;
+use crate::store::entry::{Inputs, Origin};
 use crate::store::events::{Event, Outcome};
 use crate::store::{BlobHash, CacheKey, CrateName, Entry, Store};
 
@@ -321,6 +322,21 @@ impl Ctx<'_> {
         ev.write(self.store);
         Ok(())
     }
+}
+
+/// What the entry is for, under cargo: the package version, the target
+/// and the Rust toolchain of the build (so `kache sync --pull` keeps it
+/// exactly when it keeps the package's Rust entries).
+pub(crate) fn cargo_origin(probe: &RealProbe<'_>) -> Option<Origin> {
+    let rustc = probe.var("RUSTC")?;
+    let vv = probe.identity(&rustc, &["-vV"]).ok()?;
+    let o = Origin {
+        version: probe.var("CARGO_PKG_VERSION").filter(|v| !v.is_empty())?,
+        target: probe.var("TARGET")?,
+        toolchain: crate::store::toolchain_id(&vv),
+        deps: Vec::new(),
+    };
+    o.is_valid().then_some(o)
 }
 
 /// Who an action outside the pipeline is logged as: a pass-through or

@@ -61,7 +61,7 @@ pub(crate) fn is_wrapper_call(args: &[OsString]) -> bool {
     let Some(a1) = args.get(1) else {
         return false;
     };
-    if is_rustc_like(a1) {
+    if is_rustc_like(a1) || a1 == super::script::RUN_ARG {
         return true;
     }
     let s = a1.to_string_lossy();

@@ -100,5 +100,14 @@ fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyH
         h.field("root", s);
         h.field("real", &paths.expand(s));
     }
+    for d in &inputs.dirs {
+        let listing: Vec<String> = probe
+            .list_dir(&paths.resolve(d))
+            .into_iter()
+            .map(|(name, dir)| if dir { format!("{name}/") } else { name })
+            .collect();
+        h.field("dir", d);
+        h.field("listing", &listing.join("\n"));
+    }
     Some(h)
 }

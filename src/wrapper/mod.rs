@@ -9,6 +9,9 @@ Rooms:
 - `rustc/`: rustc compiles (`kache RUSTC ARGS...`, or `kache
   WORKSPACE_WRAPPER RUSTC ARGS...`): their arguments, key, link lines;
 - `cc/`: C, C++ and assembler compiles (`kache CC ARGS...`);
+- `script/`: build-script runs (`kache --kache-run-build-script REAL`,
+  from the launcher kache puts in place of each build script it
+  compiles), traced by `trace`;
 - shared by every kind: `paths` (machine-local roots and their
   sentinels), `hasher` and `explain` (the framed key hasher, the full
   key of an input list, a key's account for `why-miss`), `probe` (what a
@@ -35,6 +38,7 @@ mod process;
 pub(crate) mod restore;
 mod rustc;
 mod scan;
+mod script;
 mod stamp;
 mod trace;
 
@@ -44,6 +48,9 @@ pub(crate) use self::call::is_wrapper_call;
 
 /// Runs the wrapper; returns the exit code to exit with.
 pub(crate) fn main(argv: &[OsString]) -> i32 {
+    if argv.get(1).is_some_and(|a| a == script::RUN_ARG) {
+        return script::main(argv);
+    }
     if std::env::var_os("KACHE_ACTIVE").is_none() && cc::is_cc_call(argv) {
         return cc::main(argv);
     }

@@ -247,6 +247,30 @@ fn replace_paths(s: &str, pairs: &[(&str, &str)]) -> String {
     out
 }
 
+/// The workspace a compile belongs to: the nearest directory with a
+/// Cargo.lock above the package (`CARGO_MANIFEST_DIR`), when the compile
+/// runs inside that package (the package itself under `CARGO_HOME`);
+/// else the working directory.
+pub(crate) fn workspace_root(cwd: &Path) -> PathBuf {
+    let Some(pkg) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
+        return cwd.to_path_buf();
+    };
+    if !cwd.starts_with(&pkg) {
+        return cwd.to_path_buf();
+    }
+    // A registry or git dependency: its own folder (named through
+    // CARGO_HOME, like its Rust compiles).
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if cargo_home.is_some_and(|h| pkg.starts_with(h)) {
+        return pkg;
+    }
+    pkg.ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .map_or(pkg.clone(), Path::to_path_buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,8 +35,8 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 /// What the traced processes did to paths (absolute, lexically clean).
@@ -102,9 +102,21 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_execveat, &[(1, Some(0), false)], Flags::None),
     w(libc::SYS_mkdir, &[(0, None, true)], Flags::None),
     w(libc::SYS_mkdirat, &[(1, Some(0), true)], Flags::None),
-    w(libc::SYS_rename, &[(0, None, true), (1, None, true)], Flags::None),
-    w(libc::SYS_renameat, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
-    w(libc::SYS_renameat2, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
+    w(
+        libc::SYS_rename,
+        &[(0, None, true), (1, None, true)],
+        Flags::None,
+    ),
+    w(
+        libc::SYS_renameat,
+        &[(1, Some(0), true), (3, Some(2), true)],
+        Flags::None,
+    ),
+    w(
+        libc::SYS_renameat2,
+        &[(1, Some(0), true), (3, Some(2), true)],
+        Flags::None,
+    ),
     w(libc::SYS_unlink, &[(0, None, true)], Flags::None),
     w(libc::SYS_unlinkat, &[(1, Some(0), true)], Flags::None),
     w(libc::SYS_rmdir, &[(0, None, true)], Flags::None),
@@ -122,8 +134,16 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_execve, &[(0, None, false)], Flags::None),
     w(libc::SYS_execveat, &[(1, Some(0), false)], Flags::None),
     w(libc::SYS_mkdirat, &[(1, Some(0), true)], Flags::None),
-    w(libc::SYS_renameat, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
-    w(libc::SYS_renameat2, &[(1, Some(0), true), (3, Some(2), true)], Flags::None),
+    w(
+        libc::SYS_renameat,
+        &[(1, Some(0), true), (3, Some(2), true)],
+        Flags::None,
+    ),
+    w(
+        libc::SYS_renameat2,
+        &[(1, Some(0), true), (3, Some(2), true)],
+        Flags::None,
+    ),
     w(libc::SYS_unlinkat, &[(1, Some(0), true)], Flags::None),
     w(libc::SYS_linkat, &[(3, Some(2), true)], Flags::None),
     w(libc::SYS_symlinkat, &[(2, Some(1), true)], Flags::None),
@@ -193,7 +213,8 @@ impl Tracer {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: socketpair just returned these two fds, owned by us.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let child_fd = theirs.as_raw_fd();
         let filter = program();
         // SAFETY: the closure runs in the forked child before exec and
@@ -396,7 +417,8 @@ fn answer_one(listener: &OwnedFd, trace: &mut Trace) {
 
 fn record(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
     let d = &req.data;
-    if d.arch != arch::AUDIT_ARCH || (arch::FOREIGN_BIT != 0 && d.nr as u32 & arch::FOREIGN_BIT != 0)
+    if d.arch != arch::AUDIT_ARCH
+        || (arch::FOREIGN_BIT != 0 && d.nr as u32 & arch::FOREIGN_BIT != 0)
     {
         trace.incomplete = Some("a process made system calls of another ABI".into());
         return;
@@ -462,7 +484,16 @@ fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
         iov_len: len,
     };
     // SAFETY: local points into buf (len bytes); the kernel checks remote.
-    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &raw const local, 1, &raw const remote, 1, 0) };
+    let n = unsafe {
+        libc::process_vm_readv(
+            pid as libc::pid_t,
+            &raw const local,
+            1,
+            &raw const remote,
+            1,
+            0,
+        )
+    };
     (n > 0).then_some(n as usize)
 }
 
@@ -556,7 +587,10 @@ mod tests {
         assert!(t.incomplete.is_none(), "{:?}", t.incomplete);
         assert!(t.read.contains(&root.join("in.txt")), "{t:?}");
         assert!(t.read.contains(&root.join("sub/missing")), "{t:?}");
-        assert!(t.read.iter().any(|p| p.ends_with("cat")), "exec seen: {t:?}");
+        assert!(
+            t.read.iter().any(|p| p.ends_with("cat")),
+            "exec seen: {t:?}"
+        );
         assert!(t.written.contains(&root.join("out.txt")), "{t:?}");
         assert!(t.written.contains(&root.join("made")), "{t:?}");
         assert!(!t.read.contains(&root.join("out.txt")), "{t:?}");

@@ -40,7 +40,7 @@ use super::probe::{Probe, RealProbe};
 use super::process::{exit_code, run_plain, run_pumped, truthy};
 use super::restore;
 use crate::config::WrapperConfig;
-use crate::store::entry::{DepInfo, Inputs, Origin};
+use crate::store::entry::{DepInfo, Inputs};
 use crate::store::{CacheKey, CrateName, Entry, FileRecord, Store};
 
 /// The kind, as events and entries name it.
@@ -171,45 +171,6 @@ fn entry_crate() -> CrateName {
         .unwrap_or_else(CrateName::unnamed)
 }
 
-/// The workspace a compile belongs to: the nearest directory with a
-/// Cargo.lock above the package (`CARGO_MANIFEST_DIR`), when the compile
-/// runs inside that package (the package itself under `CARGO_HOME`);
-/// else the working directory.
-fn workspace_root(cwd: &Path) -> PathBuf {
-    let Some(pkg) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
-        return cwd.to_path_buf();
-    };
-    if !cwd.starts_with(&pkg) {
-        return cwd.to_path_buf();
-    }
-    // A registry or git dependency: its own folder (named through
-    // CARGO_HOME, like its Rust compiles).
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    if cargo_home.is_some_and(|h| pkg.starts_with(h)) {
-        return pkg;
-    }
-    pkg.ancestors()
-        .find(|d| d.join("Cargo.lock").is_file())
-        .map_or(pkg.clone(), Path::to_path_buf)
-}
-
-/// What the entry is for, under cargo: the package version, the target
-/// and the Rust toolchain of the build (so `kache sync --pull` keeps it
-/// exactly when it keeps the package's Rust entries).
-fn origin(probe: &RealProbe<'_>) -> Option<Origin> {
-    let rustc = probe.var("RUSTC")?;
-    let vv = probe.identity(&rustc, &["-vV"]).ok()?;
-    let o = Origin {
-        version: probe.var("CARGO_PKG_VERSION").filter(|v| !v.is_empty())?,
-        target: probe.var("TARGET")?,
-        toolchain: crate::store::toolchain_id(&vv),
-        deps: Vec::new(),
-    };
-    o.is_valid().then_some(o)
-}
-
 /// The compile's paths made absolute.
 struct Places {
     object: PathBuf,
@@ -255,7 +216,7 @@ fn cached(
         .parent()
         .ok_or_else(|| anyhow!("object {} has no directory", places.object.display()))?
         .to_path_buf();
-    let ws = workspace_root(&cwd);
+    let ws = super::paths::workspace_root(&cwd);
     let job = Job {
         ctx: Ctx {
             cfg,
@@ -288,7 +249,7 @@ impl<'a> Action<'a> for Job<'a> {
     }
 
     fn toolchain(&self) -> Option<String> {
-        origin(&self.ctx.probe).map(|o| o.toolchain)
+        action::cargo_origin(&self.ctx.probe).map(|o| o.toolchain)
     }
 
     fn label(&self) -> String {
@@ -400,6 +361,7 @@ impl<'a> Action<'a> for Job<'a> {
             link: Vec::new(),
             absent: absent.iter().map(|h| ctx.paths.normalize(h)).collect(),
             roots: Vec::new(),
+            dirs: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();
@@ -431,7 +393,7 @@ impl<'a> Action<'a> for Job<'a> {
         entry.inputs = Some(inputs);
         entry.compile_ms = run.compile_ms;
         entry.explain = why;
-        entry.origin = origin(&ctx.probe);
+        entry.origin = action::cargo_origin(&ctx.probe);
         entry.lang = LANG.map(str::to_string);
         ctx.publish(&entry, "C")?;
         Ok(run.code)

@@ -566,6 +566,7 @@ mod tests {
             link: vec![],
             absent: vec![],
             roots: vec!["/kache-ws".into()],
+            dirs: vec![],
         };
         let full = full_key(&inputs, &paths, &Fixed).unwrap();
         let (f2, why) = full_key_explained(&inputs, &paths, &Fixed).unwrap();

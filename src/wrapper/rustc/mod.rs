@@ -120,6 +120,10 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
     }
     let mut ran = None;
     match cached(&cfg, rustc, &compile, &expanded, start, &mut ran) {
+        Ok(0) if cfg.cache_build_scripts && is_build_script(&compile) => {
+            launch_through_kache(&compile);
+            0
+        }
         Ok(code) => code,
         Err(e) => call.failed(
             &e,
@@ -168,6 +172,22 @@ fn side_effect_macro(compile: &Compile) -> Option<&'static str> {
         .iter()
         .find(|(v, _)| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
         .map(|(_, reason)| *reason)
+}
+
+/// Whether the compile makes a build script's executable.
+fn is_build_script(c: &Compile) -> bool {
+    c.crate_name.starts_with("build_script_") && c.crate_types.iter().all(|t| t == "bin")
+}
+
+/// Puts kache's launcher in place of a build script just compiled or
+/// restored, so cargo runs the script through kache. On failure the
+/// script stays as rustc made it, with one warning.
+fn launch_through_kache(c: &Compile) {
+    for (name, executable) in c.outputs() {
+        if executable && let Err(e) = super::script::install_launcher(&c.out_dir.join(name)) {
+            super::process::warn(&e, "the build script runs uncached");
+        }
+    }
 }
 
 /// The store (and remote) folder of a compile's entries: the cargo
@@ -383,6 +403,7 @@ impl<'a> Action<'a> for Job<'a> {
             link,
             absent,
             roots: Vec::new(),
+            dirs: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
         let (files, roots) = self.store_outputs()?;

@@ -1,0 +1,439 @@
+/*!
+Build-script runs: the third kind of cached action.
+
+Cargo runs a package's build script itself; kache only compiles it. So
+when kache compiles a build script (`build_script_*`, a binary), it keeps
+the real executable beside cargo's name for it and puts a small launcher
+(`launcher`) in its place. Cargo runs the launcher, which runs `kache
+--kache-run-build-script REAL`, and kache decides: a hit restores
+`OUT_DIR` (`outdir`) and replays the script's stdout (the `cargo:`
+directives, which cargo then reads as if the script printed them) and
+stderr, starting no process; a miss runs the script for real, traced
+(`trace`), and records it.
+
+The key (see the README, "What a build script's key covers"):
+- base: the script's executable by content, its arguments, its working
+  directory and every environment variable but the few in
+  [`VOLATILE_VARS`] (cargo's unit environment, `CARGO_CFG_*`, features,
+  `CARGO_ENCODED_RUSTFLAGS`, the compilers and flags the cc, cmake and
+  pkg-config crates read, `PATH`), machine-local paths as sentinels;
+- full: every file the script and its children opened or executed, by
+  content (absent ones as absence), every directory they listed, by its
+  listing, the variables it declared with `rerun-if-env-changed`, and the
+  machine-local roots found in `OUT_DIR`'s files.
+
+Never stored: a failing run; a run that wrote outside `OUT_DIR` (the
+temp dir and kache's own store aside); a run the tracer could not see
+whole. `OUT_DIR` is emptied before a run, so what is stored is what a
+run into a fresh target dir makes.
+*/
+
+mod launcher;
+mod outdir;
+
+pub(crate) use self::launcher::{RUN_ARG, install as install_launcher};
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::action::{self, Action, Call, Ctx, Ran};
+use super::explain::Explain;
+use super::hasher::KeyHasher;
+use super::paths::{Paths, workspace_root};
+use super::probe::{Probe, RealProbe};
+use super::process::{exit_code, run_plain, run_pumped, truthy};
+use super::trace::{self, Trace, Tracer};
+use crate::config::WrapperConfig;
+use crate::store::entry::Inputs;
+use crate::store::{CacheKey, CrateName, Entry, FileRecord, Store};
+
+/// The kind, as events and entries name it.
+const LANG: Option<&str> = Some("build-script");
+
+/// The one file of a build-script entry: `OUT_DIR` as a tar.
+const OUT_TAR: &str = "out.tar";
+
+/// Variables left out of the key: they change from run to run or from
+/// terminal to terminal and say nothing about what a build script makes
+/// (the number of jobs, the jobserver, the shell's state, the terminal,
+/// the CI run's identity), and kache's own. A variable the script
+/// declares with `rerun-if-env-changed` is keyed even if listed here.
+const VOLATILE_VARS: [&str; 27] = [
+    "NUM_JOBS",
+    "CARGO_MAKEFLAGS",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "TERM",
+    "COLORTERM",
+    "TERM_PROGRAM",
+    "TERM_PROGRAM_VERSION",
+    "LS_COLORS",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "SSH_AUTH_SOCK",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_TTY",
+    "TMUX",
+    "TMUX_PANE",
+    "STY",
+    "WINDOWID",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    // kache's own path, which differs between machines.
+    "RUSTC_WRAPPER",
+];
+
+/// Prefixes of variables left out of the key, as [`VOLATILE_VARS`]:
+/// kache's settings, the desktop session's, and the per-run identity of
+/// a GitHub Actions job (`GITHUB_RUN_ID`, `RUNNER_TEMP`, ...).
+const VOLATILE_PREFIXES: [&str; 6] = ["KACHE_", "XDG_", "DBUS_", "GITHUB_", "RUNNER_", "ACTIONS_"];
+
+fn volatile(name: &str) -> bool {
+    VOLATILE_VARS.contains(&name) || VOLATILE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether cargo runs this build through kache: cargo tells build
+/// scripts its `RUSTC_WRAPPER`. A launcher left in a target dir that a
+/// plain cargo now builds runs the script as is.
+fn under_kache() -> bool {
+    std::env::var_os("RUSTC_WRAPPER")
+        .is_some_and(|w| Path::new(&w).file_stem().is_some_and(|s| s == "kache"))
+}
+
+/// Runs `kache --kache-run-build-script REAL ARGS...`; the exit code.
+pub(crate) fn main(argv: &[OsString]) -> i32 {
+    let start = Instant::now();
+    let Some(real) = argv.get(2) else {
+        eprintln!("error: kache: {RUN_ARG} needs the build script to run");
+        return 2;
+    };
+    let rest = &argv[3..];
+    if truthy("KACHE_DISABLED") || !under_kache() {
+        return run_plain(real, rest);
+    }
+    let cfg = match WrapperConfig::load() {
+        Ok(c) => c,
+        Err(e) => {
+            super::process::warn(&e, "running the build script uncached");
+            return run_plain(real, rest);
+        }
+    };
+    let crate_name = std::env::var("CARGO_PKG_NAME")
+        .ok()
+        .and_then(|n| CrateName::normalize(&n))
+        .unwrap_or_else(CrateName::unnamed);
+    let call = Call {
+        cfg: &cfg,
+        crate_name: &crate_name,
+        lang: LANG,
+        start,
+    };
+    if !cfg.cache_build_scripts {
+        return call.pass_through("build-script caching is off", real, rest);
+    }
+    if !trace::SUPPORTED {
+        return call.pass_through(
+            "kache cannot trace build scripts on this architecture",
+            real,
+            rest,
+        );
+    }
+    let Some(out_dir) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
+        return call.pass_through("no OUT_DIR", real, rest);
+    };
+    let mut ran = None;
+    match cached(&cfg, real, rest, &out_dir, &crate_name, start, &mut ran) {
+        Ok(code) => code,
+        Err(e) => call.failed(
+            &e,
+            ran,
+            (
+                "build-script output not cached",
+                "running the build script uncached",
+            ),
+            || run_plain(real, rest),
+        ),
+    }
+}
+
+/// What one build-script run works with.
+struct Job<'a> {
+    ctx: Ctx<'a>,
+    real: &'a OsString,
+    real_str: &'a str,
+    args: &'a [OsString],
+    /// `OUT_DIR`, absolute.
+    out_dir: PathBuf,
+}
+
+fn cached(
+    cfg: &WrapperConfig,
+    real: &OsString,
+    args: &[OsString],
+    out_dir: &Path,
+    crate_name: &CrateName,
+    start: Instant,
+    ran: &mut Option<i32>,
+) -> Result<i32> {
+    let real_str = real
+        .to_str()
+        .ok_or_else(|| anyhow!("the build script's path is not UTF-8"))?;
+    let store = Store::open(&cfg.cache_dir)?;
+    let cwd = std::env::current_dir().context("no current directory")?;
+    let out_dir = cwd.join(out_dir);
+    let ws = workspace_root(&cwd);
+    let job = Job {
+        ctx: Ctx {
+            cfg,
+            store: &store,
+            crate_name: crate_name.clone(),
+            paths: Paths::detect_rooted(&out_dir, cwd, ws),
+            probe: RealProbe::new(&store),
+            start,
+            lang: LANG,
+        },
+        real,
+        real_str,
+        args,
+        out_dir,
+    };
+    let (base, why) = job.base_key()?;
+    action::cached(&job, base, why, ran)
+}
+
+impl Job<'_> {
+    /// The script by content, its arguments and working directory, and
+    /// the environment (see [`VOLATILE_VARS`]).
+    fn base_key(&self) -> Result<(CacheKey, Explain)> {
+        let (paths, probe) = (&self.ctx.paths, &self.ctx.probe);
+        let mut h = KeyHasher::new("kache-build-script-1");
+        let script = probe
+            .hash(Path::new(self.real_str))
+            .ok_or_else(|| anyhow!("cannot read the build script {}", self.real_str))?;
+        h.field("build-script", &script);
+        for a in self.args {
+            h.field("arg", &paths.normalize(&a.to_string_lossy()));
+        }
+        h.field("cwd", &paths.normalize(&paths.cwd.to_string_lossy()));
+        let mut vars = probe.vars();
+        vars.sort();
+        for (name, value) in vars {
+            if volatile(&name) {
+                continue;
+            }
+            h.field("env", &name);
+            h.field("value", &paths.normalize(&value));
+        }
+        Ok(h.finish_explained())
+    }
+
+    /// The traced reads as an input list: files by content, absent ones,
+    /// listed directories; what the run wrote itself, `OUT_DIR`, kache's
+    /// store and the kernel's pseudo files left out.
+    fn traced_inputs(&self, t: &Trace) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let skip = |p: &Path| {
+            p.starts_with(&self.out_dir)
+                || p.starts_with(self.ctx.store.root())
+                || ["/proc", "/sys", "/dev"].iter().any(|d| p.starts_with(d))
+                || t.written.contains(p)
+        };
+        let (mut files, mut absent, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+        for p in t.read.iter().filter(|p| !skip(p)) {
+            let shown = self.ctx.paths.normalize(&p.to_string_lossy());
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_dir() => dirs.push(shown),
+                Ok(m) if m.is_file() => files.push(shown),
+                // A socket, fifo or device: nothing to key.
+                Ok(_) => {}
+                Err(_) => absent.push(shown),
+            }
+        }
+        (files, absent, dirs)
+    }
+
+    /// The first path the run wrote outside `OUT_DIR`, the temp dirs,
+    /// kache's store and `/dev`.
+    fn wrote_outside(&self, t: &Trace) -> Option<PathBuf> {
+        let mut allowed: Vec<PathBuf> = vec![
+            self.out_dir.clone(),
+            self.ctx.store.root().to_path_buf(),
+            PathBuf::from("/dev"),
+            PathBuf::from("/tmp"),
+            PathBuf::from("/var/tmp"),
+            std::env::temp_dir(),
+        ];
+        allowed.extend(allowed.clone().iter().filter_map(|p| p.canonicalize().ok()));
+        t.written
+            .iter()
+            .find(|p| !allowed.iter().any(|a| p.starts_with(a)))
+            .cloned()
+    }
+}
+
+impl<'a> Action<'a> for Job<'a> {
+    type Extra = Trace;
+
+    fn ctx(&self) -> &Ctx<'a> {
+        &self.ctx
+    }
+
+    fn fits(&self, entry: &Entry) -> bool {
+        entry.files.len() == 1 && entry.files[0].name == OUT_TAR && entry.lang.as_deref() == LANG
+    }
+
+    fn toolchain(&self) -> Option<String> {
+        action::cargo_origin(&self.ctx.probe).map(|o| o.toolchain)
+    }
+
+    fn label(&self) -> String {
+        "build script".to_string()
+    }
+
+    /// Runs the script traced, into an empty `OUT_DIR`.
+    fn run(&self) -> Result<(Ran, Trace)> {
+        outdir::clear(&self.out_dir)?;
+        let mut cmd = Command::new(self.real);
+        cmd.args(self.args)
+            // A daemon started by a compile inside the script would keep
+            // the tracer's filter after the run.
+            .env("KACHE_DAEMON_AUTOSTART", "0")
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut tracer = Tracer::attach(&mut cmd).context("cannot trace the build script")?;
+        let before = self.ctx.store.fs_clock();
+        let t0 = Instant::now();
+        let pumped = run_pumped(&mut cmd, &self.ctx.paths, self.real_str, "the build script");
+        tracer.spawned();
+        let trace = tracer.finish();
+        let (status, out_raw, err_raw) = pumped?;
+        Ok((
+            Ran {
+                code: exit_code(status),
+                compile_ms: crate::units::millis(t0.elapsed()),
+                out_raw,
+                err_raw,
+                before,
+            },
+            trace,
+        ))
+    }
+
+    fn restore(&self, entry: &Entry) -> Result<u64> {
+        let f = &entry.files[0];
+        outdir::clear(&self.out_dir)?;
+        outdir::unpack(&self.ctx.store.blob_path(&f.hash), &self.out_dir)?;
+        Ok(f.size)
+    }
+
+    fn differ(&self, entry: &Entry) -> Vec<String> {
+        let mut roots = Vec::new();
+        match outdir::pack(&self.ctx, &self.out_dir, &mut roots) {
+            Ok((hash, _)) if hash == entry.files[0].hash => Vec::new(),
+            _ => vec![self.out_dir.display().to_string()],
+        }
+    }
+
+    fn record(&self, base: CacheKey, base_why: Explain, run: Ran, trace: Trace) -> Result<i32> {
+        let ctx = &self.ctx;
+        if let Some(why) = &trace.incomplete {
+            ctx.unstored(&format!("the trace is incomplete: {why}"), run.compile_ms);
+            return Ok(run.code);
+        }
+        if let Some(p) = self.wrote_outside(&trace) {
+            ctx.unstored(
+                &format!("the build script wrote outside OUT_DIR: {}", p.display()),
+                run.compile_ms,
+            );
+            return Ok(run.code);
+        }
+        let stdout = String::from_utf8_lossy(&run.out_raw);
+        let (files, absent, dirs) = self.traced_inputs(&trace);
+        let mut inputs = Inputs {
+            base,
+            files,
+            env: declared_env(&stdout),
+            link: Vec::new(),
+            absent,
+            roots: Vec::new(),
+            dirs,
+        };
+        let _w = ctx.store.writer_lock()?;
+        let mut roots = Vec::new();
+        let (hash, size) = outdir::pack(ctx, &self.out_dir, &mut roots)?;
+        roots.sort();
+        inputs.roots = roots;
+        let Some((full, why)) = ctx.full_key(&inputs, base_why) else {
+            bail!("a file the build script read is gone");
+        };
+        if ctx.inputs_changed(run.before) {
+            ctx.unstored(
+                "an input changed while the build script ran",
+                run.compile_ms,
+            );
+            return Ok(run.code);
+        }
+        let tar = FileRecord {
+            name: OUT_TAR.to_string(),
+            hash,
+            size,
+            executable: false,
+        };
+        let mut entry = Entry::new(ctx.crate_name.clone(), full, vec![tar]);
+        entry.stdout = ctx.paths.normalize(&stdout);
+        entry.stderr = ctx.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
+        entry.inputs = Some(inputs);
+        entry.compile_ms = run.compile_ms;
+        entry.explain = why;
+        entry.origin = action::cargo_origin(&ctx.probe);
+        entry.lang = LANG.map(str::to_string);
+        ctx.publish(&entry, "build script")?;
+        Ok(run.code)
+    }
+}
+
+/// The variables a build script declared with `rerun-if-env-changed`.
+fn declared_env(stdout: &str) -> Vec<String> {
+    let names: BTreeSet<String> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("cargo::rerun-if-env-changed=")
+                .or_else(|| l.strip_prefix("cargo:rerun-if-env-changed="))
+        })
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_env_both_syntaxes() {
+        let out = "cargo:rerun-if-env-changed=CC\ncargo::rerun-if-env-changed=B\ncargo:warning=x\ncargo:rerun-if-env-changed=CC\n";
+        assert_eq!(declared_env(out), vec!["B", "CC"]);
+    }
+
+    #[test]
+    fn volatile_vars() {
+        assert!(volatile("NUM_JOBS"));
+        assert!(volatile("GITHUB_RUN_ID"));
+        assert!(volatile("KACHE_CACHE_DIR"));
+        assert!(!volatile("CC"));
+        assert!(!volatile("CARGO_CFG_TARGET_OS"));
+        assert!(!volatile("PATH"));
+    }
+}
