@@ -13,4 +13,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
 export KACHE_BENCH_ENTRIES=${ENTRIES:-100000}
-cargo test --release --locked --test tests sync::bench_gc_remote_plan -- --ignored --nocapture --exact 2>&1 | grep -E '^gc --remote|panicked|error' 
+cargo test --release --locked --test tests sync::bench::bench_gc_remote_plan -- --ignored --nocapture --exact 2>&1 | grep -E '^gc --remote|panicked|error' 

@@ -10,5 +10,5 @@
 # with kache's filter and with `--all` (everything), in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --locked --test tests sync::bench_pull_filter -- --ignored --nocapture --exact 2>&1 \
+cargo test --locked --test tests sync::bench::bench_pull_filter -- --ignored --nocapture --exact 2>&1 \
   | grep -E '^(bucket|filtered pull|--all pull)|panicked|error'

@@ -43,7 +43,7 @@ cargo build --locked --quiet
 KACHE=$ROOT/target/debug/kache
 STORE=$WORK/store
 KACHE_FILL_DIR=$STORE KACHE_FILL_ENTRIES=${ENTRIES:-200} KACHE_FILL_SIZE=${SIZE:-262144} \
-  cargo test --locked --quiet --test tests sync::fill_store_for_scripts -- --ignored --exact --nocapture
+  cargo test --locked --quiet --test tests sync::reliability::fill_store_for_scripts -- --ignored --exact --nocapture
 
 # kache's own settings; one prefix per run.
 export KACHE_S3_BUCKET=$GARAGE_BUCKET KACHE_S3_REGION=$GARAGE_REGION

@@ -18,4 +18,4 @@ export KACHE_SOAK_FAULT_RATE=${RATE:-0.3}
 export KACHE_SOAK_ENTRIES=${ENTRIES:-20}
 export KACHE_SOAK_SEED=${SEED:-$RANDOM}
 echo "soak: $KACHE_SOAK_ROUNDS rounds, fault rate $KACHE_SOAK_FAULT_RATE, $KACHE_SOAK_ENTRIES entries a round, seed $KACHE_SOAK_SEED" >&2
-cargo test --release --locked --test tests sync::soak -- --ignored --nocapture --exact
+cargo test --release --locked --test tests sync::reliability::soak -- --ignored --nocapture --exact
