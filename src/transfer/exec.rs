@@ -9,11 +9,11 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::plan::{Direction, Transfer};
+use super::plan::{Direction, Transfer, totals};
 use super::report::Outcome;
 use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
 use crate::store::Store;
@@ -69,6 +69,29 @@ pub(crate) fn run(pool: &ThreadPool, ctx: &Ctx<'_>, transfers: Vec<Transfer>, tx
                 }
                 let _ = tx.send(o);
             });
+    });
+}
+
+/// Runs the transfers from this thread while `consume` reads their
+/// outcomes on another, given the planned (entries, bytes); with nothing
+/// to run, `consume` is not called. The transfers run here, not on a
+/// thread of their own, so a caller that is itself a worker of `pool`
+/// (the daemon's prefetch) helps run them instead of waiting on them.
+pub(crate) fn run_with(
+    pool: &ThreadPool,
+    ctx: &Ctx<'_>,
+    transfers: Vec<Transfer>,
+    consume: impl FnOnce((u64, u64), &Receiver<Outcome>) + Send,
+) {
+    let Some(dir) = transfers.first().map(|t| t.dir) else {
+        return;
+    };
+    debug_assert!(transfers.iter().all(|t| t.dir == dir));
+    let total = totals(&transfers, dir);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::scope(|s| {
+        s.spawn(move || consume(total, &rx));
+        run(pool, ctx, transfers, tx);
     });
 }
 
