@@ -9,6 +9,7 @@ reaches the caller).
 */
 
 pub(crate) mod layout;
+mod retry;
 pub(crate) mod s3;
 
 use std::fmt;
