@@ -249,7 +249,7 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
@@ -257,7 +257,7 @@ mod tests {
     use crate::remote::{ErrorKind, layout};
     use crate::store::{CacheKey, Entry, FileRecord};
 
-    fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
+    pub(crate) fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("store")).unwrap();
         let mut ts = Vec::new();
@@ -289,7 +289,7 @@ mod tests {
         (d, s, ts)
     }
 
-    fn pool(n: usize) -> ThreadPool {
+    pub(crate) fn pool(n: usize) -> ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
@@ -297,7 +297,7 @@ mod tests {
     }
 
     /// A context on prefix `p`, level 3, no signing or verifying.
-    fn ctx_on<'a>(store: &'a Store, remote: &'a dyn Remote) -> Ctx<'a> {
+    pub(crate) fn ctx_on<'a>(store: &'a Store, remote: &'a dyn Remote) -> Ctx<'a> {
         Ctx {
             store,
             remote,
@@ -310,7 +310,7 @@ mod tests {
 
     static NO_TRUST: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
-    fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
+    pub(crate) fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
         let (tx, rx) = crossbeam_channel::unbounded();
         run(pool, ctx, ts, tx);
         rx.iter().collect()

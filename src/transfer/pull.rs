@@ -133,9 +133,12 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::remote::{ErrorKind, Listed, RemoteError};
+    use crate::remote::dir::DirRemote;
+    use crate::remote::{ErrorKind, Listed, RemoteError, layout};
     use crate::store::Entry;
+    use crate::store::Store;
     use crate::store::entry::Origin;
+    use crate::transfer::exec::tests::{ctx_on, pool, run_all, store_with};
     use crate::transfer::plan::{Direction, RemoteObject};
 
     /// A remote that serves the heads of chosen objects.
@@ -229,12 +232,71 @@ mod tests {
             });
         }
         let versions = BTreeMap::from([("baz".to_string(), BTreeSet::from(["1.0.0".to_string()]))]);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let unusable = built_against_other_versions(&pool, &Heads(heads), &plan, &idx, &versions);
+        let unusable =
+            built_against_other_versions(&pool(2), &Heads(heads), &plan, &idx, &versions);
         let want: HashSet<EntryId> = [(crate::store::ids::test::krate("foo"), key('2'))].into();
         assert_eq!(unusable, want);
+    }
+
+    /// Pulls what `remote` holds under `p/` into `store` as `how` says;
+    /// returns what was planned and the outcomes seen.
+    fn pull_into(
+        store: &Store,
+        remote: &DirRemote,
+        how: impl FnOnce(&mut Pull<'_>),
+    ) -> (Planned, Vec<Outcome>) {
+        let idx = plan::index("p", remote.list("p/").unwrap());
+        let ctx = ctx_on(store, remote);
+        let (pool, filter) = (pool(2), PullFilter::default());
+        let mut p = Pull {
+            pool: &pool,
+            ctx: &ctx,
+            filter: &filter,
+            check_deps: false,
+            record_use: true,
+            dry_run: false,
+        };
+        how(&mut p);
+        let mut seen = Vec::new();
+        let planned = pull(&p, &HashSet::new(), &idx, |total, rx| {
+            assert_eq!(total.0, 3);
+            seen.extend(rx.iter());
+        });
+        (planned, seen)
+    }
+
+    fn use_records(remote: &DirRemote) -> usize {
+        remote.list(&layout::uses_prefix("p")).unwrap().len()
+    }
+
+    #[test]
+    fn pull_records_the_use_then_imports() {
+        let (d, s, ts) = store_with(3);
+        let remote = DirRemote::new(&d.path().join("bucket"));
+        assert_eq!(run_all(&ctx_on(&s, &remote), &pool(2), ts).len(), 3);
+        assert_eq!(use_records(&remote), 0);
+
+        // A dry run plans and touches nothing.
+        let fresh = Store::open(&d.path().join("dry")).unwrap();
+        let (planned, seen) = pull_into(&fresh, &remote, |p| p.dry_run = true);
+        assert_eq!(planned.unrun.len(), 3);
+        assert!(seen.is_empty() && fresh.list().unwrap().is_empty());
+        assert_eq!(use_records(&remote), 0);
+
+        // A read-only runner imports but writes no use record.
+        let ro = Store::open(&d.path().join("ro")).unwrap();
+        let (planned, seen) = pull_into(&ro, &remote, |p| p.record_use = false);
+        assert!(planned.unrun.is_empty());
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|o| matches!(o, Outcome::Done(..))));
+        assert_eq!(ro.list().unwrap().len(), 3);
+        assert_eq!(use_records(&remote), 0);
+
+        // Otherwise one use record, then the entries.
+        let rw = Store::open(&d.path().join("rw")).unwrap();
+        let (_, seen) = pull_into(&rw, &remote, |_| {});
+        assert_eq!(seen.len(), 3);
+        assert_eq!(rw.list().unwrap().len(), 3);
+        assert_eq!(use_records(&remote), 1);
     }
 }
