@@ -20,7 +20,7 @@ store, blocking threads throughout.
 - Remote hits: on a local miss the wrapper asks for the crate (within
   `cache.daemon_wait`, 2 s by default); the daemon lists
   `{prefix}/{crate}/` and pulls what the store lacks exactly as
-  `kache sync --pull` does (`transfer::exec`: verified, imported atomically),
+  `kache sync --pull` does (`transfer::pull`: verified, imported atomically),
   and the wrapper looks up again. A fresh runner has no input lists, and
   the crate is what it knows before compiling, so the crate prefix is the
   unit; the layout is unchanged, old buckets stay readable. The first
