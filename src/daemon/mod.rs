@@ -20,7 +20,7 @@ store, blocking threads throughout.
 - Remote hits: on a local miss the wrapper asks for the crate (within
   `cache.daemon_wait`, 2 s by default); the daemon lists
   `{prefix}/{crate}/` and pulls what the store lacks exactly as
-  `kache sync --pull` does (`transfer::exec`: verified, imported atomically),
+  `kache sync --pull` does (`transfer::pull`: verified, imported atomically),
   and the wrapper looks up again. A fresh runner has no input lists, and
   the crate is what it knows before compiling, so the crate prefix is the
   unit; the layout is unchanged, old buckets stay readable. The first
@@ -44,20 +44,34 @@ store, blocking threads throughout.
 */
 
 pub(crate) mod client;
-mod peer;
 pub(crate) mod protocol;
+
+// The daemon process, by job, each module above the ones it uses:
+// `permits` and `breaker` (the bounds on remote work), `shared` (what
+// every job reads), `upload` and `fetch` (the two kinds of remote work),
+// `watch` (the config watcher), `server` (the socket and the dispatch).
+mod breaker;
+mod fetch;
+mod peer;
+mod permits;
 mod server;
+mod shared;
+mod upload;
+mod watch;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{DaemonAction, DaemonCmd};
 use crate::config::{Config, env_nonempty};
+use crate::store::now_secs;
 
 /// Where one store's daemon keeps its files.
 pub(crate) struct Paths {
@@ -116,6 +130,18 @@ pub(crate) fn private_dir(d: &Path) -> Result<()> {
             .with_context(|| format!("cannot make {} private", d.display()))?;
     }
     Ok(())
+}
+
+/// One line of the daemon's log (its stderr), stamped with the time.
+fn log(msg: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "[{}] kache daemon: {msg}", now_secs());
+}
+
+/// Locks `m`, ignoring poisoning: one thread's panic does not stop the
+/// daemon's other threads.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(crate) fn run(cfg: Config, cmd: &DaemonCmd) -> Result<ExitCode> {

@@ -9,6 +9,7 @@ reaches the caller).
 */
 
 pub(crate) mod layout;
+mod retry;
 pub(crate) mod s3;
 
 use std::fmt;
@@ -247,6 +248,20 @@ pub(crate) mod dir {
 
         fn describe(&self, name: &str) -> String {
             format!("dir://{name}")
+        }
+
+        fn put_bytes(&self, name: &str, bytes: &[u8], if_absent: bool) -> Result<(), RemoteError> {
+            self.enter(name)?;
+            let dst = self.root.join(name);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            let r = if if_absent && dst.exists() {
+                Err(RemoteError::new(ErrorKind::Precondition, name))
+            } else {
+                std::fs::write(&dst, bytes).unwrap();
+                Ok(())
+            };
+            self.leave();
+            r
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::store::Store;
 use crate::store::events::{Event, Outcome};
 use crate::transfer::plan::{self, Direction, EntryId, RemoteIndex, Transfer};
 use crate::transfer::report::{self, ListingFailure, Progress, Reporter};
-use crate::transfer::{exec, uses};
+use crate::transfer::{self, exec};
 
 pub(crate) fn run(cfg: &Config, cmd: &SyncCmd) -> Result<ExitCode> {
     let started = Instant::now();
@@ -289,39 +289,22 @@ impl Run<'_> {
             (None, false) => Some(BTreeSet::new()),
             (Some(f), _) => Some(f.difference(&failed).cloned().collect()),
         };
-        let (mut pull, mut left) = plan::plan_pull(&k.local, &k.idx, &pull_filter);
-        if let Some(versions) = &pull_filter.versions {
-            let unusable =
-                built_against_other_versions(self.pool, self.remote, &pull, &k.idx, versions);
-            pull.retain(|t| {
-                if unusable.contains(&(t.crate_name.clone(), t.key.clone())) {
-                    left.push(plan::Filtered {
-                        crate_name: t.crate_name.clone(),
-                        key: t.key.clone(),
-                        size: t.size,
-                        reason: "built against a dependency version Cargo.lock does not name",
-                    });
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        reporter.filtered(left);
+        let pull = transfer::Pull {
+            pool: self.pool,
+            ctx: &self.ctx,
+            filter: &pull_filter,
+            check_deps: true,
+            record_use: !self.cfg.read_only.value,
+            dry_run: self.cmd.dry_run,
+        };
+        let planned = transfer::pull(&pull, &k.local, &k.idx, |total, rx| {
+            reporter.phase("pull", total, rx);
+        });
+        reporter.filtered(planned.filtered);
         if self.cmd.dry_run {
-            k.plan.extend(pull);
+            k.plan.extend(planned.unrun);
             return Ok(());
         }
-        // Recorded before fetching, so a gc running now spares them. A
-        // read-only runner writes nothing, use records included.
-        if !self.cfg.read_only.value {
-            let used: Vec<EntryId> = pull
-                .iter()
-                .map(|t| (t.crate_name.clone(), t.key.clone()))
-                .collect();
-            uses::record_use(self.remote, self.prefix, &used);
-        }
-        execute(self.pool, &self.ctx, reporter, "pull", pull);
         if reporter.summary.fatal.is_none() {
             k.local = local_entries(self.store)?;
         }
@@ -365,7 +348,9 @@ impl Run<'_> {
             .iter()
             .map(|t| (t.crate_name.clone(), t.key.clone()))
             .collect();
-        execute(self.pool, &self.ctx, reporter, "push", push);
+        exec::run_with(self.pool, &self.ctx, push, |total, rx| {
+            reporter.phase("push", total, rx);
+        });
         self.clear_pending(k, &planned, reporter);
         Ok(())
     }
@@ -460,33 +445,6 @@ fn workspace_filter(cmd: &SyncCmd) -> Result<plan::PullFilter> {
     }
 }
 
-/// Of the pulls that only their manifests can tell apart (same crate,
-/// version, target and toolchain), those built against a dependency
-/// version the Cargo.lock does not name. Each manifest is read from the
-/// first 64 KiB of its object (one ranged request, in parallel); an
-/// object whose head cannot be read is kept (pulled, as before).
-fn built_against_other_versions(
-    pool: &ThreadPool,
-    remote: &dyn Remote,
-    pull: &[Transfer],
-    idx: &RemoteIndex,
-    versions: &std::collections::BTreeMap<String, BTreeSet<String>>,
-) -> HashSet<EntryId> {
-    use rayon::prelude::*;
-    let ambiguous = plan::ambiguous(pull, idx);
-    pool.install(|| {
-        ambiguous
-            .par_iter()
-            .filter_map(|t| {
-                let head = remote.get_head(&t.object, 64 << 10).ok()?;
-                let e = crate::store::archive::peek_manifest(&head)?;
-                let deps = e.origin.map(|o| o.deps).unwrap_or_default();
-                (!plan::deps_usable(&deps, versions)).then(|| (t.crate_name.clone(), t.key.clone()))
-            })
-            .collect()
-    })
-}
-
 /// The toolchain id (see `store::toolchain_id`) of the compiler cargo
 /// would run in `dir`; `None` (with a note) if it cannot be run.
 fn local_toolchain(dir: &std::path::Path) -> Option<String> {
@@ -572,42 +530,17 @@ fn list(
     Ok((found, crates))
 }
 
-/// Runs one phase's transfers, reporting as they finish.
-fn execute(
-    pool: &ThreadPool,
-    ctx: &exec::Ctx<'_>,
-    reporter: &mut Reporter,
-    label: &str,
-    transfers: Vec<Transfer>,
-) {
-    if transfers.is_empty() {
-        return;
-    }
-    let dir = transfers[0].dir;
-    let total = plan::totals(&transfers, dir);
-    debug_assert!(
-        transfers.iter().all(|t| t.dir == dir) && matches!(dir, Direction::Pull | Direction::Push)
-    );
-    let (tx, rx) = crossbeam_channel::unbounded();
-    std::thread::scope(|s| {
-        s.spawn(move || exec::run(pool, ctx, transfers, tx));
-        reporter.phase(label, total, &rx);
-    });
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use super::*;
     use crate::config::{Setting, Source};
+    use crate::remote::ErrorKind;
     use crate::remote::dir::DirRemote;
-    use crate::remote::{ErrorKind, Listed, RemoteError};
-    use crate::store::entry::Origin;
     use crate::store::{Entry, FileRecord};
-    use crate::transfer::plan::RemoteObject;
     use crate::transfer::report::{Count, Summary};
 
     fn default<T>(value: T) -> Setting<T> {
@@ -1005,101 +938,5 @@ version = "2.1.0"
         // The root prefix is every crate's.
         assert_eq!(fl[0].crate_name, None);
         assert!(reporter.nothing_listed());
-    }
-
-    /// A remote that serves the heads of chosen objects.
-    struct Heads(HashMap<String, Vec<u8>>);
-
-    impl Remote for Heads {
-        fn list(&self, _: &str) -> Result<Vec<Listed>, RemoteError> {
-            unreachable!("only heads are read")
-        }
-        fn get(&self, _: &str, _: &Path) -> Result<u64, RemoteError> {
-            unreachable!("only heads are read")
-        }
-        fn put(&self, _: &str, _: &Path, _: u64) -> Result<(), RemoteError> {
-            unreachable!("only heads are read")
-        }
-        fn describe(&self, name: &str) -> String {
-            format!("heads://{name}")
-        }
-        fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
-            let bytes = self
-                .0
-                .get(name)
-                .ok_or_else(|| RemoteError::new(ErrorKind::NotFound, name))?;
-            Ok(bytes[..bytes.len().min(usize::try_from(n).unwrap())].to_vec())
-        }
-    }
-
-    fn origin(deps: &[&str]) -> Origin {
-        Origin {
-            version: "1.0.0".into(),
-            target: "x86_64-unknown-linux-gnu".into(),
-            toolchain: "0123456789ab".into(),
-            deps: deps.iter().map(|d| (*d).to_string()).collect(),
-        }
-    }
-
-    /// The start of an archive: its manifest, the first member.
-    fn head(crate_name: &str, key: &str, deps: &[&str]) -> Vec<u8> {
-        let mut e = Entry::new(
-            crate::store::ids::test::krate(crate_name),
-            crate::store::ids::test::key(key),
-            Vec::new(),
-        );
-        e.origin = Some(origin(deps));
-        let json = serde_json::to_vec(&e).unwrap();
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(json.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, "manifest.json", &json[..]).unwrap();
-        zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
-    }
-
-    #[test]
-    fn built_against_other_versions_reads_only_ambiguous_manifests() {
-        let key = |c: char| crate::store::ids::test::key(&c.to_string().repeat(64));
-        // foo has three entries of one version, target and toolchain: one
-        // built against baz 1.0.0 (in Cargo.lock), one against baz 9.9.9
-        // (not), one whose head cannot be read. bar has one entry, built
-        // against baz 9.9.9 too, but nothing else could serve it.
-        let pulls = [
-            ("foo", key('1'), Some(&["baz@1.0.0"][..])),
-            ("foo", key('2'), Some(&["baz@9.9.9"][..])),
-            ("foo", key('3'), None),
-            ("bar", key('4'), Some(&["baz@9.9.9"][..])),
-        ];
-        let mut idx = RemoteIndex::new();
-        let mut heads = HashMap::new();
-        let mut plan = Vec::new();
-        for (c, k, deps) in &pulls {
-            let object = format!("p/{c}/{k}.tar.zst");
-            if let Some(deps) = deps {
-                heads.insert(object.clone(), head(c, k, deps));
-            }
-            idx.entry(crate::store::ids::test::krate(c))
-                .or_default()
-                .insert(
-                    k.clone(),
-                    RemoteObject {
-                        size: 10,
-                        name: object.clone(),
-                        origin: Some(origin(&[])),
-                    },
-                );
-            plan.push(Transfer {
-                dir: Direction::Pull,
-                crate_name: crate::store::ids::test::krate(c),
-                key: k.clone(),
-                size: 10,
-                object,
-            });
-        }
-        let versions = BTreeMap::from([("baz".to_string(), BTreeSet::from(["1.0.0".to_string()]))]);
-        let unusable = built_against_other_versions(&pool(), &Heads(heads), &plan, &idx, &versions);
-        let want: HashSet<EntryId> = [(crate::store::ids::test::krate("foo"), key('2'))].into();
-        assert_eq!(unusable, want);
     }
 }

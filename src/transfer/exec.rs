@@ -9,11 +9,11 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::plan::{Direction, Transfer};
+use super::plan::{Direction, Transfer, totals};
 use super::report::Outcome;
 use crate::remote::{ErrorKind, Listed, Remote, RemoteError, layout};
 use crate::store::Store;
@@ -69,6 +69,29 @@ pub(crate) fn run(pool: &ThreadPool, ctx: &Ctx<'_>, transfers: Vec<Transfer>, tx
                 }
                 let _ = tx.send(o);
             });
+    });
+}
+
+/// Runs the transfers from this thread while `consume` reads their
+/// outcomes on another, given the planned (entries, bytes); with nothing
+/// to run, `consume` is not called. The transfers run here, not on a
+/// thread of their own, so a caller that is itself a worker of `pool`
+/// (the daemon's prefetch) helps run them instead of waiting on them.
+pub(crate) fn run_with(
+    pool: &ThreadPool,
+    ctx: &Ctx<'_>,
+    transfers: Vec<Transfer>,
+    consume: impl FnOnce((u64, u64), &Receiver<Outcome>) + Send,
+) {
+    let Some(dir) = transfers.first().map(|t| t.dir) else {
+        return;
+    };
+    debug_assert!(transfers.iter().all(|t| t.dir == dir));
+    let total = totals(&transfers, dir);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::scope(|s| {
+        s.spawn(move || consume(total, &rx));
+        run(pool, ctx, transfers, tx);
     });
 }
 
@@ -226,7 +249,7 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
@@ -234,7 +257,7 @@ mod tests {
     use crate::remote::{ErrorKind, layout};
     use crate::store::{CacheKey, Entry, FileRecord};
 
-    fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
+    pub(crate) fn store_with(n: usize) -> (tempfile::TempDir, Store, Vec<Transfer>) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("store")).unwrap();
         let mut ts = Vec::new();
@@ -266,7 +289,7 @@ mod tests {
         (d, s, ts)
     }
 
-    fn pool(n: usize) -> ThreadPool {
+    pub(crate) fn pool(n: usize) -> ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
@@ -274,7 +297,7 @@ mod tests {
     }
 
     /// A context on prefix `p`, level 3, no signing or verifying.
-    fn ctx_on<'a>(store: &'a Store, remote: &'a dyn Remote) -> Ctx<'a> {
+    pub(crate) fn ctx_on<'a>(store: &'a Store, remote: &'a dyn Remote) -> Ctx<'a> {
         Ctx {
             store,
             remote,
@@ -287,7 +310,7 @@ mod tests {
 
     static NO_TRUST: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
-    fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
+    pub(crate) fn run_all(ctx: &Ctx<'_>, pool: &ThreadPool, ts: Vec<Transfer>) -> Vec<Outcome> {
         let (tx, rx) = crossbeam_channel::unbounded();
         run(pool, ctx, ts, tx);
         rx.iter().collect()
