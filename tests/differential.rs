@@ -24,7 +24,8 @@
 //! - `restored`: restored files and later compiles (class 6);
 //! - `guards`: regression guards, and cases found while writing the suite;
 //! - `attack`: attack repros, each a wrong artifact kache once served;
-//! - `everyday`: everyday commands (issue 12).
+//! - `everyday`: everyday commands (issue 12);
+//! - `build_scripts`: build-script runs cached (issue 21).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use std::process::Output;
 use crate::common::{cargo_plain, cargo_through_kache, copy_tree, show};
 
 mod attack;
+mod build_scripts;
 mod everyday;
 mod guards;
 mod inputs;

@@ -1,0 +1,255 @@
+//! Build-script runs cached (issue 21), judged against plain cargo.
+//!
+//! Fixture `bscripts`: `decl`'s build script declares a data file and a
+//! variable and reports cargo's unit environment (profile, features,
+//! flags); `nodecl`'s declares nothing and reads a data file in the
+//! package, a variable and a file outside the package, and builds a
+//! native library into `OUT_DIR` with `cc` and `ar`. Where cargo itself
+//! would not run a script again, both target dirs are wiped: the oracle
+//! is a build into a fresh target dir, which is what kache answers for.
+
+use std::fs;
+
+use super::{Diff, Env, root, show};
+
+/// (crate, result, reason) of the build-script runs kache logged since
+/// the last call (the event log is emptied).
+fn script_events(d: &Diff) -> Vec<(String, String, String)> {
+    let p = d.cache.join("events.jsonl");
+    let text = fs::read_to_string(&p).unwrap_or_default();
+    let _ = fs::remove_file(&p);
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("event is JSON"))
+        .filter(|e| e["lang"] == "build-script")
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("crate"), s("result"), s("reason"))
+        })
+        .collect()
+}
+
+fn wipe_both(d: &Diff) {
+    let _ = fs::remove_dir_all(&d.kt);
+    let _ = fs::remove_dir_all(&d.pt);
+}
+
+/// Runs `nodecl` into fresh target dirs under kache and plain cargo: the
+/// same output.
+fn fresh_nodecl(d: &Diff, what: &str, env: Env<'_>) -> String {
+    wipe_both(d);
+    d.same(what, &["run", "-q", "-p", "nodecl"], env)
+}
+
+#[test]
+fn unchanged_script_is_not_run_again_and_its_outputs_match() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let first = fresh_nodecl(&d, "cold", &[]);
+    assert!(first.contains("native=42"), "{first}");
+    let ev = script_events(&d);
+    assert!(
+        ev.iter().any(|(c, r, _)| c == "nodecl" && r == "miss"),
+        "the cold run was recorded: {ev:?}"
+    );
+    let out_lib = |d: &Diff| {
+        let mut libs = Vec::new();
+        for e in fs::read_dir(d.kt.join("debug/build")).unwrap() {
+            let p = e.unwrap().path().join("out/libbsnative.a");
+            if p.is_file() {
+                libs.push(fs::read(p).unwrap());
+            }
+        }
+        libs
+    };
+    let cold_lib = out_lib(&d);
+    assert_eq!(cold_lib.len(), 1);
+    d.wipe_kache_target();
+    let warm = d.same("warm", &["run", "-q", "-p", "nodecl"], &[]);
+    assert_eq!(warm, first);
+    let ev = script_events(&d);
+    assert!(
+        ev.iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit")
+            && !ev.iter().any(|(_, r, _)| r == "miss"),
+        "the warm build ran no build script: {ev:?}"
+    );
+    assert_eq!(out_lib(&d), cold_lib, "the native library comes back byte-identical");
+}
+
+#[test]
+fn undeclared_reads_inside_and_outside_the_package_are_keyed() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let outside = r.path().join("outside.txt");
+    fs::write(&outside, "out-1").unwrap();
+    let o = outside.to_str().unwrap();
+    let base = fresh_nodecl(&d, "start", &[("BS_OUTSIDE", o), ("BS_UNDECL", "u1")]);
+    assert!(base.contains("outside=out-1 ") && base.contains("undecl=u1"), "{base}");
+    let again = fresh_nodecl(&d, "same inputs", &[("BS_OUTSIDE", o), ("BS_UNDECL", "u1")]);
+    assert_eq!(again, base);
+    assert!(
+        script_events(&d).iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
+        "unchanged inputs hit"
+    );
+    // An undeclared variable and a file outside the package, both
+    // changed between two builds into fresh target dirs.
+    fs::write(&outside, "out-2").unwrap();
+    let changed = fresh_nodecl(&d, "outside file and variable changed", &[
+        ("BS_OUTSIDE", o),
+        ("BS_UNDECL", "u2"),
+    ]);
+    assert!(changed.contains("outside=out-2 ") && changed.contains("undecl=u2"), "{changed}");
+    // The outside file gone: read as absent.
+    fs::remove_file(&outside).unwrap();
+    let gone = fresh_nodecl(&d, "outside file removed", &[("BS_OUTSIDE", o), ("BS_UNDECL", "u2")]);
+    assert!(gone.contains("outside=absent"), "{gone}");
+    // A data file in the package and the C source the script compiles.
+    d.write("nodecl/data/value.txt", "two\n");
+    d.edit("nodecl/csrc/lib.c", "40 + 2", "40 + 3");
+    let edited = fresh_nodecl(&d, "package files edited", &[]);
+    assert!(edited.contains("data=two") && edited.contains("native=43"), "{edited}");
+}
+
+#[test]
+fn declared_inputs_profile_features_and_flags() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let run: &[&str] = &["run", "-q", "-p", "decl"];
+    d.same("start", run, &[]);
+    d.write("decl/data.txt", "second\n");
+    assert!(d.same("declared file edited", run, &[]).contains("data=second"));
+    assert!(d.same("declared variable set", run, &[("BS_DECL", "v")]).contains("decl=v"));
+    assert!(
+        d.same("release", &["run", "-q", "--release", "-p", "decl"], &[])
+            .contains("profile=release")
+    );
+    assert!(
+        d.same("feature", &["run", "-q", "-p", "decl", "--features", "extra"], &[])
+            .contains("extra=true")
+    );
+    assert!(
+        d.same("rustflags", run, &[("RUSTFLAGS", "--cfg bs_flag")])
+            .contains("flags=--cfg bs_flag")
+    );
+    // Each of these again from the store, into a fresh target dir.
+    for (what, args, env) in [
+        ("declared", run, &[("BS_DECL", "v")][..]),
+        ("release", &["run", "-q", "--release", "-p", "decl"][..], &[][..]),
+        ("rustflags", run, &[("RUSTFLAGS", "--cfg bs_flag")][..]),
+    ] {
+        d.same_restored(what, args, env);
+    }
+    assert!(
+        script_events(&d).iter().any(|(c, r, _)| c == "decl" && r == "local_hit"),
+        "the restored builds hit"
+    );
+}
+
+#[test]
+fn two_checkouts_at_different_paths() {
+    let r = root();
+    let a = Diff::new(r.path(), "a", "bscripts");
+    let b = Diff::new(r.path(), "checkout-b", "bscripts");
+    let pa = fresh_nodecl(&a, "checkout a", &[]);
+    script_events(&a);
+    let pb = fresh_nodecl(&b, "checkout b", &[]);
+    assert_eq!(pa, pb);
+    let ev = script_events(&b);
+    assert!(
+        ev.iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
+        "checkout b's build script run came from checkout a's entry: {ev:?}"
+    );
+    // The directives name checkout b's OUT_DIR: cargo links its library.
+    b.edit("nodecl/csrc/lib.c", "40 + 2", "40 + 5");
+    assert!(fresh_nodecl(&b, "b edited", &[]).contains("native=45"));
+}
+
+#[test]
+fn a_failing_script_and_its_fix() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let args: &[&str] = &["build", "-p", "nodecl"];
+    let env: Env<'_> = &[("BS_FAIL", "1")];
+    for round in ["first", "second"] {
+        let k = d.kache(args, env);
+        let p = d.plain(args, env);
+        assert!(!p.status.success());
+        assert_eq!(k.status.code(), p.status.code(), "{round}: {}", show(&k));
+        let says = |o: &std::process::Output| {
+            String::from_utf8_lossy(&o.stderr).contains("bs: failing on purpose")
+        };
+        assert!(says(&k) && says(&p), "{round}: {}", show(&k));
+    }
+    let ev = script_events(&d);
+    assert_eq!(
+        ev.iter().filter(|(_, r, why)| r == "miss" && why == "the compile failed").count(),
+        2,
+        "both failing runs ran, nothing stored: {ev:?}"
+    );
+    assert!(d.same("fixed", &["run", "-q", "-p", "nodecl"], &[]).contains("native=42"));
+}
+
+#[test]
+fn warnings_are_shown_on_a_hit_as_cargo_shows_them() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let env: Env<'_> = &[("BS_WARN", "1")];
+    let warned = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter(|l| l.contains("bs warns about"))
+            .map(str::to_string)
+            .collect()
+    };
+    let p = d.plain(&["build", "-p", "nodecl"], env);
+    let want = warned(&p);
+    assert_eq!(want.len(), 1, "{}", show(&p));
+    for round in ["miss", "hit"] {
+        d.wipe_kache_target();
+        let k = d.kache_ok(&["build", "-p", "nodecl"], env);
+        assert_eq!(warned(&k), want, "{round}");
+    }
+    assert!(script_events(&d).iter().any(|(_, r, _)| r == "local_hit"));
+}
+
+#[test]
+fn a_script_writing_outside_out_dir_is_not_cached() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let env: Env<'_> = &[("BS_WRITE_OUTSIDE", "1")];
+    let written = d.path("nodecl/written-by-build-script.txt");
+    for round in ["first", "second"] {
+        let _ = fs::remove_file(&written);
+        d.wipe_kache_target();
+        d.kache_ok(&["build", "-p", "nodecl"], env);
+        assert!(written.is_file(), "{round}: the script ran and wrote its file");
+    }
+    let ev = script_events(&d);
+    assert!(
+        ev.iter().all(|(_, r, _)| r == "miss")
+            && ev.iter().filter(|(_, _, why)| why.contains("wrote outside OUT_DIR")).count() == 2,
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn launcher_left_in_target_works_under_plain_cargo_and_disabled() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let want = d.same("kache", &["run", "-q", "-p", "nodecl"], &[]);
+    // Plain cargo on kache's target dir: a changed package file makes
+    // cargo run the script (the launcher) again.
+    d.write("nodecl/data/value.txt", "plain\n");
+    let p = d.plain_on_kache_target(&["run", "-q", "-p", "nodecl"], &[]);
+    assert!(p.status.success(), "{}", show(&p));
+    assert!(String::from_utf8_lossy(&p.stdout).contains("data=plain"), "{}", show(&p));
+    assert_ne!(norm_out(&p), want);
+    d.write("nodecl/data/value.txt", "disabled\n");
+    let k = d.kache(&["run", "-q", "-p", "nodecl"], &[("KACHE_DISABLED", "1")]);
+    assert!(k.status.success(), "{}", show(&k));
+    assert!(String::from_utf8_lossy(&k.stdout).contains("data=disabled"), "{}", show(&k));
+    assert!(script_events(&d).iter().all(|(_, r, _)| r == "miss"));
+}
+
+fn norm_out(o: &std::process::Output) -> String {
+    super::norm(&o.stdout)
+}
