@@ -723,3 +723,317 @@ fn c_entries_sync_through_s3() {
     b.same("runner B, from the pulled store", &[]);
     assert_eq!(b.c_hits(), 3);
 }
+
+/// A checkout for direct compiler calls, as make runs them (`kache gcc
+/// ARGS` against plain `gcc ARGS`): `src/a.c` includes `"v.h"` (found
+/// through `-I <checkout>/inc`), `<s.h>` (through `-isystem
+/// <checkout>/sys`: a system header, which `-MMD` leaves out of the
+/// dependency file) and `<stdio.h>`. No `-g`: kache maps debug paths, so
+/// only objects without debug info are the same bytes as gcc's.
+struct Direct {
+    ws: PathBuf,
+    cache: PathBuf,
+}
+
+impl Direct {
+    fn new(root: &Path, name: &str) -> Direct {
+        let ws = root.join(name);
+        for d in ["src", "inc", "sys", "obj/.deps"] {
+            fs::create_dir_all(ws.join(d)).unwrap();
+        }
+        fs::write(ws.join("inc/v.h"), "#define V 4\n").unwrap();
+        fs::write(ws.join("sys/s.h"), "#define S 20\n").unwrap();
+        fs::write(
+            ws.join("src/a.c"),
+            "#include <stdio.h>\n#include <s.h>\n#include \"v.h\"\nint a(void) { return V + S; }\n",
+        )
+        .unwrap();
+        Direct {
+            ws,
+            cache: root.join("cache"),
+        }
+    }
+
+    /// Compiles with `args` (after `-O2 -I<inc> -isystem <sys>`) through
+    /// kache or plain gcc; returns the object's bytes and the dependency
+    /// file's text, and removes both.
+    fn compile(&self, kache: bool, args: &[&str], obj: &str, dep: &str) -> (Vec<u8>, String) {
+        let mut c = if kache {
+            let mut c = Command::new(kache_bin());
+            c.arg("gcc");
+            c
+        } else {
+            Command::new("gcc")
+        };
+        clean_env(&mut c);
+        c.arg("-O2")
+            .arg(format!("-I{}", self.ws.join("inc").display()))
+            .arg("-isystem")
+            .arg(self.ws.join("sys"))
+            .args(args)
+            .current_dir(&self.ws)
+            .env("KACHE_CACHE_DIR", &self.cache)
+            .env_remove("CARGO_MANIFEST_DIR");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", show(&o));
+        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
+        let (obj, dep) = (self.ws.join(obj), self.ws.join(dep));
+        let got = (
+            fs::read(&obj).unwrap(),
+            fs::read_to_string(&dep).unwrap_or_else(|e| panic!("{}: {e}", dep.display())),
+        );
+        fs::remove_file(obj).unwrap();
+        fs::remove_file(dep).unwrap();
+        got
+    }
+
+    /// The results of the C events logged since the last call.
+    fn results(&self) -> Vec<String> {
+        let p = self.cache.join("events.jsonl");
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let _ = fs::remove_file(&p);
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["lang"] == "c")
+            .map(|e| {
+                let r = e["result"].as_str().unwrap_or("");
+                match e["reason"].as_str() {
+                    Some(why) => format!("{r}: {why}"),
+                    None => r.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let p = self.ws.join(rel);
+        let s = fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{rel} has no {from:?}");
+        fs::write(&p, s.replace(from, to)).unwrap();
+    }
+}
+
+/// Plain gcc is the oracle: through kache, the object's bytes and the
+/// dependency file's text are gcc's, on the miss, on the hit, and on a
+/// hit from a second checkout at another path (of the same length: gcc
+/// wraps the file's lines by their length, and a hit keeps the first
+/// compile's wrapping). Then each header, the system one too, is edited
+/// in turn: a miss, and gcc's bytes again. Returns the dependency text.
+fn dep_differential(args: &[&str], obj: &str, dep: &str) -> String {
+    let r = tempfile::tempdir().unwrap();
+    let a = Direct::new(r.path(), "checkout-a");
+    let b = Direct::new(r.path(), "checkout-b");
+    let want = a.compile(false, args, obj, dep);
+    assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: the miss");
+    assert_eq!(a.results(), ["miss"], "{args:?}");
+    assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: the hit");
+    assert_eq!(a.results(), ["local_hit"], "{args:?}");
+    let want_b = b.compile(false, args, obj, dep);
+    assert_ne!(want_b.1, want.1, "the file names the checkout's headers");
+    assert_eq!(
+        b.compile(true, args, obj, dep),
+        want_b,
+        "{args:?}: checkout B"
+    );
+    assert_eq!(b.results(), ["local_hit"], "{args:?}: B hits A's entry");
+    let mut last = want.0.clone();
+    for (header, from, to) in [("sys/s.h", "S 20", "S 30"), ("inc/v.h", "V 4", "V 5")] {
+        a.edit(header, from, to);
+        let want = a.compile(false, args, obj, dep);
+        assert_ne!(want.0, last, "{header}: gcc's object changed (a test bug)");
+        assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: {header}");
+        assert_eq!(a.results(), ["miss"], "{args:?}: {header} edited");
+        assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: {header}");
+        assert_eq!(a.results(), ["local_hit"], "{args:?}: {header}");
+        last = want.0;
+    }
+    want.1
+}
+
+/// OpenSSL's makefile: `-MMD -MF x.d.tmp -MT x.o`. The file leaves the
+/// system headers out; kache still keys them (the edit of `sys/s.h`).
+#[test]
+fn dep_mmd_mf_mt_as_openssl() {
+    let text = dep_differential(
+        &[
+            "-MMD",
+            "-MF",
+            "obj/a.d.tmp",
+            "-MT",
+            "obj/a.o",
+            "-c",
+            "-o",
+            "obj/a.o",
+            "src/a.c",
+        ],
+        "obj/a.o",
+        "obj/a.d.tmp",
+    );
+    assert!(text.starts_with("obj/a.o: src/a.c"), "{text}");
+    assert!(!text.contains("s.h") && !text.contains("stdio.h"), "{text}");
+}
+
+/// `-MMD` without `-MF`: the file beside the object, `.d` for `.o`.
+#[test]
+fn dep_mmd_beside_the_object() {
+    let text = dep_differential(
+        &["-MMD", "-MP", "-c", "-o", "obj/a.o", "src/a.c"],
+        "obj/a.o",
+        "obj/a.d",
+    );
+    assert!(text.contains("/inc/v.h:\n"), "-MP's phony target: {text}");
+}
+
+/// `-MD` without `-MF` or `-o`: `a.o` and `a.d` in the working
+/// directory, every header listed.
+#[test]
+fn dep_md_without_o() {
+    let text = dep_differential(&["-MD", "-c", "src/a.c"], "a.o", "a.d");
+    assert!(
+        text.contains("/sys/s.h") && text.contains("stdio.h"),
+        "{text}"
+    );
+}
+
+/// autotools' depcomp and jemalloc: `-MT x.o -MD -MP -MF .deps/x.Tpo`;
+/// and `-MQ` with a `$` gcc doubles.
+#[test]
+fn dep_md_mp_mf_as_autotools() {
+    let text = dep_differential(
+        &[
+            "-MT",
+            "obj/a.o",
+            "-MD",
+            "-MP",
+            "-MF",
+            "obj/.deps/a.Tpo",
+            "-MQ",
+            "$x",
+            "-c",
+            "-o",
+            "obj/a.o",
+            "src/a.c",
+        ],
+        "obj/a.o",
+        "obj/.deps/a.Tpo",
+    );
+    assert!(text.starts_with("obj/a.o $$x: src/a.c"), "{text}");
+    assert!(text.contains("/sys/s.h:\n"), "{text}");
+}
+
+/// make with `CC="kache gcc"` and `-MMD -MP` (the usual pattern rule,
+/// the dependency files included back): the objects and dependency files
+/// are plain make's; a second checkout's build is all hits; a header
+/// edit rebuilds exactly what make rebuilds, and a make after it has
+/// nothing to do.
+#[test]
+fn make_with_mmd() {
+    if Command::new("make").arg("--version").output().is_err() {
+        eprintln!("note: make is not installed; skipping the make test");
+        return;
+    }
+    let r = tempfile::tempdir().unwrap();
+    let cache = r.path().join("cache");
+    let checkout = |name: &str| {
+        let ws = r.path().join(name);
+        for d in ["src", "inc", "sys"] {
+            fs::create_dir_all(ws.join(d)).unwrap();
+        }
+        fs::write(ws.join("inc/v.h"), "#define V 4\n").unwrap();
+        fs::write(ws.join("sys/s.h"), "#define S 20\n").unwrap();
+        fs::write(
+            ws.join("src/a.c"),
+            "#include <stdio.h>\n#include <s.h>\n#include \"v.h\"\nint a(void) { return V + S; }\n",
+        )
+        .unwrap();
+        fs::write(
+            ws.join("src/b.c"),
+            "#include <s.h>\nint b(void) { return S; }\n",
+        )
+        .unwrap();
+        fs::write(
+            ws.join("Makefile"),
+            "CC = gcc\nCFLAGS = -O2 -Iinc -isystem sys\nOBJS = obj/a.o obj/b.o\n\
+             all: $(OBJS)\nobj/%.o: src/%.c\n\t@mkdir -p obj\n\t$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<\n\
+             -include $(OBJS:.o=.d)\n",
+        )
+        .unwrap();
+        ws
+    };
+    let make = |ws: &Path, kache: bool| -> String {
+        let mut c = Command::new("make");
+        clean_env(&mut c);
+        if kache {
+            c.arg(format!("CC={} gcc", kache_bin().display()));
+        }
+        c.current_dir(ws)
+            .env("KACHE_CACHE_DIR", &cache)
+            .env_remove("CARGO_MANIFEST_DIR")
+            .env_remove("MAKEFLAGS");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
+        stdout(&o)
+    };
+    let outputs = |ws: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = walk(&ws.join("obj"))
+            .into_iter()
+            .map(|f| {
+                (
+                    f.file_name().unwrap().to_string_lossy().into_owned(),
+                    fs::read(&f).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let results = || {
+        let p = cache.join("events.jsonl");
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let _ = fs::remove_file(&p);
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["lang"] == "c")
+            .map(|e| e["result"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let (p, k, k2) = (checkout("plain"), checkout("kache"), checkout("kache-two"));
+    make(&p, false);
+    let want = outputs(&p);
+    assert_eq!(
+        want.len(),
+        4,
+        "{:?}",
+        want.iter().map(|w| &w.0).collect::<Vec<_>>()
+    );
+    make(&k, true);
+    assert_eq!(outputs(&k), want, "the cold build");
+    assert_eq!(results(), ["miss", "miss"]);
+    make(&k2, true);
+    assert_eq!(outputs(&k2), want, "the second checkout");
+    assert_eq!(results(), ["local_hit", "local_hit"]);
+    // make's timestamps are coarse: the edit must be newer than the objects.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for ws in [&p, &k2] {
+        fs::write(ws.join("inc/v.h"), "#define V 5\n").unwrap();
+    }
+    let rebuilt = make(&p, false);
+    assert!(
+        rebuilt.contains("src/a.c") && !rebuilt.contains("src/b.c"),
+        "{rebuilt}"
+    );
+    let through = format!("{} gcc ", kache_bin().display());
+    assert_eq!(
+        make(&k2, true).replace(&through, "gcc "),
+        rebuilt,
+        "make reran the same"
+    );
+    let want = outputs(&p);
+    assert_eq!(outputs(&k2), want, "after the header edit");
+    assert_eq!(results(), ["miss"]);
+    assert!(
+        make(&k2, true).contains("Nothing to be done"),
+        "an up-to-date tree"
+    );
+}
