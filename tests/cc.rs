@@ -103,19 +103,7 @@ impl App {
 
     /// The C events logged since the last call: (result, reason).
     fn take_c_events(&self) -> Vec<(String, String)> {
-        let p = self.cache.join("events.jsonl");
-        let text = fs::read_to_string(&p).unwrap_or_default();
-        let _ = fs::remove_file(&p);
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|e| e["lang"] == "c")
-            .map(|e| {
-                (
-                    e["result"].as_str().unwrap_or("").to_string(),
-                    e["reason"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+        take_c_events(&self.cache)
     }
 
     fn c_hits(&self) -> usize {
@@ -137,6 +125,23 @@ impl App {
         assert!(s.contains(from), "{rel} has no {from:?}");
         fs::write(&p, s.replace(from, to)).unwrap();
     }
+}
+
+/// The C events logged in `cache` since the last call: (result, reason).
+fn take_c_events(cache: &Path) -> Vec<(String, String)> {
+    let p = cache.join("events.jsonl");
+    let text = fs::read_to_string(&p).unwrap_or_default();
+    let _ = fs::remove_file(&p);
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["lang"] == "c")
+        .map(|e| {
+            (
+                e["result"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
 
 fn stdout(o: &Output) -> String {
@@ -541,19 +546,7 @@ fn dep_file_written_with_this_checkouts_paths() {
     let compile = |ws: &Path, kache: bool, dep: &str| {
         let inc = format!("-I{}", ws.join("inc").display());
         let args = ["-g", &inc, "-MD", "-MF", dep, "-c", "src/a.c", "-o", "a.o"];
-        let mut c = if kache {
-            let mut c = Command::new(kache_bin());
-            c.arg("gcc");
-            c
-        } else {
-            Command::new("gcc")
-        };
-        clean_env(&mut c);
-        c.args(args)
-            .current_dir(ws)
-            .env("KACHE_CACHE_DIR", &cache)
-            .env_remove("CARGO_MANIFEST_DIR");
-        let o = c.output().unwrap();
+        let o = gcc(kache, ws, &cache).args(args).output().unwrap();
         assert!(o.status.success(), "{}", show(&o));
         fs::read_to_string(ws.join(dep)).unwrap()
     };
@@ -576,6 +569,23 @@ fn dep_file_written_with_this_checkouts_paths() {
     assert_eq!(rules(&got), rules(&want));
     assert!(got.contains(&*b.join("inc/v.h").to_string_lossy()), "{got}");
     assert!(!got.contains(&*a.to_string_lossy()), "{got}");
+}
+
+/// `kache gcc` (with the cache `cache`) or plain `gcc`, run in `ws`
+/// outside cargo.
+fn gcc(kache: bool, ws: &Path, cache: &Path) -> Command {
+    let mut c = if kache {
+        let mut c = Command::new(kache_bin());
+        c.arg("gcc");
+        c
+    } else {
+        Command::new("gcc")
+    };
+    clean_env(&mut c);
+    c.current_dir(ws)
+        .env("KACHE_CACHE_DIR", cache)
+        .env_remove("CARGO_MANIFEST_DIR");
+    c
 }
 
 /// `CMake` through `CMAKE_C_COMPILER_LAUNCHER=kache`, if cmake is here.
@@ -758,23 +768,14 @@ impl Direct {
     /// kache or plain gcc; returns the object's bytes and the dependency
     /// file's text, and removes both.
     fn compile(&self, kache: bool, args: &[&str], obj: &str, dep: &str) -> (Vec<u8>, String) {
-        let mut c = if kache {
-            let mut c = Command::new(kache_bin());
-            c.arg("gcc");
-            c
-        } else {
-            Command::new("gcc")
-        };
-        clean_env(&mut c);
-        c.arg("-O2")
+        let o = gcc(kache, &self.ws, &self.cache)
+            .arg("-O2")
             .arg(format!("-I{}", self.ws.join("inc").display()))
             .arg("-isystem")
             .arg(self.ws.join("sys"))
             .args(args)
-            .current_dir(&self.ws)
-            .env("KACHE_CACHE_DIR", &self.cache)
-            .env_remove("CARGO_MANIFEST_DIR");
-        let o = c.output().unwrap();
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{args:?}: {}", show(&o));
         assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
         let (obj, dep) = (self.ws.join(obj), self.ws.join(dep));
@@ -787,19 +788,16 @@ impl Direct {
         got
     }
 
-    /// The results of the C events logged since the last call.
+    /// The results of the C events logged since the last call, each
+    /// with its reason if it has one.
     fn results(&self) -> Vec<String> {
-        let p = self.cache.join("events.jsonl");
-        let text = fs::read_to_string(&p).unwrap_or_default();
-        let _ = fs::remove_file(&p);
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|e| e["lang"] == "c")
-            .map(|e| {
-                let r = e["result"].as_str().unwrap_or("");
-                match e["reason"].as_str() {
-                    Some(why) => format!("{r}: {why}"),
-                    None => r.to_string(),
+        take_c_events(&self.cache)
+            .into_iter()
+            .map(|(r, why)| {
+                if why.is_empty() {
+                    r
+                } else {
+                    format!("{r}: {why}")
                 }
             })
             .collect()
@@ -933,41 +931,31 @@ fn make_with_mmd() {
         return;
     }
     let r = tempfile::tempdir().unwrap();
-    let cache = r.path().join("cache");
     let checkout = |name: &str| {
-        let ws = r.path().join(name);
-        for d in ["src", "inc", "sys"] {
-            fs::create_dir_all(ws.join(d)).unwrap();
-        }
-        fs::write(ws.join("inc/v.h"), "#define V 4\n").unwrap();
-        fs::write(ws.join("sys/s.h"), "#define S 20\n").unwrap();
+        let d = Direct::new(r.path(), name);
+        fs::remove_dir_all(d.ws.join("obj")).unwrap();
         fs::write(
-            ws.join("src/a.c"),
-            "#include <stdio.h>\n#include <s.h>\n#include \"v.h\"\nint a(void) { return V + S; }\n",
-        )
-        .unwrap();
-        fs::write(
-            ws.join("src/b.c"),
+            d.ws.join("src/b.c"),
             "#include <s.h>\nint b(void) { return S; }\n",
         )
         .unwrap();
         fs::write(
-            ws.join("Makefile"),
+            d.ws.join("Makefile"),
             "CC = gcc\nCFLAGS = -O2 -Iinc -isystem sys\nOBJS = obj/a.o obj/b.o\n\
              all: $(OBJS)\nobj/%.o: src/%.c\n\t@mkdir -p obj\n\t$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<\n\
              -include $(OBJS:.o=.d)\n",
         )
         .unwrap();
-        ws
+        d
     };
-    let make = |ws: &Path, kache: bool| -> String {
+    let make = |d: &Direct, kache: bool| -> String {
         let mut c = Command::new("make");
         clean_env(&mut c);
         if kache {
             c.arg(format!("CC={} gcc", kache_bin().display()));
         }
-        c.current_dir(ws)
-            .env("KACHE_CACHE_DIR", &cache)
+        c.current_dir(&d.ws)
+            .env("KACHE_CACHE_DIR", &d.cache)
             .env_remove("CARGO_MANIFEST_DIR")
             .env_remove("MAKEFLAGS");
         let o = c.output().unwrap();
@@ -975,8 +963,8 @@ fn make_with_mmd() {
         assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
         stdout(&o)
     };
-    let outputs = |ws: &Path| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<_> = walk(&ws.join("obj"))
+    let outputs = |d: &Direct| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = walk(&d.ws.join("obj"))
             .into_iter()
             .map(|f| {
                 (
@@ -988,35 +976,23 @@ fn make_with_mmd() {
         v.sort();
         v
     };
-    let results = || {
-        let p = cache.join("events.jsonl");
-        let text = fs::read_to_string(&p).unwrap_or_default();
-        let _ = fs::remove_file(&p);
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|e| e["lang"] == "c")
-            .map(|e| e["result"].as_str().unwrap_or("").to_string())
-            .collect::<Vec<_>>()
-    };
     let (p, k, k2) = (checkout("plain"), checkout("kache"), checkout("kache-two"));
     make(&p, false);
     let want = outputs(&p);
     assert_eq!(
-        want.len(),
-        4,
-        "{:?}",
-        want.iter().map(|w| &w.0).collect::<Vec<_>>()
+        want.iter().map(|w| w.0.as_str()).collect::<Vec<_>>(),
+        ["a.d", "a.o", "b.d", "b.o"]
     );
     make(&k, true);
     assert_eq!(outputs(&k), want, "the cold build");
-    assert_eq!(results(), ["miss", "miss"]);
+    assert_eq!(k.results(), ["miss", "miss"]);
     make(&k2, true);
     assert_eq!(outputs(&k2), want, "the second checkout");
-    assert_eq!(results(), ["local_hit", "local_hit"]);
+    assert_eq!(k2.results(), ["local_hit", "local_hit"]);
     // make's timestamps are coarse: the edit must be newer than the objects.
     std::thread::sleep(std::time::Duration::from_millis(50));
-    for ws in [&p, &k2] {
-        fs::write(ws.join("inc/v.h"), "#define V 5\n").unwrap();
+    for d in [&p, &k2] {
+        d.edit("inc/v.h", "V 4", "V 5");
     }
     let rebuilt = make(&p, false);
     assert!(
@@ -1031,7 +1007,7 @@ fn make_with_mmd() {
     );
     let want = outputs(&p);
     assert_eq!(outputs(&k2), want, "after the header edit");
-    assert_eq!(results(), ["miss"]);
+    assert_eq!(k2.results(), ["miss"]);
     assert!(
         make(&k2, true).contains("Nothing to be done"),
         "an up-to-date tree"

@@ -459,6 +459,12 @@ impl<'a> Parser<'a> {
         } else if c.dep_file.is_some() {
             return Err("-MF without -MD or -MMD".into());
         }
+        // A hit writes its files by renaming over them: never over a device.
+        for out in std::iter::once(&c.output).chain(&c.dep_file) {
+            if out.starts_with("/dev/") {
+                return Err(format!("writes to {out}"));
+            }
+        }
         if self.mmd {
             let dropped = |i: usize| self.dep_args.iter().any(|r| r.contains(&i));
             c.list_headers = Some(
@@ -623,6 +629,9 @@ mod tests {
             ("-MD -c a.s -o a.o", "-MD on a plain assembler source"),
             ("-MD -c a.c -o obj/.o", "names no dependency file"),
             ("-c src/.c", "names no object"),
+            ("-MD -MG -c a.c -o a.o", "flag -MG not understood"),
+            ("-c a.c -o /dev/null", "writes to /dev/null"),
+            ("-MMD -MF /dev/null -c a.c -o a.o", "writes to /dev/null"),
         ] {
             assert!(passed(args).contains(why), "{args}: {}", passed(args));
         }
