@@ -103,19 +103,7 @@ impl App {
 
     /// The C events logged since the last call: (result, reason).
     fn take_c_events(&self) -> Vec<(String, String)> {
-        let p = self.cache.join("events.jsonl");
-        let text = fs::read_to_string(&p).unwrap_or_default();
-        let _ = fs::remove_file(&p);
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|e| e["lang"] == "c")
-            .map(|e| {
-                (
-                    e["result"].as_str().unwrap_or("").to_string(),
-                    e["reason"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+        take_c_events(&self.cache)
     }
 
     fn c_hits(&self) -> usize {
@@ -137,6 +125,23 @@ impl App {
         assert!(s.contains(from), "{rel} has no {from:?}");
         fs::write(&p, s.replace(from, to)).unwrap();
     }
+}
+
+/// The C events logged in `cache` since the last call: (result, reason).
+fn take_c_events(cache: &Path) -> Vec<(String, String)> {
+    let p = cache.join("events.jsonl");
+    let text = fs::read_to_string(&p).unwrap_or_default();
+    let _ = fs::remove_file(&p);
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["lang"] == "c")
+        .map(|e| {
+            (
+                e["result"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
 
 fn stdout(o: &Output) -> String {
@@ -541,19 +546,7 @@ fn dep_file_written_with_this_checkouts_paths() {
     let compile = |ws: &Path, kache: bool, dep: &str| {
         let inc = format!("-I{}", ws.join("inc").display());
         let args = ["-g", &inc, "-MD", "-MF", dep, "-c", "src/a.c", "-o", "a.o"];
-        let mut c = if kache {
-            let mut c = Command::new(kache_bin());
-            c.arg("gcc");
-            c
-        } else {
-            Command::new("gcc")
-        };
-        clean_env(&mut c);
-        c.args(args)
-            .current_dir(ws)
-            .env("KACHE_CACHE_DIR", &cache)
-            .env_remove("CARGO_MANIFEST_DIR");
-        let o = c.output().unwrap();
+        let o = gcc(kache, ws, &cache).args(args).output().unwrap();
         assert!(o.status.success(), "{}", show(&o));
         fs::read_to_string(ws.join(dep)).unwrap()
     };
@@ -576,6 +569,23 @@ fn dep_file_written_with_this_checkouts_paths() {
     assert_eq!(rules(&got), rules(&want));
     assert!(got.contains(&*b.join("inc/v.h").to_string_lossy()), "{got}");
     assert!(!got.contains(&*a.to_string_lossy()), "{got}");
+}
+
+/// `kache gcc` (with the cache `cache`) or plain `gcc`, run in `ws`
+/// outside cargo.
+fn gcc(kache: bool, ws: &Path, cache: &Path) -> Command {
+    let mut c = if kache {
+        let mut c = Command::new(kache_bin());
+        c.arg("gcc");
+        c
+    } else {
+        Command::new("gcc")
+    };
+    clean_env(&mut c);
+    c.current_dir(ws)
+        .env("KACHE_CACHE_DIR", cache)
+        .env_remove("CARGO_MANIFEST_DIR");
+    c
 }
 
 /// `CMake` through `CMAKE_C_COMPILER_LAUNCHER=kache`, if cmake is here.
@@ -722,4 +732,284 @@ fn c_entries_sync_through_s3() {
     assert_eq!(st["c_entries"], 3, "the pull brought the C entries: {st}");
     b.same("runner B, from the pulled store", &[]);
     assert_eq!(b.c_hits(), 3);
+}
+
+/// A checkout for direct compiler calls, as make runs them (`kache gcc
+/// ARGS` against plain `gcc ARGS`): `src/a.c` includes `"v.h"` (found
+/// through `-I <checkout>/inc`), `<s.h>` (through `-isystem
+/// <checkout>/sys`: a system header, which `-MMD` leaves out of the
+/// dependency file) and `<stdio.h>`. No `-g`: kache maps debug paths, so
+/// only objects without debug info are the same bytes as gcc's.
+struct Direct {
+    ws: PathBuf,
+    cache: PathBuf,
+}
+
+impl Direct {
+    fn new(root: &Path, name: &str) -> Direct {
+        let ws = root.join(name);
+        for d in ["src", "inc", "sys", "obj/.deps"] {
+            fs::create_dir_all(ws.join(d)).unwrap();
+        }
+        fs::write(ws.join("inc/v.h"), "#define V 4\n").unwrap();
+        fs::write(ws.join("sys/s.h"), "#define S 20\n").unwrap();
+        fs::write(
+            ws.join("src/a.c"),
+            "#include <stdio.h>\n#include <s.h>\n#include \"v.h\"\nint a(void) { return V + S; }\n",
+        )
+        .unwrap();
+        Direct {
+            ws,
+            cache: root.join("cache"),
+        }
+    }
+
+    /// Compiles with `args` (after `-O2 -I<inc> -isystem <sys>`) through
+    /// kache or plain gcc; returns the object's bytes and the dependency
+    /// file's text, and removes both.
+    fn compile(&self, kache: bool, args: &[&str], obj: &str, dep: &str) -> (Vec<u8>, String) {
+        let o = gcc(kache, &self.ws, &self.cache)
+            .arg("-O2")
+            .arg(format!("-I{}", self.ws.join("inc").display()))
+            .arg("-isystem")
+            .arg(self.ws.join("sys"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", show(&o));
+        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
+        let (obj, dep) = (self.ws.join(obj), self.ws.join(dep));
+        let got = (
+            fs::read(&obj).unwrap(),
+            fs::read_to_string(&dep).unwrap_or_else(|e| panic!("{}: {e}", dep.display())),
+        );
+        fs::remove_file(obj).unwrap();
+        fs::remove_file(dep).unwrap();
+        got
+    }
+
+    /// The results of the C events logged since the last call, each
+    /// with its reason if it has one.
+    fn results(&self) -> Vec<String> {
+        take_c_events(&self.cache)
+            .into_iter()
+            .map(|(r, why)| {
+                if why.is_empty() {
+                    r
+                } else {
+                    format!("{r}: {why}")
+                }
+            })
+            .collect()
+    }
+
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let p = self.ws.join(rel);
+        let s = fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{rel} has no {from:?}");
+        fs::write(&p, s.replace(from, to)).unwrap();
+    }
+}
+
+/// Plain gcc is the oracle: through kache, the object's bytes and the
+/// dependency file's text are gcc's, on the miss, on the hit, and on a
+/// hit from a second checkout at another path (of the same length: gcc
+/// wraps the file's lines by their length, and a hit keeps the first
+/// compile's wrapping). Then each header, the system one too, is edited
+/// in turn: a miss, and gcc's bytes again. Returns the dependency text.
+fn dep_differential(args: &[&str], obj: &str, dep: &str) -> String {
+    let r = tempfile::tempdir().unwrap();
+    let a = Direct::new(r.path(), "checkout-a");
+    let b = Direct::new(r.path(), "checkout-b");
+    let want = a.compile(false, args, obj, dep);
+    assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: the miss");
+    assert_eq!(a.results(), ["miss"], "{args:?}");
+    assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: the hit");
+    assert_eq!(a.results(), ["local_hit"], "{args:?}");
+    let want_b = b.compile(false, args, obj, dep);
+    assert_ne!(want_b.1, want.1, "the file names the checkout's headers");
+    assert_eq!(
+        b.compile(true, args, obj, dep),
+        want_b,
+        "{args:?}: checkout B"
+    );
+    assert_eq!(b.results(), ["local_hit"], "{args:?}: B hits A's entry");
+    let mut last = want.0.clone();
+    for (header, from, to) in [("sys/s.h", "S 20", "S 30"), ("inc/v.h", "V 4", "V 5")] {
+        a.edit(header, from, to);
+        let want = a.compile(false, args, obj, dep);
+        assert_ne!(want.0, last, "{header}: gcc's object changed (a test bug)");
+        assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: {header}");
+        assert_eq!(a.results(), ["miss"], "{args:?}: {header} edited");
+        assert_eq!(a.compile(true, args, obj, dep), want, "{args:?}: {header}");
+        assert_eq!(a.results(), ["local_hit"], "{args:?}: {header}");
+        last = want.0;
+    }
+    want.1
+}
+
+/// OpenSSL's makefile: `-MMD -MF x.d.tmp -MT x.o`. The file leaves the
+/// system headers out; kache still keys them (the edit of `sys/s.h`).
+#[test]
+fn dep_mmd_mf_mt_as_openssl() {
+    let text = dep_differential(
+        &[
+            "-MMD",
+            "-MF",
+            "obj/a.d.tmp",
+            "-MT",
+            "obj/a.o",
+            "-c",
+            "-o",
+            "obj/a.o",
+            "src/a.c",
+        ],
+        "obj/a.o",
+        "obj/a.d.tmp",
+    );
+    assert!(text.starts_with("obj/a.o: src/a.c"), "{text}");
+    assert!(!text.contains("s.h") && !text.contains("stdio.h"), "{text}");
+}
+
+/// `-MMD` without `-MF`: the file beside the object, `.d` for `.o`.
+#[test]
+fn dep_mmd_beside_the_object() {
+    let text = dep_differential(
+        &["-MMD", "-MP", "-c", "-o", "obj/a.o", "src/a.c"],
+        "obj/a.o",
+        "obj/a.d",
+    );
+    assert!(text.contains("/inc/v.h:\n"), "-MP's phony target: {text}");
+}
+
+/// `-MD` without `-MF` or `-o`: `a.o` and `a.d` in the working
+/// directory, every header listed.
+#[test]
+fn dep_md_without_o() {
+    let text = dep_differential(&["-MD", "-c", "src/a.c"], "a.o", "a.d");
+    assert!(
+        text.contains("/sys/s.h") && text.contains("stdio.h"),
+        "{text}"
+    );
+}
+
+/// autotools' depcomp and jemalloc: `-MT x.o -MD -MP -MF .deps/x.Tpo`;
+/// and `-MQ` with a `$` gcc doubles.
+#[test]
+fn dep_md_mp_mf_as_autotools() {
+    let text = dep_differential(
+        &[
+            "-MT",
+            "obj/a.o",
+            "-MD",
+            "-MP",
+            "-MF",
+            "obj/.deps/a.Tpo",
+            "-MQ",
+            "$x",
+            "-c",
+            "-o",
+            "obj/a.o",
+            "src/a.c",
+        ],
+        "obj/a.o",
+        "obj/.deps/a.Tpo",
+    );
+    assert!(text.starts_with("obj/a.o $$x: src/a.c"), "{text}");
+    assert!(text.contains("/sys/s.h:\n"), "{text}");
+}
+
+/// make with `CC="kache gcc"` and `-MMD -MP` (the usual pattern rule,
+/// the dependency files included back): the objects and dependency files
+/// are plain make's; a second checkout's build is all hits; a header
+/// edit rebuilds exactly what make rebuilds, and a make after it has
+/// nothing to do.
+#[test]
+fn make_with_mmd() {
+    if Command::new("make").arg("--version").output().is_err() {
+        eprintln!("note: make is not installed; skipping the make test");
+        return;
+    }
+    let r = tempfile::tempdir().unwrap();
+    let checkout = |name: &str| {
+        let d = Direct::new(r.path(), name);
+        fs::remove_dir_all(d.ws.join("obj")).unwrap();
+        fs::write(
+            d.ws.join("src/b.c"),
+            "#include <s.h>\nint b(void) { return S; }\n",
+        )
+        .unwrap();
+        fs::write(
+            d.ws.join("Makefile"),
+            "CC = gcc\nCFLAGS = -O2 -Iinc -isystem sys\nOBJS = obj/a.o obj/b.o\n\
+             all: $(OBJS)\nobj/%.o: src/%.c\n\t@mkdir -p obj\n\t$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<\n\
+             -include $(OBJS:.o=.d)\n",
+        )
+        .unwrap();
+        d
+    };
+    let make = |d: &Direct, kache: bool| -> String {
+        let mut c = Command::new("make");
+        clean_env(&mut c);
+        if kache {
+            c.arg(format!("CC={} gcc", kache_bin().display()));
+        }
+        c.current_dir(&d.ws)
+            .env("KACHE_CACHE_DIR", &d.cache)
+            .env_remove("CARGO_MANIFEST_DIR")
+            .env_remove("MAKEFLAGS");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
+        stdout(&o)
+    };
+    let outputs = |d: &Direct| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = walk(&d.ws.join("obj"))
+            .into_iter()
+            .map(|f| {
+                (
+                    f.file_name().unwrap().to_string_lossy().into_owned(),
+                    fs::read(&f).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (p, k, k2) = (checkout("plain"), checkout("kache"), checkout("kache-two"));
+    make(&p, false);
+    let want = outputs(&p);
+    assert_eq!(
+        want.iter().map(|w| w.0.as_str()).collect::<Vec<_>>(),
+        ["a.d", "a.o", "b.d", "b.o"]
+    );
+    make(&k, true);
+    assert_eq!(outputs(&k), want, "the cold build");
+    assert_eq!(k.results(), ["miss", "miss"]);
+    make(&k2, true);
+    assert_eq!(outputs(&k2), want, "the second checkout");
+    assert_eq!(k2.results(), ["local_hit", "local_hit"]);
+    // make's timestamps are coarse: the edit must be newer than the objects.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for d in [&p, &k2] {
+        d.edit("inc/v.h", "V 4", "V 5");
+    }
+    let rebuilt = make(&p, false);
+    assert!(
+        rebuilt.contains("src/a.c") && !rebuilt.contains("src/b.c"),
+        "{rebuilt}"
+    );
+    let through = format!("{} gcc ", kache_bin().display());
+    assert_eq!(
+        make(&k2, true).replace(&through, "gcc "),
+        rebuilt,
+        "make reran the same"
+    );
+    let want = outputs(&p);
+    assert_eq!(outputs(&k2), want, "after the header edit");
+    assert_eq!(k2.results(), ["miss"]);
+    assert!(
+        make(&k2, true).contains("Nothing to be done"),
+        "an up-to-date tree"
+    );
 }

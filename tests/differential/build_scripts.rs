@@ -72,7 +72,11 @@ fn unchanged_script_is_not_run_again_and_its_outputs_match() {
             && !ev.iter().any(|(_, r, _)| r == "miss"),
         "the warm build ran no build script: {ev:?}"
     );
-    assert_eq!(out_lib(&d), cold_lib, "the native library comes back byte-identical");
+    assert_eq!(
+        out_lib(&d),
+        cold_lib,
+        "the native library comes back byte-identical"
+    );
 }
 
 #[test]
@@ -83,30 +87,46 @@ fn undeclared_reads_inside_and_outside_the_package_are_keyed() {
     fs::write(&outside, "out-1").unwrap();
     let o = outside.to_str().unwrap();
     let base = fresh_nodecl(&d, "start", &[("BS_OUTSIDE", o), ("BS_UNDECL", "u1")]);
-    assert!(base.contains("outside=out-1 ") && base.contains("undecl=u1"), "{base}");
+    assert!(
+        base.contains("outside=out-1 ") && base.contains("undecl=u1"),
+        "{base}"
+    );
     let again = fresh_nodecl(&d, "same inputs", &[("BS_OUTSIDE", o), ("BS_UNDECL", "u1")]);
     assert_eq!(again, base);
     assert!(
-        script_events(&d).iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
+        script_events(&d)
+            .iter()
+            .any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
         "unchanged inputs hit"
     );
     // An undeclared variable and a file outside the package, both
     // changed between two builds into fresh target dirs.
     fs::write(&outside, "out-2").unwrap();
-    let changed = fresh_nodecl(&d, "outside file and variable changed", &[
-        ("BS_OUTSIDE", o),
-        ("BS_UNDECL", "u2"),
-    ]);
-    assert!(changed.contains("outside=out-2 ") && changed.contains("undecl=u2"), "{changed}");
+    let changed = fresh_nodecl(
+        &d,
+        "outside file and variable changed",
+        &[("BS_OUTSIDE", o), ("BS_UNDECL", "u2")],
+    );
+    assert!(
+        changed.contains("outside=out-2 ") && changed.contains("undecl=u2"),
+        "{changed}"
+    );
     // The outside file gone: read as absent.
     fs::remove_file(&outside).unwrap();
-    let gone = fresh_nodecl(&d, "outside file removed", &[("BS_OUTSIDE", o), ("BS_UNDECL", "u2")]);
+    let gone = fresh_nodecl(
+        &d,
+        "outside file removed",
+        &[("BS_OUTSIDE", o), ("BS_UNDECL", "u2")],
+    );
     assert!(gone.contains("outside=absent"), "{gone}");
     // A data file in the package and the C source the script compiles.
     d.write("nodecl/data/value.txt", "two\n");
     d.edit("nodecl/csrc/lib.c", "40 + 2", "40 + 3");
     let edited = fresh_nodecl(&d, "package files edited", &[]);
-    assert!(edited.contains("data=two") && edited.contains("native=43"), "{edited}");
+    assert!(
+        edited.contains("data=two") && edited.contains("native=43"),
+        "{edited}"
+    );
 }
 
 #[test]
@@ -116,15 +136,25 @@ fn declared_inputs_profile_features_and_flags() {
     let run: &[&str] = &["run", "-q", "-p", "decl"];
     d.same("start", run, &[]);
     d.write("decl/data.txt", "second\n");
-    assert!(d.same("declared file edited", run, &[]).contains("data=second"));
-    assert!(d.same("declared variable set", run, &[("BS_DECL", "v")]).contains("decl=v"));
+    assert!(
+        d.same("declared file edited", run, &[])
+            .contains("data=second")
+    );
+    assert!(
+        d.same("declared variable set", run, &[("BS_DECL", "v")])
+            .contains("decl=v")
+    );
     assert!(
         d.same("release", &["run", "-q", "--release", "-p", "decl"], &[])
             .contains("profile=release")
     );
     assert!(
-        d.same("feature", &["run", "-q", "-p", "decl", "--features", "extra"], &[])
-            .contains("extra=true")
+        d.same(
+            "feature",
+            &["run", "-q", "-p", "decl", "--features", "extra"],
+            &[]
+        )
+        .contains("extra=true")
     );
     assert!(
         d.same("rustflags", run, &[("RUSTFLAGS", "--cfg bs_flag")])
@@ -133,13 +163,19 @@ fn declared_inputs_profile_features_and_flags() {
     // Each of these again from the store, into a fresh target dir.
     for (what, args, env) in [
         ("declared", run, &[("BS_DECL", "v")][..]),
-        ("release", &["run", "-q", "--release", "-p", "decl"][..], &[][..]),
+        (
+            "release",
+            &["run", "-q", "--release", "-p", "decl"][..],
+            &[][..],
+        ),
         ("rustflags", run, &[("RUSTFLAGS", "--cfg bs_flag")][..]),
     ] {
         d.same_restored(what, args, env);
     }
     assert!(
-        script_events(&d).iter().any(|(c, r, _)| c == "decl" && r == "local_hit"),
+        script_events(&d)
+            .iter()
+            .any(|(c, r, _)| c == "decl" && r == "local_hit"),
         "the restored builds hit"
     );
 }
@@ -181,11 +217,16 @@ fn a_failing_script_and_its_fix() {
     }
     let ev = script_events(&d);
     assert_eq!(
-        ev.iter().filter(|(_, r, why)| r == "miss" && why == "the compile failed").count(),
+        ev.iter()
+            .filter(|(_, r, why)| r == "miss" && why == "the compile failed")
+            .count(),
         2,
         "both failing runs ran, nothing stored: {ev:?}"
     );
-    assert!(d.same("fixed", &["run", "-q", "-p", "nodecl"], &[]).contains("native=42"));
+    assert!(
+        d.same("fixed", &["run", "-q", "-p", "nodecl"], &[])
+            .contains("native=42")
+    );
 }
 
 #[test]
@@ -221,12 +262,19 @@ fn a_script_writing_outside_out_dir_is_not_cached() {
         let _ = fs::remove_file(&written);
         d.wipe_kache_target();
         d.kache_ok(&["build", "-p", "nodecl"], env);
-        assert!(written.is_file(), "{round}: the script ran and wrote its file");
+        assert!(
+            written.is_file(),
+            "{round}: the script ran and wrote its file"
+        );
     }
     let ev = script_events(&d);
     assert!(
         ev.iter().all(|(_, r, _)| r == "miss")
-            && ev.iter().filter(|(_, _, why)| why.contains("wrote outside OUT_DIR")).count() == 2,
+            && ev
+                .iter()
+                .filter(|(_, _, why)| why.contains("wrote outside OUT_DIR"))
+                .count()
+                == 2,
         "{ev:?}"
     );
 }
@@ -241,12 +289,20 @@ fn launcher_left_in_target_works_under_plain_cargo_and_disabled() {
     d.write("nodecl/data/value.txt", "plain\n");
     let p = d.plain_on_kache_target(&["run", "-q", "-p", "nodecl"], &[]);
     assert!(p.status.success(), "{}", show(&p));
-    assert!(String::from_utf8_lossy(&p.stdout).contains("data=plain"), "{}", show(&p));
+    assert!(
+        String::from_utf8_lossy(&p.stdout).contains("data=plain"),
+        "{}",
+        show(&p)
+    );
     assert_ne!(norm_out(&p), want);
     d.write("nodecl/data/value.txt", "disabled\n");
     let k = d.kache(&["run", "-q", "-p", "nodecl"], &[("KACHE_DISABLED", "1")]);
     assert!(k.status.success(), "{}", show(&k));
-    assert!(String::from_utf8_lossy(&k.stdout).contains("data=disabled"), "{}", show(&k));
+    assert!(
+        String::from_utf8_lossy(&k.stdout).contains("data=disabled"),
+        "{}",
+        show(&k)
+    );
     assert!(script_events(&d).iter().all(|(_, r, _)| r == "miss"));
 }
 

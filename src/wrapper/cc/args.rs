@@ -1,8 +1,10 @@
 /*!
 Which C, C++ and assembler compiler calls are cached, read from argv.
 
-Only a one-source `-c` compile to an object named by `-o`, with flags
-kache understands, is cached. Everything else (a link, `-E`, `-S`,
+Only a one-source `-c` compile to an object (named by `-o`, or the
+source's name with `.o` in the working directory), with flags kache
+understands, is cached: with or without a dependency file (`-MD`,
+`-MMD`, `-MF`, `-MT`, `-MQ`, `-MP`). Everything else (a link, `-E`, `-S`,
 `-M`/`-MM` alone, several sources, precompiled headers, profile data,
 `-save-temps`, a response file that cannot be read, any flag not in the
 lists below) is a [`Verdict::Pass`] with the reason, and runs unchanged.
@@ -63,8 +65,14 @@ pub(crate) struct CcCompile {
     pub(crate) lang: Option<Lang>,
     /// The object (`-o`), as given.
     pub(crate) output: String,
-    /// The dependency file the caller asked for (`-MD [-MF path]`).
+    /// The dependency file the caller asked for (`-MD`/`-MMD` [`-MF
+    /// path`]).
     pub(crate) dep_file: Option<String>,
+    /// `-MMD`: the caller's dependency file leaves out system headers,
+    /// and the compiler writes one file only. These are the arguments of
+    /// a preprocessor run that lists every header (the caller's without
+    /// `-c`, `-o` and the dependency flags; kache adds `-M -MF FILE`).
+    pub(crate) list_headers: Option<Vec<String>>,
     /// The caller gave its own `-f*-prefix-map`: kache adds none.
     pub(crate) own_prefix_map: bool,
     /// Search directories, in the driver's order, by kind.
@@ -134,7 +142,7 @@ const F_REFUSED: [&str; 16] = [
 ];
 
 /// Exact flags without a value that are understood.
-const PLAIN: [&str; 14] = [
+const PLAIN: [&str; 15] = [
     "-c",
     "-w",
     "-pipe",
@@ -143,6 +151,7 @@ const PLAIN: [&str; 14] = [
     "-ansi",
     "-pthread",
     "-MD",
+    "-MMD",
     "-MP",
     "-nostdinc",
     "-nostdinc++",
@@ -219,7 +228,14 @@ struct Parser<'a> {
     i: usize,
     c: CcCompile,
     compile_only: bool,
+    /// `-MD` or `-MMD`.
     md: bool,
+    /// `-MMD` (whatever its place beside `-MD`: gcc lets `-MMD` win,
+    /// clang the last; either way the caller's file may omit headers).
+    mmd: bool,
+    /// The arguments (as index ranges) naming the object or the
+    /// dependency file: left out of the [`CcCompile::list_headers`] run.
+    dep_args: Vec<std::ops::Range<usize>>,
     /// The inputs, each with the `-x` language in force before it.
     sources: Vec<(String, Option<Lang>)>,
     x_lang: Option<Lang>,
@@ -236,6 +252,8 @@ impl<'a> Parser<'a> {
             },
             compile_only: false,
             md: false,
+            mmd: false,
+            dep_args: Vec::new(),
             sources: Vec::new(),
             x_lang: None,
         }
@@ -260,14 +278,22 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         // A flag with a value: `-I dir`, `-Idir`, `-I=dir` is `-I` `=dir`.
+        let start = self.i - 1;
         if let Some(flag) = WITH_VALUE
             .iter()
             .find(|f| a == **f || ((f.len() == 2 || f.starts_with("-M")) && a.starts_with(**f)))
         {
-            return self.with_value(flag, a);
+            self.with_value(flag, a)?;
+            if ["-o", "-MF", "-MT", "-MQ"].contains(flag) {
+                self.dep_args.push(start..self.i);
+            }
+            return Ok(());
         }
         if PLAIN.contains(&a) {
             self.plain(a);
+            if ["-c", "-MD", "-MMD", "-MP"].contains(&a) {
+                self.dep_args.push(start..self.i);
+            }
             return Ok(());
         }
         self.other(a)
@@ -321,6 +347,10 @@ impl<'a> Parser<'a> {
         match a {
             "-c" => self.compile_only = true,
             "-MD" => self.md = true,
+            "-MMD" => {
+                self.md = true;
+                self.mmd = true;
+            }
             "-nostdinc" | "-nostdinc++" | "-nostdlibinc" | "-no-canonical-prefixes" => {
                 self.c.search_flags.push(a.to_string());
             }
@@ -333,7 +363,6 @@ impl<'a> Parser<'a> {
     fn other(&mut self, a: &str) -> Result<(), String> {
         match a {
             "-E" | "-S" | "-M" | "-MM" => return Err(format!("{a}: no object")),
-            "-MMD" => return Err("-MMD (a dependency file without system headers)".into()),
             "-v" | "-###" => return Err(format!("{a}: prints the driver's commands")),
             _ => {}
         }
@@ -389,8 +418,8 @@ impl<'a> Parser<'a> {
         Err(format!("flag {a} not understood"))
     }
 
-    /// After the last argument: one source, an object named, and the
-    /// dependency file `-MD` writes.
+    /// After the last argument: one source, an object, and the
+    /// dependency file `-MD`/`-MMD` writes.
     fn finish(self) -> Result<CcCompile, String> {
         let mut c = self.c;
         if !self.compile_only {
@@ -409,25 +438,76 @@ impl<'a> Parser<'a> {
         );
         c.source.clone_from(source);
         if c.output.is_empty() {
-            return Err("no -o".into());
+            c.output = default_object(source)
+                .ok_or_else(|| format!("no -o, and source {source} names no object"))?;
         }
         if c.output.ends_with(".gch") || c.output.ends_with(".pch") {
             return Err("a precompiled header".into());
         }
         if self.md {
+            if c.lang() == Lang::Asm {
+                return Err(format!(
+                    "{} on a plain assembler source (no preprocessor, no dependency file)",
+                    if self.mmd { "-MMD" } else { "-MD" }
+                ));
+            }
             if c.dep_file.is_none() {
-                // gcc: the object's name with `.d` for its suffix.
-                let stem = match c.output.rsplit_once('.') {
-                    Some((s, _)) if !s.ends_with('/') && !s.is_empty() => s.to_string(),
-                    _ => c.output.clone(),
-                };
-                c.dep_file = Some(format!("{stem}.d"));
+                c.dep_file = Some(default_dep_file(&c.output).ok_or_else(|| {
+                    format!("no -MF, and object {} names no dependency file", c.output)
+                })?);
             }
         } else if c.dep_file.is_some() {
-            return Err("-MF without -MD".into());
+            return Err("-MF without -MD or -MMD".into());
+        }
+        // A hit writes its files by renaming over them: never over a device.
+        for out in std::iter::once(&c.output).chain(&c.dep_file) {
+            if out.starts_with("/dev/") {
+                return Err(format!("writes to {out}"));
+            }
+        }
+        if self.mmd {
+            let dropped = |i: usize| self.dep_args.iter().any(|r| r.contains(&i));
+            c.list_headers = Some(
+                (0..self.args.len())
+                    .filter(|&i| !dropped(i))
+                    .map(|i| self.args[i].clone())
+                    .collect(),
+            );
         }
         Ok(c)
     }
+}
+
+/// The object of `-c SOURCE` without `-o`, as gcc and clang name it: the
+/// source's file name, its suffix (from the last `.`, not a leading one)
+/// replaced by `.o`, in the working directory. `None` for a name the two
+/// drivers treat differently (a leading `.`).
+fn default_object(source: &str) -> Option<String> {
+    let name = source.rsplit('/').next().unwrap_or(source);
+    if name.is_empty() || name.starts_with('.') {
+        return None;
+    }
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    Some(format!("{stem}.o"))
+}
+
+/// The dependency file of `-MD`/`-MMD` without `-MF`: the object's path
+/// with the suffix of its file name (from its last `.`) replaced by
+/// `.d`, or `.d` appended (gcc's `%.d` spec, clang's `replace_extension`).
+/// `None` for a name the two drivers treat differently.
+fn default_dep_file(object: &str) -> Option<String> {
+    let (dir, name) = object
+        .rsplit_once('/')
+        .map_or(("", object), |(d, n)| (d, n));
+    if name.is_empty() || name.starts_with('.') {
+        return None;
+    }
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    Some(if object.contains('/') {
+        format!("{dir}/{stem}.d")
+    } else {
+        format!("{stem}.d")
+    })
 }
 
 #[cfg(test)]
@@ -492,9 +572,7 @@ mod tests {
             "-c a.c b.c",
             "-M a.c",
             "-MM a.c",
-            "-MMD -c a.c -o a.o",
             "-S a.c -o a.s",
-            "-c a.c",
             "-c - -o a.o",
             "-c a.h -o a.h.gch",
             "-fprofile-use -c a.c -o a.o",
@@ -511,6 +589,52 @@ mod tests {
             passed(s);
         }
         assert!(passed("--frobnicate -c a.c -o a.o").contains("--frobnicate"));
+    }
+
+    /// `-MD`/`-MMD`, with and without `-MF`, as OpenSSL, autotools and
+    /// hand-written makefiles pass them.
+    #[test]
+    fn dependency_files() {
+        // OpenSSL: `-MMD -MF x.d.tmp -MT x.o`.
+        let c = cached("-O2 -Iinc -MMD -MF c/x.d.tmp -MT c/x.o -c -o c/x.o c/x.c");
+        assert_eq!(c.dep_file.as_deref(), Some("c/x.d.tmp"));
+        // The run that lists every header: no object, no dependency flag.
+        assert_eq!(c.list_headers, Some(v("-O2 -Iinc c/x.c")));
+        let c = cached("-MMD -MP -MQ$t -MTa.o -MFa.d -oa.o -c a.c -DX");
+        assert_eq!(c.dep_file.as_deref(), Some("a.d"));
+        assert_eq!(c.list_headers, Some(v("a.c -DX")));
+        // Without -MF: beside the object, its suffix replaced by `.d`.
+        for (args, dep) in [
+            ("-MMD -c a.c -o obj/a.o", "obj/a.d"),
+            ("-MMD -c a.c -o a.b.o", "a.b.d"),
+            ("-MD -c a.c -o dir.x/obj", "dir.x/obj.d"),
+            ("-MD -c a.c -o /t/a.o", "/t/a.d"),
+            ("-MMD -c src/a.c", "a.d"),
+        ] {
+            assert_eq!(cached(args).dep_file.as_deref(), Some(dep), "{args}");
+        }
+        // autotools' depcomp: all headers already in the caller's file.
+        let c = cached("-MT a.o -MD -MP -MF .deps/a.Tpo -c -o a.o a.c");
+        assert_eq!(c.dep_file.as_deref(), Some(".deps/a.Tpo"));
+        assert!(c.list_headers.is_none());
+        // Both: whichever the compiler honours, kache lists every header.
+        assert!(cached("-MD -MMD -c a.c -o a.o").list_headers.is_some());
+        assert!(cached("-c a.c -o a.o").list_headers.is_none());
+        // No `-o`: the source's name, in the working directory.
+        let c = cached("-c src/a.b.c");
+        assert_eq!((c.output.as_str(), c.dep_file), ("a.b.o", None));
+        for (args, why) in [
+            ("-MF a.d -c a.c -o a.o", "-MF without -MD or -MMD"),
+            ("-MMD -c a.s -o a.o", "-MMD on a plain assembler source"),
+            ("-MD -c a.s -o a.o", "-MD on a plain assembler source"),
+            ("-MD -c a.c -o obj/.o", "names no dependency file"),
+            ("-c src/.c", "names no object"),
+            ("-MD -MG -c a.c -o a.o", "flag -MG not understood"),
+            ("-c a.c -o /dev/null", "writes to /dev/null"),
+            ("-MMD -MF /dev/null -c a.c -o a.o", "writes to /dev/null"),
+        ] {
+            assert!(passed(args).contains(why), "{args}: {}", passed(args));
+        }
     }
 
     #[test]

@@ -570,6 +570,30 @@ mod tests {
         assert!(!base(args, "/a").1.contains_key("native-cpu"));
     }
 
+    /// Every dependency flag that changes the dependency file's text is
+    /// keyed; its path (`-MF`) is not.
+    #[test]
+    fn dependency_flags_are_keyed() {
+        let args = "-O2 -o WS/o/a.o -c src/a.c -MD -MF WS/o/a.d";
+        let (k, _) = base(args, "/a");
+        for other in [
+            args.replace("-MD", "-MMD"),
+            format!("{args} -MP"),
+            format!("{args} -MT WS/o/a.o"),
+            format!("{args} -MQ WS/o/a.o"),
+            format!("{args} -MT x"),
+        ] {
+            assert_ne!(base(&other, "/a").0, k, "{other}");
+        }
+        assert_eq!(base(&args.replace("a.d", "b.d"), "/a").0, k);
+        let mmd = format!("{args} -MT x -MMD");
+        assert_ne!(
+            base(&mmd, "/a").0,
+            base(&mmd.replace("-MT x", "-MT y"), "/a").0
+        );
+        assert_eq!(base(&mmd, "/a").0, base(&mmd, "/b/c").0);
+    }
+
     #[test]
     fn has_include() {
         let t = b"#if defined(__has_include)\n#if __has_include (<sys/x.h>) && __has_include_next(\"y.h\")\n#endif\n#ifdef __has_include\n";

@@ -192,6 +192,8 @@ struct DepOutput {
     dep_text: Option<std::io::Result<String>>,
     /// Whether that file was kache's own (the caller asked for none).
     own_deps: bool,
+    /// Every header, when the caller's file leaves some out (`-MMD`).
+    all_headers: Option<std::io::Result<String>>,
 }
 
 fn cached(
@@ -282,6 +284,7 @@ impl<'a> Action<'a> for Job<'a> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let before = self.ctx.store.fs_clock();
+        let all_headers = list_all_headers(self.compiler, c, self.ctx.store);
         let t0 = Instant::now();
         let (status, out_raw, err_raw) =
             run_pumped(&mut cmd, &self.ctx.paths, self.compiler_str, "the compiler")?;
@@ -289,7 +292,8 @@ impl<'a> Action<'a> for Job<'a> {
         let code = exit_code(status);
         let dep_path = own_deps.clone().or_else(|| self.places.dep_file.clone());
         let dep_text = dep_path.as_ref().map(fs::read_to_string);
-        if let Some(d) = &own_deps {
+        let all_headers_text = all_headers.as_ref().map(fs::read_to_string);
+        for d in own_deps.iter().chain(&all_headers) {
             let _ = fs::remove_file(d);
         }
         Ok((
@@ -303,6 +307,7 @@ impl<'a> Action<'a> for Job<'a> {
             DepOutput {
                 dep_text,
                 own_deps: own_deps.is_some(),
+                all_headers: all_headers_text,
             },
         ))
     }
@@ -344,7 +349,11 @@ impl<'a> Action<'a> for Job<'a> {
             _ if c.lang() == Lang::Asm && deps.own_deps => String::new(),
             _ => bail!("the compiler wrote no dependency file"),
         };
-        let mut headers = key::parse_make_deps(&dep_text);
+        let mut headers = match &deps.all_headers {
+            None => key::parse_make_deps(&dep_text),
+            Some(Ok(all)) => key::parse_make_deps(all),
+            Some(Err(_)) => bail!("kache's run listing every header failed"),
+        };
         headers.retain(|h| *h != c.source);
         headers.sort();
         headers.dedup();
@@ -450,6 +459,33 @@ impl Job<'_> {
             }
         }
     }
+}
+
+/// `-MMD`: the caller's dependency file leaves out system headers, and a
+/// compile writes one such file only, so kache lists every header with a
+/// preprocessor run of its own (`-M -MF FILE`), before the compile (a
+/// header changed after it is newer than the compile's start, and a
+/// header deleted after it cannot be hashed: neither is stored). The
+/// file, or `None` when the caller's file lists every header; a failed
+/// run leaves no file (then nothing is stored).
+fn list_all_headers(compiler: &OsString, c: &CcCompile, store: &Store) -> Option<PathBuf> {
+    let args = c.list_headers.as_ref()?;
+    let file = store.tmp_path("cc-all-deps.d");
+    let ok = Command::new(compiler)
+        .args(args)
+        .arg("-M")
+        .arg("-MF")
+        .arg(&file)
+        .env("KACHE_ACTIVE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = fs::remove_file(&file);
+    }
+    Some(file)
 }
 
 fn file_name(p: &Path) -> Result<String> {
