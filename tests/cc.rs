@@ -28,6 +28,10 @@ struct App {
     kt: PathBuf,
     pt: PathBuf,
     cache: PathBuf,
+    /// Whether kache caches the build script's run too. Off by default
+    /// here: a cached run makes no C compile, and these tests judge the
+    /// C layer (`build_scripts_cached_over_the_c_layer` turns it on).
+    scripts: bool,
 }
 
 impl App {
@@ -40,6 +44,7 @@ impl App {
             kt: base.join("kt"),
             pt: base.join("pt"),
             cache: root.join("cache"),
+            scripts: false,
         }
     }
 
@@ -53,6 +58,9 @@ impl App {
 
     fn kache_args(&self, args: &[&str], env: Env<'_>) -> Output {
         let mut c = cargo_through_kache(&self.ws, &self.kt, &self.cache, args);
+        if !self.scripts {
+            c.env("KACHE_CACHE_BUILD_SCRIPTS", "0");
+        }
         c.envs(env.iter().copied());
         c.output().unwrap()
     }
@@ -171,6 +179,50 @@ fn change_case(change: impl FnOnce(&App), env: Env<'_>, want: &str) {
     assert!(after.contains(want), "plain cargo: {after}");
     assert_ne!(before, after, "plain cargo saw no change (a test bug)");
     a.same_fresh("after the change, from the store", env);
+}
+
+/// With the build script's run cached too (the default): every change
+/// the C tests make, checked against plain cargo right after it and from
+/// the store; an unchanged build from the store runs no build script.
+#[test]
+fn build_scripts_cached_over_the_c_layer() {
+    let r = tempfile::tempdir().unwrap();
+    let mut a = App::new(r.path(), "a");
+    a.scripts = true;
+    a.same("cold build", &[]);
+    a.same_fresh("unchanged, from the store", &[]);
+    let ev = fs::read_to_string(a.cache.join("events.jsonl")).unwrap();
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("\"build-script\"") && l.contains("\"local_hit\"")),
+        "the build script's run was a hit: {ev}"
+    );
+    type Change<'a> = (&'a dyn Fn(&App), Env<'a>, &'a str);
+    let changes: [Change<'_>; 5] = [
+        (
+            &|a| a.edit("include/config.h", "VALUE 1", "VALUE 2"),
+            &[],
+            "config=2",
+        ),
+        (
+            &|a| a.write("include/shadow.h", "#define SHADOW_VALUE 200\n"),
+            &[],
+            "shadow=200",
+        ),
+        (
+            &|a| a.write("csrc/shadow.h", "#define SHADOW_VALUE 300\n"),
+            &[],
+            "shadow=300",
+        ),
+        (&|_| {}, &[("CFLAGS", "-DAPP_FLAG")], "define=1"),
+        (&|_| {}, &[("GEN_VALUE", "9")], "gen=9"),
+    ];
+    for (change, env, want) in changes {
+        change(&a);
+        let after = stdout(&a.same(want, env));
+        assert!(after.contains(want), "plain cargo: {after}");
+        a.same_fresh(&format!("{want}, from the store"), env);
+    }
 }
 
 #[test]
