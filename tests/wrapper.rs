@@ -83,9 +83,12 @@ impl Sandbox {
     }
 }
 
-/// The compile events (non-empty crate) of a list.
+/// The compile events (non-empty crate) of a list: build-script runs,
+/// a kind of their own, are judged in `differential::build_scripts`.
 fn compiles(ev: &[serde_json::Value]) -> Vec<&serde_json::Value> {
-    ev.iter().filter(|e| e["crate"] != "").collect()
+    ev.iter()
+        .filter(|e| e["crate"] != "" && e["lang"] != "build-script")
+        .collect()
 }
 
 fn results(ev: &[serde_json::Value]) -> Vec<(String, String)> {

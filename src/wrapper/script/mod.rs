@@ -262,21 +262,39 @@ impl Job<'_> {
         (files, absent, dirs)
     }
 
-    /// The first path the run wrote outside `OUT_DIR`, the temp dirs,
-    /// kache's store and `/dev`.
+    /// The first path the run wrote outside `OUT_DIR`: kache's store, the
+    /// temp dirs and `/dev` are allowed too, but not the checkout, the
+    /// target dir or `CARGO_HOME` even where they lie in the temp dir.
     fn wrote_outside(&self, t: &Trace) -> Option<PathBuf> {
-        let mut allowed: Vec<PathBuf> = vec![
+        let with_real = |v: Vec<PathBuf>| -> Vec<PathBuf> {
+            let mut out = v.clone();
+            out.extend(v.iter().filter_map(|p| p.canonicalize().ok()));
+            out
+        };
+        let own = with_real(vec![
             self.out_dir.clone(),
             self.ctx.store.root().to_path_buf(),
+        ]);
+        let project = with_real(
+            self.ctx
+                .paths
+                .rules()
+                .iter()
+                .filter(|(_, s)| s != "/kache-home")
+                .map(|(r, _)| PathBuf::from(r))
+                .chain([self.ctx.paths.cwd.clone()])
+                .collect(),
+        );
+        let scratch = with_real(vec![
             PathBuf::from("/dev"),
             PathBuf::from("/tmp"),
             PathBuf::from("/var/tmp"),
             std::env::temp_dir(),
-        ];
-        allowed.extend(allowed.clone().iter().filter_map(|p| p.canonicalize().ok()));
+        ]);
+        let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
         t.written
             .iter()
-            .find(|p| !allowed.iter().any(|a| p.starts_with(a)))
+            .find(|p| !under(p, &own) && (under(p, &project) || !under(p, &scratch)))
             .cloned()
     }
 }
