@@ -1,7 +1,7 @@
 /*!
 `kache why-miss CRATE`: why did the last compile of a crate miss?
 
-Every stored miss logs the inputs of its key by name (`wrapper::key::
+Every stored miss logs the inputs of its key by name (`wrapper::explain::
 Explain`) in the event log, and every entry keeps the same account in its
 manifest. This command takes the crate's last logged miss, finds the
 stored entry of the same crate whose inputs differ least from it, and

@@ -74,7 +74,7 @@ pub(crate) struct Entry {
     /// Seconds since the epoch when the entry was made.
     #[serde(default)]
     pub(crate) created: u64,
-    /// What went into the key, by name (see `wrapper::key::Explain`), for
+    /// What went into the key, by name (see `wrapper::explain::Explain`), for
     /// `kache why-miss`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) explain: std::collections::BTreeMap<String, String>,

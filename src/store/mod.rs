@@ -6,7 +6,7 @@ Layout under the cache dir (documented in the README):
 ```text
 blobs/ab/<blake3 hex>          one file per distinct content, mode 0444
 entries/<crate>/<key>.json     one manifest per entry; mtime = last access
-index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::key)
+index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::inputs)
 toolchains/<id>                cached `rustc -vV` / `cc --version` answers
 hashes/<id>                    remembered file hashes (Store::hash_file_cached)
 dylibs/<so blake3>             the shared libraries a proc macro or dylib loads

@@ -29,7 +29,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, Result};
 
 use super::explain::Explain;
-use super::hasher;
+use super::inputs;
 use super::paths::Paths;
 use super::probe::Probe;
 use super::probe::{self, RealProbe};
@@ -159,7 +159,7 @@ fn labelled<'a, A: Action<'a>>(a: &A, what: &str) -> String {
 fn lookup<'a, A: Action<'a>>(a: &A, base: &CacheKey) -> Option<Entry> {
     let ctx = a.ctx();
     for inputs in ctx.store.inputs_for(base) {
-        let Some(full) = hasher::full_key(&inputs, &ctx.paths, &ctx.probe) else {
+        let Some(full) = inputs::full_key(&inputs, &ctx.paths, &ctx.probe) else {
             continue;
         };
         match ctx.store.get(&ctx.crate_name, &full) {
@@ -283,7 +283,7 @@ impl Ctx<'_> {
         inputs: &Inputs,
         base_why: Explain,
     ) -> Option<(CacheKey, Explain)> {
-        let (full, full_why) = hasher::full_key_explained(inputs, &self.paths, &self.probe)?;
+        let (full, full_why) = inputs::full_key_explained(inputs, &self.paths, &self.probe)?;
         let mut why = base_why;
         why.extend(full_why);
         Some((full, why))

@@ -8,7 +8,8 @@ secrets (env values) are shown only by class.
 
 use std::collections::BTreeMap;
 
-use super::hasher::UNSET;
+/// Marks an unset env var (distinct from an empty one).
+pub(crate) const UNSET: &str = "\u{0}unset";
 
 /// A key's inputs by name (`arg -C opt-level`, `file src/lib.rs`,
 /// `env FOO`, ...), each with a value or a digest; env values are shown

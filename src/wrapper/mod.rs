@@ -13,8 +13,9 @@ Rooms:
   from the launcher kache puts in place of each build script it
   compiles), traced by `trace`;
 - shared by every kind: `paths` (machine-local roots and their
-  sentinels), `hasher` and `explain` (the framed key hasher, the full
-  key of an input list, a key's account for `why-miss`), `probe` (what a
+  sentinels), `hasher`, `inputs` and `explain` (the framed key
+  hasher, the full key of a recorded input list, a key's account for
+  `why-miss`), `probe` (what a
   key reads of the machine), `depinfo`, `scan` (roots in outputs),
   `restore` (outputs back into place), `process` (running the real
   program), `stamp`.
@@ -32,6 +33,7 @@ mod cc;
 mod depinfo;
 pub(crate) mod explain;
 mod hasher;
+mod inputs;
 mod paths;
 mod probe;
 mod process;

@@ -1,6 +1,6 @@
 /*!
 The key of a C, C++ or assembler compile, in the two levels of the Rust
-side (see `wrapper::key`), so a hit runs neither the compiler nor the
+side (see `wrapper::rustc::key`), so a hit runs neither the compiler nor the
 preprocessor.
 
 - The *base key*: the compiler's identity (its content and `--version`),
@@ -30,7 +30,8 @@ use anyhow::{Context, Result};
 
 use super::args::{CcCompile, Lang};
 use crate::wrapper::explain::Explain;
-use crate::wrapper::hasher::{KeyHasher, UNSET};
+use crate::wrapper::explain::UNSET;
+use crate::wrapper::hasher::KeyHasher;
 use crate::wrapper::paths::Paths;
 use crate::wrapper::probe::Probe;
 

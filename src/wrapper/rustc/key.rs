@@ -32,7 +32,8 @@ use anyhow::{Context, Result, bail};
 use super::args::{Arg, Compile, tokenize};
 use crate::store::CacheKey;
 use crate::wrapper::explain::Explain;
-use crate::wrapper::hasher::{KeyHasher, UNSET};
+use crate::wrapper::explain::UNSET;
+use crate::wrapper::hasher::KeyHasher;
 use crate::wrapper::paths::Paths;
 use crate::wrapper::probe::Probe;
 
@@ -460,7 +461,7 @@ fn rel_or_abs(root: &Path, p: &str) -> String {
 mod tests {
     use super::*;
     use crate::store::entry::Inputs;
-    use crate::wrapper::hasher::{full_key, full_key_explained};
+    use crate::wrapper::inputs::{full_key, full_key_explained};
 
     #[test]
     fn args_tokens() {
