@@ -54,8 +54,13 @@ fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyH
     }
     for f in &inputs.absent {
         h.field("absent", f);
-        let here = probe.hash(&paths.resolve(f)).is_some();
-        h.field("exists", if here { "yes" } else { "no" });
+        // What is there: a file that appeared, but also a directory.
+        let here = match probe.kind(&paths.resolve(f)) {
+            "file" => "yes",
+            "none" => "no",
+            k => k,
+        };
+        h.field("exists", here);
     }
     for s in &inputs.roots {
         h.field("root", s);
@@ -68,7 +73,16 @@ fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyH
             .map(|(name, dir)| if dir { format!("{name}/") } else { name })
             .collect();
         h.field("dir", d);
+        // A missing directory is not an empty one.
+        h.field("kind", probe.kind(&paths.resolve(d)));
         h.field("listing", &listing.join("\n"));
+    }
+    for l in &inputs.links {
+        let target = probe
+            .link_target(&paths.resolve(l))
+            .map(|t| paths.normalize(&t));
+        h.field("symlink", l);
+        h.field("target", target.as_deref().unwrap_or(UNSET));
     }
     Some(h)
 }

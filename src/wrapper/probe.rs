@@ -42,6 +42,22 @@ pub(crate) trait Probe {
     /// was linked against, as recorded when it was built (normalised
     /// paths): it loads them while it runs inside rustc.
     fn runtime_libs(&self, so_hash: &str) -> Vec<String>;
+    /// What is at a path, following links: `none`, `file`, `dir` or
+    /// `other`.
+    fn kind(&self, p: &Path) -> &'static str {
+        match fs::metadata(p) {
+            Err(_) => "none",
+            Ok(m) if m.is_file() => "file",
+            Ok(m) if m.is_dir() => "dir",
+            Ok(_) => "other",
+        }
+    }
+    /// Where a symbolic link points; `None` if it is not one.
+    fn link_target(&self, p: &Path) -> Option<String> {
+        fs::read_link(p)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    }
 }
 
 pub(crate) struct RealProbe<'a> {

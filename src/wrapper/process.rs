@@ -73,7 +73,8 @@ pub(crate) fn run_pumped(
 }
 
 /// Copies a child's output to ours line by line (sentinels from the
-/// path remapping expanded back to this checkout), returning the raw bytes.
+/// path remapping expanded back to this checkout; byte for byte when
+/// `paths` has no rules), returning the raw bytes.
 fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut reader = BufReader::new(r);
@@ -85,14 +86,20 @@ fn pump(r: impl Read, paths: &Paths, stderr: bool) -> Vec<u8> {
             Ok(_) => {}
         }
         raw.extend_from_slice(&line);
-        let shown = paths.expand(&String::from_utf8_lossy(&line));
+        let expanded;
+        let shown: &[u8] = if paths.rules().is_empty() {
+            &line
+        } else {
+            expanded = paths.expand(&String::from_utf8_lossy(&line));
+            expanded.as_bytes()
+        };
         if stderr {
             let mut e = std::io::stderr().lock();
-            let _ = e.write_all(shown.as_bytes());
+            let _ = e.write_all(shown);
             let _ = e.flush();
         } else {
             let mut o = std::io::stdout().lock();
-            let _ = o.write_all(shown.as_bytes());
+            let _ = o.write_all(shown);
             let _ = o.flush();
         }
     }

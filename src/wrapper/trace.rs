@@ -7,8 +7,9 @@ a data file in the package, a system header the C compiler includes, a
 `.pc` file, a program on `PATH`. Cargo never reuses a run across target
 dirs, so it does not need to know; kache does, so it must. The child
 installs a filter before it executes the program; every `open`,
-`openat`, `openat2`, `creat`, `execve`, `execveat` and every call that
-creates, renames or removes a path, in it and in every process it
+`openat`, `openat2`, `creat`, `execve`, `execveat`, every call that
+creates, renames or removes a path and every `stat`, `access` and
+`readlink` of one, in it and in every process it
 starts, stops until a thread of ours has read the path from the
 process's memory and let the call go on unchanged
 (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). The program sees no difference
@@ -18,8 +19,7 @@ What it cannot see, and where a run is then not cached: a kernel or an
 architecture without the filter (the spawn reports it; the caller runs
 the program untraced and stores nothing), and a system call of another
 ABI (x32, 32-bit compat), which marks the trace incomplete. Reads through
-`io_uring`, and stat-only existence checks, are not seen: documented in
-the README.
+`io_uring` are not seen: documented in the README.
 
 Process helpers outliving the program keep the filter; once we stop
 listening their watched calls fail (`ENOSYS`).
@@ -33,7 +33,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,11 @@ pub(crate) struct Trace {
     pub(crate) read: BTreeSet<PathBuf>,
     /// Opened for writing, created, renamed, linked or removed.
     pub(crate) written: BTreeSet<PathBuf>,
+    /// Looked at without being opened (`stat`, `access`): whether it
+    /// exists, and as what, matters.
+    pub(crate) probed: BTreeSet<PathBuf>,
+    /// Read as a symbolic link (`readlink`): where it points matters.
+    pub(crate) links: BTreeSet<PathBuf>,
     /// Why the trace cannot be trusted to be complete, if it cannot.
     pub(crate) incomplete: Option<String>,
 }
@@ -71,11 +76,25 @@ mod arch {
     pub(super) const FOREIGN_BIT: u32 = 0;
 }
 
+/// What a watched call does to a path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Read,
+    Write,
+    Probe,
+    Link,
+}
+
+const R: Use = Use::Read;
+const W: Use = Use::Write;
+const P: Use = Use::Probe;
+const L: Use = Use::Link;
+
 /// How a watched call names its paths: (syscall, [(path arg, dirfd arg,
-/// is a write)], flags arg for an open).
+/// what it does)], where an open's flags are).
 struct Watched {
     nr: i64,
-    paths: &'static [(usize, Option<usize>, bool)],
+    paths: &'static [(usize, Option<usize>, Use)],
     /// Where the open flags are: `Some(i)` an argument, for `openat2`
     /// the `open_how` the argument points to.
     flags: Flags,
@@ -88,66 +107,76 @@ enum Flags {
     How(usize),
 }
 
-const fn w(nr: i64, paths: &'static [(usize, Option<usize>, bool)], flags: Flags) -> Watched {
+const fn w(nr: i64, paths: &'static [(usize, Option<usize>, Use)], flags: Flags) -> Watched {
     Watched { nr, paths, flags }
 }
 
 #[cfg(target_arch = "x86_64")]
 const WATCHED: &[Watched] = &[
-    w(libc::SYS_open, &[(0, None, false)], Flags::Arg(1)),
-    w(libc::SYS_creat, &[(0, None, true)], Flags::None),
-    w(libc::SYS_openat, &[(1, Some(0), false)], Flags::Arg(2)),
-    w(libc::SYS_openat2, &[(1, Some(0), false)], Flags::How(2)),
-    w(libc::SYS_execve, &[(0, None, false)], Flags::None),
-    w(libc::SYS_execveat, &[(1, Some(0), false)], Flags::None),
-    w(libc::SYS_mkdir, &[(0, None, true)], Flags::None),
-    w(libc::SYS_mkdirat, &[(1, Some(0), true)], Flags::None),
-    w(
-        libc::SYS_rename,
-        &[(0, None, true), (1, None, true)],
-        Flags::None,
-    ),
+    w(libc::SYS_open, &[(0, None, R)], Flags::Arg(1)),
+    w(libc::SYS_creat, &[(0, None, W)], Flags::None),
+    w(libc::SYS_openat, &[(1, Some(0), R)], Flags::Arg(2)),
+    w(libc::SYS_openat2, &[(1, Some(0), R)], Flags::How(2)),
+    w(libc::SYS_execve, &[(0, None, R)], Flags::None),
+    w(libc::SYS_execveat, &[(1, Some(0), R)], Flags::None),
+    w(libc::SYS_mkdir, &[(0, None, W)], Flags::None),
+    w(libc::SYS_mkdirat, &[(1, Some(0), W)], Flags::None),
+    w(libc::SYS_rename, &[(0, None, W), (1, None, W)], Flags::None),
     w(
         libc::SYS_renameat,
-        &[(1, Some(0), true), (3, Some(2), true)],
+        &[(1, Some(0), W), (3, Some(2), W)],
         Flags::None,
     ),
     w(
         libc::SYS_renameat2,
-        &[(1, Some(0), true), (3, Some(2), true)],
+        &[(1, Some(0), W), (3, Some(2), W)],
         Flags::None,
     ),
-    w(libc::SYS_unlink, &[(0, None, true)], Flags::None),
-    w(libc::SYS_unlinkat, &[(1, Some(0), true)], Flags::None),
-    w(libc::SYS_rmdir, &[(0, None, true)], Flags::None),
-    w(libc::SYS_link, &[(1, None, true)], Flags::None),
-    w(libc::SYS_linkat, &[(3, Some(2), true)], Flags::None),
-    w(libc::SYS_symlink, &[(1, None, true)], Flags::None),
-    w(libc::SYS_symlinkat, &[(2, Some(1), true)], Flags::None),
-    w(libc::SYS_truncate, &[(0, None, true)], Flags::None),
+    w(libc::SYS_unlink, &[(0, None, W)], Flags::None),
+    w(libc::SYS_unlinkat, &[(1, Some(0), W)], Flags::None),
+    w(libc::SYS_rmdir, &[(0, None, W)], Flags::None),
+    w(libc::SYS_link, &[(1, None, W)], Flags::None),
+    w(libc::SYS_linkat, &[(3, Some(2), W)], Flags::None),
+    w(libc::SYS_symlink, &[(1, None, W)], Flags::None),
+    w(libc::SYS_symlinkat, &[(2, Some(1), W)], Flags::None),
+    w(libc::SYS_truncate, &[(0, None, W)], Flags::None),
+    w(libc::SYS_stat, &[(0, None, P)], Flags::None),
+    w(libc::SYS_lstat, &[(0, None, P)], Flags::None),
+    w(libc::SYS_newfstatat, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_statx, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_access, &[(0, None, P)], Flags::None),
+    w(libc::SYS_faccessat, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_faccessat2, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_readlink, &[(0, None, L)], Flags::None),
+    w(libc::SYS_readlinkat, &[(1, Some(0), L)], Flags::None),
 ];
 
 #[cfg(target_arch = "aarch64")]
 const WATCHED: &[Watched] = &[
-    w(libc::SYS_openat, &[(1, Some(0), false)], Flags::Arg(2)),
-    w(libc::SYS_openat2, &[(1, Some(0), false)], Flags::How(2)),
-    w(libc::SYS_execve, &[(0, None, false)], Flags::None),
-    w(libc::SYS_execveat, &[(1, Some(0), false)], Flags::None),
-    w(libc::SYS_mkdirat, &[(1, Some(0), true)], Flags::None),
+    w(libc::SYS_openat, &[(1, Some(0), R)], Flags::Arg(2)),
+    w(libc::SYS_openat2, &[(1, Some(0), R)], Flags::How(2)),
+    w(libc::SYS_execve, &[(0, None, R)], Flags::None),
+    w(libc::SYS_execveat, &[(1, Some(0), R)], Flags::None),
+    w(libc::SYS_mkdirat, &[(1, Some(0), W)], Flags::None),
     w(
         libc::SYS_renameat,
-        &[(1, Some(0), true), (3, Some(2), true)],
+        &[(1, Some(0), W), (3, Some(2), W)],
         Flags::None,
     ),
     w(
         libc::SYS_renameat2,
-        &[(1, Some(0), true), (3, Some(2), true)],
+        &[(1, Some(0), W), (3, Some(2), W)],
         Flags::None,
     ),
-    w(libc::SYS_unlinkat, &[(1, Some(0), true)], Flags::None),
-    w(libc::SYS_linkat, &[(3, Some(2), true)], Flags::None),
-    w(libc::SYS_symlinkat, &[(2, Some(1), true)], Flags::None),
-    w(libc::SYS_truncate, &[(0, None, true)], Flags::None),
+    w(libc::SYS_unlinkat, &[(1, Some(0), W)], Flags::None),
+    w(libc::SYS_linkat, &[(3, Some(2), W)], Flags::None),
+    w(libc::SYS_symlinkat, &[(2, Some(1), W)], Flags::None),
+    w(libc::SYS_truncate, &[(0, None, W)], Flags::None),
+    w(libc::SYS_newfstatat, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_statx, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_faccessat, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_faccessat2, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_readlinkat, &[(1, Some(0), L)], Flags::None),
 ];
 
 /// Whether this build of kache can trace at all.
@@ -432,23 +461,36 @@ fn record(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
         Flags::Arg(i) => open_writes(d.args[i]),
         Flags::How(i) => read_u64(pid, d.args[i]).is_some_and(open_writes),
     };
-    for &(arg, dirfd, writes) in c.paths {
-        let Some(raw) = read_cstr(pid, d.args[arg]) else {
+    for &(arg, dirfd, what) in c.paths {
+        if d.args[arg] == 0 {
+            // No path: the call fails (EFAULT) or names its fd alone.
             continue;
-        };
+        }
+        let raw = read_cstr(pid, d.args[arg]);
         // The path was read while the call still waited: check it is
         // the same call (the process may have died and its pid be reused).
         if !id_valid(listener, req.id) {
             return;
         }
-        let Some(path) = resolve(pid, dirfd.map(|i| d.args[i] as i32), raw) else {
-            continue;
+        let Some(raw) = raw else {
+            trace.incomplete = Some(format!("cannot read a path process {pid} named"));
+            return;
         };
-        if writes || write_flags {
-            trace.written.insert(path);
-        } else {
-            trace.read.insert(path);
+        if raw.is_empty() {
+            // `AT_EMPTY_PATH`: the call is about the fd itself.
+            continue;
         }
+        let Some(path) = resolve(pid, dirfd.map(|i| d.args[i] as i32), raw) else {
+            trace.incomplete = Some(format!("cannot resolve a path process {pid} named"));
+            return;
+        };
+        match what {
+            Use::Write => trace.written.insert(path),
+            Use::Read if write_flags => trace.written.insert(path),
+            Use::Read => trace.read.insert(path),
+            Use::Probe => trace.probed.insert(path),
+            Use::Link => trace.links.insert(path),
+        };
     }
 }
 
@@ -508,9 +550,6 @@ fn read_u64(pid: u32, addr: u64) -> Option<u64> {
 
 /// A NUL-terminated string of another process (at most `PATH_MAX`).
 fn read_cstr(pid: u32, addr: u64) -> Option<Vec<u8>> {
-    if addr == 0 {
-        return None;
-    }
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     while out.len() < libc::PATH_MAX as usize {
@@ -524,13 +563,14 @@ fn read_cstr(pid: u32, addr: u64) -> Option<Vec<u8>> {
     None
 }
 
-/// The absolute, lexically clean path a call names: relative paths are
-/// taken from the process's working directory or the directory fd.
+/// The absolute path a call names, as the kernel resolves it: relative
+/// paths are taken from the process's working directory or the
+/// directory fd. Without `..` the path is kept as named (so a link on
+/// the way is followed again when it is keyed); with `..`, whose meaning
+/// depends on the links before it, the directory part is resolved now,
+/// while the call waits.
 fn resolve(pid: u32, dirfd: Option<i32>, raw: Vec<u8>) -> Option<PathBuf> {
     let p = PathBuf::from(OsString::from_vec(raw));
-    if p.as_os_str().is_empty() {
-        return None;
-    }
     let abs = if p.is_absolute() {
         p
     } else {
@@ -540,26 +580,24 @@ fn resolve(pid: u32, dirfd: Option<i32>, raw: Vec<u8>) -> Option<PathBuf> {
         };
         std::fs::read_link(base).ok()?.join(p)
     };
-    Some(clean(&abs))
-}
-
-/// Removes `.` and `..` components without looking at the filesystem.
-pub(crate) fn clean(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            c => out.push(c),
-        }
+    if !abs.components().any(|c| c == Component::ParentDir) {
+        return Some(abs.components().collect());
     }
-    out
+    let name = abs.file_name().filter(|_| !abs.ends_with(".."));
+    match (abs.parent(), name) {
+        (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
+            Ok(d) => Some(d.join(name)),
+            // The directory does not exist: neither does the path.
+            Err(_) => Some(abs.components().collect()),
+        },
+        _ => std::fs::canonicalize(&abs).ok(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// Runs `sh -c script` traced; what it did.
@@ -581,9 +619,10 @@ mod tests {
         std::fs::write(root.join("in.txt"), "x").unwrap();
         std::fs::create_dir(root.join("sub")).unwrap();
         let t = traced(
-            "cat in.txt > out.txt; (cd sub && cat ../in.txt missing 2>/dev/null); mkdir made; rm out.txt; true",
+            "cat in.txt > out.txt; (cd sub && cat ../in.txt missing 2>/dev/null); mkdir made; rm out.txt; test -e looked; true",
             &root,
         );
+        assert!(t.probed.contains(&root.join("looked")), "{t:?}");
         assert!(t.incomplete.is_none(), "{:?}", t.incomplete);
         assert!(t.read.contains(&root.join("in.txt")), "{t:?}");
         assert!(t.read.contains(&root.join("sub/missing")), "{t:?}");
@@ -597,7 +636,15 @@ mod tests {
     }
 
     #[test]
-    fn clean_paths() {
-        assert_eq!(clean(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    fn dot_dot_is_resolved_through_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("real/inc")).unwrap();
+        std::fs::write(root.join("real/cfg.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(root.join("real/inc"), root.join("tp")).unwrap();
+        let t = traced("cat tp/../cfg.txt; readlink tp; true", &root);
+        assert!(t.read.contains(&root.join("real/cfg.txt")), "{t:?}");
+        assert!(!t.read.contains(&root.join("cfg.txt")), "{t:?}");
+        assert!(t.links.contains(&root.join("tp")), "{t:?}");
     }
 }

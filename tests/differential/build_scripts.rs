@@ -309,3 +309,36 @@ fn launcher_left_in_target_works_under_plain_cargo_and_disabled() {
 fn norm_out(o: &std::process::Output) -> String {
     super::norm(&o.stdout)
 }
+
+/// A build-script run recorded on one runner is pushed, pulled by another
+/// runner through its Cargo.lock into another store, and served there: no
+/// build script runs, and the program is plain cargo's.
+#[test]
+fn build_script_runs_sync_through_s3() {
+    let s3 = crate::s3server::S3::start();
+    let r = root();
+    let a = Diff::new(r.path(), "runner-a", "bscripts");
+    let mut b = Diff::new(r.path(), "runner-b", "bscripts");
+    b.cache = r.path().join("cache-b");
+    let run: &[&str] = &["run", "-q", "-p", "nodecl"];
+    let want = a.same("runner A", run, &[]);
+    let sync = |d: &Diff, args: &[&str]| {
+        let mut c = crate::common::kache(&d.cache);
+        s3.configure(&mut c);
+        c.env("KACHE_PROGRESS", "0")
+            .current_dir(&d.ws)
+            .arg("sync")
+            .args(args);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "sync {args:?}: {}", show(&o));
+    };
+    sync(&a, &["--push"]);
+    sync(&b, &["--pull"]);
+    assert_eq!(b.same("runner B, from the pulled store", run, &[]), want);
+    let ev = script_events(&b);
+    assert!(
+        ev.iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit")
+            && !ev.iter().any(|(_, r, _)| r == "miss"),
+        "runner B ran no build script: {ev:?}"
+    );
+}

@@ -163,7 +163,7 @@ pub(crate) fn base_key(
 }
 
 /// What `-march=native` resolves from: the CPU's model and flags.
-fn native_cpu() -> String {
+pub(crate) fn native_cpu() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mut lines: Vec<&str> = cpu
         .lines()

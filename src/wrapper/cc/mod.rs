@@ -20,7 +20,7 @@ search path; one whose inputs changed while it ran.
 */
 
 mod args;
-mod key;
+pub(crate) mod key;
 
 use std::ffi::OsString;
 use std::fs;
@@ -371,6 +371,7 @@ impl<'a> Action<'a> for Job<'a> {
             absent: absent.iter().map(|h| ctx.paths.normalize(h)).collect(),
             roots: Vec::new(),
             dirs: Vec::new(),
+            links: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();

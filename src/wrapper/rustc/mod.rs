@@ -404,6 +404,7 @@ impl<'a> Action<'a> for Job<'a> {
             absent,
             roots: Vec::new(),
             dirs: Vec::new(),
+            links: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
         let (files, roots) = self.store_outputs()?;

@@ -63,11 +63,9 @@ const OUT_TAR: &str = "out.tar";
 /// (the number of jobs, the jobserver, the shell's state, the terminal,
 /// the CI run's identity), and kache's own. A variable the script
 /// declares with `rerun-if-env-changed` is keyed even if listed here.
-const VOLATILE_VARS: [&str; 27] = [
+const VOLATILE_VARS: [&str; 25] = [
     "NUM_JOBS",
     "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
     "MAKELEVEL",
     "PWD",
     "OLDPWD",
@@ -101,6 +99,17 @@ const VOLATILE_PREFIXES: [&str; 6] = ["KACHE_", "XDG_", "DBUS_", "GITHUB_", "RUN
 
 fn volatile(name: &str) -> bool {
     VOLATILE_VARS.contains(&name) || VOLATILE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// `MAKEFLAGS` and `MFLAGS` without the job count and the jobserver:
+/// what is left (variable overrides, `-k`...) reaches every `make` a
+/// build script runs.
+fn make_flags(value: &str) -> String {
+    value
+        .split_whitespace()
+        .filter(|t| !(t.starts_with("-j") || t.starts_with("--jobserver")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether cargo runs this build through kache: cargo tells build
@@ -232,24 +241,69 @@ impl Job<'_> {
             if volatile(&name) {
                 continue;
             }
+            let value = match name.as_str() {
+                "MAKEFLAGS" | "MFLAGS" => make_flags(&value),
+                _ => value,
+            };
             h.field("env", &name);
             h.field("value", &paths.normalize(&value));
         }
+        // What a compiler's `-march=native` or the script's own CPU
+        // detection sees.
+        h.field("native-cpu", &super::cc::key::native_cpu());
         Ok(h.finish_explained())
     }
 
-    /// The traced reads as an input list: files by content, absent ones,
-    /// listed directories; what the run wrote itself, `OUT_DIR`, kache's
+    /// The traced reads as an input list: files by content, absent ones
+    /// and those only looked at by existence, listed directories; what the run wrote itself, `OUT_DIR`, kache's
     /// store and the kernel's pseudo files left out.
-    fn traced_inputs(&self, t: &Trace) -> (Vec<String>, Vec<String>, Vec<String>) {
+    fn traced_inputs(&self, t: &Trace) -> TracedInputs {
+        let out_real = self
+            .out_dir
+            .canonicalize()
+            .unwrap_or_else(|_| self.out_dir.clone());
         let skip = |p: &Path| {
-            p.starts_with(&self.out_dir)
-                || p.starts_with(self.ctx.store.root())
+            p.starts_with(self.ctx.store.root())
                 || ["/proc", "/sys", "/dev"].iter().any(|d| p.starts_with(d))
                 || t.written.contains(p)
         };
+        // A path into OUT_DIR is an output, unless a link there leads out
+        // of it (cxx-build links the package into OUT_DIR): then it is
+        // keyed where it leads.
+        let place = |p: &PathBuf| -> Option<PathBuf> {
+            if !p.starts_with(&self.out_dir) && !p.starts_with(&out_real) {
+                return Some(p.clone());
+            }
+            let real = p
+                .canonicalize()
+                .or_else(|_| {
+                    let dir = p.parent().unwrap_or(p).canonicalize()?;
+                    Ok::<_, std::io::Error>(dir.join(p.file_name().unwrap_or_default()))
+                })
+                .ok()?;
+            (!real.starts_with(&out_real)).then_some(real)
+        };
         let (mut files, mut absent, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-        for p in t.read.iter().filter(|p| !skip(p)) {
+        let links: Vec<String> = t
+            .links
+            .iter()
+            .filter_map(place)
+            .filter(|p| !skip(p))
+            .map(|p| self.ctx.paths.normalize(&p.to_string_lossy()))
+            .collect();
+        for p in t
+            .probed
+            .iter()
+            .filter(|p| !t.read.contains(*p))
+            .filter_map(place)
+        {
+            if !skip(&p) {
+                // Looked at, not opened: keyed by what is there.
+                absent.push(self.ctx.paths.normalize(&p.to_string_lossy()));
+            }
+        }
+        for p in t.read.iter().filter_map(place).filter(|p| !skip(p)) {
+            let p = &p;
             let shown = self.ctx.paths.normalize(&p.to_string_lossy());
             match std::fs::metadata(p) {
                 Ok(m) if m.is_dir() => dirs.push(shown),
@@ -259,7 +313,18 @@ impl Job<'_> {
                 Err(_) => absent.push(shown),
             }
         }
-        (files, absent, dirs)
+        files.sort();
+        files.dedup();
+        absent.sort();
+        absent.dedup();
+        dirs.sort();
+        dirs.dedup();
+        TracedInputs {
+            files,
+            absent,
+            dirs,
+            links,
+        }
     }
 
     /// The first path the run wrote outside `OUT_DIR`: kache's store, the
@@ -294,7 +359,14 @@ impl Job<'_> {
         let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
         t.written
             .iter()
-            .find(|p| !under(p, &own) && (under(p, &project) || !under(p, &scratch)))
+            .find(|p| {
+                !under(p, &own)
+                    && (under(p, &project)
+                        || !under(p, &scratch)
+                        // A file left in the temp dir: a hit would not
+                        // make it, and the outputs may name it.
+                        || (!p.starts_with("/dev") && p.symlink_metadata().is_ok()))
+            })
             .cloned()
     }
 }
@@ -332,7 +404,13 @@ impl<'a> Action<'a> for Job<'a> {
         let mut tracer = Tracer::attach(&mut cmd).context("cannot trace the build script")?;
         let before = self.ctx.store.fs_clock();
         let t0 = Instant::now();
-        let pumped = run_pumped(&mut cmd, &self.ctx.paths, self.real_str, "the build script");
+        // Its output passes through byte for byte.
+        let pumped = run_pumped(
+            &mut cmd,
+            &Paths::default(),
+            self.real_str,
+            "the build script",
+        );
         tracer.spawned();
         let trace = tracer.finish();
         let (status, out_raw, err_raw) = pumped?;
@@ -376,16 +454,40 @@ impl<'a> Action<'a> for Job<'a> {
             );
             return Ok(run.code);
         }
-        let stdout = String::from_utf8_lossy(&run.out_raw);
-        let (files, absent, dirs) = self.traced_inputs(&trace);
+        // Replayed output must be what the script printed: text, and no
+        // string kache would take for one of its own sentinels.
+        let (Ok(stdout), Ok(stderr)) = (
+            String::from_utf8(run.out_raw.clone()),
+            String::from_utf8(run.err_raw.clone()),
+        ) else {
+            ctx.unstored(
+                "the build script printed bytes that are not UTF-8",
+                run.compile_ms,
+            );
+            return Ok(run.code);
+        };
+        if ctx
+            .paths
+            .rules()
+            .iter()
+            .any(|(_, s)| stdout.contains(s.as_str()) || stderr.contains(s.as_str()))
+        {
+            ctx.unstored(
+                "the build script printed a kache sentinel path",
+                run.compile_ms,
+            );
+            return Ok(run.code);
+        }
+        let traced = self.traced_inputs(&trace);
         let mut inputs = Inputs {
             base,
-            files,
+            files: traced.files,
             env: declared_env(&stdout),
             link: Vec::new(),
-            absent,
+            absent: traced.absent,
             roots: Vec::new(),
-            dirs,
+            dirs: traced.dirs,
+            links: traced.links,
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();
@@ -410,7 +512,7 @@ impl<'a> Action<'a> for Job<'a> {
         };
         let mut entry = Entry::new(ctx.crate_name.clone(), full, vec![tar]);
         entry.stdout = ctx.paths.normalize(&stdout);
-        entry.stderr = ctx.paths.normalize(&String::from_utf8_lossy(&run.err_raw));
+        entry.stderr = ctx.paths.normalize(&stderr);
         entry.inputs = Some(inputs);
         entry.compile_ms = run.compile_ms;
         entry.explain = why;
@@ -419,6 +521,14 @@ impl<'a> Action<'a> for Job<'a> {
         ctx.publish(&entry, "build script")?;
         Ok(run.code)
     }
+}
+
+/// What a traced run read, as input lists.
+struct TracedInputs {
+    files: Vec<String>,
+    absent: Vec<String>,
+    dirs: Vec<String>,
+    links: Vec<String>,
 }
 
 /// The variables a build script declared with `rerun-if-env-changed`.
@@ -443,6 +553,15 @@ mod tests {
     fn declared_env_both_syntaxes() {
         let out = "cargo:rerun-if-env-changed=CC\ncargo::rerun-if-env-changed=B\ncargo:warning=x\ncargo:rerun-if-env-changed=CC\n";
         assert_eq!(declared_env(out), vec!["B", "CC"]);
+    }
+
+    #[test]
+    fn make_flags_keep_overrides() {
+        assert_eq!(
+            make_flags(" -j4 --jobserver-auth=3,4 -- LEVEL=debug"),
+            "-- LEVEL=debug"
+        );
+        assert_eq!(make_flags("k -j --jobserver-fds=3,4"), "k");
     }
 
     #[test]
