@@ -342,3 +342,59 @@ fn build_script_runs_sync_through_s3() {
         "runner B ran no build script: {ev:?}"
     );
 }
+
+/// The ways an attack once made kache serve a stale run, each changed
+/// between builds into fresh target dirs, each answered as plain cargo:
+/// a package file read through a link in OUT_DIR (cxx-build's layout), a
+/// directory appearing where none was and an empty one removed, a path
+/// only tested for existence, a link only read, `..` after a link.
+#[test]
+fn reads_the_trace_once_missed() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let ext = r.path().join("ext");
+    fs::create_dir_all(ext.join("real/inc")).unwrap();
+    fs::create_dir_all(ext.join("v1")).unwrap();
+    fs::create_dir_all(ext.join("v2")).unwrap();
+    fs::write(ext.join("real/cfg.txt"), "c1").unwrap();
+    std::os::unix::fs::symlink("v1", ext.join("current")).unwrap();
+    std::os::unix::fs::symlink(ext.join("real/inc"), d.path("probes/tp")).unwrap();
+    let probe = ext.join("feature.h");
+    let link = ext.join("current");
+    let env: Env<'_> = &[
+        ("BS_PROBE", probe.to_str().unwrap()),
+        ("BS_LINK", link.to_str().unwrap()),
+    ];
+    let build = |what: &str| {
+        wipe_both(&d);
+        d.same(what, &["run", "-q", "-p", "probes"], env)
+    };
+    let first = build("start");
+    assert!(
+        first.contains("via_out=v1") && first.contains("dotdot=c1"),
+        "{first}"
+    );
+    assert_eq!(build("unchanged"), first);
+    assert!(
+        script_events(&d)
+            .iter()
+            .any(|(c, r, _)| c == "probes" && r == "local_hit"),
+        "an unchanged run hits"
+    );
+    d.write("probes/data/value.txt", "v2\n");
+    assert!(build("read through OUT_DIR/crate").contains("via_out=v2"));
+    fs::create_dir(d.path("probes/extra")).unwrap();
+    assert!(build("directory appeared").contains("extra=[]"));
+    fs::write(d.path("probes/extra/plugin.txt"), "").unwrap();
+    assert!(build("file in it").contains("plugin.txt"));
+    fs::remove_file(d.path("probes/extra/plugin.txt")).unwrap();
+    fs::remove_dir(d.path("probes/extra")).unwrap();
+    assert!(build("directory gone").contains("(none)"));
+    fs::write(&probe, "").unwrap();
+    assert!(build("probed path appeared").contains("probe=true"));
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("v2", &link).unwrap();
+    assert!(build("link retargeted").contains("link=v2"));
+    fs::write(ext.join("real/cfg.txt"), "c2").unwrap();
+    assert!(build("file behind ..").contains("dotdot=c2"));
+}
