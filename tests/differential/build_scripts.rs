@@ -345,7 +345,7 @@ fn build_script_runs_sync_through_s3() {
 
 /// The ways an attack once made kache serve a stale run, each changed
 /// between builds into fresh target dirs, each answered as plain cargo:
-/// a package file read through a link in OUT_DIR (cxx-build's layout), a
+/// a package file read through a link in `OUT_DIR` (cxx-build's layout), a
 /// directory appearing where none was and an empty one removed, a path
 /// only tested for existence, a link only read, `..` after a link.
 #[test]
