@@ -15,6 +15,7 @@ to running rustc exactly as without kache, with one warning line.
 pub(crate) mod args;
 mod call;
 mod cc;
+pub(crate) mod glob;
 pub(crate) mod key;
 mod link;
 mod probe;
