@@ -162,7 +162,7 @@ fn default_cache_dir() -> PathBuf {
 /// keys from the file and ignores the rest (an invalid endpoint or
 /// concurrency must not change how a compile runs); only a file that is
 /// not TOML at all, or an invalid value of one of these, is an error.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct WrapperConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) cache_executables: bool,
@@ -314,7 +314,8 @@ fn invalid(name: &str, value: &str, form: &str) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::defs::{BUCKET, CACHE_C, CACHE_EXECUTABLES, LOCAL_STORE, parse_wait};
+    use super::defs::cache::{CACHE_C, CACHE_EXECUTABLES, LOCAL_STORE, parse_wait};
+    use super::defs::remote::BUCKET;
     use super::*;
 
     #[test]
