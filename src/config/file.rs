@@ -27,20 +27,61 @@ struct FileDoc {
     cache: FileCache,
 }
 
-/// The `[cache]` table.
-#[derive(Default, serde::Deserialize)]
+/// The `[cache]` table: `remote`, and every other key as written.
+#[derive(Default)]
 struct FileCache {
-    #[serde(default)]
     remote: FileRemote,
-    #[serde(flatten)]
     keys: toml::Table,
 }
 
-/// The `[cache.remote]` table.
-#[derive(Default, serde::Deserialize)]
+/// The `[cache.remote]` table, every key as written.
+#[derive(Default)]
 struct FileRemote {
-    #[serde(flatten)]
     keys: toml::Table,
+}
+
+// By hand, not `#[serde(flatten)]`: flatten buffers the whole table once
+// more, on every compile. The errors are those of a derived struct.
+impl<'de> serde::Deserialize<'de> for FileCache {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(TableVisitor("struct FileCache", true))
+            .map(|(keys, remote)| FileCache { remote, keys })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FileRemote {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(TableVisitor("struct FileRemote", false))
+            .map(|(keys, _)| FileRemote { keys })
+    }
+}
+
+/// Reads a table's keys as written; with `.1`, its `remote` is a
+/// `FileRemote`.
+struct TableVisitor(&'static str, bool);
+
+impl<'de> serde::de::Visitor<'de> for TableVisitor {
+    type Value = (toml::Table, FileRemote);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut keys = toml::Table::new();
+        let mut remote = FileRemote::default();
+        while let Some(k) = map.next_key::<String>()? {
+            if self.1 && k == "remote" {
+                remote = map.next_value()?;
+            } else {
+                keys.insert(k, map.next_value()?);
+            }
+        }
+        Ok((keys, remote))
+    }
 }
 
 /// The config file (if any): where it is, its text, and its keys.
