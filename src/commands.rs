@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::cli::{ConfigCmd, GcCmd, ListCmd, PurgeCmd, SortBy, StatsCmd};
 use crate::config::Config;
+use crate::remote::credentials::Credentials;
 use crate::store::events::{self, Event, Outcome};
 use crate::store::{self, CrateName, Entry, EntryRef, Store, now_secs};
 use crate::units::{format_age, format_size, parse_duration};
@@ -678,7 +679,7 @@ fn remove_children(dir: &Path) {
 
 /// `kache config`.
 pub(crate) fn config(cfg: &Config, c: &ConfigCmd) -> Result<ExitCode> {
-    let rows = cfg.rows();
+    let rows = cfg.rows(&Credentials::shown(cfg));
     if c.json {
         let mut m = BTreeMap::new();
         for (name, var, value, source) in &rows {

@@ -8,6 +8,7 @@ skewed clock, or a transient failure (already retried by the time it
 reaches the caller).
 */
 
+pub(crate) mod credentials;
 pub(crate) mod layout;
 mod retry;
 pub(crate) mod s3;

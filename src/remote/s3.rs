@@ -25,7 +25,8 @@ use ureq::Body;
 use ureq::http::Response;
 
 use super::{ErrorKind, Listed, Remote, RemoteError};
-use crate::config::{Config, Credentials};
+use crate::config::Config;
+use crate::remote::credentials::Credentials;
 
 /// How long a presigned URL is valid. Each attempt signs anew.
 const SIGN_EXPIRY: Duration = Duration::from_hours(1);

@@ -32,6 +32,7 @@ mod call;
 mod cc;
 mod depinfo;
 pub(crate) mod explain;
+mod glob;
 mod hasher;
 mod inputs;
 mod paths;

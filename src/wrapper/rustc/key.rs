@@ -115,7 +115,7 @@ fn hash_declared(
             .collect();
         let base = root.join(lit.join("/"));
         walk(&base, &lit.join("/"), probe, &mut files)?;
-        files.retain(|(rel, _)| crate::config::glob_match(pat, rel));
+        files.retain(|(rel, _)| crate::wrapper::glob::glob_match(pat, rel));
     } else {
         let p = root.join(pat);
         if probe.hash(&p).is_some() {

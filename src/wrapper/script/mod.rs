@@ -116,8 +116,16 @@ fn make_flags(value: &str) -> String {
 /// scripts its `RUSTC_WRAPPER`. A launcher left in a target dir that a
 /// plain cargo now builds runs the script as is.
 fn under_kache() -> bool {
-    std::env::var_os("RUSTC_WRAPPER")
-        .is_some_and(|w| Path::new(&w).file_stem().is_some_and(|s| s == "kache"))
+    let Some(w) = std::env::var_os("RUSTC_WRAPPER").filter(|w| !w.is_empty()) else {
+        return false;
+    };
+    if Path::new(&w).file_stem().is_some_and(|s| s == "kache") {
+        return true;
+    }
+    // kache under another name: the same binary as this one.
+    let named = super::probe::resolve_program(&w.to_string_lossy()).canonicalize();
+    let me = std::env::current_exe().and_then(|p| p.canonicalize());
+    matches!((named, me), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Runs `kache --kache-run-build-script REAL ARGS...`; the exit code.
