@@ -48,10 +48,6 @@ pub(crate) struct Inputs {
     /// names (and kinds) of their entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) dirs: Vec<String>,
-    /// Symbolic links a build script read (`readlink`): keyed by where
-    /// they point.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) links: Vec<String>,
 }
 
 /// An entry manifest. Serialised as JSON in the store and as

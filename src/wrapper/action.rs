@@ -63,6 +63,23 @@ pub(crate) struct Ran {
     pub(crate) before: Option<SystemTime>,
 }
 
+impl Ran {
+    /// What `run_pumped` returned for a run started at `t0`.
+    pub(crate) fn finished(
+        (status, out_raw, err_raw): (std::process::ExitStatus, Vec<u8>, Vec<u8>),
+        t0: Instant,
+        before: Option<SystemTime>,
+    ) -> Ran {
+        Ran {
+            code: super::process::exit_code(status),
+            compile_ms: crate::units::millis(t0.elapsed()),
+            out_raw,
+            err_raw,
+            before,
+        }
+    }
+}
+
 /// One kind of cached action.
 pub(crate) trait Action<'a> {
     /// What a real run leaves beyond [`Ran`] (rustc's link line, the C
@@ -243,7 +260,32 @@ pub(crate) fn same_as_blob(store: &Store, p: &Path, hash: &BlobHash) -> bool {
     fresh.is_some() && fresh == restored && restored.as_deref() == Some(hash.as_str())
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The context of an action inside a cargo package (a build script's
+    /// run, a C compile it makes) that works in `cwd` and writes into
+    /// `out_dir`: the workspace is the package's (see
+    /// `paths::workspace_root`).
+    pub(crate) fn in_package(
+        cfg: &'a WrapperConfig,
+        store: &'a Store,
+        crate_name: &CrateName,
+        out_dir: &Path,
+        cwd: std::path::PathBuf,
+        start: Instant,
+        lang: Option<&'static str>,
+    ) -> Ctx<'a> {
+        let ws = super::paths::workspace_root(&cwd);
+        Ctx {
+            cfg,
+            store,
+            crate_name: crate_name.clone(),
+            paths: Paths::detect_rooted(out_dir, cwd, ws),
+            probe: RealProbe::new(store),
+            start,
+            lang,
+        }
+    }
+
     /// An event of this action, timed from its start.
     pub(crate) fn event(&self, result: Outcome) -> Event {
         Event::new(result, &self.crate_name)

@@ -77,12 +77,5 @@ fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyH
         h.field("kind", probe.kind(&paths.resolve(d)));
         h.field("listing", &listing.join("\n"));
     }
-    for l in &inputs.links {
-        let target = probe
-            .link_target(&paths.resolve(l))
-            .map(|t| paths.normalize(&t));
-        h.field("symlink", l);
-        h.field("target", target.as_deref().unwrap_or(UNSET));
-    }
     Some(h)
 }

@@ -52,12 +52,6 @@ pub(crate) trait Probe {
             Ok(_) => "other",
         }
     }
-    /// Where a symbolic link points; `None` if it is not one.
-    fn link_target(&self, p: &Path) -> Option<String> {
-        fs::read_link(p)
-            .ok()
-            .map(|t| t.to_string_lossy().into_owned())
-    }
 }
 
 pub(crate) struct RealProbe<'a> {

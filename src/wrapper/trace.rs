@@ -8,8 +8,7 @@ a data file in the package, a system header the C compiler includes, a
 dirs, so it does not need to know; kache does, so it must. The child
 installs a filter before it executes the program; every `open`,
 `openat`, `openat2`, `creat`, `execve`, `execveat`, every call that
-creates, renames or removes a path and every `stat`, `access` and
-`readlink` of one, in it and in every process it
+creates, renames or removes a path and every `stat` and `access` of one, in it and in every process it
 starts, stops until a thread of ours has read the path from the
 process's memory and let the call go on unchanged
 (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). The program sees no difference
@@ -19,7 +18,9 @@ What it cannot see, and where a run is then not cached: a kernel or an
 architecture without the filter (the spawn reports it; the caller runs
 the program untraced and stores nothing), and a system call of another
 ABI (x32, 32-bit compat), which marks the trace incomplete. Reads through
-`io_uring` are not seen: documented in the README.
+`io_uring`, and `readlink` alone (glibc's `realpath` calls it for every
+component of every path, a million times in a `configure` run: too
+costly to watch) are not seen: documented in the README.
 
 Process helpers outliving the program keep the filter; once we stop
 listening their watched calls fail (`ENOSYS`).
@@ -49,8 +50,6 @@ pub(crate) struct Trace {
     /// Looked at without being opened (`stat`, `access`): whether it
     /// exists, and as what, matters.
     pub(crate) probed: BTreeSet<PathBuf>,
-    /// Read as a symbolic link (`readlink`): where it points matters.
-    pub(crate) links: BTreeSet<PathBuf>,
     /// Why the trace cannot be trusted to be complete, if it cannot.
     pub(crate) incomplete: Option<String>,
 }
@@ -81,14 +80,16 @@ mod arch {
 enum Use {
     Read,
     Write,
+    /// A `mkdir`: a write unless the directory is there already (then
+    /// the call fails and changes nothing: `mkdir -p` of `/tmp`).
+    Mkdir,
     Probe,
-    Link,
 }
 
 const R: Use = Use::Read;
 const W: Use = Use::Write;
 const P: Use = Use::Probe;
-const L: Use = Use::Link;
+const M: Use = Use::Mkdir;
 
 /// How a watched call names its paths: (syscall, [(path arg, dirfd arg,
 /// what it does)], where an open's flags are).
@@ -119,8 +120,8 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_openat2, &[(1, Some(0), R)], Flags::How(2)),
     w(libc::SYS_execve, &[(0, None, R)], Flags::None),
     w(libc::SYS_execveat, &[(1, Some(0), R)], Flags::None),
-    w(libc::SYS_mkdir, &[(0, None, W)], Flags::None),
-    w(libc::SYS_mkdirat, &[(1, Some(0), W)], Flags::None),
+    w(libc::SYS_mkdir, &[(0, None, M)], Flags::None),
+    w(libc::SYS_mkdirat, &[(1, Some(0), M)], Flags::None),
     w(libc::SYS_rename, &[(0, None, W), (1, None, W)], Flags::None),
     w(
         libc::SYS_renameat,
@@ -147,8 +148,6 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_access, &[(0, None, P)], Flags::None),
     w(libc::SYS_faccessat, &[(1, Some(0), P)], Flags::None),
     w(libc::SYS_faccessat2, &[(1, Some(0), P)], Flags::None),
-    w(libc::SYS_readlink, &[(0, None, L)], Flags::None),
-    w(libc::SYS_readlinkat, &[(1, Some(0), L)], Flags::None),
 ];
 
 #[cfg(target_arch = "aarch64")]
@@ -157,7 +156,7 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_openat2, &[(1, Some(0), R)], Flags::How(2)),
     w(libc::SYS_execve, &[(0, None, R)], Flags::None),
     w(libc::SYS_execveat, &[(1, Some(0), R)], Flags::None),
-    w(libc::SYS_mkdirat, &[(1, Some(0), W)], Flags::None),
+    w(libc::SYS_mkdirat, &[(1, Some(0), M)], Flags::None),
     w(
         libc::SYS_renameat,
         &[(1, Some(0), W), (3, Some(2), W)],
@@ -176,8 +175,11 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_statx, &[(1, Some(0), P)], Flags::None),
     w(libc::SYS_faccessat, &[(1, Some(0), P)], Flags::None),
     w(libc::SYS_faccessat2, &[(1, Some(0), P)], Flags::None),
-    w(libc::SYS_readlinkat, &[(1, Some(0), L)], Flags::None),
 ];
+
+/// The `stat` calls whose flags argument (by index) may hold
+/// `AT_EMPTY_PATH`.
+const EMPTY_PATH_FLAGS: &[(i64, usize)] = &[(libc::SYS_newfstatat, 3), (libc::SYS_statx, 2)];
 
 /// Whether this build of kache can trace at all.
 pub(crate) const SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
@@ -202,7 +204,11 @@ fn program() -> Vec<libc::sock_filter> {
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let n = WATCHED.len();
+    let listed: Vec<&Watched> = WATCHED
+        .iter()
+        .filter(|c| !EMPTY_PATH_FLAGS.iter().any(|(nr, _)| *nr == c.nr))
+        .collect();
+    let n = listed.len();
     let mut p = vec![
         // arch at offset 4, nr at offset 0 of seccomp_data.
         stmt(LD_ABS_W, 4),
@@ -211,10 +217,20 @@ fn program() -> Vec<libc::sock_filter> {
         stmt(LD_ABS_W, 0),
     ];
     if arch::FOREIGN_BIT != 0 {
-        // Jump straight to the notify at the end.
-        p.push(jump(JSET_K, arch::FOREIGN_BIT, (n + 1) as u8, 0));
+        p.push(jump(JSET_K, arch::FOREIGN_BIT, 0, 1));
+        p.push(stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF));
     }
-    for (i, c) in WATCHED.iter().enumerate() {
+    // `fstat` is `newfstatat(fd, "", AT_EMPTY_PATH)` in glibc: about an
+    // open fd, no path, and very frequent. Let it run unseen.
+    for &(nr, arg) in EMPTY_PATH_FLAGS {
+        p.push(jump(JEQ_K, nr as u32, 0, 4));
+        // The low half of the flags argument (args start at 16).
+        p.push(stmt(LD_ABS_W, (16 + 8 * arg) as u32));
+        p.push(jump(JSET_K, libc::AT_EMPTY_PATH as u32, 0, 1));
+        p.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+        p.push(stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF));
+    }
+    for (i, c) in listed.iter().enumerate() {
         // Equal: skip the rest of the list and the allow.
         p.push(jump(JEQ_K, c.nr as u32, (n - i) as u8, 0));
     }
@@ -313,22 +329,35 @@ fn install_in_child(filter: &[libc::sock_filter], sock: RawFd) -> io::Result<()>
     Ok(())
 }
 
-/// Sends one fd over a unix socket (`SCM_RIGHTS`), allocating nothing.
-fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
-    // Room for one cmsghdr carrying one int, aligned.
-    let mut cbuf = [0u64; 4];
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
+/// The one data byte that carries a control message.
+fn one_byte(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
-    };
-    // SAFETY: zeroed msghdr is valid; the pointers set below outlive the
-    // sendmsg call; CMSG_* compute within cbuf, sized for one int.
+    }
+}
+
+/// A message of `iov` with room in `cbuf` for one cmsghdr carrying one
+/// int (aligned); the caller keeps both alive while it is used.
+fn message(iov: &mut libc::iovec, cbuf: &mut [u64; 4]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(cbuf);
+    msg
+}
+
+/// Sends one fd over a unix socket (`SCM_RIGHTS`), allocating nothing.
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut cbuf = [0u64; 4];
+    let mut byte = [0u8; 1];
+    let mut iov = one_byte(&mut byte);
+    // SAFETY: the pointers in msg outlive the sendmsg call; CMSG_*
+    // compute within cbuf, sized for one int.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
+        let mut msg = message(&mut iov, &mut cbuf);
         msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
         let c = libc::CMSG_FIRSTHDR(&raw const msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
@@ -347,18 +376,11 @@ fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
 fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
     let mut cbuf = [0u64; 4];
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
+    let mut iov = one_byte(&mut byte);
     // SAFETY: as in send_fd; the fd read out of the control message is
     // new in this process and owned by the returned OwnedFd.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&cbuf);
+        let mut msg = message(&mut iov, &mut cbuf);
         let n = libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC);
         if n <= 0 {
             return None;
@@ -486,10 +508,11 @@ fn record(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
         };
         match what {
             Use::Write => trace.written.insert(path),
+            Use::Mkdir if path.is_dir() => false,
+            Use::Mkdir => trace.written.insert(path),
             Use::Read if write_flags => trace.written.insert(path),
             Use::Read => trace.read.insert(path),
             Use::Probe => trace.probed.insert(path),
-            Use::Link => trace.links.insert(path),
         };
     }
 }
@@ -623,6 +646,10 @@ mod tests {
             &root,
         );
         assert!(t.probed.contains(&root.join("looked")), "{t:?}");
+        // `mkdir` of a directory that is there changes nothing.
+        let t2 = traced("mkdir -p sub/new", &root);
+        assert!(!t2.written.contains(&root.join("sub")), "{t2:?}");
+        assert!(t2.written.contains(&root.join("sub/new")), "{t2:?}");
         assert!(t.incomplete.is_none(), "{:?}", t.incomplete);
         assert!(t.read.contains(&root.join("in.txt")), "{t:?}");
         assert!(t.read.contains(&root.join("sub/missing")), "{t:?}");
@@ -642,9 +669,8 @@ mod tests {
         std::fs::create_dir_all(root.join("real/inc")).unwrap();
         std::fs::write(root.join("real/cfg.txt"), "x").unwrap();
         std::os::unix::fs::symlink(root.join("real/inc"), root.join("tp")).unwrap();
-        let t = traced("cat tp/../cfg.txt; readlink tp; true", &root);
+        let t = traced("cat tp/../cfg.txt; true", &root);
         assert!(t.read.contains(&root.join("real/cfg.txt")), "{t:?}");
         assert!(!t.read.contains(&root.join("cfg.txt")), "{t:?}");
-        assert!(t.links.contains(&root.join("tp")), "{t:?}");
     }
 }

@@ -347,7 +347,8 @@ fn build_script_runs_sync_through_s3() {
 /// between builds into fresh target dirs, each answered as plain cargo:
 /// a package file read through a link in `OUT_DIR` (cxx-build's layout), a
 /// directory appearing where none was and an empty one removed, a path
-/// only tested for existence, a link only read, `..` after a link.
+/// only tested for existence, `..` after a link. (A link only read with
+/// `readlink` is not seen: see the README.)
 #[test]
 fn reads_the_trace_once_missed() {
     let r = root();
@@ -392,9 +393,6 @@ fn reads_the_trace_once_missed() {
     assert!(build("directory gone").contains("(none)"));
     fs::write(&probe, "").unwrap();
     assert!(build("probed path appeared").contains("probe=true"));
-    fs::remove_file(&link).unwrap();
-    std::os::unix::fs::symlink("v2", &link).unwrap();
-    assert!(build("link retargeted").contains("link=v2"));
     fs::write(ext.join("real/cfg.txt"), "c2").unwrap();
     assert!(build("file behind ..").contains("dotdot=c2"));
 }

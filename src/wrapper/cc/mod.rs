@@ -35,9 +35,8 @@ use super::action::{self, Action, Call, Ctx, Ran};
 use super::call::is_rustc_like;
 use super::explain::Explain;
 use super::hasher::KeyHasher;
-use super::paths::Paths;
-use super::probe::{Probe, RealProbe};
-use super::process::{exit_code, run_plain, run_pumped, truthy};
+use super::probe::Probe;
+use super::process::{run_plain, run_pumped, truthy};
 use super::restore;
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs};
@@ -218,17 +217,8 @@ fn cached(
         .parent()
         .ok_or_else(|| anyhow!("object {} has no directory", places.object.display()))?
         .to_path_buf();
-    let ws = super::paths::workspace_root(&cwd);
     let job = Job {
-        ctx: Ctx {
-            cfg,
-            store: &store,
-            crate_name: crate_name.clone(),
-            paths: Paths::detect_rooted(&out_dir, cwd, ws),
-            probe: RealProbe::new(&store),
-            start,
-            lang: LANG,
-        },
+        ctx: Ctx::in_package(cfg, &store, crate_name, &out_dir, cwd, start, LANG),
         c,
         compiler,
         compiler_str,
@@ -286,10 +276,11 @@ impl<'a> Action<'a> for Job<'a> {
         let before = self.ctx.store.fs_clock();
         let all_headers = list_all_headers(self.compiler, c, self.ctx.store);
         let t0 = Instant::now();
-        let (status, out_raw, err_raw) =
-            run_pumped(&mut cmd, &self.ctx.paths, self.compiler_str, "the compiler")?;
-        let compile_ms = crate::units::millis(t0.elapsed());
-        let code = exit_code(status);
+        let ran = Ran::finished(
+            run_pumped(&mut cmd, &self.ctx.paths, self.compiler_str, "the compiler")?,
+            t0,
+            before,
+        );
         let dep_path = own_deps.clone().or_else(|| self.places.dep_file.clone());
         let dep_text = dep_path.as_ref().map(fs::read_to_string);
         let all_headers_text = all_headers.as_ref().map(fs::read_to_string);
@@ -297,13 +288,7 @@ impl<'a> Action<'a> for Job<'a> {
             let _ = fs::remove_file(d);
         }
         Ok((
-            Ran {
-                code,
-                compile_ms,
-                out_raw,
-                err_raw,
-                before,
-            },
+            ran,
             DepOutput {
                 dep_text,
                 own_deps: own_deps.is_some(),
@@ -371,7 +356,6 @@ impl<'a> Action<'a> for Job<'a> {
             absent: absent.iter().map(|h| ctx.paths.normalize(h)).collect(),
             roots: Vec::new(),
             dirs: Vec::new(),
-            links: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();

@@ -568,7 +568,6 @@ mod tests {
             absent: vec![],
             roots: vec!["/kache-ws".into()],
             dirs: vec![],
-            links: vec![],
         };
         let full = full_key(&inputs, &paths, &Fixed).unwrap();
         let (f2, why) = full_key_explained(&inputs, &paths, &Fixed).unwrap();

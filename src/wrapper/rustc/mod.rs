@@ -30,7 +30,7 @@ use super::depinfo::parse_dep_info;
 use super::explain::Explain;
 use super::paths::Paths;
 use super::probe::{Probe, RealProbe};
-use super::process::{exit_code, run_plain, run_pumped, truthy};
+use super::process::{run_plain, run_pumped, truthy};
 use super::restore;
 use crate::config::WrapperConfig;
 use crate::store::entry::{DepInfo, Inputs, Origin};
@@ -338,23 +338,17 @@ impl<'a> Action<'a> for Job<'a> {
         }
         let before = self.ctx.store.fs_clock();
         let t0 = Instant::now();
-        let (status, out_raw, err_raw) =
-            run_pumped(&mut cmd, &self.ctx.paths, self.rustc_str, "rustc")?;
+        let ran = Ran::finished(
+            run_pumped(&mut cmd, &self.ctx.paths, self.rustc_str, "rustc")?,
+            t0,
+            before,
+        );
         let link_text = link_args.as_ref().map(|p| {
             let t = fs::read_to_string(p);
             let _ = fs::remove_file(p);
             t
         });
-        Ok((
-            Ran {
-                code: exit_code(status),
-                compile_ms: crate::units::millis(t0.elapsed()),
-                out_raw,
-                err_raw,
-                before,
-            },
-            link_text,
-        ))
+        Ok((ran, link_text))
     }
 
     fn restore(&self, entry: &Entry) -> Result<u64> {
@@ -404,7 +398,6 @@ impl<'a> Action<'a> for Job<'a> {
             absent,
             roots: Vec::new(),
             dirs: Vec::new(),
-            links: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
         let (files, roots) = self.store_outputs()?;

@@ -44,9 +44,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use super::action::{self, Action, Call, Ctx, Ran};
 use super::explain::Explain;
 use super::hasher::KeyHasher;
-use super::paths::{Paths, workspace_root};
-use super::probe::{Probe, RealProbe};
-use super::process::{exit_code, run_plain, run_pumped, truthy};
+use super::paths::Paths;
+use super::probe::Probe;
+use super::process::{run_plain, run_pumped, truthy};
 use super::trace::{self, Trace, Tracer};
 use crate::config::WrapperConfig;
 use crate::store::entry::Inputs;
@@ -209,17 +209,8 @@ fn cached(
     let store = Store::open(&cfg.cache_dir)?;
     let cwd = std::env::current_dir().context("no current directory")?;
     let out_dir = cwd.join(out_dir);
-    let ws = workspace_root(&cwd);
     let job = Job {
-        ctx: Ctx {
-            cfg,
-            store: &store,
-            crate_name: crate_name.clone(),
-            paths: Paths::detect_rooted(&out_dir, cwd, ws),
-            probe: RealProbe::new(&store),
-            start,
-            lang: LANG,
-        },
+        ctx: Ctx::in_package(cfg, &store, crate_name, &out_dir, cwd, start, LANG),
         real,
         real_str,
         args,
@@ -292,13 +283,6 @@ impl Job<'_> {
             (!real.starts_with(&out_real)).then_some(real)
         };
         let (mut files, mut absent, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-        let links: Vec<String> = t
-            .links
-            .iter()
-            .filter_map(place)
-            .filter(|p| !skip(p))
-            .map(|p| self.ctx.paths.normalize(&p.to_string_lossy()))
-            .collect();
         for p in t
             .probed
             .iter()
@@ -331,7 +315,6 @@ impl Job<'_> {
             files,
             absent,
             dirs,
-            links,
         }
     }
 
@@ -421,17 +404,7 @@ impl<'a> Action<'a> for Job<'a> {
         );
         tracer.spawned();
         let trace = tracer.finish();
-        let (status, out_raw, err_raw) = pumped?;
-        Ok((
-            Ran {
-                code: exit_code(status),
-                compile_ms: crate::units::millis(t0.elapsed()),
-                out_raw,
-                err_raw,
-                before,
-            },
-            trace,
-        ))
+        Ok((Ran::finished(pumped?, t0, before), trace))
     }
 
     fn restore(&self, entry: &Entry) -> Result<u64> {
@@ -495,7 +468,6 @@ impl<'a> Action<'a> for Job<'a> {
             absent: traced.absent,
             roots: Vec::new(),
             dirs: traced.dirs,
-            links: traced.links,
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();
@@ -536,7 +508,6 @@ struct TracedInputs {
     files: Vec<String>,
     absent: Vec<String>,
     dirs: Vec<String>,
-    links: Vec<String>,
 }
 
 /// The variables a build script declared with `rerun-if-env-changed`.
