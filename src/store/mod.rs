@@ -14,6 +14,8 @@ origins/<blake3>               `name@version` of an rlib/rmeta/so, for the pull
                                filter's dependency versions
 pending/<remote>/<crate>/<key> uploads recorded for the daemon (`pending`)
 daemon/                        mode 0700: the daemon's socket, pid, lock, log
+uncacheable/<base>              why a build script's runs under this base key
+                               cannot be stored (they then run untraced)
 tmp/                           staging; anything older than an hour is junk
 locks/<key>.lock               per-key compile locks (flock)
 gc.lock                        writers hold it shared, gc exclusive

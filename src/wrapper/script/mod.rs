@@ -217,6 +217,19 @@ fn cached(
         out_dir,
     };
     let (base, why) = job.base_key()?;
+    if let Ok(reason) = std::fs::read_to_string(uncacheable_path(&store, &base)) {
+        // Refused last time, whatever it read: tracing it again would
+        // only cost time. Run as is, untraced (nothing is stored).
+        let call = Call {
+            cfg,
+            crate_name,
+            lang: LANG,
+            start,
+        };
+        let code = call.pass_through(&format!("not cacheable: {reason}"), real, args);
+        *ran = Some(code);
+        return Ok(code);
+    }
     action::cached(&job, base, why, ran)
 }
 
@@ -424,41 +437,16 @@ impl<'a> Action<'a> for Job<'a> {
 
     fn record(&self, base: CacheKey, base_why: Explain, run: Ran, trace: Trace) -> Result<i32> {
         let ctx = &self.ctx;
-        if let Some(why) = &trace.incomplete {
-            ctx.unstored(&format!("the trace is incomplete: {why}"), run.compile_ms);
-            return Ok(run.code);
-        }
-        if let Some(p) = self.wrote_outside(&trace) {
-            ctx.unstored(
-                &format!("the build script wrote outside OUT_DIR: {}", p.display()),
-                run.compile_ms,
-            );
-            return Ok(run.code);
-        }
-        // Replayed output must be what the script printed: text, and no
-        // string kache would take for one of its own sentinels.
-        let (Ok(stdout), Ok(stderr)) = (
-            String::from_utf8(run.out_raw.clone()),
-            String::from_utf8(run.err_raw.clone()),
-        ) else {
-            ctx.unstored(
-                "the build script printed bytes that are not UTF-8",
-                run.compile_ms,
-            );
-            return Ok(run.code);
+        let (stdout, stderr) = match self.refusal(&trace, &run) {
+            Ok(out) => out,
+            Err(why) => {
+                // The same script in the same environment will be refused
+                // again: the next runs go untraced (see `cached`).
+                mark_uncacheable(ctx.store, &base, &why);
+                ctx.unstored(&why, run.compile_ms);
+                return Ok(run.code);
+            }
         };
-        if ctx
-            .paths
-            .rules()
-            .iter()
-            .any(|(_, s)| stdout.contains(s.as_str()) || stderr.contains(s.as_str()))
-        {
-            ctx.unstored(
-                "the build script printed a kache sentinel path",
-                run.compile_ms,
-            );
-            return Ok(run.code);
-        }
         let traced = self.traced_inputs(&trace);
         let mut inputs = Inputs {
             base,
@@ -500,6 +488,53 @@ impl<'a> Action<'a> for Job<'a> {
         entry.lang = LANG.map(str::to_string);
         ctx.publish(&entry, "build script")?;
         Ok(run.code)
+    }
+}
+
+impl Job<'_> {
+    /// The run's stdout and stderr as text, or why it cannot be stored:
+    /// a trace kache cannot trust whole, a write outside `OUT_DIR`,
+    /// output that is not text or names one of kache's sentinels (a
+    /// replay must be what the script printed).
+    fn refusal(&self, trace: &Trace, run: &Ran) -> Result<(String, String), String> {
+        if let Some(why) = &trace.incomplete {
+            return Err(format!("the trace is incomplete: {why}"));
+        }
+        if let Some(p) = self.wrote_outside(trace) {
+            return Err(format!(
+                "the build script wrote outside OUT_DIR: {}",
+                p.display()
+            ));
+        }
+        let (Ok(stdout), Ok(stderr)) = (
+            String::from_utf8(run.out_raw.clone()),
+            String::from_utf8(run.err_raw.clone()),
+        ) else {
+            return Err("the build script printed bytes that are not UTF-8".into());
+        };
+        let rules = self.ctx.paths.rules();
+        if rules
+            .iter()
+            .any(|(_, s)| stdout.contains(s.as_str()) || stderr.contains(s.as_str()))
+        {
+            return Err("the build script printed a kache sentinel path".into());
+        }
+        Ok((stdout, stderr))
+    }
+}
+
+/// Where the store remembers that the runs under a base key cannot be
+/// stored, and why.
+fn uncacheable_path(store: &Store, base: &CacheKey) -> PathBuf {
+    store.root().join("uncacheable").join(base.as_str())
+}
+
+fn mark_uncacheable(store: &Store, base: &CacheKey, why: &str) {
+    let p = uncacheable_path(store, base);
+    if let Some(dir) = p.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let _ = store.write_atomic("uncacheable", &p, why.as_bytes());
     }
 }
 
