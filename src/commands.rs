@@ -190,6 +190,12 @@ struct EventStats {
     pulled_bytes: u64,
     pushed: u64,
     pushed_bytes: u64,
+    /// Eviction passes, the entries and bytes they removed, and when the
+    /// last ran and what ran it.
+    evictions: u64,
+    evicted: u64,
+    evicted_bytes: u64,
+    last_eviction: Option<(u64, String)>,
     /// The misses and pass-throughs of named crates, for the summary's
     /// top misses.
     missed: Vec<Event>,
@@ -232,6 +238,12 @@ fn read_events(store: &Store, since: u64) -> EventStats {
                 s.pulled_bytes += v.pulled_bytes;
                 s.pushed += v.pushed;
                 s.pushed_bytes += v.pushed_bytes;
+            }
+            Outcome::Evict => {
+                s.evictions += 1;
+                s.evicted += v.evicted;
+                s.evicted_bytes += v.size;
+                s.last_eviction = Some((v.ts, v.reason.clone().unwrap_or_default()));
             }
             Outcome::Error => s.errors += 1,
             Outcome::Verified => s.verified += 1,
@@ -349,6 +361,8 @@ impl StoreSummary {
 pub(crate) fn stats(cfg: &Config, c: &StatsCmd) -> Result<ExitCode> {
     let store = Store::at(&cfg.cache_dir.value);
     let since = parse_since(c.since.as_deref())?;
+    // What a build just compiled is counted, even if still being stored.
+    store.settle(Duration::from_secs(10));
     let ev = read_events(&store, since);
     if c.markdown {
         print_markdown(&store, &ev)?;
@@ -393,6 +407,10 @@ fn stats_json(sum: &StoreSummary, ev: &EventStats) -> serde_json::Value {
         "pulled_bytes": ev.pulled_bytes,
         "pushed": ev.pushed,
         "pushed_bytes": ev.pushed_bytes,
+        "evictions": ev.evictions,
+        "evicted": ev.evicted,
+        "evicted_bytes": ev.evicted_bytes,
+        "last_eviction": ev.last_eviction.as_ref().map(|(ts, by)| json!({"ts": ts, "by": by})),
     })
 }
 
@@ -424,6 +442,16 @@ fn print_stats_text(cfg: &Config, sum: &StoreSummary, ev: &EventStats) -> Result
             format_size(ev.pulled_bytes),
             ev.pushed,
             format_size(ev.pushed_bytes)
+        )?;
+    }
+    if let Some((ts, by)) = &ev.last_eviction {
+        writeln!(
+            out,
+            "evicted:      {} entries ({}) in {} passes, the last at {} ({by})",
+            ev.evicted,
+            format_size(ev.evicted_bytes),
+            ev.evictions,
+            crate::units::utc(*ts)
         )?;
     }
     if ev.verified + ev.mismatches > 0 {
@@ -581,6 +609,7 @@ pub(crate) fn gc(cfg: &Config, c: &GcCmd) -> Result<ExitCode> {
             max_size: cfg.max_size.value,
             verify: c.verify,
             trusted: c.verify.then(|| cfg.trusted_keys.value.clone()),
+            auto: false,
         },
     )?;
     for w in &rep.warnings {

@@ -118,3 +118,32 @@ mod tests {
         assert_eq!(format_age(8 * 86_400), "8d");
     }
 }
+
+/// A UNIX time as `2026-12-05 07:40 UTC`.
+pub(crate) fn utc(ts: u64) -> String {
+    let days = ts / 86_400;
+    let secs = ts % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's method).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+#[test]
+fn utc_dates() {
+    assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+    assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+    assert_eq!(utc(1_796_456_400), "2026-12-05 07:40 UTC");
+}

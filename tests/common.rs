@@ -19,6 +19,18 @@ pub(crate) fn kache(cache_dir: &Path) -> Command {
     c
 }
 
+/// Waits until nothing holds the store's gc lock: the entries a build
+/// stores in the background (incremental compiles) are in place and
+/// logged.
+pub(crate) fn settle(cache: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cache.join("gc.lock"))
+    {
+        let _ = f.lock();
+    }
+}
+
 /// Removes every KACHE_* and AWS_* variable and points config lookups
 /// at nothing.
 pub(crate) fn clean_env(c: &mut Command) {
@@ -28,6 +40,10 @@ pub(crate) fn clean_env(c: &mut Command) {
         }
     }
     c.env("KACHE_CONFIG", "/nonexistent/kache-config.toml");
+    // A test reads the store, the event log or the target dir right after
+    // a build: incremental compiles are stored before the wrapper returns.
+    // The desk tests (differential::desk) switch background stores on.
+    c.env("KACHE_BACKGROUND_STORE", "0");
     c.env(
         "AWS_SHARED_CREDENTIALS_FILE",
         "/nonexistent/aws-credentials",

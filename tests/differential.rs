@@ -25,7 +25,9 @@
 //! - `guards`: regression guards, and cases found while writing the suite;
 //! - `attack`: attack repros, each a wrong artifact kache once served;
 //! - `everyday`: everyday commands (issue 12);
-//! - `build_scripts`: build-script runs cached (issue 21).
+//! - `build_scripts`: build-script runs cached (issue 21);
+//! - `desk`: the edit loop with incremental compilation, background
+//!   stores and the store's size limit (issue 22).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ use crate::common::{cargo_plain, cargo_through_kache, copy_tree, show};
 
 mod attack;
 mod build_scripts;
+mod desk;
 mod everyday;
 mod guards;
 mod inputs;
@@ -63,6 +66,9 @@ struct Diff {
     /// Target dir of the plain cargo builds.
     pt: PathBuf,
     cache: PathBuf,
+    /// Incremental compiles are stored in the background (kache's
+    /// default; the other tests store before the wrapper returns).
+    background: bool,
 }
 
 type Env<'a> = &'a [(&'a str, &'a str)];
@@ -80,7 +86,14 @@ impl Diff {
             pt: base.join("pt"),
             cache: root.join("cache"),
             base,
+            background: false,
         }
+    }
+
+    /// Background stores on, as kache's default is.
+    fn background(mut self) -> Diff {
+        self.background = true;
+        self
     }
 
     /// Runs cargo in `ws/sub` (a workspace root below the copy).
@@ -91,6 +104,9 @@ impl Diff {
 
     fn kache(&self, args: &[&str], env: Env<'_>) -> Output {
         let mut c = cargo_through_kache(&self.cwd, &self.kt, &self.cache, args);
+        if self.background {
+            c.env("KACHE_BACKGROUND_STORE", "1");
+        }
         c.envs(env.iter().copied());
         c.output().unwrap()
     }
@@ -169,7 +185,10 @@ impl Diff {
         )
     }
 
+    /// (Once the store has settled: a background store still reading
+    /// the target dir would lose its entry.)
     fn wipe_kache_target(&self) {
+        crate::common::settle(&self.cache);
         let _ = fs::remove_dir_all(&self.kt);
     }
 
@@ -185,6 +204,7 @@ impl Diff {
     /// The (crate, result) of every compile kache logged since the last
     /// call (the event log is emptied).
     fn take_events(&self) -> Vec<(String, String)> {
+        crate::common::settle(&self.cache);
         let p = self.cache.join("events.jsonl");
         let text = fs::read_to_string(&p).unwrap_or_default();
         let _ = fs::remove_file(&p);

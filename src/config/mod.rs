@@ -87,6 +87,8 @@ pub(crate) struct Config {
     pub(crate) cache_c: Setting<bool>,
     /// Build-script runs are cached.
     pub(crate) cache_build_scripts: Setting<bool>,
+    /// Incremental compiles are stored in the background.
+    pub(crate) background_store: Setting<bool>,
     /// The first wrapper call of a build starts `kache daemon`.
     pub(crate) daemon_autostart: Setting<bool>,
     /// How long a wrapper waits for the daemon to fetch a remote hit.
@@ -174,6 +176,13 @@ pub(crate) struct WrapperConfig {
     /// Build-script runs are cached (`KACHE_CACHE_BUILD_SCRIPTS`,
     /// `cache.cache_build_scripts`).
     pub(crate) cache_build_scripts: bool,
+    /// Incremental compiles are stored in the background
+    /// (`KACHE_BACKGROUND_STORE`, `cache.background_store`).
+    pub(crate) background_store: bool,
+    /// The store's size limit (`KACHE_MAX_SIZE`,
+    /// `cache.local_max_size`): a wrapper that takes the store past it
+    /// evicts (see `store::gc::auto`).
+    pub(crate) max_size: u64,
     /// The remote identity (see `remote_identity`), `None` without a
     /// bucket: the daemon serves a wrapper of the same remote only.
     pub(crate) remote: Option<String>,
@@ -206,6 +215,8 @@ impl WrapperConfig {
             cache_executables: c.cache_executables.value,
             cache_c: c.cache_c.value,
             cache_build_scripts: c.cache_build_scripts.value,
+            background_store: c.background_store.value,
+            max_size: c.max_size.value,
             daemon_autostart: c.daemon_autostart.value,
             daemon_wait: c.daemon_wait.value,
             never_cache: c.never_cache.value,

@@ -426,6 +426,8 @@ mod tests {
             cache_executables: true,
             cache_c: true,
             cache_build_scripts: true,
+            background_store: true,
+            max_size: 50 << 30,
             remote: None,
             daemon_autostart: false,
             daemon_wait: Duration::from_secs(2),

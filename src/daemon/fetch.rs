@@ -315,6 +315,7 @@ impl Fetches {
         if imported > 0 {
             add(&self.entries_fetched, imported);
             *lock(&live.fetched).entry(crate_name.clone()).or_default() += imported;
+            crate::store::gc::auto(&sh.store, live.max_size, Duration::from_secs(2));
         }
         match failed {
             Some(m) => Err(m),

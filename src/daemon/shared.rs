@@ -47,6 +47,8 @@ pub(super) struct Live {
     pub(super) trust: Policy,
     /// Never upload (pull-request runners).
     pub(super) read_only: bool,
+    /// `local_max_size`: a fetch that takes the store past it evicts.
+    pub(super) max_size: u64,
 }
 
 impl Live {
@@ -68,6 +70,7 @@ impl Live {
             remote,
             prefix: cfg.prefix.value.clone(),
             level: cfg.compression_level.value,
+            max_size: cfg.max_size.value,
             known: Mutex::default(),
             fetched: Mutex::default(),
             trust,

@@ -38,6 +38,9 @@ pub(crate) enum Outcome {
     VerifyMismatch,
     /// `kache sync` moved entries.
     Sync,
+    /// Entries were removed to keep the store within its size limit
+    /// (`reason`: `local_max_size` for a pass a build ran, `kache gc`).
+    Evict,
     /// A result this kache does not know (a newer kache wrote it).
     #[serde(other)]
     Unknown,
@@ -88,6 +91,9 @@ pub(crate) struct Event {
     pub(crate) pushed: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) pushed_bytes: u64,
+    /// An eviction: the entries removed (`size`: the bytes freed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) evicted: u64,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
@@ -114,6 +120,7 @@ impl Event {
             pulled_bytes: 0,
             pushed: 0,
             pushed_bytes: 0,
+            evicted: 0,
         }
     }
 

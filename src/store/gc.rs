@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 
+use super::events::{Event, Outcome};
 use super::{
     BlobHash, Entry, EntryRef, STALE_TMP, Store, hash_file, is_corrupt, now_secs, tmp_owner,
 };
@@ -50,6 +51,8 @@ pub(crate) struct GcOptions {
     pub(crate) max_age: Option<u64>,
     pub(crate) max_size: u64,
     pub(crate) verify: bool,
+    /// A pass a build runs (`auto`), not `kache gc`.
+    pub(crate) auto: bool,
     /// With `verify`: the trusted keys (empty: none set, nothing
     /// removed for provenance).
     pub(crate) trusted: Option<Vec<crate::trust::TrustedKey>>,
@@ -85,6 +88,65 @@ struct Loaded {
 /// One gc pass (see the module doc).
 pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     let _lock = store.gc_lock()?;
+    let rep = collect_locked(store, opts)?;
+    if rep.entries_removed > 0 {
+        evicted_event(&rep, "kache gc").write(store);
+    }
+    Ok(rep)
+}
+
+/// The store keeping itself within its size limit: called by whoever
+/// just added to it (a stored miss, a pull). Costs two small reads
+/// while the store is within `max_size` (see `Store::usage`). Past it,
+/// and if no writer, restore or gc holds the store right now (else the
+/// next caller tries, see `patience`), evicts least recently used entries down to 90%
+/// of the limit, so the next pass is far off. The pass holds the gc
+/// lock exclusive: no restore is half way through an entry it removes
+/// (restores hold the lock shared), and no entry being stored loses a
+/// blob.
+///
+/// `patience`: how long to keep trying for the lock (a background store,
+/// which nobody waits for, waits longer than a build's own wrapper).
+pub(crate) fn auto(store: &Store, max_size: u64, patience: Duration) -> Option<GcReport> {
+    if max_size == 0 || store.usage().is_some_and(|u| u <= max_size) {
+        return None;
+    }
+    let deadline = std::time::Instant::now() + patience;
+    let _lock = loop {
+        match store.try_gc_lock() {
+            Some(l) => break l,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None => return None,
+        }
+    };
+    if store.usage().is_some_and(|u| u <= max_size) {
+        return None;
+    }
+    let opts = GcOptions {
+        max_size: max_size / 10 * 9,
+        auto: true,
+        ..GcOptions::default()
+    };
+    let rep = collect_locked(store, &opts).ok()?;
+    if rep.entries_removed > 0 {
+        evicted_event(&rep, "local_max_size").write(store);
+    }
+    Some(rep)
+}
+
+/// The event of a pass that removed entries: how many, the bytes freed,
+/// and what ran it.
+fn evicted_event(rep: &GcReport, by: &str) -> Event {
+    let mut ev = Event::new(Outcome::Evict, "").reason(by);
+    ev.evicted = rep.entries_removed;
+    ev.size = rep.bytes_freed;
+    ev
+}
+
+/// One pass, the gc lock held.
+fn collect_locked(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     let mut rep = GcReport {
         tmp_removed: clean_tmp(store),
         ..GcReport::default()
@@ -113,8 +175,14 @@ pub(crate) fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     if !unreadable {
         remove_unreferenced(store, &blobs, &all, &plan, &mut rep);
     }
-    // Remembered file hashes: a cache of a cache, rebuilt on demand.
-    let _ = fs::remove_dir_all(store.root().join("hashes"));
+    // What is left, counted afresh (see `Store::usage`).
+    let total: u64 = blobs.iter().map(|(_, m)| m.len()).sum();
+    store.set_usage(total.saturating_sub(rep.bytes_freed));
+    if !opts.auto {
+        // Remembered file hashes: a cache of a cache, rebuilt on demand
+        // (kept by the passes builds run: their next compiles use it).
+        let _ = fs::remove_dir_all(store.root().join("hashes"));
+    }
     rep.locks_removed = clean_locks(store, STALE_LOCK);
     rep.events_bytes_trimmed = trim_events(store, EVENTS_MAX, EVENTS_KEEP)?;
     rep.entries_kept = (all.len() - plan.evict.len()) as u64;
@@ -389,6 +457,22 @@ fn clean_locks(store: &Store, min_age: Duration) -> u64 {
     n
 }
 
+/// [`trim_events`] to `EVENTS_KEEP`, by one writer at a time (others
+/// skip it).
+pub(crate) fn trim_events_now(store: &Store) {
+    let Ok(f) = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store.root().join("events.lock"))
+    else {
+        return;
+    };
+    if f.try_lock().is_ok() {
+        let _ = trim_events(store, EVENTS_MAX, EVENTS_KEEP);
+    }
+}
+
 /// Cuts `events.jsonl` to its newest `keep` bytes of whole lines once it
 /// is larger than `max`, through a temp file and a rename (a reader sees
 /// the old log or the new one). An event appended while this runs may be
@@ -501,5 +585,84 @@ mod tests {
             assert!(l.starts_with("{\"n\":") && l.ends_with('}'), "{l}");
         }
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// Publishes an entry of one blob of `n` bytes (content `tag`),
+    /// last used `age` ago.
+    fn entry(s: &Store, tag: u8, n: usize, age: Duration) -> crate::store::EntryRef {
+        let (h, size) = s.put_blob_reader(&vec![tag; n][..], None).unwrap();
+        let e = Entry::new(
+            crate::store::ids::test::krate("foo"),
+            crate::store::CacheKey::of(&blake3::hash(&[tag])),
+            vec![crate::store::FileRecord {
+                name: "libfoo.rlib".into(),
+                hash: h,
+                size,
+                executable: false,
+            }],
+        );
+        s.publish(&e).unwrap();
+        set_age(&s.entry_path(&e.crate_name, &e.key), age);
+        crate::store::EntryRef {
+            crate_name: e.crate_name,
+            key: e.key,
+            accessed: 0,
+        }
+    }
+
+    #[test]
+    fn a_store_past_its_limit_evicts_least_recently_used_down_to_90_percent() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let old = entry(&s, 1, 1000, Duration::from_mins(5));
+        let mid = entry(&s, 2, 1000, Duration::from_secs(200));
+        let new = entry(&s, 3, 1000, Duration::from_secs(100));
+        // No count yet: the first call counts (and is within the limit).
+        assert_eq!(s.usage(), None);
+        let rep = auto(&s, 10_000, Duration::ZERO).expect("a first pass counts the store");
+        assert_eq!(rep.entries_removed, 0);
+        assert_eq!(s.usage(), Some(3000));
+        // Within the limit: nothing runs.
+        assert!(auto(&s, 3000, Duration::ZERO).is_none());
+        // Another blob counts without a scan.
+        let newest = entry(&s, 4, 1000, Duration::ZERO);
+        assert_eq!(s.usage(), Some(4000));
+        // A writer (or a restore) holds the store: the pass waits for
+        // the next caller.
+        let w = s.writer_lock().unwrap();
+        assert!(auto(&s, 3000, Duration::ZERO).is_none());
+        drop(w);
+        let rep = auto(&s, 3000, Duration::ZERO).expect("past the limit");
+        // Down to 2700: the two least recently used go.
+        assert_eq!(rep.entries_removed, 2);
+        assert_eq!(rep.bytes_freed, 2000);
+        for (r, kept) in [(&old, false), (&mid, false), (&new, true), (&newest, true)] {
+            assert_eq!(s.contains(&r.crate_name, &r.key), kept, "{}", r.key);
+        }
+        assert_eq!(s.usage(), Some(2000));
+        let ev: Vec<_> = crate::store::events::read(&s, |_| true)
+            .into_iter()
+            .filter(|e| e.result == Outcome::Evict)
+            .collect();
+        assert_eq!(ev.len(), 1);
+        assert_eq!((ev[0].evicted, ev[0].size), (2, 2000));
+        assert_eq!(ev[0].reason.as_deref(), Some("local_max_size"));
+    }
+
+    #[test]
+    fn the_event_log_bounds_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let line = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+        let mut big = String::new();
+        while (big.len() as u64) < EVENTS_MAX {
+            big.push_str(&line);
+            big.push('\n');
+        }
+        fs::write(s.events_path(), &big).unwrap();
+        s.log_event("{\"last\":1}");
+        let text = fs::read_to_string(s.events_path()).unwrap();
+        assert!(text.len() as u64 <= EVENTS_KEEP, "{}", text.len());
+        assert!(text.ends_with("{\"last\":1}\n"));
     }
 }

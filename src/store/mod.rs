@@ -258,6 +258,32 @@ impl Store {
         self.gc_lock_file(false)
     }
 
+    /// The gc lock exclusive if nobody holds it now (no writer, restore,
+    /// background store or gc at work); `None` otherwise.
+    pub(crate) fn try_gc_lock(&self) -> Option<File> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("gc.lock"))
+            .ok()?;
+        f.try_lock().ok()?;
+        Some(f)
+    }
+
+    /// Waits (up to `limit`) until no writer holds the gc lock: the
+    /// entries a build is still storing in the background are in place.
+    /// For commands that read the store right after a build.
+    pub(crate) fn settle(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.root.join("gc.lock").exists() && self.try_gc_lock().is_none() {
+            if std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn gc_lock_file(&self, shared: bool) -> Result<File> {
         let p = self.root.join("gc.lock");
         let f = OpenOptions::new()
@@ -300,13 +326,55 @@ impl Store {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // Synced only now: content the store already holds (the common
         // case of a rebuild) costs no sync.
-        File::open(tmp)
-            .and_then(|f| sync(&f))
+        let size = File::open(tmp)
+            .and_then(|f| {
+                sync(&f)?;
+                Ok(f.metadata()?.len())
+            })
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         set_readonly(tmp)?;
         fs::rename(tmp, &dst)
             .with_context(|| format!("cannot move blob into {}", dst.display()))?;
+        self.note_added(size);
         Ok(())
+    }
+
+    /// Counts `bytes` of new blobs towards the store's size (see
+    /// [`Store::usage`]): one short line appended to `usage.log`. Blobs
+    /// are added under the writer lock, so a gc (exclusive) that resets
+    /// the count loses none.
+    fn note_added(&self, bytes: u64) {
+        let p = self.root.join("usage.log");
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(p) {
+            let _ = f.write_all(format!("{bytes}\n").as_bytes());
+        }
+    }
+
+    /// The store's blob bytes as of the last gc plus those added since,
+    /// without a scan: `None` if no gc has counted them yet.
+    pub(crate) fn usage(&self) -> Option<u64> {
+        let base: u64 = fs::read_to_string(self.root.join("usage"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let added: u64 = fs::read_to_string(self.root.join("usage.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .sum();
+        Some(base.saturating_add(added))
+    }
+
+    /// Records the blob bytes a gc counted (under the exclusive lock) and
+    /// restarts the count of additions.
+    pub(crate) fn set_usage(&self, bytes: u64) {
+        let _ = fs::remove_file(self.root.join("usage.log"));
+        let _ = self.write_atomic(
+            "usage",
+            &self.root.join("usage"),
+            bytes.to_string().as_bytes(),
+        );
     }
 
     /// Publishes an entry whose blobs are already in place. Returns false
@@ -601,7 +669,9 @@ impl Store {
     }
 
     /// Appends one line to the event log. A single `write` on an
-    /// `O_APPEND` file, so concurrent writers never interleave.
+    /// `O_APPEND` file, so concurrent writers never interleave. The
+    /// writer that takes the log past `gc::EVENTS_MAX` cuts it to its
+    /// newest `gc::EVENTS_KEEP` bytes (one `fstat` per line otherwise).
     pub(crate) fn log_event(&self, line: &str) {
         let p = self.events_path();
         if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(p) {
@@ -609,6 +679,9 @@ impl Store {
             buf.push_str(line);
             buf.push('\n');
             let _ = f.write_all(buf.as_bytes());
+            if f.metadata().is_ok_and(|m| m.len() > gc::EVENTS_MAX) {
+                gc::trim_events_now(self);
+            }
         }
     }
 }

@@ -212,6 +212,10 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
             stop: AtomicBool::new(false),
         },
     };
+    if do_push {
+        // Entries a build is still storing in the background go too.
+        store.settle(std::time::Duration::from_secs(30));
+    }
     let mut known = Known {
         local: local_entries(&store)?,
         idx: RemoteIndex::new(),
@@ -305,6 +309,11 @@ impl Run<'_> {
             k.plan.extend(planned.unrun);
             return Ok(());
         }
+        crate::store::gc::auto(
+            self.store,
+            self.cfg.max_size.value,
+            std::time::Duration::from_secs(10),
+        );
         if reporter.summary.fatal.is_none() {
             k.local = local_entries(self.store)?;
         }
@@ -568,6 +577,7 @@ mod tests {
             cache_executables: default(false),
             cache_c: default(true),
             cache_build_scripts: default(true),
+            background_store: default(true),
             daemon_autostart: default(false),
             daemon_wait: default(Duration::from_millis(500)),
             never_cache: default(Vec::new()),

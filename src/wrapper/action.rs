@@ -24,10 +24,11 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
+use super::background::{self, Side};
 use super::explain::Explain;
 use super::inputs;
 use super::paths::Paths;
@@ -111,6 +112,13 @@ pub(crate) trait Action<'a> {
     /// the entry would have restored.
     fn differ(&self, entry: &Entry) -> Vec<String>;
 
+    /// Whether a successful run may be stored in the background (see
+    /// `background`); if so, pins what the record will read. `false`
+    /// (the default) stores before the wrapper returns.
+    fn pin(&self) -> bool {
+        false
+    }
+
     /// Stores a successful run under its full key (see [`Ctx::publish`]
     /// and [`Ctx::unstored`]); the exit code to exit with.
     fn record(&self, base: CacheKey, why: Explain, ran: Ran, extra: Self::Extra) -> Result<i32>;
@@ -128,23 +136,30 @@ pub(crate) fn cached<'a, A: Action<'a>>(
     let ctx = a.ctx();
     let verify = truthy("KACHE_VERIFY");
     let mut found = lookup(a, &base);
-    let _guard = if found.is_none() {
-        let g = ctx.store.compile_lock(&base);
+    let mut guard = None;
+    if found.is_none() {
+        guard = ctx.store.compile_lock(&base);
         found = lookup(a, &base);
-        g
-    } else {
-        None
-    };
+    }
     if let Some(e) = &found
         && !verify
     {
-        return hit(a, e, false);
+        if let Some(code) = hit(a, e, false)? {
+            return Ok(code);
+        }
+        // Evicted between the lookup and the restore: a miss.
+        found = None;
+        if guard.is_none() {
+            guard = ctx.store.compile_lock(&base);
+        }
     }
+    let _guard = guard;
     if found.is_none()
         && crate::daemon::client::remote_fetch(ctx.cfg, ctx.store, &ctx.crate_name, a.toolchain())
         && let Some(e) = lookup(a, &base)
+        && let Some(code) = hit(a, &e, true)?
     {
-        return hit(a, &e, true);
+        return Ok(code);
     }
 
     // Miss (or a hit to verify): run for real.
@@ -158,7 +173,30 @@ pub(crate) fn cached<'a, A: Action<'a>>(
     if let Some(e) = &found {
         return verify_hit(a, e, run.compile_ms);
     }
-    a.record(base, base_why, run, extra)
+    if ctx.cfg.background_store && a.pin() {
+        match background::fork(ctx.store) {
+            Some(Side::Parent) => {
+                ctx.progress(&labelled(a, "miss (stored in the background)"), 0);
+                return Ok(run.code);
+            }
+            Some(Side::Child(lock)) => {
+                let ms = run.compile_ms;
+                if let Err(e) = a.record(base, base_why, run, extra) {
+                    // The compile succeeded and cargo has its outputs (a
+                    // target dir removed at once takes the inputs away).
+                    ctx.unstored(&format!("not stored in the background: {e:#}"), ms);
+                }
+                drop(lock);
+                // The wrapper that forked has just let go of the lock.
+                crate::store::gc::auto(ctx.store, ctx.cfg.max_size, Duration::from_secs(5));
+                background::exit();
+            }
+            None => {}
+        }
+    }
+    let code = a.record(base, base_why, run, extra)?;
+    crate::store::gc::auto(ctx.store, ctx.cfg.max_size, Duration::from_millis(300));
+    Ok(code)
 }
 
 /// `what` after the action's label.
@@ -193,10 +231,17 @@ fn lookup<'a, A: Action<'a>>(a: &A, base: &CacheKey) -> Option<Entry> {
     None
 }
 
-/// Restores the entry and replays its output, running nothing.
-fn hit<'a, A: Action<'a>>(a: &A, entry: &Entry, remote: bool) -> Result<i32> {
+/// Restores the entry and replays its output, running nothing; `None`
+/// if the entry was evicted since it was looked up. The restore holds
+/// the store's writer lock, so no gc removes a blob half way through.
+fn hit<'a, A: Action<'a>>(a: &A, entry: &Entry, remote: bool) -> Result<Option<i32>> {
     let ctx = a.ctx();
+    let lock = ctx.store.writer_lock()?;
+    if !ctx.store.contains(&entry.crate_name, &entry.key) {
+        return Ok(None);
+    }
     let size = a.restore(entry)?;
+    drop(lock);
     replay(&ctx.paths, entry);
     ctx.store.touch(&entry.crate_name, &entry.key);
     let (what, result) = if remote {
@@ -210,7 +255,7 @@ fn hit<'a, A: Action<'a>>(a: &A, entry: &Entry, remote: bool) -> Result<i32> {
     ev.key = entry.key.to_string();
     ev.compile_ms = entry.compile_ms;
     ev.write(ctx.store);
-    Ok(0)
+    Ok(Some(0))
 }
 
 /// Writes the entry's recorded stdout and stderr, with this checkout's
@@ -339,6 +384,17 @@ impl<'a> Ctx<'a> {
         roots: &mut Vec<String>,
     ) -> Result<(BlobHash, u64)> {
         let f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+        self.store_open(&f, p, roots)
+    }
+
+    /// [`Ctx::store_output`] of a file already open (read from where it
+    /// stands).
+    pub(crate) fn store_open(
+        &self,
+        f: &File,
+        p: &Path,
+        roots: &mut Vec<String>,
+    ) -> Result<(BlobHash, u64)> {
         self.store
             .put_blob_reader(RootScan::new(f, self.paths.rules(), roots), None)
             .with_context(|| format!("cannot store {}", p.display()))

@@ -28,6 +28,7 @@ program exactly as without kache, with one warning line.
 */
 
 mod action;
+mod background;
 mod call;
 mod cc;
 mod depinfo;

@@ -109,6 +109,7 @@ fn clippy_fresh_crate() {
         pt: base.join("pt"),
         cache: r.path().join("cache"),
         base,
+        background: false,
     };
     clippy_case(&d, &["needless_return"]);
 }

@@ -93,8 +93,8 @@ pub(crate) const LOCAL_MAX_SIZE: Def = Def {
     file: true,
     form: "a size such as 512MiB, 10GB or 50GiB",
     default: "`50GiB`",
-    help: "size `kache gc` evicts down to",
-    readers: Readers::Commands,
+    help: "the store's size limit: past it, the build that crosses it evicts least recently used entries down to 90% of it (`kache gc` down to all of it)",
+    readers: Readers::Wrapper,
     load: |d, i, c| {
         c.max_size = i.text(d, 50 << 30, parse_size)?;
         Ok(())
@@ -122,12 +122,12 @@ fn local_max_size() {
         e.starts_with("invalid value `12XB` for KACHE_MAX_SIZE: expected a size"),
         "{e}"
     );
-    // The wrapper never reads it.
-    wrapper(
-        "[cache]\nlocal_max_size = \"12XB\"\n",
-        &[("KACHE_MAX_SIZE", "x")],
-    )
-    .unwrap();
+    // The wrapper reads it (a build that crosses it evicts).
+    assert_eq!(
+        wrapper("", &[("KACHE_MAX_SIZE", "1GiB")]).unwrap().max_size,
+        1 << 30
+    );
+    assert!(wrapper("", &[("KACHE_MAX_SIZE", "x")]).is_err());
 }
 
 /// A whole number in `range`.
@@ -312,6 +312,39 @@ fn cache_build_scripts() {
         !wrapper("", &[("KACHE_CACHE_BUILD_SCRIPTS", "0")])
             .unwrap()
             .cache_build_scripts
+    );
+}
+
+/// `cache.background_store`: an incremental compile's outputs are
+/// stored after the wrapper returns.
+pub(crate) const BACKGROUND_STORE: Def = Def {
+    name: "cache.background_store",
+    var: "KACHE_BACKGROUND_STORE",
+    file: true,
+    form: TF_FORM,
+    default: "`true`",
+    help: "a compile cargo makes incremental (the crates you edit) is stored by a background process once rustc is done, so the edit loop does not wait for the hashing and copying; `false` stores before the wrapper returns, as for every other compile",
+    readers: Readers::Wrapper,
+    load: |d, i, c| {
+        c.background_store = i.flag(d, true)?;
+        Ok(())
+    },
+    show: |d, c, _| d.shown(&c.background_store),
+};
+
+#[cfg(test)]
+#[test]
+fn background_store() {
+    assert!(wrapper("", &[]).unwrap().background_store);
+    assert!(
+        !wrapper("[cache]\nbackground_store = false\n", &[])
+            .unwrap()
+            .background_store
+    );
+    assert!(
+        !wrapper("", &[("KACHE_BACKGROUND_STORE", "0")])
+            .unwrap()
+            .background_store
     );
 }
 

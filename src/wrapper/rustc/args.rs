@@ -28,8 +28,10 @@ pub(crate) struct Compile {
     /// `-C instrument-coverage` is on: the coverage map must name the
     /// real source paths, so kache adds no path remapping.
     pub(crate) coverage: bool,
-    /// The argv to actually run (minus `-C incremental`), without the
-    /// rustc path itself.
+    /// `-C incremental=DIR` is given (cargo's dev profile, for the
+    /// workspace's own crates).
+    pub(crate) incremental: bool,
+    /// The argv to actually run, without the rustc path itself.
     pub(crate) run_args: Vec<String>,
 }
 
@@ -222,8 +224,9 @@ fn parse(args: &[String]) -> Result<(Compile, Vec<String>), &'static str> {
                 let n = n.split(':').next().unwrap_or("").to_string();
                 c.libs.push((k, n));
             }
-            // Dropped from the argv we run.
-            "-C" if v.split('=').next() == Some("incremental") => continue,
+            // Kept in the argv we run: cargo asks for it for the crates
+            // being edited; the key notes it (see `key::hash_args`).
+            "-C" if v.split('=').next() == Some("incremental") => c.incremental = true,
             "-C" => codegen_option(&mut c, &v)?,
             "-Z" if v.starts_with("instrument-coverage") => {
                 c.coverage = switch_on(v.split_once('=').map_or("", |(_, x)| x));
@@ -398,15 +401,15 @@ mod tests {
         --extern bar=/t/debug/deps/libbar-1.rmeta --cfg feature=\"x\"";
 
     #[test]
-    fn lib_is_cached_and_incremental_stripped() {
+    fn lib_is_cached_and_incremental_kept() {
         let Verdict::Cache(c) = classify(&v(LIB), true, None) else {
             panic!()
         };
         assert_eq!(c.crate_name, "foo");
         assert_eq!(c.input, "src/lib.rs");
         assert_eq!(c.out_dir, PathBuf::from("/t/debug/deps"));
-        assert!(!c.run_args.iter().any(|a| a.contains("incremental")));
-        assert_eq!(c.run_args.len(), v(LIB).len() - 2);
+        assert!(c.incremental);
+        assert_eq!(c.run_args, v(LIB));
         assert_eq!(
             c.outputs(),
             vec![

@@ -84,7 +84,6 @@ fn dropped_flag(flag: &str, value: &str) -> bool {
     match flag {
         "--out-dir" => true,
         "-L" => value.starts_with("dependency="),
-        "-C" => value.starts_with("incremental="),
         _ => false,
     }
 }
@@ -267,6 +266,12 @@ fn hash_args(
                     None => h.field("target", &value),
                 }
             }
+            // Its directory is this target dir's own; that the compile
+            // is incremental is keyed: its code is split into other
+            // codegen units, so its outputs are not a non-incremental
+            // compile's bytes (see the README: an entry answers only
+            // compiles of its own kind).
+            "-C" if value.starts_with("incremental=") => h.field("-C", "incremental"),
             "-C" if value == "target-cpu=native" => {
                 // `native` means this machine's CPU: key the features it
                 // resolves to, so another CPU never gets this code.

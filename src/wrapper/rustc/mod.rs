@@ -25,6 +25,7 @@ use anyhow::{Context, Result, anyhow};
 use self::args::{Compile, Verdict};
 use self::key::Declared;
 use super::action::{self, Action, Call, Ctx, Ran};
+use super::background::Pinned;
 use super::call::is_rustc_like;
 use super::depinfo::parse_dep_info;
 use super::explain::Explain;
@@ -248,6 +249,8 @@ struct Job<'a> {
     rustc_str: &'a str,
     /// The out dir, absolute.
     out_dir: std::path::PathBuf,
+    /// What a background store reads, opened before the fork.
+    pinned: std::cell::RefCell<Option<Pinned>>,
 }
 
 /// What a rustc run leaves beyond [`Ran`]: the link line it printed, for
@@ -282,6 +285,7 @@ fn cached(
         rustc,
         rustc_str,
         out_dir,
+        pinned: std::cell::RefCell::new(None),
     };
     let decl = declared(cfg, &job.ctx.crate_name, compile);
     let (base, base_why) = key::base_key(
@@ -372,6 +376,25 @@ impl<'a> Action<'a> for Job<'a> {
             .collect()
     }
 
+    /// An incremental compile (a crate being edited) is stored in the
+    /// background: its outputs opened and its dep-info read now.
+    fn pin(&self) -> bool {
+        if !self.compile.incremental {
+            return false;
+        }
+        let names: Vec<String> = self.compile.outputs().into_iter().map(|(n, _)| n).collect();
+        let Some(mut p) = Pinned::open(&self.out_dir, &names) else {
+            return false;
+        };
+        let dep_path = self.out_dir.join(self.compile.dep_info_name());
+        let Ok(text) = fs::read_to_string(dep_path) else {
+            return false;
+        };
+        p.dep_text = Some(text);
+        *self.pinned.borrow_mut() = Some(p);
+        true
+    }
+
     /// Stores what rustc produced, keyed by what it actually read.
     fn record(
         &self,
@@ -382,8 +405,12 @@ impl<'a> Action<'a> for Job<'a> {
     ) -> Result<i32> {
         let (compile, ctx) = (self.compile, &self.ctx);
         let dep_path = self.out_dir.join(compile.dep_info_name());
-        let dep_text = fs::read_to_string(&dep_path)
-            .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?;
+        let pinned = self.pinned.borrow();
+        let dep_text = match pinned.as_ref().and_then(|p| p.dep_text.clone()) {
+            Some(t) => t,
+            None => fs::read_to_string(&dep_path)
+                .with_context(|| format!("cannot read dep-info {}", dep_path.display()))?,
+        };
         let deps = parse_dep_info(&dep_text);
         let (link, absent) = self.link_inputs(link_text)?;
         let mut inputs = Inputs {
@@ -400,7 +427,14 @@ impl<'a> Action<'a> for Job<'a> {
             dirs: Vec::new(),
         };
         let _w = ctx.store.writer_lock()?;
-        let (files, roots) = self.store_outputs()?;
+        let (files, roots) = self.store_outputs(pinned.as_ref())?;
+        if pinned.as_ref().is_some_and(|p| !p.unchanged()) {
+            ctx.unstored(
+                "an output was written to before it was stored",
+                run.compile_ms,
+            );
+            return Ok(run.code);
+        }
         inputs.roots = roots;
         let (full, why) = ctx
             .full_key(&inputs, base_why)
@@ -467,14 +501,17 @@ impl Job<'_> {
 
     /// Puts the outputs into the store, scanned on the way for the
     /// machine-local roots they contain (which then join the key).
-    fn store_outputs(&self) -> Result<(Vec<FileRecord>, Vec<String>)> {
+    /// With `pinned`, from the files opened before a background store.
+    fn store_outputs(&self, pinned: Option<&Pinned>) -> Result<(Vec<FileRecord>, Vec<String>)> {
         let outputs = self.compile.outputs();
         let mut files = Vec::with_capacity(outputs.len());
         let mut roots = Vec::new();
         for (name, executable) in &outputs {
-            let (hash, size) = self
-                .ctx
-                .store_output(&self.out_dir.join(name), &mut roots)?;
+            let p = self.out_dir.join(name);
+            let (hash, size) = match pinned.and_then(|pin| pin.file(name)) {
+                Some(f) => self.ctx.store_open(f, &p, &mut roots)?,
+                None => self.ctx.store_output(&p, &mut roots)?,
+            };
             files.push(FileRecord {
                 name: name.clone(),
                 hash,
