@@ -56,7 +56,7 @@ pub(crate) struct Setting<T> {
 
 impl<T> Setting<T> {
     /// A default value.
-    fn default_of(value: T) -> Setting<T> {
+    pub(super) fn default_of(value: T) -> Setting<T> {
         Setting {
             value,
             source: Source::Default,

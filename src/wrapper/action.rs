@@ -112,6 +112,12 @@ pub(crate) trait Action<'a> {
     /// the entry would have restored.
     fn differ(&self, entry: &Entry) -> Vec<String>;
 
+    /// Whether two runs make the same bytes, so `KACHE_VERIFY` can
+    /// compare (an incremental compile does not, under plain cargo too).
+    fn reproducible(&self) -> bool {
+        true
+    }
+
     /// Whether a successful run may be stored in the background (see
     /// `background`); if so, pins what the record will read. `false`
     /// (the default) stores before the wrapper returns.
@@ -171,6 +177,12 @@ pub(crate) fn cached<'a, A: Action<'a>>(
         return Ok(run.code);
     }
     if let Some(e) = &found {
+        if !a.reproducible() {
+            ctx.event(Outcome::Passthrough)
+                .reason("KACHE_VERIFY: an incremental compile is not reproducible; not compared")
+                .write(ctx.store);
+            return Ok(run.code);
+        }
         return verify_hit(a, e, run.compile_ms);
     }
     if ctx.cfg.background_store && a.pin() {

@@ -96,7 +96,14 @@ pub(crate) const LOCAL_MAX_SIZE: Def = Def {
     help: "the store's size limit: past it, the build that crosses it evicts least recently used entries down to 90% of it (`kache gc` down to all of it)",
     readers: Readers::Wrapper,
     load: |d, i, c| {
-        c.max_size = i.text(d, 50 << 30, parse_size)?;
+        c.max_size = match i.text(d, 50 << 30, parse_size) {
+            Ok(s) => s,
+            // The wrapper only evicts by it: an invalid value must not
+            // change how a compile runs. It then evicts nothing; the
+            // commands report the value.
+            Err(_) if i.is_wrapper() => Setting::default_of(0),
+            Err(e) => return Err(e),
+        };
         Ok(())
     },
     show: |d, c, _| d.row(format_size(c.max_size.value), &c.max_size),
@@ -127,7 +134,16 @@ fn local_max_size() {
         wrapper("", &[("KACHE_MAX_SIZE", "1GiB")]).unwrap().max_size,
         1 << 30
     );
-    assert!(wrapper("", &[("KACHE_MAX_SIZE", "x")]).is_err());
+    // An invalid value: the wrapper compiles as ever and evicts nothing.
+    assert_eq!(
+        wrapper(
+            "[cache]\nlocal_max_size = \"12XB\"\n",
+            &[("KACHE_MAX_SIZE", "x")]
+        )
+        .unwrap()
+        .max_size,
+        0
+    );
 }
 
 /// A whole number in `range`.

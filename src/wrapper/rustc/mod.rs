@@ -376,6 +376,10 @@ impl<'a> Action<'a> for Job<'a> {
             .collect()
     }
 
+    fn reproducible(&self) -> bool {
+        !self.compile.incremental
+    }
+
     /// An incremental compile (a crate being edited) is stored in the
     /// background: its outputs opened and its dep-info read now.
     fn pin(&self) -> bool {
