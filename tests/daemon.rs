@@ -395,7 +395,9 @@ fn another_uid_cannot_use_the_socket_and_bad_requests_are_refused() {
     let o = as_nobody();
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains(r#""running":false"#));
-    // Open the directory and the socket up: SO_PEERCRED still refuses.
+    // Open the store (created 0700), the directory and the socket up:
+    // SO_PEERCRED still refuses.
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(cache.join("daemon"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(cache.join("daemon/sock"), fs::Permissions::from_mode(0o777)).unwrap();
     let o = as_nobody();

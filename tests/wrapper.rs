@@ -787,7 +787,7 @@ fn full_disk_builds_right_with_one_warning_per_failed_store() {
     let sb = Sandbox::new();
     fs::create_dir_all(&sb.cache).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
         .arg(&sb.cache)
         .output();
     // Needs root, as this project's machines and CI run: fail loudly
@@ -1170,4 +1170,66 @@ fn never_cache_compiles_the_listed_crate_every_time() {
         r.contains(&("beta".to_string(), "local_hit".to_string())),
         "{r:?}"
     );
+}
+
+/// Issue 23: the store belongs to its user. A fresh store is created
+/// mode 0700; one that others may write into (or, as root, one another
+/// user owns) is refused: a command says so in one `error:` line, and a
+/// build through the wrapper still succeeds, compiled by plain rustc with
+/// one warning per compile, taking nothing from the store and adding
+/// nothing to it.
+#[test]
+fn a_store_others_can_write_to_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sb = Sandbox::new();
+    let a = sb.checkout("a");
+    a.build_ok(&["build"], &[]);
+    assert_eq!(fs::metadata(&sb.cache).unwrap().mode() & 0o777, 0o700);
+    let entries = || {
+        fs::read_dir(sb.cache.join("entries"))
+            .unwrap()
+            .flat_map(|c| fs::read_dir(c.unwrap().path()).unwrap())
+            .count()
+    };
+    let stored = entries();
+    assert!(stored > 0);
+    sb.take_events();
+
+    fs::set_permissions(&sb.cache, fs::Permissions::from_mode(0o777)).unwrap();
+    let o = kache(&sb.cache).arg("gc").output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cache directory ") && err.contains("writable by others"),
+        "{err}"
+    );
+    // A planted entry is never served: the build compiles everything.
+    a.build_ok(&["clean"], &[]);
+    let o = a.build_ok(&["build"], &[]);
+    assert_eq!(a.run_app("debug"), APP_OUT);
+    let warned = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("warning: kache:") && l.contains("writable by others"))
+        .count();
+    assert!(warned > 0, "{}", show(&o));
+    assert_eq!(entries(), stored);
+    assert!(
+        results(&sb.take_events()).is_empty(),
+        "the wrapper used a store others can write to"
+    );
+
+    // Owned by another user (only root can make one here).
+    let me = fs::metadata(sb.dir.path()).unwrap().uid();
+    if me == 0 {
+        fs::set_permissions(&sb.cache, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&sb.cache, Some(65534), None).unwrap();
+        let o = kache(&sb.cache).arg("gc").output().unwrap();
+        assert!(!o.status.success(), "{}", show(&o));
+        assert!(
+            stderr(&o).contains("belongs to uid 65534, not to this user"),
+            "{}",
+            show(&o)
+        );
+    }
 }

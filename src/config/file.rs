@@ -255,6 +255,17 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// An environment variable if set, even to nothing.
+    pub(super) fn env_set(&self, var: &str) -> Option<String> {
+        match self.vars {
+            None => std::env::var_os(var).map(|v| v.to_string_lossy().into_owned()),
+            Some(vars) => vars
+                .iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| (*v).to_string()),
+        }
+    }
+
     /// The source of a value from the file.
     pub(super) fn file_source(&self) -> Source {
         self.file.source()

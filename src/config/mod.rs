@@ -158,7 +158,9 @@ fn default_cache_dir() -> PathBuf {
     }
     match home() {
         Some(h) => h.join(".cache/kache"),
-        None => env::temp_dir().join("kache"),
+        // One per user, never a path shared by everyone (and the store
+        // refuses a directory another user made first).
+        None => env::temp_dir().join(format!("kache-{}", crate::store::euid())),
     }
 }
 

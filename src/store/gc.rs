@@ -164,7 +164,7 @@ fn collect_locked(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         drop_untrusted(store, trusted, &mut all, &mut rep);
     }
     // Oldest access first.
-    all.sort_by_key(|l| l.r.accessed);
+    all.sort_by_key(|l| l.r.accessed_ns);
     let plan = plan_evictions(&all, &blob_size, opts, now_secs());
     for &i in &plan.evict {
         let l = &all[i];
@@ -607,6 +607,7 @@ mod tests {
             crate_name: e.crate_name,
             key: e.key,
             accessed: 0,
+            accessed_ns: 0,
         }
     }
 

@@ -59,6 +59,7 @@ use anyhow::{Context, Result, bail};
 
 pub(crate) use entry::{Entry, FileRecord};
 pub(crate) use ids::{BlobHash, CacheKey, CrateName};
+pub(crate) use sys::euid;
 
 /// Current manifest format. Entries of another version are ignored.
 pub(crate) const ENTRY_VERSION: u32 = 1;
@@ -79,6 +80,9 @@ pub(crate) struct EntryRef {
     pub(crate) key: CacheKey,
     /// Last access (manifest mtime), seconds since the epoch.
     pub(crate) accessed: u64,
+    /// The same to the nanosecond: the order eviction goes by (the
+    /// builds of one minute are told apart).
+    pub(crate) accessed_ns: u128,
 }
 
 /// A manifest that can never be served: not JSON of the entry format, or
@@ -153,15 +157,26 @@ pub(crate) fn tmp_owner(name: &str) -> Option<u32> {
 }
 
 impl Store {
-    /// Opens the store at `root`, creating its directories.
+    /// Opens the store at `root`, creating its directories (mode 0700).
+    /// A store that is not ours is refused (see [`check_owned`]): what
+    /// another user can write into it, a build would run (proc macros)
+    /// or link.
     pub(crate) fn open(root: &Path) -> Result<Store> {
         let store = Store {
             root: root.to_path_buf(),
         };
+        let mkdir = |p: &Path| {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .with_context(|| format!("cannot create cache directory {}", p.display()))
+        };
+        mkdir(root)?;
+        check_owned(root)?;
         for d in ["blobs", "entries", "index", "tmp", "locks"] {
-            let p = root.join(d);
-            fs::create_dir_all(&p)
-                .with_context(|| format!("cannot create cache directory {}", p.display()))?;
+            mkdir(&root.join(d))?;
         }
         Ok(store)
     }
@@ -543,6 +558,11 @@ impl Store {
                 crate_name: crate_name.clone(),
                 key,
                 accessed: mtime_secs(&meta),
+                accessed_ns: meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos()),
             });
         }
         Ok(())
@@ -614,8 +634,8 @@ impl Store {
     /// The per-key compile lock (`locks/<key>.lock`, flock): identical
     /// compiles racing compile once; the others wait (up to 10 minutes)
     /// and then find the entry. `None` if the lock cannot be had (the
-    /// compile then goes ahead unlocked).
-    pub(crate) fn compile_lock(&self, key: &CacheKey) -> Option<File> {
+    /// compile then goes ahead unlocked). With whether it had to wait.
+    pub(crate) fn compile_lock(&self, key: &CacheKey) -> Option<(File, bool)> {
         let p = self.root.join("locks").join(format!("{key}.lock"));
         let f = OpenOptions::new()
             .create(true)
@@ -624,10 +644,12 @@ impl Store {
             .open(p)
             .ok()?;
         let deadline = std::time::Instant::now() + Duration::from_mins(10);
+        let mut waited = false;
         loop {
             match f.try_lock() {
-                Ok(()) => return Some(f),
+                Ok(()) => return Some((f, waited)),
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    waited = true;
                     std::thread::sleep(Duration::from_millis(75));
                 }
                 Err(_) => return None,
@@ -684,6 +706,37 @@ impl Store {
             }
         }
     }
+}
+
+/// Refuses a cache dir that another user owns or that group or others
+/// may write to: anyone who can write there could plant an entry (a
+/// proc macro's `.so` runs inside rustc).
+pub(crate) fn check_owned(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(root)
+        .with_context(|| format!("cannot read cache directory {}", root.display()))?;
+    let me = sys::euid();
+    if m.uid() != me {
+        bail!(
+            "cache directory {} belongs to uid {}, not to this user (uid {me}); use a directory of your own (KACHE_CACHE_DIR)",
+            root.display(),
+            m.uid()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        bail!(
+            "cache directory {} is writable by {} (mode {:o}); `chmod go-w {}` makes it yours alone",
+            root.display(),
+            if m.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            m.mode() & 0o7777,
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// Copies `r` to a new file at `dst` while hashing; returns (hash, size).

@@ -1,7 +1,8 @@
-//! The one system call the store needs that std does not offer:
-//! starting writeback of a file range early (`sync_file_range` with
+//! The system calls the store needs that std does not offer: starting
+//! writeback of a file range early (`sync_file_range` with
 //! `SYNC_FILE_RANGE_WRITE`), so the sync before a blob is published finds
-//! most of its data already on its way to the disk.
+//! most of its data already on its way to the disk; and who we are
+//! (`geteuid`), to check that the store is ours.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -24,3 +25,9 @@ pub(crate) fn start_writeback(f: &File, off: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn start_writeback(_f: &File, _off: u64, _len: u64) {}
+
+/// The effective user id of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}

@@ -145,7 +145,12 @@ pub(crate) fn cached<'a, A: Action<'a>>(
     let mut guard = None;
     if found.is_none() {
         guard = ctx.store.compile_lock(&base);
-        found = lookup(a, &base);
+        // Looked up again only if another compile held the key: one that
+        // publishes between the lookup and a free lock costs at most a
+        // second compile of the same entry (publishing has one winner).
+        if guard.as_ref().is_none_or(|(_, waited)| *waited) {
+            found = lookup(a, &base);
+        }
     }
     if let Some(e) = &found
         && !verify
@@ -252,10 +257,11 @@ fn hit<'a, A: Action<'a>>(a: &A, entry: &Entry, remote: bool) -> Result<Option<i
     if !ctx.store.contains(&entry.crate_name, &entry.key) {
         return Ok(None);
     }
+    // Used now: the next eviction takes others first.
+    ctx.store.touch(&entry.crate_name, &entry.key);
     let size = a.restore(entry)?;
     drop(lock);
     replay(&ctx.paths, entry);
-    ctx.store.touch(&entry.crate_name, &entry.key);
     let (what, result) = if remote {
         ("remote hit", Outcome::RemoteHit)
     } else {

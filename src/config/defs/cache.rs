@@ -24,8 +24,8 @@ pub(crate) const LOCAL_STORE: Def = Def {
     var: "KACHE_CACHE_DIR",
     file: true,
     form: "an absolute path as a string",
-    default: "`$XDG_CACHE_HOME/kache`, else `~/.cache/kache`",
-    help: "the local store; must be an absolute path (`~/` is expanded in the file)",
+    default: "`$XDG_CACHE_HOME/kache`, else `~/.cache/kache`, else (no `HOME`) `$TMPDIR/kache-UID`",
+    help: "the local store; must be an absolute path (`~/` is expanded in the file); created mode 0700, and refused (the wrapper then compiles uncached) if another user owns it or its group or others may write to it",
     readers: Readers::Wrapper,
     load: |d, i, c| {
         let file = i.typed::<String>(d)?;

@@ -349,7 +349,9 @@ pub(crate) const TRUSTED_KEYS: Def = Def {
     readers: Readers::Commands,
     load: |d, i, c| {
         let file = i.typed::<Vec<String>>(d)?;
-        c.trusted_keys = match (i.env(d.var), file) {
+        // Set, it must name a key: an empty value (a secret missing on a
+        // fork, a typo) would otherwise switch verification off unseen.
+        c.trusted_keys = match (i.env_set(d.var), file) {
             (Some(v), _) => Setting {
                 value: trusted(v.split(','), d.var)?,
                 source: Source::Env(d.var),
@@ -392,12 +394,18 @@ fn trusted_keys() {
         e.starts_with("invalid trusted key in cache.remote.trusted_keys in /c.toml: "),
         "{e}"
     );
+    // Set to no key at all: an error, never verification silently off.
+    for v in ["", " , "] {
+        let e = error("", &[("KACHE_TRUSTED_KEYS", v)]);
+        assert_eq!(
+            e,
+            "KACHE_TRUSTED_KEYS names no key, so nothing pulled could be verified; give at least one `name:base64` key, or unset it to pull unverified"
+        );
+    }
+    let e = error("[cache.remote]\ntrusted_keys = []\n", &[]);
     assert!(
-        load("", &[("KACHE_TRUSTED_KEYS", " , ")])
-            .unwrap()
-            .trusted_keys
-            .value
-            .is_empty()
+        e.starts_with("cache.remote.trusted_keys in /c.toml names no key"),
+        "{e}"
     );
 }
 
@@ -416,6 +424,11 @@ fn trusted<'a>(
         if !out.contains(&k) {
             out.push(k);
         }
+    }
+    if out.is_empty() {
+        bail!(
+            "{whence} names no key, so nothing pulled could be verified; give at least one `name:base64` key, or unset it to pull unverified"
+        );
     }
     Ok(out)
 }
