@@ -117,12 +117,12 @@ pub(crate) fn paths(root: &Path) -> Paths {
 pub(crate) fn private_dir(d: &Path) -> Result<()> {
     fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     let m = fs::metadata(d).with_context(|| format!("cannot read {}", d.display()))?;
-    if m.uid() != peer::euid() {
+    if m.uid() != crate::store::euid() {
         bail!(
             "{} belongs to uid {}, not to us (uid {}): refusing to put the daemon socket there",
             d.display(),
             m.uid(),
-            peer::euid()
+            crate::store::euid()
         );
     }
     if m.mode() & 0o077 != 0 {

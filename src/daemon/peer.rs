@@ -1,6 +1,6 @@
 //! The system calls std does not offer the daemon: the uid of the
-//! process at the other end of a Unix socket (`SO_PEERCRED`), our own
-//! effective uid, and a thread's CPU priority.
+//! process at the other end of a Unix socket (`SO_PEERCRED`; our own is
+//! `store::euid`), and a thread's CPU priority.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -35,13 +35,6 @@ pub(crate) fn peer_uid(s: &UnixStream) -> io::Result<u32> {
         return Err(io::Error::other("short SO_PEERCRED answer"));
     }
     Ok(cred.uid)
-}
-
-/// Our effective uid.
-pub(crate) fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions, touches no memory of ours and
-    // cannot fail (POSIX).
-    unsafe { libc::geteuid() }
 }
 
 /// Lowers the calling thread's CPU priority to `nice` (on Linux the nice

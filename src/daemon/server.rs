@@ -73,7 +73,7 @@ pub(crate) fn serve(cfg: Config) -> Result<ExitCode> {
         uploads: Arc::default(),
         fetches: Arc::default(),
         paths: p,
-        uid: peer::euid(),
+        uid: crate::store::euid(),
         started: Instant::now(),
         conns: AtomicUsize::new(0),
     });
