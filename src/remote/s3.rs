@@ -363,28 +363,56 @@ impl S3Remote {
     }
 }
 
+/// Most pages one listing reads (1000 keys each: a hundred million
+/// objects), so a server that never stops paging cannot keep a sync
+/// listing forever.
+const MAX_LIST_PAGES: usize = 100_000;
+
+/// Pages through a listing: `page(token)` gives a page's items and the
+/// next continuation token. Ends at a page without one; a token seen
+/// before (a server cycling through tokens) or more than
+/// `MAX_LIST_PAGES` pages is an error.
+fn paged<T>(
+    mut page: impl FnMut(Option<&str>) -> Result<(Vec<T>, Option<String>), RemoteError>,
+) -> Result<Vec<T>, RemoteError> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let (items, next) = page(token.as_deref())?;
+        out.extend(items);
+        match next {
+            None => return Ok(out),
+            Some(t) if !seen.insert(t.clone()) => {
+                return Err(RemoteError::new(
+                    ErrorKind::Other,
+                    "the server repeated a continuation token",
+                ));
+            }
+            Some(t) => token = Some(t),
+        }
+    }
+    Err(RemoteError::new(
+        ErrorKind::Other,
+        format!("the listing went on past {MAX_LIST_PAGES} pages"),
+    ))
+}
+
 impl Remote for S3Remote {
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.list_page(prefix, token.as_deref(), None)?;
-            out.extend(page.contents.into_iter().map(|c| Listed {
-                name: c.key,
-                size: c.size.unwrap_or(0),
-                modified: c.last_modified.as_deref().and_then(parse_http_time),
-            }));
-            match page.next_continuation_token {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                Some(_) => {
-                    return Err(RemoteError::new(
-                        ErrorKind::Other,
-                        "the server repeated a continuation token",
-                    ));
-                }
-                None => return Ok(out),
-            }
-        }
+        paged(|token| {
+            let page = self.list_page(prefix, token, None)?;
+            let listed = page
+                .contents
+                .into_iter()
+                .map(|c| Listed {
+                    name: c.key,
+                    size: c.size.unwrap_or(0),
+                    modified: c.last_modified.as_deref().and_then(parse_http_time),
+                })
+                .collect();
+            Ok((listed, page.next_continuation_token))
+        })
     }
 
     fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
@@ -744,6 +772,44 @@ pub(crate) fn scrub(s: &str, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile endpoint cycling through continuation tokens (A, B, A,
+    /// ...) ends the listing with an error, as one repeating a token and
+    /// one paging forever do; an honest one is read to its last page.
+    #[test]
+    fn listings_are_bounded() {
+        let honest = paged(|t| {
+            Ok(match t {
+                None => (vec![1, 2], Some("a".to_string())),
+                Some("a") => (vec![3], Some("b".to_string())),
+                _ => (vec![4], None),
+            })
+        });
+        assert_eq!(honest.unwrap(), vec![1, 2, 3, 4]);
+        let mut calls = 0;
+        let cycling = paged(|t| {
+            calls += 1;
+            let next = if t == Some("a") { "b" } else { "a" };
+            Ok((vec![0u8], Some(next.to_string())))
+        });
+        let e = cycling.unwrap_err();
+        assert!(
+            e.to_string().contains("repeated a continuation token"),
+            "{e}"
+        );
+        assert_eq!(calls, 3);
+        let mut n = 0u64;
+        let endless = paged(|_| {
+            n += 1;
+            Ok((Vec::<u8>::new(), Some(n.to_string())))
+        });
+        assert!(
+            endless
+                .unwrap_err()
+                .to_string()
+                .contains("past 100000 pages")
+        );
+    }
 
     #[test]
     fn classification() {
