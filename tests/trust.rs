@@ -930,3 +930,97 @@ fn bench_signed_push_and_verifying_pull() {
         med(&m["pull verifying"]) / med(&m["pull plain"])
     );
 }
+
+/// Issue 23: a signer vouches only for what its machine compiled. Runner
+/// B pulls unsigned entries (no trusted keys), an attacker on B removes
+/// each manifest's `pulled` field (as every earlier kache wrote pulled
+/// entries), and B pushes with the signing key: nothing is signed or
+/// uploaded, and a verifying reader imports nothing. Entries B pulled
+/// signed by another key are not signed again either.
+#[test]
+fn a_signer_never_vouches_for_what_it_pulled() {
+    let w = World::local();
+    let (ci, b_key) = (w.key("ci"), w.key("runner-b"));
+    let want = plain(&w);
+    let cache_a = w.path("cache-a");
+    assert_eq!(build_and_run(&w.fixture("trust", "a"), &cache_a), want);
+    let made = entries(&cache_a);
+    let prefix = |s: &str| format!("{}/{s}", w.s3.prefix);
+    let sign = |k: &Key| {
+        (
+            "KACHE_SIGNING_KEY_FILE",
+            k.file.to_str().unwrap().to_string(),
+        )
+    };
+    let (kv, kf) = sign(&ci);
+    ok(&w.kache_trusting(
+        &cache_a,
+        Some(&prefix("unsigned")),
+        &["sync", "--push"],
+        &[],
+    ));
+    ok(&w.kache_trusting(
+        &cache_a,
+        Some(&prefix("signed")),
+        &["sync", "--push"],
+        &[(kv, &kf)],
+    ));
+
+    // B pulls both, unverified and verified.
+    let cache_b = w.path("cache-b");
+    ok(&w.kache_trusting(
+        &cache_b,
+        Some(&prefix("unsigned")),
+        &["sync", "--pull", "--all"],
+        &[],
+    ));
+    assert_eq!(entries(&cache_b), made);
+    for d in fs::read_dir(cache_b.join("entries")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            assert!(m.as_object_mut().unwrap().remove("pulled").is_some());
+            fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+        }
+    }
+    let (bv, bf) = sign(&b_key);
+    // A push signing with B's key: uploads nothing, skips everything.
+    let push_skips_all = |cache: &Path, to: &str| {
+        let o = w.kache_trusting(
+            cache,
+            Some(&prefix(to)),
+            &["sync", "--push", "--json"],
+            &[(bv, &bf)],
+        );
+        assert_eq!(json(&o)["pushed"]["entries"], 0, "{}", show(&o));
+        assert_eq!(
+            json(&o)["skipped"]["entries"],
+            made.len() as u64,
+            "{}",
+            show(&o)
+        );
+    };
+    push_skips_all(&cache_b, "laundered");
+    let trusting_b = [("KACHE_TRUSTED_KEYS", b_key.public.as_str())];
+    let cache_c = w.path("cache-c");
+    let o = w.kache_trusting(
+        &cache_c,
+        Some(&prefix("laundered")),
+        &["sync", "--pull", "--all", "--json"],
+        &trusting_b,
+    );
+    assert_eq!(json(&o)["pulled"]["entries"], 0, "{}", show(&o));
+    assert!(entries(&cache_c).is_empty());
+
+    // Pulled signed by `ci`: B's key does not sign them again.
+    let cache_d = w.path("cache-d");
+    let trusting_ci = [("KACHE_TRUSTED_KEYS", ci.public.as_str())];
+    ok(&w.kache_trusting(
+        &cache_d,
+        Some(&prefix("signed")),
+        &["sync", "--pull", "--all"],
+        &trusting_ci,
+    ));
+    assert_eq!(entries(&cache_d), made);
+    push_skips_all(&cache_d, "resigned");
+}

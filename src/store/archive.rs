@@ -46,9 +46,10 @@ pub(crate) enum Packed {
     Done(u64),
     /// The entry (or one of its blobs) disappeared: gc or purge ran.
     Vanished,
-    /// A signing key was given, but the entry was pulled from the remote
-    /// without verification: a writer never vouches for it.
-    Unverified,
+    /// A signing key was given, but this machine did not compile the
+    /// entry (it was pulled, or its manifest changed since it was built):
+    /// a writer vouches only for its own.
+    NotBuiltHere,
 }
 
 /// Result of unpacking an archive into the store.
@@ -83,8 +84,14 @@ pub(crate) fn pack(
     let Some(mut entry) = store.get(crate_name, key)? else {
         return Ok(Packed::Vanished);
     };
-    if signer.is_some() && entry.pulled.as_ref().is_some_and(|p| p.signed_by.is_none()) {
-        return Ok(Packed::Unverified);
+    // A signer vouches only for what this machine compiled: never for a
+    // pulled entry (verified or not, whoever signed it), and not for a
+    // manifest changed since it was built (see `Store::mark_built`).
+    if signer.is_some() {
+        let on_disk = fs::read(store.entry_path(crate_name, key)).unwrap_or_default();
+        if entry.pulled.is_some() || !store.built_here(crate_name, key, &on_disk) {
+            return Ok(Packed::NotBuiltHere);
+        }
     }
     // Provenance is this store's own record, not part of the entry.
     entry.pulled = None;
@@ -425,6 +432,7 @@ mod tests {
         );
         e.stderr = "warning: x".into();
         s.publish(&e).unwrap();
+        s.mark_built(&e);
         (d, s, e)
     }
 
@@ -432,7 +440,7 @@ mod tests {
         let mut out = Vec::new();
         match pack(s, &e.crate_name, &e.key, &mut out, 3, None).unwrap() {
             Packed::Done(n) => assert_eq!(n as usize, out.len()),
-            Packed::Vanished | Packed::Unverified => panic!("not packed"),
+            Packed::Vanished | Packed::NotBuiltHere => panic!("not packed"),
         }
         out
     }
@@ -529,7 +537,45 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(
             pack(&s3, &e.crate_name, &e.key, &mut out, 3, Some(&key)).unwrap(),
-            Packed::Unverified
+            Packed::NotBuiltHere
+        ));
+        // Pulled and signed by a trusted key: another signer never signs
+        // it again.
+        let (secret2, _) = crate::trust::generate("other").unwrap();
+        let key2 = SigningKey::parse(&secret2, "test").unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            pack(&s2, &e.crate_name, &e.key, &mut out, 3, Some(&key2)).unwrap(),
+            Packed::NotBuiltHere
+        ));
+        // Its `pulled` field edited away (as every earlier kache wrote
+        // pulled entries): still not signed.
+        let manifest = |st: &Store| st.entry_path(&e.crate_name, &e.key);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&fs::read(manifest(&s3)).unwrap()).unwrap();
+        m.as_object_mut().unwrap().remove("pulled");
+        fs::write(manifest(&s3), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(
+            s3.get(&e.crate_name, &e.key)
+                .unwrap()
+                .unwrap()
+                .pulled
+                .is_none()
+        );
+        let mut out = Vec::new();
+        assert!(matches!(
+            pack(&s3, &e.crate_name, &e.key, &mut out, 3, Some(&key)).unwrap(),
+            Packed::NotBuiltHere
+        ));
+        // A built entry whose manifest was edited since: not signed.
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&fs::read(manifest(&s)).unwrap()).unwrap();
+        m["stderr"] = "planted".into();
+        fs::write(manifest(&s), serde_json::to_vec(&m).unwrap()).unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            pack(&s, &e.crate_name, &e.key, &mut out, 3, Some(&key)).unwrap(),
+            Packed::NotBuiltHere
         ));
         // The provenance is never packed.
         let mut out = Vec::new();

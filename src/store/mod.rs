@@ -13,6 +13,8 @@ dylibs/<so blake3>             the shared libraries a proc macro or dylib loads
 origins/<blake3>               `name@version` of an rlib/rmeta/so, for the pull
                                filter's dependency versions
 pending/<remote>/<crate>/<key> uploads recorded for the daemon (`pending`)
+built/<crate>/<key>            blake3 of the manifest of an entry this machine
+                               compiled (what a signer vouches for)
 daemon/                        mode 0700: the daemon's socket, pid, lock, log
 uncacheable/<base>              why a build script's runs under this base key
                                cannot be stored (they then run untraced)
@@ -393,7 +395,8 @@ impl Store {
     }
 
     /// Publishes an entry whose blobs are already in place. Returns false
-    /// if the entry already existed (it is left untouched).
+    /// if the entry already existed (it is left untouched). The manifest
+    /// is `serde_json::to_vec(entry)` (what [`Store::mark_built`] hashes).
     pub(crate) fn publish(&self, entry: &Entry) -> Result<bool> {
         entry
             .validate(&entry.crate_name, &entry.key)
@@ -499,8 +502,48 @@ impl Store {
         let _ = fs::remove_file(self.blob_path(hash));
     }
 
+    /// Where the store records that it built entry `crate_name/key`
+    /// itself (see [`Store::mark_built`]).
+    fn built_path(&self, crate_name: &CrateName, key: &CacheKey) -> PathBuf {
+        self.root
+            .join("built")
+            .join(crate_name.as_str())
+            .join(key.as_str())
+    }
+
+    /// Records that this machine compiled `entry` (a wrapper's stored
+    /// miss, never a pull): the blake3 of its manifest as published. A
+    /// signer vouches only for entries so recorded whose manifest is
+    /// still that one, so editing a pulled entry's manifest (dropping its
+    /// `pulled` field) never gets it signed. Best effort: without the
+    /// record the entry is only never signed.
+    pub(crate) fn mark_built(&self, entry: &Entry) {
+        let Ok(json) = serde_json::to_vec(entry) else {
+            return;
+        };
+        let p = self.built_path(&entry.crate_name, &entry.key);
+        if let Some(dir) = p.parent()
+            && fs::create_dir_all(dir).is_ok()
+        {
+            let _ = self.write_atomic("built", &p, blake3::hash(&json).to_hex().as_bytes());
+        }
+    }
+
+    /// Whether this machine built the entry whose manifest on disk is
+    /// `manifest` (see [`Store::mark_built`]).
+    pub(crate) fn built_here(
+        &self,
+        crate_name: &CrateName,
+        key: &CacheKey,
+        manifest: &[u8],
+    ) -> bool {
+        fs::read_to_string(self.built_path(crate_name, key))
+            .is_ok_and(|h| h.trim() == blake3::hash(manifest).to_hex().as_str())
+    }
+
     /// Removes an entry's manifest (its blobs go at the next gc).
     pub(crate) fn remove(&self, crate_name: &CrateName, key: &CacheKey) -> Result<bool> {
+        let _ = fs::remove_file(self.built_path(crate_name, key));
         let p = self.entry_path(crate_name, key);
         match fs::remove_file(&p) {
             Ok(()) => Ok(true),

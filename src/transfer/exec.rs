@@ -233,10 +233,10 @@ fn push_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
     })?;
     let len = match packed {
         Packed::Vanished => return Ok(Outcome::Skipped(t.clone(), "vanished locally")),
-        Packed::Unverified => {
+        Packed::NotBuiltHere => {
             return Ok(Outcome::Skipped(
                 t.clone(),
-                "pulled without verification: not signed",
+                "not built here: a signer vouches only for what this machine compiled",
             ));
         }
         Packed::Done(n) => n,

@@ -421,7 +421,9 @@ impl<'a> Ctx<'a> {
     /// Publishes a recorded entry, hands it to the daemon to upload and
     /// logs the stored miss with its key's inputs.
     pub(crate) fn publish(&self, entry: &Entry, label: &str) -> Result<()> {
-        self.store.publish(entry)?;
+        if self.store.publish(entry)? {
+            self.store.mark_built(entry);
+        }
         crate::daemon::client::after_store(self.cfg, self.store, &self.crate_name, &entry.key);
         let size = entry.size();
         let what = if label.is_empty() {
