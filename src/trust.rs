@@ -426,6 +426,29 @@ pub(crate) fn verify<'k>(
     }
 }
 
+/// Whether a build that trusts `trusted` may restore `e` from `store`:
+/// any entry when it trusts no key; otherwise one this machine compiled
+/// (its `built/` record matches the manifest on disk, which an edit of
+/// the manifest cannot forge) or one imported with the signature of a
+/// key trusted now (a key dropped since no longer serves its entries).
+pub(crate) fn usable(
+    store: &crate::store::Store,
+    e: &crate::store::Entry,
+    trusted: &[TrustedKey],
+) -> bool {
+    if trusted.is_empty() {
+        return true;
+    }
+    match &e.pulled {
+        Some(p) => p
+            .signed_by
+            .as_deref()
+            .is_some_and(|s| trusted.iter().any(|t| t.to_string() == s)),
+        None => std::fs::read(store.entry_path(&e.crate_name, &e.key))
+            .is_ok_and(|m| store.built_here(&e.crate_name, &e.key, &m)),
+    }
+}
+
 /// What a sync or the daemon does about signatures.
 #[derive(Debug, Default)]
 pub(crate) struct Policy {

@@ -278,6 +278,8 @@ pub(crate) struct Seen {
     pub(crate) list_prefix: Option<String>,
     /// The request's Content-Length header.
     pub(crate) content_length: Option<u64>,
+    /// The request's Range header (a ranged GET).
+    pub(crate) range: Option<String>,
     /// The names of the query parameters (not their values).
     pub(crate) query_names: Vec<String>,
     /// When the request head arrived.
@@ -527,6 +529,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             path: decode(path),
             list_prefix,
             content_length: header(&head, "content-length").and_then(|v| v.parse().ok()),
+            range: header(&head, "range").map(str::to_string),
             query_names: query
                 .split('&')
                 .filter_map(|kv| kv.split('=').next())

@@ -14,7 +14,7 @@ use crate::common::{
     World, assert_no_secrets, cargo_plain, cargo_through_kache, kache, ok, put_entry, run_checked,
     secrets_of, show, stderr, stdout,
 };
-use crate::s3server::S3;
+use crate::s3server::{Proxy, S3};
 
 /// A generated key pair: the secret key file and the public key line.
 struct Key {
@@ -622,7 +622,9 @@ fn a_read_only_runner_changes_no_object_in_the_bucket() {
 }
 
 /// The daemon signs what it uploads, and its remote hits import only
-/// entries a trusted key signed: a tampered entry is refused (counted,
+/// entries a key the asking build trusts signed, whoever started the
+/// daemon (issue 23: a daemon started without trusted keys imported for
+/// a build that set them): a tampered entry is refused (counted,
 /// logged), the build compiles it and the program prints what plain
 /// cargo's prints.
 #[test]
@@ -668,11 +670,13 @@ fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
     let obj = w.object_of(&w.s3.prefix, "dep");
     fs::write(&obj, tamper(&fs::read(&obj).unwrap(), &dep_files(&cache_x))).unwrap();
 
-    // Runner B: its daemon trusts `ci`; the build gets app's entry by a
-    // remote hit, dep's is refused and compiled.
+    // Runner B: its daemon was started trusting no key, but the build
+    // trusts `ci`: the daemon verifies for the build that asks. The
+    // build gets app's entry by a remote hit, dep's is refused and
+    // compiled.
     let ws_b = w.fixture("trust", "b");
     let cache_b = w.path("cache-b");
-    ok(&daemon(&cache_b, &["daemon", "start"], &trusted));
+    ok(&daemon(&cache_b, &["daemon", "start"], &[]));
     let mut c = cargo_through_kache(&ws_b, &ws_b.with_file_name("target"), &cache_b, &["build"]);
     w.s3.configure(&mut c);
     c.env("KACHE_DAEMON_WAIT", "10s")
@@ -685,7 +689,7 @@ fn daemon_signs_uploads_and_refuses_untrusted_remote_hits() {
     let st = json(&daemon(&cache_b, &["daemon", "status", "--json"], &trusted));
     assert!(st["refused"].as_u64().unwrap() >= 1, "{st}");
     assert_eq!(
-        st["trust"], "uploads unsigned; remote hits verified against 1 trusted key(s)",
+        st["trust"], "uploads unsigned; remote hits verified against the keys each build trusts",
         "{st}"
     );
     let log_b = fs::read_to_string(cache_b.join("daemon/log")).unwrap();
@@ -1023,4 +1027,232 @@ fn a_signer_never_vouches_for_what_it_pulled() {
     ));
     assert_eq!(entries(&cache_d), made);
     push_skips_all(&cache_d, "resigned");
+}
+
+/// A zstd stream that decompresses to a tar header of `kind` claiming
+/// 1 GiB, then `mib` MiB of `a`: concatenated frames, so only 1 MiB is
+/// ever compressed.
+fn claiming_gib(kind: u8, mib: usize) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_size(1 << 30);
+    h.set_cksum();
+    let mut out = zstd::encode_all(h.as_bytes().as_slice(), 3).unwrap();
+    let chunk = zstd::encode_all(vec![b'a'; 1 << 20].as_slice(), 3).unwrap();
+    for _ in 0..mib {
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// Runs `c` with stdout and stderr to files; its output and its peak
+/// resident memory in MiB (from `wait4`, this child alone).
+fn peak_mib(mut c: Command, dir: &Path) -> (Output, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let (out, err) = (dir.join("peak.out"), dir.join("peak.err"));
+    c.stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap());
+    // Reaped by wait4 below, which std's wait cannot stand in for.
+    #[allow(clippy::zombie_processes)]
+    let child = c.spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 on our own child's pid, with valid out-pointers.
+    #[allow(unsafe_code)]
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        assert_eq!(libc::wait4(pid, &raw mut status, 0, &raw mut ru), pid);
+        ru
+    };
+    let o = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: fs::read(&out).unwrap(),
+        stderr: fs::read(&err).unwrap(),
+    };
+    (o, u64::try_from(ru.ru_maxrss).unwrap() / 1024)
+}
+
+/// Issue 23, item 1: no byte of an unverified object is parsed beyond a
+/// small bound. Three hostile objects in a bucket: two whose archives
+/// open with a GNU long-name or PAX header claiming 1 GiB (followed by
+/// 256 MiB of `a`, a few KiB compressed; `tar` read such a body into
+/// memory at the size it claimed), and an unsigned 8 MiB entry. With
+/// trusted keys every one is refused on its head: the proxy sees only
+/// ranged GETs of them and the pull's peak memory stays far below what
+/// the headers claim. Without trusted keys the hostile archives are
+/// refused as corrupt within the same bound and nothing is imported.
+#[test]
+fn hostile_objects_are_refused_on_their_head_in_bounded_memory() {
+    let w = World::local();
+    let ci = w.key("ci");
+    let src = w.path("src");
+    let big: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    put_entry(&src, "longname", "1", &[("liba.rlib", b"a")]);
+    put_entry(&src, "pax", "1", &[("libb.rlib", b"b")]);
+    put_entry(&src, "large", "1", &[("libc.rlib", &big)]);
+    ok(&w.kache_trusting(&src, None, &["sync", "--push"], &[]));
+    let prefix = w.s3.prefix.clone();
+    fs::write(w.object_of(&prefix, "longname"), claiming_gib(b'L', 256)).unwrap();
+    fs::write(w.object_of(&prefix, "pax"), claiming_gib(b'x', 256)).unwrap();
+
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let pull = |cache: &Path, trusted: Option<&str>| {
+        let mut c = kache(cache);
+        w.s3.configure_at(&mut c, &proxy.endpoint);
+        c.env("KACHE_PROGRESS", "0")
+            .current_dir(w.tmp.path())
+            .args(["sync", "--pull", "--all"]);
+        if let Some(k) = trusted {
+            c.env("KACHE_TRUSTED_KEYS", k);
+        }
+        peak_mib(c, w.tmp.path())
+    };
+
+    let cache = w.path("trusting");
+    let (o, peak) = pull(&cache, Some(&ci.public));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(refused_lines(&o).len(), 3, "{}", show(&o));
+    assert!(entries(&cache).is_empty());
+    assert!(peak < 100, "peak {peak} MiB: {}", show(&o));
+    let gets: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(".tar.zst"))
+        .collect();
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    // The hostile archives are whole in their heads (64 KiB); the large
+    // entry is never read past its head.
+    assert!(
+        gets.iter().all(|s| s
+            .range
+            .as_deref()
+            .is_some_and(|r| r == "bytes=0-65535" || !s.path.contains("/large/"))),
+        "{gets:?}"
+    );
+
+    let cache = w.path("untrusting");
+    let (o, peak) = pull(&cache, None);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    for what in ["longname", "pax"] {
+        let line = stderr(&o)
+            .lines()
+            .find(|l| l.contains(&format!("/{what}/")))
+            .unwrap_or_default()
+            .to_string();
+        assert!(line.contains("corrupt object"), "{what}: {}", show(&o));
+    }
+    assert!(
+        stderr(&o).contains("claims 1073741824 bytes"),
+        "{}",
+        show(&o)
+    );
+    assert!(stderr(&o).contains("is not a regular file"), "{}", show(&o));
+    assert_eq!(crates(&cache), BTreeSet::from(["large".to_string()]));
+    assert!(peak < 100, "peak {peak} MiB: {}", show(&o));
+}
+
+/// The results (`local_hit`, `miss`, ...) of a build of `ws` through
+/// kache on `cache`, trusting `trusted`, and what the program prints.
+fn build_trusting(ws: &Path, cache: &Path, trusted: &str) -> (Vec<String>, String) {
+    let before = fs::read_to_string(cache.join("events.jsonl")).map_or(0, |s| s.lines().count());
+    let target = ws.with_file_name("target");
+    let mut c = cargo_through_kache(ws, &target, cache, &["build"]);
+    c.env("KACHE_TRUSTED_KEYS", trusted);
+    ok(&c.output().unwrap());
+    let results = fs::read_to_string(cache.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["result"].to_string())
+        .collect();
+    (results, run(&target))
+}
+
+/// Strips `pulled` from every manifest in `cache`, as every kache
+/// before provenance wrote pulled entries (and as a planted manifest
+/// would).
+fn forget_provenance(cache: &Path) {
+    for d in fs::read_dir(cache.join("entries")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            m.as_object_mut().unwrap().remove("pulled");
+            fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+        }
+    }
+}
+
+/// Issue 23, item 2: trust is enforced where the artifact is used. A
+/// build that trusts keys restores only what this machine compiled or
+/// what a key it trusts now signed: entries signed by a key dropped
+/// since, and pulled entries whose provenance was edited away, are
+/// compiled again (the program prints what plain cargo's prints) and
+/// replaced by what was compiled, which then serves hits.
+#[test]
+fn a_build_restores_only_its_own_or_what_a_key_it_trusts_now_signed() {
+    let w = World::local();
+    let (ci, old) = (w.key("ci"), w.key("ci-2025"));
+    let want = plain(&w);
+    let cache_a = w.path("cache-a");
+    assert_eq!(build_and_run(&w.fixture("trust", "a"), &cache_a), want);
+    let made = entries(&cache_a).len();
+    let prefix = |s: &str| format!("{}/{s}", w.s3.prefix);
+    let old_file = old.file.to_str().unwrap();
+    ok(&w.kache_trusting(
+        &cache_a,
+        Some(&prefix("old")),
+        &["sync", "--push"],
+        &[("KACHE_SIGNING_KEY_FILE", old_file)],
+    ));
+    ok(&w.kache_trusting(
+        &cache_a,
+        Some(&prefix("unsigned")),
+        &["sync", "--push"],
+        &[],
+    ));
+    let hits = |r: &[String]| r.iter().filter(|r| *r == "\"local_hit\"").count();
+
+    // Pulled signed by the old key, while it is trusted: hits.
+    let cache_b = w.path("cache-b");
+    let trusting_old = [("KACHE_TRUSTED_KEYS", old.public.as_str())];
+    ok(&w.kache_trusting(
+        &cache_b,
+        Some(&prefix("old")),
+        &["sync", "--pull", "--all"],
+        &trusting_old,
+    ));
+    let (r, out) = build_trusting(&w.fixture("trust", "b1"), &cache_b, &old.public);
+    assert_eq!((hits(&r), out.as_str()), (made, want.as_str()), "{r:?}");
+    // The old key dropped: nothing it signed is restored.
+    let (r, out) = build_trusting(&w.fixture("trust", "b2"), &cache_b, &ci.public);
+    assert_eq!((hits(&r), out.as_str()), (0, want.as_str()), "{r:?}");
+    // What was compiled instead serves the next build.
+    let (r, out) = build_trusting(&w.fixture("trust", "b3"), &cache_b, &ci.public);
+    assert_eq!((hits(&r), out.as_str()), (made, want.as_str()), "{r:?}");
+
+    // Pulled unverified, the provenance edited away: not restored.
+    let cache_c = w.path("cache-c");
+    ok(&w.kache_trusting(
+        &cache_c,
+        Some(&prefix("unsigned")),
+        &["sync", "--pull", "--all"],
+        &[],
+    ));
+    forget_provenance(&cache_c);
+    let (r, out) = build_trusting(&w.fixture("trust", "c1"), &cache_c, &ci.public);
+    assert_eq!((hits(&r), out.as_str()), (0, want.as_str()), "{r:?}");
+    // Without trusted keys the same store serves them.
+    let cache_d = w.path("cache-d");
+    ok(&w.kache_trusting(
+        &cache_d,
+        Some(&prefix("unsigned")),
+        &["sync", "--pull", "--all"],
+        &[],
+    ));
+    assert_eq!(build_and_run(&w.fixture("trust", "d1"), &cache_d), want);
+    let ev = fs::read_to_string(cache_d.join("events.jsonl")).unwrap();
+    assert_eq!(ev.matches("\"local_hit\"").count(), made, "{ev}");
 }

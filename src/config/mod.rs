@@ -196,6 +196,9 @@ pub(crate) struct WrapperConfig {
     pub(crate) inputs: BTreeMap<String, CrateInputs>,
     /// A read-only runner records no uploads for the daemon.
     pub(crate) read_only: bool,
+    /// Restore only entries compiled here or signed by one of these (see
+    /// `trust::usable`); the daemon fetches for this build with them.
+    pub(crate) trusted: Vec<crate::trust::TrustedKey>,
 }
 
 impl WrapperConfig {
@@ -224,6 +227,7 @@ impl WrapperConfig {
             never_cache: c.never_cache.value,
             inputs: c.inputs.value,
             read_only: c.read_only.value,
+            trusted: c.trusted_keys.value,
         })
     }
 }

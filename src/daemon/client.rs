@@ -111,6 +111,7 @@ pub(crate) fn remote_fetch(
             .filter(|v| crate::store::entry::valid_component(v)),
         toolchain,
         wait_ms: crate::units::millis(cfg.daemon_wait),
+        trusted: cfg.trusted.iter().map(ToString::to_string).collect(),
     };
     let _ = s.set_write_timeout(Some(cfg.daemon_wait));
     if send(&mut s, &req).is_err() {
@@ -434,6 +435,7 @@ mod tests {
             never_cache: Vec::new(),
             inputs: std::collections::BTreeMap::new(),
             read_only: false,
+            trusted: Vec::new(),
         };
         let n = 2000u32;
         let key = |i: u32| CacheKey::of(&blake3::hash(&i.to_le_bytes()));

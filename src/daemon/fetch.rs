@@ -30,9 +30,37 @@ use crate::store::CrateName;
 use crate::transfer::plan::{self, PullFilter};
 use crate::transfer::report::Outcome;
 use crate::transfer::{self, Pull};
+use crate::trust::{Policy, TrustedKey};
 
 /// A crate fetched this recently is not listed again.
 const FRESH: Duration = Duration::from_secs(30);
+
+/// Most refusals remembered (then forgotten all at once).
+const MAX_REFUSALS: usize = 100_000;
+
+/// A build's request for a crate's remote entries.
+pub(super) struct Ask<'a> {
+    /// The remote it uses (the daemon serves only its own).
+    pub(super) remote: &'a str,
+    pub(super) crate_name: &'a CrateName,
+    /// Its workspace, whose Cargo.lock is prefetched.
+    pub(super) workspace: Option<String>,
+    pub(super) version: Option<&'a str>,
+    /// How long it waits.
+    pub(super) wait_ms: u64,
+    pub(super) trust: Trust,
+}
+
+/// The trusted keys of the build that asked (none: nothing is verified).
+pub(super) type Trust = Arc<Vec<TrustedKey>>;
+
+/// The trusted keys as one string: fetches for builds that trust the
+/// same keys are shared, and refusals are remembered by it.
+fn trust_id(t: &[TrustedKey]) -> String {
+    let mut keys: Vec<String> = t.iter().map(ToString::to_string).collect();
+    keys.sort();
+    keys.join(",")
+}
 
 #[derive(Default)]
 struct Slot {
@@ -57,6 +85,9 @@ pub(super) struct Fetches {
     pub(super) misses: AtomicU64,
     /// Remote entries refused: not signed by a trusted key.
     pub(super) refused: AtomicU64,
+    /// The entries refused, by the trusted keys they were refused for
+    /// (see `Trust::id`): not downloaded again for those keys.
+    refusals: Mutex<HashSet<(String, plan::EntryId)>>,
     pub(super) entries_fetched: AtomicU64,
 }
 
@@ -73,17 +104,16 @@ impl Fetches {
         lock(&self.slots).clear();
     }
 
-    /// Answers a build's request for `crate_name` from the remote named
-    /// `remote`, waiting at most `wait_ms` for a fetch.
-    pub(super) fn request(
-        self: &Arc<Self>,
-        sh: &Arc<Shared>,
-        remote: &str,
-        crate_name: &CrateName,
-        workspace: Option<String>,
-        version: Option<&str>,
-        wait_ms: u64,
-    ) -> FetchReply {
+    /// Answers a build's request (see [`Ask`]).
+    pub(super) fn request(self: &Arc<Self>, sh: &Arc<Shared>, ask: Ask<'_>) -> FetchReply {
+        let Ask {
+            remote,
+            crate_name,
+            workspace,
+            version,
+            wait_ms,
+            trust,
+        } = ask;
         let live = sh.live();
         if remote != live.id {
             add(&self.misses, 1);
@@ -94,10 +124,10 @@ impl Fetches {
             };
         }
         if let Some(w) = workspace {
-            self.prefetch(sh, &live, Path::new(&w));
+            self.prefetch(sh, &live, Path::new(&w), &trust);
         }
         let wait = Duration::from_millis(wait_ms);
-        let res = self.fetch_crate(sh, &live, crate_name, version, wait);
+        let res = self.fetch_crate(sh, &live, crate_name, version, wait, &trust);
         let entries = lock(&live.fetched).get(crate_name).copied().unwrap_or(0);
         add(
             if entries > 0 {
@@ -116,7 +146,7 @@ impl Fetches {
 
     /// The first request from a workspace pulls the crates of its
     /// Cargo.lock in the background (once per Cargo.lock version).
-    fn prefetch(self: &Arc<Self>, sh: &Arc<Shared>, live: &Arc<Live>, dir: &Path) {
+    fn prefetch(self: &Arc<Self>, sh: &Arc<Shared>, live: &Arc<Live>, dir: &Path, trust: &Trust) {
         let Some(lock_path) = lockfile::find_from(dir) else {
             return;
         };
@@ -125,6 +155,7 @@ impl Fetches {
             return;
         }
         let (me, sh, lv) = (Arc::clone(self), Arc::clone(sh), Arc::clone(live));
+        let trust = Arc::clone(trust);
         let _ = std::thread::Builder::new()
             .name("kache-prefetch".into())
             .spawn(move || {
@@ -142,7 +173,7 @@ impl Fetches {
                 let t0 = Instant::now();
                 sh.pool.install(|| {
                     crates.par_iter().with_max_len(1).for_each(|(c, v)| {
-                        let _ = me.fetch_crate(&sh, &lv, c, Some(v), Duration::MAX);
+                        let _ = me.fetch_crate(&sh, &lv, c, Some(v), Duration::MAX, &trust);
                     });
                 });
                 log(&format!(
@@ -165,11 +196,14 @@ impl Fetches {
         crate_name: &CrateName,
         version: Option<&str>,
         wait: Duration,
+        trust: &Trust,
     ) -> Result<(), String> {
         let slot_key = match version {
             Some(v) => format!("{crate_name}@{v}"),
             None => crate_name.to_string(),
         };
+        // Builds trusting other keys do not share a fetch.
+        let slot_key = format!("{slot_key} {}", trust_id(trust));
         let asked = Instant::now();
         let mine = asked.checked_add(wait);
         {
@@ -221,7 +255,7 @@ impl Fetches {
             }
         }
         let t0 = Instant::now();
-        let res = self.fetch_now(sh, live, crate_name, version);
+        let res = self.fetch_now(sh, live, crate_name, version, trust);
         {
             let mut slots = lock(&self.slots);
             let slot = slots.entry(slot_key).or_default();
@@ -250,6 +284,7 @@ impl Fetches {
         live: &Live,
         crate_name: &CrateName,
         version: Option<&str>,
+        trust: &Trust,
     ) -> Result<(), String> {
         let remote = sh.remote(live, true);
         let prefix = layout::crate_prefix(&live.prefix, crate_name);
@@ -263,13 +298,21 @@ impl Fetches {
                 (Instant::now(), keys.keys().cloned().collect()),
             );
         }
-        let local: HashSet<plan::EntryId> = sh
+        let tid = trust_id(trust);
+        let mut local: HashSet<plan::EntryId> = sh
             .store
             .list_crate(crate_name)
             .map_err(|e| format!("{e:#}"))?
             .into_iter()
             .map(|e| (e.crate_name, e.key))
             .collect();
+        // Refused before for these keys: planned as if present.
+        local.extend(
+            lock(&self.refusals)
+                .iter()
+                .filter(|(t, (c, _))| *t == tid && c == crate_name)
+                .map(|(_, id)| id.clone()),
+        );
         let filter = PullFilter {
             crates: Some(std::iter::once(crate_name.to_string()).collect()),
             versions: version.map(|v| {
@@ -281,7 +324,14 @@ impl Fetches {
             }),
             toolchain: lock(&self.toolchain).clone(),
         };
-        let ctx = live.ctx(&sh.store, &remote);
+        // Verified against the asking build's keys, whoever started the
+        // daemon; the restore checks them again (`trust::usable`).
+        let policy = Policy {
+            signer: None,
+            trusted: trust.to_vec(),
+        };
+        let mut ctx = live.ctx(&sh.store, &remote);
+        ctx.trust = &policy;
         let pull = Pull {
             pool: &sh.pool,
             ctx: &ctx,
@@ -302,6 +352,12 @@ impl Fetches {
                     // compiles what was refused.
                     Outcome::Refused(t, m) => {
                         add(&self.refused, 1);
+                        let mut r = lock(&self.refusals);
+                        if r.len() >= MAX_REFUSALS {
+                            r.clear();
+                        }
+                        r.insert((tid.clone(), (t.crate_name.clone(), t.key.clone())));
+                        drop(r);
                         log(&format!(
                             "remote hit {}/{} {m}",
                             t.crate_name,

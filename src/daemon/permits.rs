@@ -72,9 +72,13 @@ impl Remote for Bounded<'_> {
         let _p = self.permits.acquire(self.high);
         self.inner.list(prefix)
     }
-    fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
+    fn get(&self, name: &str, dest: &Path, max: u64) -> Result<u64, RemoteError> {
         let _p = self.permits.acquire(self.high);
-        self.inner.get(name, dest)
+        self.inner.get(name, dest, max)
+    }
+    fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
+        let _p = self.permits.acquire(self.high);
+        self.inner.get_head(name, n)
     }
     fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError> {
         let _p = self.permits.acquire(self.high);

@@ -18,6 +18,9 @@ use crate::store::{CacheKey, CrateName};
 /// The longest request or reply line, in bytes.
 pub(crate) const MAX_LINE: u64 = 16 * 1024;
 
+/// Most trusted keys a fetch may name.
+const MAX_TRUSTED: usize = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
@@ -48,6 +51,11 @@ pub(crate) enum Request {
         #[serde(default)]
         toolchain: Option<String>,
         wait_ms: u64,
+        /// The asking build's trusted keys (`NAME:BASE64`): what the
+        /// daemon imports for it is verified against these, whoever
+        /// started the daemon.
+        #[serde(default)]
+        trusted: Vec<String>,
     },
     Status,
     /// Upload what is pending (at most `timeout_ms`), reply, exit.
@@ -72,9 +80,17 @@ impl Request {
                 workspace,
                 version,
                 toolchain,
+                trusted,
                 ..
             } => {
                 entry(remote)?;
+                if trusted.len() > MAX_TRUSTED
+                    || trusted
+                        .iter()
+                        .any(|k| crate::trust::parse_trusted(k).is_err())
+                {
+                    return Err("bad trusted keys".to_string());
+                }
                 for (what, v) in [("version", version), ("toolchain", toolchain)] {
                     if v.as_deref()
                         .is_some_and(|v| !crate::store::entry::valid_component(v))

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::fetch::Fetches;
+use super::fetch::{Ask, Fetches};
 use super::protocol::{self, Request, Status};
 use super::shared::{Live, Shared, get};
 use super::upload::Uploads;
@@ -230,15 +230,24 @@ fn handle(d: &Daemon, mut s: UnixStream) {
             version,
             toolchain,
             wait_ms,
+            trusted,
         } => {
             d.fetches.set_toolchain(toolchain);
+            // Checked by `validate`.
+            let trusted = trusted
+                .iter()
+                .filter_map(|k| crate::trust::parse_trusted(k).ok())
+                .collect();
             let r = d.fetches.request(
                 &d.shared,
-                &remote,
-                &crate_name,
-                workspace,
-                version.as_deref(),
-                wait_ms,
+                Ask {
+                    remote: &remote,
+                    crate_name: &crate_name,
+                    workspace,
+                    version: version.as_deref(),
+                    wait_ms,
+                    trust: Arc::new(trusted),
+                },
             );
             reply(&mut s, &r);
         }

@@ -98,6 +98,14 @@ impl fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
+/// The message for an object larger than it was listed (replaced since,
+/// or a hostile server): nothing past the listed size is read.
+pub(crate) fn larger(got: u64, listed: u64) -> String {
+    format!(
+        "the object is larger than the {listed} bytes it was listed at ({got}); not read further"
+    )
+}
+
 /// One listed object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Listed {
@@ -113,8 +121,10 @@ pub(crate) trait Remote: Send + Sync {
     /// Every object whose name starts with `prefix` (all pages).
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, RemoteError>;
     /// Downloads object `name` into a new file at `dest`; returns its size.
-    /// On error `dest` may hold a partial download; the caller removes it.
-    fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError>;
+    /// No more than `max` bytes (the size it was listed at) are read: a
+    /// larger object is an error. On error `dest` may hold a partial
+    /// download; the caller removes it.
+    fn get(&self, name: &str, dest: &Path, max: u64) -> Result<u64, RemoteError>;
     /// Uploads the file at `src` (of `len` bytes) as object `name`.
     fn put(&self, name: &str, src: &Path, len: u64) -> Result<(), RemoteError>;
     /// `s3://bucket/...` style description of an object, for messages.
@@ -229,9 +239,27 @@ pub(crate) mod dir {
             Ok(out)
         }
 
-        fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
+        fn get(&self, name: &str, dest: &Path, max: u64) -> Result<u64, RemoteError> {
             self.enter(name)?;
             let r = std::fs::copy(self.root.join(name), dest)
+                .map_err(|e| RemoteError::new(ErrorKind::NotFound, e.to_string()))
+                .and_then(|n| {
+                    if n > max {
+                        Err(RemoteError::new(ErrorKind::Other, super::larger(n, max)))
+                    } else {
+                        Ok(n)
+                    }
+                });
+            self.leave();
+            r
+        }
+        fn get_head(&self, name: &str, n: u64) -> Result<Vec<u8>, RemoteError> {
+            self.enter(name)?;
+            let r = std::fs::read(self.root.join(name))
+                .map(|mut b| {
+                    b.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+                    b
+                })
                 .map_err(|e| RemoteError::new(ErrorKind::NotFound, e.to_string()));
             self.leave();
             r

@@ -415,12 +415,18 @@ impl Remote for S3Remote {
         })
     }
 
-    fn get(&self, name: &str, dest: &Path) -> Result<u64, RemoteError> {
+    fn get(&self, name: &str, dest: &Path, max: u64) -> Result<u64, RemoteError> {
         self.retrying(|| {
             let mut resp = self.get_response(name, None)?;
             let expected = resp.body().content_length();
+            if let Some(exp) = expected
+                && exp > max
+            {
+                return Err(RemoteError::new(ErrorKind::Other, super::larger(exp, max)));
+            }
             let mut f = File::create(dest).map_err(|e| local_error(dest, &e))?;
-            let mut r = resp.body_mut().as_reader();
+            // One byte past the listed size tells a larger object.
+            let mut r = resp.body_mut().as_reader().take(max.saturating_add(1));
             // Not io::copy: a failed read (the network) is retried, a
             // failed write (the local disk) is not.
             let mut buf = vec![0u8; 256 * 1024];
@@ -440,6 +446,9 @@ impl Remote for S3Remote {
                 f.write_all(&buf[..got])
                     .map_err(|e| local_error(dest, &e))?;
                 n += got as u64;
+                if n > max {
+                    return Err(RemoteError::new(ErrorKind::Other, super::larger(n, max)));
+                }
             }
             f.flush().map_err(|e| local_error(dest, &e))?;
             if let Some(exp) = expected

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::entry::{Origin, Pulled};
+use super::tarread::Reader;
 use super::{CacheKey, CrateName, ENTRY_VERSION, Entry, Store, now_secs, write_hashed};
 use crate::trust::{self, SigningKey, TrustedKey};
 
@@ -244,15 +245,57 @@ impl<W: Write> Write for CountingWriter<W> {
 /// first member); `None` if they do not hold all of it.
 pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
     let dec = zstd::Decoder::new(trust::skip_frame(head)).ok()?;
-    let mut ar = tar::Archive::new(dec);
-    let mut first = ar.entries().ok()?.next()?.ok()?;
-    if first.path_bytes().as_ref() != b"manifest.json" || first.header().size().ok()? > MAX_MANIFEST
-    {
-        return None;
-    }
-    let mut json = Vec::new();
-    first.read_to_end(&mut json).ok()?;
+    let json = read_manifest(&mut Reader::new(dec)).ok()?;
     serde_json::from_slice(&json).ok()
+}
+
+/// The bytes of the manifest, the first member of an archive: at most
+/// `MAX_MANIFEST` of them are read.
+fn read_manifest(ar: &mut Reader<impl Read>) -> Result<Vec<u8>> {
+    let first = ar.next()?.ok_or_else(|| anyhow!("empty archive"))?;
+    if first.name != b"manifest.json" {
+        bail!("archive does not start with manifest.json");
+    }
+    if first.size > MAX_MANIFEST {
+        bail!("manifest larger than {MAX_MANIFEST} bytes");
+    }
+    let mut buf = Vec::new();
+    ar.read_to_end(&mut buf).context("corrupt archive")?;
+    Ok(buf)
+}
+
+/// With trusted keys, what the first bytes of an object (`head`) tell:
+/// `Err` if it is not signed by a trusted key for this name, `Ok(true)`
+/// if it is, `Ok(false)` if they do not hold the whole manifest (the
+/// full archive is checked by `unpack` before anything is staged).
+pub(crate) fn check_head(
+    head: &[u8],
+    crate_name: &CrateName,
+    key: &CacheKey,
+    check: &Check<'_>,
+) -> std::result::Result<bool, trust::Refused> {
+    let id = Origin::identity(check.origin, crate_name, key);
+    let Ok((frame, rest)) = trust::read_frame(head) else {
+        return Ok(false);
+    };
+    if !matches!(frame, trust::Frame::Signed { .. }) {
+        // No signature (or a malformed one): refused whatever follows.
+        trust::verify(check.trusted, &frame, &id, "")?;
+        return Ok(false);
+    }
+    let Ok(json) = zstd::Decoder::new(rest)
+        .map_err(anyhow::Error::from)
+        .and_then(|dec| read_manifest(&mut Reader::new(dec)))
+    else {
+        return Ok(false);
+    };
+    trust::verify(
+        check.trusted,
+        &frame,
+        &id,
+        blake3::hash(&json).to_hex().as_str(),
+    )?;
+    Ok(true)
 }
 
 /// Checks the archive read from `r` and imports it as `crate_name/key`.
@@ -285,36 +328,20 @@ fn unpack_staged(
 ) -> Result<Unpacked> {
     let (frame, r) = trust::read_frame(r).context("corrupt archive")?;
     let dec = zstd::Decoder::new(r).context("not a zstd stream")?;
-    let mut ar = tar::Archive::new(dec);
-    let mut members = ar.entries().context("not a tar archive")?;
-
-    let first = members
-        .next()
-        .ok_or_else(|| anyhow!("empty archive"))?
-        .context("corrupt archive")?;
-    check_regular(&first)?;
-    if first.path_bytes().as_ref() != b"manifest.json" {
-        bail!("archive does not start with manifest.json");
-    }
-    if first.header().size()? > MAX_MANIFEST {
-        bail!("manifest larger than {MAX_MANIFEST} bytes");
-    }
-    let mut buf = Vec::new();
-    first
-        .take(MAX_MANIFEST + 1)
-        .read_to_end(&mut buf)
-        .context("corrupt archive")?;
-    let mut entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
+    let mut ar = Reader::new(dec);
+    let buf = read_manifest(&mut ar)?;
     let signed_by = if check.trusted.is_empty() {
         None
     } else {
-        // Before anything is staged, and bound to the name the object
-        // was found under, not to what its manifest claims.
+        // Before the manifest is parsed or anything staged, and bound to
+        // the name the object was found under, not to what its manifest
+        // claims.
         let id = Origin::identity(check.origin, crate_name, key);
         let hash = blake3::hash(&buf).to_hex();
         let k = trust::verify(check.trusted, &frame, &id, hash.as_str())?;
         Some(k.to_string())
     };
+    let mut entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
     check_manifest(&entry, crate_name, key)?;
     // The archive's own claim, if any, is replaced by what was checked.
     entry.pulled = Some(Pulled {
@@ -329,14 +356,14 @@ fn unpack_staged(
         .map(|(i, f)| (f.name.as_str(), i))
         .collect();
     let mut staged: Vec<Option<PathBuf>> = vec![None; entry.files.len()];
-    for m in members {
-        let m = m.context("corrupt archive")?;
-        check_regular(&m)?;
-        let path = m.path_bytes().into_owned();
-        let name = path
+    // Every member must be a file the manifest names, once, at the
+    // manifest's size: what is read is bounded by the manifest.
+    while let Some(m) = ar.next()? {
+        let name = m
+            .name
             .strip_prefix(b"files/")
             .and_then(|n| std::str::from_utf8(n).ok())
-            .ok_or_else(|| anyhow!("unexpected member `{}`", String::from_utf8_lossy(&path)))?;
+            .ok_or_else(|| anyhow!("unexpected member `{}`", m.name_lossy()))?;
         let &i = wanted
             .get(name)
             .ok_or_else(|| anyhow!("member `{name}` is not in the manifest"))?;
@@ -344,11 +371,11 @@ fn unpack_staged(
             bail!("member `{name}` appears twice");
         }
         let rec = &entry.files[i];
-        if m.header().size()? != rec.size {
+        if m.size != rec.size {
             bail!("member `{name}` size differs from the manifest");
         }
         let dst = staging.join(format!("{i}"));
-        let (hash, size) = write_hashed(m, &dst, Some(rec.size))
+        let (hash, size) = write_hashed(&mut ar, &dst, Some(rec.size))
             .with_context(|| format!("cannot extract `{name}`"))?;
         if size != rec.size {
             bail!(
@@ -381,17 +408,6 @@ fn unpack_staged(
     } else {
         Ok(Unpacked::AlreadyPresent)
     }
-}
-
-fn check_regular<R: Read>(m: &tar::Entry<'_, R>) -> Result<()> {
-    let t = m.header().entry_type();
-    if !(t.is_file() || t == tar::EntryType::Continuous) {
-        bail!(
-            "member `{}` is not a regular file ({t:?})",
-            String::from_utf8_lossy(&m.path_bytes())
-        );
-    }
-    Ok(())
 }
 
 fn check_manifest(e: &Entry, crate_name: &str, key: &str) -> Result<()> {
@@ -581,6 +597,28 @@ mod tests {
         let mut out = Vec::new();
         pack(&s2, &e.crate_name, &e.key, &mut out, 3, None).unwrap();
         assert!(peek_manifest(&out).unwrap().pulled.is_none());
+    }
+
+    #[test]
+    fn a_head_tells_refused_verified_or_not_yet() {
+        let (_d, s, e) = store_with_entry();
+        let (secret, public) = crate::trust::generate("ci").unwrap();
+        let key = SigningKey::parse(&secret, "test").unwrap();
+        let mut signed = Vec::new();
+        pack(&s, &e.crate_name, &e.key, &mut signed, 3, Some(&key)).unwrap();
+        let trusted = vec![crate::trust::parse_trusted(&public).unwrap()];
+        let check = Check {
+            trusted: &trusted,
+            origin: None,
+        };
+        let head = |b: &[u8]| check_head(b, &e.crate_name, &e.key, &check);
+        assert!(head(&signed).unwrap());
+        // Cut before the manifest ends: undecided.
+        let frame = signed.len() - trust::skip_frame(&signed).len();
+        assert_eq!(head(&signed[..frame + 20]).ok(), Some(false));
+        assert!(head(&packed(&s, &e)[..10]).is_err(), "unsigned");
+        let other = crate::store::ids::test::key(&"9".repeat(64));
+        assert!(check_head(&signed, &e.crate_name, &other, &check).is_err());
     }
 
     #[test]

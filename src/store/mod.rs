@@ -50,6 +50,7 @@ pub(crate) mod gc;
 pub(crate) mod ids;
 pub(crate) mod pending;
 mod sys;
+mod tarread;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -539,6 +540,17 @@ impl Store {
     ) -> bool {
         fs::read_to_string(self.built_path(crate_name, key))
             .is_ok_and(|h| h.trim() == blake3::hash(manifest).to_hex().as_str())
+    }
+
+    /// Puts `entry` in place of the manifest of the same key (one a build
+    /// may not use: pulled unverified or signed by a key no longer
+    /// trusted), atomically; the blobs must be in place.
+    pub(crate) fn replace(&self, entry: &Entry) -> Result<()> {
+        entry
+            .validate(&entry.crate_name, &entry.key)
+            .context("refusing to publish entry")?;
+        let dst = self.entry_path(&entry.crate_name, &entry.key);
+        self.write_atomic("entry", &dst, &serde_json::to_vec(entry)?)
     }
 
     /// Removes an entry's manifest (its blobs go at the next gc).

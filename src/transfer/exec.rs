@@ -115,9 +115,37 @@ fn pull_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
     res.unwrap_or_else(|o| o)
 }
 
+/// With trusted keys, how much of an object is read first: its
+/// signature is checked on these bytes before the rest is fetched.
+const HEAD: u64 = 64 << 10;
+
 fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outcome, Outcome> {
     let what = format!("cannot download {}", ctx.remote.describe(name));
-    let n = match ctx.remote.get(name, tmp) {
+    let parsed = layout::parse(ctx.prefix, name);
+    let check = archive::Check {
+        trusted: &ctx.trust.trusted,
+        origin: parsed.as_ref().and_then(|p| p.origin.as_ref()),
+    };
+    if !check.trusted.is_empty() {
+        match ctx.remote.get_head(name, HEAD.min(t.size)) {
+            Ok(head) => {
+                if let Err(r) = archive::check_head(&head, &t.crate_name, &t.key, &check) {
+                    return Err(Outcome::Refused(t.clone(), format!("refused: {r}")));
+                }
+                // A small object is all in its head: no second request.
+                if head.len() as u64 == t.size {
+                    return import(ctx, t, name, &head[..], &check, t.size);
+                }
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Ok(Outcome::Skipped(t.clone(), "vanished remotely"));
+            }
+            // Not offered: the whole object is verified before staging.
+            Err(e) if e.kind == ErrorKind::Unsupported => {}
+            Err(e) => return Err(failure(t.clone(), &what, &e)),
+        }
+    }
+    let n = match ctx.remote.get(name, tmp, t.size) {
         Ok(n) => n,
         // Deleted since it was listed (a lifecycle rule, a cleanup).
         Err(e) if e.kind == ErrorKind::NotFound => {
@@ -128,12 +156,19 @@ fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
     let file = File::open(tmp)
         .map_err(|e| Outcome::Failed(t.clone(), format!("cannot read {}: {e}", tmp.display())))?;
     let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-    let parsed = layout::parse(ctx.prefix, name);
-    let check = archive::Check {
-        trusted: &ctx.trust.trusted,
-        origin: parsed.as_ref().and_then(|p| p.origin.as_ref()),
-    };
-    match archive::unpack(ctx.store, &t.crate_name, &t.key, reader, &check) {
+    import(ctx, t, name, reader, &check, n)
+}
+
+/// Unpacks the downloaded object (`n` bytes) into the store.
+fn import(
+    ctx: &Ctx<'_>,
+    t: &Transfer,
+    name: &str,
+    reader: impl std::io::Read,
+    check: &archive::Check<'_>,
+    n: u64,
+) -> Result<Outcome, Outcome> {
+    match archive::unpack(ctx.store, &t.crate_name, &t.key, reader, check) {
         Ok(Unpacked::Imported(_)) => Ok(Outcome::Done(t.clone(), n)),
         Ok(Unpacked::AlreadyPresent) => Ok(Outcome::Skipped(t.clone(), "appeared locally")),
         Err(e) if e.is::<Refused>() => Err(Outcome::Refused(t.clone(), format!("refused: {e}"))),
@@ -328,10 +363,14 @@ pub(super) mod tests {
 
         let s2 = Store::open(&d.path().join("store2")).unwrap();
         let ctx2 = ctx_on(&s2, &remote);
+        // A pull's size is the object's, as listed.
         let pulls: Vec<Transfer> = ts
             .iter()
             .map(|t| Transfer {
                 dir: Direction::Pull,
+                size: fs::metadata(d.path().join("bucket").join(&t.object))
+                    .unwrap()
+                    .len(),
                 ..t.clone()
             })
             .collect();
@@ -340,9 +379,26 @@ pub(super) mod tests {
         assert_eq!(s2.list().unwrap().len(), 12);
         // Already there: skipped without a request.
         let before = remote.requests.load(Ordering::SeqCst);
-        let out = run_all(&ctx2, &pool(3), pulls);
+        let out = run_all(&ctx2, &pool(3), pulls.clone());
         assert!(out.iter().all(|o| matches!(o, Outcome::Skipped(..))));
         assert_eq!(remote.requests.load(Ordering::SeqCst), before);
+
+        // An object larger than it was listed is not imported.
+        let s3 = Store::open(&d.path().join("store3")).unwrap();
+        let short: Vec<Transfer> = pulls
+            .iter()
+            .map(|t| Transfer {
+                size: t.size - 1,
+                ..t.clone()
+            })
+            .collect();
+        let out = run_all(&ctx_on(&s3, &remote), &pool(3), short);
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, Outcome::Failed(_, m) if m.contains("larger than the"))),
+            "{out:?}"
+        );
+        assert!(s3.list().unwrap().is_empty());
     }
 
     #[test]

@@ -148,7 +148,7 @@ mod tests {
         fn list(&self, _: &str) -> Result<Vec<Listed>, RemoteError> {
             unreachable!("only heads are read")
         }
-        fn get(&self, _: &str, _: &Path) -> Result<u64, RemoteError> {
+        fn get(&self, _: &str, _: &Path, _: u64) -> Result<u64, RemoteError> {
             unreachable!("only heads are read")
         }
         fn put(&self, _: &str, _: &Path, _: u64) -> Result<(), RemoteError> {

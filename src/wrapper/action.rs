@@ -235,7 +235,9 @@ fn lookup<'a, A: Action<'a>>(a: &A, base: &CacheKey) -> Option<Entry> {
             continue;
         };
         match ctx.store.get(&ctx.crate_name, &full) {
-            Ok(Some(e)) if a.fits(&e) => return Some(e),
+            Ok(Some(e)) if a.fits(&e) && crate::trust::usable(ctx.store, &e, &ctx.cfg.trusted) => {
+                return Some(e);
+            }
             Ok(_) => {}
             // A manifest proven corrupt: drop it so this run can replace
             // it. An I/O error (EMFILE, EIO) leaves it alone.
@@ -422,6 +424,15 @@ impl<'a> Ctx<'a> {
     /// logs the stored miss with its key's inputs.
     pub(crate) fn publish(&self, entry: &Entry, label: &str) -> Result<()> {
         if self.store.publish(entry)? {
+            self.store.mark_built(entry);
+        } else if !self.cfg.trusted.is_empty()
+            && let Ok(Some(old)) = self.store.get(&entry.crate_name, &entry.key)
+            && !crate::trust::usable(self.store, &old, &self.cfg.trusted)
+        {
+            // What this build would not restore (pulled unverified, or
+            // signed by a key no longer trusted) gives way to what it
+            // compiled.
+            self.store.replace(entry)?;
             self.store.mark_built(entry);
         }
         crate::daemon::client::after_store(self.cfg, self.store, &self.crate_name, &entry.key);

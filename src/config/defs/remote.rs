@@ -345,8 +345,8 @@ pub(crate) const TRUSTED_KEYS: Def = Def {
     file: true,
     form: "a list of keys such as [\"ci:BASE64\"]",
     default: "none (entries not verified)",
-    help: "public keys `name:base64`, comma-separated (a list in the file): pulls and remote hits import only entries one of them signed",
-    readers: Readers::Commands,
+    help: "public keys `name:base64`, comma-separated (a list in the file): pulls and remote hits import only entries one of them signed, and a build restores only those and its own",
+    readers: Readers::Wrapper,
     load: |d, i, c| {
         let file = i.typed::<Vec<String>>(d)?;
         // Set, it must name a key: an empty value (a secret missing on a
