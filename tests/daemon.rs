@@ -730,3 +730,81 @@ fn sync_push_clears_upload_markers() {
     assert_eq!(pending(&cache), 0);
     assert_eq!(w.bucket_entries().len(), n);
 }
+
+/// Issue 23: the wrapper talks only to a daemon of its own user. A
+/// listener run as uid 65534 (a thread of this test that dropped to that
+/// uid alone), its socket linked into the build's store as a neighbour
+/// who could write there would plant it: the build tells it nothing
+/// (without the check it was sent each crate's name and the remote) and
+/// builds as without a daemon.
+#[test]
+fn the_wrapper_never_talks_to_a_daemon_of_another_uid() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    fs::set_permissions(w.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = w.path("nobody");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let sock = home.join("sock");
+    let (heard, stop) = (
+        Arc::new(Mutex::new(Vec::<String>::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (h, st, path) = (heard.clone(), stop.clone(), sock.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener = std::thread::spawn(move || {
+        // SAFETY: a raw setresuid changes this thread's credentials only
+        // (the kernel's are per thread; glibc's wrapper would change
+        // every thread's); it takes plain integers.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(rc, 0);
+        let l = UnixListener::bind(&path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        while !st.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut line = String::new();
+                    // A connection is made (the peer is known only
+                    // then) and closed without a word.
+                    let _ = BufReader::new(&s).read_line(&mut line);
+                    if !line.is_empty() {
+                        h.lock().unwrap().push(line);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+
+    let cache = w.path("cache");
+    fs::create_dir_all(cache.join("daemon")).unwrap();
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(cache.join("daemon"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::hard_link(&sock, cache.join("daemon/sock")).unwrap();
+    let ws = w.fixture("ws", "a");
+    let o = w
+        .build(
+            &ws,
+            &cache,
+            &ep,
+            &[("KACHE_DAEMON_AUTOSTART", "0"), ("KACHE_DAEMON_WAIT", "2s")],
+        )
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    listener.join().unwrap();
+    ok(&o);
+    assert!(!results(&cache).is_empty());
+    let heard = heard.lock().unwrap();
+    assert!(heard.is_empty(), "told another uid's daemon: {heard:?}");
+}

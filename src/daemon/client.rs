@@ -163,7 +163,7 @@ fn connect(cfg: &WrapperConfig, store: &Store) -> Option<UnixStream> {
         return None;
     }
     let p = paths(store.root());
-    if let Ok(s) = UnixStream::connect(&p.sock) {
+    if let Ok(s) = dial(&p.sock) {
         Some(s)
     } else {
         ABSENT.store(true, Ordering::Relaxed);
@@ -223,11 +223,29 @@ fn spawn_detached(root: &Path) -> Result<std::process::Child> {
         .context("cannot start kache daemon")
 }
 
+/// Connects to the daemon's socket, if this user's process serves it:
+/// a socket another user's process listens on (planted, or moved into
+/// the store) is never told what is built or asked for an entry.
+fn dial(sock: &Path) -> std::io::Result<UnixStream> {
+    let s = UnixStream::connect(sock)?;
+    let uid = super::peer::peer_uid(&s)?;
+    if uid != crate::store::euid() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {uid}, not by this user",
+                sock.display()
+            ),
+        ));
+    }
+    Ok(s)
+}
+
 /// One request, one reply line, within `timeout`.
 fn ask(root: &Path, req: &Request, timeout: Duration) -> Result<String> {
     let p = paths(root);
-    let mut s = UnixStream::connect(&p.sock)
-        .with_context(|| format!("no daemon answers on {}", p.sock.display()))?;
+    let mut s =
+        dial(&p.sock).with_context(|| format!("no daemon answers on {}", p.sock.display()))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     send(&mut s, req)?;
@@ -308,7 +326,7 @@ pub(crate) fn stop(cfg: &Config, timeout: &str) -> Result<ExitCode> {
         t + Duration::from_secs(30),
     ) {
         Ok(l) => l,
-        Err(_) if UnixStream::connect(&p.sock).is_err() => {
+        Err(_) if dial(&p.sock).is_err() => {
             let left = cfg
                 .remote_identity()
                 .map_or(0, |id| pending_markers(&pending_dir(root, &id)).len());

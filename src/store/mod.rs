@@ -333,11 +333,13 @@ impl Store {
     }
 
     /// Moves an already hashed file at `tmp` into place as blob `hash`.
-    /// The file is made read-only. If the blob exists, `tmp` is left for
-    /// the caller to remove.
+    /// The file is made read-only. If a blob of that name exists and its
+    /// content has that hash, `tmp` is left for the caller to remove; one
+    /// that does not (planted, or damaged) is replaced: a name is never
+    /// taken on trust.
     pub(crate) fn adopt_blob(&self, tmp: &Path, hash: &BlobHash) -> Result<()> {
         let dst = self.blob_path(hash);
-        if dst.exists() {
+        if dst.exists() && hash_file(&dst).is_ok_and(|h| h == hash.as_str()) {
             return Ok(());
         }
         let dir = dst.parent().expect("blob path has a parent");
@@ -967,6 +969,19 @@ mod tests {
         assert_eq!(s.list().unwrap().len(), 1);
         // nothing left in tmp
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_blob_planted_under_a_hash_is_replaced_not_adopted() {
+        let (_d, s) = tmpstore();
+        let good = b"the real rlib";
+        let h = BlobHash::of(&blake3::hash(good));
+        let p = s.blob_path(&h);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, b"planted bytes").unwrap();
+        let (got, _) = s.put_blob_reader(&good[..], None).unwrap();
+        assert_eq!(got, h);
+        assert_eq!(fs::read(&p).unwrap(), good);
     }
 
     #[test]
