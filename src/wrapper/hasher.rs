@@ -25,11 +25,25 @@ impl KeyHasher {
     }
 
     pub(crate) fn field(&mut self, label: &str, value: &str) {
+        self.hash(label, value);
+        self.fields.push((label.to_string(), value.to_string()));
+    }
+
+    /// Hashes `label` and `value` as [`KeyHasher::field`] does (the key
+    /// is the same), but accounts for them as `shown` (label, value): for
+    /// an argument whose own text carries a value (`-Wl,-rpath,DIR`), so
+    /// that the account's names hold only names. An uploaded manifest
+    /// carries the names in clear, the values only as keyed digests.
+    pub(crate) fn field_shown(&mut self, label: &str, value: &str, shown: (String, String)) {
+        self.hash(label, value);
+        self.fields.push(shown);
+    }
+
+    fn hash(&mut self, label: &str, value: &str) {
         for part in [label, value] {
             self.h.update(&(part.len() as u64).to_le_bytes());
             self.h.update(part.as_bytes());
         }
-        self.fields.push((label.to_string(), value.to_string()));
     }
 
     pub(crate) fn finish(self) -> CacheKey {

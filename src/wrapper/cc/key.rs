@@ -124,6 +124,11 @@ pub(crate) fn base_key(
                 "-MF" => continue,
                 "-o" if c.dep_file.is_none() => continue,
                 f if path_flag(f) || f == "--sysroot" => h.field(f, &paths.normalize(&value)),
+                // Named by the macro: `arg -D NAME`, its definition the value.
+                "-D" => {
+                    let (name, def) = value.split_once('=').unwrap_or((&value, ""));
+                    h.field_shown("-D", &value, (format!("-D {name}"), def.to_string()));
+                }
                 f => h.field(f, &value),
             }
             continue;
@@ -138,8 +143,11 @@ pub(crate) fn base_key(
             continue;
         }
         match a.split_once('=') {
-            Some((f, v)) if f.starts_with('-') => h.field(f, &paths.normalize(v)),
-            _ => h.field(a, ""),
+            Some((f, v)) if f.starts_with('-') => {
+                let v = paths.normalize(v);
+                h.field_shown(f, &v, shown_arg(f, Some(&v)));
+            }
+            _ => h.field_shown(a, "", shown_arg(a, None)),
         }
     }
     // `-march=native` and the like mean this machine's CPU: another CPU
@@ -160,6 +168,27 @@ pub(crate) fn base_key(
         );
     }
     Ok(h.finish_explained())
+}
+
+/// How an argument the key takes as it is (`flag`, or `flag=value`) is
+/// named in the account of the key: by its flag alone (`-Wl` of
+/// `-Wl,-rpath,DIR`), everything after it being the value; anything else
+/// as `arg`. A name travels in clear in an uploaded manifest, a value
+/// only as a keyed digest (see `Entry::salt_values`).
+fn shown_arg(flag: &str, value: Option<&str>) -> (String, String) {
+    if !flag.starts_with('-') {
+        return ("arg".to_string(), flag.to_string());
+    }
+    let (name, rest) = match flag.split_once(',') {
+        Some((name, rest)) => (name, Some(rest)),
+        None => (flag, None),
+    };
+    let shown = match (rest, value) {
+        (Some(r), Some(v)) => format!("{r}={v}"),
+        (Some(r), None) => r.to_string(),
+        (None, v) => v.unwrap_or_default().to_string(),
+    };
+    (name.to_string(), shown)
 }
 
 /// What `-march=native` resolves from: the CPU's model and flags.
@@ -610,5 +639,30 @@ mod tests {
         assert_eq!(clock_macro(b"x __DATE__ y", true), None);
         assert_eq!(clock_macro(b"__TIMESTAMP__", true), Some("__TIMESTAMP__"));
         assert_eq!(clock_macro(b"int x;", false), None);
+    }
+
+    /// What the account of a compile names (issue 23): flags and macro
+    /// names, never an argument's value (the names of an uploaded
+    /// manifest travel in clear). The key is what it always was.
+    #[test]
+    fn explain_names_hold_no_values() {
+        let args = "-DSECRET_TOKEN=hunter2a -DPLAIN -Wa,--defsym,TOKEN=hunter2b \
+            -Wl,-rpath,hunter2d -fdebug-prefix-map=hunter2e=/x -O2 -o WS/o/a.o -c src/a.c";
+        let (k, why) = base(args, "/a");
+        // The key of these arguments before names were split from values
+        // (a change of the key scheme bumps KEY_VERSION, and this with it).
+        assert_eq!(
+            k.as_str(),
+            "e539ff2592e077f68cb360824ad6bc4179fa778ea9416644d3b6125cae401471"
+        );
+        for name in why.keys() {
+            assert!(!name.contains("hunter2"), "{name} in {why:?}");
+        }
+        assert_eq!(why["arg -D SECRET_TOKEN"], "hunter2a");
+        assert_eq!(why["arg -D PLAIN"], "");
+        assert_eq!(why["arg -Wa"], "--defsym,TOKEN=hunter2b");
+        assert_eq!(why["arg -Wl"], "-rpath,hunter2d");
+        assert_eq!(why["arg -fdebug-prefix-map"], "hunter2e=/x");
+        assert_eq!(why["arg -O2"], "");
     }
 }
