@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::cli::WhyMissCmd;
 use crate::config::Config;
 use crate::store::events::{self, Event, Outcome};
+use crate::store::ids::Salt;
 use crate::store::{CrateName, Entry, Store, normalize_crate};
 
 /// One input that differs between the miss and the nearest entry.
@@ -27,11 +28,25 @@ struct Difference {
     input: String,
     miss: Option<String>,
     entry: Option<String>,
+    /// The entry's value is a keyed digest (an uploaded manifest, see
+    /// `Entry::salt`), never shown as a value.
+    keyed: bool,
+}
+
+/// Whether the miss's value of an input is the entry's. The values of
+/// an entry with a salt (pulled) are keyed digests: the miss's value is
+/// keyed with that salt before it is compared.
+fn same(salt: Option<&Salt>, miss: Option<&String>, entry: Option<&String>) -> bool {
+    match (salt, miss, entry) {
+        (Some(s), Some(m), Some(e)) => s.digest(m) == *e,
+        _ => miss == entry,
+    }
 }
 
 fn differences(
     miss: &BTreeMap<String, String>,
     entry: &BTreeMap<String, String>,
+    salt: Option<&Salt>,
 ) -> Vec<Difference> {
     let mut out = Vec::new();
     for name in miss
@@ -39,11 +54,12 @@ fn differences(
         .chain(entry.keys().filter(|k| !miss.contains_key(*k)))
     {
         let (a, b) = (miss.get(name), entry.get(name));
-        if a != b {
+        if !same(salt, a, b) {
             out.push(Difference {
                 input: name.clone(),
                 miss: a.cloned(),
-                entry: b.cloned(),
+                entry: b.filter(|_| salt.is_none()).cloned(),
+                keyed: salt.is_some() && b.is_some(),
             });
         }
     }
@@ -131,11 +147,11 @@ fn nearest(store: &Store, name: &str, miss: &Event) -> Result<Option<(Entry, Vec
             || e.lang != miss.lang
             || SAME_TARGET
                 .iter()
-                .any(|k| miss_inputs.get(*k) != e.explain.get(*k))
+                .any(|k| !same(e.salt.as_ref(), miss_inputs.get(*k), e.explain.get(*k)))
         {
             continue;
         }
-        let d = differences(miss_inputs, &e.explain);
+        let d = differences(miss_inputs, &e.explain, e.salt.as_ref());
         let better = best.as_ref().is_none_or(|(be, bd)| {
             d.len() < bd.len() || (d.len() == bd.len() && e.created > be.created)
         });
@@ -193,6 +209,7 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
                     "kind": kind(&x.input),
                     "miss": x.miss,
                     "entry": x.entry,
+                    "entry_keyed": x.keyed,
                 })).collect::<Vec<_>>(),
             })
         });
@@ -238,7 +255,14 @@ pub(crate) fn why_miss(cfg: &Config, c: &WhyMissCmd) -> Result<ExitCode> {
     for x in &d {
         writeln!(out, "  {}", x.input)?;
         writeln!(out, "    this miss:  {}", shown(&x.miss))?;
-        writeln!(out, "    that entry: {}", shown(&x.entry))?;
+        if x.keyed {
+            writeln!(
+                out,
+                "    that entry: another value (an uploaded manifest holds only a keyed digest of it)"
+            )?;
+        } else {
+            writeln!(out, "    that entry: {}", shown(&x.entry))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -264,11 +288,12 @@ mod tests {
             ("toolchain", "t1"),
             ("arg --cfg", "x"),
         ]);
-        let d = differences(&miss, &entry);
+        let d = differences(&miss, &entry, None);
         let names: Vec<&str> = d.iter().map(|x| x.input.as_str()).collect();
         assert_eq!(names, ["env:X", "file src/lib.rs", "arg --cfg"]);
         assert_eq!(d[0].entry, None);
         assert_eq!(d[2].miss, None);
+        assert!(d.iter().all(|x| !x.keyed));
         assert_eq!(kind("file src/lib.rs"), "a source or link input");
         assert_eq!(kind("toolchain"), "the toolchain");
         assert_eq!(kind("arg --cfg"), "an argument");
@@ -277,5 +302,55 @@ mod tests {
             kind("root /kache-ws"),
             "a machine-local path baked into the output"
         );
+    }
+
+    /// Issue 23: a pulled entry's values are keyed digests. The miss's
+    /// values are keyed with its salt before they are compared (in the
+    /// target filter too), and a difference names the input without
+    /// showing a digest as the entry's value.
+    #[test]
+    fn a_pulled_entry_is_compared_under_its_salt() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("s")).unwrap();
+        let mut inputs: BTreeMap<String, String> = [
+            ("arg --crate-name", "foo"),
+            ("arg --crate-type", "lib"),
+            ("arg input", "src/lib.rs"),
+            ("arg -D SECRET_TOKEN", "hunter2"),
+            ("toolchain", "t1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut e = Entry::new(
+            crate::store::ids::test::krate("foo"),
+            crate::store::ids::test::key(&"1".repeat(64)),
+            Vec::new(),
+        );
+        e.explain = inputs.clone();
+        e.salt_values().unwrap();
+        store.publish(&e).unwrap();
+        let miss = |inputs: &BTreeMap<String, String>| -> Event {
+            serde_json::from_value(json!({
+                "crate": "foo", "result": "miss", "key": "2".repeat(64), "inputs": inputs,
+            }))
+            .unwrap()
+        };
+        let (got, diff) = nearest(&store, "foo", &miss(&inputs)).unwrap().unwrap();
+        assert_eq!(got.key, e.key);
+        assert!(diff.is_empty(), "same values, keyed alike");
+        inputs.insert("arg -D SECRET_TOKEN".into(), "other".into());
+        inputs.insert("arg -O2".into(), String::new());
+        let (_, diff) = nearest(&store, "foo", &miss(&inputs)).unwrap().unwrap();
+        let names: Vec<&str> = diff.iter().map(|x| x.input.as_str()).collect();
+        assert_eq!(names, ["arg -D SECRET_TOKEN", "arg -O2"]);
+        assert_eq!(diff[0].miss.as_deref(), Some("other"));
+        assert_eq!(diff[0].entry, None);
+        assert!(diff[0].keyed);
+        // Absent from the entry: absent, not keyed.
+        assert_eq!((diff[1].entry.as_ref(), diff[1].keyed), (None, false));
+        // Another target of the package explains nothing.
+        inputs.insert("arg --crate-type".into(), "bin".into());
+        assert!(nearest(&store, "foo", &miss(&inputs)).unwrap().is_none());
     }
 }

@@ -222,13 +222,16 @@ fn push_then_pull_round_trip() {
     assert_eq!(blobs(&a), blobs(&b));
     for (c, k) in &made {
         // The same manifest, plus the pull's provenance (unverified: no
-        // trusted keys are set).
+        // trusted keys are set) and the salt its values were keyed with
+        // for the upload (these entries have none).
         let mut pulled = manifest(&b, c, k);
         let p = pulled.as_object_mut().unwrap().remove("pulled").unwrap();
         assert!(
             p["at"].as_u64().is_some() && p.get("signed_by").is_none(),
             "{p}"
         );
+        let salt = pulled.as_object_mut().unwrap().remove("salt").unwrap();
+        assert_eq!(salt.as_str().map(str::len), Some(64), "{salt}");
         assert_eq!(manifest(&a, c, k), pulled);
     }
     assert!(
@@ -877,7 +880,9 @@ fn progress_lines_in_logs() {
 #[test]
 fn ci_recipe_with_real_cargo_builds() {
     fn cargo_build(ws: &Path, target: &Path, cache: &Path) {
+        // Read by `alpha` through `option_env!`.
         let o = cargo_through_kache(ws, target, cache, &["build"])
+            .env("KACHE_FIXTURE_GREETING", "hi")
             .output()
             .unwrap();
         ok(&o);
@@ -934,12 +939,17 @@ fn ci_recipe_with_real_cargo_builds() {
     let warm = results(&cache_b);
     assert_eq!(warm.len(), cold.len(), "{warm:?}");
     assert!(warm.iter().all(|r| r == "local_hit"), "{warm:?}");
+    // Cargo finds it all fresh: the dep-info restored says what rustc
+    // would have (`alpha`'s `KACHE_FIXTURE_GREETING` value, a keyed
+    // digest in the bucket, is put back on the hit).
+    cargo_build(&ws_b, &target_b, &cache_b);
+    assert_eq!(results(&cache_b), Vec::<String>::new());
     let run = std::process::Command::new(target_b.join("debug/app"))
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", show(&run));
     assert_eq!(
         String::from_utf8_lossy(&run.stdout).trim(),
-        "hello total=52 label=built"
+        "hi total=52 label=built"
     );
 }

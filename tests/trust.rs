@@ -1256,3 +1256,120 @@ fn a_build_restores_only_its_own_or_what_a_key_it_trusts_now_signed() {
     let ev = fs::read_to_string(cache_d.join("events.jsonl")).unwrap();
     assert_eq!(ev.matches("\"local_hit\"").count(), made, "{ev}");
 }
+
+/// Every member of every entry object under `prefix` (the signature
+/// frame skipped, the zstd stream decompressed), by object and member
+/// name.
+fn members(w: &World, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for (name, bytes) in w.bucket(prefix) {
+        if !name.ends_with(".tar.zst") {
+            continue;
+        }
+        let frame_len = if bytes[1..4] == [0x2A, 0x4D, 0x18] && bytes[0] & 0xF0 == 0x50 {
+            8 + u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize
+        } else {
+            0
+        };
+        let tar_bytes = zstd::decode_all(&bytes[frame_len..]).unwrap();
+        for m in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+            let mut m = m.unwrap();
+            let member = m.path().unwrap().to_string_lossy().to_string();
+            let mut data = Vec::new();
+            m.read_to_end(&mut data).unwrap();
+            out.insert(format!("{name}:{member}"), data);
+        }
+    }
+    out
+}
+
+/// Issue 23: nothing secret leaves the machine. A build with a secret in
+/// a flag (`RUSTFLAGS=--cfg token="..."`) is pushed: no object in the
+/// bucket holds it, raw or decompressed; each manifest names its inputs
+/// and records the salt of their keyed values. A second runner pulls,
+/// builds with the same flag (hits: keyed values change no key), then
+/// with another value, and `kache why-miss` names the flag that differs
+/// without showing a digest as the entry's value.
+#[test]
+fn flag_values_leave_the_machine_only_as_keyed_digests() {
+    let w = World::local();
+    let secret = "hunter2xyz";
+    let build = |ws: &Path, cache: &Path, token: &str| {
+        let target = ws.with_file_name("target");
+        let o = cargo_through_kache(ws, &target, cache, &["build"])
+            .env("RUSTFLAGS", format!("--cfg token=\"{token}\""))
+            .output()
+            .unwrap();
+        ok(&o);
+        assert_eq!(run(&target), "answer=42");
+    };
+    let ws_a = w.fixture("trust", "a");
+    let cache_a = w.path("cache-a");
+    build(&ws_a, &cache_a, secret);
+    let made = entries(&cache_a);
+    let o = w.kache_trusting(&cache_a, None, &["sync", "--push", "--json"], &[]);
+    assert_eq!(
+        json(&o)["pushed"]["entries"],
+        made.len() as u64,
+        "{}",
+        show(&o)
+    );
+
+    // The local manifest keeps the value; no uploaded byte holds it.
+    let local = fs::read_dir(cache_a.join("entries/dep")).unwrap();
+    let local = fs::read(local.flatten().next().unwrap().path()).unwrap();
+    assert!(String::from_utf8_lossy(&local).contains(secret));
+    for (name, bytes) in w.bucket(&w.s3.prefix) {
+        assert!(!String::from_utf8_lossy(&bytes).contains(secret), "{name}");
+    }
+    let members = members(&w, &w.s3.prefix);
+    let mut manifests = 0;
+    for (name, bytes) in &members {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains(secret),
+            "{name} holds the secret"
+        );
+        if name.ends_with(":manifest.json") {
+            manifests += 1;
+            let m: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(m["salt"].as_str().map(str::len), Some(64), "{m}");
+            assert!(m["explain"].get("arg --cfg").is_some(), "{m}");
+        }
+    }
+    assert_eq!(manifests, made.len(), "{:?}", members.keys());
+
+    // Runner B pulls; the same flag hits, another value misses.
+    let ws_b = w.fixture("trust", "b");
+    let cache_b = w.path("cache-b");
+    ok(&w.kache_trusting(&cache_b, None, &["sync", "--pull", "--all"], &[]));
+    assert_eq!(entries(&cache_b), made);
+    build(&ws_b, &cache_b, secret);
+    let events = fs::read_to_string(cache_b.join("events.jsonl")).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"crate\":\"dep\"") && l.contains("\"local_hit\"")),
+        "{events}"
+    );
+    build(&ws_b, &cache_b, "other-value");
+    let o = w.kache_trusting(&cache_b, None, &["why-miss", "dep", "--json"], &[]);
+    ok(&o);
+    // (cargo also gives the new flags' outputs another file name.)
+    let j = json(&o);
+    let d = j["nearest"]["differences"].as_array().unwrap();
+    let cfg = d.iter().find(|x| x["input"] == "arg --cfg");
+    let cfg = cfg.unwrap_or_else(|| panic!("{}", show(&o)));
+    assert_eq!(cfg["miss"], "token=\"other-value\"");
+    assert_eq!(cfg["entry"], serde_json::Value::Null);
+    assert_eq!(cfg["entry_keyed"], true);
+    let o = w.kache_trusting(&cache_b, None, &["why-miss", "dep"], &[]);
+    ok(&o);
+    let text = stdout(&o);
+    assert!(text.contains("  arg --cfg\n"), "{text}");
+    assert!(
+        text.contains(
+            "that entry: another value (an uploaded manifest holds only a keyed digest of it)"
+        ),
+        "{text}"
+    );
+}

@@ -96,6 +96,8 @@ pub(crate) fn pack(
     }
     // Provenance is this store's own record, not part of the entry.
     entry.pulled = None;
+    // Flag and env values leave the machine only as keyed digests.
+    entry.salt_values()?;
     let mut blobs = Vec::with_capacity(entry.files.len());
     for f in &entry.files {
         match fs::File::open(store.blob_path(&f.hash)) {

@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{BlobHash, CacheKey, CrateName};
+use super::ids::{BlobHash, CacheKey, CrateName, Salt};
 use super::{ENTRY_VERSION, valid_file_name};
 
 /// One output file of an entry. `name` is a plain file name (no `/`),
@@ -75,7 +75,7 @@ pub(crate) struct Entry {
     #[serde(default)]
     pub(crate) created: u64,
     /// What went into the key, by name (see `wrapper::explain::Explain`), for
-    /// `kache why-miss`.
+    /// `kache why-miss`; the values are keyed digests once `salt` is set.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) explain: std::collections::BTreeMap<String, String>,
     /// Who can use the entry (crate version, target, toolchain), so a
@@ -90,6 +90,14 @@ pub(crate) struct Entry {
     /// before C caching), `Some("c")` for a C, C++ or assembler object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) lang: Option<String>,
+    /// Set once the manifest is fit to leave the machine (see
+    /// [`Entry::salt_values`]): the values of `explain`, and of the
+    /// dep-info's `# env-dep:` lines but cargo's own, are keyed digests
+    /// under this salt. Public, like a password hash's salt: it defeats
+    /// tables computed in advance, and lets a reader that holds a value
+    /// compare it (`kache why-miss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) salt: Option<Salt>,
 }
 
 /// Provenance of an entry imported from the remote (a pull or a daemon
@@ -164,7 +172,30 @@ impl Entry {
             origin: None,
             pulled: None,
             lang: None,
+            salt: None,
         }
+    }
+
+    /// Makes the manifest fit to leave the machine (an upload): every
+    /// value of `explain`, and the value of every dep-info `# env-dep:`
+    /// line but those of the variables cargo sets for a compile, becomes
+    /// its keyed digest under a new random salt, recorded in `salt`.
+    /// Names stay in clear, so `why-miss` still names what differs. An
+    /// entry that has a salt already (pulled) is left as it is: never
+    /// keyed twice.
+    pub(crate) fn salt_values(&mut self) -> Result<()> {
+        if self.salt.is_some() {
+            return Ok(());
+        }
+        let salt = Salt::random()?;
+        for v in self.explain.values_mut() {
+            *v = salt.digest(v);
+        }
+        if let Some(d) = &mut self.dep_info {
+            d.text = crate::wrapper::depinfo::salt_env_values(&d.text, &salt);
+        }
+        self.salt = Some(salt);
+        Ok(())
     }
 
     /// Checks what a hand-edited or corrupt manifest could get wrong
@@ -222,5 +253,92 @@ impl Origin {
                 .filter(|o| o.is_valid())
                 .map(|o| (o.version.as_str(), o.target.as_str(), o.toolchain.as_str())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::archive::{self, Check, Packed, Unpacked};
+    use crate::store::ids::test::{key, krate};
+
+    /// Issue 23: an uploaded manifest names every input in clear, but
+    /// holds no flag or env value as text (only keyed digests under the
+    /// salt it records); the local manifest stays as it was, the
+    /// signature covers what is uploaded, and a pulled entry is uploaded
+    /// again as it came (never keyed twice).
+    #[test]
+    fn an_uploaded_manifest_holds_keyed_values_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("a")).unwrap();
+        let (hash, size) = s.put_blob_reader(&b"rlib bytes"[..], None).unwrap();
+        let mut e = Entry::new(
+            krate("foo"),
+            key(&"1".repeat(64)),
+            vec![FileRecord {
+                name: "libfoo.rlib".into(),
+                hash,
+                size,
+                executable: false,
+            }],
+        );
+        for (k, v) in [
+            ("arg -C opt-level", "3"),
+            ("arg --cfg", "token=\"hunter2a\""),
+            ("arg -D SECRET_TOKEN", "hunter2b"),
+            ("env:CARGO_PKG_NAME", "foo"),
+            ("toolchain", "rustc 1.95.0"),
+        ] {
+            e.explain.insert(k.to_string(), v.to_string());
+        }
+        e.dep_info = Some(DepInfo {
+            name: "foo-1.d".into(),
+            text: "foo-1.d: src/lib.rs\n\nsrc/lib.rs:\n\n# env-dep:API_TOKEN=hunter2c\n".into(),
+        });
+        s.publish(&e).unwrap();
+        s.mark_built(&e);
+        let (secret, public) = crate::trust::generate("ci").unwrap();
+        let signer = crate::trust::SigningKey::parse(&secret, "test").unwrap();
+        let mut up = Vec::new();
+        let packed = archive::pack(&s, &e.crate_name, &e.key, &mut up, 3, Some(&signer));
+        assert!(matches!(packed.unwrap(), Packed::Done(_)));
+
+        let tar = zstd::decode_all(crate::trust::skip_frame(&up)).unwrap();
+        assert!(memchr::memmem::find(&tar, b"hunter2").is_none());
+        let m = archive::peek_manifest(&up).unwrap();
+        let salt = m.salt.clone().expect("the salt is uploaded");
+        assert_eq!(
+            m.explain.keys().collect::<Vec<_>>(),
+            e.explain.keys().collect::<Vec<_>>()
+        );
+        for (k, v) in &e.explain {
+            assert_eq!(m.explain[k], salt.digest(v), "{k}");
+        }
+        assert!(m.dep_info.unwrap().text.ends_with(&format!(
+            "# env-dep:API_TOKEN={}\n",
+            salt.digest("hunter2c")
+        )));
+        // The local manifest keeps its values.
+        let local = s.get(&e.crate_name, &e.key).unwrap().unwrap();
+        assert_eq!(local.explain, e.explain);
+        assert!(local.salt.is_none());
+
+        // A reader that trusts the key imports it: the signature is over
+        // the manifest as uploaded.
+        let trusted = vec![crate::trust::parse_trusted(&public).unwrap()];
+        let check = Check {
+            trusted: &trusted,
+            origin: None,
+        };
+        let s2 = Store::open(&d.path().join("b")).unwrap();
+        let got = archive::unpack(&s2, &e.crate_name, &e.key, &up[..], &check).unwrap();
+        assert_eq!(got, Unpacked::Imported(e.size()));
+        // Pulled and pushed again (to another bucket): as it came.
+        let mut again = Vec::new();
+        archive::pack(&s2, &e.crate_name, &e.key, &mut again, 3, None).unwrap();
+        let m2 = archive::peek_manifest(&again).unwrap();
+        assert_eq!(m2.salt, Some(salt));
+        assert_eq!(m2.explain, m.explain);
     }
 }

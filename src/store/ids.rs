@@ -36,6 +36,8 @@ macro_rules! identifier {
 
         impl $name {
             /// The value, if `s` is one.
+            // A salt is only decoded or made, never parsed from a name.
+            #[allow(dead_code)]
             pub(crate) fn parse(s: &str) -> Option<$name> {
                 $valid(s).then(|| $name(s.to_string()))
             }
@@ -136,6 +138,34 @@ identifier!(
     "crate name"
 );
 
+identifier!(
+    /// The salt of an uploaded manifest's keyed digests (see
+    /// `Entry::salt`): 32 random bytes, in hex.
+    Salt,
+    is_hex64,
+    "salt"
+);
+
+impl Salt {
+    /// A new salt from the system's random source.
+    pub(crate) fn random() -> anyhow::Result<Salt> {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+        Ok(Salt(blake3::Hash::from_bytes(bytes).to_hex().to_string()))
+    }
+
+    /// The keyed digest of `value` under this salt: 16 hex digits of
+    /// blake3 keyed by it. Whoever holds a value can compare it with a
+    /// digest; no table computed before the salt existed helps guess one.
+    pub(crate) fn digest(&self, value: &str) -> String {
+        let key = blake3::Hash::from_hex(self.as_str()).expect("a salt is 64 hex digits");
+        blake3::keyed_hash(key.as_bytes(), value.as_bytes()).to_hex()[..16].to_string()
+    }
+}
+
 impl CacheKey {
     /// The key a hash computed over a compile's inputs names.
     pub(crate) fn of(h: &blake3::Hash) -> CacheKey {
@@ -194,6 +224,20 @@ mod tests {
         for bad in ["", "a/b", "..", "a b", "é", &"a".repeat(129)] {
             assert!(CrateName::normalize(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn salts_are_random_and_key_their_digests() {
+        let (a, b) = (Salt::random().unwrap(), Salt::random().unwrap());
+        assert_ne!(a, b);
+        assert!(Salt::parse(&a).is_some());
+        assert_eq!(a.digest("hunter2"), a.digest("hunter2"));
+        assert_eq!(a.digest("hunter2").len(), 16);
+        assert_ne!(a.digest("hunter2"), b.digest("hunter2"));
+        assert_ne!(a.digest("hunter2"), a.digest("hunter3"));
+        // Not the unkeyed hash a table could be computed for in advance.
+        let plain = blake3::hash(b"hunter2").to_hex();
+        assert!(!plain.contains(&a.digest("hunter2")));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 /*!
 Make-style dependency files: rustc's dep-info (with its `# env-dep:`
-lines), read to learn what a compile read.
+lines), read to learn what a compile read; the values of its `# env-dep:`
+lines keyed for an upload, and put back on a hit of a pulled entry.
 */
+
+use crate::store::ids::Salt;
 
 /// What a dep-info file says the compile read.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -77,6 +80,81 @@ pub(crate) fn parse_dep_info(text: &str) -> DepInfo {
     d
 }
 
+/// A `# env-dep:` line: its variable, its value (`None`: unset), and its
+/// line ending.
+fn env_dep(line: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (body, end) = match line.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (line, ""),
+    };
+    let rest = body.strip_prefix("# env-dep:")?;
+    Some(match rest.split_once('=') {
+        Some((name, value)) => (name, Some(value), end),
+        None => (rest, None, end),
+    })
+}
+
+/// `text` with the value of every `# env-dep:` line replaced by
+/// `value(name, value)`.
+fn map_env_deps(text: &str, value: impl Fn(&str, Option<&str>) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let Some((name, old, end)) = env_dep(line) else {
+            out.push_str(line);
+            continue;
+        };
+        out.push_str("# env-dep:");
+        out.push_str(name);
+        if let Some(v) = value(name, old) {
+            out.push('=');
+            out.push_str(&v);
+        }
+        out.push_str(end);
+    }
+    out
+}
+
+/// Variables whose `# env-dep:` value an uploaded dep-info keeps in
+/// clear: those cargo sets for a compile (the package's metadata, its own
+/// paths). A kache that predates keyed values restores a pulled dep-info
+/// as it is, and cargo compares these values with its own.
+fn set_by_cargo(name: &str) -> bool {
+    name == "OUT_DIR" || super::rustc::key::keyed_cargo_var(name)
+}
+
+/// The dep-info as uploaded: each `# env-dep:NAME=VALUE` line of a
+/// variable cargo does not set (`env!("API_TOKEN")`) carries the keyed
+/// digest of its value instead (see `Entry::salt_values`).
+pub(crate) fn salt_env_values(text: &str, salt: &Salt) -> String {
+    map_env_deps(text, |name, value| match value {
+        Some(v) if !set_by_cargo(name) => Some(salt.digest(v)),
+        v => v.map(str::to_string),
+    })
+}
+
+/// A pulled dep-info (its values keyed) as rustc would have written it
+/// here: every `# env-dep:` line with the value its variable has in this
+/// environment (`var`), escaped as rustc escapes it. A hit's key covers
+/// each of those values (`Inputs::env`), so they are the values the
+/// stored compile read; cargo compares them with its own to tell whether
+/// the crate is fresh.
+pub(crate) fn env_values_back(text: &str, var: impl Fn(&str) -> Option<String>) -> String {
+    map_env_deps(text, |name, _| {
+        var(name).map(|v| {
+            let mut e = String::with_capacity(v.len());
+            for c in v.chars() {
+                match c {
+                    '\n' => e.push_str("\\n"),
+                    '\r' => e.push_str("\\r"),
+                    '\\' => e.push_str("\\\\"),
+                    c => e.push(c),
+                }
+            }
+            e
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +170,31 @@ mod tests {
             vec!["/t/build/x/out/gen.rs", "src/a b.rs", "src/lib.rs"]
         );
         assert_eq!(d.env, vec!["FOO", "OUT_DIR", "UNSET_ONE"]);
+    }
+
+    /// Issue 23: an uploaded dep-info holds no value of a variable cargo
+    /// does not set; a hit of the pulled entry writes this environment's.
+    #[test]
+    fn env_values_keyed_for_upload_and_put_back() {
+        let text = "/t/deps/foo-1.d: src/lib.rs\n\nsrc/lib.rs:\n\n# env-dep:API_TOKEN=hunter2\n\
+            # env-dep:UNSET_ONE\n# env-dep:CARGO_PKG_VERSION=1.2.3\n# env-dep:OUT_DIR=/kache-target/o\n\
+            # env-dep:MULTI=a\\nb";
+        let salt = Salt::random().unwrap();
+        let up = salt_env_values(text, &salt);
+        assert!(!up.contains("hunter2"), "{up}");
+        assert!(!up.contains("a\\nb"), "{up}");
+        assert!(up.contains(&format!("# env-dep:API_TOKEN={}\n", salt.digest("hunter2"))));
+        assert!(up.contains("# env-dep:UNSET_ONE\n"));
+        assert!(up.contains("# env-dep:CARGO_PKG_VERSION=1.2.3\n"));
+        assert!(up.contains("# env-dep:OUT_DIR=/kache-target/o\n"));
+        assert_eq!(parse_dep_info(&up), parse_dep_info(text));
+        let here = |name: &str| match name {
+            "API_TOKEN" => Some("hunter2".to_string()),
+            "CARGO_PKG_VERSION" => Some("1.2.3".to_string()),
+            "OUT_DIR" => Some("/kache-target/o".to_string()),
+            "MULTI" => Some("a\nb".to_string()),
+            _ => None,
+        };
+        assert_eq!(env_values_back(&up, here), text);
     }
 }

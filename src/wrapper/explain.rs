@@ -4,6 +4,11 @@ A key's inputs by name, for `kache why-miss` and the event log.
 Every field that went into a key is turned into a readable line
 (`arg -C opt-level`, `file src/lib.rs`, `env FOO`); values that could be
 secrets (env values) are shown only by class.
+
+A line's name is a name (a flag, a path, a variable), never a value: an
+uploaded manifest carries the names in clear and every value only as a
+keyed digest (`Entry::salt_values`), so `why-miss` can name what differs
+without anything secret leaving the machine.
 */
 
 use std::collections::BTreeMap;

@@ -31,7 +31,7 @@ mod action;
 mod background;
 mod call;
 mod cc;
-mod depinfo;
+pub(crate) mod depinfo;
 pub(crate) mod explain;
 mod glob;
 mod hasher;

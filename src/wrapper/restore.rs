@@ -96,10 +96,14 @@ pub(crate) fn restore(store: &Store, entry: &Entry, out_dir: &Path, paths: &Path
         if !valid_file_name(&d.name) {
             bail!("bad dep-info name {} in entry", d.name);
         }
-        write_fresh(
-            &out_dir.join(&d.name),
-            paths.expand_dep_info(&d.text).as_bytes(),
-        )?;
+        let mut text = paths.expand_dep_info(&d.text);
+        if entry.salt.is_some() {
+            // Pulled: its env values are keyed digests.
+            text = super::depinfo::env_values_back(&text, |name| {
+                std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+            });
+        }
+        write_fresh(&out_dir.join(&d.name), text.as_bytes())?;
     }
     Ok(total)
 }

@@ -52,7 +52,7 @@ pub(crate) struct Declared {
 /// `CARGO_` is cargo's own configuration (tokens included), which reaches
 /// rustc only through its arguments, or is read through `env!` and then
 /// listed in the dep-info.
-fn keyed_cargo_var(name: &str) -> bool {
+pub(crate) fn keyed_cargo_var(name: &str) -> bool {
     matches!(
         name,
         "CARGO"
