@@ -1065,3 +1065,53 @@ fn make_with_mmd() {
         "an up-to-date tree"
     );
 }
+
+/// Issue 23, item 5: a secret in CFLAGS (`-DSECRET_TOKEN=...`, which gcc
+/// does not record in the object) is in the local C entries' account of
+/// their keys, and in no byte that `kache sync --push` uploads, raw or
+/// decompressed.
+#[test]
+fn a_secret_in_cflags_never_reaches_the_bucket() {
+    let s3 = crate::s3server::S3::start_local();
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    let secret = "hunter2cc";
+    let cflags = format!("-DSECRET_TOKEN={secret}");
+    a.same("a secret in CFLAGS", &[("CFLAGS", cflags.as_str())]);
+    let holding = |dir: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let raw = fs::read(&p).unwrap();
+                let plain = zstd::decode_all(&raw[..]).unwrap_or_default();
+                if [&raw, &plain]
+                    .iter()
+                    .any(|b| String::from_utf8_lossy(b).contains(secret))
+                {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+        out
+    };
+    let local = holding(&a.cache.join("entries"));
+    assert!(!local.is_empty(), "the local account names the value");
+    let mut c = crate::common::kache(&a.cache);
+    s3.configure(&mut c);
+    let o = c
+        .env("KACHE_PROGRESS", "0")
+        .current_dir(&a.ws)
+        .args(["sync", "--push"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let bucket = s3.bucket_dir.as_ref().unwrap().join(&s3.prefix);
+    assert!(fs::read_dir(&bucket).is_ok_and(|mut d| d.next().is_some()));
+    assert_eq!(holding(&bucket), Vec::<String>::new());
+}
