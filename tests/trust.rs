@@ -9,6 +9,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::common::{
     World, assert_no_secrets, cargo_plain, cargo_through_kache, kache, ok, put_entry, run_checked,
@@ -1372,4 +1373,65 @@ fn flag_values_leave_the_machine_only_as_keyed_digests() {
         ),
         "{text}"
     );
+}
+
+/// Issue 23: the daemon remembers what it refused for a build's keys.
+/// Two fetches of `dep` from builds trusting `ci` (one naming its
+/// version, one not: two separate fetches) find one unsigned entry: the
+/// first reads its head and refuses it, the second does not download it
+/// again (before, a refused object was fetched again on every fetch).
+#[test]
+fn the_daemon_remembers_what_it_refused() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let w = World::local();
+    let ci = w.key("ci");
+    let cache_a = w.path("cache-a");
+    assert_eq!(build_and_run(&w.fixture("trust", "a"), &cache_a), plain(&w));
+    ok(&w.kache_trusting(&cache_a, None, &["sync", "--push"], &[]));
+
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let cache = w.path("cache-b");
+    let mut c = kache(&cache);
+    w.s3.configure_at(&mut c, &proxy.endpoint);
+    ok(&run_checked(c.args(["daemon", "start"])));
+    let id = format!(
+        "{}|{}|{}|{}",
+        proxy.endpoint, w.s3.region, w.s3.bucket, w.s3.prefix
+    );
+    let fetch = |version: Option<&str>| {
+        let req = serde_json::json!({
+            "op": "fetch", "remote": id, "crate": "dep", "version": version,
+            "wait_ms": 10_000, "trusted": [ci.public],
+        });
+        let mut s = UnixStream::connect(cache.join("daemon/sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        let mut r = String::new();
+        BufReader::new(&s).read_line(&mut r).unwrap();
+        r
+    };
+    let gets = || {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| {
+                s.method == "GET" && s.path.contains("/dep/") && s.path.ends_with(".tar.zst")
+            })
+            .count()
+    };
+    let first = fetch(Some("0.1.0"));
+    assert!(first.contains("\"entries\":0"), "{first}");
+    assert_eq!(gets(), 1);
+    let second = fetch(None);
+    assert!(second.contains("\"entries\":0"), "{second}");
+    let mut c = kache(&cache);
+    w.s3.configure_at(&mut c, &proxy.endpoint);
+    let st = json(&run_checked(c.args(["daemon", "status", "--json"])));
+    let mut c = kache(&cache);
+    w.s3.configure_at(&mut c, &proxy.endpoint);
+    ok(&run_checked(c.args(["daemon", "stop", "--timeout", "10s"])));
+    assert_eq!(st["refused"], 1, "{st}");
+    assert_eq!(gets(), 1, "the refused object was downloaded again");
+    assert!(entries(&cache).is_empty());
 }
