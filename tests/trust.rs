@@ -1048,30 +1048,37 @@ fn claiming_gib(kind: u8, mib: usize) -> Vec<u8> {
 }
 
 /// Runs `c` with stdout and stderr to files; its output and its peak
-/// resident memory in MiB (from `wait4`, this child alone).
+/// resident memory in MiB: the high-water mark of its own address space
+/// (`VmHWM`), read every 2 ms until it exits. (`wait4`'s `ru_maxrss`
+/// would count this test process's memory too: the child shares or
+/// copies it until it runs `exec`.)
 fn peak_mib(mut c: Command, dir: &Path) -> (Output, u64) {
-    use std::os::unix::process::ExitStatusExt;
     let (out, err) = (dir.join("peak.out"), dir.join("peak.err"));
     c.stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap());
-    // Reaped by wait4 below, which std's wait cannot stand in for.
-    #[allow(clippy::zombie_processes)]
-    let child = c.spawn().unwrap();
-    let mut status = 0;
-    // SAFETY: wait4 on our own child's pid, with valid out-pointers.
-    #[allow(unsafe_code)]
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        let pid = libc::pid_t::try_from(child.id()).unwrap();
-        assert_eq!(libc::wait4(pid, &raw mut status, 0, &raw mut ru), pid);
-        ru
+    let mut child = c.spawn().unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let status = loop {
+        if let Ok(s) = fs::read_to_string(&status_file)
+            && let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kb = peak_kb.max(kb);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     };
     let o = Output {
-        status: std::process::ExitStatus::from_raw(status),
+        status,
         stdout: fs::read(&out).unwrap(),
         stderr: fs::read(&err).unwrap(),
     };
-    (o, u64::try_from(ru.ru_maxrss).unwrap() / 1024)
+    (o, peak_kb / 1024)
 }
 
 /// Issue 23, item 1: no byte of an unverified object is parsed beyond a
@@ -1117,6 +1124,7 @@ fn hostile_objects_are_refused_on_their_head_in_bounded_memory() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert_eq!(refused_lines(&o).len(), 3, "{}", show(&o));
     assert!(entries(&cache).is_empty());
+    eprintln!("peak {peak} MiB");
     assert!(peak < 100, "peak {peak} MiB: {}", show(&o));
     let gets: Vec<_> = proxy
         .seen()
@@ -1152,6 +1160,7 @@ fn hostile_objects_are_refused_on_their_head_in_bounded_memory() {
     );
     assert!(stderr(&o).contains("is not a regular file"), "{}", show(&o));
     assert_eq!(crates(&cache), BTreeSet::from(["large".to_string()]));
+    eprintln!("peak {peak} MiB");
     assert!(peak < 100, "peak {peak} MiB: {}", show(&o));
 }
 
@@ -1434,4 +1443,174 @@ fn the_daemon_remembers_what_it_refused() {
     assert_eq!(st["refused"], 1, "{st}");
     assert_eq!(gets(), 1, "the refused object was downloaded again");
     assert!(entries(&cache).is_empty());
+}
+
+/// A signature frame as kache writes it, but forged: any key name, a
+/// signature of 64 zero bytes.
+fn forged_frame(key_name: &str) -> Vec<u8> {
+    let payload = serde_json::json!({
+        "v": 1,
+        "key": key_name,
+        "sig": "A".repeat(86) + "==",
+    })
+    .to_string();
+    let mut out = vec![0x5B, 0x2A, 0x4D, 0x18];
+    out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+/// `n` bytes that do not compress.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A forged frame naming `key`, then a zstd stream (with a window of
+/// `2^window_log` bytes) whose first member is `manifest.json` claiming
+/// 64 MiB (the most a manifest may be) of zeros: about 2 KiB in all.
+fn forged_manifest_bomb(key: &str, window_log: u32) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"manifest.json");
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(64 << 20);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut enc = zstd::Encoder::new(forged_frame(key), 3).unwrap();
+    enc.window_log(window_log).unwrap();
+    std::io::Write::write_all(&mut enc, h.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+/// Found by attacking the pull (issue 23): a forged signature frame, the
+/// trusted key's name or another's, in front of junk or of a manifest
+/// that decompresses to 64 MiB. Each is refused on its head: junk after
+/// a frame is not downloaded whole, a key not trusted is refused on the
+/// frame alone, the manifest is hashed as it streams, never held in
+/// memory, and no zstd window over 8 MiB is decoded, so twelve bombs at
+/// once stay far below what they claim.
+#[test]
+fn forged_signature_frames_are_refused_on_their_head() {
+    let w = World::local();
+    let ci = w.key("ci");
+    let src = w.path("src");
+    let bombs = 12;
+    put_entry(&src, "trustname", "1", &[("liba.rlib", b"a")]);
+    put_entry(&src, "foreign", "1", &[("libb.rlib", b"b")]);
+    for i in 0..bombs {
+        put_entry(&src, &format!("bomb{i}"), "1", &[("libc.rlib", b"c")]);
+    }
+    ok(&w.kache_trusting(&src, None, &["sync", "--push"], &[]));
+    let prefix = w.s3.prefix.clone();
+    let junk = noise(16 << 20);
+    for (c, key) in [("trustname", "ci"), ("foreign", "evil")] {
+        let mut o = forged_frame(key);
+        o.extend_from_slice(&junk);
+        fs::write(w.object_of(&prefix, c), o).unwrap();
+    }
+    // Half of them ask for a 128 MiB window, which zstd allocates (and
+    // fills) as it decodes.
+    for i in 0..bombs {
+        let bomb = forged_manifest_bomb("ci", if i % 2 == 0 { 21 } else { 27 });
+        assert!(bomb.len() < 64 << 10, "all in the head");
+        fs::write(w.object_of(&prefix, &format!("bomb{i}")), &bomb).unwrap();
+    }
+
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let cache = w.path("reader");
+    let mut c = kache(&cache);
+    w.s3.configure_at(&mut c, &proxy.endpoint);
+    c.env("KACHE_PROGRESS", "0")
+        .env("KACHE_TRUSTED_KEYS", &ci.public)
+        .current_dir(w.tmp.path())
+        .args(["sync", "--pull", "--all"]);
+    let (o, peak) = peak_mib(c, w.tmp.path());
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(refused_lines(&o).len(), bombs + 2, "{}", show(&o));
+    assert!(!stderr(&o).contains("corrupt object"), "{}", show(&o));
+    assert!(entries(&cache).is_empty());
+    eprintln!("peak {peak} MiB");
+    assert!(peak < 100, "peak {peak} MiB: {}", show(&o));
+    let whole: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(".tar.zst") && s.range.is_none())
+        .collect();
+    assert!(whole.is_empty(), "downloaded whole: {whole:?}");
+}
+
+/// Found by attacking the daemon (issue 23): one object replaced by a
+/// forged frame and junk. A build trusting `ci` asks for it, then for
+/// `app`: the forged object is refused on its head (counted as a
+/// refusal, not a failure of the remote), and `app`'s signed entry still
+/// comes in (before, the junk was downloaded whole, failed as corrupt
+/// and paused every remote hit).
+#[test]
+fn a_forged_object_neither_downloads_nor_pauses_the_daemon() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let w = World::local();
+    let ci = w.key("ci");
+    let key_file = ci.file.to_str().unwrap();
+    let cache_a = w.path("cache-a");
+    assert_eq!(build_and_run(&w.fixture("trust", "a"), &cache_a), plain(&w));
+    ok(&w.kache_trusting(
+        &cache_a,
+        None,
+        &["sync", "--push"],
+        &[("KACHE_SIGNING_KEY_FILE", key_file)],
+    ));
+    let mut junk = forged_frame("ci");
+    junk.extend_from_slice(&noise(8 << 20));
+    fs::write(w.object_of(&w.s3.prefix, "dep"), &junk).unwrap();
+
+    let proxy = Proxy::start(&w.s3.endpoint);
+    let id = format!(
+        "{}|{}|{}|{}",
+        proxy.endpoint, w.s3.region, w.s3.bucket, w.s3.prefix
+    );
+    let cache = w.path("victim");
+    let daemon = |args: &[&str]| {
+        let mut c = kache(&cache);
+        w.s3.configure_at(&mut c, &proxy.endpoint);
+        run_checked(c.args(args))
+    };
+    ok(&daemon(&["daemon", "start"]));
+    let fetch = |krate: &str| {
+        let req = serde_json::json!({
+            "op": "fetch", "remote": id, "crate": krate, "version": null,
+            "wait_ms": 10_000, "trusted": [ci.public],
+        });
+        let mut s = UnixStream::connect(cache.join("daemon/sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        let mut r = String::new();
+        BufReader::new(&s).read_line(&mut r).unwrap();
+        r
+    };
+    let d = fetch("dep");
+    let a = fetch("app");
+    let st = json(&daemon(&["daemon", "status", "--json"]));
+    ok(&daemon(&["daemon", "stop", "--timeout", "10s"]));
+    assert!(d.contains("\"entries\":0"), "{d}");
+    assert!(a.contains("\"ok\":true"), "app: {a}");
+    assert_eq!(crates(&cache), BTreeSet::from(["app".to_string()]));
+    assert_eq!(st["refused"], 1, "{st}");
+    let whole: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/dep/") && s.range.is_none())
+        .collect();
+    assert!(whole.is_empty(), "downloaded whole: {whole:?}");
 }

@@ -40,6 +40,19 @@ use crate::trust::{self, SigningKey, TrustedKey};
 /// Largest manifest we accept (it holds captured compiler output).
 const MAX_MANIFEST: u64 = 64 << 20;
 
+/// The largest zstd window an archive may use (8 MiB, what level 19
+/// uses): a frame asking for more is not decoded, so no object can make
+/// a reader allocate more than that per transfer.
+const WINDOW_LOG_MAX: u32 = 23;
+
+/// A zstd decoder that refuses frames wanting more than
+/// `WINDOW_LOG_MAX`.
+fn decoder<R: Read>(r: R) -> Result<zstd::Decoder<'static, std::io::BufReader<R>>> {
+    let mut d = zstd::Decoder::new(r)?;
+    d.window_log_max(WINDOW_LOG_MAX)?;
+    Ok(d)
+}
+
 /// Result of packing an entry.
 #[derive(Debug)]
 pub(crate) enum Packed {
@@ -119,6 +132,11 @@ pub(crate) fn pack(
             .context("cannot write archive")?;
     }
     let mut enc = zstd::Encoder::new(counter, level).context("zstd init failed")?;
+    // Levels 20 to 22 would use windows of 32 to 128 MiB, which every
+    // reader would have to allocate: held to what readers accept.
+    if level >= 20 {
+        enc.window_log(WINDOW_LOG_MAX).context("zstd init failed")?;
+    }
     {
         let mut tar = tar::Builder::new(&mut enc);
         let mut h = header(manifest.len() as u64, 0o644, entry.created);
@@ -246,7 +264,7 @@ impl<W: Write> Write for CountingWriter<W> {
 /// The manifest of an archive from its first bytes (the manifest is its
 /// first member); `None` if they do not hold all of it.
 pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
-    let dec = zstd::Decoder::new(trust::skip_frame(head)).ok()?;
+    let dec = decoder(trust::skip_frame(head)).ok()?;
     let json = read_manifest(&mut Reader::new(dec)).ok()?;
     serde_json::from_slice(&json).ok()
 }
@@ -254,6 +272,14 @@ pub(crate) fn peek_manifest(head: &[u8]) -> Option<Entry> {
 /// The bytes of the manifest, the first member of an archive: at most
 /// `MAX_MANIFEST` of them are read.
 fn read_manifest(ar: &mut Reader<impl Read>) -> Result<Vec<u8>> {
+    manifest_member(ar)?;
+    let mut buf = Vec::new();
+    ar.read_to_end(&mut buf).context("corrupt archive")?;
+    Ok(buf)
+}
+
+/// Reads the header of the manifest, the first member of an archive.
+fn manifest_member(ar: &mut Reader<impl Read>) -> Result<()> {
     let first = ar.next()?.ok_or_else(|| anyhow!("empty archive"))?;
     if first.name != b"manifest.json" {
         bail!("archive does not start with manifest.json");
@@ -261,43 +287,106 @@ fn read_manifest(ar: &mut Reader<impl Read>) -> Result<Vec<u8>> {
     if first.size > MAX_MANIFEST {
         bail!("manifest larger than {MAX_MANIFEST} bytes");
     }
-    let mut buf = Vec::new();
-    ar.read_to_end(&mut buf).context("corrupt archive")?;
-    Ok(buf)
+    Ok(())
 }
 
-/// With trusted keys, what the first bytes of an object (`head`) tell:
-/// `Err` if it is not signed by a trusted key for this name, `Ok(true)`
-/// if it is, `Ok(false)` if they do not hold the whole manifest (the
-/// full archive is checked by `unpack` before anything is staged).
+/// Streams the manifest (positioned by `manifest_member`) into `w`,
+/// hashing it: its blake3, with no more than one buffer in memory.
+fn hash_manifest(ar: &mut Reader<impl Read>, w: impl Write) -> Result<blake3::Hash> {
+    struct Tee<W> {
+        w: W,
+        h: blake3::Hasher,
+    }
+    impl<W: Write> Write for Tee<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.w.write(b)?;
+            self.h.update(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.w.flush()
+        }
+    }
+    let mut t = Tee {
+        w,
+        h: blake3::Hasher::new(),
+    };
+    std::io::copy(ar, &mut t).context("corrupt archive")?;
+    t.w.flush()?;
+    Ok(t.h.finalize())
+}
+
+/// A reader of a slice that notes whether its end was reached: an error
+/// after that is the slice being too short, not corrupt data.
+struct Ends<'a> {
+    rest: &'a [u8],
+    ended: bool,
+}
+
+impl Read for Ends<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.rest.len().min(buf.len());
+        if n == 0 && !buf.is_empty() {
+            self.ended = true;
+        }
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
+    }
+}
+
+/// With trusted keys, what the first bytes of an object (`head`; all of
+/// it when `whole`) tell: `Err` if it is not signed by a trusted key for
+/// this name, `Ok(true)` if it is, `Ok(false)` if they end before the
+/// manifest does. Decided on the frame alone when it is missing or names
+/// no trusted key; otherwise the manifest is hashed as it streams (never
+/// held in memory) and the signature checked. Data that does not decode
+/// is refused here, not downloaded further.
 pub(crate) fn check_head(
     head: &[u8],
+    whole: bool,
     crate_name: &CrateName,
     key: &CacheKey,
     check: &Check<'_>,
 ) -> std::result::Result<bool, trust::Refused> {
     let id = Origin::identity(check.origin, crate_name, key);
-    let Ok((frame, rest)) = trust::read_frame(head) else {
-        return Ok(false);
+    let mut src = Ends {
+        rest: head,
+        ended: false,
     };
-    if !matches!(frame, trust::Frame::Signed { .. }) {
-        // No signature (or a malformed one): refused whatever follows.
+    let Ok((frame, rest)) = trust::read_frame(&mut src) else {
+        return if whole {
+            Err(trust::Refused(
+                "not signed by a trusted key (its signature frame is cut short)".into(),
+            ))
+        } else {
+            Ok(false)
+        };
+    };
+    let named = match &frame {
+        trust::Frame::Signed { key, .. } => check.trusted.iter().any(|t| &t.name == key),
+        _ => false,
+    };
+    if !named {
+        // Unsigned, malformed, or by a key not trusted: whatever follows.
         trust::verify(check.trusted, &frame, &id, "")?;
         return Ok(false);
     }
-    let Ok(json) = zstd::Decoder::new(rest)
-        .map_err(anyhow::Error::from)
-        .and_then(|dec| read_manifest(&mut Reader::new(dec)))
-    else {
-        return Ok(false);
-    };
-    trust::verify(
-        check.trusted,
-        &frame,
-        &id,
-        blake3::hash(&json).to_hex().as_str(),
-    )?;
-    Ok(true)
+    let hashed = decoder(rest).and_then(|dec| {
+        let mut ar = Reader::new(dec);
+        manifest_member(&mut ar)?;
+        hash_manifest(&mut ar, std::io::sink())
+    });
+    match hashed {
+        Ok(h) => {
+            trust::verify(check.trusted, &frame, &id, h.to_hex().as_str())?;
+            Ok(true)
+        }
+        Err(_) if src.ended && !whole => Ok(false),
+        Err(e) => Err(trust::Refused(format!(
+            "not signed by a trusted key (its manifest cannot be read: {e:#})"
+        ))),
+    }
 }
 
 /// Checks the archive read from `r` and imports it as `crate_name/key`.
@@ -329,19 +418,26 @@ fn unpack_staged(
     staging: &std::path::Path,
 ) -> Result<Unpacked> {
     let (frame, r) = trust::read_frame(r).context("corrupt archive")?;
-    let dec = zstd::Decoder::new(r).context("not a zstd stream")?;
+    let dec = decoder(r).context("not a zstd stream")?;
     let mut ar = Reader::new(dec);
-    let buf = read_manifest(&mut ar)?;
-    let signed_by = if check.trusted.is_empty() {
-        None
+    let (buf, signed_by) = if check.trusted.is_empty() {
+        (read_manifest(&mut ar)?, None)
     } else {
         // Before the manifest is parsed or anything staged, and bound to
         // the name the object was found under, not to what its manifest
-        // claims.
+        // claims. Until then it is on disk, not in memory.
         let id = Origin::identity(check.origin, crate_name, key);
-        let hash = blake3::hash(&buf).to_hex();
-        let k = trust::verify(check.trusted, &frame, &id, hash.as_str())?;
-        Some(k.to_string())
+        manifest_member(&mut ar)?;
+        let path = staging.join("manifest.json");
+        let f =
+            fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let hash = hash_manifest(&mut ar, std::io::BufWriter::new(f))?;
+        let k = trust::verify(check.trusted, &frame, &id, hash.to_hex().as_str())?;
+        let buf = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if blake3::hash(&buf) != hash {
+            bail!("the staged manifest changed");
+        }
+        (buf, Some(k.to_string()))
     };
     let mut entry: Entry = serde_json::from_slice(&buf).context("corrupt manifest")?;
     check_manifest(&entry, crate_name, key)?;
@@ -613,14 +709,14 @@ mod tests {
             trusted: &trusted,
             origin: None,
         };
-        let head = |b: &[u8]| check_head(b, &e.crate_name, &e.key, &check);
+        let head = |b: &[u8]| check_head(b, b.len() == signed.len(), &e.crate_name, &e.key, &check);
         assert!(head(&signed).unwrap());
         // Cut before the manifest ends: undecided.
         let frame = signed.len() - trust::skip_frame(&signed).len();
         assert_eq!(head(&signed[..frame + 20]).ok(), Some(false));
         assert!(head(&packed(&s, &e)[..10]).is_err(), "unsigned");
         let other = crate::store::ids::test::key(&"9".repeat(64));
-        assert!(check_head(&signed, &e.crate_name, &other, &check).is_err());
+        assert!(check_head(&signed, true, &e.crate_name, &other, &check).is_err());
     }
 
     #[test]

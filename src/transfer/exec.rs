@@ -116,8 +116,9 @@ fn pull_one(ctx: &Ctx<'_>, t: Transfer) -> Outcome {
 }
 
 /// With trusted keys, how much of an object is read first: its
-/// signature is checked on these bytes before the rest is fetched.
-const HEAD: u64 = 64 << 10;
+/// signature is checked on these bytes before the rest is fetched. A
+/// manifest that has not ended within the second is refused.
+const HEADS: [u64; 2] = [64 << 10, 8 << 20];
 
 fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outcome, Outcome> {
     let what = format!("cannot download {}", ctx.remote.describe(name));
@@ -127,22 +128,31 @@ fn pull_via(ctx: &Ctx<'_>, t: &Transfer, name: &str, tmp: &Path) -> Result<Outco
         origin: parsed.as_ref().and_then(|p| p.origin.as_ref()),
     };
     if !check.trusted.is_empty() {
-        match ctx.remote.get_head(name, HEAD.min(t.size)) {
-            Ok(head) => {
-                if let Err(r) = archive::check_head(&head, &t.crate_name, &t.key, &check) {
-                    return Err(Outcome::Refused(t.clone(), format!("refused: {r}")));
+        let refused = |m: String| Outcome::Refused(t.clone(), format!("refused: {m}"));
+        for (i, n) in HEADS.into_iter().enumerate() {
+            let head = match ctx.remote.get_head(name, n.min(t.size)) {
+                Ok(head) => head,
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    return Ok(Outcome::Skipped(t.clone(), "vanished remotely"));
                 }
-                // A small object is all in its head: no second request.
-                if head.len() as u64 == t.size {
-                    return import(ctx, t, name, &head[..], &check, t.size);
+                // Not offered: the whole object is verified before staging.
+                Err(e) if e.kind == ErrorKind::Unsupported => break,
+                Err(e) => return Err(failure(t.clone(), &what, &e)),
+            };
+            let whole = head.len() as u64 >= t.size;
+            match archive::check_head(&head, whole, &t.crate_name, &t.key, &check) {
+                Err(r) => return Err(refused(r.to_string())),
+                // A small object is all in its head: no further request.
+                Ok(_) if whole => return import(ctx, t, name, &head[..], &check, t.size),
+                Ok(true) => break,
+                Ok(false) if i + 1 == HEADS.len() => {
+                    return Err(refused(format!(
+                        "not signed by a trusted key (its manifest does not end within the first {} bytes read to check it)",
+                        head.len()
+                    )));
                 }
+                Ok(false) => {}
             }
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                return Ok(Outcome::Skipped(t.clone(), "vanished remotely"));
-            }
-            // Not offered: the whole object is verified before staging.
-            Err(e) if e.kind == ErrorKind::Unsupported => {}
-            Err(e) => return Err(failure(t.clone(), &what, &e)),
         }
     }
     let n = match ctx.remote.get(name, tmp, t.size) {
