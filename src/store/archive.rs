@@ -134,6 +134,10 @@ pub(crate) fn pack(
     let mut enc = zstd::Encoder::new(counter, level).context("zstd init failed")?;
     // Levels 20 to 22 would use windows of 32 to 128 MiB, which every
     // reader would have to allocate: held to what readers accept.
+    // A checksum over the whole stream: a damaged object is reported
+    // even where the damage falls outside every checked file (`unpack`
+    // reads the stream to its end).
+    enc.include_checksum(true).context("zstd init failed")?;
     if level >= 20 {
         enc.window_log(WINDOW_LOG_MAX).context("zstd init failed")?;
     }
@@ -486,6 +490,7 @@ fn unpack_staged(
         }
         staged[i] = Some(dst);
     }
+    ar.finish()?;
     if let Some(i) = staged.iter().position(Option::is_none) {
         bail!("archive lacks `{}`", entry.files[i].name);
     }

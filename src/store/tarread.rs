@@ -57,7 +57,13 @@ impl<R: Read> Reader<R> {
     /// The next member, skipping what is left of the current one;
     /// `None` at the end-of-archive block.
     pub(crate) fn next(&mut self) -> Result<Option<Member>> {
-        self.skip(self.left + self.pad)?;
+        self.skip(self.left)?;
+        let mut pad = [0u8; BLOCK];
+        let pad = &mut pad[..usize::try_from(self.pad).unwrap_or(0)];
+        self.exact(pad)?;
+        if pad.iter().any(|&b| b != 0) {
+            bail!("corrupt archive: a member's padding is not zeros");
+        }
         self.left = 0;
         self.pad = 0;
         let mut block = [0u8; BLOCK];
@@ -97,6 +103,18 @@ impl<R: Read> Reader<R> {
         self.left = size;
         self.pad = padding(size);
         Ok(Some(Member { name, size }))
+    }
+
+    /// After the end block: reads what follows to the end of the stream
+    /// (at most 64 KiB, all zero), so a checksummed stream (zstd) checks
+    /// its checksum and nothing past the archive goes unread.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        let mut rest = Vec::new();
+        (&mut self.inner).take(64 << 10).read_to_end(&mut rest)?;
+        if rest.len() >= 64 << 10 || rest.iter().any(|&b| b != 0) {
+            bail!("corrupt archive: data after its end");
+        }
+        Ok(())
     }
 
     /// Reads one header block; `false` at an all-zero (end) block.
