@@ -1391,8 +1391,6 @@ fn flag_values_leave_the_machine_only_as_keyed_digests() {
 /// again (before, a refused object was fetched again on every fetch).
 #[test]
 fn the_daemon_remembers_what_it_refused() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream;
     let w = World::local();
     let ci = w.key("ci");
     let cache_a = w.path("cache-a");
@@ -1408,18 +1406,7 @@ fn the_daemon_remembers_what_it_refused() {
         "{}|{}|{}|{}",
         proxy.endpoint, w.s3.region, w.s3.bucket, w.s3.prefix
     );
-    let fetch = |version: Option<&str>| {
-        let req = serde_json::json!({
-            "op": "fetch", "remote": id, "crate": "dep", "version": version,
-            "wait_ms": 10_000, "trusted": [ci.public],
-        });
-        let mut s = UnixStream::connect(cache.join("daemon/sock")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(format!("{req}\n").as_bytes()).unwrap();
-        let mut r = String::new();
-        BufReader::new(&s).read_line(&mut r).unwrap();
-        r
-    };
+    let fetch = |version: Option<&str>| ask_fetch(&cache, &id, "dep", version, &ci.public);
     let gets = || {
         proxy
             .seen()
@@ -1558,8 +1545,6 @@ fn forged_signature_frames_are_refused_on_their_head() {
 /// and paused every remote hit).
 #[test]
 fn a_forged_object_neither_downloads_nor_pauses_the_daemon() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream;
     let w = World::local();
     let ci = w.key("ci");
     let key_file = ci.file.to_str().unwrap();
@@ -1587,18 +1572,7 @@ fn a_forged_object_neither_downloads_nor_pauses_the_daemon() {
         run_checked(c.args(args))
     };
     ok(&daemon(&["daemon", "start"]));
-    let fetch = |krate: &str| {
-        let req = serde_json::json!({
-            "op": "fetch", "remote": id, "crate": krate, "version": null,
-            "wait_ms": 10_000, "trusted": [ci.public],
-        });
-        let mut s = UnixStream::connect(cache.join("daemon/sock")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(format!("{req}\n").as_bytes()).unwrap();
-        let mut r = String::new();
-        BufReader::new(&s).read_line(&mut r).unwrap();
-        r
-    };
+    let fetch = |krate: &str| ask_fetch(&cache, &id, krate, None, &ci.public);
     let d = fetch("dep");
     let a = fetch("app");
     let st = json(&daemon(&["daemon", "status", "--json"]));
@@ -1613,4 +1587,20 @@ fn a_forged_object_neither_downloads_nor_pauses_the_daemon() {
         .filter(|s| s.method == "GET" && s.path.contains("/dep/") && s.range.is_none())
         .collect();
     assert!(whole.is_empty(), "downloaded whole: {whole:?}");
+}
+
+/// Asks the daemon of `cache` for `krate`'s remote entries as a build
+/// of remote `id` trusting `trusted` would: its one-line reply.
+fn ask_fetch(cache: &Path, id: &str, krate: &str, version: Option<&str>, trusted: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let req = serde_json::json!({
+        "op": "fetch", "remote": id, "crate": krate, "version": version,
+        "wait_ms": 10_000, "trusted": [trusted],
+    });
+    let mut s = std::os::unix::net::UnixStream::connect(cache.join("daemon/sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut r = String::new();
+    BufReader::new(&s).read_line(&mut r).unwrap();
+    r
 }
