@@ -225,6 +225,73 @@ fn build_scripts_cached_over_the_c_layer() {
     }
 }
 
+/// A C entry keys the headers that would shadow those it read (a few
+/// system headers make hundreds of such names) by what computes them, not
+/// by listing them: its input list and manifest name the search path and
+/// the names present, so a lookup reads kilobytes, not megabytes (a
+/// libgit2 object's manifest was 1.5 MB).
+#[test]
+fn the_shadow_set_is_computed_not_listed() {
+    let r = tempfile::tempdir().unwrap();
+    let a = App::new(r.path(), "a");
+    a.same("cold build", &[]);
+    let jsons = |dir: &str| -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for sub in fs::read_dir(a.cache.join(dir)).unwrap() {
+            for f in fs::read_dir(sub.unwrap().path()).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|e| e == "json") {
+                    out.push(serde_json::from_slice(&fs::read(&f).unwrap()).unwrap());
+                }
+            }
+        }
+        out
+    };
+    let c_entries: Vec<serde_json::Value> = jsons("entries")
+        .into_iter()
+        .filter(|e| e["lang"].is_string())
+        .collect();
+    assert!(c_entries.len() >= 3, "{c_entries:?}");
+    for e in &c_entries {
+        let inputs = &e["inputs"];
+        assert!(inputs["shadows"]["search"].is_array(), "{inputs}");
+        assert!(
+            inputs["absent"].as_array().is_none_or(Vec::is_empty),
+            "{inputs}"
+        );
+        let explain = e["explain"].as_object().unwrap();
+        assert!(
+            !explain.keys().any(|k| k.starts_with("absent ")),
+            "{explain:?}"
+        );
+        // Only names that are there (a system header beside another may
+        // share a fixture header's name).
+        let shown = explain["shadowing headers"].as_str().unwrap();
+        assert!(
+            shown == "none present" || shown.starts_with("present: /usr/"),
+            "{shown}"
+        );
+    }
+    // The index's lists of C compiles likewise (a link's list names the
+    // libraries it did not find).
+    let c_bases: Vec<&serde_json::Value> = c_entries.iter().map(|e| &e["inputs"]["base"]).collect();
+    let c_lists: Vec<serde_json::Value> = jsons("index")
+        .into_iter()
+        .filter(|l| c_bases.contains(&&l["base"]))
+        .collect();
+    assert!(c_lists.len() >= c_entries.len(), "{c_lists:?}");
+    for list in c_lists {
+        assert!(list["shadows"].is_object(), "{list}");
+        assert!(
+            list["absent"].as_array().is_none_or(Vec::is_empty),
+            "{list}"
+        );
+    }
+    a.write("include/shadow.h", "#define SHADOW_VALUE 200\n");
+    let after = stdout(&a.same("shadowing header", &[]));
+    assert!(after.contains("shadow=200"), "{after}");
+}
+
 #[test]
 fn header_edit() {
     change_case(

@@ -48,6 +48,25 @@ pub(crate) struct Inputs {
     /// names (and kinds) of their entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) dirs: Vec<String>,
+    /// A C compile's shadow set (the headers that must stay absent), kept
+    /// as what computes it from `files`: a few hundred headers make
+    /// thousands of names, which listed out made every lookup slow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) shadows: Option<Shadows>,
+}
+
+/// What a C compile's shadow set is computed from, with the headers it
+/// read (see `cc::key::shadow_candidates`), every path normalised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Shadows {
+    pub(crate) source: String,
+    /// The directories searched for `#include <...>`, in order.
+    pub(crate) search: Vec<String>,
+    /// Whether a file was included from the command line (`-include`).
+    pub(crate) forced: bool,
+    /// The names `__has_include` asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) probed: Vec<String>,
 }
 
 /// An entry manifest. Serialised as JSON in the store and as

@@ -9,6 +9,7 @@ entries/<crate>/<key>.json     one manifest per entry; mtime = last access
 index/<base>/<list hash>.json  the wrapper's input lists (see wrapper::inputs)
 toolchains/<id>                cached `rustc -vV` / `cc --version` answers
 hashes/<id>                    remembered file hashes (Store::hash_file_cached)
+hashes/list-<id>               the same for a lookup's whole input list
 dylibs/<so blake3>             the shared libraries a proc macro or dylib loads
 origins/<blake3>               `name@version` of an rlib/rmeta/so, for the pull
                                filter's dependency versions
@@ -875,19 +876,7 @@ impl Store {
     /// its ctime is older than `SETTLED`, so a later change, even within
     /// the filesystem's timestamp granularity, gets a different ctime.
     pub(crate) fn hash_file_cached(&self, p: &Path) -> io::Result<String> {
-        use std::os::unix::fs::MetadataExt;
-        let id = |m: &fs::Metadata| {
-            format!(
-                "{}:{}:{}:{}.{}:{}.{}",
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            )
-        };
+        let id = file_identity;
         let before = fs::metadata(p)?;
         if !before.is_file() {
             // A device or fifo named in a (hand-made) input list would
@@ -908,16 +897,100 @@ impl Store {
             return Ok(h);
         }
         let h = hash_file(p)?;
-        let ctime = UNIX_EPOCH + Duration::new(before.ctime().max(0) as u64, 0);
-        let settled = SystemTime::now()
-            .duration_since(ctime)
-            .is_ok_and(|age| age > SETTLED + Duration::from_secs(1));
-        if settled && fs::metadata(p).is_ok_and(|m| id(&m) == fp) {
+        if settled(&before) && fs::metadata(p).is_ok_and(|m| id(&m) == fp) {
             let _ = fs::create_dir_all(self.root.join("hashes"));
             let _ = self.write_atomic("hash", &rec, h.as_bytes());
         }
         Ok(h)
     }
+}
+
+impl Store {
+    /// [`Store::hash_file_cached`] of each of `paths`, the files a lookup
+    /// keys. Their identities and hashes are remembered together too, in
+    /// one record named by the list, so the next lookup of the same list
+    /// reads one record rather than one per file; a file whose identity
+    /// changed is hashed again. (A record may pair an identity with the
+    /// hash of content written after it: that identity never comes back.)
+    pub(crate) fn hash_files_cached(&self, paths: &[PathBuf]) -> Vec<io::Result<String>> {
+        use std::os::unix::ffi::OsStrExt;
+        if paths.len() < 8 {
+            return paths.iter().map(|p| self.hash_file_cached(p)).collect();
+        }
+        let mut list = blake3::Hasher::new();
+        for p in paths {
+            list.update(p.as_os_str().as_bytes());
+            list.update(b"\0");
+        }
+        let rec = self
+            .root
+            .join("hashes")
+            .join(format!("list-{}", list.finalize().to_hex()));
+        let old = fs::read_to_string(&rec).unwrap_or_default();
+        let mut old_lines = old.lines();
+        let mut new = String::with_capacity(old.len().max(paths.len() * 140));
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            let was = old_lines.next().and_then(|l| l.split_once(' '));
+            let one = fs::metadata(p).and_then(|m| {
+                if !m.is_file() {
+                    // As `hash_file_cached` says it.
+                    return self.hash_file_cached(p).map(|h| (None, h));
+                }
+                let fp = file_identity(&m);
+                if let Some((f, h)) = was
+                    && f == fp
+                    && ids::is_hash_form(h)
+                {
+                    return Ok((Some(fp), h.to_string()));
+                }
+                let h = self.hash_file_cached(p)?;
+                Ok((settled(&m).then_some(fp), h))
+            });
+            match &one {
+                Ok((Some(fp), h)) => {
+                    new.push_str(fp);
+                    new.push(' ');
+                    new.push_str(h);
+                }
+                _ => new.push('-'),
+            }
+            new.push('\n');
+            out.push(one.map(|(_, h)| h));
+        }
+        if new != old {
+            let _ = fs::create_dir_all(self.root.join("hashes"));
+            let _ = self.write_atomic("hash", &rec, new.as_bytes());
+        }
+        out
+    }
+}
+
+/// What identifies a file's content without reading it: device, inode,
+/// size, mtime and ctime to the nanosecond (see
+/// [`Store::hash_file_cached`]).
+fn file_identity(m: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    )
+}
+
+/// Whether a file's ctime is far enough in the past for its hash to be
+/// remembered.
+fn settled(m: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = UNIX_EPOCH + Duration::new(m.ctime().max(0) as u64, 0);
+    SystemTime::now()
+        .duration_since(ctime)
+        .is_ok_and(|age| age > SETTLED + Duration::from_secs(1))
 }
 
 /// Hashes a file's content with blake3.
@@ -1093,6 +1166,67 @@ mod tests {
         assert_eq!(s.hash_file_cached(&p).unwrap(), hash_file(&p).unwrap());
         assert_ne!(hash_file(&p).unwrap(), h1);
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn remembered_list_hashes_follow_every_change() {
+        let (d, s) = tmpstore();
+        let files: Vec<PathBuf> = (0..10).map(|i| d.path().join(format!("h{i}.h"))).collect();
+        for (i, p) in files.iter().enumerate() {
+            fs::write(p, format!("header {i}")).unwrap();
+        }
+        let real = |i: usize| hash_file(&files[i]).unwrap();
+        let got = |s: &Store| -> Vec<String> {
+            s.hash_files_cached(&files)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let list = |s: &Store| -> Vec<PathBuf> {
+            fs::read_dir(s.root().join("hashes"))
+                .map(|r| r.map(|e| e.unwrap().path()).collect::<Vec<PathBuf>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p: &PathBuf| p.to_string_lossy().contains("list-"))
+                .collect()
+        };
+        // Fresh files: hashed, no identity remembered.
+        assert_eq!(got(&s), (0..10).map(real).collect::<Vec<_>>());
+        let rec = list(&s);
+        assert_eq!(rec.len(), 1);
+        assert!(
+            fs::read_to_string(&rec[0])
+                .unwrap()
+                .lines()
+                .all(|l| l == "-")
+        );
+        std::thread::sleep(SETTLED + Duration::from_millis(1200));
+        assert_eq!(got(&s), (0..10).map(real).collect::<Vec<_>>());
+        // The list's record is what the next lookup uses...
+        let text = fs::read_to_string(&rec[0]).unwrap();
+        let fake = "f".repeat(64);
+        let forged = text
+            .lines()
+            .map(|l| format!("{} {fake}", l.split_once(' ').unwrap().0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(&rec[0], forged).unwrap();
+        assert!(got(&s).iter().all(|h| *h == fake));
+        // ... but not for a file changed in any way (here to the same
+        // size and mtime), nor for one that is gone.
+        let mtime = fs::metadata(&files[3]).unwrap().modified().unwrap();
+        fs::write(&files[3], b"header X").unwrap();
+        File::options()
+            .write(true)
+            .open(&files[3])
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        fs::remove_file(&files[5]).unwrap();
+        let after = s.hash_files_cached(&files);
+        assert_eq!(after[3].as_ref().unwrap(), &real(3));
+        assert!(after[5].is_err());
+        assert_eq!(after[0].as_ref().unwrap(), &fake);
     }
 
     #[test]

@@ -10,14 +10,16 @@ use crate::store::CacheKey;
 /// A hasher that frames every field, so ("ab","c") != ("a","bc"). It also
 /// remembers the fields, so a miss can be explained (`kache why-miss`).
 pub(crate) struct KeyHasher {
-    h: blake3::Hasher,
+    /// The framed fields, hashed at the end in one pass (thousands of
+    /// short fields hash far faster so).
+    framed: Vec<u8>,
     fields: Vec<(String, String)>,
 }
 
 impl KeyHasher {
     pub(crate) fn new(domain: &str) -> KeyHasher {
         let mut h = KeyHasher {
-            h: blake3::Hasher::new(),
+            framed: Vec::new(),
             fields: Vec::new(),
         };
         h.field("domain", domain);
@@ -39,15 +41,28 @@ impl KeyHasher {
         self.fields.push(shown);
     }
 
+    /// Hashes a field as [`KeyHasher::field`] does, leaving it out of
+    /// the account: for fields too many to show one by one, accounted
+    /// for together with [`KeyHasher::account`].
+    pub(crate) fn hidden(&mut self, label: &str, value: &str) {
+        self.hash(label, value);
+    }
+
+    /// Adds to the account without hashing: a summary of hidden fields.
+    pub(crate) fn account(&mut self, label: &str, value: String) {
+        self.fields.push((label.to_string(), value));
+    }
+
     fn hash(&mut self, label: &str, value: &str) {
         for part in [label, value] {
-            self.h.update(&(part.len() as u64).to_le_bytes());
-            self.h.update(part.as_bytes());
+            self.framed
+                .extend_from_slice(&(part.len() as u64).to_le_bytes());
+            self.framed.extend_from_slice(part.as_bytes());
         }
     }
 
     pub(crate) fn finish(self) -> CacheKey {
-        CacheKey::of(&self.h.finalize())
+        CacheKey::of(&blake3::hash(&self.framed))
     }
 
     /// The hash and a readable account of what went into it.

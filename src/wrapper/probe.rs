@@ -52,6 +52,120 @@ pub(crate) trait Probe {
             Ok(_) => "other",
         }
     }
+    /// [`Probe::hash`] of each of `ps`.
+    fn hashes(&self, ps: &[PathBuf]) -> Vec<Option<String>> {
+        ps.iter().map(|p| self.hash(p)).collect()
+    }
+    /// What is at each of `paths`, as [`Probe::kind`] says.
+    fn kinds(&self, paths: &[PathBuf]) -> Vec<&'static str> {
+        kinds_of(paths)
+    }
+}
+
+/// What is at each path, following links (as [`Probe::kind`]), looking
+/// once per directory rather than once per path where that is cheaper: a
+/// C compile's shadow set names thousands of headers, nearly all in a few
+/// directories or under missing ones. A missing directory (or one under
+/// a missing one) holds nothing; a directory holding many of the paths
+/// is listed once; a link, an unlistable directory or a few paths are
+/// looked at one by one.
+pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
+    use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
+    /// Paths in one directory from which listing it beats a look each.
+    const LIST_FROM: usize = 16;
+    let one = |p: &Path| match fs::metadata(p) {
+        Err(_) => "none",
+        Ok(m) if m.is_file() => "file",
+        Ok(m) if m.is_dir() => "dir",
+        Ok(_) => "other",
+    };
+    // (directory, name) by the last `/`; `None` for a name that is not
+    // one (`.`, `..`, empty), looked at on its own.
+    let split = |p: &[u8]| -> Option<(usize, usize)> {
+        let at = p.iter().rposition(|&c| c == b'/')?;
+        let name = &p[at + 1..];
+        if name.is_empty() || name == b"." || name == b".." {
+            return None;
+        }
+        Some((if at == 0 { 1 } else { at }, at + 1))
+    };
+    let mut wanted: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut out = vec!["none"; paths.len()];
+    for (i, p) in paths.iter().enumerate() {
+        let b = p.as_os_str().as_bytes();
+        match split(b) {
+            Some((dir_end, _)) => wanted.entry(&b[..dir_end]).or_default().push(i),
+            None => out[i] = one(p),
+        }
+    }
+    let name_of = |i: usize| -> &[u8] {
+        let b = paths[i].as_os_str().as_bytes();
+        split(b).map_or(b, |(_, start)| &b[start..])
+    };
+    // Whether a directory exists, each looked at once, its parent first
+    // (when that too is a directory some path names, or under one): a
+    // missing one answers for all under it, since the kernel walks every
+    // leading part of a path (`a/gone/../b` needs `a/gone`).
+    let mut known: HashMap<&[u8], bool> = HashMap::new();
+    fn is_dir<'p>(dir: &'p [u8], known: &mut HashMap<&'p [u8], bool>) -> bool {
+        if let Some(&k) = known.get(dir) {
+            return k;
+        }
+        let parent = dir
+            .iter()
+            .rposition(|&c| c == b'/')
+            .filter(|&at| at > 0)
+            .map(|at| &dir[..at]);
+        let k = parent.is_none_or(|p| is_dir(p, known))
+            && fs::metadata(Path::new(std::ffi::OsStr::from_bytes(dir))).is_ok_and(|m| m.is_dir());
+        known.insert(dir, k);
+        k
+    }
+    let dirs: Vec<&[u8]> = wanted.keys().copied().collect();
+    for dir in dirs {
+        if !is_dir(dir, &mut known) {
+            continue;
+        }
+        let path = Path::new(std::ffi::OsStr::from_bytes(dir));
+        let names = &wanted[dir];
+        let listed = (names.len() >= LIST_FROM)
+            .then(|| fs::read_dir(path).ok())
+            .flatten();
+        let Some(listing) = listed else {
+            for &i in names {
+                out[i] = one(&paths[i]);
+            }
+            continue;
+        };
+        let mut index: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for &i in names {
+            index.entry(name_of(i)).or_default().push(i);
+        }
+        for e in listing {
+            let Ok(e) = e else {
+                // A listing cut short: look at each path instead.
+                for &i in names {
+                    out[i] = one(&paths[i]);
+                }
+                break;
+            };
+            let Some(hits) = index.get(e.file_name().as_bytes()) else {
+                continue;
+            };
+            let kind = match e.file_type() {
+                Ok(t) if t.is_file() => "file",
+                Ok(t) if t.is_dir() => "dir",
+                Ok(t) if !t.is_symlink() => "other",
+                // A link is what it points to.
+                _ => one(&paths[hits[0]]),
+            };
+            for &i in hits {
+                out[i] = kind;
+            }
+        }
+    }
+    out
 }
 
 pub(crate) struct RealProbe<'a> {
@@ -97,6 +211,22 @@ impl Probe for RealProbe<'_> {
         let h = self.store.hash_file_cached(p).ok()?;
         self.read.borrow_mut().push(p.to_path_buf());
         Some(h)
+    }
+
+    fn hashes(&self, ps: &[PathBuf]) -> Vec<Option<String>> {
+        let out: Vec<Option<String>> = self
+            .store
+            .hash_files_cached(ps)
+            .into_iter()
+            .map(Result::ok)
+            .collect();
+        let mut read = self.read.borrow_mut();
+        for (p, h) in ps.iter().zip(&out) {
+            if h.is_some() {
+                read.push(p.clone());
+            }
+        }
+        out
     }
 
     fn identity(&self, program: &str, args: &[&str]) -> Result<String> {
@@ -230,4 +360,71 @@ pub(crate) fn resolve_program(program: &str) -> PathBuf {
         }
     }
     p.to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batched look answers as a look at each path does: files,
+    /// directories, links (to each, dangling, to a directory), a fifo,
+    /// names under a missing directory, under a file, through `..`, and a
+    /// directory holding enough names to be listed.
+    #[test]
+    fn kinds_are_what_a_look_at_each_path_says() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("inc/sub")).unwrap();
+        fs::write(r.join("inc/a.h"), "a").unwrap();
+        fs::write(r.join("inc/sub/b.h"), "b").unwrap();
+        symlink(r.join("inc/a.h"), r.join("inc/link.h")).unwrap();
+        symlink(r.join("nowhere"), r.join("inc/dangling.h")).unwrap();
+        symlink(r.join("inc/sub"), r.join("inc/dirlink.h")).unwrap();
+        symlink(r.join("inc"), r.join("alias")).unwrap();
+        let fifo = r.join("inc/fifo.h");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut names: Vec<PathBuf> = [
+            "inc/a.h",
+            "inc/sub",
+            "inc/link.h",
+            "inc/dangling.h",
+            "inc/dirlink.h",
+            "inc/fifo.h",
+            "inc/none.h",
+            "inc/sub/b.h",
+            "inc/sub/../a.h",
+            "inc/gone/../a.h",
+            "inc/gone/deeper/x.h",
+            "inc/a.h/x.h",
+            "alias/a.h",
+            "alias/sub/b.h",
+            "missing/x.h",
+        ]
+        .iter()
+        .map(|n| r.join(n))
+        .collect();
+        // Enough names in `inc` for it to be listed rather than looked
+        // at name by name.
+        names.extend((0..40).map(|i| r.join(format!("inc/n{i}.h"))));
+        names.push(PathBuf::from("/"));
+        names.push(PathBuf::from("relative-name.h"));
+        let one = |p: &Path| match fs::metadata(p) {
+            Err(_) => "none",
+            Ok(m) if m.is_file() => "file",
+            Ok(m) if m.is_dir() => "dir",
+            Ok(_) => "other",
+        };
+        let want: Vec<&str> = names.iter().map(|p| one(p)).collect();
+        assert_eq!(kinds_of(&names), want);
+        assert_eq!(want[..6], ["file", "dir", "file", "none", "dir", "other"]);
+        assert_eq!(want[8], "file");
+        assert_eq!(want[9], "none");
+    }
 }

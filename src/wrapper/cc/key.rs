@@ -308,13 +308,13 @@ fn dir_of(p: &str) -> &str {
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
+    let mut s = String::with_capacity(dir.len() + 1 + name.len());
+    s.push_str(dir);
+    if !dir.is_empty() && !dir.ends_with('/') {
+        s.push('/');
     }
+    s.push_str(name);
+    s
 }
 
 /// The files whose appearance would change which header a compile reads:
@@ -332,6 +332,20 @@ pub(crate) fn shadow_candidates(
     forced: bool,
     probed: &[String],
 ) -> Result<Vec<String>, String> {
+    let mut out = shadow_names(source, headers, search, forced, probed)?;
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// [`shadow_candidates`] in no particular order, a name possibly twice.
+pub(crate) fn shadow_names(
+    source: &str,
+    headers: &[String],
+    search: &[String],
+    forced: bool,
+    probed: &[String],
+) -> Result<Vec<String>, String> {
     // Every file may have included any header with `"..."`.
     let mut includer: BTreeSet<&str> = BTreeSet::new();
     includer.insert(dir_of(source));
@@ -341,14 +355,14 @@ pub(crate) fn shadow_candidates(
     for h in headers {
         includer.insert(dir_of(h));
     }
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for name in probed {
         for e in includer
             .iter()
             .copied()
             .chain(search.iter().map(String::as_str))
         {
-            out.insert(join(e, name));
+            out.push(join(e, name));
         }
     }
     for p in headers {
@@ -363,7 +377,7 @@ pub(crate) fn shadow_candidates(
             {
                 let cand = join(e, name);
                 if cand != *p {
-                    out.insert(cand);
+                    out.push(cand);
                 }
             }
         }
@@ -385,7 +399,7 @@ pub(crate) fn shadow_candidates(
             return Err(format!("header {p} found in no directory kache knows"));
         }
     }
-    Ok(out.into_iter().collect())
+    Ok(out)
 }
 
 /// The names `__has_include(...)` and `__has_include_next(...)` ask for

@@ -39,7 +39,7 @@ use super::probe::Probe;
 use super::process::{run_plain, run_pumped, truthy};
 use super::restore;
 use crate::config::WrapperConfig;
-use crate::store::entry::{DepInfo, Inputs};
+use crate::store::entry::{DepInfo, Inputs, Shadows};
 use crate::store::{CacheKey, CrateName, Entry, FileRecord, Store};
 
 /// The kind, as events and entries name it.
@@ -345,17 +345,19 @@ impl<'a> Action<'a> for Job<'a> {
         let Some(probed) = self.scan_sources(&headers, run.compile_ms)? else {
             return Ok(run.code);
         };
-        let Some(absent) = self.absent(&headers, &probed, run.compile_ms)? else {
+        let files: Vec<String> = headers.iter().map(|h| ctx.paths.normalize(h)).collect();
+        let Some(shadows) = self.shadows(&files, probed, run.compile_ms)? else {
             return Ok(run.code);
         };
         let mut inputs = Inputs {
             base,
-            files: headers.iter().map(|h| ctx.paths.normalize(h)).collect(),
+            files,
             env: Vec::new(),
             link: Vec::new(),
-            absent: absent.iter().map(|h| ctx.paths.normalize(h)).collect(),
+            absent: Vec::new(),
             roots: Vec::new(),
             dirs: Vec::new(),
+            shadows: Some(shadows),
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();
@@ -424,20 +426,27 @@ impl Job<'_> {
         Ok(Some(probed))
     }
 
-    /// The headers that are absent but would have shadowed those read;
-    /// `None` (the miss logged) when a header was found where kache does
-    /// not search.
-    fn absent(
+    /// What the headers that would have shadowed those read are computed
+    /// from (normalised `files`, the headers read); `None` (the miss
+    /// logged) when a header was found where kache does not search.
+    fn shadows(
         &self,
-        headers: &[String],
-        probed: &[String],
+        files: &[String],
+        probed: Vec<String>,
         compile_ms: u64,
-    ) -> Result<Option<Vec<String>>> {
-        let c = self.c;
+    ) -> Result<Option<Shadows>> {
+        let (c, paths) = (self.c, &self.ctx.paths);
         let builtin = builtin_dirs(self.ctx.store, self.compiler_str, c)?;
         let search = key::search_dirs(c, &builtin, &|v| self.ctx.probe.var(v));
-        match key::shadow_candidates(&c.source, headers, &search, !c.forced.is_empty(), probed) {
-            Ok(a) => Ok(Some(a)),
+        let shadows = Shadows {
+            source: paths.normalize(&c.source),
+            search: search.iter().map(|d| paths.normalize(d)).collect(),
+            forced: !c.forced.is_empty(),
+            probed,
+        };
+        let s = &shadows;
+        match key::shadow_candidates(&s.source, files, &s.search, s.forced, &s.probed) {
+            Ok(_) => Ok(Some(shadows)),
             Err(why) => {
                 self.ctx.unstored(&why, compile_ms);
                 Ok(None)

@@ -573,6 +573,7 @@ mod tests {
             absent: vec![],
             roots: vec!["/kache-ws".into()],
             dirs: vec![],
+            shadows: None,
         };
         let full = full_key(&inputs, &paths, &Fixed).unwrap();
         let (f2, why) = full_key_explained(&inputs, &paths, &Fixed).unwrap();

@@ -429,6 +429,7 @@ impl<'a> Action<'a> for Job<'a> {
             absent,
             roots: Vec::new(),
             dirs: Vec::new(),
+            shadows: None,
         };
         let _w = ctx.store.writer_lock()?;
         let (files, roots) = self.store_outputs(pinned.as_ref())?;

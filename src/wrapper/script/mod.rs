@@ -456,6 +456,7 @@ impl<'a> Action<'a> for Job<'a> {
             absent: traced.absent,
             roots: Vec::new(),
             dirs: traced.dirs,
+            shadows: None,
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();
