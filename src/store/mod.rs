@@ -969,7 +969,7 @@ impl Store {
 /// What identifies a file's content without reading it: device, inode,
 /// size, mtime and ctime to the nanosecond (see
 /// [`Store::hash_file_cached`]).
-fn file_identity(m: &fs::Metadata) -> String {
+pub(crate) fn file_identity(m: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!(
         "{}:{}:{}:{}.{}:{}.{}",
@@ -985,7 +985,7 @@ fn file_identity(m: &fs::Metadata) -> String {
 
 /// Whether a file's ctime is far enough in the past for its hash to be
 /// remembered.
-fn settled(m: &fs::Metadata) -> bool {
+pub(crate) fn settled(m: &fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     let ctime = UNIX_EPOCH + Duration::new(m.ctime().max(0) as u64, 0);
     SystemTime::now()

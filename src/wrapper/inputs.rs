@@ -57,15 +57,40 @@ fn shadow_fields(
     if headers.len() > MAX_HEADERS || s.search.len() > MAX_SEARCH {
         return None;
     }
-    let names = shadow_names(&s.source, headers, &s.search, s.forced, &s.probed).ok()?;
-    let resolved: Vec<_> = names.iter().map(|f| paths.resolve(f)).collect();
-    let mut present: Vec<(&String, &str)> = names
-        .iter()
-        .zip(probe.kinds(&resolved))
-        .filter(|(_, kind)| *kind != "none")
-        .collect();
-    present.sort_unstable();
-    present.dedup();
+    let memo = memo_id(s, headers, paths);
+    let present = match probe.recall(&memo).and_then(|t| still_true(&t)) {
+        Some(present) => present,
+        None => {
+            let names = shadow_names(&s.source, headers, &s.search, s.forced, &s.probed).ok()?;
+            let resolved: Vec<_> = names.iter().map(|f| paths.resolve(f)).collect();
+            let look = probe.look(&resolved);
+            let mut present: Vec<(String, String)> = names
+                .iter()
+                .zip(&look.kinds)
+                .filter(|(_, kind)| **kind != "none")
+                .map(|(f, kind)| (f.clone(), (*kind).to_string()))
+                .collect();
+            present.sort_unstable();
+            present.dedup();
+            if !look.links && look.dirs.iter().all(|(_, _, settled)| *settled) {
+                let dirs: Option<Vec<(String, String)>> = look
+                    .dirs
+                    .into_iter()
+                    .map(|(d, id, _)| Some((d.into_os_string().into_string().ok()?, id)))
+                    .collect();
+                if let Some(dirs) = dirs {
+                    let m = ShadowMemo {
+                        dirs,
+                        present: present.clone(),
+                    };
+                    if let Ok(text) = serde_json::to_string(&m) {
+                        probe.remember(&memo, &text);
+                    }
+                }
+            }
+            present
+        }
+    };
     h.hidden("shadow-source", &s.source);
     for d in &s.search {
         h.hidden("shadow-search", d);
@@ -86,6 +111,57 @@ fn shadow_fields(
     };
     h.account("shadowing headers", shown);
     Some(())
+}
+
+/// What a shadow set's look found, remembered on this machine: every
+/// name of the set that is present (with what is there), and every
+/// existing directory looked at with its identity. While no such
+/// directory changed (a name created, removed or renamed in a directory
+/// changes its identity; a missing directory's parent was looked at), the
+/// same look finds the same; a look that met a link is not remembered.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShadowMemo {
+    dirs: Vec<(String, String)>,
+    present: Vec<(String, String)>,
+}
+
+/// Where a shadow set's look is remembered: by everything its names are
+/// computed from, as resolved here.
+fn memo_id(s: &Shadows, headers: &[String], paths: &Paths) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut put = |v: &str| {
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    };
+    put("kache-shadow-memo-1");
+    put(&paths.cwd.to_string_lossy());
+    put(&paths.expand(&s.source));
+    put(if s.forced { "forced" } else { "-" });
+    for d in &s.search {
+        put(&paths.expand(d));
+    }
+    put("probed");
+    for p in &s.probed {
+        put(p);
+    }
+    put("headers");
+    for f in headers {
+        put(&paths.expand(f));
+    }
+    format!("shadow-{}", h.finalize().to_hex())
+}
+
+/// The names present a remembered look found, if every directory it
+/// looked at is as it was.
+fn still_true(text: &str) -> Option<Vec<(String, String)>> {
+    let m: ShadowMemo = serde_json::from_str(text).ok()?;
+    m.dirs
+        .iter()
+        .all(|(d, id)| {
+            std::fs::metadata(d)
+                .is_ok_and(|meta| meta.is_dir() && crate::store::file_identity(&meta) == *id)
+        })
+        .then_some(m.present)
 }
 
 /// Bounds on a shadow set's inputs (a real compile reads a few thousand
@@ -138,4 +214,118 @@ fn full_hasher(inputs: &Inputs, paths: &Paths, probe: &dyn Probe) -> Option<KeyH
         h.field("listing", &listing.join("\n"));
     }
     Some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::wrapper::probe::{RealProbe, look};
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A C compile's shadow set, looked at for real: `-I inc1 -I inc2`,
+    /// the headers read in `inc2`.
+    fn setup(r: &std::path::Path) -> (Inputs, Paths) {
+        for d in ["src", "inc1", "inc2/deep"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("src/a.c"), "").unwrap();
+        fs::write(r.join("inc2/x.h"), "").unwrap();
+        fs::write(r.join("inc2/deep/y.h"), "").unwrap();
+        let p = |s: &str| r.join(s).to_string_lossy().into_owned();
+        let inputs = Inputs {
+            base: CacheKey::parse(&"a".repeat(64)).unwrap(),
+            files: vec![p("inc2/deep/y.h"), p("inc2/x.h")],
+            env: vec![],
+            link: vec![],
+            absent: vec![],
+            roots: vec![],
+            dirs: vec![],
+            shadows: Some(Shadows {
+                source: p("src/a.c"),
+                search: vec![p("inc1"), p("inc2")],
+                forced: false,
+                probed: vec![],
+            }),
+        };
+        (inputs, Paths::from_rules(&[], &p("src")))
+    }
+
+    fn memos(store: &Store) -> Vec<PathBuf> {
+        fs::read_dir(store.root().join("hashes"))
+            .map(|r| r.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("shadow-"))
+            .collect()
+    }
+
+    /// A remembered look answers only while every directory it looked in
+    /// is unchanged: a header created earlier on the path, or in a
+    /// directory that did not exist, changes the key at once.
+    #[test]
+    fn a_remembered_shadow_look_follows_every_change() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("ws");
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let (inputs, paths) = setup(&r);
+        let key = || full_key(&inputs, &paths, &RealProbe::new(&store)).unwrap();
+        let k0 = key();
+        // Fresh directories: nothing remembered.
+        assert!(memos(&store).is_empty());
+        std::thread::sleep(Duration::from_millis(5200));
+        assert_eq!(key(), k0);
+        let memo = memos(&store);
+        assert_eq!(memo.len(), 1, "a settled look is remembered");
+        // The record is what the next lookup uses...
+        let text = fs::read_to_string(&memo[0]).unwrap();
+        fs::write(
+            &memo[0],
+            text.replace("\"present\":[]", "\"present\":[[\"/forged\",\"file\"]]"),
+        )
+        .unwrap();
+        assert_ne!(key(), k0, "the remembered look was not used");
+        fs::write(&memo[0], &text).unwrap();
+        assert_eq!(key(), k0);
+        // ... until a shadowing header appears: earlier on the path,
+        assert!(text.contains("inc1"), "{text}");
+        fs::write(r.join("inc1/x.h"), "").unwrap();
+        let k1 = key();
+        assert_ne!(k1, k0);
+        fs::remove_file(r.join("inc1/x.h")).unwrap();
+        assert_eq!(key(), k0);
+        // beside the source,
+        fs::write(r.join("src/x.h"), "").unwrap();
+        assert_ne!(key(), k0);
+        fs::remove_file(r.join("src/x.h")).unwrap();
+        // or in a directory that was missing.
+        fs::create_dir_all(r.join("inc1/deep")).unwrap();
+        assert_eq!(key(), k0);
+        fs::write(r.join("inc1/deep/y.h"), "").unwrap();
+        assert_ne!(key(), k0);
+    }
+
+    /// A look that meets a link (a name, or a missing directory, that is
+    /// a link) says so: what a link points at may change with no
+    /// directory looked in changing.
+    #[test]
+    fn a_look_meeting_a_link_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("inc")).unwrap();
+        let at = |s: &str| vec![r.join(s)];
+        assert!(!look(&at("inc/x.h")).links);
+        assert!(!look(&at("gone/x.h")).links);
+        symlink(r.join("nowhere.h"), r.join("inc/x.h")).unwrap();
+        assert!(look(&at("inc/x.h")).links);
+        symlink(r.join("nowhere"), r.join("gone")).unwrap();
+        assert!(look(&at("gone/x.h")).links);
+        // Its parent's identity is what tells a missing directory appeared.
+        let l = look(&at("inc/sub/y.h"));
+        assert_eq!(l.dirs.len(), 1);
+        assert_eq!(l.dirs[0].0, r.join("inc"));
+    }
 }

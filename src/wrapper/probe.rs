@@ -60,6 +60,36 @@ pub(crate) trait Probe {
     fn kinds(&self, paths: &[PathBuf]) -> Vec<&'static str> {
         kinds_of(paths)
     }
+    /// [`look`] at `paths`.
+    fn look(&self, paths: &[PathBuf]) -> Look {
+        look(paths)
+    }
+    /// A record remembered under `id` (in the store's `hashes/`, a cache
+    /// rebuilt on demand); `None` if there is none.
+    fn recall(&self, _id: &str) -> Option<String> {
+        None
+    }
+    /// Remembers `text` under `id`, for [`Probe::recall`].
+    fn remember(&self, _id: &str, _text: &str) {}
+}
+
+/// What [`look`] found.
+pub(crate) struct Look {
+    /// What is at each path: `none`, `file`, `dir` or `other`.
+    pub(crate) kinds: Vec<&'static str>,
+    /// Every existing directory looked at (or listed), with its identity
+    /// (`store::file_identity`) and whether that identity is settled:
+    /// no name in it can appear, go or change kind without changing it.
+    pub(crate) dirs: Vec<(PathBuf, String, bool)>,
+    /// Whether a link was met where a name was looked for (a path, or a
+    /// missing directory): what a link resolves to can change with no
+    /// directory looked at changing.
+    pub(crate) links: bool,
+}
+
+/// What is at each path, as [`Probe::kind`] says.
+pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
+    look(paths).kinds
 }
 
 /// What is at each path, following links (as [`Probe::kind`]), looking
@@ -69,16 +99,27 @@ pub(crate) trait Probe {
 /// a missing one) holds nothing; a directory holding many of the paths
 /// is listed once; a link, an unlistable directory or a few paths are
 /// looked at one by one.
-pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
+pub(crate) fn look(paths: &[PathBuf]) -> Look {
+    use std::cell::Cell;
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     /// Paths in one directory from which listing it beats a look each.
     const LIST_FROM: usize = 16;
-    let one = |p: &Path| match fs::metadata(p) {
-        Err(_) => "none",
-        Ok(m) if m.is_file() => "file",
-        Ok(m) if m.is_dir() => "dir",
-        Ok(_) => "other",
+    let links = Cell::new(false);
+    let one = |p: &Path| {
+        let m = match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links.set(true);
+                fs::metadata(p)
+            }
+            m => m,
+        };
+        match m {
+            Err(_) => "none",
+            Ok(m) if m.is_file() => "file",
+            Ok(m) if m.is_dir() => "dir",
+            Ok(_) => "other",
+        }
     };
     // (directory, name) by the last `/`; `None` for a name that is not
     // one (`.`, `..`, empty), looked at on its own.
@@ -107,9 +148,13 @@ pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
     // (when that too is a directory some path names, or under one): a
     // missing one answers for all under it, since the kernel walks every
     // leading part of a path (`a/gone/../b` needs `a/gone`).
-    let mut known: HashMap<&[u8], bool> = HashMap::new();
-    fn is_dir<'p>(dir: &'p [u8], known: &mut HashMap<&'p [u8], bool>) -> bool {
-        if let Some(&k) = known.get(dir) {
+    struct Dirs<'p> {
+        known: HashMap<&'p [u8], bool>,
+        seen: HashMap<&'p [u8], (String, bool)>,
+        links: bool,
+    }
+    fn is_dir<'p>(dir: &'p [u8], d: &mut Dirs<'p>) -> bool {
+        if let Some(&k) = d.known.get(dir) {
             return k;
         }
         let parent = dir
@@ -117,14 +162,34 @@ pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
             .rposition(|&c| c == b'/')
             .filter(|&at| at > 0)
             .map(|at| &dir[..at]);
-        let k = parent.is_none_or(|p| is_dir(p, known))
-            && fs::metadata(Path::new(std::ffi::OsStr::from_bytes(dir))).is_ok_and(|m| m.is_dir());
-        known.insert(dir, k);
+        let path = Path::new(std::ffi::OsStr::from_bytes(dir));
+        let k = parent.is_none_or(|p| is_dir(p, d))
+            && match fs::metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    let id = crate::store::file_identity(&m);
+                    d.seen.insert(dir, (id, crate::store::settled(&m)));
+                    true
+                }
+                Ok(_) => false,
+                Err(_) => {
+                    // A dangling link may come to point at a directory.
+                    if fs::symlink_metadata(path).is_ok() {
+                        d.links = true;
+                    }
+                    false
+                }
+            };
+        d.known.insert(dir, k);
         k
     }
+    let mut d = Dirs {
+        known: HashMap::new(),
+        seen: HashMap::new(),
+        links: false,
+    };
     let dirs: Vec<&[u8]> = wanted.keys().copied().collect();
     for dir in dirs {
-        if !is_dir(dir, &mut known) {
+        if !is_dir(dir, &mut d) {
             continue;
         }
         let path = Path::new(std::ffi::OsStr::from_bytes(dir));
@@ -165,7 +230,38 @@ pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
             }
         }
     }
-    out
+    // The directories whose identity tells whether the same look would
+    // find the same: those names were looked for in, and the parent of
+    // each missing one. (Their ancestors are walked again by the kernel
+    // whenever they are looked at.)
+    let mut needed: Vec<&[u8]> = Vec::new();
+    for (&dir, &exists) in &d.known {
+        if exists {
+            if wanted.contains_key(dir) {
+                needed.push(dir);
+            }
+        } else if let Some(at) = dir.iter().rposition(|&c| c == b'/') {
+            let parent = &dir[..at.max(1)];
+            if d.known.get(parent) == Some(&true) {
+                needed.push(parent);
+            }
+        }
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    let dirs = needed
+        .into_iter()
+        .filter_map(|dir| {
+            let (id, settled) = d.seen.get(dir)?;
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
+            Some((path, id.clone(), *settled))
+        })
+        .collect();
+    Look {
+        kinds: out,
+        dirs,
+        links: links.get() || d.links,
+    }
 }
 
 pub(crate) struct RealProbe<'a> {
@@ -211,6 +307,18 @@ impl Probe for RealProbe<'_> {
         let h = self.store.hash_file_cached(p).ok()?;
         self.read.borrow_mut().push(p.to_path_buf());
         Some(h)
+    }
+
+    fn recall(&self, id: &str) -> Option<String> {
+        fs::read_to_string(self.store.root().join("hashes").join(id)).ok()
+    }
+
+    fn remember(&self, id: &str, text: &str) {
+        let dir = self.store.root().join("hashes");
+        let _ = fs::create_dir_all(&dir);
+        let _ = self
+            .store
+            .write_atomic("hash", &dir.join(id), text.as_bytes());
     }
 
     fn hashes(&self, ps: &[PathBuf]) -> Vec<Option<String>> {
