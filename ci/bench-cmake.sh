@@ -78,7 +78,8 @@ build ccache-warm a ccache
 build kache-2nd b kache
 
 # One header-heavy hit, repeated.
-CMD=$(cd "$WORK/a/build" && ninja -t commands | grep -m1 'libgit2/repository\.c')
+(cd "$WORK/a/build" && ninja -t commands) >"$WORK/commands.txt"
+CMD=$(grep -m1 'libgit2/repository\.c' "$WORK/commands.txt")
 CMD=${CMD#ccache }
 hit() {  # hit LAUNCHER -> ms per hit
   local t0 t1 n=50

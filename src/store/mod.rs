@@ -464,6 +464,19 @@ impl Store {
         res
     }
 
+    /// [`Store::write_atomic`] without the sync, for `hashes/` (a cache of
+    /// a cache): a record a crash cut short does not parse and is made
+    /// again.
+    pub(crate) fn write_cache_record(&self, dst: &Path, bytes: &[u8]) {
+        let tmp = self.tmp_path("hash");
+        let ok = File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|()| fs::rename(&tmp, dst));
+        if ok.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
     /// Records an input list under its base key so the wrapper can find
     /// entries of that base without running rustc. Idempotent.
     pub(crate) fn add_inputs(&self, inputs: &entry::Inputs) -> Result<()> {
@@ -899,7 +912,7 @@ impl Store {
         let h = hash_file(p)?;
         if settled(&before) && fs::metadata(p).is_ok_and(|m| id(&m) == fp) {
             let _ = fs::create_dir_all(self.root.join("hashes"));
-            let _ = self.write_atomic("hash", &rec, h.as_bytes());
+            self.write_cache_record(&rec, h.as_bytes());
         }
         Ok(h)
     }
@@ -960,7 +973,7 @@ impl Store {
         }
         if new != old {
             let _ = fs::create_dir_all(self.root.join("hashes"));
-            let _ = self.write_atomic("hash", &rec, new.as_bytes());
+            self.write_cache_record(&rec, new.as_bytes());
         }
         out
     }

@@ -10,6 +10,8 @@ computed here from an [`Inputs`] list through a [`Probe`], so a lookup
 tries each list recorded under the base key.
 */
 
+use std::path::PathBuf;
+
 use super::cc::key::shadow_names;
 use super::explain::{Explain, UNSET};
 use super::hasher::KeyHasher;
@@ -61,14 +63,35 @@ fn shadow_fields(
     let present = match probe.recall(&memo).and_then(|t| still_true(&t)) {
         Some(present) => present,
         None => {
-            let names = shadow_names(&s.source, headers, &s.search, s.forced, &s.probed).ok()?;
-            let resolved: Vec<_> = names.iter().map(|f| paths.resolve(f)).collect();
+            // The names as this checkout's paths (expanding a few hundred
+            // inputs, not thousands of names), normalised back where present.
+            let real =
+                |v: &[String]| -> Vec<String> { v.iter().map(|f| paths.expand(f)).collect() };
+            let names = shadow_names(
+                &paths.expand(&s.source),
+                &real(headers),
+                &real(&s.search),
+                s.forced,
+                &s.probed,
+            )
+            .ok()?;
+            let resolved: Vec<PathBuf> = names
+                .into_iter()
+                .map(|n| {
+                    let p = PathBuf::from(n);
+                    if p.is_absolute() {
+                        p
+                    } else {
+                        paths.cwd.join(p)
+                    }
+                })
+                .collect();
             let look = probe.look(&resolved);
-            let mut present: Vec<(String, String)> = names
+            let mut present: Vec<(String, String)> = resolved
                 .iter()
                 .zip(&look.kinds)
                 .filter(|(_, kind)| **kind != "none")
-                .map(|(f, kind)| (f.clone(), (*kind).to_string()))
+                .map(|(f, kind)| (paths.normalize(&f.to_string_lossy()), (*kind).to_string()))
                 .collect();
             present.sort_unstable();
             present.dedup();

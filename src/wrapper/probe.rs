@@ -73,6 +73,39 @@ pub(crate) trait Probe {
     fn remember(&self, _id: &str, _text: &str) {}
 }
 
+/// A quick hash of path bytes for [`look`]'s maps, eight bytes at a
+/// time (the paths come from the compile's own input list; `SipHash`'s
+/// resistance to chosen keys buys nothing there and cost a third of a
+/// lookup).
+#[derive(Clone, Copy, Default)]
+struct QuickHash;
+
+impl std::hash::BuildHasher for QuickHash {
+    type Hasher = Quick;
+    fn build_hasher(&self) -> Quick {
+        Quick(0)
+    }
+}
+
+struct Quick(u64);
+
+impl std::hash::Hasher for Quick {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// What [`look`] found.
 pub(crate) struct Look {
     /// What is at each path: `none`, `file`, `dir` or `other`.
@@ -101,7 +134,7 @@ pub(crate) fn kinds_of(paths: &[PathBuf]) -> Vec<&'static str> {
 /// looked at one by one.
 pub(crate) fn look(paths: &[PathBuf]) -> Look {
     use std::cell::Cell;
-    use std::collections::HashMap;
+    type HashMap<K, V> = std::collections::HashMap<K, V, QuickHash>;
     use std::os::unix::ffi::OsStrExt;
     /// Paths in one directory from which listing it beats a look each.
     const LIST_FROM: usize = 16;
@@ -131,7 +164,7 @@ pub(crate) fn look(paths: &[PathBuf]) -> Look {
         }
         Some((if at == 0 { 1 } else { at }, at + 1))
     };
-    let mut wanted: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut wanted: HashMap<&[u8], Vec<usize>> = HashMap::default();
     let mut out = vec!["none"; paths.len()];
     for (i, p) in paths.iter().enumerate() {
         let b = p.as_os_str().as_bytes();
@@ -148,43 +181,9 @@ pub(crate) fn look(paths: &[PathBuf]) -> Look {
     // (when that too is a directory some path names, or under one): a
     // missing one answers for all under it, since the kernel walks every
     // leading part of a path (`a/gone/../b` needs `a/gone`).
-    struct Dirs<'p> {
-        known: HashMap<&'p [u8], bool>,
-        seen: HashMap<&'p [u8], (String, bool)>,
-        links: bool,
-    }
-    fn is_dir<'p>(dir: &'p [u8], d: &mut Dirs<'p>) -> bool {
-        if let Some(&k) = d.known.get(dir) {
-            return k;
-        }
-        let parent = dir
-            .iter()
-            .rposition(|&c| c == b'/')
-            .filter(|&at| at > 0)
-            .map(|at| &dir[..at]);
-        let path = Path::new(std::ffi::OsStr::from_bytes(dir));
-        let k = parent.is_none_or(|p| is_dir(p, d))
-            && match fs::metadata(path) {
-                Ok(m) if m.is_dir() => {
-                    let id = crate::store::file_identity(&m);
-                    d.seen.insert(dir, (id, crate::store::settled(&m)));
-                    true
-                }
-                Ok(_) => false,
-                Err(_) => {
-                    // A dangling link may come to point at a directory.
-                    if fs::symlink_metadata(path).is_ok() {
-                        d.links = true;
-                    }
-                    false
-                }
-            };
-        d.known.insert(dir, k);
-        k
-    }
     let mut d = Dirs {
-        known: HashMap::new(),
-        seen: HashMap::new(),
+        known: HashMap::default(),
+        seen: HashMap::default(),
         links: false,
     };
     let dirs: Vec<&[u8]> = wanted.keys().copied().collect();
@@ -203,7 +202,7 @@ pub(crate) fn look(paths: &[PathBuf]) -> Look {
             }
             continue;
         };
-        let mut index: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        let mut index: HashMap<&[u8], Vec<usize>> = HashMap::default();
         for &i in names {
             index.entry(name_of(i)).or_default().push(i);
         }
@@ -230,38 +229,87 @@ pub(crate) fn look(paths: &[PathBuf]) -> Look {
             }
         }
     }
-    // The directories whose identity tells whether the same look would
-    // find the same: those names were looked for in, and the parent of
-    // each missing one. (Their ancestors are walked again by the kernel
-    // whenever they are looked at.)
+    let dirs = needed_dirs(&d.known, &d.seen, &wanted);
+    Look {
+        kinds: out,
+        dirs,
+        links: links.get() || d.links,
+    }
+}
+
+type QuickMap<K, V> = std::collections::HashMap<K, V, QuickHash>;
+
+/// The directories [`look`] looked at.
+struct Dirs<'p> {
+    known: QuickMap<&'p [u8], bool>,
+    seen: QuickMap<&'p [u8], (String, bool)>,
+    links: bool,
+}
+/// Whether `dir` exists, its parent looked at first (see [`look`]).
+fn is_dir<'p>(dir: &'p [u8], d: &mut Dirs<'p>) -> bool {
+    if let Some(&k) = d.known.get(dir) {
+        return k;
+    }
+    let parent = dir
+        .iter()
+        .rposition(|&c| c == b'/')
+        .filter(|&at| at > 0)
+        .map(|at| &dir[..at]);
+    let path = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(dir));
+    let k = parent.is_none_or(|p| is_dir(p, d))
+        && match fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                let id = crate::store::file_identity(&m);
+                d.seen.insert(dir, (id, crate::store::settled(&m)));
+                true
+            }
+            Ok(_) => false,
+            Err(_) => {
+                // A dangling link may come to point at a directory.
+                if fs::symlink_metadata(path).is_ok() {
+                    d.links = true;
+                }
+                false
+            }
+        };
+    d.known.insert(dir, k);
+    k
+}
+
+/// The directories whose identity tells whether the same look would find
+/// the same: those names were looked for in, and the parent of each
+/// missing one. (Their ancestors are walked again by the kernel whenever
+/// they are looked at.) `known`: whether each directory looked at exists;
+/// `seen`: the identity of each that does.
+fn needed_dirs<S: std::hash::BuildHasher, V>(
+    known: &std::collections::HashMap<&[u8], bool, S>,
+    seen: &std::collections::HashMap<&[u8], (String, bool), S>,
+    wanted: &std::collections::HashMap<&[u8], V, S>,
+) -> Vec<(PathBuf, String, bool)> {
+    use std::os::unix::ffi::OsStrExt;
     let mut needed: Vec<&[u8]> = Vec::new();
-    for (&dir, &exists) in &d.known {
+    for (&dir, &exists) in known {
         if exists {
             if wanted.contains_key(dir) {
                 needed.push(dir);
             }
         } else if let Some(at) = dir.iter().rposition(|&c| c == b'/') {
             let parent = &dir[..at.max(1)];
-            if d.known.get(parent) == Some(&true) {
+            if known.get(parent) == Some(&true) {
                 needed.push(parent);
             }
         }
     }
     needed.sort_unstable();
     needed.dedup();
-    let dirs = needed
+    needed
         .into_iter()
         .filter_map(|dir| {
-            let (id, settled) = d.seen.get(dir)?;
+            let (id, settled) = seen.get(dir)?;
             let path = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
             Some((path, id.clone(), *settled))
         })
-        .collect();
-    Look {
-        kinds: out,
-        dirs,
-        links: links.get() || d.links,
-    }
+        .collect()
 }
 
 pub(crate) struct RealProbe<'a> {
@@ -316,9 +364,8 @@ impl Probe for RealProbe<'_> {
     fn remember(&self, id: &str, text: &str) {
         let dir = self.store.root().join("hashes");
         let _ = fs::create_dir_all(&dir);
-        let _ = self
-            .store
-            .write_atomic("hash", &dir.join(id), text.as_bytes());
+        self.store
+            .write_cache_record(&dir.join(id), text.as_bytes());
     }
 
     fn hashes(&self, ps: &[PathBuf]) -> Vec<Option<String>> {
