@@ -7,7 +7,9 @@
 # fetched from crates.io; about 220 C files) with CMake and Ninja,
 # RelWithDebInfo, in one run: plain, kache cold and warm, ccache cold and
 # warm (both as CMAKE_C_COMPILER_LAUNCHER, each with an empty cache of its
-# own), then the warm kache store from a second checkout at another path.
+# own), then the warm kache store from a second checkout at another path
+# (each checkout a git work tree with its build directory inside, as a
+# clone is built; no KACHE_BASE_DIR, no CCACHE_BASEDIR).
 # Then one header-heavy hit (src/libgit2/repository.c, about 270 headers)
 # repeated, under each. Prints seconds and ratios. Needs cmake, ninja and
 # ccache (Debian: cmake ninja-build ccache). JOBS sets ninja's -j (default:
@@ -43,17 +45,19 @@ EOF
   tar -xzf "$crate" -C "$WORK/fetch"
   SRC=$(ls -d "$WORK"/fetch/libgit2-sys-*/libgit2)
 fi
-# Two checkouts at different paths.
-mkdir -p "$WORK/a" "$WORK/b"
-cp -a "$SRC" "$WORK/a/libgit2"
-cp -a "$SRC" "$WORK/b/libgit2"
+# Two checkouts at different paths, each a git work tree.
+mkdir -p "$WORK/a" "$WORK/b-elsewhere"
+for c in a b-elsewhere; do
+  cp -a "$SRC" "$WORK/$c/libgit2"
+  git -C "$WORK/$c/libgit2" init -q
+done
 
 export KACHE_CACHE_DIR="$WORK/kache-store" CCACHE_DIR="$WORK/ccache"
-unset KACHE_DISABLED CCACHE_BASEDIR
+unset KACHE_DISABLED KACHE_BASE_DIR CCACHE_BASEDIR CARGO_MANIFEST_DIR
 now() { date +%s.%N; }
 declare -A T
 build() {  # build LABEL CHECKOUT LAUNCHER
-  local b="$WORK/$2/build" la=()
+  local b="$WORK/$2/libgit2/build" la=()
   case $3 in
     kache) la=(-DCMAKE_C_COMPILER_LAUNCHER="$KACHE") ;;
     ccache) la=(-DCMAKE_C_COMPILER_LAUNCHER=ccache) ;;
@@ -75,17 +79,17 @@ build kache-cold a kache
 build kache-warm a kache
 build ccache-cold a ccache
 build ccache-warm a ccache
-build kache-2nd b kache
+build kache-2nd b-elsewhere kache
 
 # One header-heavy hit, repeated.
-(cd "$WORK/a/build" && ninja -t commands) >"$WORK/commands.txt"
+(cd "$WORK/a/libgit2/build" && ninja -t commands) >"$WORK/commands.txt"
 CMD=$(grep -m1 'libgit2/repository\.c' "$WORK/commands.txt")
 CMD=${CMD#ccache }
 hit() {  # hit LAUNCHER -> ms per hit
   local t0 t1 n=50
-  (cd "$WORK/a/build" && $1 $CMD)
+  (cd "$WORK/a/libgit2/build" && $1 $CMD)
   t0=$(now)
-  for _ in $(seq $n); do (cd "$WORK/a/build" && $1 $CMD); done
+  for _ in $(seq $n); do (cd "$WORK/a/libgit2/build" && $1 $CMD); done
   t1=$(now)
   echo "($t1 - $t0) * 1000 / $n" | bc -l
 }

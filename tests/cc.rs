@@ -707,6 +707,31 @@ fn gcc(kache: bool, ws: &Path, cache: &Path) -> Command {
     c
 }
 
+/// Configures (`-S src -B build`, with `flags`) and builds a `CMake`
+/// project outside cargo with the cache `cache`, kache as the launcher
+/// or not; runs the program `k` it builds and returns what it printed.
+fn cmake_build(src: &Path, build: &Path, flags: &[&str], cache: &Path, kache: bool) -> String {
+    let cmake = || {
+        let mut c = Command::new("cmake");
+        clean_env(&mut c);
+        c.env("KACHE_CACHE_DIR", cache)
+            .env_remove("CARGO_MANIFEST_DIR");
+        c
+    };
+    let mut c = cmake();
+    c.arg("-S").arg(src).arg("-B").arg(build).args(flags);
+    if kache {
+        c.env("CMAKE_C_COMPILER_LAUNCHER", kache_bin());
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = cmake().arg("--build").arg(build).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
+    let o = Command::new(build.join("k")).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// `CMake` through `CMAKE_C_COMPILER_LAUNCHER=kache`, if cmake is here.
 #[test]
 fn cmake_launcher() {
@@ -730,28 +755,7 @@ fn cmake_launcher() {
     )
     .unwrap();
     let cache = r.path().join("cache");
-    let build = |dir: &str| -> String {
-        let b = r.path().join(dir);
-        let _ = fs::remove_dir_all(&b);
-        let mut c = Command::new("cmake");
-        clean_env(&mut c);
-        c.arg("-S")
-            .arg(&src)
-            .arg("-B")
-            .arg(&b)
-            .env("CMAKE_C_COMPILER_LAUNCHER", kache_bin())
-            .env("KACHE_CACHE_DIR", &cache);
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", show(&o));
-        let mut c = Command::new("cmake");
-        clean_env(&mut c);
-        c.arg("--build").arg(&b).env("KACHE_CACHE_DIR", &cache);
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", show(&o));
-        assert!(!show(&o).contains("warning: kache"), "{}", show(&o));
-        let o = Command::new(b.join("k")).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let build = |dir: &str| cmake_build(&src, &r.path().join(dir), &[], &cache, true);
     assert_eq!(build("b1"), "v=5\n");
     let _ = fs::remove_file(cache.join("events.jsonl"));
     assert_eq!(build("b2"), "v=5\n");
@@ -759,6 +763,96 @@ fn cmake_launcher() {
     assert!(ev.contains("local_hit"), "the second build hit: {ev}");
     fs::write(src.join("inc/v.h"), "#define V 6\n").unwrap();
     assert_eq!(build("b3"), "v=6\n");
+}
+
+/// A `CMake` project from two checkouts at different paths (each a git
+/// work tree, its build directory inside it) sharing one store: the
+/// second's compiles hit the first's entries, except the one whose
+/// object holds its own source path (`__FILE__`), which is keyed by it;
+/// every object there is plain gcc's (debug info aside, which names
+/// the sentinels), and the programs print what plain builds print.
+#[test]
+fn cmake_checkouts_share_through_the_git_work_tree() {
+    if Command::new("cmake").arg("--version").output().is_err() {
+        eprintln!("note: cmake is not installed; skipping the CMake checkouts test");
+        return;
+    }
+    let r = tempfile::tempdir().unwrap();
+    let cache = r.path().join("cache");
+    let checkout = |at: &str| {
+        let src = r.path().join(at).join("proj");
+        fs::create_dir_all(src.join("inc")).unwrap();
+        fs::create_dir_all(src.join(".git")).unwrap();
+        fs::write(
+            src.join("CMakeLists.txt"),
+            "cmake_minimum_required(VERSION 3.17)\nproject(k C)\ninclude_directories(inc)\nadd_executable(k main.c lib.c where.c)\n",
+        )
+        .unwrap();
+        fs::write(src.join("inc/v.h"), "#define V 7\n").unwrap();
+        fs::write(
+            src.join("main.c"),
+            "#include <stdio.h>\n#include \"v.h\"\nint lib(void);\nconst char *where(void);\nint main(void) { printf(\"%d %d %s\\n\", V, lib(), where()); return 0; }\n",
+        )
+        .unwrap();
+        fs::write(
+            src.join("lib.c"),
+            "#include \"v.h\"\nint lib(void) { return V * 6; }\n",
+        )
+        .unwrap();
+        fs::write(
+            src.join("where.c"),
+            "const char *where(void) { return __FILE__; }\n",
+        )
+        .unwrap();
+        src
+    };
+    let build = |src: &Path, dir: &str, kache: bool| {
+        let b = src.join(dir);
+        let out = cmake_build(src, &b, &["-DCMAKE_C_FLAGS=-g -O1"], &cache, kache);
+        (b, out)
+    };
+    let a = checkout("a");
+    let b = checkout("b-somewhere-else");
+    let (_, out_a) = build(&a, "build", true);
+    assert_eq!(out_a, format!("7 42 {}\n", a.join("where.c").display()));
+    let first = take_c_events(&cache);
+    assert_eq!(
+        first.iter().filter(|e| e.0 == "miss").count(),
+        3,
+        "{first:?}"
+    );
+    let (kb, out_b) = build(&b, "build", true);
+    let events = take_c_events(&cache);
+    let hits = events.iter().filter(|e| e.0 == "local_hit").count();
+    let misses = events.iter().filter(|e| e.0 == "miss").count();
+    assert_eq!((hits, misses), (2, 1), "{events:?}");
+    let (pb, plain_b) = build(&b, "build-plain", false);
+    assert_eq!(out_b, plain_b);
+    assert!(out_b.contains(&*b.to_string_lossy()), "{out_b}");
+    let a_root = a.to_string_lossy();
+    for name in ["main.c.o", "lib.c.o", "where.c.o"] {
+        let obj = |dir: &Path| dir.join("CMakeFiles/k.dir").join(name);
+        let bytes = fs::read(obj(&kb)).unwrap();
+        assert!(
+            memmem(&bytes, a_root.as_bytes()).is_none(),
+            "{name} of checkout B holds checkout A's path"
+        );
+        let strip = |o: PathBuf, to: &str| {
+            let out = r.path().join(to);
+            let s = Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(&o)
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(s.success());
+            fs::read(out).unwrap()
+        };
+        assert!(
+            strip(obj(&kb), "k.o") == strip(obj(&pb), "p.o"),
+            "{name}: kache's object differs from plain gcc's"
+        );
+    }
 }
 
 /// The header edit again with clang as CC, if clang is here.

@@ -254,10 +254,11 @@ fn replace_paths(s: &str, pairs: &[(&str, &str)]) -> String {
 /// The workspace a compile belongs to: the nearest directory with a
 /// Cargo.lock above the package (`CARGO_MANIFEST_DIR`), when the compile
 /// runs inside that package (the package itself under `CARGO_HOME`);
-/// else the working directory.
+/// outside cargo, the base directory (see [`base_dir`]); else the working
+/// directory.
 pub(crate) fn workspace_root(cwd: &Path) -> PathBuf {
     let Some(pkg) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
-        return cwd.to_path_buf();
+        return base_dir(cwd, std::env::var_os("KACHE_BASE_DIR").as_deref());
     };
     if !cwd.starts_with(&pkg) {
         return cwd.to_path_buf();
@@ -275,9 +276,46 @@ pub(crate) fn workspace_root(cwd: &Path) -> PathBuf {
         .map_or(pkg.clone(), Path::to_path_buf)
 }
 
+/// The root of a compile made outside cargo (`CMake`, make), which
+/// becomes `/kache-ws` so checkouts at different paths share: `base`
+/// (`KACHE_BASE_DIR`) when it is an absolute path; else the git work
+/// tree around `cwd` (the nearest directory holding `.git`, a directory
+/// or, in a linked worktree or submodule, a file); else `cwd`.
+pub(crate) fn base_dir(cwd: &Path, base: Option<&std::ffi::OsStr>) -> PathBuf {
+    if let Some(b) = base.map(Path::new).filter(|b| b.is_absolute()) {
+        return b.components().collect();
+    }
+    cwd.ancestors()
+        .find(|d| d.parent().is_some() && d.join(".git").symlink_metadata().is_ok())
+        .unwrap_or(cwd)
+        .to_path_buf()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_dir_is_the_setting_else_the_git_work_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("checkout");
+        let build = tree.join("build/sub");
+        std::fs::create_dir_all(&build).unwrap();
+        // No work tree: the working directory.
+        assert_eq!(base_dir(&build, None), build);
+        std::fs::create_dir(tree.join(".git")).unwrap();
+        assert_eq!(base_dir(&build, None), tree);
+        // A linked worktree's `.git` is a file.
+        let linked = t.path().join("linked");
+        std::fs::create_dir_all(linked.join("b")).unwrap();
+        std::fs::write(linked.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        assert_eq!(base_dir(&linked.join("b"), None), linked);
+        // KACHE_BASE_DIR wins, normalised; a relative one is ignored.
+        let set = std::ffi::OsString::from("/opt/src/");
+        assert_eq!(base_dir(&build, Some(&set)), Path::new("/opt/src"));
+        let rel = std::ffi::OsString::from("src");
+        assert_eq!(base_dir(&build, Some(&rel)), tree);
+    }
 
     #[test]
     fn normalize_most_specific_first() {

@@ -92,7 +92,7 @@ use remote::{
 };
 
 /// Every setting, in the order `kache config` shows them.
-pub(crate) const DEFS: [&Def; 25] = [
+pub(crate) const DEFS: [&Def; 26] = [
     &LOCAL_STORE,
     &LOCAL_MAX_SIZE,
     &BUCKET,
@@ -115,6 +115,7 @@ pub(crate) const DEFS: [&Def; 25] = [
     &SIGNING_KEY_FILE,
     &TRUSTED_KEYS,
     &READ_ONLY,
+    &BASE_DIR,
     &DISABLED,
     &PROGRESS,
     &LOG,
@@ -211,6 +212,19 @@ fn credentials() {
         ("KACHE_S3_ACCESS_KEY", "AKIA****".into(), "env X".into())
     );
 }
+
+/// Read where it is used (`wrapper::paths::workspace_root`); shown here.
+const BASE_DIR: Def = Def {
+    name: "base_dir",
+    var: "KACHE_BASE_DIR",
+    file: false,
+    form: "",
+    default: "the git work tree",
+    help: "compiles outside cargo (CMake, make): the directory named through `/kache-ws`, so checkouts at different paths share entries; an absolute path (else the enclosing git work tree, else the working directory)",
+    readers: Readers::Commands,
+    load: |_, _, _| Ok(()),
+    show: |d, _, _| d.env_row("the git work tree"),
+};
 
 /// Read where it is used (`main`); shown here.
 const DISABLED: Def = Def {
