@@ -418,10 +418,17 @@ pub(crate) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
             String::new()
         }
     )?;
+    if let Some(ms) = st.fetch_ms {
+        writeln!(
+            out,
+            "pace:      a crate's fetch takes {ms} ms; {} requests answered at once (compiling was faster)",
+            st.not_waited
+        )?;
+    }
     if st.paused_secs > 0 {
         writeln!(
             out,
-            "remote:    paused for {}s after a failure or a slow answer",
+            "remote:    paused for {}s after a failure",
             st.paused_secs
         )?;
     }

@@ -7,8 +7,12 @@ workspace also prefetches the crates of its Cargo.lock.
 
 Coalescing: concurrent requests for one crate (and version) share one
 fetch, through one `Mutex<HashMap>` of slots with its own `Condvar`; a
-crate fetched in the last `FRESH` is not listed again. Fetches run on
-the fetch pool and take their permits ahead of the uploads.
+crate fetched in the last `FRESH` is not listed again. A build's fetch
+runs on a thread of its own, so the build can stop waiting for it (see
+`pace`: never longer than compiling would take) while it goes on to
+fill the store; prefetches run on the fetch pool; both take their
+permits ahead of the uploads. A failing remote pauses them all (the
+breaker); a slow one only stops the waits.
 */
 
 use std::collections::{HashMap, HashSet};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use super::pace::{Now, Pace};
 use super::protocol::FetchReply;
 use super::shared::{Live, Shared, add};
 use super::{lock, log};
@@ -64,11 +69,21 @@ fn trust_id(t: &[TrustedKey]) -> String {
 
 #[derive(Default)]
 struct Slot {
-    running: bool,
-    /// When a running fetch outlives a waiting build (`None`: a prefetch,
-    /// which no build waits on).
-    deadline: Option<Instant>,
+    /// When the fetch under way started.
+    running: Option<Instant>,
+    /// When the last one ended.
     at: Option<Instant>,
+}
+
+/// What a caller does about a crate's fetch.
+enum Claim {
+    /// Run it: the slot is now marked running.
+    Mine,
+    /// Another caller's is under way.
+    Running,
+    /// One ended within `FRESH`.
+    Fresh,
+    Paused,
 }
 
 /// The fetches under way and done, and what they brought.
@@ -89,6 +104,10 @@ pub(super) struct Fetches {
     /// (see `Trust::id`): not downloaded again for those keys.
     refusals: Mutex<HashSet<(String, plan::EntryId)>>,
     pub(super) entries_fetched: AtomicU64,
+    /// What waits are decided from.
+    pace: Mutex<Pace>,
+    /// Requests answered at once: compiling was expected to be faster.
+    pub(super) not_waited: AtomicU64,
 }
 
 impl Fetches {
@@ -126,8 +145,7 @@ impl Fetches {
         if let Some(w) = workspace {
             self.prefetch(sh, &live, Path::new(&w), &trust);
         }
-        let wait = Duration::from_millis(wait_ms);
-        let res = self.fetch_crate(sh, &live, crate_name, version, wait, &trust);
+        let res = self.fetch_for_build(sh, &live, crate_name, version, wait_ms, &trust);
         let entries = lock(&live.fetched).get(crate_name).copied().unwrap_or(0);
         add(
             if entries > 0 {
@@ -173,7 +191,10 @@ impl Fetches {
                 let t0 = Instant::now();
                 sh.pool.install(|| {
                     crates.par_iter().with_max_len(1).for_each(|(c, v)| {
-                        let _ = me.fetch_crate(&sh, &lv, c, Some(v), Duration::MAX, &trust);
+                        let slot = slot_key(c, Some(v), &trust);
+                        if let (Claim::Mine, _) = me.claim(&sh, &slot) {
+                            let _ = me.run(&sh, &lv, c, Some(v), &trust, &slot);
+                        }
                     });
                 });
                 log(&format!(
@@ -185,95 +206,157 @@ impl Fetches {
             });
     }
 
-    /// Brings the crate's remote entries into the store, unless it was
-    /// done within `FRESH` or the remote is paused. Concurrent callers
-    /// for one crate share one fetch. `wait` is how long the asking build
-    /// waits (`Duration::MAX`: a prefetch, which nobody waits on).
-    fn fetch_crate(
+    /// A build's request: starts the crate's fetch unless one is under
+    /// way, ended within `FRESH`, or the remote is paused, and waits for
+    /// it as long as `pace` says (at most `wait_ms`, the build's limit).
+    fn fetch_for_build(
+        self: &Arc<Self>,
+        sh: &Arc<Shared>,
+        live: &Arc<Live>,
+        crate_name: &CrateName,
+        version: Option<&str>,
+        wait_ms: u64,
+        trust: &Trust,
+    ) -> Result<(), String> {
+        let slot = slot_key(crate_name, version, trust);
+        let (claim, now) = self.claim(sh, &slot);
+        match claim {
+            Claim::Paused => return Err("remote paused after a failure".into()),
+            Claim::Fresh => return Ok(()),
+            Claim::Running => {}
+            Claim::Mine => {
+                let (me, sh2, lv) = (Arc::clone(self), Arc::clone(sh), Arc::clone(live));
+                let (c, v, t, k) = (
+                    crate_name.clone(),
+                    version.map(str::to_string),
+                    Arc::clone(trust),
+                    slot.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name("kache-fetch".into())
+                    .spawn(move || {
+                        let _ = me.run(&sh2, &lv, &c, v.as_deref(), &t, &k);
+                    });
+                if spawned.is_err() {
+                    return self.run(sh, live, crate_name, version, trust, &slot);
+                }
+            }
+        }
+        self.learn_compile(sh, crate_name);
+        let wait = lock(&self.pace).wait(crate_name, now, Duration::from_millis(wait_ms));
+        if wait.is_zero() {
+            add(&self.not_waited, 1);
+            return Ok(());
+        }
+        let deadline = Instant::now() + wait;
+        let mut slots = lock(&self.slots);
+        while slots.get(&slot).is_some_and(|s| s.running.is_some()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("the fetch under way outlasted the wait".into());
+            }
+            slots = self
+                .cv
+                .wait_timeout(slots, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Marks the slot running if nobody fetches it and it is not fresh;
+    /// says what the caller is to do, and how long this slot's fetch and
+    /// the oldest one have been under way.
+    fn claim(&self, sh: &Shared, slot_key: &str) -> (Claim, Now) {
+        if sh.breaker.paused().is_some() {
+            return (Claim::Paused, Now::default());
+        }
+        let mut slots = lock(&self.slots);
+        let oldest = slots
+            .values()
+            .filter_map(|s| s.running)
+            .min()
+            .map(|t| t.elapsed());
+        let slot = slots.entry(slot_key.to_string()).or_default();
+        let running = slot.running.map(|t| t.elapsed());
+        let claim = match (slot.running, slot.at) {
+            (Some(_), _) => Claim::Running,
+            (None, Some(at)) if at.elapsed() < FRESH => Claim::Fresh,
+            (None, _) => {
+                slot.running = Some(Instant::now());
+                Claim::Mine
+            }
+        };
+        (claim, Now { running, oldest })
+    }
+
+    /// Runs a claimed fetch on this thread, then frees its slot and
+    /// learns from it: its time, and whether the bucket held the crate.
+    fn run(
         &self,
         sh: &Shared,
         live: &Live,
         crate_name: &CrateName,
         version: Option<&str>,
-        wait: Duration,
         trust: &Trust,
+        slot_key: &str,
     ) -> Result<(), String> {
-        let slot_key = match version {
-            Some(v) => format!("{crate_name}@{v}"),
-            None => crate_name.to_string(),
-        };
-        // Builds trusting other keys do not share a fetch.
-        let slot_key = format!("{slot_key} {}", trust_id(trust));
-        let asked = Instant::now();
-        let mine = asked.checked_add(wait);
-        {
-            let mut slots = lock(&self.slots);
-            loop {
-                let now = Instant::now();
-                if sh.breaker.paused().is_some() {
-                    return Err("remote paused after a failure or a slow answer".into());
-                }
-                // A fetch a build is still waiting for past its deadline:
-                // the remote is slow; say so once instead of making every
-                // compile wait.
-                if slots
-                    .values()
-                    .any(|s| s.running && s.deadline.is_some_and(|d| d < now))
-                {
-                    drop(slots);
-                    sh.breaker.trip("a fetch is taking longer than builds wait");
-                    return Err("remote slow".into());
-                }
-                let slot = slots.entry(slot_key.clone()).or_default();
-                if !slot.running {
-                    if slot.at.is_some_and(|t| t.elapsed() < FRESH) {
-                        return Ok(());
-                    }
-                    slot.running = true;
-                    slot.deadline = mine;
-                    break;
-                }
-                // A prefetch (on a fetch-pool thread) never waits for
-                // another fetch: that one may need the pool's threads to
-                // finish.
-                if mine.is_none() {
-                    return Ok(());
-                }
-                if mine.is_some_and(|d| d < now) || asked.elapsed() > Duration::from_mins(10) {
-                    return Err("timed out waiting for the fetch under way".into());
-                }
-                let left =
-                    mine.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
-                slots = self
-                    .cv
-                    .wait_timeout(
-                        slots,
-                        left.clamp(Duration::from_millis(5), Duration::from_secs(1)),
-                    )
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
-            }
-        }
         let t0 = Instant::now();
         let res = self.fetch_now(sh, live, crate_name, version, trust);
         {
             let mut slots = lock(&self.slots);
-            let slot = slots.entry(slot_key).or_default();
-            slot.running = false;
-            slot.deadline = None;
+            let slot = slots.entry(slot_key.to_string()).or_default();
+            slot.running = None;
             slot.at = Some(Instant::now());
         }
         self.cv.notify_all();
         match &res {
             Err(e) => sh.breaker.trip(e),
-            Ok(()) if t0.elapsed() > wait => sh.breaker.trip(&format!(
-                "fetching {crate_name} took {} ms, more than the {} ms a build waits",
-                t0.elapsed().as_millis(),
-                wait.as_millis()
-            )),
-            Ok(()) => sh.breaker.ok(),
+            Ok(found) => {
+                lock(&self.pace).fetched(t0.elapsed(), *found);
+                sh.breaker.ok();
+            }
         }
-        res
+        res.map(|_| ())
+    }
+
+    /// A build uploaded an entry of `crate_name`: its compile time is
+    /// learned.
+    pub(super) fn uploaded(
+        &self,
+        sh: &Shared,
+        crate_name: &CrateName,
+        key: &crate::store::CacheKey,
+    ) {
+        if let Ok(Some(e)) = sh.store.get(crate_name, key) {
+            lock(&self.pace).compiled(crate_name, Duration::from_millis(e.compile_ms));
+        }
+    }
+
+    /// Learns the compile time of `crate_name` from its newest entries
+    /// in the store, the first time it is asked for.
+    fn learn_compile(&self, sh: &Shared, crate_name: &CrateName) {
+        if lock(&self.pace).knows(crate_name) {
+            return;
+        }
+        let Ok(mut refs) = sh.store.list_crate(crate_name) else {
+            return;
+        };
+        refs.sort_by_key(|r| std::cmp::Reverse(r.accessed_ns));
+        let longest = refs
+            .iter()
+            .take(4)
+            .filter_map(|r| sh.store.get(crate_name, &r.key).ok().flatten())
+            .map(|e| e.compile_ms)
+            .max();
+        if let Some(ms) = longest {
+            lock(&self.pace).compiled(crate_name, Duration::from_millis(ms));
+        }
+    }
+
+    /// The learned time of a crate's fetch, for `kache daemon status`.
+    pub(super) fn fetch_time(&self) -> Option<Duration> {
+        lock(&self.pace).fetch_time()
     }
 
     /// Lists the crate and pulls what the store lacks of it: what `kache
@@ -285,13 +368,14 @@ impl Fetches {
         crate_name: &CrateName,
         version: Option<&str>,
         trust: &Trust,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let remote = sh.remote(live, true);
         let prefix = layout::crate_prefix(&live.prefix, crate_name);
         let listed = remote
             .list(&prefix)
             .map_err(|e| format!("cannot list {}: {e}", remote.describe(&prefix)))?;
         let idx = plan::index(&live.prefix, listed);
+        let found = idx.get(crate_name).is_some_and(|k| !k.is_empty());
         if let Some(keys) = idx.get(crate_name) {
             lock(&live.known).insert(
                 crate_name.clone(),
@@ -375,7 +459,16 @@ impl Fetches {
         }
         match failed {
             Some(m) => Err(m),
-            None => Ok(()),
+            None => Ok(found),
         }
+    }
+}
+
+/// A fetch's slot: by crate (and version), and by the trusted keys, so
+/// builds trusting other keys do not share a fetch.
+fn slot_key(crate_name: &CrateName, version: Option<&str>, trust: &Trust) -> String {
+    match version {
+        Some(v) => format!("{crate_name}@{v} {}", trust_id(trust)),
+        None => format!("{crate_name} {}", trust_id(trust)),
     }
 }

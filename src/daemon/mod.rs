@@ -52,6 +52,7 @@ pub(crate) mod protocol;
 // `watch` (the config watcher), `server` (the socket and the dispatch).
 mod breaker;
 mod fetch;
+mod pace;
 mod peer;
 mod permits;
 mod server;

@@ -163,9 +163,16 @@ pub(crate) struct Status {
     #[serde(default)]
     pub(crate) refused: u64,
     pub(crate) entries_fetched: u64,
-    /// Seconds until remote requests resume after a failure or a slow
-    /// answer (the circuit breaker); 0 when closed.
+    /// Seconds until remote requests resume after a failure (the
+    /// circuit breaker); 0 when closed.
     pub(crate) paused_secs: u64,
+    /// How long a crate's fetch takes, as learned (none finished: none).
+    #[serde(default)]
+    pub(crate) fetch_ms: Option<u64>,
+    /// Fetch requests answered at once: compiling was expected to be
+    /// faster than the fetch.
+    #[serde(default)]
+    pub(crate) not_waited: u64,
     pub(crate) config_reloads: u64,
 }
 

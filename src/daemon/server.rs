@@ -220,6 +220,7 @@ fn handle(d: &Daemon, mut s: UnixStream) {
         } => {
             let live = d.shared.live();
             if remote == live.id {
+                d.fetches.uploaded(&d.shared, &crate_name, &key);
                 d.uploads.enqueue(&live, crate_name, key);
             }
         }
@@ -289,6 +290,8 @@ fn status(d: &Daemon) -> Status {
         refused: get(&f.refused),
         entries_fetched: get(&f.entries_fetched),
         paused_secs: d.shared.breaker.paused().map_or(0, |p| p.as_secs().max(1)),
+        fetch_ms: f.fetch_time().map(crate::units::millis),
+        not_waited: get(&f.not_waited),
         config_reloads: get(&d.shared.config_reloads),
     }
 }
