@@ -612,7 +612,8 @@ fn bench_daemon() {
     let d = w.start(&cache_a, &ep);
     let a = timed(&mut w.build(&ws_a, &cache_a, &ep, &[]));
     let t0 = Instant::now();
-    ok(&w.stop(&d, &cache_a, &ep, "10m"));
+    let o = w.stop(&d, &cache_a, &ep, "10m");
+    assert!(o.status.success(), "{}\n{}", show(&o), daemon_log(&cache_a));
     let drain = t0.elapsed().as_secs_f64();
     assert_eq!(w.bucket_entries(), entries(&cache_a));
     // Runner B: empty store, daemon running, no sync.

@@ -53,7 +53,7 @@ fn unique(tag: &str) -> String {
     format!(
         "{tag}-{:x}-{:x}-{}",
         std::process::id(),
-        t % 1_000_000_000_000,
+        t % 0x1000_0000,
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -78,7 +78,7 @@ impl S3 {
                 secret_key: var("SECRET_KEY"),
                 region: std::env::var("KACHE_TEST_S3_REGION")
                     .unwrap_or_else(|_| "us-east-1".into()),
-                prefix: unique("test"),
+                prefix: unique("t"),
                 bucket_dir: None,
                 _server: None,
             };
@@ -237,7 +237,7 @@ fn start_s3s_fs() -> S3 {
         access_key,
         secret_key,
         region: "us-east-1".into(),
-        prefix: unique("test"),
+        prefix: unique("t"),
         bucket_dir: Some(bucket_dir),
         _server: Some(Server {
             _root: root,

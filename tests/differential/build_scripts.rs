@@ -199,6 +199,34 @@ fn two_checkouts_at_different_paths() {
     assert!(fresh_nodecl(&b, "b edited", &[]).contains("native=45"));
 }
 
+/// A script that declares `rerun-if-env-changed=OUT_DIR` (as ring's
+/// does): the package's compile is keyed by that value through the
+/// sentinels, so a second checkout hits it too.
+#[test]
+fn a_declared_out_dir_is_the_same_in_every_checkout() {
+    let r = root();
+    let a = Diff::new(r.path(), "a", "bscripts");
+    let b = Diff::new(r.path(), "checkout-b", "bscripts");
+    let run: &[&str] = &["run", "-q", "-p", "decl"];
+    assert_eq!(
+        a.same("checkout a", run, &[]),
+        b.same("checkout b", run, &[])
+    );
+    let text = fs::read_to_string(b.cache.join("events.jsonl")).unwrap();
+    let decl: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("event is JSON"))
+        .filter(|e| e["crate"] == "decl" && e["lang"].is_null())
+        .map(|e| e["result"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let hits = decl.iter().filter(|r| *r == "local_hit").count();
+    assert_eq!(
+        hits * 2,
+        decl.len(),
+        "a's then b's compiles of decl, b's all hits: {decl:?}"
+    );
+}
+
 #[test]
 fn a_failing_script_and_its_fix() {
     let r = root();

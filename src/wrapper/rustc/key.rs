@@ -414,6 +414,15 @@ fn hash_clippy_config(h: &mut KeyHasher, probe: &dyn Probe) {
     }
 }
 
+/// A declared variable's value as keyed: through the sentinels, as the
+/// full key keys `env!` values, so a path into this checkout (ring's
+/// script declares `OUT_DIR`) is the same in every checkout.
+fn env_value(v: &str, paths: &Paths, probe: &dyn Probe) -> String {
+    probe
+        .var(v)
+        .map_or_else(|| UNSET.to_string(), |x| paths.normalize(&x))
+}
+
 /// What the package's build script declared (cargo reruns it, and
 /// recompiles the package, when these change, so a proc macro that
 /// reads them is keyed by them too), and what the user declared for
@@ -437,13 +446,13 @@ fn hash_declared_inputs(
             }
             for v in env {
                 h.field("rerun-if-env-changed", &v);
-                h.field("value", &probe.var(&v).unwrap_or_else(|| UNSET.to_string()));
+                h.field("value", &env_value(&v, paths, probe));
             }
         }
     }
     for v in &declared.env {
         h.field("declared-env", v);
-        h.field("value", &probe.var(v).unwrap_or_else(|| UNSET.to_string()));
+        h.field("value", &env_value(v, paths, probe));
     }
     let root = pkg_root.unwrap_or_else(|| paths.cwd.clone());
     for f in &declared.files {
