@@ -61,7 +61,23 @@ fn shadow_fields(
     }
     let memo = memo_id(s, headers, paths);
     let present = match probe.recall(&memo).and_then(|t| still_true(&t)) {
-        Some(present) => present,
+        Some(m) if m.again.is_empty() => m.present,
+        // Names in directories too fresh to trust looked at again.
+        Some(m) => {
+            let again: Vec<PathBuf> = m.again.iter().map(PathBuf::from).collect();
+            let look = probe.look(&again);
+            let mut present = m.present;
+            present.extend(present_of(again.iter().zip(look.kinds), paths));
+            present.sort_unstable();
+            present.dedup();
+            if !look.links && look.dirs.iter().all(|(_, _, settled)| *settled) {
+                // All settled now: the next lookup looks at none.
+                let mut dirs = m.dirs;
+                dirs.extend(dir_ids(look.dirs));
+                remember(probe, &memo, dirs, present.clone(), Vec::new());
+            }
+            present
+        }
         None => {
             // The names as this checkout's paths (expanding a few hundred
             // inputs, not thousands of names), normalised back where present.
@@ -87,29 +103,9 @@ fn shadow_fields(
                 })
                 .collect();
             let look = probe.look(&resolved);
-            let mut present: Vec<(String, String)> = resolved
-                .iter()
-                .zip(&look.kinds)
-                .filter(|(_, kind)| **kind != "none")
-                .map(|(f, kind)| (paths.normalize(&f.to_string_lossy()), (*kind).to_string()))
-                .collect();
-            present.sort_unstable();
-            present.dedup();
-            if !look.links && look.dirs.iter().all(|(_, _, settled)| *settled) {
-                let dirs: Option<Vec<(String, String)>> = look
-                    .dirs
-                    .into_iter()
-                    .map(|(d, id, _)| Some((d.into_os_string().into_string().ok()?, id)))
-                    .collect();
-                if let Some(dirs) = dirs {
-                    let m = ShadowMemo {
-                        dirs,
-                        present: present.clone(),
-                    };
-                    if let Ok(text) = serde_json::to_string(&m) {
-                        probe.remember(&memo, &text);
-                    }
-                }
+            let present = present_of(resolved.iter().zip(look.kinds.iter().copied()), paths);
+            if !look.links {
+                remember_look(probe, &memo, &resolved, look, paths);
             }
             present
         }
@@ -142,10 +138,106 @@ fn shadow_fields(
 /// directory changed (a name created, removed or renamed in a directory
 /// changes its identity; a missing directory's parent was looked at), the
 /// same look finds the same; a look that met a link is not remembered.
+/// A directory changed too recently for its identity to tell (a build
+/// directory just configured) is not trusted: the names under it are
+/// listed in `again`, looked at anew by every lookup, and `present`
+/// holds only the others.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ShadowMemo {
     dirs: Vec<(String, String)>,
     present: Vec<(String, String)>,
+    #[serde(default)]
+    again: Vec<String>,
+}
+
+/// The names of `resolved` that `kinds` finds present, as this store
+/// keys them, sorted.
+fn present_of<'a>(
+    looked: impl Iterator<Item = (&'a PathBuf, &'static str)>,
+    paths: &Paths,
+) -> Vec<(String, String)> {
+    let mut present: Vec<(String, String)> = looked
+        .filter(|(_, kind)| *kind != "none")
+        .map(|(f, kind)| (paths.normalize(&f.to_string_lossy()), kind.to_string()))
+        .collect();
+    present.sort_unstable();
+    present.dedup();
+    present
+}
+
+fn dir_ids(dirs: Vec<(PathBuf, String, bool)>) -> impl Iterator<Item = (String, String)> {
+    dirs.into_iter()
+        .filter_map(|(d, id, _)| Some((d.into_os_string().into_string().ok()?, id)))
+}
+
+fn remember(
+    probe: &dyn Probe,
+    memo: &str,
+    dirs: Vec<(String, String)>,
+    present: Vec<(String, String)>,
+    again: Vec<String>,
+) {
+    let m = ShadowMemo {
+        dirs,
+        present,
+        again,
+    };
+    if let Ok(text) = serde_json::to_string(&m) {
+        probe.remember(memo, &text);
+    }
+}
+
+/// Remembers a look that met no link: what the settled directories
+/// decide, and the names under a fresh one (or through `..`) to look at
+/// again. Nothing when every name would be looked at again.
+/// Whether directory `d` leads path `p`, by their text.
+fn leads(d: &[u8], p: &[u8]) -> bool {
+    p.starts_with(d) && (d.ends_with(b"/") || p.get(d.len()).is_none_or(|&c| c == b'/'))
+}
+
+fn remember_look(
+    probe: &dyn Probe,
+    memo: &str,
+    resolved: &[PathBuf],
+    look: super::probe::Look,
+    paths: &Paths,
+) {
+    use std::os::unix::ffi::OsStrExt;
+    let fresh: Vec<PathBuf> = look
+        .dirs
+        .iter()
+        .filter(|(_, _, settled)| !settled)
+        .map(|(d, _, _)| d.clone())
+        .collect();
+    let mut kept: Vec<usize> = Vec::new();
+    let mut again: Vec<String> = Vec::new();
+    for (i, p) in resolved.iter().enumerate() {
+        // A name is decided by its directory, or by the parent of its
+        // first missing ancestor: both lead it, as [`look`] wrote them
+        // (by its text, `..` and all).
+        if !fresh
+            .iter()
+            .any(|d| leads(d.as_os_str().as_bytes(), p.as_os_str().as_bytes()))
+        {
+            kept.push(i);
+        } else if let Some(s) = p.to_str() {
+            again.push(s.to_string());
+        } else {
+            return;
+        }
+    }
+    if kept.is_empty() {
+        return;
+    }
+    again.sort_unstable();
+    again.dedup();
+    let present = present_of(kept.iter().map(|&i| (&resolved[i], look.kinds[i])), paths);
+    let dirs = look
+        .dirs
+        .into_iter()
+        .filter(|(_, _, settled)| *settled)
+        .collect();
+    remember(probe, memo, dir_ids(dirs).collect(), present, again);
 }
 
 /// Where a shadow set's look is remembered: by everything its names are
@@ -174,9 +266,8 @@ fn memo_id(s: &Shadows, headers: &[String], paths: &Paths) -> String {
     format!("shadow-{}", h.finalize().to_hex())
 }
 
-/// The names present a remembered look found, if every directory it
-/// looked at is as it was.
-fn still_true(text: &str) -> Option<Vec<(String, String)>> {
+/// A remembered look, if every directory it trusted is as it was.
+fn still_true(text: &str) -> Option<ShadowMemo> {
     let m: ShadowMemo = serde_json::from_str(text).ok()?;
     m.dirs
         .iter()
@@ -184,7 +275,7 @@ fn still_true(text: &str) -> Option<Vec<(String, String)>> {
             std::fs::metadata(d)
                 .is_ok_and(|meta| meta.is_dir() && crate::store::file_identity(&meta) == *id)
         })
-        .then_some(m.present)
+        .then_some(m)
 }
 
 /// Bounds on a shadow set's inputs (a real compile reads a few thousand
@@ -246,7 +337,7 @@ mod tests {
     use crate::wrapper::probe::{RealProbe, look};
     use std::fs;
     use std::os::unix::fs::symlink;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     /// A C compile's shadow set, looked at for real: `-I inc1 -I inc2`,
@@ -286,6 +377,15 @@ mod tests {
             .collect()
     }
 
+    /// A forged record changes the key: the lookup used it.
+    fn the_record_is_used(memo: &Path, text: &str, key: &dyn Fn() -> CacheKey, k0: &CacheKey) {
+        let forged = text.replace("\"present\":[]", "\"present\":[[\"/forged\",\"file\"]]");
+        fs::write(memo, forged).unwrap();
+        assert_ne!(key(), *k0, "the remembered look was not used");
+        fs::write(memo, text).unwrap();
+        assert_eq!(key(), *k0);
+    }
+
     /// A remembered look answers only while every directory it looked in
     /// is unchanged: a header created earlier on the path, or in a
     /// directory that did not exist, changes the key at once.
@@ -305,14 +405,7 @@ mod tests {
         assert_eq!(memo.len(), 1, "a settled look is remembered");
         // The record is what the next lookup uses...
         let text = fs::read_to_string(&memo[0]).unwrap();
-        fs::write(
-            &memo[0],
-            text.replace("\"present\":[]", "\"present\":[[\"/forged\",\"file\"]]"),
-        )
-        .unwrap();
-        assert_ne!(key(), k0, "the remembered look was not used");
-        fs::write(&memo[0], &text).unwrap();
-        assert_eq!(key(), k0);
+        the_record_is_used(&memo[0], &text, &key, &k0);
         // ... until a shadowing header appears: earlier on the path,
         assert!(text.contains("inc1"), "{text}");
         fs::write(r.join("inc1/x.h"), "").unwrap();
@@ -328,6 +421,59 @@ mod tests {
         fs::create_dir_all(r.join("inc1/deep")).unwrap();
         assert_eq!(key(), k0);
         fs::write(r.join("inc1/deep/y.h"), "").unwrap();
+        assert_ne!(key(), k0);
+    }
+
+    /// A build directory just configured is too fresh for its identity to
+    /// tell: the look is remembered for the settled directories, and the
+    /// names under the fresh one are looked at by every lookup, so a
+    /// header appearing there in the same second changes the key at once.
+    /// Once it settles, the look is remembered whole.
+    #[test]
+    fn a_fresh_directory_is_looked_at_again_and_the_rest_remembered() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("ws");
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let (mut inputs, paths) = setup(&r);
+        std::thread::sleep(Duration::from_millis(5200));
+        fs::create_dir_all(r.join("gen")).unwrap();
+        let gen_dir = r.join("gen").to_string_lossy().into_owned();
+        inputs.shadows.as_mut().unwrap().search.insert(0, gen_dir);
+        let key = || full_key(&inputs, &paths, &RealProbe::new(&store)).unwrap();
+        let k0 = key();
+        let memo = memos(&store);
+        assert_eq!(memo.len(), 1, "the settled part is remembered");
+        let text = fs::read_to_string(&memo[0]).unwrap();
+        let m: ShadowMemo = serde_json::from_str(&text).unwrap();
+        assert!(m.again.iter().any(|p| p.ends_with("gen/x.h")), "{text}");
+        assert!(m.again.iter().all(|p| p.contains("/gen/")), "{text}");
+        assert!(m.dirs.iter().any(|(d, _)| d.ends_with("inc1")), "{text}");
+        assert!(!m.dirs.iter().any(|(d, _)| d.ends_with("gen")), "{text}");
+        // The record is what the next lookup uses...
+        the_record_is_used(&memo[0], &text, &key, &k0);
+        // ... but the fresh directory is looked at each time,
+        fs::write(r.join("gen/x.h"), "").unwrap();
+        assert_ne!(key(), k0, "a header in the fresh directory was not seen");
+        fs::remove_file(r.join("gen/x.h")).unwrap();
+        assert_eq!(key(), k0);
+        fs::create_dir_all(r.join("gen/deep")).unwrap();
+        fs::write(r.join("gen/deep/y.h"), "").unwrap();
+        assert_ne!(key(), k0);
+        fs::remove_dir_all(r.join("gen/deep")).unwrap();
+        assert_eq!(key(), k0);
+        // and the settled ones by their identity.
+        fs::write(r.join("inc1/x.h"), "").unwrap();
+        assert_ne!(key(), k0);
+        fs::remove_file(r.join("inc1/x.h")).unwrap();
+        assert_eq!(key(), k0);
+        // Settled: remembered whole.
+        std::thread::sleep(Duration::from_millis(5200));
+        assert_eq!(key(), k0);
+        let m: ShadowMemo =
+            serde_json::from_str(&fs::read_to_string(&memos(&store)[0]).unwrap()).unwrap();
+        assert!(m.again.is_empty());
+        assert!(m.dirs.iter().any(|(d, _)| d.ends_with("gen")));
+        fs::write(r.join("gen/x.h"), "").unwrap();
         assert_ne!(key(), k0);
     }
 
