@@ -70,7 +70,8 @@ fn shadow_fields(
             present.extend(present_of(again.iter().zip(look.kinds), paths));
             present.sort_unstable();
             present.dedup();
-            if !look.links && look.dirs.iter().all(|(_, _, settled)| *settled) {
+            let young = young_after(&paths.expand(&s.source));
+            if !look.links && unsure_dirs(&look.dirs, young).is_empty() {
                 // All settled now: the next lookup looks at none.
                 let mut dirs = m.dirs;
                 dirs.extend(dir_ids(look.dirs));
@@ -105,7 +106,8 @@ fn shadow_fields(
             let look = probe.look(&resolved);
             let present = present_of(resolved.iter().zip(look.kinds.iter().copied()), paths);
             if !look.links {
-                remember_look(probe, &memo, &resolved, look, paths);
+                let young = young_after(&paths.expand(&s.source));
+                remember_look(probe, &memo, &resolved, look, paths, young);
             }
             present
         }
@@ -201,21 +203,17 @@ fn remember_look(
     resolved: &[PathBuf],
     look: super::probe::Look,
     paths: &Paths,
+    young_after: i64,
 ) {
     use std::os::unix::ffi::OsStrExt;
-    let fresh: Vec<PathBuf> = look
-        .dirs
-        .iter()
-        .filter(|(_, _, settled)| !settled)
-        .map(|(d, _, _)| d.clone())
-        .collect();
+    let unsure = unsure_dirs(&look.dirs, young_after);
     let mut kept: Vec<usize> = Vec::new();
     let mut again: Vec<String> = Vec::new();
     for (i, p) in resolved.iter().enumerate() {
         // A name is decided by its directory, or by the parent of its
         // first missing ancestor: both lead it, as [`look`] wrote them
         // (by its text, `..` and all).
-        if !fresh
+        if !unsure
             .iter()
             .any(|d| leads(d.as_os_str().as_bytes(), p.as_os_str().as_bytes()))
         {
@@ -226,18 +224,46 @@ fn remember_look(
             return;
         }
     }
-    if kept.is_empty() {
-        return;
-    }
     again.sort_unstable();
     again.dedup();
+    // Not worth it when most names would be looked at again anyway.
+    if kept.is_empty() || again.len() > MAX_AGAIN.min(kept.len()) {
+        return;
+    }
     let present = present_of(kept.iter().map(|&i| (&resolved[i], look.kinds[i])), paths);
     let dirs = look
         .dirs
         .into_iter()
-        .filter(|(_, _, settled)| *settled)
+        .filter(|(d, _, _)| !unsure.contains(d))
         .collect();
     remember(probe, memo, dir_ids(dirs).collect(), present, again);
+}
+
+/// Most names a remembered look lists to look at again.
+const MAX_AGAIN: usize = 4096;
+
+/// The directories a look must not be remembered by: those changed too
+/// recently for their identity to tell, and those made after the source
+/// (`young_after`, a ctime in seconds): a build directory, recreated by
+/// the next configure, whose identity would then throw the whole record
+/// away. The names under them are looked at again by every lookup (a
+/// directory holding many is listed once).
+fn unsure_dirs(dirs: &[(PathBuf, String, bool)], young_after: i64) -> Vec<PathBuf> {
+    dirs.iter()
+        .filter(|(_, id, settled)| !settled || ctime_of(id).is_none_or(|c| c > young_after))
+        .map(|(d, _, _)| d.clone())
+        .collect()
+}
+
+/// The ctime, in seconds, of a `store::file_identity`.
+fn ctime_of(id: &str) -> Option<i64> {
+    id.rsplit(':').next()?.split('.').next()?.parse().ok()
+}
+
+/// After which ctime a directory counts as made after the source.
+fn young_after(source: &str) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(source).map_or(i64::MAX, |m| m.ctime().saturating_add(2))
 }
 
 /// Where a shadow set's look is remembered: by everything its names are
@@ -428,7 +454,9 @@ mod tests {
     /// tell: the look is remembered for the settled directories, and the
     /// names under the fresh one are looked at by every lookup, so a
     /// header appearing there in the same second changes the key at once.
-    /// Once it settles, the look is remembered whole.
+    /// Settled, it is still looked at while it is younger than the source
+    /// (the next configure makes it anew); once older, the look is
+    /// remembered whole.
     #[test]
     fn a_fresh_directory_is_looked_at_again_and_the_rest_remembered() {
         let d = tempfile::tempdir().unwrap();
@@ -466,7 +494,15 @@ mod tests {
         assert_ne!(key(), k0);
         fs::remove_file(r.join("inc1/x.h")).unwrap();
         assert_eq!(key(), k0);
-        // Settled: remembered whole.
+        // Settled, but made after the source (a build directory the next
+        // configure makes anew): still looked at each time.
+        std::thread::sleep(Duration::from_millis(5200));
+        assert_eq!(key(), k0);
+        let m: ShadowMemo =
+            serde_json::from_str(&fs::read_to_string(&memos(&store)[0]).unwrap()).unwrap();
+        assert!(m.again.iter().any(|p| p.ends_with("gen/x.h")));
+        // Settled and older than the source: remembered whole.
+        fs::write(r.join("src/a.c"), "int a;").unwrap();
         std::thread::sleep(Duration::from_millis(5200));
         assert_eq!(key(), k0);
         let m: ShadowMemo =
