@@ -403,6 +403,7 @@ fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
         trace.incomplete = Some("the program was not traced".into());
         return trace;
     };
+    sync_wake_up(&listener);
     loop {
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -431,6 +432,24 @@ fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
         }
     }
     trace
+}
+
+/// Asks the kernel (6.6 and later) to hand the CPU straight over between
+/// a traced process stopping at a watched call and this thread, and back
+/// once it is answered, rather than waking each other through the
+/// scheduler: a `configure` run makes hundreds of thousands of such
+/// calls, one after another. Older kernels refuse the flag: nothing
+/// changes then.
+fn sync_wake_up(listener: &OwnedFd) {
+    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+    // SAFETY: the ioctl takes its flags by value.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        );
+    }
 }
 
 /// Receives one notification, records what it names, lets it go on.
