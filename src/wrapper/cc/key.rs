@@ -325,6 +325,7 @@ fn join(dir: &str, name: &str) -> String {
 ///
 /// `probed` are the names `__has_include` asked for: the file by that
 /// name in every directory is keyed too (present or absent).
+#[cfg(test)]
 pub(crate) fn shadow_candidates(
     source: &str,
     headers: &[String],
@@ -355,6 +356,7 @@ pub(crate) fn shadow_names(
     for h in headers {
         includer.insert(dir_of(h));
     }
+    unplaced(source, headers, search, forced)?;
     let mut out = Vec::new();
     for name in probed {
         for e in includer
@@ -366,10 +368,8 @@ pub(crate) fn shadow_names(
         }
     }
     for p in headers {
-        let mut located = false;
         for (j, d) in search.iter().enumerate() {
             let Some(name) = under(p, d) else { continue };
-            located = true;
             for e in includer
                 .iter()
                 .copied()
@@ -381,7 +381,21 @@ pub(crate) fn shadow_names(
                 }
             }
         }
-        if located {
+    }
+    Ok(out)
+}
+
+/// `Err` naming a header found neither in a search directory nor beside
+/// a file that includes it (the check of [`shadow_candidates`], without
+/// listing a name).
+pub(crate) fn unplaced(
+    source: &str,
+    headers: &[String],
+    search: &[String],
+    forced: bool,
+) -> Result<(), String> {
+    for p in headers {
+        if search.iter().any(|d| under(p, d).is_some()) {
             continue;
         }
         // Found beside a file that includes it (the source, a forced
@@ -399,7 +413,7 @@ pub(crate) fn shadow_names(
             return Err(format!("header {p} found in no directory kache knows"));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The names `__has_include(...)` and `__has_include_next(...)` ask for
@@ -544,6 +558,15 @@ mod tests {
         assert!(shadow_candidates("csrc/v.c", &s(&["weird/x.h"]), &search, false, &[]).is_err());
         // An absolute include names its file; nothing shadows it.
         assert!(shadow_candidates("csrc/v.c", &s(&["/abs/x.h"]), &search, false, &[]).is_ok());
+        // The miss path checks the placing alone, with the same answers.
+        assert!(unplaced("csrc/v.c", &headers, &search, false).is_ok());
+        assert!(unplaced("csrc/v.c", &s(&["csrc/local.h"]), &search, false).is_ok());
+        assert!(unplaced("csrc/v.c", &s(&["weird/x.h"]), &search, false).is_err());
+        assert!(unplaced("csrc/v.c", &s(&["/abs/x.h"]), &search, false).is_ok());
+        // Beside another header that included it.
+        let nested = s(&["include/sub/a.h", "include/sub/b.h"]);
+        assert!(unplaced("csrc/v.c", &nested[1..], &search, false).is_ok());
+        assert!(unplaced("csrc/v.c", &s(&["weird/a.h", "weird/b.h"]), &search, false).is_ok());
     }
 
     /// A probe with fixed answers: a file's "content" is its name.

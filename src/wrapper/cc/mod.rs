@@ -445,8 +445,8 @@ impl Job<'_> {
             probed,
         };
         let s = &shadows;
-        match key::shadow_candidates(&s.source, files, &s.search, s.forced, &s.probed) {
-            Ok(_) => Ok(Some(shadows)),
+        match key::unplaced(&s.source, files, &s.search, s.forced) {
+            Ok(()) => Ok(Some(shadows)),
             Err(why) => {
                 self.ctx.unstored(&why, compile_ms);
                 Ok(None)
