@@ -827,3 +827,77 @@ fn the_wrapper_never_talks_to_a_daemon_of_another_uid() {
     let heard = heard.lock().unwrap();
     assert!(heard.is_empty(), "told another uid's daemon: {heard:?}");
 }
+
+/// A build's request never queues behind the prefetch of its workspace's
+/// Cargo.lock, which the first request starts. With two S3 connections
+/// and every request 150 ms late, the prefetch of the other crates
+/// outlasts the second a compile of an unknown crate is waited for; the
+/// asked crate's own fetch (a listing, a download and its use record)
+/// is answered within it.
+#[test]
+fn a_builds_fetch_never_queues_behind_the_prefetch() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    let (ws_a, cache_a) = (w.fixture("ws", "a"), w.path("cache-a"));
+    let d = w.start(&cache_a, &ep);
+    ok(&w.build(&ws_a, &cache_a, &ep, &[]).output().unwrap());
+    ok(&w.stop(&d, &cache_a, &ep, "60s"));
+    assert_eq!(
+        w.bucket_entries(),
+        entries(&cache_a),
+        "{}",
+        daemon_log(&cache_a)
+    );
+    assert!(ws_a.join("Cargo.lock").is_file());
+
+    let proxy = Proxy::start(&ep);
+    proxy.set_delay(Duration::from_millis(150));
+    let cache_b = w.path("cache-b");
+    let mut c = kache(&cache_b);
+    w.s3.configure_at(&mut c, &proxy.endpoint);
+    ok(&c
+        .env("KACHE_S3_CONCURRENCY", "2")
+        .args(["daemon", "start"])
+        .output()
+        .unwrap());
+    let st = w.status(&cache_b, &proxy.endpoint);
+    let d = Daemon {
+        pid: st["pid"].as_u64().unwrap() as u32,
+    };
+    let remote = format!(
+        "{}|{}|{}|{}",
+        proxy.endpoint.trim_end_matches('/'),
+        w.s3.region,
+        w.s3.bucket,
+        w.s3.prefix.trim_matches('/')
+    );
+    // The last crate of the Cargo.lock: the prefetch reaches it last.
+    let req = serde_json::json!({
+        "op": "fetch",
+        "remote": remote,
+        "crate": "macros",
+        "workspace": ws_a.to_str().unwrap(),
+        "version": "0.1.0",
+        "wait_ms": 10_000,
+    });
+    let mut s = UnixStream::connect(cache_b.join("daemon/sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert!(
+        r["ok"] == true && r["entries"].as_u64().unwrap_or(0) > 0,
+        "{reply}\n{}",
+        daemon_log(&cache_b)
+    );
+    // The prefetch was under way and ends on its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon_log(&cache_b).contains("prefetched 5 crate(s)") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&cache_b));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&w.stop(&d, &cache_b, &proxy.endpoint, "30s"));
+}

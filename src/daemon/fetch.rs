@@ -188,12 +188,32 @@ impl Fetches {
                         return;
                     }
                 };
+                // A pool of its own, half the connections: a build's
+                // fetch, on the shared pool, never queues behind the
+                // whole Cargo.lock.
+                let pool = match rayon::ThreadPoolBuilder::new()
+                    .num_threads((sh.pool.current_num_threads() / 2).max(1))
+                    .thread_name(|i| format!("kache-prefetch-{i}"))
+                    .build()
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log(&format!("cannot prefetch: {e}"));
+                        return;
+                    }
+                };
                 let t0 = Instant::now();
-                sh.pool.install(|| {
+                pool.install(|| {
                     crates.par_iter().with_max_len(1).for_each(|(c, v)| {
                         let slot = slot_key(c, Some(v), &trust);
                         if let (Claim::Mine, _) = me.claim(&sh, &slot) {
-                            let _ = me.run(&sh, &lv, c, Some(v), &trust, &slot);
+                            let job = Job {
+                                crate_name: c,
+                                version: Some(v),
+                                trust: &trust,
+                                pool: &pool,
+                            };
+                            let _ = me.run(&sh, &lv, &job, &slot);
                         }
                     });
                 });
@@ -235,10 +255,22 @@ impl Fetches {
                 let spawned = std::thread::Builder::new()
                     .name("kache-fetch".into())
                     .spawn(move || {
-                        let _ = me.run(&sh2, &lv, &c, v.as_deref(), &t, &k);
+                        let job = Job {
+                            crate_name: &c,
+                            version: v.as_deref(),
+                            trust: &t,
+                            pool: &sh2.pool,
+                        };
+                        let _ = me.run(&sh2, &lv, &job, &k);
                     });
                 if spawned.is_err() {
-                    return self.run(sh, live, crate_name, version, trust, &slot);
+                    let job = Job {
+                        crate_name,
+                        version,
+                        trust,
+                        pool: &sh.pool,
+                    };
+                    return self.run(sh, live, &job, &slot);
                 }
             }
         }
@@ -292,17 +324,9 @@ impl Fetches {
 
     /// Runs a claimed fetch on this thread, then frees its slot and
     /// learns from it: its time, and whether the bucket held the crate.
-    fn run(
-        &self,
-        sh: &Shared,
-        live: &Live,
-        crate_name: &CrateName,
-        version: Option<&str>,
-        trust: &Trust,
-        slot_key: &str,
-    ) -> Result<(), String> {
+    fn run(&self, sh: &Shared, live: &Live, job: &Job<'_>, slot_key: &str) -> Result<(), String> {
         let t0 = Instant::now();
-        let res = self.fetch_now(sh, live, crate_name, version, trust);
+        let res = self.fetch_now(sh, live, job);
         {
             let mut slots = lock(&self.slots);
             let slot = slots.entry(slot_key.to_string()).or_default();
@@ -361,14 +385,13 @@ impl Fetches {
 
     /// Lists the crate and pulls what the store lacks of it: what `kache
     /// sync --pull` would keep for this crate, version and toolchain.
-    fn fetch_now(
-        &self,
-        sh: &Shared,
-        live: &Live,
-        crate_name: &CrateName,
-        version: Option<&str>,
-        trust: &Trust,
-    ) -> Result<bool, String> {
+    fn fetch_now(&self, sh: &Shared, live: &Live, job: &Job<'_>) -> Result<bool, String> {
+        let Job {
+            crate_name,
+            version,
+            trust,
+            pool,
+        } = *job;
         let remote = sh.remote(live, true);
         let prefix = layout::crate_prefix(&live.prefix, crate_name);
         let listed = remote
@@ -417,7 +440,7 @@ impl Fetches {
         let mut ctx = live.ctx(&sh.store, &remote);
         ctx.trust = &policy;
         let pull = Pull {
-            pool: &sh.pool,
+            pool,
             ctx: &ctx,
             filter: &filter,
             // `versions` names this crate only, not the whole Cargo.lock.
@@ -462,6 +485,16 @@ impl Fetches {
             None => Ok(found),
         }
     }
+}
+
+/// One crate's fetch: what to fetch, for whom, on which pool (a build's
+/// on the shared one, the Cargo.lock prefetch's on its own).
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    crate_name: &'a CrateName,
+    version: Option<&'a str>,
+    trust: &'a Trust,
+    pool: &'a rayon::ThreadPool,
 }
 
 /// A fetch's slot: by crate (and version), and by the trusted keys, so
