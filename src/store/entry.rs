@@ -56,7 +56,7 @@ pub(crate) struct Inputs {
 }
 
 /// What a C compile's shadow set is computed from, with the headers it
-/// read (see `cc::key::shadow_candidates`), every path normalised.
+/// read (see `cc::key::shadow_names`), every path normalised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Shadows {
     pub(crate) source: String,

@@ -317,14 +317,7 @@ fn join(dir: &str, name: &str) -> String {
     s
 }
 
-/// The files whose appearance would change which header a compile reads:
-/// for every header, its name in each directory searched before the one
-/// it was found in (and in the directory of every file that may have
-/// included it). `Err` names a header found in no directory kache knows
-/// of: then kache cannot tell what could shadow it.
-///
-/// `probed` are the names `__has_include` asked for: the file by that
-/// name in every directory is keyed too (present or absent).
+/// [`shadow_names`] sorted, each name once.
 #[cfg(test)]
 pub(crate) fn shadow_candidates(
     source: &str,
@@ -339,7 +332,15 @@ pub(crate) fn shadow_candidates(
     Ok(out)
 }
 
-/// [`shadow_candidates`] in no particular order, a name possibly twice.
+/// The files whose appearance would change which header a compile reads:
+/// for every header, its name in each directory searched before the one
+/// it was found in (and in the directory of every file that may have
+/// included it), in no particular order, a name possibly twice. `Err`
+/// names a header found in no directory kache knows of: then kache
+/// cannot tell what could shadow it.
+///
+/// `probed` are the names `__has_include` asked for: the file by that
+/// name in every directory is keyed too (present or absent).
 pub(crate) fn shadow_names(
     source: &str,
     headers: &[String],
@@ -386,7 +387,7 @@ pub(crate) fn shadow_names(
 }
 
 /// `Err` naming a header found neither in a search directory nor beside
-/// a file that includes it (the check of [`shadow_candidates`], without
+/// a file that includes it (the check of [`shadow_names`], without
 /// listing a name).
 pub(crate) fn unplaced(
     source: &str,
