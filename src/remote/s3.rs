@@ -325,6 +325,12 @@ impl S3Remote {
     ) -> Result<rusty_s3::actions::ListObjectsV2Response, RemoteError> {
         self.retrying(|| {
             let mut a = self.bucket.list_objects_v2(Some(&self.creds));
+            // Keys come back as stored. With `encoding-type=url` (which
+            // rusty-s3 asks for) the client decodes `+` as a space, so a
+            // server that does not encode keys (s3s-fs) turns a version
+            // such as `2.1.3+zstd.1.5.7` into one no entry can have.
+            // kache's own names are plain ASCII, safe in XML as they are.
+            a.query_mut().remove("encoding-type");
             a.with_prefix(prefix);
             if let Some(t) = token {
                 a.with_continuation_token(t);

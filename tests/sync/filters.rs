@@ -72,15 +72,7 @@ fn pull_fetches_only_what_this_toolchain_and_lockfile_use() {
     assert!(other_tc.is_disjoint(&used));
     // Runner V: the workspace at version 0.2.0.
     let ws_v = w.tmp.path().join("v/ws");
-    copy_tree(&fixture, &ws_v);
-    let manifest = ws_v.join("Cargo.toml");
-    let text = fs::read_to_string(&manifest).unwrap();
-    assert!(text.contains("version = \"0.1.0\""), "{text}");
-    fs::write(
-        &manifest,
-        text.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
-    )
-    .unwrap();
+    fixture_at_version(&ws_v, "0.2.0");
     let cache_v = w.cache("cache-v");
     build(&ws_v, &w.tmp.path().join("v/t"), &cache_v, &[]);
     ok(&w.sync(&cache_v, &ws_v, &["--push"]));
@@ -140,16 +132,7 @@ fn pull_fetches_only_what_this_toolchain_and_lockfile_use() {
         "{text}"
     );
 
-    let o = w.sync(&cache_b, &ws_b, &["--pull", "--json"]);
-    ok(&o);
-    assert_eq!(entries(&cache_b), used, "{}", show(&o));
-    let o = cargo_through_kache(&ws_b, &w.tmp.path().join("b/t"), &cache_b, &["build"])
-        .output()
-        .unwrap();
-    ok(&o);
-    let ev = fs::read_to_string(cache_b.join("events.jsonl")).unwrap();
-    let hits = ev.lines().filter(|l| l.contains("\"local_hit\"")).count();
-    assert_eq!(hits, used.len(), "{ev}");
+    pull_then_build_hits(&w, &ws_b, &cache_b, &used);
 
     // --all: everything, whatever made it.
     let cache_all = w.cache("cache-all");
@@ -161,4 +144,56 @@ fn pull_fetches_only_what_this_toolchain_and_lockfile_use() {
         .chain(&other_d)
         .collect();
     assert_eq!(entries(&cache_all).len(), everything.len());
+}
+
+/// A version with build metadata (`2.1.3+zstd.1.5.7`, as most `-sys`
+/// crates that vendor a C library carry): the `+` survives the bucket's
+/// listing, so a pull by Cargo.lock fetches those entries too, and the
+/// build hits them.
+#[test]
+fn a_version_with_build_metadata_is_pulled_by_cargo_lock() {
+    let w = World::new();
+    let ws_a = w.tmp.path().join("a/ws");
+    fixture_at_version(&ws_a, "0.1.0+meta.1.2");
+    let cache_a = w.cache("cache-a");
+    let o = cargo_through_kache(&ws_a, &w.tmp.path().join("a/t"), &cache_a, &["build"])
+        .output()
+        .unwrap();
+    ok(&o);
+    ok(&w.sync(&cache_a, &ws_a, &["--push"]));
+    let used = entries(&cache_a);
+    assert!(!used.is_empty());
+
+    // Runner B: the same tree and Cargo.lock, an empty store.
+    let ws_b = w.tmp.path().join("b/ws");
+    copy_tree(&ws_a, &ws_b);
+    let cache_b = w.cache("cache-b");
+    pull_then_build_hits(&w, &ws_b, &cache_b, &used);
+}
+
+/// A copy of the `ws` fixture whose workspace version is `version`.
+fn fixture_at_version(ws: &Path, version: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ws");
+    copy_tree(&fixture, ws);
+    let manifest = ws.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("version = \"0.1.0\""), "{text}");
+    let text = text.replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
+    fs::write(&manifest, text).unwrap();
+}
+
+/// Runner B pulls by its Cargo.lock: it gets exactly `used`, and its
+/// build hits every one of them.
+fn pull_then_build_hits(w: &World, ws_b: &Path, cache_b: &Path, used: &BTreeSet<(String, String)>) {
+    let o = w.sync(cache_b, ws_b, &["--pull", "--json"]);
+    ok(&o);
+    assert_eq!(&entries(cache_b), used, "{}", show(&o));
+    let target = ws_b.parent().unwrap().join("t");
+    let o = cargo_through_kache(ws_b, &target, cache_b, &["build"])
+        .output()
+        .unwrap();
+    ok(&o);
+    let ev = fs::read_to_string(cache_b.join("events.jsonl")).unwrap();
+    let hits = ev.lines().filter(|l| l.contains("\"local_hit\"")).count();
+    assert_eq!(hits, used.len(), "{ev}");
 }
