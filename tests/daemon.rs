@@ -622,6 +622,12 @@ fn bench_daemon() {
     let b = timed(&mut w.build(&ws_b, &cache_b, &ep, &[]));
     let st = w.status(&cache_b, &ep);
     ok(&w.stop(&d, &cache_b, &ep, "1m"));
+    // By hand: KACHE_BENCH_KEEP=DIR keeps runner B's events and daemon log.
+    if let Some(keep) = std::env::var_os("KACHE_BENCH_KEEP") {
+        let keep = Path::new(&keep);
+        let _ = fs::copy(cache_b.join("events.jsonl"), keep.join("b-events.jsonl"));
+        let _ = fs::copy(cache_b.join("daemon/log"), keep.join("b-daemon.log"));
+    }
     let b_results = results(&cache_b);
     // Runner B': sync --pull, then build.
     let (ws_p, cache_p) = (ws("p"), w.path("cp"));
@@ -900,4 +906,63 @@ fn a_builds_fetch_never_queues_behind_the_prefetch() {
         std::thread::sleep(Duration::from_millis(50));
     }
     ok(&w.stop(&d, &cache_b, &proxy.endpoint, "30s"));
+}
+
+/// A dependency's compile starts the prefetch of the build's Cargo.lock
+/// (found from the directory cargo runs in), not only a workspace
+/// member's: members compile last, after every dependency. Runner B
+/// holds `app`'s entry alone, so `app` hits locally and never asks the
+/// daemon; the prefetch starts anyway, from `alpha`'s or `macros`'s
+/// request.
+#[test]
+fn a_dependencys_compile_starts_the_prefetch() {
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    let (ws_a, cache_a) = (w.fixture("ws", "a"), w.path("cache-a"));
+    let d = w.start(&cache_a, &ep);
+    ok(&w.build(&ws_a, &cache_a, &ep, &[]).output().unwrap());
+    ok(&w.stop(&d, &cache_a, &ep, "1m"));
+
+    let (ws_b, cache_b) = (w.fixture("ws", "b"), w.path("cache-b"));
+    let build_app = |target: &str| {
+        let mut c = cargo_through_kache(&ws_b, &w.path(target), &cache_b, &["build", "-p", "app"]);
+        w.s3.configure_at(&mut c, &ep);
+        c.output().unwrap()
+    };
+    // B's store gets app's entry (and its dependencies', purged again).
+    let d = w.start(&cache_b, &ep);
+    ok(&build_app("t1"));
+    ok(&w.stop(&d, &cache_b, &ep, "1m"));
+    for c in ["alpha", "beta", "genlib", "macros"] {
+        ok(&w.kache_at(&cache_b, &ep, &["purge", "--crate-name", c]));
+    }
+    let kept = entries(&cache_b);
+    assert!(
+        !kept.is_empty() && kept.iter().all(|(c, _)| c == "app"),
+        "{kept:?}"
+    );
+    let _ = results(&cache_b);
+    let _ = fs::remove_file(cache_b.join("daemon/log"));
+
+    let d = w.start(&cache_b, &ep);
+    ok(&build_app("t2"));
+    let ev = fs::read_to_string(cache_b.join("events.jsonl")).unwrap();
+    let app: Vec<&str> = ev
+        .lines()
+        .filter(|l| l.contains("\"crate\":\"app\""))
+        .collect();
+    assert!(
+        app.len() == 1 && app[0].contains("\"local_hit\""),
+        "app must hit locally, never asking the daemon: {ev}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon_log(&cache_b).contains("prefetched 5 crate(s)") {
+        assert!(
+            Instant::now() < deadline,
+            "no prefetch started: {}",
+            daemon_log(&cache_b)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&w.stop(&d, &cache_b, &ep, "1m"));
 }

@@ -97,11 +97,7 @@ pub(crate) fn remote_fetch(
     let Some(mut s) = connect(cfg, store) else {
         return false;
     };
-    // Workspace members only: a registry crate's manifest dir may hold a
-    // Cargo.lock of its own, which is not this build's.
-    let workspace = std::env::var_os("CARGO_PRIMARY_PACKAGE")
-        .and(std::env::var("CARGO_MANIFEST_DIR").ok())
-        .filter(|d| d.starts_with('/'));
+    let workspace = build_dir();
     let req = Request::Fetch {
         remote: remote.clone(),
         crate_name: crate_name.clone(),
@@ -133,6 +129,31 @@ pub(crate) fn remote_fetch(
             false
         }
     }
+}
+
+/// Where the daemon looks for this build's Cargo.lock (to prefetch its
+/// crates): a workspace member's manifest dir, else the directory cargo
+/// runs in, when the wrapper's parent is the cargo that set `$CARGO`.
+/// Members compile last, so the prefetch must start at the first
+/// dependency; a dependency's own manifest dir will not do, as it may
+/// hold a Cargo.lock of its own, which is not this build's.
+fn build_dir() -> Option<String> {
+    let member = std::env::var_os("CARGO_PRIMARY_PACKAGE")
+        .and(std::env::var("CARGO_MANIFEST_DIR").ok())
+        .filter(|d| d.starts_with('/'));
+    if member.is_some() {
+        return member;
+    }
+    let cargo = fs::canonicalize(std::env::var_os("CARGO")?).ok()?;
+    let parent = std::os::unix::process::parent_id();
+    let exe = fs::read_link(format!("/proc/{parent}/exe")).ok()?;
+    if exe != cargo {
+        return None;
+    }
+    let cwd = fs::read_link(format!("/proc/{parent}/cwd")).ok()?;
+    cwd.to_str()
+        .filter(|d| d.starts_with('/'))
+        .map(str::to_string)
 }
 
 /// Whether the file at `p` was stamped less than `d` ago.

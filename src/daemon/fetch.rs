@@ -400,6 +400,9 @@ impl Fetches {
         let idx = plan::index(&live.prefix, listed);
         let found = idx.get(crate_name).is_some_and(|k| !k.is_empty());
         if let Some(keys) = idx.get(crate_name) {
+            if let Some(size) = keys.values().map(|o| o.size).max() {
+                lock(&self.pace).listed(crate_name, size);
+            }
             lock(&live.known).insert(
                 crate_name.clone(),
                 (Instant::now(), keys.keys().cloned().collect()),

@@ -7,7 +7,11 @@ fetch takes (its list and downloads, from the fetches it finished, and
 never less than the oldest fetch still under way), how often a fetch
 finds the crate in the bucket, and how long compiles take (each crate's
 longest, from its entries in the store and from the uploads builds ask
-for; for a crate never compiled here, the median of those known). A
+for). A crate never compiled here is thought to take as long per byte
+of its largest entry in the bucket as the crates known take per byte of
+theirs (the median), or, with no listing to go by, as long as the median
+crate known: a fresh runner's biggest crate is waited for, not guessed
+to be typical. A
 compile waits only when the fetch is expected to end sooner than the
 compile would, by enough to pay for the times it finds nothing, and then
 at most as long as the compile would take, within `cache.daemon_wait`.
@@ -43,6 +47,8 @@ pub(super) struct Pace {
     found: u32,
     /// Each crate's longest compile seen.
     compiles: HashMap<CrateName, Duration>,
+    /// Each crate's largest entry object listed in the bucket, in bytes.
+    sizes: HashMap<CrateName, u64>,
 }
 
 /// What a wait is decided from, at the moment a compile asks.
@@ -76,6 +82,15 @@ impl Pace {
         *c = (*c).max(took);
     }
 
+    /// The bucket lists an entry of `crate_name` of `size` bytes.
+    pub(super) fn listed(&mut self, crate_name: &CrateName, size: u64) {
+        if self.sizes.len() >= MAX_CRATES {
+            self.sizes.clear();
+        }
+        let s = self.sizes.entry(crate_name.clone()).or_default();
+        *s = (*s).max(size);
+    }
+
     /// Whether a compile time of `crate_name` is known.
     pub(super) fn knows(&self, crate_name: &CrateName) -> bool {
         self.compiles.contains_key(crate_name)
@@ -91,12 +106,21 @@ impl Pace {
         if let Some(c) = self.compiles.get(crate_name) {
             return *c;
         }
-        let mut all: Vec<Duration> = self.compiles.values().copied().collect();
-        if all.is_empty() {
-            return PRIOR_COMPILE;
+        if let Some(&size) = self.sizes.get(crate_name).filter(|s| **s > 0) {
+            let mut per_byte: Vec<f64> = self
+                .compiles
+                .iter()
+                .filter_map(|(c, t)| {
+                    let s = *self.sizes.get(c).filter(|s| **s > 0)?;
+                    Some(t.as_secs_f64() / s as f64)
+                })
+                .collect();
+            if let Some(rate) = median(&mut per_byte, f64::total_cmp) {
+                return Duration::from_secs_f64((rate * size as f64).min(3600.0));
+            }
         }
-        let mid = all.len() / 2;
-        *all.select_nth_unstable(mid).1
+        let mut all: Vec<Duration> = self.compiles.values().copied().collect();
+        median(&mut all, Ord::cmp).unwrap_or(PRIOR_COMPILE)
     }
 
     /// How long the fetch a compile asks for at `now` is expected to go
@@ -132,6 +156,15 @@ impl Pace {
         // The reply must reach the compile before its own limit.
         compile.min(max.mul_f64(0.9))
     }
+}
+
+/// The middle value (the upper one of an even count), `None` if empty.
+fn median<T: Copy>(v: &mut [T], cmp: impl FnMut(&T, &T) -> std::cmp::Ordering) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    let mid = v.len() / 2;
+    Some(*v.select_nth_unstable_by(mid, cmp).1)
 }
 
 #[cfg(test)]
@@ -255,5 +288,44 @@ mod tests {
         let c = krate("serde");
         p.compiled(&c, MS(700));
         assert_eq!(p.wait(&c, Now::default(), MS(2000)), MS(700));
+    }
+
+    #[test]
+    fn an_unknown_crate_is_thought_as_slow_as_its_entry_is_large() {
+        let mut p = Pace::default();
+        for _ in 0..5 {
+            p.fetched(MS(50), true);
+        }
+        // Known: about 1 ms per 10 KB of entry.
+        for (c, ms, size) in [("itoa", 100, 1_000_000), ("serde", 400, 4_000_000)] {
+            p.compiled(&krate(c), MS(ms));
+            p.listed(&krate(c), size);
+        }
+        p.compiled(&krate("cfg_if"), MS(50));
+        p.listed(&krate("cfg_if"), 500_000);
+        // A 40 MB entry: about 4 s of compiling, so its fetch under way
+        // for a second is waited for (within the limit).
+        let (big, small) = (krate("big_app"), krate("tiny"));
+        p.listed(&big, 40_000_000);
+        p.listed(&small, 10_000);
+        let under_way = Now {
+            running: Some(MS(1000)),
+            oldest: Some(MS(1000)),
+        };
+        assert_eq!(p.wait(&big, under_way, MS(2000)), MS(1800));
+        assert_eq!(p.wait(&big, Now::default(), MS(60_000)), MS(4000));
+        // A tiny one is not worth a wait; without a listing, an unknown
+        // crate is the median known one.
+        assert_eq!(p.wait(&small, under_way, MS(2000)), Duration::ZERO);
+        assert_eq!(
+            p.wait(&krate("unlisted"), Now::default(), MS(2000)),
+            MS(100)
+        );
+        // The largest entry listed counts, and a known compile beats
+        // any estimate.
+        p.listed(&big, 1_000);
+        assert_eq!(p.wait(&big, Now::default(), MS(60_000)), MS(4000));
+        p.compiled(&big, MS(700));
+        assert_eq!(p.wait(&big, Now::default(), MS(60_000)), MS(700));
     }
 }
