@@ -143,7 +143,7 @@ impl Fetches {
             };
         }
         if let Some(w) = workspace {
-            self.prefetch(sh, &live, Path::new(&w), &trust);
+            self.prefetch(sh, &live, Path::new(&w), (crate_name, version), &trust);
         }
         let res = self.fetch_for_build(sh, &live, crate_name, version, wait_ms, &trust);
         let entries = lock(&live.fetched).get(crate_name).copied().unwrap_or(0);
@@ -162,18 +162,31 @@ impl Fetches {
         }
     }
 
-    /// The first request from a workspace pulls the crates of its
-    /// Cargo.lock in the background (once per Cargo.lock version).
-    fn prefetch(self: &Arc<Self>, sh: &Arc<Shared>, live: &Arc<Live>, dir: &Path, trust: &Trust) {
+    /// The first request of a build pulls the crates of its Cargo.lock
+    /// in the background (once per Cargo.lock version), if that
+    /// Cargo.lock names the asking crate at its version: one found from
+    /// a directory cargo runs in for another workspace
+    /// (`--manifest-path`) is not this build's, and its crates would
+    /// only crowd the store.
+    fn prefetch(
+        self: &Arc<Self>,
+        sh: &Arc<Shared>,
+        live: &Arc<Live>,
+        dir: &Path,
+        asking: (&CrateName, Option<&str>),
+        trust: &Trust,
+    ) {
         let Some(lock_path) = lockfile::find_from(dir) else {
             return;
         };
         let stamp = fs::metadata(&lock_path).map_or(0, |m| m.mtime() as u64);
-        if !lock(&self.prefetched).insert((lock_path.clone(), stamp)) {
+        let at = (lock_path.clone(), stamp);
+        if !lock(&self.prefetched).insert(at.clone()) {
             return;
         }
         let (me, sh, lv) = (Arc::clone(self), Arc::clone(sh), Arc::clone(live));
         let trust = Arc::clone(trust);
+        let (asking, asking_version) = (asking.0.clone(), asking.1.map(str::to_string));
         let _ = std::thread::Builder::new()
             .name("kache-prefetch".into())
             .spawn(move || {
@@ -188,6 +201,11 @@ impl Fetches {
                         return;
                     }
                 };
+                if !names(&crates, &asking, asking_version.as_deref()) {
+                    // Another crate of the right build may still start it.
+                    lock(&me.prefetched).remove(&at);
+                    return;
+                }
                 // A pool of its own, half the connections: a build's
                 // fetch, on the shared pool, never queues behind the
                 // whole Cargo.lock.
@@ -502,9 +520,36 @@ struct Job<'a> {
 
 /// A fetch's slot: by crate (and version), and by the trusted keys, so
 /// builds trusting other keys do not share a fetch.
+/// Whether a Cargo.lock's `crates` name `crate_name` (at `version`, when
+/// known).
+fn names(crates: &[(CrateName, String)], crate_name: &CrateName, version: Option<&str>) -> bool {
+    crates
+        .iter()
+        .any(|(c, v)| c == crate_name && version.is_none_or(|want| want == v))
+}
+
 fn slot_key(crate_name: &CrateName, version: Option<&str>, trust: &Trust) -> String {
     match version {
         Some(v) => format!("{crate_name}@{v} {}", trust_id(trust)),
         None => format!("{crate_name} {}", trust_id(trust)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cargo_lock_is_prefetched_only_if_it_names_the_asking_crate() {
+        let c = |n: &str| CrateName::parse(n).unwrap();
+        let crates = vec![
+            (c("serde"), "1.0.200".to_string()),
+            (c("zstd_sys"), "2.1.3+zstd.1.5.7".to_string()),
+        ];
+        assert!(names(&crates, &c("zstd_sys"), Some("2.1.3+zstd.1.5.7")));
+        assert!(names(&crates, &c("serde"), None));
+        // Another workspace's Cargo.lock: another version, or not there.
+        assert!(!names(&crates, &c("serde"), Some("1.0.199")));
+        assert!(!names(&crates, &c("tokio"), None));
     }
 }
