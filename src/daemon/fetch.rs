@@ -518,8 +518,6 @@ struct Job<'a> {
     pool: &'a rayon::ThreadPool,
 }
 
-/// A fetch's slot: by crate (and version), and by the trusted keys, so
-/// builds trusting other keys do not share a fetch.
 /// Whether a Cargo.lock's `crates` name `crate_name` (at `version`, when
 /// known).
 fn names(crates: &[(CrateName, String)], crate_name: &CrateName, version: Option<&str>) -> bool {
@@ -528,6 +526,8 @@ fn names(crates: &[(CrateName, String)], crate_name: &CrateName, version: Option
         .any(|(c, v)| c == crate_name && version.is_none_or(|want| want == v))
 }
 
+/// A fetch's slot: by crate (and version), and by the trusted keys, so
+/// builds trusting other keys do not share a fetch.
 fn slot_key(crate_name: &CrateName, version: Option<&str>, trust: &Trust) -> String {
     match version {
         Some(v) => format!("{crate_name}@{v} {}", trust_id(trust)),
