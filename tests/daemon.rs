@@ -643,6 +643,12 @@ fn bench_daemon() {
     let slow = timed(&mut w.build(&ws_s, &cache_s, &proxy.endpoint, &[]));
     proxy.set_delay(Duration::ZERO);
     let _ = w.stop(&d, &cache_s, &proxy.endpoint, "5s");
+    if let Some(keep) = std::env::var_os("KACHE_BENCH_KEEP") {
+        let keep = Path::new(&keep);
+        let _ = fs::copy(cache_s.join("events.jsonl"), keep.join("s-events.jsonl"));
+        let _ = fs::copy(cache_s.join("daemon/log"), keep.join("s-daemon.log"));
+    }
+    let slow_results = results(&cache_s);
 
     let n = entries(&cache_a).len();
     let hits = b_results
@@ -678,8 +684,13 @@ fn bench_daemon() {
         (pull + pulled) / none
     );
     eprintln!(
-        "| S3 2 s per request + daemon | {slow:.2} | {:.3} of uncached |",
-        slow / none
+        "| S3 2 s per request + daemon | {slow:.2} | {:.3} of uncached ({}/{} hits) |",
+        slow / none,
+        slow_results
+            .iter()
+            .filter(|r| *r == "local_hit" || *r == "remote_hit")
+            .count(),
+        slow_results.len()
     );
     eprintln!("B daemon status: {st}");
 }

@@ -19,11 +19,9 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-use rayon::prelude::*;
 
 use super::pace::{Now, Pace};
 use super::protocol::FetchReply;
@@ -190,11 +188,10 @@ impl Fetches {
         let _ = std::thread::Builder::new()
             .name("kache-prefetch".into())
             .spawn(move || {
-                let crates: Vec<(CrateName, String)> = match lockfile::versions(&lock_path) {
+                let crates: Vec<(CrateName, String)> = match lockfile::build_order(&lock_path) {
                     Ok(m) => m
                         .into_iter()
-                        .filter_map(|(c, vs)| Some((CrateName::parse(&c)?, vs)))
-                        .flat_map(|(c, vs)| vs.into_iter().map(move |v| (c.clone(), v)))
+                        .filter_map(|(c, v)| Some((CrateName::parse(&c)?, v)))
                         .collect(),
                     Err(e) => {
                         log(&format!("cannot prefetch: {e:#}"));
@@ -221,19 +218,29 @@ impl Fetches {
                     }
                 };
                 let t0 = Instant::now();
-                pool.install(|| {
-                    crates.par_iter().with_max_len(1).for_each(|(c, v)| {
-                        let slot = slot_key(c, Some(v), &trust);
-                        if let (Claim::Mine, _) = me.claim(&sh, &slot) {
-                            let job = Job {
-                                crate_name: c,
-                                version: Some(v),
-                                trust: &trust,
-                                pool: &pool,
-                            };
-                            let _ = me.run(&sh, &lv, &job, &slot);
-                        }
-                    });
+                // In the Cargo.lock's build order, crates compiled last
+                // first: each worker takes the next one. (A parallel
+                // iterator would split the list and start in the middle.)
+                let next = AtomicUsize::new(0);
+                pool.scope(|s| {
+                    for _ in 0..pool.current_num_threads() {
+                        s.spawn(|_| {
+                            while let Some((c, v)) =
+                                crates.get(next.fetch_add(1, Ordering::Relaxed))
+                            {
+                                let slot = slot_key(c, Some(v), &trust);
+                                if let (Claim::Mine, _) = me.claim(&sh, &slot) {
+                                    let job = Job {
+                                        crate_name: c,
+                                        version: Some(v),
+                                        trust: &trust,
+                                        pool: &pool,
+                                    };
+                                    let _ = me.run(&sh, &lv, &job, &slot);
+                                }
+                            }
+                        });
+                    }
                 });
                 log(&format!(
                     "prefetched {} crate(s) of {} in {} ms",
