@@ -845,17 +845,9 @@ fn the_wrapper_never_talks_to_a_daemon_of_another_uid() {
     assert!(heard.is_empty(), "told another uid's daemon: {heard:?}");
 }
 
-/// A build's request never queues behind the prefetch of its workspace's
-/// Cargo.lock, which the first request starts. With two S3 connections
-/// and every request 150 ms late, the prefetch of the other crates
-/// outlasts the second a compile of an unknown crate is waited for; the
-/// asked crate's own fetch (a listing, a download and its use record)
-/// is answered within it.
-#[test]
-fn a_builds_fetch_never_queues_behind_the_prefetch() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream;
-    let w = World::new();
+/// Runner A builds the fixture workspace and uploads every entry; the
+/// bucket then holds them all. Returns A's workspace.
+fn filled_bucket(w: &World) -> PathBuf {
     let ep = w.s3.endpoint.clone();
     let (ws_a, cache_a) = (w.fixture("ws", "a"), w.path("cache-a"));
     let d = w.start(&cache_a, &ep);
@@ -868,21 +860,30 @@ fn a_builds_fetch_never_queues_behind_the_prefetch() {
         daemon_log(&cache_a)
     );
     assert!(ws_a.join("Cargo.lock").is_file());
+    ws_a
+}
 
-    let proxy = Proxy::start(&ep);
-    proxy.set_delay(Duration::from_millis(150));
-    let cache_b = w.path("cache-b");
-    let mut c = kache(&cache_b);
+/// Starts a daemon for `cache` whose remote is behind `proxy`, with
+/// `concurrency` S3 connections.
+fn start_behind(w: &World, cache: &Path, proxy: &Proxy, concurrency: &str) -> Daemon {
+    let mut c = kache(cache);
     w.s3.configure_at(&mut c, &proxy.endpoint);
     ok(&c
-        .env("KACHE_S3_CONCURRENCY", "2")
+        .env("KACHE_S3_CONCURRENCY", concurrency)
         .args(["daemon", "start"])
         .output()
         .unwrap());
-    let st = w.status(&cache_b, &proxy.endpoint);
-    let d = Daemon {
+    let st = w.status(cache, &proxy.endpoint);
+    Daemon {
         pid: st["pid"].as_u64().unwrap() as u32,
-    };
+    }
+}
+
+/// Asks the daemon of `cache` for a crate of workspace `ws`'s Cargo.lock,
+/// as the wrapper does on a local miss; its reply.
+fn ask(w: &World, cache: &Path, proxy: &Proxy, ws: &Path, crate_name: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
     let remote = format!(
         "{}|{}|{}|{}",
         proxy.endpoint.trim_end_matches('/'),
@@ -890,32 +891,90 @@ fn a_builds_fetch_never_queues_behind_the_prefetch() {
         w.s3.bucket,
         w.s3.prefix.trim_matches('/')
     );
-    // The last crate of the Cargo.lock: the prefetch reaches it last.
     let req = serde_json::json!({
         "op": "fetch",
         "remote": remote,
-        "crate": "macros",
-        "workspace": ws_a.to_str().unwrap(),
+        "crate": crate_name,
+        "workspace": ws.to_str().unwrap(),
         "version": "0.1.0",
         "wait_ms": 10_000,
     });
-    let mut s = UnixStream::connect(cache_b.join("daemon/sock")).unwrap();
+    let mut s = UnixStream::connect(cache.join("daemon/sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(format!("{req}\n").as_bytes()).unwrap();
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).unwrap();
-    let r: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+/// Waits (at most 30 s) until the daemon of `cache` logged the end of
+/// the fixture's prefetch.
+fn prefetched(cache: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon_log(cache).contains("prefetched 5 crate(s)") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(cache));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A build's request never queues behind the prefetch of its workspace's
+/// Cargo.lock, which the first request starts. With two S3 connections
+/// and every request 150 ms late, the prefetch of the other crates
+/// outlasts the second a compile of an unknown crate is waited for; the
+/// asked crate's own fetch (a listing, a download and its use record)
+/// is answered within it.
+#[test]
+fn a_builds_fetch_never_queues_behind_the_prefetch() {
+    let w = World::new();
+    let ws_a = filled_bucket(&w);
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(150));
+    let cache_b = w.path("cache-b");
+    let d = start_behind(&w, &cache_b, &proxy, "2");
+    // The last crate of the Cargo.lock: the prefetch reaches it last.
+    let r = ask(&w, &cache_b, &proxy, &ws_a, "macros");
     assert!(
         r["ok"] == true && r["entries"].as_u64().unwrap_or(0) > 0,
-        "{reply}\n{}",
+        "{r}\n{}",
         daemon_log(&cache_b)
     );
     // The prefetch was under way and ends on its own.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !daemon_log(&cache_b).contains("prefetched 5 crate(s)") {
-        assert!(Instant::now() < deadline, "{}", daemon_log(&cache_b));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    prefetched(&cache_b);
+    ok(&w.stop(&d, &cache_b, &proxy.endpoint, "30s"));
+}
+
+/// The prefetch lists a Cargo.lock's crates in build order, those
+/// compiled last first, so a prefetch slower than the build stays ahead
+/// of it: in the fixture `app` depends on `beta`, which depends on
+/// `alpha`; `alpha`, `genlib` and `macros` depend on nothing here. With
+/// one prefetch connection the listings come one by one: `beta` before
+/// the others (alphabetical order would start with `alpha`). `app` is
+/// the build's own request.
+#[test]
+fn the_prefetch_takes_the_crates_compiled_last_first() {
+    let w = World::new();
+    let ws_a = filled_bucket(&w);
+    let proxy = Proxy::start(&w.s3.endpoint);
+    proxy.set_delay(Duration::from_millis(20));
+    let cache_b = w.path("cache-b");
+    let d = start_behind(&w, &cache_b, &proxy, "2");
+    let r = ask(&w, &cache_b, &proxy, &ws_a, "app");
+    assert!(r["ok"] == true, "{r}\n{}", daemon_log(&cache_b));
+    prefetched(&cache_b);
+    let listed: Vec<String> = proxy
+        .seen()
+        .iter()
+        .filter_map(|s| s.list_prefix.as_deref())
+        .filter_map(|p| p.trim_end_matches('/').rsplit('/').next())
+        .filter(|c| ["alpha", "beta", "genlib", "macros"].contains(c))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        listed,
+        ["beta", "alpha", "genlib", "macros"],
+        "{}",
+        daemon_log(&cache_b)
+    );
     ok(&w.stop(&d, &cache_b, &proxy.endpoint, "30s"));
 }
 

@@ -681,6 +681,54 @@ mod tests {
         assert!(!t.read.contains(&root.join("out.txt")), "{t:?}");
     }
 
+    /// The tracer's cost per watched call, by hand (not in CI):
+    /// `cargo test --release --bin kache trace_cost -- --ignored --nocapture`.
+    /// Compiles one C file including system headers 40 times, with and
+    /// without the trace, in one run, and prints the ratio.
+    #[test]
+    #[ignore = "a benchmark"]
+    fn trace_cost() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::write(
+            root.join("x.c"),
+            "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include <pthread.h>\nint main(void){puts(\"x\");return 0;}\n",
+        )
+        .unwrap();
+        let script = std::env::var("KACHE_TRACE_SCRIPT")
+            .unwrap_or_else(|_| "for i in $(seq 40); do gcc -O0 -o x x.c; done".into());
+        let run = |traced: bool| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(&script).current_dir(&root);
+            let t0 = std::time::Instant::now();
+            let trace = if traced {
+                let mut t = Tracer::attach(&mut cmd).unwrap();
+                let child = cmd.spawn();
+                t.spawned();
+                assert!(child.unwrap().wait().unwrap().success());
+                Some(t.finish())
+            } else {
+                assert!(cmd.status().unwrap().success());
+                None
+            };
+            (t0.elapsed(), trace)
+        };
+        for _ in 0..2 {
+            let (plain, _) = run(false);
+            let (traced, t) = run(true);
+            let t = t.unwrap();
+            println!(
+                "plain {:.3} s, traced {:.3} s: {:.3}; paths read {} probed {} written {}",
+                plain.as_secs_f64(),
+                traced.as_secs_f64(),
+                traced.as_secs_f64() / plain.as_secs_f64(),
+                t.read.len(),
+                t.probed.len(),
+                t.written.len()
+            );
+        }
+    }
+
     #[test]
     fn dot_dot_is_resolved_through_links() {
         let d = tempfile::tempdir().unwrap();
