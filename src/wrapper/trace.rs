@@ -34,11 +34,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
+use std::os::unix::thread::JoinHandleExt;
 use std::path::{Component, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// What the traced processes did to paths (absolute, lexically clean).
 #[derive(Debug, Default)]
@@ -292,7 +294,19 @@ impl Tracer {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
-            .and_then(|t| t.join().ok())
+            .and_then(|t| {
+                // Wakes its wait until it ended: once no process is
+                // traced it ends on its own; a helper the program left
+                // running keeps the filter, and its calls wait.
+                let sig = wake_signal();
+                while !t.is_finished() {
+                    // SAFETY: the thread is not joined yet, so its
+                    // pthread_t is valid.
+                    unsafe { libc::pthread_kill(t.as_pthread_t(), sig) };
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                t.join().ok()
+            })
             .unwrap_or_else(|| Trace {
                 incomplete: Some("the tracer thread failed".into()),
                 ..Trace::default()
@@ -395,8 +409,13 @@ fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
 }
 
 /// The tracer thread: waits for the listener, then answers every
-/// notification until no traced process is left (or the program exited
-/// and nothing is pending).
+/// notification until no traced process is left (or the program exited,
+/// [`Tracer::finish`] interrupted the wait, and nothing is pending).
+///
+/// It waits in the receiving call itself, not in `poll` first: one
+/// system call fewer per watched call, on the path every one of them
+/// waits on. The kernel ends that wait once every traced process is
+/// gone (6.x; on older ones `finish`'s signal does).
 fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
     let mut trace = Trace::default();
     let Some(listener) = recv_fd(sock) else {
@@ -404,34 +423,113 @@ fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
         return trace;
     };
     sync_wake_up(&listener);
+    let mut stopped: Option<Instant> = None;
     loop {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&raw mut pfd, 1, 100) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        if rc == 0 {
-            if stop.load(Ordering::SeqCst) {
+        // The program exited: what comes within a short grace is still
+        // answered (a process of the tree on its way out), and nothing
+        // after it: a helper the program left running (a server, a
+        // watcher) must not keep the build waiting.
+        if stop.load(Ordering::SeqCst) {
+            let end = *stopped.get_or_insert_with(|| Instant::now() + GRACE);
+            if !pending_until(&listener, end) {
                 break;
             }
+        }
+        // SAFETY: a zeroed notification struct is valid; the ioctl
+        // fills it.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                &raw mut req,
+            )
+        };
+        if rc == 0 {
+            answer_one(&listener, &req, &mut trace);
             continue;
         }
-        if pfd.revents & libc::POLLIN != 0 {
-            answer_one(&listener, &mut trace);
-        } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            // Every traced process is gone.
-            break;
+        match io::Error::last_os_error().raw_os_error() {
+            // `finish` woke us: the loop's head decides.
+            Some(libc::EINTR) => {}
+            // The call's process died before we took it, or every
+            // traced process is gone (the listener hung up).
+            Some(libc::ENOENT) if !hung_up(&listener) => {}
+            _ => break,
         }
     }
     trace
+}
+
+/// Polls the listener for up to `ms` milliseconds: its events (none
+/// when the wait ran out or was interrupted).
+fn poll_for(listener: &OwnedFd, ms: i32) -> i16 {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    if rc < 0 {
+        if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            0
+        } else {
+            libc::POLLHUP
+        }
+    } else {
+        pfd.revents
+    }
+}
+
+/// How long after the program exited watched calls are still answered.
+const GRACE: Duration = Duration::from_millis(100);
+
+/// Whether a watched call waits for an answer now, or does before `end`
+/// (a wait interrupted by `finish`'s signal goes on to the end); never
+/// once `end` has passed.
+fn pending_until(listener: &OwnedFd, end: Instant) -> bool {
+    if Instant::now() >= end {
+        return false;
+    }
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let ev = poll_for(
+            listener,
+            i32::try_from(left.as_millis()).unwrap_or(i32::MAX),
+        );
+        if ev & libc::POLLIN != 0 {
+            return true;
+        }
+        if ev != 0 || left.is_zero() {
+            return false;
+        }
+    }
+}
+
+/// Whether every traced process is gone.
+fn hung_up(listener: &OwnedFd) -> bool {
+    poll_for(listener, 0) & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// The signal [`Tracer::finish`] wakes the tracer thread with: a
+/// handler that does nothing, installed without `SA_RESTART`, so the
+/// thread's wait ends with `EINTR`.
+fn wake_signal() -> libc::c_int {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let sig = libc::SIGRTMIN() + 4;
+    extern "C" fn nothing(_: libc::c_int) {}
+    INSTALLED.call_once(|| {
+        // SAFETY: a zeroed sigaction with a handler and an empty mask is
+        // valid; the handler is async-signal-safe (it does nothing).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&raw mut sa.sa_mask);
+            libc::sigaction(sig, &raw const sa, std::ptr::null_mut());
+        }
+    });
+    sig
 }
 
 /// Asks the kernel (6.6 and later) to hand the CPU straight over between
@@ -452,49 +550,73 @@ fn sync_wake_up(listener: &OwnedFd) {
     }
 }
 
-/// Receives one notification, records what it names, lets it go on.
-fn answer_one(listener: &OwnedFd, trace: &mut Trace) {
-    // SAFETY: zeroed notification structs are valid; the ioctls take
-    // pointers to them.
-    let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_RECV,
-            &raw mut req,
-        )
-    };
-    if rc != 0 {
-        return;
-    }
-    record(listener, &req, trace);
+/// Reads what a received notification names, lets it go on, and
+/// records it once the kernel took the answer: an answer it refuses is
+/// to a call whose process died meanwhile, never made (and whose pid may
+/// already be another process's, whose memory was read). So no separate
+/// check that the call is still waiting is needed after the read.
+fn answer_one(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
+    let seen = read_call(req);
     let mut resp = libc::seccomp_notif_resp {
         id: req.id,
         val: 0,
         error: 0,
         flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
     };
-    // SAFETY: as above. A process that died meanwhile makes this fail:
-    // nothing to do.
-    unsafe {
+    // SAFETY: the ioctl reads the response struct.
+    let sent = unsafe {
         libc::ioctl(
             listener.as_raw_fd(),
             libc::SECCOMP_IOCTL_NOTIF_SEND,
             &raw mut resp,
-        );
+        )
+    } == 0;
+    match seen {
+        Err(Foreign) => {
+            trace.incomplete = Some("a process made system calls of another ABI".into());
+        }
+        Ok(_) if !sent => {}
+        Ok(Seen::Unread(why)) => trace.incomplete = Some(why),
+        Ok(Seen::Paths(paths)) => {
+            for (path, set) in paths {
+                match set {
+                    Set::Read => trace.read.insert(path),
+                    Set::Written => trace.written.insert(path),
+                    Set::Probed => trace.probed.insert(path),
+                };
+            }
+        }
     }
 }
 
-fn record(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
+/// A call of another ABI or architecture.
+struct Foreign;
+
+/// What a watched call names, read while it waits.
+enum Seen {
+    /// Each path, with the set it goes in (at most two paths).
+    Paths(Vec<(PathBuf, Set)>),
+    /// A path could not be read or resolved: why.
+    Unread(String),
+}
+
+#[derive(Clone, Copy)]
+enum Set {
+    Read,
+    Written,
+    Probed,
+}
+
+fn read_call(req: &libc::seccomp_notif) -> Result<Seen, Foreign> {
     let d = &req.data;
     if d.arch != arch::AUDIT_ARCH
         || (arch::FOREIGN_BIT != 0 && d.nr as u32 & arch::FOREIGN_BIT != 0)
     {
-        trace.incomplete = Some("a process made system calls of another ABI".into());
-        return;
+        return Err(Foreign);
     }
+    let mut out = Vec::new();
     let Some(c) = WATCHED.iter().find(|c| c.nr == i64::from(d.nr)) else {
-        return;
+        return Ok(Seen::Paths(out));
     };
     let pid = req.pid;
     let write_flags = match c.flags {
@@ -507,50 +629,36 @@ fn record(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
             // No path: the call fails (EFAULT) or names its fd alone.
             continue;
         }
-        let raw = read_cstr(pid, d.args[arg]);
-        // The path was read while the call still waited: check it is
-        // the same call (the process may have died and its pid be reused).
-        if !id_valid(listener, req.id) {
-            return;
-        }
-        let Some(raw) = raw else {
-            trace.incomplete = Some(format!("cannot read a path process {pid} named"));
-            return;
+        let Some(raw) = read_cstr(pid, d.args[arg]) else {
+            return Ok(Seen::Unread(format!(
+                "cannot read a path process {pid} named"
+            )));
         };
         if raw.is_empty() {
             // `AT_EMPTY_PATH`: the call is about the fd itself.
             continue;
         }
         let Some(path) = resolve(pid, dirfd.map(|i| d.args[i] as i32), raw) else {
-            trace.incomplete = Some(format!("cannot resolve a path process {pid} named"));
-            return;
+            return Ok(Seen::Unread(format!(
+                "cannot resolve a path process {pid} named"
+            )));
         };
-        match what {
-            Use::Write => trace.written.insert(path),
-            Use::Mkdir if path.is_dir() => false,
-            Use::Mkdir => trace.written.insert(path),
-            Use::Read if write_flags => trace.written.insert(path),
-            Use::Read => trace.read.insert(path),
-            Use::Probe => trace.probed.insert(path),
+        let set = match what {
+            Use::Write => Set::Written,
+            Use::Mkdir if path.is_dir() => continue,
+            Use::Mkdir => Set::Written,
+            Use::Read if write_flags => Set::Written,
+            Use::Read => Set::Read,
+            Use::Probe => Set::Probed,
         };
+        out.push((path, set));
     }
+    Ok(Seen::Paths(out))
 }
 
 fn open_writes(flags: u64) -> bool {
     let f = flags as i32;
     f & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) != 0
-}
-
-fn id_valid(listener: &OwnedFd, id: u64) -> bool {
-    let mut id = id;
-    // SAFETY: the ioctl reads one u64.
-    unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
-            &raw mut id,
-        ) == 0
-    }
 }
 
 /// Reads from another process's memory, at most to the end of the page
@@ -727,6 +835,25 @@ mod tests {
                 t.written.len()
             );
         }
+    }
+
+    /// A helper the program leaves running, still making watched calls,
+    /// does not keep the trace (and so the build) waiting. (Its loop is
+    /// bounded: traced to its end it takes far longer than the limit.)
+    #[test]
+    fn a_helper_left_running_does_not_hold_the_trace() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let t0 = Instant::now();
+        let t = traced(
+            "(i=0; while [ $i -lt 1000000 ]; do : > busy; i=$((i+1)); done) >/dev/null 2>&1 & echo $! > helper.pid",
+            &root,
+        );
+        let took = t0.elapsed();
+        let pid = std::fs::read_to_string(root.join("helper.pid")).unwrap();
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(t.written.contains(&root.join("helper.pid")), "{t:?}");
     }
 
     #[test]
