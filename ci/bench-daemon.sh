@@ -9,9 +9,9 @@
 # kache and a remote but no daemon, then with the daemon (and the time
 # `kache daemon stop` takes to finish the uploads; every entry is then in
 # the bucket); runner B with an empty store and the daemon, no sync;
-# runner B with `kache sync --pull` then the build; and the daemon with
-# S3 two seconds away on every request. Prints a table of times and
-# ratios. With KACHE_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY, _SECRET_KEY and
+# runner B with `kache sync --pull` then the build; and a fresh runner
+# with the daemon and S3 100 ms, then two seconds away on every request.
+# Prints a table of times and ratios. With KACHE_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY, _SECRET_KEY and
 # _REGION set (as ci/garage.sh sets them) it runs against that server
 # instead, e.g. Garage on loopback.
 set -euo pipefail

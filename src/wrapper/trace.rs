@@ -22,8 +22,10 @@ ABI (x32, 32-bit compat), which marks the trace incomplete. Reads through
 component of every path, a million times in a `configure` run: too
 costly to watch) are not seen: documented in the README.
 
-Process helpers outliving the program keep the filter; once we stop
-listening their watched calls fail (`ENOSYS`).
+Process helpers outliving the program keep the filter; their watched
+calls are answered for a short grace after the program exited, then we
+stop listening and they fail (`ENOSYS`): a helper never keeps the build
+waiting.
 */
 
 #![allow(unsafe_code)]
