@@ -793,8 +793,9 @@ mod tests {
 
     /// The tracer's cost per watched call, by hand (not in CI):
     /// `cargo test --release --bin kache trace_cost -- --ignored --nocapture`.
-    /// Compiles one C file including system headers 40 times, with and
-    /// without the trace, in one run, and prints the ratio.
+    /// Compiles one C file including system headers 40 times (or runs
+    /// the shell script `KACHE_TRACE_SCRIPT`), with and without the
+    /// trace, in one run, and prints the ratio.
     #[test]
     #[ignore = "a benchmark"]
     fn trace_cost() {
