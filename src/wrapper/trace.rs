@@ -419,6 +419,16 @@ fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
 /// waits on. The kernel ends that wait once every traced process is
 /// gone (6.x; on older ones `finish`'s signal does).
 fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
+    // The wake-up must reach this thread even if whoever started kache
+    // blocked the signal (the mask is inherited).
+    // SAFETY: a sigset built by sigemptyset/sigaddset; this thread's
+    // own mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, wake_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+    }
     let mut trace = Trace::default();
     let Some(listener) = recv_fd(sock) else {
         trace.incomplete = Some("the program was not traced".into());
@@ -857,6 +867,34 @@ mod tests {
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(t.written.contains(&root.join("helper.pid")), "{t:?}");
+    }
+
+    /// A quiet helper keeps the filter alive, so only `finish`'s signal
+    /// ends the tracer thread's wait: it must get through even when the
+    /// thread that started the trace blocked it.
+    #[test]
+    fn the_wake_up_gets_through_a_blocked_signal() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        // SAFETY: this test thread's own mask (the tracer thread it
+        // spawns inherits it).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, wake_signal());
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        }
+        let t0 = Instant::now();
+        // The helper is past its start (and its watched calls) before
+        // the program exits.
+        let _ = traced(
+            "sleep 4 >/dev/null 2>&1 & echo $! > helper.pid; sleep 0.3",
+            &root,
+        );
+        let took = t0.elapsed();
+        let pid = std::fs::read_to_string(root.join("helper.pid")).unwrap();
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        assert!(took < Duration::from_secs(2), "{took:?}");
     }
 
     #[test]
