@@ -421,14 +421,7 @@ fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
 fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
     // The wake-up must reach this thread even if whoever started kache
     // blocked the signal (the mask is inherited).
-    // SAFETY: a sigset built by sigemptyset/sigaddset; this thread's
-    // own mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut set);
-        libc::sigaddset(&raw mut set, wake_signal());
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
-    }
+    mask_wake_signal(libc::SIG_UNBLOCK);
     let mut trace = Trace::default();
     let Some(listener) = recv_fd(sock) else {
         trace.incomplete = Some("the program was not traced".into());
@@ -522,6 +515,18 @@ fn pending_until(listener: &OwnedFd, end: Instant) -> bool {
 /// Whether every traced process is gone.
 fn hung_up(listener: &OwnedFd) -> bool {
     poll_for(listener, 0) & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Blocks or unblocks (`how`) the wake-up signal for this thread.
+fn mask_wake_signal(how: libc::c_int) {
+    // SAFETY: a sigset built by sigemptyset/sigaddset; this thread's
+    // own mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, wake_signal());
+        libc::pthread_sigmask(how, &raw const set, std::ptr::null_mut());
+    }
 }
 
 /// The signal [`Tracer::finish`] wakes the tracer thread with: a
@@ -850,50 +855,43 @@ mod tests {
         }
     }
 
+    /// Runs `script` traced in a new directory, the script leaving a
+    /// helper running that writes its pid to `helper.pid`; kills the
+    /// helper. How long the trace took, and what it saw.
+    fn traced_with_helper(script: &str) -> (Duration, Trace, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let t0 = Instant::now();
+        let t = traced(script, &root);
+        let took = t0.elapsed();
+        let pid = std::fs::read_to_string(root.join("helper.pid")).unwrap();
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        (took, t, root)
+    }
+
     /// A helper the program leaves running, still making watched calls,
     /// does not keep the trace (and so the build) waiting. (Its loop is
     /// bounded: traced to its end it takes far longer than the limit.)
     #[test]
     fn a_helper_left_running_does_not_hold_the_trace() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        let t0 = Instant::now();
-        let t = traced(
+        let (took, t, root) = traced_with_helper(
             "(i=0; while [ $i -lt 1000000 ]; do : > busy; i=$((i+1)); done) >/dev/null 2>&1 & echo $! > helper.pid",
-            &root,
         );
-        let took = t0.elapsed();
-        let pid = std::fs::read_to_string(root.join("helper.pid")).unwrap();
-        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(t.written.contains(&root.join("helper.pid")), "{t:?}");
     }
 
     /// A quiet helper keeps the filter alive, so only `finish`'s signal
     /// ends the tracer thread's wait: it must get through even when the
-    /// thread that started the trace blocked it.
+    /// thread that started the trace blocked it (the tracer thread
+    /// inherits this test thread's mask).
     #[test]
     fn the_wake_up_gets_through_a_blocked_signal() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        // SAFETY: this test thread's own mask (the tracer thread it
-        // spawns inherits it).
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&raw mut set);
-            libc::sigaddset(&raw mut set, wake_signal());
-            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-        }
-        let t0 = Instant::now();
+        mask_wake_signal(libc::SIG_BLOCK);
         // The helper is past its start (and its watched calls) before
         // the program exits.
-        let _ = traced(
-            "sleep 4 >/dev/null 2>&1 & echo $! > helper.pid; sleep 0.3",
-            &root,
-        );
-        let took = t0.elapsed();
-        let pid = std::fs::read_to_string(root.join("helper.pid")).unwrap();
-        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        let (took, ..) =
+            traced_with_helper("sleep 4 >/dev/null 2>&1 & echo $! > helper.pid; sleep 0.3");
         assert!(took < Duration::from_secs(2), "{took:?}");
     }
 
