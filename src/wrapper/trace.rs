@@ -17,7 +17,8 @@ beyond a few microseconds per such call.
 What it cannot see, and where a run is then not cached: a kernel or an
 architecture without the filter (the spawn reports it; the caller runs
 the program untraced and stores nothing), and a system call of another
-ABI (x32, 32-bit compat), which marks the trace incomplete. Reads through
+ABI (x32, 32-bit compat) or a file opened by handle
+(`open_by_handle_at`), either of which marks the trace incomplete. Reads through
 `io_uring`, and `readlink` alone (glibc's `realpath` calls it for every
 component of every path, a million times in a `configure` run: too
 costly to watch) are not seen: documented in the README.
@@ -110,6 +111,8 @@ enum Flags {
     None,
     Arg(usize),
     How(usize),
+    /// A call whose effect the trace cannot follow (see [`opaque`]).
+    Opaque,
 }
 
 const fn w(nr: i64, paths: &'static [(usize, Option<usize>, Use)], flags: Flags) -> Watched {
@@ -152,6 +155,7 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_access, &[(0, None, P)], Flags::None),
     w(libc::SYS_faccessat, &[(1, Some(0), P)], Flags::None),
     w(libc::SYS_faccessat2, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_open_by_handle_at, &[], Flags::Opaque),
 ];
 
 #[cfg(target_arch = "aarch64")]
@@ -179,6 +183,7 @@ const WATCHED: &[Watched] = &[
     w(libc::SYS_statx, &[(1, Some(0), P)], Flags::None),
     w(libc::SYS_faccessat, &[(1, Some(0), P)], Flags::None),
     w(libc::SYS_faccessat2, &[(1, Some(0), P)], Flags::None),
+    w(libc::SYS_open_by_handle_at, &[], Flags::Opaque),
 ];
 
 /// The `stat` calls whose flags argument (by index) may hold
@@ -416,8 +421,8 @@ fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
 ///
 /// It waits in the receiving call itself, not in `poll` first: one
 /// system call fewer per watched call, on the path every one of them
-/// waits on. The kernel ends that wait once every traced process is
-/// gone (6.x; on older ones `finish`'s signal does).
+/// waits on. Recent kernels (about 6.11 on) end that wait once every
+/// traced process is gone; on older ones `finish`'s signal does.
 fn listen(sock: &OwnedFd, stop: &AtomicBool) -> Trace {
     // The wake-up must reach this thread even if whoever started kache
     // blocked the signal (the mask is inherited).
@@ -506,15 +511,18 @@ fn pending_until(listener: &OwnedFd, end: Instant) -> bool {
         if ev & libc::POLLIN != 0 {
             return true;
         }
-        if ev != 0 || left.is_zero() {
+        // `POLLERR` alone: the kernel's lock wait was interrupted by
+        // `finish`'s signal; poll again.
+        if ev & (libc::POLLHUP | libc::POLLNVAL) != 0 || left.is_zero() {
             return false;
         }
     }
 }
 
-/// Whether every traced process is gone.
+/// Whether every traced process is gone (`POLLERR` alone says only that
+/// the poll was interrupted).
 fn hung_up(listener: &OwnedFd) -> bool {
-    poll_for(listener, 0) & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    poll_for(listener, 0) & (libc::POLLHUP | libc::POLLNVAL) != 0
 }
 
 /// Blocks or unblocks (`how`) the wake-up signal for this thread.
@@ -568,10 +576,13 @@ fn sync_wake_up(listener: &OwnedFd) {
 }
 
 /// Reads what a received notification names, lets it go on, and
-/// records it once the kernel took the answer: an answer it refuses is
-/// to a call whose process died meanwhile, never made (and whose pid may
-/// already be another process's, whose memory was read). So no separate
-/// check that the call is still waiting is needed after the read.
+/// records it once the kernel took the answer: an answer it refuses
+/// (other than for an interrupted wait for its lock, retried) is to a
+/// call that no longer waits, never made as notified (its process died,
+/// and its pid may already be another process's, whose memory was read;
+/// or a signal interrupted it, and a restarted call notifies again). So
+/// no separate check that the call is still waiting is needed after the
+/// read.
 fn answer_one(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) {
     let seen = read_call(req);
     let mut resp = libc::seccomp_notif_resp {
@@ -580,14 +591,22 @@ fn answer_one(listener: &OwnedFd, req: &libc::seccomp_notif, trace: &mut Trace) 
         error: 0,
         flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
     };
-    // SAFETY: the ioctl reads the response struct.
-    let sent = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_SEND,
-            &raw mut resp,
-        )
-    } == 0;
+    let sent = loop {
+        // SAFETY: the ioctl reads the response struct.
+        let rc = unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                &raw mut resp,
+            )
+        };
+        if rc == 0 {
+            break true;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break false;
+        }
+    };
     match seen {
         Err(Foreign) => {
             trace.incomplete = Some("a process made system calls of another ABI".into());
@@ -613,7 +632,8 @@ struct Foreign;
 enum Seen {
     /// Each path, with the set it goes in (at most two paths).
     Paths(Vec<(PathBuf, Set)>),
-    /// A path could not be read or resolved: why.
+    /// A path could not be read or resolved, or the call blinds the
+    /// trace ([`opaque`]): why.
     Unread(String),
 }
 
@@ -637,6 +657,12 @@ fn read_call(req: &libc::seccomp_notif) -> Result<Seen, Foreign> {
     };
     let pid = req.pid;
     let write_flags = match c.flags {
+        Flags::Opaque => {
+            return Ok(match opaque(c.nr) {
+                Some(why) => Seen::Unread(why.into()),
+                None => Seen::Paths(out),
+            });
+        }
         Flags::None => false,
         Flags::Arg(i) => open_writes(d.args[i]),
         Flags::How(i) => read_u64(pid, d.args[i]).is_some_and(open_writes),
@@ -671,6 +697,14 @@ fn read_call(req: &libc::seccomp_notif) -> Result<Seen, Foreign> {
         out.push((path, set));
     }
     Ok(Seen::Paths(out))
+}
+
+/// Why a call of a process in the tree blinds the trace, if it does: a
+/// file opened by handle names no path (it takes privileges: kache may
+/// run as root). (A seccomp listener of the process's own, which would
+/// be asked before ours, the kernel refuses: one per process tree.)
+fn opaque(nr: i64) -> Option<&'static str> {
+    (nr == libc::SYS_open_by_handle_at).then_some("a process opened a file by handle")
 }
 
 fn open_writes(flags: u64) -> bool {
@@ -893,6 +927,69 @@ mod tests {
         let (took, ..) =
             traced_with_helper("sleep 4 >/dev/null 2>&1 & echo $! > helper.pid; sleep 0.3");
         assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    /// What the trace cannot follow: a file opened by handle makes it
+    /// incomplete; a seccomp listener of the program's own (which would
+    /// be asked before ours) the kernel refuses, while a filter without
+    /// one (a sandbox) installs and changes nothing.
+    #[test]
+    fn what_the_trace_cannot_follow_is_refused_or_said() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::write(
+            root.join("f.c"),
+            "#define _GNU_SOURCE\n#include <fcntl.h>\n#include <linux/filter.h>\n#include <linux/seccomp.h>\n\
+             #include <stdlib.h>\n#include <sys/syscall.h>\n#include <unistd.h>\n\
+             int main(int c, char **v) {\n\
+               int mode = atoi(v[1]);\n\
+               if (mode == 2) {\n\
+                 struct file_handle *h = malloc(sizeof *h + 128);\n\
+                 int m;\n\
+                 h->handle_bytes = 128;\n\
+                 name_to_handle_at(AT_FDCWD, \"f.c\", h, &m, 0);\n\
+                 open_by_handle_at(AT_FDCWD, h, O_RDONLY);\n\
+                 return 0;\n\
+               }\n\
+               struct sock_filter f[] = { BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW) };\n\
+               struct sock_fprog p = { 1, f };\n\
+               unsigned flags = mode ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0;\n\
+               return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &p) < 0;\n\
+             }\n",
+        )
+        .unwrap();
+        let cc = Command::new("cc")
+            .args(["-o", "f", "f.c"])
+            .current_dir(&root)
+            .status();
+        if !cc.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: no C compiler");
+            return;
+        }
+        let run = |mode: &str, trace: bool| {
+            let mut cmd = Command::new(root.join("f"));
+            cmd.arg(mode).current_dir(&root);
+            if !trace {
+                return (cmd.status().unwrap().success(), None);
+            }
+            let mut t = Tracer::attach(&mut cmd).unwrap();
+            let child = cmd.spawn();
+            t.spawned();
+            let ok = child.unwrap().wait().unwrap().success();
+            (ok, Some(t.finish()))
+        };
+        let (ok, t) = run("0", true);
+        assert!(ok);
+        assert!(t.unwrap().incomplete.is_none());
+        // The program can install a listener untraced, not traced.
+        assert!(run("1", false).0);
+        assert!(!run("1", true).0);
+        let (_, t) = run("2", true);
+        let why = t.unwrap().incomplete;
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("handle")),
+            "{why:?}"
+        );
     }
 
     #[test]
