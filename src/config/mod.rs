@@ -87,6 +87,8 @@ pub(crate) struct Config {
     pub(crate) cache_c: Setting<bool>,
     /// Build-script runs are cached.
     pub(crate) cache_build_scripts: Setting<bool>,
+    /// A build-script miss is traced by a twin run behind the build.
+    pub(crate) trace_behind: Setting<bool>,
     /// Incremental compiles are stored in the background.
     pub(crate) background_store: Setting<bool>,
     /// The first wrapper call of a build starts `kache daemon`.
@@ -178,6 +180,10 @@ pub(crate) struct WrapperConfig {
     /// Build-script runs are cached (`KACHE_CACHE_BUILD_SCRIPTS`,
     /// `cache.cache_build_scripts`).
     pub(crate) cache_build_scripts: bool,
+    /// A build-script miss runs untraced for the build and is traced by
+    /// an isolated twin behind it (`KACHE_TRACE_BEHIND`,
+    /// `cache.trace_behind`).
+    pub(crate) trace_behind: bool,
     /// Incremental compiles are stored in the background
     /// (`KACHE_BACKGROUND_STORE`, `cache.background_store`).
     pub(crate) background_store: bool,
@@ -220,6 +226,7 @@ impl WrapperConfig {
             cache_executables: c.cache_executables.value,
             cache_c: c.cache_c.value,
             cache_build_scripts: c.cache_build_scripts.value,
+            trace_behind: c.trace_behind.value,
             background_store: c.background_store.value,
             max_size: c.max_size.value,
             daemon_autostart: c.daemon_autostart.value,

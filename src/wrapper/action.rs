@@ -143,7 +143,10 @@ pub(crate) fn cached<'a, A: Action<'a>>(
     let verify = truthy("KACHE_VERIFY");
     let mut found = lookup(a, &base);
     let mut guard = None;
-    if found.is_none() {
+    // Inside a build script's twin (see `script::twin`), at idle
+    // priority: a lock it held would make the build wait on it.
+    let lock = std::env::var_os(crate::wrapper::script::TWIN_VAR).is_none();
+    if found.is_none() && lock {
         guard = ctx.store.compile_lock(&base);
         // Looked up again only if another compile held the key: one that
         // publishes between the lookup and a free lock costs at most a
@@ -160,7 +163,7 @@ pub(crate) fn cached<'a, A: Action<'a>>(
         }
         // Evicted between the lookup and the restore: a miss.
         found = None;
-        if guard.is_none() {
+        if guard.is_none() && lock {
             guard = ctx.store.compile_lock(&base);
         }
     }

@@ -120,10 +120,20 @@ pub(crate) fn fork(store: &Store) -> Option<Side> {
                     IOPRIO_BEST_EFFORT_LOWEST,
                 );
             }
+            // setsid made a new scheduling group (autogroup) whose share
+            // equals the build's whatever the nice value inside it.
+            autogroup_nice(10);
             Some(Side::Child(lock))
         }
         _ => Some(Side::Parent),
     }
+}
+
+/// Sets the nice value of this session's autogroup (where the kernel
+/// has them): with autogroups, a process's nice value weighs only
+/// against its own session.
+pub(crate) fn autogroup_nice(n: i32) {
+    let _ = std::fs::write("/proc/self/autogroup", n.to_string());
 }
 
 /// Ends the background recorder (no destructors, no atexit handlers of

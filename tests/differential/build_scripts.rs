@@ -15,6 +15,8 @@ use super::{Diff, Env, root, show};
 /// (crate, result, reason) of the build-script runs kache logged since
 /// the last call (the event log is emptied).
 fn script_events(d: &Diff) -> Vec<(String, String, String)> {
+    // A miss's twin records after the build (cache.trace_behind).
+    crate::common::settle(&d.cache);
     let p = d.cache.join("events.jsonl");
     let text = fs::read_to_string(&p).unwrap_or_default();
     let _ = fs::remove_file(&p);
@@ -435,4 +437,70 @@ fn reads_the_trace_once_missed() {
     assert!(build("probed path appeared").contains("probe=true"));
     fs::write(ext.join("real/cfg.txt"), "c2").unwrap();
     assert!(build("file behind ..").contains("dotdot=c2"));
+}
+
+/// Whether a store writer (a miss's traced twin) is at work now.
+fn writer_at_work(d: &Diff) -> bool {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(d.cache.join("gc.lock"))
+        .expect("the store has a gc.lock");
+    f.try_lock().is_err()
+}
+
+#[test]
+fn a_miss_is_traced_by_a_twin_the_build_does_not_wait_for() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    // The script sleeps only in kache's twin: the build's own run is
+    // untraced and does not wait for it.
+    let env: Env<'_> = &[("BS_TWIN_SLEEP", "15")];
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    assert!(
+        writer_at_work(&d),
+        "the build returned while the twin still traces the script"
+    );
+    let ev = script_events(&d);
+    assert_eq!(
+        ev,
+        vec![("nodecl".to_string(), "miss".to_string(), String::new())],
+        "the twin recorded the run once it was done"
+    );
+    // What it recorded is what plain cargo makes in a fresh target dir.
+    d.wipe_kache_target();
+    let _ = fs::remove_dir_all(&d.pt);
+    let warm = d.same("warm", &["run", "-q", "-p", "nodecl"], env);
+    assert!(warm.contains("native=42"), "{warm}");
+    let ev = script_events(&d);
+    assert!(
+        ev.iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit")
+            && !ev.iter().any(|(_, r, _)| r == "miss"),
+        "the warm build ran no build script: {ev:?}"
+    );
+}
+
+#[test]
+fn the_twin_changes_nothing_outside_out_dir() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    // The checkout lies in the temp dir here, which the twin may write:
+    // it must stay read-only all the same.
+    let env: Env<'_> = &[("BS_APPEND_OUTSIDE", "1"), ("BS_TWIN_SLEEP", "2")];
+    let appended = d.path("nodecl/appended-by-build-script.txt");
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    assert!(writer_at_work(&d), "a twin traces the script");
+    let ev = script_events(&d);
+    // Once, as under plain cargo: the twin's append failed (read-only).
+    assert_eq!(fs::read_to_string(&appended).unwrap(), "one\n");
+    assert!(
+        ev.len() == 1
+            && ev[0].1 == "miss"
+            && ev[0]
+                .2
+                .starts_with("the build script wrote outside OUT_DIR"),
+        "{ev:?}"
+    );
+    let plain = d.plain(&["build", "-q", "-p", "nodecl"], env);
+    assert!(plain.status.success(), "{}", show(&plain));
+    assert_eq!(fs::read_to_string(&appended).unwrap(), "one\none\n");
 }

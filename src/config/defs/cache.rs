@@ -331,6 +331,38 @@ fn cache_build_scripts() {
     );
 }
 
+/// `cache.trace_behind`: a build-script miss is traced by a twin run.
+pub(crate) const TRACE_BEHIND: Def = Def {
+    name: "cache.trace_behind",
+    var: "KACHE_TRACE_BEHIND",
+    file: true,
+    form: TF_FORM,
+    default: "`true`",
+    help: "a build-script miss runs untraced for the build while an isolated twin, at idle priority, runs it traced and stores it (see *Build scripts*); `false` traces the build's own run",
+    readers: Readers::Wrapper,
+    load: |d, i, c| {
+        c.trace_behind = i.flag(d, true)?;
+        Ok(())
+    },
+    show: |d, c, _| d.shown(&c.trace_behind),
+};
+
+#[cfg(test)]
+#[test]
+fn trace_behind() {
+    assert!(wrapper("", &[]).unwrap().trace_behind);
+    assert!(
+        !wrapper("[cache]\ntrace_behind = false\n", &[])
+            .unwrap()
+            .trace_behind
+    );
+    assert!(
+        !wrapper("", &[("KACHE_TRACE_BEHIND", "0")])
+            .unwrap()
+            .trace_behind
+    );
+}
+
 /// `cache.background_store`: an incremental compile's outputs are
 /// stored after the wrapper returns.
 pub(crate) const BACKGROUND_STORE: Def = Def {

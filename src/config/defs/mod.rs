@@ -85,14 +85,14 @@ impl Def {
 use cache::{
     BACKGROUND_STORE, CACHE_BUILD_SCRIPTS, CACHE_C, CACHE_EXECUTABLES, COMPRESSION_LEVEL,
     DAEMON_AUTOSTART, DAEMON_WAIT, INPUTS, LOCAL_MAX_SIZE, LOCAL_STORE, NEVER_CACHE,
-    S3_CONCURRENCY,
+    S3_CONCURRENCY, TRACE_BEHIND,
 };
 use remote::{
     BUCKET, ENDPOINT, PREFIX, PROFILE, READ_ONLY, REGION, SIGNING_KEY_FILE, TIMEOUT, TRUSTED_KEYS,
 };
 
 /// Every setting, in the order `kache config` shows them.
-pub(crate) const DEFS: [&Def; 26] = [
+pub(crate) const DEFS: [&Def; 27] = [
     &LOCAL_STORE,
     &LOCAL_MAX_SIZE,
     &BUCKET,
@@ -106,6 +106,7 @@ pub(crate) const DEFS: [&Def; 26] = [
     &CACHE_EXECUTABLES,
     &CACHE_C,
     &CACHE_BUILD_SCRIPTS,
+    &TRACE_BEHIND,
     &BACKGROUND_STORE,
     &DAEMON_AUTOSTART,
     &DAEMON_WAIT,

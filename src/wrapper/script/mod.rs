@@ -30,9 +30,12 @@ run into a fresh target dir makes.
 
 mod launcher;
 mod outdir;
+mod twin;
 
 pub(crate) use self::launcher::{RUN_ARG, install as install_launcher};
+pub(crate) use self::twin::VAR as TWIN_VAR;
 
+use std::cell::{Cell, OnceCell};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -136,7 +139,7 @@ pub(crate) fn main(argv: &[OsString]) -> i32 {
         return 2;
     };
     let rest = &argv[3..];
-    if truthy("KACHE_DISABLED") || !under_kache() {
+    if truthy("KACHE_DISABLED") || !under_kache() || std::env::var_os(TWIN_VAR).is_some() {
         return run_plain(real, rest);
     }
     let cfg = match WrapperConfig::load() {
@@ -192,6 +195,10 @@ struct Job<'a> {
     args: &'a [OsString],
     /// `OUT_DIR`, absolute.
     out_dir: PathBuf,
+    /// The base key, for a twin (see `twin`).
+    base: OnceCell<(CacheKey, Explain)>,
+    /// The run was untraced: a twin traces it and records.
+    behind: Cell<bool>,
 }
 
 fn cached(
@@ -215,8 +222,13 @@ fn cached(
         real_str,
         args,
         out_dir,
+        base: OnceCell::new(),
+        behind: Cell::new(false),
     };
     let (base, why) = job.base_key()?;
+    // A twin of this run may still be tracing (see `twin`): its verdict
+    // (an entry, or a refusal) comes first.
+    drop(store.compile_lock(&base));
     if let Ok(reason) = std::fs::read_to_string(uncacheable_path(&store, &base)) {
         // Refused last time, whatever it read: tracing it again would
         // only cost time. Run as is, untraced (nothing is stored).
@@ -230,6 +242,7 @@ fn cached(
         *ran = Some(code);
         return Ok(code);
     }
+    let _ = job.base.set((base.clone(), why.clone()));
     action::cached(&job, base, why, ran)
 }
 
@@ -344,16 +357,7 @@ impl Job<'_> {
             self.out_dir.clone(),
             self.ctx.store.root().to_path_buf(),
         ]);
-        let project = with_real(
-            self.ctx
-                .paths
-                .rules()
-                .iter()
-                .filter(|(_, s)| s != "/kache-home")
-                .map(|(r, _)| PathBuf::from(r))
-                .chain([self.ctx.paths.cwd.clone()])
-                .collect(),
-        );
+        let project = with_real(self.project_roots());
         let scratch = with_real(vec![
             PathBuf::from("/dev"),
             PathBuf::from("/tmp"),
@@ -372,6 +376,56 @@ impl Job<'_> {
                         || (!p.starts_with("/dev") && p.symlink_metadata().is_ok()))
             })
             .cloned()
+    }
+}
+
+impl Job<'_> {
+    /// The checkout, the target dir and `CARGO_HOME` (the roots kache
+    /// maps, but the home directory) and the working directory.
+    fn project_roots(&self) -> Vec<PathBuf> {
+        self.ctx
+            .paths
+            .rules()
+            .iter()
+            .filter(|(_, s)| s != "/kache-home")
+            .map(|(r, _)| PathBuf::from(r))
+            .chain([self.ctx.paths.cwd.clone()])
+            .collect()
+    }
+
+    /// Runs the script traced, into an empty `OUT_DIR`; for a `twin`,
+    /// without cargo's jobserver.
+    fn run_traced(&self, twin: bool) -> Result<(Ran, Trace)> {
+        outdir::clear(&self.out_dir)?;
+        let mut cmd = Command::new(self.real);
+        cmd.args(self.args)
+            // A daemon started by a compile inside the script would keep
+            // the tracer's filter after the run.
+            .env("KACHE_DAEMON_AUTOSTART", "0")
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if twin {
+            cmd.env(TWIN_VAR, "1").env_remove("CARGO_MAKEFLAGS");
+            for v in ["MAKEFLAGS", "MFLAGS"] {
+                if let Ok(value) = std::env::var(v) {
+                    cmd.env(v, make_flags(&value));
+                }
+            }
+        }
+        let mut tracer = Tracer::attach(&mut cmd).context("cannot trace the build script")?;
+        let before = self.ctx.store.fs_clock();
+        let t0 = Instant::now();
+        // Its output passes through byte for byte.
+        let pumped = run_pumped(
+            &mut cmd,
+            &Paths::default(),
+            self.real_str,
+            "the build script",
+        );
+        tracer.spawned();
+        let trace = tracer.finish();
+        Ok((Ran::finished(pumped?, t0, before), trace))
     }
 }
 
@@ -394,30 +448,27 @@ impl<'a> Action<'a> for Job<'a> {
         "build script".to_string()
     }
 
-    /// Runs the script traced, into an empty `OUT_DIR`.
+    /// Runs the script: untraced, as plain cargo does, while a twin
+    /// traces it behind the build (see `twin`); traced where no twin can
+    /// run, and to verify a hit.
     fn run(&self) -> Result<(Ran, Trace)> {
-        outdir::clear(&self.out_dir)?;
-        let mut cmd = Command::new(self.real);
-        cmd.args(self.args)
-            // A daemon started by a compile inside the script would keep
-            // the tracer's filter after the run.
-            .env("KACHE_DAEMON_AUTOSTART", "0")
-            .stdin(Stdio::inherit())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut tracer = Tracer::attach(&mut cmd).context("cannot trace the build script")?;
-        let before = self.ctx.store.fs_clock();
-        let t0 = Instant::now();
-        // Its output passes through byte for byte.
-        let pumped = run_pumped(
-            &mut cmd,
-            &Paths::default(),
-            self.real_str,
-            "the build script",
-        );
-        tracer.spawned();
-        let trace = tracer.finish();
-        Ok((Ran::finished(pumped?, t0, before), trace))
+        if !truthy("KACHE_VERIFY")
+            && let Some((base, why)) = self.base.get()
+            && twin::start(self, base, why)
+        {
+            self.behind.set(true);
+            let t0 = Instant::now();
+            let code = run_plain(self.real, self.args);
+            let ran = Ran {
+                code,
+                compile_ms: crate::units::millis(t0.elapsed()),
+                out_raw: Vec::new(),
+                err_raw: Vec::new(),
+                before: None,
+            };
+            return Ok((ran, Trace::default()));
+        }
+        self.run_traced(false)
     }
 
     fn restore(&self, entry: &Entry) -> Result<u64> {
@@ -437,6 +488,10 @@ impl<'a> Action<'a> for Job<'a> {
 
     fn record(&self, base: CacheKey, base_why: Explain, run: Ran, trace: Trace) -> Result<i32> {
         let ctx = &self.ctx;
+        if self.behind.get() {
+            ctx.progress("build script miss (traced behind the build)", 0);
+            return Ok(run.code);
+        }
         let (stdout, stderr) = match self.refusal(&trace, &run) {
             Ok(out) => out,
             Err(why) => {

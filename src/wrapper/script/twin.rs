@@ -1,0 +1,356 @@
+/*!
+A build-script miss traced behind the build (`cache.trace_behind`).
+
+Tracing costs every file call of the script and its children a round
+trip through kache (see `trace`): a third more time for a
+`configure`-and-`make` script such as jemalloc's, and that script is the
+build's critical path. So where kache can isolate a second run, a miss
+runs the script twice at once:
+
+- the build's run, untraced, exactly as plain cargo runs it (output
+  straight to cargo, `OUT_DIR` as cargo left it): everything cargo reads
+  comes from it, at full speed;
+- a twin, forked before it, in its own session at idle CPU and disk
+  priority, traced as an inline miss is, into an empty `OUT_DIR`; it
+  records the entry.
+
+The twin runs in a private mount namespace in which it can change
+nothing the build sees. Every mount is read-only there but the temp dirs
+and kache's store; the checkout, the target dir and `CARGO_HOME` stay
+read-only even inside a temp dir; an empty directory of the store is
+mounted over the real `OUT_DIR` path, so the twin sees the same paths
+and environment and writes what a run into a fresh target dir writes. A
+write anywhere else fails in the twin, and its trace is refused as an
+inline one would be. Cargo's jobserver is not passed on: the twin never
+takes a token the build could use, and kache's compiles inside it take
+no compile lock: the build never waits on a process at idle priority.
+
+The twin keeps the key's compile lock and the store's writer lock until
+it has recorded: an identical miss (the next build) waits for it and
+hits, and `kache sync` and `kache stats` wait for it as for any
+background store.
+
+Where the namespace cannot be made (not root and no user namespaces, a
+container's seccomp profile), or the wrapper has threads, the miss is
+traced inline.
+*/
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::{Job, mark_uncacheable};
+use crate::store::CacheKey;
+use crate::wrapper::action::Action;
+use crate::wrapper::background::{self, Side};
+use crate::wrapper::explain::Explain;
+
+/// Set in the twin's script: kache's compiles under it take no compile
+/// lock (the build would wait on a process at idle priority) and a
+/// build script under it runs as is.
+pub(crate) const VAR: &str = "KACHE_TWIN_RUN";
+
+/// Forks the twin for `job`'s miss. In the build's process: whether a
+/// twin now runs (the caller runs the script untraced and stores
+/// nothing) or not (the caller traces inline). The twin never returns.
+pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
+    if !job.ctx.cfg.trace_behind || !single_threaded() {
+        return false;
+    }
+    let Some((ready_r, ready_w)) = pipe() else {
+        return false;
+    };
+    match background::fork(job.ctx.store) {
+        None => false,
+        Some(Side::Parent) => {
+            drop(ready_w);
+            let mut b = [0u8; 1];
+            // The twin says whether it is isolated; a twin that died
+            // says nothing (end of file).
+            matches!(fs::File::from(ready_r).read(&mut b), Ok(1) if b[0] == b'y')
+        }
+        Some(Side::Child(lock)) => {
+            drop(ready_r);
+            idle_priority();
+            let scratch = job.ctx.store.tmp_path("twin");
+            let isolated = fs::create_dir(&scratch).and_then(|()| isolate(job, &scratch));
+            let mut w = fs::File::from(ready_w);
+            let _ = w.write_all(if isolated.is_ok() { b"y" } else { b"n" });
+            drop(w);
+            if isolated.is_ok() {
+                run(job, base.clone(), why.clone());
+            }
+            let _ = fs::remove_dir_all(&scratch);
+            drop(lock);
+            crate::store::gc::auto(
+                job.ctx.store,
+                job.ctx.cfg.max_size,
+                std::time::Duration::from_secs(5),
+            );
+            background::exit();
+        }
+    }
+}
+
+/// The twin's run: traced, then recorded as an inline miss is.
+fn run(job: &Job, base: CacheKey, why: Explain) {
+    let ctx = &job.ctx;
+    let res = job.run_traced(true).and_then(|(ran, trace)| {
+        if ran.code == 0 {
+            return job.record(base.clone(), why, ran, trace).map(drop);
+        }
+        // A write outside OUT_DIR fails here and may be why the run
+        // failed: the build's run, which may write there, is the one
+        // that counts; runs under this key go untraced from now on.
+        if let Some(p) = job.wrote_outside(&trace) {
+            let why = format!("the build script wrote outside OUT_DIR: {}", p.display());
+            mark_uncacheable(ctx.store, &base, &why);
+            ctx.unstored(&why, ran.compile_ms);
+        }
+        Ok(())
+    });
+    if let Err(e) = res {
+        ctx.unstored(&format!("not stored by the traced twin: {e:#}"), 0);
+    }
+}
+
+/// Whether this process has one thread (a fork copies only the caller).
+fn single_threaded() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
+    })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> Option<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: pipe2 just returned these two fds, owned by us.
+    Some(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Behind everything else in the CPU and disk queues: the twin uses only
+/// what the build leaves idle (its children inherit it).
+fn idle_priority() {
+    background::autogroup_nice(19);
+    let param = libc::sched_param { sched_priority: 0 };
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3 << 13;
+    // SAFETY: plain system calls about this process's own scheduling.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE,
+        );
+    }
+}
+
+/// One mount: where, and its per-mount flags.
+struct Mount {
+    at: PathBuf,
+    flags: libc::c_ulong,
+}
+
+/// Makes this process's mount namespace the twin's (see the module
+/// text). Any step failing leaves the twin unused.
+fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
+    let cwd = std::env::current_dir()?;
+    new_namespace()?;
+    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
+    let mounts = mounts()?;
+    let real = |p: &Path| p.canonicalize().ok();
+    let mut holes: Vec<PathBuf> = [
+        Some(job.ctx.store.root().to_path_buf()),
+        Some(PathBuf::from("/tmp")),
+        Some(PathBuf::from("/var/tmp")),
+        Some(PathBuf::from("/dev/shm")),
+        std::env::var_os("TMPDIR").map(PathBuf::from),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| real(&p))
+    .collect();
+    holes.sort();
+    holes.dedup();
+    for h in &holes {
+        mount(Some(h), h, libc::MS_BIND | libc::MS_REC)?;
+    }
+    let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
+    // The checkout, the target dir and CARGO_HOME, read-only also where
+    // they lie in a writable place.
+    let islands: Vec<PathBuf> = job
+        .project_roots()
+        .iter()
+        .filter_map(|p| real(p))
+        .filter(|p| under(p, &holes))
+        .collect();
+    for i in &islands {
+        mount(Some(i), i, libc::MS_BIND | libc::MS_REC)?;
+        read_only(i, flags_at(&mounts, i))?;
+    }
+    let out = real(&job.out_dir).ok_or_else(|| io::Error::other("no OUT_DIR"))?;
+    mount(Some(scratch), &out, libc::MS_BIND)?;
+    for m in &mounts {
+        let pseudo = ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|d| m.at.starts_with(d));
+        if pseudo || under(&m.at, &holes) || under(&m.at, &islands) || m.at == out {
+            continue;
+        }
+        match read_only(&m.at, m.flags) {
+            // A mount this namespace cannot reach (gone since, or hidden).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => r?,
+        }
+    }
+    // The working directory was taken before the mounts above: taken
+    // again, it is the namespace's view of the same path.
+    std::env::set_current_dir(cwd)
+}
+
+/// A mount namespace of its own: as root directly, otherwise inside a
+/// user namespace that maps only this user (the script still runs as
+/// the same user, without privileges).
+fn new_namespace() -> io::Result<()> {
+    // SAFETY: plain system calls about this process.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if uid == 0 {
+        // SAFETY: as above.
+        return check(unsafe { libc::unshare(libc::CLONE_NEWNS) });
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) })?;
+    fs::write("/proc/self/setgroups", "deny")?;
+    fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let src = source.map(cpath).transpose()?;
+    let dst = cpath(target)?;
+    // SAFETY: the strings live across the call; no data argument.
+    check(unsafe {
+        libc::mount(
+            src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            dst.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Makes the mount at `at` read-only, keeping its other flags (a user
+/// namespace may not clear them).
+fn read_only(at: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    mount(
+        None,
+        at,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | flags,
+    )
+}
+
+/// The flags of the mount `p` lies in.
+fn flags_at(mounts: &[Mount], p: &Path) -> libc::c_ulong {
+    mounts
+        .iter()
+        .filter(|m| p.starts_with(&m.at))
+        .max_by_key(|m| m.at.as_os_str().len())
+        .map_or(0, |m| m.flags)
+}
+
+/// This namespace's mounts, from `/proc/self/mountinfo`.
+fn mounts() -> io::Result<Vec<Mount>> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(parse_mount).collect())
+}
+
+fn parse_mount(line: &str) -> Option<Mount> {
+    let mut f = line.split(' ');
+    let at = unescape(f.nth(4)?);
+    let mut flags = 0;
+    for o in f.next()?.split(',') {
+        flags |= match o {
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            _ => 0,
+        };
+    }
+    Some(Mount { at, flags })
+}
+
+/// A mountinfo path: space, tab, newline and backslash are octal escapes.
+fn unescape(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let m =
+            parse_mount("36 35 98:0 /mnt1 /a\\040b rw,nosuid,noatime master:1 - ext3 /dev/root rw")
+                .unwrap();
+        assert_eq!(m.at, PathBuf::from("/a b"));
+        assert_eq!(m.flags, libc::MS_NOSUID | libc::MS_NOATIME);
+        let ms = [
+            Mount {
+                at: "/".into(),
+                flags: 0,
+            },
+            Mount {
+                at: "/home".into(),
+                flags: libc::MS_NODEV,
+            },
+        ];
+        assert_eq!(flags_at(&ms, Path::new("/home/u/src")), libc::MS_NODEV);
+        assert_eq!(flags_at(&ms, Path::new("/homely")), 0);
+    }
+}
