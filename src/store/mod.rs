@@ -303,6 +303,22 @@ impl Store {
         }
     }
 
+    /// How many build-script twins (see `wrapper::script::twin`) are
+    /// alive: each keeps a `tmp/twin.PID.*` directory while it runs.
+    pub(crate) fn twins_running(&self) -> usize {
+        let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
+            return 0;
+        };
+        rd.flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("twin.")
+                    && tmp_owner(&name)
+                        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            })
+            .count()
+    }
+
     fn gc_lock_file(&self, shared: bool) -> Result<File> {
         let p = self.root.join("gc.lock");
         let f = OpenOptions::new()
@@ -702,12 +718,17 @@ impl Store {
         }
     }
 
+    /// Where key `key`'s compile lock is.
+    pub(crate) fn compile_lock_path(&self, key: &CacheKey) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
     /// The per-key compile lock (`locks/<key>.lock`, flock): identical
     /// compiles racing compile once; the others wait (up to 10 minutes)
     /// and then find the entry. `None` if the lock cannot be had (the
     /// compile then goes ahead unlocked). With whether it had to wait.
     pub(crate) fn compile_lock(&self, key: &CacheKey) -> Option<(File, bool)> {
-        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let p = self.compile_lock_path(key);
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)

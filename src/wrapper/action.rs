@@ -231,7 +231,7 @@ fn labelled<'a, A: Action<'a>>(a: &A, what: &str) -> String {
 
 /// The first entry, among the input lists recorded under `base`, whose
 /// full key is in the store and that fits the action.
-fn lookup<'a, A: Action<'a>>(a: &A, base: &CacheKey) -> Option<Entry> {
+pub(crate) fn lookup<'a, A: Action<'a>>(a: &A, base: &CacheKey) -> Option<Entry> {
     let ctx = a.ctx();
     for inputs in ctx.store.inputs_for(base) {
         let Some(full) = inputs::full_key(&inputs, &ctx.paths, &ctx.probe) else {

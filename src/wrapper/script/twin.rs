@@ -11,7 +11,10 @@ runs the script twice at once:
   straight to cargo, `OUT_DIR` as cargo left it): everything cargo reads
   comes from it, at full speed;
 - a twin, forked before it, in its own session at idle CPU and disk
-  priority, traced as an inline miss is, into an empty `OUT_DIR`; it
+  priority, that waits until the build is over (the cargo that ran the
+  launcher has exited: even at idle priority a second `configure` beside
+  the first slows it by a tenth, through the shared caches), then runs
+  the script traced as an inline miss is, into an empty `OUT_DIR`, and
   records the entry.
 
 The twin runs in a private mount namespace in which it can change
@@ -25,10 +28,11 @@ inline one would be. Cargo's jobserver is not passed on: the twin never
 takes a token the build could use, and kache's compiles inside it take
 no compile lock: the build never waits on a process at idle priority.
 
-The twin keeps the key's compile lock and the store's writer lock until
-it has recorded: an identical miss (the next build) waits for it and
-hits, and `kache sync` and `kache stats` wait for it as for any
-background store.
+The twin keeps the store's writer lock until it has recorded (`kache
+sync` and `kache stats` wait for it as for any background store) and
+takes the key's compile lock for its run: an identical miss of the next
+build waits for it and hits. While it waits for the build, the key's
+lock is free (cargo may run what it built for hours).
 
 Where the namespace cannot be made (not root and no user namespaces, a
 container's seccomp profile), or the wrapper has threads, the miss is
@@ -64,6 +68,17 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
     let Some((ready_r, ready_w)) = pipe() else {
         return false;
     };
+    // The process that runs the build (cargo, which ran the launcher).
+    // SAFETY: plain system calls; the fd returned is ours.
+    let build = unsafe {
+        let ppid = libc::getppid();
+        let fd = if ppid > 1 {
+            libc::syscall(libc::SYS_pidfd_open, ppid, 0)
+        } else {
+            -1
+        };
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd as i32))
+    };
     match background::fork(job.ctx.store) {
         None => false,
         Some(Side::Parent) => {
@@ -82,7 +97,19 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
             let _ = w.write_all(if isolated.is_ok() { b"y" } else { b"n" });
             drop(w);
             if isolated.is_ok() {
-                run(job, base.clone(), why.clone());
+                // Not while the build runs: even at idle priority a second
+                // configure-and-make slows the first by a tenth (the
+                // caches and the memory bus are shared). The key's lock
+                // is let go meanwhile (cargo may run the program it built
+                // for hours), the store's writer lock kept: `kache sync`
+                // waits for this run.
+                let_go_of(&job.ctx.store.compile_lock_path(base));
+                wait_for(build.as_ref());
+                let _guard = job.ctx.store.compile_lock(base);
+                // A run of the same key elsewhere may have stored it.
+                if crate::wrapper::action::lookup(job, base).is_none() {
+                    run(job, base.clone(), why.clone());
+                }
             }
             let _ = fs::remove_dir_all(&scratch);
             drop(lock);
@@ -115,6 +142,55 @@ fn run(job: &Job, base: CacheKey, why: Explain) {
     });
     if let Err(e) = res {
         ctx.unstored(&format!("not stored by the traced twin: {e:#}"), 0);
+    }
+}
+
+/// The longest a twin waits for the build before it runs.
+const BUILD_WAIT_MS: i32 = 10 * 60 * 1000;
+
+/// Waits until the process behind `build` has exited (at most
+/// [`BUILD_WAIT_MS`]).
+fn wait_for(build: Option<&OwnedFd>) {
+    let Some(fd) = build else {
+        return;
+    };
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_millis(BUILD_WAIT_MS as u64);
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&raw mut pfd, 1, left.as_millis() as i32) };
+        let interrupted = rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+        if !interrupted || left.is_zero() {
+            return;
+        }
+    }
+}
+
+/// Closes this process's copies of the lock file at `lock` (inherited
+/// from the build's run, which lets go of its own when it exits).
+fn let_go_of(lock: &Path) {
+    let Ok(want) = lock.canonicalize() else {
+        return;
+    };
+    for e in fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let fd = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+        if let Some(fd) = fd
+            && fs::read_link(e.path()).is_ok_and(|p| p == want)
+        {
+            // SAFETY: the fd is one of this process's; the File that
+            // owned it belongs to the build's run, whose frames this
+            // process never returns to (it ends with `_exit`).
+            unsafe { libc::close(fd) };
+        }
     }
 }
 
