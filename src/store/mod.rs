@@ -729,6 +729,11 @@ impl Store {
     /// compile then goes ahead unlocked). With whether it had to wait.
     pub(crate) fn compile_lock(&self, key: &CacheKey) -> Option<(File, bool)> {
         let p = self.compile_lock_path(key);
+        if p.with_extension("twin").exists() {
+            // A build script's twin holds it, at idle priority: waiting
+            // for it behind a busy build could take longer than the run.
+            return None;
+        }
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -504,3 +504,43 @@ fn the_twin_changes_nothing_outside_out_dir() {
     assert!(plain.status.success(), "{}", show(&plain));
     assert_eq!(fs::read_to_string(&appended).unwrap(), "one\none\n");
 }
+
+/// The marker a build script's twin keeps beside its key's lock while it
+/// runs, if one does.
+fn twin_marker(d: &Diff) -> Option<std::path::PathBuf> {
+    fs::read_dir(d.cache.join("locks"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "twin"))
+}
+
+#[test]
+fn a_build_does_not_wait_for_a_twin_of_the_same_run() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let env: Env<'_> = &[("BS_TWIN_SLEEP", "20")];
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    // The twin starts once that build is over.
+    let t0 = std::time::Instant::now();
+    while twin_marker(&d).is_none() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "no twin started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A fresh target dir needs the same run while the twin sleeps in it:
+    // the build runs the script itself instead of waiting at the lock.
+    let _ = fs::remove_dir_all(&d.kt);
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    assert!(
+        twin_marker(&d).is_some(),
+        "the second build returned while the first twin still runs"
+    );
+    crate::common::settle(&d.cache);
+    assert!(twin_marker(&d).is_none(), "the twin took its marker away");
+    wipe_both(&d);
+    let out = d.same("after the twins", &["run", "-q", "-p", "nodecl"], env);
+    assert!(out.contains("native=42"), "{out}");
+}

@@ -226,9 +226,6 @@ fn cached(
         behind: Cell::new(false),
     };
     let (base, why) = job.base_key()?;
-    // A twin of this run may still be tracing (see `twin`): its verdict
-    // (an entry, or a refusal) comes first.
-    drop(store.compile_lock(&base));
     if let Ok(reason) = std::fs::read_to_string(uncacheable_path(&store, &base)) {
         // Refused last time, whatever it read: tracing it again would
         // only cost time. Run as is, untraced (nothing is stored).

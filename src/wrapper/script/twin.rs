@@ -30,9 +30,12 @@ no compile lock: the build never waits on a process at idle priority.
 
 The twin keeps the store's writer lock until it has recorded (`kache
 sync` and `kache stats` wait for it as for any background store) and
-takes the key's compile lock for its run: an identical miss of the next
-build waits for it and hits. While it waits for the build, the key's
-lock is free (cargo may run what it built for hours).
+takes the key's compile lock for its run, marked as a twin's
+(`locks/KEY.twin`): a run of the same key does not wait for it (behind a
+busy build a process at idle priority could take longer than the run)
+but runs the script itself, and its own twin then finds the entry.
+While it waits for the build, the key's lock is free (cargo may run
+what it built for hours).
 
 Where the namespace cannot be made (not root and no user namespaces, a
 container's seccomp profile), or the wrapper has threads, the miss is
@@ -106,10 +109,15 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
                 let_go_of(&job.ctx.store.compile_lock_path(base));
                 wait_for(build.as_ref());
                 let _guard = job.ctx.store.compile_lock(base);
+                // Said beside the lock: a run of the key goes ahead
+                // rather than wait behind a busy build for this one.
+                let marker = job.ctx.store.compile_lock_path(base).with_extension("twin");
+                let _ = fs::write(&marker, b"");
                 // A run of the same key elsewhere may have stored it.
                 if crate::wrapper::action::lookup(job, base).is_none() {
                     run(job, base.clone(), why.clone());
                 }
+                let _ = fs::remove_file(&marker);
             }
             let _ = fs::remove_dir_all(&scratch);
             drop(lock);
