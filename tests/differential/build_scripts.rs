@@ -515,6 +515,18 @@ fn twin_marker(d: &Diff) -> Option<std::path::PathBuf> {
         .find(|p| p.extension().is_some_and(|x| x == "twin"))
 }
 
+/// The scratch directories of the twins alive now (`tmp/twin.PID.*`).
+fn twins(d: &Diff) -> Vec<String> {
+    fs::read_dir(d.cache.join("tmp"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("twin."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_build_does_not_wait_for_a_twin_of_the_same_run() {
     let r = root();
@@ -530,12 +542,14 @@ fn a_build_does_not_wait_for_a_twin_of_the_same_run() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let first = twins(&d);
+    assert_eq!(first.len(), 1, "{first:?}");
     // A fresh target dir needs the same run while the twin sleeps in it:
     // the build runs the script itself instead of waiting at the lock.
     let _ = fs::remove_dir_all(&d.kt);
     d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
     assert!(
-        twin_marker(&d).is_some(),
+        twins(&d).contains(&first[0]),
         "the second build returned while the first twin still runs"
     );
     crate::common::settle(&d.cache);
