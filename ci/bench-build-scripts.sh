@@ -6,6 +6,7 @@
 #   kache cold        kache, empty store, empty target dir (then the wait
 #                     for the misses' traced twins to record, shown apart)
 #   kache warm        kache, same store, after `rm -rf target`
+#   kache inline      kache cold again, KACHE_TRACE_BEHIND=0 (no twin)
 # and prints each as a ratio of the uncached build, with how many build
 # scripts ran and how many real compiler runs (Rust and C misses) the
 # warm build made. The program's output must be the same in all three.
@@ -77,6 +78,12 @@ rm -rf "$work/kt"
 t_warm=$(build warm "${k[@]}")
 cp "$work/store/events.jsonl" "$work/warm.jsonl"
 got=$(run "${k[@]}")
+# The same cold build with the trace in the build's own run
+# (trace_behind = false): the shorter whole job where a CI job pushes
+# right after a cold build.
+ki=(RUSTC_WRAPPER="$KACHE" KACHE_CACHE_DIR="$work/store-inline" CARGO_TARGET_DIR="$work/ki" KACHE_TRACE_BEHIND=0)
+t_inline=$(build inline "${ki[@]}")
+flock "$work/store-inline/gc.lock" true
 if [ "$got" != "$want" ]; then
   echo "MISMATCH: kache's program printed '$got', plain cargo's '$want'"
   exit 1
@@ -102,6 +109,7 @@ printf '| uncached | %.1f | 1.000 |\n' "$t_plain"
 printf '| kache cold | %.1f | %s |\n' "$t_cold" "$(ratio "$t_cold")"
 printf '| (traced twins still running after it) | %.1f | %s |\n' "$t_behind" "$(ratio "$t_behind")"
 printf '| kache warm (after rm -rf target) | %.2f | %s |\n' "$t_warm" "$(ratio "$t_warm")"
+printf '| kache cold, traced inline (trace_behind = false) | %.1f | %s |\n' "$t_inline" "$(ratio "$t_inline")"
 echo
 echo "cold: $cold_scripts build-script runs recorded"
 echo "warm: $script_hits build-script hits, $scripts_ran build scripts ran, $((misses - scripts_ran)) real compiler runs ($c_misses C)"
