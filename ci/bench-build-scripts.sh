@@ -3,10 +3,10 @@
 # tikv-jemalloc-sys (jemalloc's `configure` and `make`) and zstd-sys (the
 # cc crate). Three builds in one run, dev profile:
 #   uncached          plain cargo, empty target dir
-#   kache cold        kache, empty store, empty target dir (then the wait
+#   kache cold        kache with KACHE_TRACE_BEHIND=1, empty store, empty target dir (then the wait
 #                     for the misses' traced twins to record, shown apart)
 #   kache warm        kache, same store, after `rm -rf target`
-#   kache inline      kache cold again, KACHE_TRACE_BEHIND=0 (no twin)
+#   kache inline      kache cold again, KACHE_TRACE_BEHIND=0 (no twin, the default)
 # and prints each as a ratio of the uncached build, with how many build
 # scripts ran and how many real compiler runs (Rust and C misses) the
 # warm build made. The program's output must be the same in all three.
@@ -66,7 +66,7 @@ run() { (cd "$app" && env "$@" cargo run -q 2>/dev/null); }
 unset RUSTC_WRAPPER
 t_plain=$(build plain CARGO_TARGET_DIR="$work/plain")
 want=$(run CARGO_TARGET_DIR="$work/plain")
-k=(RUSTC_WRAPPER="$KACHE" KACHE_CACHE_DIR="$work/store" CARGO_TARGET_DIR="$work/kt")
+k=(RUSTC_WRAPPER="$KACHE" KACHE_CACHE_DIR="$work/store" CARGO_TARGET_DIR="$work/kt" KACHE_TRACE_BEHIND=1)
 t_cold=$(build cold "${k[@]}")
 # A miss's traced twin (cache.trace_behind) records after the build: wait
 # for it as `kache sync` does (every store writer holds gc.lock shared).
@@ -78,9 +78,8 @@ rm -rf "$work/kt"
 t_warm=$(build warm "${k[@]}")
 cp "$work/store/events.jsonl" "$work/warm.jsonl"
 got=$(run "${k[@]}")
-# The same cold build with the trace in the build's own run
-# (trace_behind = false): the shorter whole job where a CI job pushes
-# right after a cold build.
+# The same cold build with the trace in the build's own run (the
+# default, trace_behind = false).
 ki=(RUSTC_WRAPPER="$KACHE" KACHE_CACHE_DIR="$work/store-inline" CARGO_TARGET_DIR="$work/ki" KACHE_TRACE_BEHIND=0)
 t_inline=$(build inline "${ki[@]}")
 flock "$work/store-inline/gc.lock" true

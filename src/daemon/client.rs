@@ -473,7 +473,7 @@ mod tests {
             cache_executables: true,
             cache_c: true,
             cache_build_scripts: true,
-            trace_behind: true,
+            trace_behind: false,
             background_store: true,
             max_size: 50 << 30,
             remote: None,

@@ -586,7 +586,7 @@ mod tests {
             cache_executables: default(false),
             cache_c: default(true),
             cache_build_scripts: default(true),
-            trace_behind: default(true),
+            trace_behind: default(false),
             background_store: default(true),
             daemon_autostart: default(false),
             daemon_wait: default(Duration::from_millis(500)),

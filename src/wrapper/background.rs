@@ -120,12 +120,39 @@ pub(crate) fn fork(store: &Store) -> Option<Side> {
                     IOPRIO_BEST_EFFORT_LOWEST,
                 );
             }
+            close_inherited();
             // setsid made a new scheduling group (autogroup) whose share
             // equals the build's whatever the nice value inside it.
             autogroup_nice(10);
             Some(Side::Child(lock))
         }
         _ => Some(Side::Parent),
+    }
+}
+
+/// Closes every fd above stderr that is not close-on-exec: those came
+/// from whoever started kache (cargo's jobserver pipe, a lock a CI script
+/// took with `flock ... cargo build`), never from kache (Rust opens its
+/// files close-on-exec), and must not outlive the wrapper in a process of
+/// its own.
+fn close_inherited() {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl and close on fds of this process; an fd kache
+        // owns has FD_CLOEXEC and is left alone.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::close(fd);
+            }
+        }
     }
 }
 

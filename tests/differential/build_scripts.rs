@@ -454,7 +454,7 @@ fn a_miss_is_traced_by_a_twin_the_build_does_not_wait_for() {
     let d = Diff::new(r.path(), "a", "bscripts");
     // The script sleeps only in kache's twin: the build's own run is
     // untraced and does not wait for it.
-    let env: Env<'_> = &[("BS_TWIN_SLEEP", "15")];
+    let env: Env<'_> = &[("BS_TWIN_SLEEP", "15"), ("KACHE_TRACE_BEHIND", "1")];
     d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
     assert!(
         writer_at_work(&d),
@@ -485,7 +485,11 @@ fn the_twin_changes_nothing_outside_out_dir() {
     let d = Diff::new(r.path(), "a", "bscripts");
     // The checkout lies in the temp dir here, which the twin may write:
     // it must stay read-only all the same.
-    let env: Env<'_> = &[("BS_APPEND_OUTSIDE", "1"), ("BS_TWIN_SLEEP", "2")];
+    let env: Env<'_> = &[
+        ("BS_APPEND_OUTSIDE", "1"),
+        ("BS_TWIN_SLEEP", "2"),
+        ("KACHE_TRACE_BEHIND", "1"),
+    ];
     let appended = d.path("nodecl/appended-by-build-script.txt");
     d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
     assert!(writer_at_work(&d), "a twin traces the script");
@@ -531,7 +535,7 @@ fn twins(d: &Diff) -> Vec<String> {
 fn a_build_does_not_wait_for_a_twin_of_the_same_run() {
     let r = root();
     let d = Diff::new(r.path(), "a", "bscripts");
-    let env: Env<'_> = &[("BS_TWIN_SLEEP", "20")];
+    let env: Env<'_> = &[("BS_TWIN_SLEEP", "20"), ("KACHE_TRACE_BEHIND", "1")];
     d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
     // The twin starts once that build is over.
     let t0 = std::time::Instant::now();

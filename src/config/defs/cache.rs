@@ -337,11 +337,11 @@ pub(crate) const TRACE_BEHIND: Def = Def {
     var: "KACHE_TRACE_BEHIND",
     file: true,
     form: TF_FORM,
-    default: "`true`",
+    default: "`false`",
     help: "a build-script miss runs untraced for the build while an isolated twin, at idle priority, runs it traced and stores it (see *Build scripts*); `false` traces the build's own run",
     readers: Readers::Wrapper,
     load: |d, i, c| {
-        c.trace_behind = i.flag(d, true)?;
+        c.trace_behind = i.flag(d, false)?;
         Ok(())
     },
     show: |d, c, _| d.shown(&c.trace_behind),
@@ -350,14 +350,14 @@ pub(crate) const TRACE_BEHIND: Def = Def {
 #[cfg(test)]
 #[test]
 fn trace_behind() {
-    assert!(wrapper("", &[]).unwrap().trace_behind);
+    assert!(!wrapper("", &[]).unwrap().trace_behind);
     assert!(
-        !wrapper("[cache]\ntrace_behind = false\n", &[])
+        wrapper("[cache]\ntrace_behind = true\n", &[])
             .unwrap()
             .trace_behind
     );
     assert!(
-        !wrapper("", &[("KACHE_TRACE_BEHIND", "0")])
+        wrapper("", &[("KACHE_TRACE_BEHIND", "1")])
             .unwrap()
             .trace_behind
     );

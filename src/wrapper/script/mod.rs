@@ -199,6 +199,9 @@ struct Job<'a> {
     base: OnceCell<(CacheKey, Explain)>,
     /// The run was untraced: a twin traces it and records.
     behind: Cell<bool>,
+    /// In a twin: where `OUT_DIR` really is (clear and pack go there,
+    /// not through the path a detached mount would leave).
+    pack_from: OnceCell<PathBuf>,
 }
 
 fn cached(
@@ -224,6 +227,7 @@ fn cached(
         out_dir,
         base: OnceCell::new(),
         behind: Cell::new(false),
+        pack_from: OnceCell::new(),
     };
     let (base, why) = job.base_key()?;
     if let Ok(reason) = std::fs::read_to_string(uncacheable_path(&store, &base)) {
@@ -390,10 +394,16 @@ impl Job<'_> {
             .collect()
     }
 
+    /// `OUT_DIR` as this process reaches it (in a twin, the scratch
+    /// directory mounted over it).
+    fn out_dir_really(&self) -> &Path {
+        self.pack_from.get().map_or(&self.out_dir, |p| p.as_path())
+    }
+
     /// Runs the script traced, into an empty `OUT_DIR`; for a `twin`,
     /// without cargo's jobserver.
     fn run_traced(&self, twin: bool) -> Result<(Ran, Trace)> {
-        outdir::clear(&self.out_dir)?;
+        outdir::clear(self.out_dir_really())?;
         let mut cmd = Command::new(self.real);
         cmd.args(self.args)
             // A daemon started by a compile inside the script would keep
@@ -451,11 +461,12 @@ impl<'a> Action<'a> for Job<'a> {
     fn run(&self) -> Result<(Ran, Trace)> {
         if !truthy("KACHE_VERIFY")
             && let Some((base, why)) = self.base.get()
-            && twin::start(self, base, why)
+            && let Some(twin) = twin::start(self, base, why)
         {
             self.behind.set(true);
             let t0 = Instant::now();
             let code = run_plain(self.real, self.args);
+            twin.ran(code);
             let ran = Ran {
                 code,
                 compile_ms: crate::units::millis(t0.elapsed()),
@@ -512,7 +523,7 @@ impl<'a> Action<'a> for Job<'a> {
         };
         let _w = ctx.store.writer_lock()?;
         let mut roots = Vec::new();
-        let (hash, size) = outdir::pack(ctx, &self.out_dir, &mut roots)?;
+        let (hash, size) = outdir::pack(ctx, self.out_dir_really(), &mut roots)?;
         roots.sort();
         inputs.roots = roots;
         let Some((full, why)) = ctx.full_key(&inputs, base_why) else {

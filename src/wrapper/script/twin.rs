@@ -61,16 +61,29 @@ use crate::wrapper::explain::Explain;
 /// build script under it runs as is.
 pub(crate) const VAR: &str = "KACHE_TWIN_RUN";
 
-/// Forks the twin for `job`'s miss. In the build's process: whether a
-/// twin now runs (the caller runs the script untraced and stores
-/// nothing) or not (the caller traces inline). The twin never returns.
-pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
-    if !job.ctx.cfg.trace_behind || !single_threaded() {
-        return false;
+/// The build's side of a running twin: tells it how the build's run
+/// ended (the twin runs only after a run that succeeded).
+pub(super) struct Twin {
+    go: fs::File,
+}
+
+impl Twin {
+    /// The build's run ended with `code`.
+    pub(super) fn ran(mut self, code: i32) {
+        let _ = self.go.write_all(if code == 0 { b"g" } else { b"s" });
     }
-    let Some((ready_r, ready_w)) = pipe() else {
-        return false;
-    };
+}
+
+/// Forks the twin for `job`'s miss. In the build's process: the twin,
+/// if one now waits (the caller runs the script untraced, stores nothing
+/// and reports the exit status), or `None` (the caller traces inline).
+/// The twin itself never returns.
+pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
+    if !job.ctx.cfg.trace_behind || !single_threaded() {
+        return None;
+    }
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
     // The process that runs the build (cargo, which ran the launcher).
     // SAFETY: plain system calls; the fd returned is ours.
     let build = unsafe {
@@ -80,26 +93,34 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
         } else {
             -1
         };
-        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd as i32))
+        (fd >= 0 && libc::getppid() == ppid).then(|| OwnedFd::from_raw_fd(fd as i32))
     };
-    match background::fork(job.ctx.store) {
-        None => false,
-        Some(Side::Parent) => {
-            drop(ready_w);
+    // Without it the twin could not wait for the build to end.
+    let build = build?;
+    match background::fork(job.ctx.store)? {
+        Side::Parent => {
+            drop((ready_w, go_r));
             let mut b = [0u8; 1];
             // The twin says whether it is isolated; a twin that died
             // says nothing (end of file).
-            matches!(fs::File::from(ready_r).read(&mut b), Ok(1) if b[0] == b'y')
+            let ok = matches!(fs::File::from(ready_r).read(&mut b), Ok(1) if b[0] == b'y');
+            ok.then(|| Twin {
+                go: fs::File::from(go_w),
+            })
         }
-        Some(Side::Child(lock)) => {
-            drop(ready_r);
-            idle_priority();
+        Side::Child(lock) => {
+            drop((ready_r, go_w));
             let scratch = job.ctx.store.tmp_path("twin");
             let isolated = fs::create_dir(&scratch).and_then(|()| isolate(job, &scratch));
             let mut w = fs::File::from(ready_w);
             let _ = w.write_all(if isolated.is_ok() { b"y" } else { b"n" });
             drop(w);
-            if isolated.is_ok() {
+            // Behind the build from now on (the build's run waited for
+            // the answer above).
+            idle_priority();
+            let mut b = [0u8; 1];
+            let succeeded = matches!(fs::File::from(go_r).read(&mut b), Ok(1) if b[0] == b'g');
+            if isolated.is_ok() && succeeded {
                 // Not while the build runs: even at idle priority a second
                 // configure-and-make slows the first by a tenth (the
                 // caches and the memory bus are shared). The key's lock
@@ -107,17 +128,19 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
                 // for hours), the store's writer lock kept: `kache sync`
                 // waits for this run.
                 let_go_of(&job.ctx.store.compile_lock_path(base));
-                wait_for(build.as_ref());
-                let _guard = job.ctx.store.compile_lock(base);
-                // Said beside the lock: a run of the key goes ahead
-                // rather than wait behind a busy build for this one.
+                wait_for(Some(&build));
                 let marker = job.ctx.store.compile_lock_path(base).with_extension("twin");
-                let _ = fs::write(&marker, b"");
-                // A run of the same key elsewhere may have stored it.
-                if crate::wrapper::action::lookup(job, base).is_none() {
-                    run(job, base.clone(), why.clone());
+                // Said beside the lock, before it is taken: a run of the
+                // key goes ahead rather than wait behind a busy build for
+                // this one. One twin per key at a time.
+                if claim(&marker) {
+                    let _guard = job.ctx.store.compile_lock(base);
+                    // A run of the same key elsewhere may have stored it.
+                    if crate::wrapper::action::lookup(job, base).is_none() {
+                        run(job, base.clone(), why.clone(), &scratch);
+                    }
+                    let _ = fs::remove_file(&marker);
                 }
-                let _ = fs::remove_file(&marker);
             }
             let _ = fs::remove_dir_all(&scratch);
             drop(lock);
@@ -131,10 +154,63 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> bool {
     }
 }
 
+/// Creates the twin marker `marker` with this process's pid; one left by
+/// a twin that died is taken over. `false` if a live twin holds it.
+fn claim(marker: &Path) -> bool {
+    for _ in 0..2 {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+        {
+            Ok(mut f) => {
+                let _ = write!(f, "{}", std::process::id());
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let owner = fs::read_to_string(marker).unwrap_or_default();
+                let alive = owner
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    return false;
+                }
+                let _ = fs::remove_file(marker);
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Whether `a` and `b` are the same directory now (a mount over `a` that
+/// the host's `rm -rf` detached would show `a` as another one).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// The twin's run: traced, then recorded as an inline miss is.
-fn run(job: &Job, base: CacheKey, why: Explain) {
+fn run(job: &Job, base: CacheKey, why: Explain, scratch: &Path) {
     let ctx = &job.ctx;
+    // The target dir removed since (cargo clean, rm -rf) detaches the
+    // mount over OUT_DIR: the path would lead into the next build's.
+    if !same_dir(&job.out_dir, scratch) {
+        ctx.unstored(
+            "the traced twin's OUT_DIR is gone (the target dir was removed)",
+            0,
+        );
+        return;
+    }
+    let _ = job.pack_from.set(scratch.to_path_buf());
     let res = job.run_traced(true).and_then(|(ran, trace)| {
+        if !same_dir(&job.out_dir, scratch) {
+            anyhow::bail!("the target dir was removed while the twin ran");
+        }
         if ran.code == 0 {
             return job.record(base.clone(), why, ran, trace).map(drop);
         }
