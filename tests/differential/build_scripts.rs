@@ -439,6 +439,19 @@ fn reads_the_trace_once_missed() {
     assert!(build("file behind ..").contains("dotdot=c2"));
 }
 
+/// The one build-script event is a miss refused for a write outside
+/// `OUT_DIR`.
+fn assert_refused_for_writing_outside(ev: &[(String, String, String)]) {
+    assert!(
+        ev.len() == 1
+            && ev[0].1 == "miss"
+            && ev[0]
+                .2
+                .starts_with("the build script wrote outside OUT_DIR"),
+        "{ev:?}"
+    );
+}
+
 /// Whether a store writer (a miss's traced twin) is at work now.
 fn writer_at_work(d: &Diff) -> bool {
     let f = fs::OpenOptions::new()
@@ -496,14 +509,7 @@ fn the_twin_changes_nothing_outside_out_dir() {
     let ev = script_events(&d);
     // Once, as under plain cargo: the twin's append failed (read-only).
     assert_eq!(fs::read_to_string(&appended).unwrap(), "one\n");
-    assert!(
-        ev.len() == 1
-            && ev[0].1 == "miss"
-            && ev[0]
-                .2
-                .starts_with("the build script wrote outside OUT_DIR"),
-        "{ev:?}"
-    );
+    assert_refused_for_writing_outside(&ev);
     let plain = d.plain(&["build", "-q", "-p", "nodecl"], env);
     assert!(plain.status.success(), "{}", show(&plain));
     assert_eq!(fs::read_to_string(&appended).unwrap(), "one\none\n");
@@ -561,4 +567,31 @@ fn a_build_does_not_wait_for_a_twin_of_the_same_run() {
     wipe_both(&d);
     let out = d.same("after the twins", &["run", "-q", "-p", "nodecl"], env);
     assert!(out.contains("native=42"), "{out}");
+}
+
+#[test]
+fn the_twins_temp_dir_is_its_own() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    // A file in the temp dir, as a script that keeps state there would.
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("appended.txt");
+    let log_s = log.to_str().unwrap();
+    let env: Env<'_> = &[("BS_APPEND_TMP", log_s), ("KACHE_TRACE_BEHIND", "1")];
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    let ev = script_events(&d);
+    // Once, as under plain cargo: the twin's temp dir is a private empty
+    // one, where the directory named is missing, so its run failed.
+    assert_eq!(fs::read_to_string(&log).unwrap(), "one\n");
+    assert!(
+        ev.len() == 1 && ev[0].1 == "miss" && ev[0].2.contains("in its traced twin only"),
+        "{ev:?}"
+    );
+    // So the next miss of it is traced inline: one run, refused (it
+    // leaves a file in the temp dir).
+    d.wipe_kache_target();
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "one\none\n");
+    let ev = script_events(&d);
+    assert_refused_for_writing_outside(&ev);
 }

@@ -18,13 +18,16 @@ runs the script twice at once:
   records the entry.
 
 The twin runs in a private mount namespace in which it can change
-nothing the build sees. Every mount is read-only there but the temp dirs
-and kache's store; the checkout, the target dir and `CARGO_HOME` stay
-read-only even inside a temp dir; an empty directory of the store is
-mounted over the real `OUT_DIR` path, so the twin sees the same paths
-and environment and writes what a run into a fresh target dir writes. A
-write anywhere else fails in the twin, and its trace is refused as an
-inline one would be. Cargo's jobserver is not passed on: the twin never
+nothing the build sees. Every mount is read-only there but kache's store;
+the temp dirs are private empty ones (the checkout, the target dir,
+`CARGO_HOME` and the store, where they lie in one, are mounted into it,
+read-only but the store, through handles taken before); an empty
+directory of the store is mounted over the real `OUT_DIR` path, so the
+twin sees the same paths and environment and writes what a run into a
+fresh target dir writes. A write anywhere else fails in the twin, and
+its trace is refused as an inline one would be. A run that fails in the
+twin alone (it needed something of the shared temp dir, say) is
+remembered: the key's next miss is traced inline. Cargo's jobserver is not passed on: the twin never
 takes a token the build could use, and kache's compiles inside it take
 no compile lock: the build never waits on a process at idle priority.
 
@@ -46,7 +49,7 @@ traced inline.
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -79,7 +82,7 @@ impl Twin {
 /// and reports the exit status), or `None` (the caller traces inline).
 /// The twin itself never returns.
 pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
-    if !job.ctx.cfg.trace_behind || !single_threaded() {
+    if !job.ctx.cfg.trace_behind || !single_threaded() || unfit(job.ctx.store, base).exists() {
         return None;
     }
     let (ready_r, ready_w) = pipe()?;
@@ -184,6 +187,11 @@ fn claim(marker: &Path) -> bool {
     false
 }
 
+/// Where the store remembers that a key's script fails in a twin.
+fn unfit(store: &crate::store::Store, base: &CacheKey) -> PathBuf {
+    store.root().join("twin-unfit").join(base.as_str())
+}
+
 /// Whether `a` and `b` are the same directory now (a mount over `a` that
 /// the host's `rm -rf` detached would show `a` as another one).
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -221,7 +229,24 @@ fn run(job: &Job, base: CacheKey, why: Explain, scratch: &Path) {
             let why = format!("the build script wrote outside OUT_DIR: {}", p.display());
             mark_uncacheable(ctx.store, &base, &why);
             ctx.unstored(&why, ran.compile_ms);
+            return Ok(());
         }
+        // Failed here only (the build's run succeeded): something of the
+        // twin's world differs for it (a file in the temp dir, a socket);
+        // its next miss is traced inline.
+        let p = unfit(ctx.store, &base);
+        if let Some(dir) = p.parent()
+            && fs::create_dir_all(dir).is_ok()
+        {
+            let _ = ctx.store.write_atomic("twin-unfit", &p, b"");
+        }
+        ctx.unstored(
+            &format!(
+                "the build script failed ({}) in its traced twin only: traced inline next time",
+                ran.code
+            ),
+            ran.compile_ms,
+        );
         Ok(())
     });
     if let Err(e) = res {
@@ -239,7 +264,7 @@ fn wait_for(build: Option<&OwnedFd>) {
         return;
     };
     let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
@@ -326,12 +351,17 @@ struct Mount {
 /// text). Any step failing leaves the twin unused.
 fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
     let cwd = std::env::current_dir()?;
-    new_namespace()?;
-    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
-    let mounts = mounts()?;
     let real = |p: &Path| p.canonicalize().ok();
-    let mut holes: Vec<PathBuf> = [
-        Some(job.ctx.store.root().to_path_buf()),
+    let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
+    let gone = || io::Error::other("a directory the twin needs is missing");
+    let store = real(job.ctx.store.root()).ok_or_else(gone)?;
+    let out = real(&job.out_dir).ok_or_else(gone)?;
+    let scratch = real(scratch).ok_or_else(gone)?;
+    // The checkout, the target dir and CARGO_HOME: read-only.
+    let roots: Vec<PathBuf> = job.project_roots().iter().filter_map(|p| real(p)).collect();
+    // The temp dirs become private (empty) ones; not one inside a root
+    // (it stays read-only with it), nor `/`.
+    let mut temps: Vec<PathBuf> = [
         Some(PathBuf::from("/tmp")),
         Some(PathBuf::from("/var/tmp")),
         Some(PathBuf::from("/dev/shm")),
@@ -340,32 +370,49 @@ fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
     .into_iter()
     .flatten()
     .filter_map(|p| real(&p))
+    .filter(|t| t.parent().is_some() && !under(t, &roots) && t != &store)
     .collect();
-    holes.sort();
-    holes.dedup();
-    for h in &holes {
-        mount(Some(h), h, libc::MS_BIND | libc::MS_REC)?;
+    temps.sort();
+    temps.dedup();
+    // What must show through them:
+    // the store (writable) and the roots (read-only), outer ones first.
+    let mut keep: Vec<(PathBuf, bool)> = vec![(store.clone(), true)];
+    keep.extend(roots.iter().map(|r| (r.clone(), false)));
+    keep.sort();
+    keep.dedup_by(|a, b| a.0 == b.0);
+    new_namespace()?;
+    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
+    // Opened in the namespace (a bind's source must be one of its
+    // mounts), before the temp dirs hide them.
+    let held = keep
+        .into_iter()
+        .map(|(p, writable)| Ok((open_path(&p)?, p, writable)))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mounts = mounts()?;
+    for t in &temps {
+        tmpfs(t)?;
     }
-    let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
-    // The checkout, the target dir and CARGO_HOME, read-only also where
-    // they lie in a writable place.
-    let islands: Vec<PathBuf> = job
-        .project_roots()
-        .iter()
-        .filter_map(|p| real(p))
-        .filter(|p| under(p, &holes))
-        .collect();
-    for i in &islands {
-        mount(Some(i), i, libc::MS_BIND | libc::MS_REC)?;
-        read_only(i, flags_at(&mounts, i))?;
+    for (fd, p, writable) in &held {
+        let in_temp = under(p, &temps);
+        if !in_temp && !writable {
+            // Read-only with the mount it lies in (below).
+            continue;
+        }
+        if in_temp {
+            fs::create_dir_all(p)?;
+        }
+        let from = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        mount(Some(&from), p, libc::MS_BIND | libc::MS_REC)?;
+        if !writable {
+            read_only_tree(p, flags_at(&mounts, p))?;
+        }
     }
-    let out = real(&job.out_dir).ok_or_else(|| io::Error::other("no OUT_DIR"))?;
-    mount(Some(scratch), &out, libc::MS_BIND)?;
+    mount(Some(&scratch), &out, libc::MS_BIND)?;
     for m in &mounts {
         let pseudo = ["/proc", "/sys", "/dev"]
             .iter()
             .any(|d| m.at.starts_with(d));
-        if pseudo || under(&m.at, &holes) || under(&m.at, &islands) || m.at == out {
+        if pseudo || under(&m.at, &temps) || m.at.starts_with(&store) || m.at == out {
             continue;
         }
         match read_only(&m.at, m.flags) {
@@ -377,6 +424,77 @@ fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
     // The working directory was taken before the mounts above: taken
     // again, it is the namespace's view of the same path.
     std::env::set_current_dir(cwd)
+}
+
+/// An `O_PATH` handle on directory `p`.
+fn open_path(p: &Path) -> io::Result<OwnedFd> {
+    let c = cpath(p)?;
+    // SAFETY: a valid C string; the fd returned is ours.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open just returned it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A fresh private tmpfs at `at`, as a temp dir is (sticky, world
+/// writable).
+fn tmpfs(at: &Path) -> io::Result<()> {
+    let dst = cpath(at)?;
+    // SAFETY: the strings live across the call.
+    check(unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            dst.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=1777".as_ptr().cast(),
+        )
+    })
+}
+
+/// Makes the mount at `at` and every mount below it read-only
+/// (`mount_setattr`, Linux 5.12; before it, the top one alone).
+fn read_only_tree(at: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let c = cpath(at)?;
+    // SAFETY: a valid C string and attribute struct of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOSYS) => read_only(at, flags),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// A mount namespace of its own: as root directly, otherwise inside a
