@@ -137,6 +137,16 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
                 // key goes ahead rather than wait behind a busy build for
                 // this one. One twin per key at a time.
                 if claim(&marker) {
+                    // A script that hangs here must not hold the store's
+                    // writer lock for ever: the twin ends after an hour
+                    // (its children, left without their tracer, fail
+                    // their next watched call).
+                    // SAFETY: this process's own signal disposition and
+                    // alarm clock.
+                    unsafe {
+                        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+                        libc::alarm(TIME_LIMIT_S);
+                    }
                     let _guard = job.ctx.store.compile_lock(base);
                     // A run of the same key elsewhere may have stored it.
                     if crate::wrapper::action::lookup(job, base).is_none() {
@@ -253,6 +263,9 @@ fn run(job: &Job, base: CacheKey, why: Explain, scratch: &Path) {
         ctx.unstored(&format!("not stored by the traced twin: {e:#}"), 0);
     }
 }
+
+/// The longest a twin's run may take.
+const TIME_LIMIT_S: libc::c_uint = 60 * 60;
 
 /// The longest a twin waits for the build before it runs.
 const BUILD_WAIT_MS: i32 = 10 * 60 * 1000;
