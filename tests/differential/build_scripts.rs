@@ -580,18 +580,32 @@ fn the_twins_temp_dir_is_its_own() {
     let env: Env<'_> = &[("BS_APPEND_TMP", log_s), ("KACHE_TRACE_BEHIND", "1")];
     d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
     let ev = script_events(&d);
-    // Once, as under plain cargo: the twin's temp dir is a private empty
-    // one, where the directory named is missing, so its run failed.
+    // Once, as under plain cargo: the twin sees the temp dir as the host
+    // has it, but writes into a layer of its own.
     assert_eq!(fs::read_to_string(&log).unwrap(), "one\n");
+    assert_refused_for_writing_outside(&ev);
+}
+
+#[test]
+fn a_script_failing_in_its_twin_alone_is_traced_inline_next() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let env: Env<'_> = &[("BS_TWIN_FAIL", "1"), ("KACHE_TRACE_BEHIND", "1")];
+    let first = d.same("cold", &["run", "-q", "-p", "nodecl"], env);
+    let ev = script_events(&d);
     assert!(
         ev.len() == 1 && ev[0].1 == "miss" && ev[0].2.contains("in its traced twin only"),
         "{ev:?}"
     );
-    // So the next miss of it is traced inline: one run, refused (it
-    // leaves a file in the temp dir).
-    d.wipe_kache_target();
-    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
-    assert_eq!(fs::read_to_string(&log).unwrap(), "one\none\n");
+    wipe_both(&d);
+    assert_eq!(d.same("inline", &["run", "-q", "-p", "nodecl"], env), first);
     let ev = script_events(&d);
-    assert_refused_for_writing_outside(&ev);
+    assert_eq!(
+        ev,
+        vec![("nodecl".to_string(), "miss".to_string(), String::new())],
+        "traced inline and stored"
+    );
+    wipe_both(&d);
+    assert_eq!(d.same("warm", &["run", "-q", "-p", "nodecl"], env), first);
+    d.assert_hit("warm");
 }

@@ -19,14 +19,15 @@ runs the script twice at once:
 
 The twin runs in a private mount namespace in which it can change
 nothing the build sees. Every mount is read-only there but kache's store;
-the temp dirs are private empty ones (the checkout, the target dir,
-`CARGO_HOME` and the store, where they lie in one, are mounted into it,
-read-only but the store, through handles taken before); an empty
+the temp dirs show the host's files under a private writable layer (an
+overlay; the checkout, the target dir, `CARGO_HOME` and the store, where
+they lie in one, are mounted into it, read-only but the store, through
+handles taken before); an empty
 directory of the store is mounted over the real `OUT_DIR` path, so the
 twin sees the same paths and environment and writes what a run into a
 fresh target dir writes. A write anywhere else fails in the twin, and
 its trace is refused as an inline one would be. A run that fails in the
-twin alone (it needed something of the shared temp dir, say) is
+twin alone (it talked to a daemon the build's run reached, say) is
 remembered: the key's next miss is traced inline. Cargo's jobserver is not passed on: the twin never
 takes a token the build could use, and kache's compiles inside it take
 no compile lock: the build never waits on a process at idle priority.
@@ -402,8 +403,25 @@ fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
         .map(|(p, writable)| Ok((open_path(&p)?, p, writable)))
         .collect::<io::Result<Vec<_>>>()?;
     let mounts = mounts()?;
-    for t in &temps {
-        tmpfs(t)?;
+    // Each temp dir: what the host has there, read-only, under a
+    // private writable layer (an overlay whose upper layers live on a
+    // tmpfs of the twin's own), so a path the build's run found there is
+    // found by the twin too, and nothing it writes there is seen outside.
+    // (Reached through a handle: an overlay over a temp dir the layers'
+    // path lies in would hide them.)
+    let layers = job.ctx.store.tmp_path("twinlayers");
+    fs::create_dir(&layers)?;
+    tmpfs(&layers)?;
+    let held_layers = open_path(&layers)?;
+    let layer = |n: usize, w: &str| {
+        PathBuf::from(format!("/proc/self/fd/{}/{n}{w}", held_layers.as_raw_fd()))
+    };
+    for n in 0..temps.len() {
+        fs::create_dir(layer(n, "u"))?;
+        fs::create_dir(layer(n, "w"))?;
+    }
+    for (n, t) in temps.iter().enumerate() {
+        overlay(t, &layer(n, "u"), &layer(n, "w"))?;
     }
     for (fd, p, writable) in &held {
         let in_temp = under(p, &temps);
@@ -456,8 +474,35 @@ fn open_path(p: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A fresh private tmpfs at `at`, as a temp dir is (sticky, world
-/// writable).
+/// An overlay at `at`: the directory there now, read-only, under the
+/// writable `upper` (`work` is overlayfs's own).
+fn overlay(at: &Path, upper: &Path, work: &Path) -> io::Result<()> {
+    let plain = |p: &Path| {
+        let s = p.to_str().filter(|s| !s.contains([',', ':', '\\']));
+        s.map(str::to_string)
+            .ok_or_else(|| io::Error::other("a path overlayfs cannot name"))
+    };
+    let opts = CString::new(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        plain(at)?,
+        plain(upper)?,
+        plain(work)?
+    ))
+    .map_err(io::Error::other)?;
+    let dst = cpath(at)?;
+    // SAFETY: the strings live across the call.
+    check(unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            dst.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
+    })
+}
+
+/// A fresh private tmpfs at `at`.
 fn tmpfs(at: &Path) -> io::Result<()> {
     let dst = cpath(at)?;
     // SAFETY: the strings live across the call.
