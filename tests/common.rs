@@ -19,10 +19,25 @@ pub(crate) fn kache(cache_dir: &Path) -> Command {
     c
 }
 
-/// Waits until nothing holds the store's gc lock: the entries a build
-/// stores in the background (incremental compiles) are in place and
-/// logged.
+/// Waits until the build-script runs traced behind a build
+/// (`cache.trace_behind`: each twin keeps a `tmp/twin.*` directory while
+/// it lives; at most 10 minutes) and the entries a build stores in the
+/// background (incremental compiles; nothing holds the store's gc lock
+/// then) are in place and logged.
 pub(crate) fn settle(cache: &Path) {
+    let end = std::time::Instant::now() + std::time::Duration::from_mins(10);
+    let twin_alive = || {
+        std::fs::read_dir(cache.join("tmp")).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name.strip_prefix("twin.").and_then(|r| r.split('.').next());
+                pid.is_some_and(|p| Path::new("/proc").join(p).exists())
+            })
+        })
+    };
+    while twin_alive() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     if let Ok(f) = std::fs::OpenOptions::new()
         .write(true)
         .open(cache.join("gc.lock"))
@@ -44,6 +59,10 @@ pub(crate) fn clean_env(c: &mut Command) {
     // a build: incremental compiles are stored before the wrapper returns.
     // The desk tests (differential::desk) switch background stores on.
     c.env("KACHE_BACKGROUND_STORE", "0");
+    // Likewise build-script misses are traced inline (the default under
+    // `CI`); the twin tests (differential::build_scripts, daemon) switch
+    // tracing behind the build on.
+    c.env("KACHE_TRACE_BEHIND", "0");
     c.env(
         "AWS_SHARED_CREDENTIALS_FILE",
         "/nonexistent/aws-credentials",

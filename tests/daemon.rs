@@ -151,6 +151,12 @@ fn pending(cache: &Path) -> usize {
     n
 }
 
+/// Every entry of `cache` is in the bucket, and no upload is pending.
+fn all_uploaded(w: &World, cache: &Path) {
+    assert_eq!(w.bucket_entries(), entries(cache), "{}", daemon_log(cache));
+    assert_eq!(pending(cache), 0);
+}
+
 /// The wrapper outcomes logged since the last call (the log is cleared).
 fn results(cache: &Path) -> Vec<String> {
     let text = fs::read_to_string(cache.join("events.jsonl")).unwrap_or_default();
@@ -500,13 +506,7 @@ fn autostart_two_builds_at_once_within_the_concurrency_bound() {
     };
     let o = w.stop(&d, &cache, &ep, "60s");
     ok(&o);
-    assert_eq!(
-        w.bucket_entries(),
-        entries(&cache),
-        "{}",
-        daemon_log(&cache)
-    );
-    assert_eq!(pending(&cache), 0);
+    all_uploaded(&w, &cache);
     let max = proxy.max_inflight();
     assert!((1..=2).contains(&max), "{max} requests in flight");
 }
@@ -749,13 +749,39 @@ fn a_hung_daemon_costs_one_wait() {
     // Two jobs: at most two compiles were waiting when the first gave up.
     assert!(hung < base + Duration::from_secs(6), "{hung:?} vs {base:?}");
     ok(&w.stop(&d, &cache, &ep, "60s"));
-    assert_eq!(
-        w.bucket_entries(),
-        entries(&cache),
+    all_uploaded(&w, &cache);
+}
+
+/// A build-script miss traced behind the build (`cache.trace_behind`,
+/// the default on a desk) is recorded by its twin after cargo exits:
+/// `kache daemon stop` right after the build waits for the twin, and
+/// its entry is in the bucket with every other one.
+#[test]
+fn daemon_stop_waits_for_a_build_script_traced_behind_the_build() {
+    let w = World::new();
+    let ep = w.s3.endpoint.clone();
+    let (ws, cache) = (w.fixture("ws", "a"), w.path("cache-a"));
+    let d = w.start(&cache, &ep);
+    let env = [
+        ("KACHE_TRACE_BEHIND", "1"),
+        ("KACHE_FIXTURE_TWIN_SLEEP", "4"),
+    ];
+    ok(&w.build(&ws, &cache, &ep, &env).output().unwrap());
+    let genlib = |c: &Path| entries(c).iter().filter(|(c, _)| c == "genlib").count();
+    // The twin still sleeps: genlib's compiles are stored, its build
+    // script's run is not yet.
+    let before = genlib(&cache);
+    let o = w.stop(&d, &cache, &ep, "60s");
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("waiting for 1 build-script run(s) still being traced"),
         "{}",
-        daemon_log(&cache)
+        show(&o)
     );
-    assert_eq!(pending(&cache), 0);
+    assert_eq!(genlib(&cache), before + 1, "{}", show(&o));
+    all_uploaded(&w, &cache);
+    runs_right(&ws);
 }
 
 /// With a remote configured and no daemon, the wrapper's upload markers

@@ -339,6 +339,11 @@ pub(crate) fn stop(cfg: &Config, timeout: &str) -> Result<ExitCode> {
             anyhow!("invalid --timeout `{timeout}`: expected a duration such as 30s or 5m")
         })?;
     let p = paths(root);
+    // What a build is still storing behind it (background stores, traced
+    // build-script twins) is uploaded before the daemon goes.
+    if dial(&p.sock).is_ok() {
+        Store::at(root).settle_for_upload();
+    }
     let line = match ask(
         root,
         &Request::Stop {

@@ -401,7 +401,16 @@ fn clean_tmp(store: &Store) -> u64 {
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < cutoff);
-        let dead = tmp_owner(&e.file_name().to_string_lossy()).is_some_and(|pid| !alive(pid));
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = tmp_owner(&name);
+        let dead = owner.is_some_and(|pid| !alive(pid));
+        // A build-script twin's scratch and layers live as long as it
+        // does (it may wait for the build, then run for up to an hour),
+        // and it holds no lock gc would wait for meanwhile.
+        let live_twin = name.starts_with("twin") && owner.is_some_and(alive);
+        if live_twin {
+            continue;
+        }
         if old || (dead && cfg!(target_os = "linux")) {
             let p = e.path();
             let ok = if p.is_dir() {

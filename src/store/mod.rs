@@ -303,6 +303,25 @@ impl Store {
         }
     }
 
+    /// Waits until every build-script twin alive has recorded (at most
+    /// 30 minutes; a configure-and-make can take minutes), saying so on
+    /// stderr, then for background stores (at most 30 s): what a push,
+    /// or a daemon's last drain, takes right after a build includes
+    /// them.
+    pub(crate) fn settle_for_upload(&self) {
+        let twins = self.twins_running();
+        if twins > 0 {
+            eprintln!(
+                "kache: waiting for {twins} build-script run(s) still being traced (cache.trace_behind)"
+            );
+            let end = std::time::Instant::now() + Duration::from_mins(30);
+            while self.twins_running() > 0 && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.settle(Duration::from_secs(30));
+    }
+
     /// How many build-script twins (see `wrapper::script::twin`) are
     /// alive: each keeps a `tmp/twin.PID.*` directory while it runs.
     pub(crate) fn twins_running(&self) -> usize {

@@ -214,16 +214,8 @@ fn sync(cfg: &Config, cmd: &SyncCmd, reporter: &mut Reporter) -> Result<Option<V
     };
     if do_push {
         // Entries a build is still storing in the background go too, and
-        // those of build scripts still being traced behind it (a
-        // configure-and-make can take minutes).
-        let twins = store.twins_running();
-        if twins > 0 {
-            eprintln!(
-                "kache: waiting for {twins} build-script run(s) still being traced (cache.trace_behind)"
-            );
-        }
-        let limit = if twins > 0 { 30 * 60 } else { 30 };
-        store.settle(std::time::Duration::from_secs(limit));
+        // those of build scripts still being traced behind it.
+        store.settle_for_upload();
     }
     let mut known = Known {
         local: local_entries(&store)?,

@@ -332,16 +332,23 @@ fn cache_build_scripts() {
 }
 
 /// `cache.trace_behind`: a build-script miss is traced by a twin run.
+/// On by default on a desk, where the build is what someone waits for;
+/// off where `CI` is set (every major CI service sets it), where a job
+/// that pushes right after its build would wait for the twins, and a
+/// run traced inline ends sooner than a run plus its twin.
 pub(crate) const TRACE_BEHIND: Def = Def {
     name: "cache.trace_behind",
     var: "KACHE_TRACE_BEHIND",
     file: true,
     form: TF_FORM,
-    default: "`false`",
-    help: "a build-script miss runs untraced for the build while an isolated twin, at idle priority, runs it traced and stores it (see *Build scripts*); `false` traces the build's own run",
+    default: "`true`; `false` where `CI` is set",
+    help: "a build-script miss runs untraced for the build while an isolated twin, at idle priority, runs it traced once the build is over and stores it (see *Build scripts*); `false` traces the build's own run",
     readers: Readers::Wrapper,
     load: |d, i, c| {
-        c.trace_behind = i.flag(d, false)?;
+        let ci = i
+            .env("CI")
+            .is_some_and(|v| super::super::parse_bool(&v) != Some(false));
+        c.trace_behind = i.flag(d, !ci)?;
         Ok(())
     },
     show: |d, c, _| d.shown(&c.trace_behind),
@@ -350,21 +357,26 @@ pub(crate) const TRACE_BEHIND: Def = Def {
 #[cfg(test)]
 #[test]
 fn trace_behind() {
-    assert!(!wrapper("", &[]).unwrap().trace_behind);
+    assert!(wrapper("", &[]).unwrap().trace_behind);
+    assert!(!wrapper("", &[("CI", "true")]).unwrap().trace_behind);
+    assert!(wrapper("", &[("CI", "false")]).unwrap().trace_behind);
     assert!(
-        wrapper("[cache]\ntrace_behind = true\n", &[])
+        wrapper("[cache]\ntrace_behind = true\n", &[("CI", "1")])
             .unwrap()
             .trace_behind
     );
     assert!(
-        wrapper("", &[("KACHE_TRACE_BEHIND", "1")])
+        !wrapper("[cache]\ntrace_behind = false\n", &[])
+            .unwrap()
+            .trace_behind
+    );
+    assert!(
+        wrapper("", &[("KACHE_TRACE_BEHIND", "1"), ("CI", "true")])
             .unwrap()
             .trace_behind
     );
 }
 
-/// `cache.background_store`: an incremental compile's outputs are
-/// stored after the wrapper returns.
 pub(crate) const BACKGROUND_STORE: Def = Def {
     name: "cache.background_store",
     var: "KACHE_BACKGROUND_STORE",

@@ -32,9 +32,9 @@ remembered: the key's next miss is traced inline. Cargo's jobserver is not passe
 takes a token the build could use, and kache's compiles inside it take
 no compile lock: the build never waits on a process at idle priority.
 
-The twin keeps the store's writer lock until it has recorded (`kache
-sync` and `kache stats` wait for it as for any background store) and
-takes the key's compile lock for its run, marked as a twin's
+The twin takes the store's writer lock only to record, as an inline
+miss does (`kache sync --push` and `kache daemon stop` wait for live
+twins by their scratch directories, `Store::twins_running`), and takes the key's compile lock for its run, marked as a twin's
 (`locks/KEY.twin`): a run of the same key does not wait for it (behind a
 busy build a process at idle priority could take longer than the run)
 but runs the script itself, and its own twin then finds the entry.
@@ -113,6 +113,12 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
             })
         }
         Side::Child(lock) => {
+            // The store's writer lock is for recording, which takes it
+            // itself: held while the twin waits and runs, it would keep
+            // `kache stats` and gc waiting for minutes. `kache sync
+            // --push` and `kache daemon stop` wait for twins by their
+            // scratch dirs (`Store::twins_running`).
+            drop(lock);
             drop((ready_r, go_w));
             let scratch = job.ctx.store.tmp_path("twin");
             let isolated = fs::create_dir(&scratch).and_then(|()| isolate(job, &scratch));
@@ -129,8 +135,7 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
                 // configure-and-make slows the first by a tenth (the
                 // caches and the memory bus are shared). The key's lock
                 // is let go meanwhile (cargo may run the program it built
-                // for hours), the store's writer lock kept: `kache sync`
-                // waits for this run.
+                // for hours); `kache sync --push` waits for this run.
                 let_go_of(&job.ctx.store.compile_lock_path(base));
                 wait_for(Some(&build));
                 let marker = job.ctx.store.compile_lock_path(base).with_extension("twin");
@@ -138,8 +143,8 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
                 // key goes ahead rather than wait behind a busy build for
                 // this one. One twin per key at a time.
                 if claim(&marker) {
-                    // A script that hangs here must not hold the store's
-                    // writer lock for ever: the twin ends after an hour
+                    // A script that hangs here must not hold the key's
+                    // lock (and `kache sync --push`) for ever: the twin ends after an hour
                     // (its children, left without their tracer, fail
                     // their next watched call).
                     // SAFETY: this process's own signal disposition and
@@ -157,7 +162,6 @@ pub(super) fn start(job: &Job, base: &CacheKey, why: &Explain) -> Option<Twin> {
                 }
             }
             let _ = fs::remove_dir_all(&scratch);
-            drop(lock);
             crate::store::gc::auto(
                 job.ctx.store,
                 job.ctx.cfg.max_size,
