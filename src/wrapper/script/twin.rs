@@ -368,15 +368,27 @@ struct Mount {
 /// Makes this process's mount namespace the twin's (see the module
 /// text). Any step failing leaves the twin unused.
 fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
+    isolate_at(job.ctx.store, &job.out_dir, &job.project_roots(), scratch)
+}
+
+/// [`isolate`] for a store, an `OUT_DIR`, the roots that stay read-only
+/// (the checkout, the target dir, `CARGO_HOME`) and the scratch
+/// directory mounted over `OUT_DIR`.
+fn isolate_at(
+    st: &crate::store::Store,
+    out_dir: &Path,
+    project_roots: &[PathBuf],
+    scratch: &Path,
+) -> io::Result<()> {
     let cwd = std::env::current_dir()?;
     let real = |p: &Path| p.canonicalize().ok();
     let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
     let gone = || io::Error::other("a directory the twin needs is missing");
-    let store = real(job.ctx.store.root()).ok_or_else(gone)?;
-    let out = real(&job.out_dir).ok_or_else(gone)?;
+    let store = real(st.root()).ok_or_else(gone)?;
+    let out = real(out_dir).ok_or_else(gone)?;
     let scratch = real(scratch).ok_or_else(gone)?;
     // The checkout, the target dir and CARGO_HOME: read-only.
-    let roots: Vec<PathBuf> = job.project_roots().iter().filter_map(|p| real(p)).collect();
+    let roots: Vec<PathBuf> = project_roots.iter().filter_map(|p| real(p)).collect();
     // The temp dirs become private (empty) ones; not one inside a root
     // (it stays read-only with it), nor `/`.
     let mut temps: Vec<PathBuf> = [
@@ -413,7 +425,7 @@ fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
     // found by the twin too, and nothing it writes there is seen outside.
     // (Reached through a handle: an overlay over a temp dir the layers'
     // path lies in would hide them.)
-    let layers = job.ctx.store.tmp_path("twinlayers");
+    let layers = st.tmp_path("twinlayers");
     fs::create_dir(&layers)?;
     tmpfs(&layers)?;
     let held_layers = open_path(&layers)?;
@@ -672,6 +684,123 @@ fn unescape(s: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In a child forked from the test (one thread: a user namespace
+    /// takes that), as uid 65534: the twin's namespace, then writes.
+    /// The exit code says which step failed (0: all as expected).
+    fn isolated_as_nobody(root: &Path, scratch: &Path, in_tmp: &Path) -> i32 {
+        // SAFETY: the child runs its own code until `_exit`; glibc's
+        // allocator is usable after fork.
+        unsafe {
+            match libc::fork() {
+                0 => {}
+                -1 => return -1,
+                pid => {
+                    let mut status = 0;
+                    libc::waitpid(pid, &raw mut status, 0);
+                    return if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        -2
+                    };
+                }
+            }
+            let nobody = 65534;
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(nobody) != 0
+                || libc::setuid(nobody) != 0
+            {
+                libc::_exit(10);
+            }
+            // Dropping root made it undumpable (its /proc files root's):
+            // a user who never was root is not.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
+        }
+        let code = (|| {
+            let store = crate::store::Store::at(&root.join("store"));
+            let out = root.join("checkout/target/out");
+            if let Err(e) = isolate_at(&store, &out, &[root.join("checkout")], scratch) {
+                let msg = format!("isolate: {e}\n");
+                // SAFETY: writes a buffer we own to stderr.
+                unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+                return 11;
+            }
+            // The checkout: read-only, though it lies in a temp dir.
+            let e = fs::write(root.join("checkout/src.txt"), "changed");
+            if e.map_err(|e| e.raw_os_error()) != Err(Some(libc::EROFS)) {
+                return 12;
+            }
+            // OUT_DIR is the scratch directory.
+            if fs::write(out.join("made.txt"), "in out").is_err() {
+                return 13;
+            }
+            // The temp dir is writable, privately.
+            if fs::write(in_tmp, "private").is_err() {
+                return 14;
+            }
+            0
+        })();
+        // SAFETY: ends the forked child without running the test's
+        // destructors twice.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// What a desk gets: the twin's namespace made without privileges
+    /// (a user namespace mapping only the user). Run as root, the test
+    /// drops to uid 65534 in a child; skipped without root or where the
+    /// kernel refuses unprivileged user namespaces (the twin then traces
+    /// inline, see `start`).
+    #[test]
+    fn a_twin_is_isolated_without_root() {
+        // SAFETY: plain system call.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to drop to another uid");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        fs::create_dir_all(root.join("store/tmp")).unwrap();
+        fs::create_dir_all(root.join("checkout/target/out")).unwrap();
+        fs::write(root.join("checkout/src.txt"), "orig").unwrap();
+        let scratch = root.join("store/tmp/twin.1.scratch");
+        fs::create_dir(&scratch).unwrap();
+        let in_tmp = std::env::temp_dir().join(format!("kache-twin-test-{}", std::process::id()));
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let code = isolated_as_nobody(&root, &scratch, &in_tmp);
+        if code == 11 && !unprivileged_user_namespaces() {
+            eprintln!("skipped: this kernel refuses unprivileged user namespaces");
+            return;
+        }
+        assert_eq!(code, 0, "the step that failed (see isolated_as_nobody)");
+        // Nothing the build sees changed; what went to OUT_DIR is in the
+        // scratch directory.
+        assert_eq!(
+            fs::read_to_string(root.join("checkout/src.txt")).unwrap(),
+            "orig"
+        );
+        assert!(!root.join("checkout/target/out/made.txt").exists());
+        assert_eq!(
+            fs::read_to_string(scratch.join("made.txt")).unwrap(),
+            "in out"
+        );
+        assert!(!in_tmp.exists(), "the twin's temp dir write stayed its own");
+    }
+
+    /// Whether uid 65534 may make a user namespace here at all.
+    fn unprivileged_user_namespaces() -> bool {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["unshare", "-U", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
 
     #[test]
     fn mountinfo_lines() {
