@@ -481,6 +481,13 @@ fn a_miss_is_traced_by_a_twin_the_build_does_not_wait_for() {
         vec![("nodecl".to_string(), "miss".to_string(), String::new())],
         "the twin recorded the run once it was done"
     );
+    let left: Vec<String> = fs::read_dir(d.cache.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("twin"))
+        .collect();
+    assert!(left.is_empty(), "the twin left {left:?} in the store");
     // What it recorded is what plain cargo makes in a fresh target dir.
     d.wipe_kache_target();
     let _ = fs::remove_dir_all(&d.pt);

@@ -426,6 +426,7 @@ fn isolate_at(
     // (Reached through a handle: an overlay over a temp dir the layers'
     // path lies in would hide them.)
     let layers = st.tmp_path("twinlayers");
+    let store_tmp = open_path(layers.parent().ok_or_else(gone)?)?;
     fs::create_dir(&layers)?;
     tmpfs(&layers)?;
     let held_layers = open_path(&layers)?;
@@ -439,6 +440,10 @@ fn isolate_at(
     for (n, t) in temps.iter().enumerate() {
         overlay(t, &layer(n, "u"), &layer(n, "w"))?;
     }
+    // The overlays hold the layers' tmpfs now: it leaves its mount
+    // point, and the store (reached through a handle: the path may lie
+    // under an overlay now) loses the directory.
+    unmount_behind(&layers, &held_layers, &store_tmp);
     for (fd, p, writable) in &held {
         let in_temp = under(p, &temps);
         if !in_temp && !writable {
@@ -471,6 +476,24 @@ fn isolate_at(
     // The working directory was taken before the mounts above: taken
     // again, it is the namespace's view of the same path.
     std::env::set_current_dir(cwd)
+}
+
+/// Detaches the mount `held` is the root of (mounted at `at`) and
+/// removes `at` from the directory `parent` is a handle on; a failure
+/// leaves the empty directory to gc (its owner dead).
+fn unmount_behind(at: &Path, held: &OwnedFd, parent: &OwnedFd) {
+    let (Ok(via), Some(Ok(name))) = (
+        cpath(Path::new(&format!("/proc/self/fd/{}", held.as_raw_fd()))),
+        at.file_name().map(|n| CString::new(n.as_bytes())),
+    ) else {
+        return;
+    };
+    // SAFETY: valid C strings and an fd we own.
+    unsafe {
+        if libc::umount2(via.as_ptr(), libc::MNT_DETACH) == 0 {
+            libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR);
+        }
+    }
 }
 
 /// An `O_PATH` handle on directory `p`.
