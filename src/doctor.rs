@@ -362,6 +362,31 @@ fn check_trust(cfg: &Config) -> Check {
     }
 }
 
+/// How a build-script miss is traced here (see `wrapper::how_traced`).
+fn check_scripts(cfg: &Config) -> Check {
+    const NAME: &str = "scripts";
+    if !cfg.cache_build_scripts.value {
+        return skip(
+            NAME,
+            "build-script runs are not cached (cache_build_scripts = false)",
+        );
+    }
+    let tmp = cfg.cache_dir.value.join("tmp");
+    let base = if tmp.is_dir() {
+        tmp
+    } else {
+        std::env::temp_dir()
+    };
+    match crate::wrapper::how_traced(cfg.trace_behind.value, &base) {
+        Ok(how) => ok(NAME, format!("build-script runs cached; {how}")),
+        Err(why) => fail(
+            NAME,
+            format!("build-script runs cannot be cached here: {why}"),
+            "run builds on Linux 5.5 or later, or set cache_build_scripts = false",
+        ),
+    }
+}
+
 fn check_daemon(cfg: &Config) -> Check {
     let running = crate::daemon::client::running(&cfg.cache_dir.value);
     match (
@@ -385,6 +410,8 @@ pub(crate) fn doctor(loaded: Result<Config>, c: &DoctorCmd) -> Result<ExitCode> 
     let cwd = std::env::current_dir()?;
     let mut checks = vec![check_wrapper(&cwd), check_cc(&cwd), check_config(&loaded)];
     if let Ok(cfg) = &loaded {
+        // First: it forks, which wants a process with one thread.
+        checks.push(check_scripts(cfg));
         checks.push(check_store(cfg));
         checks.extend(check_remote(cfg));
         checks.push(check_trust(cfg));

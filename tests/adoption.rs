@@ -154,6 +154,20 @@ fn doctor_passes_on_a_good_setup_and_names_each_failure() {
     }
     assert!(line(&o, "cc").starts_with("skip"), "{}", show(&o));
     assert!(line(&o, "daemon").starts_with("skip"), "{}", show(&o));
+    // How a build-script miss is traced here (the tests pin it inline).
+    let l = line(&o, "scripts");
+    assert!(
+        l.starts_with("ok") && l.contains("traced inline (trace_behind = false)"),
+        "{l}"
+    );
+    let o = doctor(t.path(), &s3, &s3.endpoint, &[("KACHE_TRACE_BEHIND", "1")]);
+    let l = line(&o, "scripts");
+    assert!(
+        l.starts_with("ok")
+            && (l.contains("traced by a twin behind the build")
+                || l.contains("traced inline: no private mount namespace here (")),
+        "{l}"
+    );
     // The probe object is gone.
     assert!(
         !s3.names().iter().any(|n| n.contains("doctor")),

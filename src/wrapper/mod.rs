@@ -49,6 +49,7 @@ mod trace;
 use std::ffi::OsString;
 
 pub(crate) use self::call::is_wrapper_call;
+pub(crate) use self::script::how_traced;
 
 /// Runs the wrapper; returns the exit code to exit with.
 pub(crate) fn main(argv: &[OsString]) -> i32 {

@@ -131,6 +131,38 @@ fn under_kache() -> bool {
     matches!((named, me), (Ok(a), Ok(b)) if a == b)
 }
 
+/// How a build-script miss is traced on this machine (`kache doctor`):
+/// `Ok(how)`, or `Err(why)` where build-script runs cannot be cached.
+/// A twin's namespace is tried with directories under `base`.
+pub(crate) fn how_traced(trace_behind: bool, base: &Path) -> Result<String, String> {
+    if !trace::SUPPORTED {
+        return Err("kache traces build scripts on x86_64 and aarch64 only".into());
+    }
+    // Before the tracer's thread: the namespace is made in a fork.
+    let behind = trace_behind.then(|| twin::can_isolate(base));
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut tracer = Tracer::attach(&mut cmd).map_err(|e| e.to_string())?;
+    let child = cmd.spawn();
+    tracer.spawned();
+    let _ = child.map(|mut c| c.wait());
+    if let Some(why) = tracer.finish().incomplete {
+        return Err(format!(
+            "the kernel gives no seccomp listener (Linux 5.5 or later): {why}"
+        ));
+    }
+    Ok(match behind {
+        None => "a miss is traced inline (trace_behind = false)".into(),
+        Some(Ok(())) => "a miss runs at full speed, traced by a twin behind the build".into(),
+        Some(Err(e)) => format!(
+            "a miss is traced inline: no private mount namespace here ({e}); allow unprivileged user namespaces to trace behind the build"
+        ),
+    })
+}
+
 /// Runs `kache --kache-run-build-script REAL ARGS...`; the exit code.
 pub(crate) fn main(argv: &[OsString]) -> i32 {
     let start = Instant::now();

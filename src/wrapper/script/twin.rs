@@ -329,6 +329,60 @@ fn single_threaded() -> bool {
     })
 }
 
+/// Whether a twin can be isolated here (`kache doctor`): the namespace
+/// is made in a forked child, with directories under `base` standing
+/// for the store, a checkout and its `OUT_DIR`. Why not, if not.
+pub(crate) fn can_isolate(base: &Path) -> Result<(), String> {
+    if !single_threaded() {
+        return Err("kache has threads at this point".into());
+    }
+    let root = base.join(format!("kache-twin-check.{}", std::process::id()));
+    let out = root.join("checkout/target/out");
+    let scratch = root.join("store/tmp/twin.check");
+    let made = fs::create_dir_all(&out)
+        .and_then(|()| fs::create_dir_all(&scratch))
+        .map_err(|e| format!("cannot make {}: {e}", root.display()));
+    let res = made.and_then(|()| {
+        let (r, w) = pipe().ok_or("no pipe")?;
+        // SAFETY: the child runs the namespace code (one thread, checked
+        // above) and ends with `_exit`.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error().to_string()),
+            0 => {
+                drop(r);
+                let store = crate::store::Store::at(&root.join("store"));
+                let code = match isolate_at(&store, &out, &[root.join("checkout")], &scratch) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        let _ = fs::File::from(w).write_all(e.to_string().as_bytes());
+                        1
+                    }
+                };
+                // SAFETY: ends the child without running destructors
+                // that belong to the parent.
+                unsafe { libc::_exit(code) }
+            }
+            pid => {
+                drop(w);
+                let mut why = String::new();
+                let _ = fs::File::from(r).read_to_string(&mut why);
+                let mut status = 0;
+                // SAFETY: our own child.
+                unsafe { libc::waitpid(pid, &raw mut status, 0) };
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    Ok(())
+                } else if why.is_empty() {
+                    Err("the check's process died".into())
+                } else {
+                    Err(why)
+                }
+            }
+        }
+    });
+    let _ = fs::remove_dir_all(&root);
+    res
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> Option<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
