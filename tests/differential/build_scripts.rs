@@ -82,6 +82,37 @@ fn unchanged_script_is_not_run_again_and_its_outputs_match() {
     );
 }
 
+/// Two CI jobs (GitHub's, GitLab's) each have their own identity
+/// variables: a build-script run stored by one is a hit in the next.
+#[test]
+fn a_ci_jobs_identity_does_not_split_the_key() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let job = |n: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("CI", "true"),
+            ("GITHUB_RUN_ID", n),
+            ("CI_JOB_ID", n),
+            ("CI_PIPELINE_ID", n),
+        ]
+    };
+    let first = fresh_nodecl(&d, "job 1", &job("1"));
+    assert!(
+        script_events(&d)
+            .iter()
+            .any(|(c, r, _)| c == "nodecl" && r == "miss"),
+        "job 1 recorded the run"
+    );
+    let second = fresh_nodecl(&d, "job 2", &job("2"));
+    assert_eq!(second, first);
+    let ev = script_events(&d);
+    assert!(
+        ev.iter().any(|(c, r, _)| c == "nodecl" && r == "local_hit")
+            && !ev.iter().any(|(_, r, _)| r == "miss"),
+        "job 2 ran no build script: {ev:?}"
+    );
+}
+
 #[test]
 fn undeclared_reads_inside_and_outside_the_package_are_keyed() {
     let r = root();

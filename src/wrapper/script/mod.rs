@@ -97,8 +97,22 @@ const VOLATILE_VARS: [&str; 25] = [
 
 /// Prefixes of variables left out of the key, as [`VOLATILE_VARS`]:
 /// kache's settings, the desktop session's, and the per-run identity of
-/// a GitHub Actions job (`GITHUB_RUN_ID`, `RUNNER_TEMP`, ...).
-const VOLATILE_PREFIXES: [&str; 6] = ["KACHE_", "XDG_", "DBUS_", "GITHUB_", "RUNNER_", "ACTIONS_"];
+/// a CI job: GitHub Actions' (`GITHUB_RUN_ID`, `RUNNER_TEMP`, ...),
+/// GitLab's (`CI_JOB_ID`, `CI_PIPELINE_ID`, `GITLAB_USER_ID`, ...),
+/// Buildkite's (`BUILDKITE_*`) and `CircleCI`'s (`CIRCLE_*`). Each job
+/// has its own: keyed, no build script would be shared between jobs.
+const VOLATILE_PREFIXES: [&str; 10] = [
+    "KACHE_",
+    "XDG_",
+    "DBUS_",
+    "GITHUB_",
+    "RUNNER_",
+    "ACTIONS_",
+    "CI_",
+    "GITLAB_",
+    "BUILDKITE_",
+    "CIRCLE_",
+];
 
 fn volatile(name: &str) -> bool {
     VOLATILE_VARS.contains(&name) || VOLATILE_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -678,6 +692,12 @@ mod tests {
     fn volatile_vars() {
         assert!(volatile("NUM_JOBS"));
         assert!(volatile("GITHUB_RUN_ID"));
+        assert!(volatile("CI_JOB_ID"));
+        assert!(volatile("CI_PIPELINE_ID"));
+        assert!(volatile("BUILDKITE_BUILD_ID"));
+        assert!(volatile("CIRCLE_BUILD_NUM"));
+        // Whether it runs in CI at all stays keyed.
+        assert!(!volatile("CI"));
         assert!(volatile("KACHE_CACHE_DIR"));
         assert!(!volatile("CC"));
         assert!(!volatile("CARGO_CFG_TARGET_OS"));
