@@ -69,6 +69,12 @@ pub(crate) fn clean_env(c: &mut Command) {
     );
 }
 
+/// Whether the tests run as root (the `id -u` command; no unsafe code).
+pub(crate) fn is_root() -> bool {
+    let o = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim() == "0"
+}
+
 /// Output as text, for assertion messages.
 pub(crate) fn show(o: &Output) -> String {
     format!(

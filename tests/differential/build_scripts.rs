@@ -113,6 +113,54 @@ fn a_ci_jobs_identity_does_not_split_the_key() {
     );
 }
 
+/// A path the script looked for and a directory it listed change while
+/// it still runs (a configure goes on after its checks): what it made is
+/// not stored under the key of what is there after the run, so the next
+/// build runs it again and prints what plain cargo prints.
+#[test]
+fn what_changes_while_the_script_runs_is_not_stored_stale() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let listed = r.path().join("listed");
+    fs::create_dir(&listed).unwrap();
+    fs::write(listed.join("a.txt"), "a").unwrap();
+    let probe = r.path().join("probe-me");
+    let (l, p) = (listed.to_str().unwrap(), probe.to_str().unwrap());
+    let env: Env<'_> = &[("BS_LIST", l), ("BS_PROBE", p), ("BS_MID_SLEEP", "3000")];
+    std::thread::scope(|s| {
+        let build = s.spawn(|| d.kache_ok(&["build", "-q", "-p", "nodecl"], env));
+        let t0 = std::time::Instant::now();
+        while !script_running(&d, "BS_MID_SLEEP") {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_mins(2),
+                "the script never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Past its looks, in its sleep.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        fs::write(&probe, "here").unwrap();
+        fs::write(listed.join("b.txt"), "b").unwrap();
+        build.join().unwrap();
+    });
+    let ev = script_events(&d);
+    assert!(
+        ev.iter()
+            .any(|(c, _, why)| c == "nodecl" && why.contains("changed while the build script ran")),
+        "the run was not stored: {ev:?}"
+    );
+    let out = fresh_nodecl(&d, "after the change", env);
+    assert!(out.contains("looked=true/a.txt,b.txt"), "{out}");
+    let again = fresh_nodecl(&d, "unchanged since", env);
+    assert_eq!(again, out);
+    assert!(
+        script_events(&d)
+            .iter()
+            .any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
+        "an unchanged run hits"
+    );
+}
+
 #[test]
 fn undeclared_reads_inside_and_outside_the_package_are_keyed() {
     let r = root();
@@ -577,10 +625,11 @@ fn twins(d: &Diff) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Whether the build script of `nodecl` in `d` runs in a twin now (a
-/// process with the twin's variable and this checkout's manifest dir).
-fn twin_script_running(d: &Diff) -> bool {
+/// Whether the build script of `nodecl` in `d` runs now with variable
+/// `var` set (a process with it and this checkout's manifest dir).
+fn script_running(d: &Diff, var: &str) -> bool {
     let manifest = format!("CARGO_MANIFEST_DIR={}", d.path("nodecl").display());
+    let var = format!("{var}=");
     fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -588,9 +637,14 @@ fn twin_script_running(d: &Diff) -> bool {
         .any(|e| {
             let env = fs::read(e.path().join("environ")).unwrap_or_default();
             let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
-            vars.iter().any(|v| v.starts_with(b"KACHE_TWIN_RUN="))
+            vars.iter().any(|v| v.starts_with(var.as_bytes()))
                 && vars.contains(&manifest.as_bytes())
         })
+}
+
+/// Whether the build script of `nodecl` in `d` runs in a twin now.
+fn twin_script_running(d: &Diff) -> bool {
+    script_running(d, "KACHE_TWIN_RUN")
 }
 
 #[test]
@@ -641,6 +695,33 @@ fn the_twins_temp_dir_is_its_own() {
     // has it, but writes into a layer of its own.
     assert_eq!(fs::read_to_string(&log).unwrap(), "one\n");
     assert_refused_for_writing_outside(&ev);
+}
+
+/// `/dev` and `/sys` are read-only in the twin too: a script run as
+/// root that makes a file in `/dev` makes it once, as under plain cargo
+/// (devices such as `/dev/null` stay writable: the script's compiler
+/// writes there). Root only (no one else may write `/dev`).
+#[test]
+fn the_twin_makes_no_file_in_dev() {
+    if !crate::common::is_root() {
+        eprintln!("skipped: only root may write /dev");
+        return;
+    }
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let log = std::path::PathBuf::from(format!("/dev/kache-twin-test-{}", std::process::id()));
+    let log_s = log.to_str().unwrap();
+    let env: Env<'_> = &[("BS_APPEND_TMP", log_s), ("KACHE_TRACE_BEHIND", "1")];
+    d.kache_ok(&["build", "-q", "-p", "nodecl"], env);
+    let ev = script_events(&d);
+    let got = fs::read_to_string(&log);
+    let _ = fs::remove_file(&log);
+    assert_eq!(got.unwrap(), "one\n", "{ev:?}");
+    // The twin's append failed: the script is traced inline next time.
+    assert!(
+        ev.len() == 1 && ev[0].2.contains("in its traced twin only"),
+        "{ev:?}"
+    );
 }
 
 #[test]

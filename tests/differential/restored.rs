@@ -157,7 +157,7 @@ fn restored_rlib_written_in_place_leaves_the_store_intact() {
             }
         }
     }
-    let root_user = is_root();
+    let root_user = crate::common::is_root();
     assert!(
         !root_user || !written.is_empty(),
         "as root, no restored rlib could be written (a test bug)"
@@ -168,10 +168,4 @@ fn restored_rlib_written_in_place_leaves_the_store_intact() {
     let b = Diff::new(r.path(), "b", "fixme");
     b.edit("src/main.rs", "fixme = ", "fixme (b) = ");
     b.same("second project on the same cache", &["run", "-q"], &[]);
-}
-
-/// Whether the tests run as root (the `id -u` command; no unsafe code).
-fn is_root() -> bool {
-    let o = std::process::Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim() == "0"
 }

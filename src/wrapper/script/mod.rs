@@ -356,6 +356,21 @@ impl Job<'_> {
             (!real.starts_with(&out_real)).then_some(real)
         };
         let (mut files, mut absent, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+        // A path that appeared, went or changed kind while the run went
+        // on was keyed as it is now, not as the run saw it: its
+        // directory (or it) changed since the run began.
+        // (Nor a temp dir itself: everyone's files come and go there.)
+        let temps = temp_dirs();
+        let wrote_into: BTreeSet<&Path> = t.written.iter().filter_map(|p| p.parent()).collect();
+        let mut settled = BTreeSet::new();
+        let mut looked_at = |p: &Path| {
+            let here = p.ancestors().find(|a| a.symlink_metadata().is_ok());
+            if let Some(here) =
+                here.filter(|h| !wrote_into.contains(h) && !temps.iter().any(|t| t == h))
+            {
+                settled.insert(here.to_path_buf());
+            }
+        };
         for p in t
             .probed
             .iter()
@@ -365,17 +380,24 @@ impl Job<'_> {
             if !skip(&p) {
                 // Looked at, not opened: keyed by what is there.
                 absent.push(self.ctx.paths.normalize(&p.to_string_lossy()));
+                looked_at(&p);
             }
         }
         for p in t.read.iter().filter_map(place).filter(|p| !skip(p)) {
             let p = &p;
             let shown = self.ctx.paths.normalize(&p.to_string_lossy());
             match std::fs::metadata(p) {
-                Ok(m) if m.is_dir() => dirs.push(shown),
+                Ok(m) if m.is_dir() => {
+                    dirs.push(shown);
+                    looked_at(p);
+                }
                 Ok(m) if m.is_file() => files.push(shown),
                 // A socket, fifo or device: nothing to key.
                 Ok(_) => {}
-                Err(_) => absent.push(shown),
+                Err(_) => {
+                    absent.push(shown);
+                    looked_at(p);
+                }
             }
         }
         files.sort();
@@ -388,6 +410,7 @@ impl Job<'_> {
             files,
             absent,
             dirs,
+            settled: settled.into_iter().collect(),
         }
     }
 
@@ -557,6 +580,7 @@ impl<'a> Action<'a> for Job<'a> {
             }
         };
         let traced = self.traced_inputs(&trace);
+        let settled = traced.settled;
         let mut inputs = Inputs {
             base,
             files: traced.files,
@@ -575,7 +599,10 @@ impl<'a> Action<'a> for Job<'a> {
         let Some((full, why)) = ctx.full_key(&inputs, base_why) else {
             bail!("a file the build script read is gone");
         };
-        if ctx.inputs_changed(run.before) {
+        let moved = run
+            .before
+            .is_none_or(|b| super::probe::changed_since(&settled, b));
+        if ctx.inputs_changed(run.before) || moved {
             ctx.unstored(
                 "an input changed while the build script ran",
                 run.compile_ms,
@@ -653,6 +680,27 @@ struct TracedInputs {
     files: Vec<String>,
     absent: Vec<String>,
     dirs: Vec<String>,
+    /// What must not have changed since the run began for the entry to
+    /// hold (files read are checked as they are hashed): each directory
+    /// listed, each path looked at where it is, or else the nearest
+    /// directory above it that exists; not a directory the run itself
+    /// wrote into.
+    settled: Vec<PathBuf>,
+}
+
+/// The temp dirs (`/tmp`, `/var/tmp`, `/dev/shm`, `$TMPDIR`) that
+/// exist, by their real paths.
+pub(super) fn temp_dirs() -> Vec<PathBuf> {
+    [
+        Some(PathBuf::from("/tmp")),
+        Some(PathBuf::from("/var/tmp")),
+        Some(PathBuf::from("/dev/shm")),
+        std::env::var_os("TMPDIR").map(PathBuf::from),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| p.canonicalize().ok())
+    .collect()
 }
 
 /// The variables a build script declared with `rerun-if-env-changed`.

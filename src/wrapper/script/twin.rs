@@ -351,7 +351,8 @@ pub(crate) fn can_isolate(base: &Path) -> Result<(), String> {
             0 => {
                 drop(r);
                 let store = crate::store::Store::at(&root.join("store"));
-                let code = match isolate_at(&store, &out, &[root.join("checkout")], &scratch) {
+                let roots = [root.join("checkout")];
+                let code = match isolate_at(&store, &out, &roots, &scratch, super::temp_dirs()) {
                     Ok(()) => 0,
                     Err(e) => {
                         let _ = fs::File::from(w).write_all(e.to_string().as_bytes());
@@ -422,7 +423,14 @@ struct Mount {
 /// Makes this process's mount namespace the twin's (see the module
 /// text). Any step failing leaves the twin unused.
 fn isolate(job: &Job, scratch: &Path) -> io::Result<()> {
-    isolate_at(job.ctx.store, &job.out_dir, &job.project_roots(), scratch)
+    let temps = super::temp_dirs();
+    isolate_at(
+        job.ctx.store,
+        &job.out_dir,
+        &job.project_roots(),
+        scratch,
+        temps,
+    )
 }
 
 /// [`isolate`] for a store, an `OUT_DIR`, the roots that stay read-only
@@ -433,6 +441,7 @@ fn isolate_at(
     out_dir: &Path,
     project_roots: &[PathBuf],
     scratch: &Path,
+    temp_dirs: Vec<PathBuf>,
 ) -> io::Result<()> {
     let cwd = std::env::current_dir()?;
     let real = |p: &Path| p.canonicalize().ok();
@@ -443,19 +452,12 @@ fn isolate_at(
     let scratch = real(scratch).ok_or_else(gone)?;
     // The checkout, the target dir and CARGO_HOME: read-only.
     let roots: Vec<PathBuf> = project_roots.iter().filter_map(|p| real(p)).collect();
-    // The temp dirs become private (empty) ones; not one inside a root
+    // The temp dirs become private ones; not one inside a root
     // (it stays read-only with it), nor `/`.
-    let mut temps: Vec<PathBuf> = [
-        Some(PathBuf::from("/tmp")),
-        Some(PathBuf::from("/var/tmp")),
-        Some(PathBuf::from("/dev/shm")),
-        std::env::var_os("TMPDIR").map(PathBuf::from),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|p| real(&p))
-    .filter(|t| t.parent().is_some() && !under(t, &roots) && t != &store)
-    .collect();
+    let mut temps: Vec<PathBuf> = temp_dirs
+        .into_iter()
+        .filter(|t| t.parent().is_some() && !under(t, &roots) && t != &store)
+        .collect();
     temps.sort();
     temps.dedup();
     // What must show through them:
@@ -500,8 +502,9 @@ fn isolate_at(
     unmount_behind(&layers, &held_layers, &store_tmp);
     for (fd, p, writable) in &held {
         let in_temp = under(p, &temps);
-        if !in_temp && !writable {
-            // Read-only with the mount it lies in (below).
+        if !in_temp && !writable && !p.starts_with(&store) {
+            // Read-only with the mount it lies in (below); one in the
+            // store is mounted over its writable one (outer ones first).
             continue;
         }
         if in_temp {
@@ -515,9 +518,10 @@ fn isolate_at(
     }
     mount(Some(&scratch), &out, libc::MS_BIND)?;
     for m in &mounts {
-        let pseudo = ["/proc", "/sys", "/dev"]
-            .iter()
-            .any(|d| m.at.starts_with(d));
+        // `/dev` and `/sys` too (a root script could make files there, a
+        // user one write its own cgroup's): devices stay writable on a
+        // read-only mount (`/dev/null`). `/proc` is left as it is.
+        let pseudo = m.at.starts_with("/proc");
         if pseudo || under(&m.at, &temps) || m.at.starts_with(&store) || m.at == out {
             continue;
         }
@@ -765,7 +769,7 @@ mod tests {
     /// In a child forked from the test (one thread: a user namespace
     /// takes that), as uid 65534: the twin's namespace, then writes.
     /// The exit code says which step failed (0: all as expected).
-    fn isolated_as_nobody(root: &Path, scratch: &Path, in_tmp: &Path) -> i32 {
+    fn isolated_as_nobody(root: &Path, scratch: &Path, in_tmp: &Path, temps: bool) -> i32 {
         // SAFETY: the child runs its own code until `_exit`; glibc's
         // allocator is usable after fork.
         unsafe {
@@ -796,7 +800,13 @@ mod tests {
         let code = (|| {
             let store = crate::store::Store::at(&root.join("store"));
             let out = root.join("checkout/target/out");
-            if let Err(e) = isolate_at(&store, &out, &[root.join("checkout")], scratch) {
+            let roots = [root.join("checkout"), root.join("store/ws")];
+            let temp_dirs = if temps {
+                crate::wrapper::script::temp_dirs()
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = isolate_at(&store, &out, &roots, scratch, temp_dirs) {
                 let msg = format!("isolate: {e}\n");
                 // SAFETY: writes a buffer we own to stderr.
                 unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
@@ -807,12 +817,21 @@ mod tests {
             if e.map_err(|e| e.raw_os_error()) != Err(Some(libc::EROFS)) {
                 return 12;
             }
+            // A checkout in the store (which is writable) is read-only.
+            let e = fs::write(root.join("store/ws/src.txt"), "changed");
+            if e.map_err(|e| e.raw_os_error()) != Err(Some(libc::EROFS)) {
+                return 15;
+            }
+            // The store is writable.
+            if fs::write(root.join("store/written.txt"), "x").is_err() {
+                return 16;
+            }
             // OUT_DIR is the scratch directory.
             if fs::write(out.join("made.txt"), "in out").is_err() {
                 return 13;
             }
             // The temp dir is writable, privately.
-            if fs::write(in_tmp, "private").is_err() {
+            if temps && fs::write(in_tmp, "private").is_err() {
                 return 14;
             }
             0
@@ -839,6 +858,8 @@ mod tests {
         fs::create_dir_all(root.join("store/tmp")).unwrap();
         fs::create_dir_all(root.join("checkout/target/out")).unwrap();
         fs::write(root.join("checkout/src.txt"), "orig").unwrap();
+        fs::create_dir_all(root.join("store/ws")).unwrap();
+        fs::write(root.join("store/ws/src.txt"), "orig").unwrap();
         let scratch = root.join("store/tmp/twin.1.scratch");
         fs::create_dir(&scratch).unwrap();
         let in_tmp = std::env::temp_dir().join(format!("kache-twin-test-{}", std::process::id()));
@@ -850,7 +871,7 @@ mod tests {
         assert!(chown.success());
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        let code = isolated_as_nobody(&root, &scratch, &in_tmp);
+        let code = isolated_as_nobody(&root, &scratch, &in_tmp, true);
         if code == 11 && !unprivileged_user_namespaces() {
             eprintln!("skipped: this kernel refuses unprivileged user namespaces");
             return;
@@ -868,6 +889,13 @@ mod tests {
             "in out"
         );
         assert!(!in_tmp.exists(), "the twin's temp dir write stayed its own");
+        // The same tree outside any temp dir (none is taken for one): a
+        // checkout in the store stays read-only all the same.
+        assert_eq!(isolated_as_nobody(&root, &scratch, &in_tmp, false), 0);
+        assert_eq!(
+            fs::read_to_string(root.join("store/ws/src.txt")).unwrap(),
+            "orig"
+        );
     }
 
     /// Whether uid 65534 may make a user namespace here at all.
