@@ -69,21 +69,8 @@ want=$(run CARGO_TARGET_DIR="$work/plain")
 k=(RUSTC_WRAPPER="$KACHE" KACHE_CACHE_DIR="$work/store" CARGO_TARGET_DIR="$work/kt" KACHE_TRACE_BEHIND=1)
 t_cold=$(build cold "${k[@]}")
 # A miss's traced twin (cache.trace_behind) records after the build: wait
-# for it as `kache sync --push` does (a twin keeps tmp/twin.PID.* while it
-# lives), then for any store writer (they hold gc.lock shared).
-settle() { # store
-  local d pid busy=1
-  while [ "$busy" = 1 ]; do
-    busy=0
-    for d in "$1"/tmp/twin.*; do
-      pid=${d##*/twin.}
-      pid=${pid%%.*}
-      if [ -e "$d" ] && [ -d "/proc/$pid" ]; then busy=1; fi
-    done
-    [ "$busy" = 0 ] || sleep 0.2
-  done
-  flock "$1/gc.lock" true
-}
+# for it as `kache sync --push` does.
+. ci/lib-settle.sh
 t0=$(secs)
 settle "$work/store"
 t_behind=$(awk -v a="$t0" -v b="$(secs)" 'BEGIN { printf "%.2f", b - a }')

@@ -40,21 +40,7 @@ build() { # name, then env assignments; prints the seconds
   awk -v a="$t0" -v b="$(secs)" 'BEGIN { printf "%.2f", b - a }'
 }
 version() { "$1/release/kache" --version; }
-# Waits for the build scripts traced behind a build (each twin keeps
-# tmp/twin.PID.* while it lives), then for any store writer.
-settle() { # store
-  local d pid busy=1
-  while [ "$busy" = 1 ]; do
-    busy=0
-    for d in "$1"/tmp/twin.*; do
-      pid=${d##*/twin.}
-      pid=${pid%%.*}
-      if [ -e "$d" ] && [ -d "/proc/$pid" ]; then busy=1; fi
-    done
-    [ "$busy" = 0 ] || sleep 0.2
-  done
-  flock "$1/gc.lock" true
-}
+. ci/lib-settle.sh # settle STORE: waits for the build's twins
 ran() { grep -c '"result":"miss".*"lang":"build-script"' "$1" || true; }
 
 unset RUSTC_WRAPPER CI
