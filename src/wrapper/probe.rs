@@ -338,10 +338,16 @@ impl<'a> RealProbe<'a> {
 /// before it (a dependency restored a moment earlier shares the tick,
 /// and rustc reads nothing in its first tick).
 pub(crate) fn changed_since(files: &[PathBuf], before: std::time::SystemTime) -> bool {
+    first_changed(files, before).is_some()
+}
+
+/// The first of `files` that [`changed_since`] `before` (all of them
+/// when `before` cannot be read).
+pub(crate) fn first_changed(files: &[PathBuf], before: std::time::SystemTime) -> Option<&PathBuf> {
     let Ok(b) = before.duration_since(UNIX_EPOCH) else {
-        return true;
+        return files.first();
     };
-    files.iter().any(|f| match fs::metadata(f) {
+    files.iter().find(|f| match fs::metadata(f) {
         Ok(m) => {
             let c = (m.ctime(), m.ctime_nsec());
             c > (b.as_secs() as i64, i64::from(b.subsec_nanos()))

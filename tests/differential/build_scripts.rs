@@ -146,7 +146,7 @@ fn what_changes_while_the_script_runs_is_not_stored_stale() {
     let ev = script_events(&d);
     assert!(
         ev.iter()
-            .any(|(c, _, why)| c == "nodecl" && why.contains("changed while the build script ran")),
+            .any(|(c, _, why)| c == "nodecl" && why.contains("changed while it ran")),
         "the run was not stored: {ev:?}"
     );
     let out = fresh_nodecl(&d, "after the change", env);
@@ -158,6 +158,24 @@ fn what_changes_while_the_script_runs_is_not_stored_stale() {
             .iter()
             .any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
         "an unchanged run hits"
+    );
+}
+
+/// Cargo fills the target dir while a script runs (the other crates'
+/// compiles), and the dynamic loader of the script's programs looks
+/// there first: that is no change of what the script looked at, and the
+/// run is stored.
+#[test]
+fn a_run_is_stored_while_cargo_fills_the_target_dir() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let env: Env<'_> = &[("BS_MID_SLEEP", "3000")];
+    d.kache_ok(&["build", "-q"], env);
+    let ev = script_events(&d);
+    assert!(
+        ev.iter()
+            .any(|(c, r, why)| c == "nodecl" && r == "miss" && why.is_empty()),
+        "{ev:?}"
     );
 }
 

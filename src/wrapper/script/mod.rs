@@ -359,15 +359,26 @@ impl Job<'_> {
         // A path that appeared, went or changed kind while the run went
         // on was keyed as it is now, not as the run saw it: its
         // directory (or it) changed since the run began.
-        // (Nor a temp dir itself: everyone's files come and go there.)
+        // (Nor a temp dir itself: everyone's files come and go there; nor
+        // the target dir, which cargo fills as the run goes on: the
+        // dynamic loader of every program the script starts looks in
+        // its `deps` first.)
         let temps = temp_dirs();
+        let target: Option<PathBuf> = self
+            .ctx
+            .paths
+            .rules()
+            .iter()
+            .find(|(_, s)| s == "/kache-target")
+            .map(|(r, _)| PathBuf::from(r));
+        let busy = |h: &Path| {
+            temps.iter().any(|t| t == h) || target.as_ref().is_some_and(|t| h.starts_with(t))
+        };
         let wrote_into: BTreeSet<&Path> = t.written.iter().filter_map(|p| p.parent()).collect();
         let mut settled = BTreeSet::new();
         let mut looked_at = |p: &Path| {
             let here = p.ancestors().find(|a| a.symlink_metadata().is_ok());
-            if let Some(here) =
-                here.filter(|h| !wrote_into.contains(h) && !temps.iter().any(|t| t == h))
-            {
+            if let Some(here) = here.filter(|h| !wrote_into.contains(h) && !busy(h)) {
                 settled.insert(here.to_path_buf());
             }
         };
@@ -599,10 +610,20 @@ impl<'a> Action<'a> for Job<'a> {
         let Some((full, why)) = ctx.full_key(&inputs, base_why) else {
             bail!("a file the build script read is gone");
         };
-        let moved = run
-            .before
-            .is_none_or(|b| super::probe::changed_since(&settled, b));
-        if ctx.inputs_changed(run.before) || moved {
+        let moved = run.before.map_or(Some(None), |b| {
+            super::probe::first_changed(&settled, b).map(Some)
+        });
+        if let Some(p) = moved {
+            let what = p.map_or(String::new(), |p| {
+                format!(" ({})", ctx.paths.normalize(&p.to_string_lossy()))
+            });
+            ctx.unstored(
+                &format!("a path the build script looked at changed while it ran{what}"),
+                run.compile_ms,
+            );
+            return Ok(run.code);
+        }
+        if ctx.inputs_changed(run.before) {
             ctx.unstored(
                 "an input changed while the build script ran",
                 run.compile_ms,
