@@ -113,6 +113,26 @@ fn a_ci_jobs_identity_does_not_split_the_key() {
     );
 }
 
+/// Builds `nodecl` under kache with `env` (which sets `BS_MID_SLEEP`),
+/// running `change` while its script sleeps after its looks.
+fn change_while_it_runs(d: &Diff, env: Env<'_>, change: impl FnOnce()) {
+    std::thread::scope(|s| {
+        let build = s.spawn(|| d.kache_ok(&["build", "-q", "-p", "nodecl"], env));
+        let t0 = std::time::Instant::now();
+        while !script_running(d, "BS_MID_SLEEP") {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_mins(2),
+                "the script never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Past its looks, in its sleep.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        change();
+        build.join().unwrap();
+    });
+}
+
 /// A path the script looked for and a directory it listed change while
 /// it still runs (a configure goes on after its checks): what it made is
 /// not stored under the key of what is there after the run, so the next
@@ -127,21 +147,9 @@ fn what_changes_while_the_script_runs_is_not_stored_stale() {
     let probe = r.path().join("probe-me");
     let (l, p) = (listed.to_str().unwrap(), probe.to_str().unwrap());
     let env: Env<'_> = &[("BS_LIST", l), ("BS_PROBE", p), ("BS_MID_SLEEP", "3000")];
-    std::thread::scope(|s| {
-        let build = s.spawn(|| d.kache_ok(&["build", "-q", "-p", "nodecl"], env));
-        let t0 = std::time::Instant::now();
-        while !script_running(&d, "BS_MID_SLEEP") {
-            assert!(
-                t0.elapsed() < std::time::Duration::from_mins(2),
-                "the script never ran"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        // Past its looks, in its sleep.
-        std::thread::sleep(std::time::Duration::from_millis(800));
+    change_while_it_runs(&d, env, || {
         fs::write(&probe, "here").unwrap();
         fs::write(listed.join("b.txt"), "b").unwrap();
-        build.join().unwrap();
     });
     let ev = script_events(&d);
     assert!(
@@ -158,6 +166,45 @@ fn what_changes_while_the_script_runs_is_not_stored_stale() {
             .iter()
             .any(|(c, r, _)| c == "nodecl" && r == "local_hit"),
         "an unchanged run hits"
+    );
+}
+
+/// A link on the way to what the script read, looked for and listed is
+/// swapped to another tree while it runs (an SDK's `current` link): the
+/// paths themselves did not change, what they lead to did. Not stored.
+#[test]
+fn a_link_swapped_while_the_script_runs_is_not_stored_stale() {
+    let r = root();
+    let d = Diff::new(r.path(), "a", "bscripts");
+    let sdk = r.path().join("sdk");
+    for (v, ver) in [("v1", "one"), ("v2", "two")] {
+        fs::create_dir_all(sdk.join(v).join("include")).unwrap();
+        fs::write(sdk.join(v).join("include/ver.txt"), ver).unwrap();
+    }
+    fs::write(sdk.join("v2/include/marker.h"), "").unwrap();
+    std::os::unix::fs::symlink("v1", sdk.join("cur")).unwrap();
+    let cur = sdk.join("cur/include");
+    let (outside, probe) = (cur.join("ver.txt"), cur.join("marker.h"));
+    let env: Env<'_> = &[
+        ("BS_OUTSIDE", outside.to_str().unwrap()),
+        ("BS_PROBE", probe.to_str().unwrap()),
+        ("BS_LIST", cur.to_str().unwrap()),
+        ("BS_MID_SLEEP", "3000"),
+    ];
+    change_while_it_runs(&d, env, || {
+        std::os::unix::fs::symlink("v2", sdk.join("cur.new")).unwrap();
+        fs::rename(sdk.join("cur.new"), sdk.join("cur")).unwrap();
+    });
+    let ev = script_events(&d);
+    assert!(
+        ev.iter()
+            .any(|(c, _, why)| c == "nodecl" && why.contains("changed while it ran")),
+        "the run was not stored: {ev:?}"
+    );
+    let out = fresh_nodecl(&d, "after the swap", env);
+    assert!(
+        out.contains("outside=two ") && out.contains("looked=true/marker.h,ver.txt"),
+        "{out}"
     );
 }
 

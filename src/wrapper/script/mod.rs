@@ -356,32 +356,7 @@ impl Job<'_> {
             (!real.starts_with(&out_real)).then_some(real)
         };
         let (mut files, mut absent, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-        // A path that appeared, went or changed kind while the run went
-        // on was keyed as it is now, not as the run saw it: its
-        // directory (or it) changed since the run began.
-        // (Nor a temp dir itself: everyone's files come and go there; nor
-        // the target dir, which cargo fills as the run goes on: the
-        // dynamic loader of every program the script starts looks in
-        // its `deps` first.)
-        let temps = temp_dirs();
-        let target: Option<PathBuf> = self
-            .ctx
-            .paths
-            .rules()
-            .iter()
-            .find(|(_, s)| s == "/kache-target")
-            .map(|(r, _)| PathBuf::from(r));
-        let busy = |h: &Path| {
-            temps.iter().any(|t| t == h) || target.as_ref().is_some_and(|t| h.starts_with(t))
-        };
-        let wrote_into: BTreeSet<&Path> = t.written.iter().filter_map(|p| p.parent()).collect();
-        let mut settled = BTreeSet::new();
-        let mut looked_at = |p: &Path| {
-            let here = p.ancestors().find(|a| a.symlink_metadata().is_ok());
-            if let Some(here) = here.filter(|h| !wrote_into.contains(h) && !busy(h)) {
-                settled.insert(here.to_path_buf());
-            }
-        };
+        let mut looks = Looks::new(self, t);
         for p in t
             .probed
             .iter()
@@ -391,23 +366,25 @@ impl Job<'_> {
             if !skip(&p) {
                 // Looked at, not opened: keyed by what is there.
                 absent.push(self.ctx.paths.normalize(&p.to_string_lossy()));
-                looked_at(&p);
+                looks.looked_at(&p);
+                looks.named(&p);
             }
         }
         for p in t.read.iter().filter_map(place).filter(|p| !skip(p)) {
             let p = &p;
+            looks.named(p);
             let shown = self.ctx.paths.normalize(&p.to_string_lossy());
             match std::fs::metadata(p) {
                 Ok(m) if m.is_dir() => {
                     dirs.push(shown);
-                    looked_at(p);
+                    looks.looked_at(p);
                 }
                 Ok(m) if m.is_file() => files.push(shown),
                 // A socket, fifo or device: nothing to key.
                 Ok(_) => {}
                 Err(_) => {
                     absent.push(shown);
-                    looked_at(p);
+                    looks.looked_at(p);
                 }
             }
         }
@@ -417,11 +394,13 @@ impl Job<'_> {
         absent.dedup();
         dirs.sort();
         dirs.dedup();
+        let (settled, on_the_way) = looks.finish();
         TracedInputs {
             files,
             absent,
             dirs,
-            settled: settled.into_iter().collect(),
+            settled,
+            on_the_way,
         }
     }
 
@@ -591,7 +570,7 @@ impl<'a> Action<'a> for Job<'a> {
             }
         };
         let traced = self.traced_inputs(&trace);
-        let settled = traced.settled;
+        let (settled, on_the_way) = (traced.settled, traced.on_the_way);
         let mut inputs = Inputs {
             base,
             files: traced.files,
@@ -611,7 +590,9 @@ impl<'a> Action<'a> for Job<'a> {
             bail!("a file the build script read is gone");
         };
         let moved = run.before.map_or(Some(None), |b| {
-            super::probe::first_changed(&settled, b).map(Some)
+            super::probe::first_changed(&settled, b)
+                .or_else(|| replaced_since(&on_the_way, b))
+                .map(Some)
         });
         if let Some(p) = moved {
             let what = p.map_or(String::new(), |p| {
@@ -697,6 +678,89 @@ fn mark_uncacheable(store: &Store, base: &CacheKey, why: &str) {
 }
 
 /// What a traced run read, as input lists.
+/// What a run looked at that must not have changed while it ran, for
+/// it to be stored (see [`TracedInputs::settled`] and
+/// [`replaced_since`]). A path that appeared, went or changed kind while
+/// the run went on is keyed as it is after the run, not as the run saw
+/// it: it, or the directory above it, changed since the run began. Not
+/// judged so: a temp dir itself (everyone's files come and go there),
+/// directories the run wrote into, and directories in the target dir,
+/// which cargo fills as the run goes on (the dynamic loader of every
+/// program the script starts looks in its `deps` first).
+struct Looks<'t> {
+    temps: Vec<PathBuf>,
+    target: Option<PathBuf>,
+    wrote_into: BTreeSet<&'t Path>,
+    settled: BTreeSet<PathBuf>,
+    on_the_way: BTreeSet<PathBuf>,
+}
+
+impl<'t> Looks<'t> {
+    fn new(job: &Job<'_>, t: &'t Trace) -> Looks<'t> {
+        Looks {
+            temps: temp_dirs(),
+            target: job
+                .ctx
+                .paths
+                .rules()
+                .iter()
+                .find(|(_, s)| s == "/kache-target")
+                .map(|(r, _)| PathBuf::from(r)),
+            wrote_into: t.written.iter().filter_map(|p| p.parent()).collect(),
+            settled: BTreeSet::new(),
+            on_the_way: BTreeSet::new(),
+        }
+    }
+
+    fn in_target(&self, h: &Path) -> bool {
+        self.target.as_ref().is_some_and(|t| h.starts_with(t))
+    }
+
+    fn busy(&self, h: &Path) -> bool {
+        self.temps.iter().any(|t| t == h) || self.in_target(h) || self.wrote_into.contains(h)
+    }
+
+    /// `p` was looked for or listed: it is judged where it is (in the
+    /// target dir too: cargo's own files come and go in the directories
+    /// above), or else the nearest directory above it that exists.
+    fn looked_at(&mut self, p: &Path) {
+        let here = p.ancestors().find(|a| a.symlink_metadata().is_ok());
+        let judged = here.filter(|h| {
+            if *h == p {
+                !self.busy(h) || (self.in_target(h) && !self.wrote_into.contains(h))
+            } else {
+                !self.busy(h)
+            }
+        });
+        if let Some(here) = judged {
+            self.settled.insert(here.to_path_buf());
+        }
+    }
+
+    /// The run named `p`: the directories and links on the way to it
+    /// count too (one renamed or swapped, a `current` link moved to a
+    /// new SDK, changes what `p` is without changing it).
+    fn named(&mut self, p: &Path) {
+        for a in p.ancestors().skip(1) {
+            if a.parent().is_none() || !self.on_the_way.insert(a.to_path_buf()) {
+                break;
+            }
+        }
+    }
+
+    /// (settled, on the way): only what exists (a missing one stays
+    /// missing, or its directory changed: judged as settled).
+    fn finish(self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let on_the_way = self
+            .on_the_way
+            .iter()
+            .filter(|a| !self.busy(a) && a.symlink_metadata().is_ok())
+            .cloned()
+            .collect();
+        (self.settled.into_iter().collect(), on_the_way)
+    }
+}
+
 struct TracedInputs {
     files: Vec<String>,
     absent: Vec<String>,
@@ -707,6 +771,31 @@ struct TracedInputs {
     /// directory above it that exists; not a directory the run itself
     /// wrote into.
     settled: Vec<PathBuf>,
+    /// The directories and links on the way to every path the run named
+    /// (see [`replaced_since`]).
+    on_the_way: Vec<PathBuf>,
+}
+
+/// The first of `ways` (directories and links on the way to the paths a
+/// run named) replaced since `before`: a link made or changed, a
+/// directory renamed into place or gone. A directory whose entries
+/// changed (its change and modification times both past `before`) is
+/// not taken for replaced: `$HOME` or a checkout gains files while a
+/// script runs, and what the script named in them is judged itself.
+fn replaced_since(ways: &[PathBuf], before: std::time::SystemTime) -> Option<&PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(b) = before.duration_since(std::time::UNIX_EPOCH) else {
+        return ways.first();
+    };
+    let b = (b.as_secs() as i64, i64::from(b.subsec_nanos()));
+    ways.iter().find(|w| match std::fs::symlink_metadata(w) {
+        Ok(m) => {
+            let changed = (m.ctime(), m.ctime_nsec()) > b;
+            let written = (m.mtime(), m.mtime_nsec()) > b;
+            changed && !(m.is_dir() && written)
+        }
+        Err(_) => true,
+    })
 }
 
 /// The temp dirs (`/tmp`, `/var/tmp`, `/dev/shm`, `$TMPDIR`) that
