@@ -720,14 +720,15 @@ impl<'t> Looks<'t> {
         self.temps.iter().any(|t| t == h) || self.in_target(h) || self.wrote_into.contains(h)
     }
 
-    /// `p` was looked for or listed: it is judged where it is (in the
-    /// target dir too: cargo's own files come and go in the directories
-    /// above), or else the nearest directory above it that exists.
+    /// `p` was looked for or listed: it is judged where it is (a file in
+    /// the target dir too: only cargo's directories there change as it
+    /// fills them), or else the nearest directory above it that exists.
     fn looked_at(&mut self, p: &Path) {
         let here = p.ancestors().find(|a| a.symlink_metadata().is_ok());
         let judged = here.filter(|h| {
-            if *h == p {
-                !self.busy(h) || (self.in_target(h) && !self.wrote_into.contains(h))
+            let file = *h == p && h.symlink_metadata().is_ok_and(|m| !m.is_dir());
+            if file && self.in_target(h) {
+                !self.wrote_into.contains(h)
             } else {
                 !self.busy(h)
             }
