@@ -339,7 +339,9 @@ pub(crate) fn can_isolate(base: &Path) -> Result<(), String> {
     let root = base.join(format!("kache-twin-check.{}", std::process::id()));
     let out = root.join("checkout/target/out");
     let scratch = root.join("store/tmp/twin.check");
-    let made = fs::create_dir_all(&out)
+    // Under `base` as it is: a missing one is not made.
+    let made = fs::create_dir(&root)
+        .and_then(|()| fs::create_dir_all(&out))
         .and_then(|()| fs::create_dir_all(&scratch))
         .map_err(|e| format!("cannot make {}: {e}", root.display()));
     let res = made.and_then(|()| {
